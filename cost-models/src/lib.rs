@@ -1,0 +1,15 @@
+//! Cost models of the work a SEER-style training step does, in pure Rust.
+//!
+//! Owns: units (`Bytes`, `Flops`, `Seconds`), the RegNet-Y + SwAV model spec
+//! and its layer graph (parameters, FLOPs, saved activations per layer and
+//! block), model configs, the hardware catalog, the cluster topology and the
+//! compute and collective cost models.
+//!
+//! Must not know about: plans, FSDP wrapping decisions, libtorch, or how the
+//! executor runs anything. It answers "how big / how much work / how long
+//! would this primitive take", never "what should we do".
+
+pub mod regnet;
+pub mod units;
+
+pub use units::{Bandwidth, Bytes, DType, FlopRate, Flops, Seconds};

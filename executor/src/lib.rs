@@ -1,0 +1,8 @@
+//! The executor: runs a plan for real with libtorch (tch) and PyTorch's c10d.
+//!
+//! Owns: the tch RegNet-Y + SwAV model, the c10d shim (`csrc/`), the FSDP
+//! runtime, activation checkpointing, the data pipeline, the launcher,
+//! sharded checkpoints and per-step metrics.
+//!
+//! Must not know about: search or cost formulas. It measures; the planner
+//! predicts. It takes the plan file as the single source of decisions.

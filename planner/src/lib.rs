@@ -1,0 +1,9 @@
+//! The planner: given a model, a recipe and hardware, decide and predict.
+//!
+//! Owns: recipes, the plan file format, the per-rank memory model, the
+//! discrete-event step simulator, the checkpoint-placement and sharding
+//! search, the cluster sweep, reports and SVG plots.
+//!
+//! Must not know about: libtorch or how the executor runs a plan. Everything
+//! here is computed from `cost-models`; measured numbers come back only
+//! through hardware profiles and metrics files.
