@@ -13,3 +13,9 @@ pub mod regnet;
 pub mod units;
 
 pub use units::{Bandwidth, Bytes, DType, FlopRate, Flops, Seconds};
+pub mod config;
+pub mod graph;
+pub mod collectives;
+pub mod compute;
+pub mod hardware;
+pub mod topology;

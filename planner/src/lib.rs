@@ -7,3 +7,7 @@
 //! Must not know about: libtorch or how the executor runs a plan. Everything
 //! here is computed from `cost-models`; measured numbers come back only
 //! through hardware profiles and metrics files.
+
+pub mod plan;
+pub mod recipe;
+pub mod simulator;

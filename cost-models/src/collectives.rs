@@ -1,0 +1,344 @@
+//! Alpha-beta cost of NCCL-style collectives over a group of ranks, for a
+//! flat ring and a hierarchical (intra-node, then inter-node, then
+//! intra-node) algorithm; the faster one is reported.
+//!
+//! Sizes: `bytes` is the full buffer S. All-gather: every rank ends with S
+//! (holds S/N before). Reduce-scatter: every rank contributes S, keeps S/N.
+//! All-reduce and broadcast: S everywhere.
+//!
+//! Ring over N ranks: AG/RS = (N-1)·α + (N-1)/N · S / busbw; AR = RS + AG;
+//! broadcast (pipelined chain) = (N-1)·α + S / busbw. In a ring that spans
+//! nodes every step waits for the slowest hop, so α is the cross-node one and
+//! busbw = min(NVLink, what a node's NICs carry together).
+//!
+//! Hierarchical over m nodes × k ranks: k parallel inter-node rings, each on
+//! S/k bytes through its own rail, plus an intra-node phase over NVLink. It
+//! pays (k-1)·α_intra + (m-1)·α_inter instead of (N-1)·α_inter, but the two
+//! phases do not overlap, so a flat ring wins again for very large buffers.
+
+use crate::topology::{GroupLinks, LinkCost};
+use crate::units::{Bandwidth, Bytes, Seconds};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Collective {
+    AllGather,
+    ReduceScatter,
+    AllReduce,
+    Broadcast,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    /// World size 1: nothing moves.
+    Local,
+    Ring,
+    Hierarchical,
+}
+
+/// Which links a fit applies to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    IntraNode,
+    InterNode,
+}
+
+/// A collective's predicted time and how it splits.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct CollectiveCost {
+    pub time: Seconds,
+    pub algorithm: Algorithm,
+    /// The alpha part (step latencies).
+    pub latency: Seconds,
+    /// The beta part (bytes over bandwidth).
+    pub transfer: Seconds,
+}
+
+impl CollectiveCost {
+    const ZERO: CollectiveCost = CollectiveCost { time: Seconds(0.0), algorithm: Algorithm::Local, latency: Seconds(0.0), transfer: Seconds(0.0) };
+
+    fn new(algorithm: Algorithm, latency: Seconds, transfer: Seconds) -> CollectiveCost {
+        CollectiveCost { time: latency + transfer, algorithm, latency, transfer }
+    }
+}
+
+/// Measured alpha (per ring step) and bus bandwidth for one collective on
+/// one scope; plugged into the same formulas in place of the topology's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectiveFit {
+    pub collective: Collective,
+    pub scope: Scope,
+    #[serde(rename = "alpha_us", with = "crate::hardware::human::us")]
+    pub alpha: Seconds,
+    #[serde(rename = "bus_bandwidth_gb_s", with = "crate::hardware::human::gb_s")]
+    pub bus_bandwidth: Bandwidth,
+}
+
+/// Measured overrides written by `seerscale calibrate`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectiveProfile {
+    #[serde(default)]
+    pub fits: Vec<CollectiveFit>,
+}
+
+impl CollectiveProfile {
+    pub fn is_empty(&self) -> bool {
+        self.fits.is_empty()
+    }
+
+    pub fn get(&self, c: Collective, scope: Scope) -> Option<&CollectiveFit> {
+        self.fits.iter().find(|f| f.collective == c && f.scope == scope)
+    }
+
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        for f in &self.fits {
+            if !(f.alpha.0.is_finite() && f.alpha.0 >= 0.0) {
+                return Err(("fits.alpha_us".into(), format!("must be >= 0, got {}", f.alpha.0 * 1e6)));
+            }
+            if !(f.bus_bandwidth.0.is_finite() && f.bus_bandwidth.0 > 0.0) {
+                return Err(("fits.bus_bandwidth_gb_s".into(), format!("must be positive, got {}", f.bus_bandwidth.0 / 1e9)));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The collective cost model, optionally corrected by measurements.
+#[derive(Clone, Debug, Default)]
+pub struct CollectiveModel {
+    pub profile: CollectiveProfile,
+}
+
+impl CollectiveModel {
+    pub fn new(profile: CollectiveProfile) -> CollectiveModel {
+        CollectiveModel { profile }
+    }
+
+    /// Cheapest algorithm for `op` of `bytes` over the group.
+    pub fn cost(&self, op: Collective, group: &GroupLinks, bytes: Bytes) -> CollectiveCost {
+        let ring = self.ring(op, group, bytes);
+        match self.hierarchical(op, group, bytes) {
+            Some(h) if h.time < ring.time => h,
+            _ => ring,
+        }
+    }
+
+    pub fn all_gather(&self, group: &GroupLinks, bytes: Bytes) -> CollectiveCost {
+        self.cost(Collective::AllGather, group, bytes)
+    }
+    pub fn reduce_scatter(&self, group: &GroupLinks, bytes: Bytes) -> CollectiveCost {
+        self.cost(Collective::ReduceScatter, group, bytes)
+    }
+    pub fn all_reduce(&self, group: &GroupLinks, bytes: Bytes) -> CollectiveCost {
+        self.cost(Collective::AllReduce, group, bytes)
+    }
+    pub fn broadcast(&self, group: &GroupLinks, bytes: Bytes) -> CollectiveCost {
+        self.cost(Collective::Broadcast, group, bytes)
+    }
+
+    /// The link cost of `scope` for `op`: a measured fit if there is one.
+    fn link(&self, op: Collective, scope: Scope, topo: Option<LinkCost>) -> Option<LinkCost> {
+        match self.profile.get(op, scope) {
+            Some(f) => Some(LinkCost { bus_bandwidth: f.bus_bandwidth, latency: f.alpha }),
+            None => topo,
+        }
+    }
+
+    /// Flat ring over all ranks of the group.
+    pub fn ring(&self, op: Collective, group: &GroupLinks, bytes: Bytes) -> CollectiveCost {
+        let n = group.ranks;
+        if n <= 1 {
+            return CollectiveCost::ZERO;
+        }
+        let intra = self.link(op, Scope::IntraNode, group.intra);
+        let inter = self.link(op, Scope::InterNode, group.inter);
+        let step = match (intra, inter) {
+            (Some(a), Some(b)) => LinkCost { bus_bandwidth: Bandwidth(a.bus_bandwidth.0.min(b.bus_bandwidth.0)), latency: a.latency.max(b.latency) },
+            (Some(a), None) | (None, Some(a)) => a,
+            // n > 1 always has one of the two; stay total anyway.
+            (None, None) => return CollectiveCost::ZERO,
+        };
+        ring_phase(op, n, bytes.0 as f64, step, Algorithm::Ring)
+    }
+
+    /// Intra-node / inter-node / intra-node; `None` when it does not apply
+    /// (one node, one rank per node, or an uneven number of ranks per node).
+    pub fn hierarchical(&self, op: Collective, group: &GroupLinks, bytes: Bytes) -> Option<CollectiveCost> {
+        if group.nodes < 2 || group.max_per_node < 2 || !group.is_uniform() {
+            return None;
+        }
+        let (m, k) = (group.nodes, group.max_per_node);
+        let intra = self.link(op, Scope::IntraNode, group.intra)?;
+        let inter = self.link(op, Scope::InterNode, group.inter)?;
+        let s = bytes.0 as f64;
+        let h = Algorithm::Hierarchical;
+        // The k inter-node rings each move S/k through a 1/k share of the
+        // node's rails, so the node aggregate bandwidth applies to all of S.
+        let cost = match op {
+            Collective::AllGather | Collective::ReduceScatter => add(ring_phase(op, k, s, intra, h), ring_phase(op, m, s, inter, h)),
+            // RS inside the node, AR of the S/k shards across nodes, AG back.
+            Collective::AllReduce => add(
+                add(ring_phase(Collective::ReduceScatter, k, s, intra, h), ring_phase(Collective::AllReduce, m, s, inter, h)),
+                ring_phase(Collective::AllGather, k, s, intra, h),
+            ),
+            Collective::Broadcast => add(ring_phase(op, m, s, inter, h), ring_phase(op, k, s, intra, h)),
+        };
+        Some(cost)
+    }
+}
+
+fn add(a: CollectiveCost, b: CollectiveCost) -> CollectiveCost {
+    CollectiveCost::new(a.algorithm, a.latency + b.latency, a.transfer + b.transfer)
+}
+
+/// One ring over `n` ranks moving a buffer of `s` bytes.
+fn ring_phase(op: Collective, n: usize, s: f64, link: LinkCost, algorithm: Algorithm) -> CollectiveCost {
+    if n <= 1 {
+        return CollectiveCost::new(algorithm, Seconds(0.0), Seconds(0.0));
+    }
+    let nf = n as f64;
+    let steps = nf - 1.0;
+    let frac = (nf - 1.0) / nf;
+    let bw = link.bus_bandwidth.0;
+    let (lat_steps, bytes_moved) = match op {
+        Collective::AllGather | Collective::ReduceScatter => (steps, frac * s),
+        Collective::AllReduce => (2.0 * steps, 2.0 * frac * s),
+        Collective::Broadcast => (steps, s),
+    };
+    CollectiveCost::new(algorithm, link.latency * lat_steps, Seconds(bytes_moved / bw))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hardware::builtin_hardware;
+    use crate::topology::Topology;
+    use crate::units::MIB;
+
+    fn rel(a: f64, b: f64) -> f64 {
+        (a - b).abs() / b.abs().max(1e-30)
+    }
+
+    #[test]
+    fn world_size_one_costs_nothing() {
+        let hw = builtin_hardware("a100-40gb").unwrap();
+        let t = Topology::build(&hw, 1).unwrap();
+        let g = t.group(&[3]).unwrap();
+        let m = CollectiveModel::default();
+        for op in [Collective::AllGather, Collective::ReduceScatter, Collective::AllReduce, Collective::Broadcast] {
+            let c = m.cost(op, &g, Bytes(1 << 30));
+            assert_eq!(c.time, Seconds(0.0), "{op:?}");
+            assert_eq!(c.algorithm, Algorithm::Local);
+        }
+    }
+
+    #[test]
+    fn ring_all_gather_matches_formula() {
+        let hw = builtin_hardware("a100-40gb").unwrap();
+        let t = Topology::build(&hw, 1).unwrap();
+        let g = t.group(&t.world()).unwrap();
+        let m = CollectiveModel::default();
+        let s = 256.0 * MIB as f64;
+        let n = 8.0;
+        let alpha = hw.interconnect.nvlink_latency.0;
+        let bw = hw.nvlink_bus_bandwidth().0;
+        let want = (n - 1.0) * alpha + (n - 1.0) / n * s / bw;
+        let ag = m.all_gather(&g, Bytes(s as u64));
+        assert_eq!(ag.algorithm, Algorithm::Ring, "one node: ring over NVLink");
+        assert!(rel(ag.time.0, want) < 1e-12, "{} vs {want}", ag.time.0);
+        let rs = m.reduce_scatter(&g, Bytes(s as u64));
+        let ar = m.all_reduce(&g, Bytes(s as u64));
+        assert!(rel(ar.time.0, ag.time.0 + rs.time.0) < 1e-12, "all-reduce = RS + AG");
+        let bc = m.broadcast(&g, Bytes(s as u64));
+        assert!(rel(bc.time.0, (n - 1.0) * alpha + s / bw) < 1e-12);
+        // Latency grows with N, bandwidth term does not (much).
+        let two = t.group(&[0, 1]).unwrap();
+        let small = m.all_gather(&two, Bytes(1024));
+        assert!(rel(small.latency.0, alpha) < 1e-12);
+    }
+
+    #[test]
+    fn ring_over_nodes_uses_cross_node_alpha_and_bottleneck() {
+        let hw = builtin_hardware("h100-80gb").unwrap();
+        let t = Topology::build(&hw, 2).unwrap();
+        let g = t.group(&t.world()).unwrap();
+        let ring = CollectiveModel::default().ring(Collective::AllGather, &g, Bytes(1 << 30));
+        let bw = hw.nvlink_bus_bandwidth().0.min(8.0 * hw.nic_effective_bandwidth().0);
+        let want = 15.0 * hw.interconnect.fabric_latency.0 + 15.0 / 16.0 * (1u64 << 30) as f64 / bw;
+        assert!(rel(ring.time.0, want) < 1e-12);
+    }
+
+    #[test]
+    fn seer_cluster_prefers_hierarchical_for_large_unit_gathers() {
+        // 62 nodes x 8 A100 (the SEER 10B cluster), 256 MiB all-gathers
+        // (a ~1.3e8-parameter fp16 FSDP unit).
+        let hw = builtin_hardware("a100-40gb").unwrap();
+        let t = Topology::build(&hw, 62).unwrap();
+        let g = t.group(&t.world()).unwrap();
+        let m = CollectiveModel::default();
+        let s = Bytes(256 * MIB);
+        let ring = m.ring(Collective::AllGather, &g, s);
+        let hier = m.hierarchical(Collective::AllGather, &g, s).unwrap();
+        assert!(hier.time < ring.time, "hier {} ring {}", hier.time, ring.time);
+        let best = m.all_gather(&g, s);
+        assert_eq!(best.algorithm, Algorithm::Hierarchical);
+        assert_eq!(best.time, hier.time);
+        // Formula check of the hierarchical phases.
+        let (k, mm) = (8.0, 62.0);
+        let sf = s.0 as f64;
+        let want = (k - 1.0) * hw.interconnect.nvlink_latency.0
+            + (k - 1.0) / k * sf / hw.nvlink_bus_bandwidth().0
+            + (mm - 1.0) * hw.interconnect.fabric_latency.0
+            + (mm - 1.0) / mm * sf / (8.0 * hw.nic_effective_bandwidth().0);
+        assert!(rel(hier.time.0, want) < 1e-12);
+        // The all-reduce (LARC norms, Sinkhorn sums) is small: latency-bound,
+        // so hierarchical wins by far.
+        let ar = m.all_reduce(&g, Bytes(64 * 1024));
+        assert_eq!(ar.algorithm, Algorithm::Hierarchical);
+        assert!(ar.latency > ar.transfer);
+        // A flat ring is bandwidth-optimal: for a huge buffer it wins back.
+        let huge = m.all_gather(&g, Bytes(64 << 30));
+        assert_eq!(huge.algorithm, Algorithm::Ring);
+    }
+
+    #[test]
+    fn hierarchical_needs_several_nodes_and_even_groups() {
+        let hw = builtin_hardware("a100-80gb").unwrap();
+        let t = Topology::build(&hw, 2).unwrap();
+        let m = CollectiveModel::default();
+        let uneven = t.group(&[0, 1, 2, 8]).unwrap();
+        assert!(m.hierarchical(Collective::AllGather, &uneven, Bytes(1 << 20)).is_none());
+        let one_node = t.group(&[0, 1, 2]).unwrap();
+        assert!(m.hierarchical(Collective::AllGather, &one_node, Bytes(1 << 20)).is_none());
+    }
+
+    #[test]
+    fn measured_fit_replaces_topology_terms() {
+        let hw = builtin_hardware("cpu-local").unwrap();
+        let mut hw2 = hw.clone();
+        hw2.interconnect.gpus_per_node = 2; // two ranks on the machine
+        let t = Topology::build(&hw2, 1).unwrap();
+        let g = t.group(&[0, 1]).unwrap();
+        let profile = CollectiveProfile {
+            fits: vec![CollectiveFit { collective: Collective::AllReduce, scope: Scope::IntraNode, alpha: Seconds(50e-6), bus_bandwidth: Bandwidth(2e9) }],
+        };
+        let m = CollectiveModel::new(profile);
+        let s = 8e6;
+        let ar = m.all_reduce(&g, Bytes(s as u64));
+        let want = 2.0 * 50e-6 + 2.0 * 0.5 * s / 2e9;
+        assert!(rel(ar.time.0, want) < 1e-12, "{} vs {want}", ar.time.0);
+        // Other collectives keep the topology's numbers.
+        let ag = m.all_gather(&g, Bytes(s as u64));
+        let want_ag = hw2.interconnect.nvlink_latency.0 + 0.5 * s / hw2.nvlink_bus_bandwidth().0;
+        assert!(rel(ag.time.0, want_ag) < 1e-12);
+        let bad = CollectiveProfile {
+            fits: vec![CollectiveFit { collective: Collective::Broadcast, scope: Scope::InterNode, alpha: Seconds(1e-6), bus_bandwidth: Bandwidth(-1.0) }],
+        };
+        assert_eq!(bad.validate().unwrap_err().0, "fits.bus_bandwidth_gb_s");
+    }
+}

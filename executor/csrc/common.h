@@ -1,0 +1,29 @@
+// Internals shared by the shim's translation units (not part of the C ABI).
+#pragma once
+#include <torch/csrc/distributed/c10d/Backend.hpp>
+#include <torch/csrc/distributed/c10d/Store.hpp>
+#include <chrono>
+#include <string>
+
+struct ssc_pg {
+  c10::intrusive_ptr<c10d::Store> store;
+  c10::intrusive_ptr<c10d::Backend> backend;
+  // Gloo has no AVG reduction; the Rust side emulates it with SUM.
+  bool is_gloo;
+  std::chrono::milliseconds timeout;
+};
+
+namespace ssc {
+// Records the exception message and maps it to an SSC_* status.
+int fail_current_exception();
+void set_error(std::string msg);
+}  // namespace ssc
+
+// Runs `body`, turning any C++ exception into a status code.
+#define SSC_GUARD(...)                        \
+  try {                                       \
+    __VA_ARGS__;                                   \
+    return SSC_OK;                            \
+  } catch (...) {                             \
+    return ssc::fail_current_exception();     \
+  }

@@ -1,0 +1,140 @@
+//! Sharded checkpoints: each rank writes its fp32 parameter shards, the
+//! optimiser state of those shards, its BN buffers and a JSON record (step,
+//! data position, loss scaler, seed) under `<dir>/step_<N>/`, each file
+//! written to a temporary name and renamed so a crash never leaves a torn
+//! file. After every rank has written (a barrier), rank 0 points
+//! `<dir>/latest` at the new step, again by rename. `--resume` reads `latest`.
+
+use crate::data::DataPosition;
+use crate::precision::LossScaler;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use tch::Tensor;
+
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("checkpoint {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("checkpoint {path}: {msg}")]
+    Format { path: PathBuf, msg: String },
+    #[error("checkpoint {path} was written by a run with {what}; this run has {here}")]
+    Mismatch { path: PathBuf, what: String, here: String },
+    #[error("checkpoint {path}: libtorch: {source}")]
+    Torch { path: PathBuf, source: tch::TchError },
+}
+
+/// The non-tensor part of one rank's checkpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RankMeta {
+    pub format_version: u32,
+    /// Steps completed: training resumes at this step.
+    pub step: u64,
+    pub rank: usize,
+    pub world_size: usize,
+    /// Position of the next batch of the data loader.
+    pub data: DataPosition,
+    pub loss_scaler: LossScaler,
+    pub seed: u64,
+    /// Unit names in order (guards against resuming with another plan).
+    pub units: Vec<String>,
+}
+
+/// Everything one rank saves.
+pub struct RankState {
+    pub meta: RankMeta,
+    /// `(group, name, tensor)` with group one of `master`, `optim`, `bn`.
+    pub tensors: Vec<(String, String, Tensor)>,
+}
+
+pub fn step_dir(dir: &Path, step: u64) -> PathBuf {
+    dir.join(format!("step_{step:08}"))
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> CheckpointError + '_ {
+    move |source| CheckpointError::Io { path: path.to_path_buf(), source }
+}
+
+/// Writes `bytes` to `path` atomically (temporary file, fsync, rename).
+fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<(), CheckpointError>) -> Result<(), CheckpointError> {
+    let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
+    write(&tmp)?;
+    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+/// Saves this rank's state for `meta.step` (call on every rank, then a
+/// barrier, then [`publish`] on rank 0).
+pub fn save_rank(dir: &Path, state: &RankState) -> Result<(), CheckpointError> {
+    let sd = step_dir(dir, state.meta.step);
+    std::fs::create_dir_all(&sd).map_err(io(&sd))?;
+    let r = state.meta.rank;
+    let pt = sd.join(format!("rank{r}.pt"));
+    // Names may contain dots (`s1.b0`); keep the archive flat by escaping.
+    let named: Vec<(String, &Tensor)> = state.tensors.iter().map(|(g, n, t)| (format!("{g}/{n}").replace('.', ":"), t)).collect();
+    write_atomic(&pt, |tmp| Tensor::save_multi(&named, tmp).map_err(|source| CheckpointError::Torch { path: tmp.to_path_buf(), source }))?;
+    let js = sd.join(format!("rank{r}.json"));
+    let text = serde_json::to_string_pretty(&state.meta).map_err(|e| CheckpointError::Format { path: js.clone(), msg: e.to_string() })?;
+    write_atomic(&js, |tmp| std::fs::write(tmp, text).map_err(io(tmp)))
+}
+
+/// Points `<dir>/latest` at `step` (rank 0, after every rank saved).
+pub fn publish(dir: &Path, step: u64) -> Result<(), CheckpointError> {
+    let latest = dir.join("latest");
+    let name = step_dir(dir, step).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    write_atomic(&latest, |tmp| std::fs::write(tmp, name).map_err(io(tmp)))
+}
+
+/// The step directory `latest` points at, if any checkpoint was published.
+pub fn latest(dir: &Path) -> Result<Option<PathBuf>, CheckpointError> {
+    let latest = dir.join("latest");
+    match std::fs::read_to_string(&latest) {
+        Ok(s) => {
+            let sd = dir.join(s.trim());
+            if !sd.is_dir() {
+                return Err(CheckpointError::Format { path: latest, msg: format!("points at missing directory {}", sd.display()) });
+            }
+            Ok(Some(sd))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io(&latest)(e)),
+    }
+}
+
+/// Loads this rank's state from a step directory, checking it belongs to
+/// a run with the same world size and units.
+pub fn load_rank(step_dir: &Path, rank: usize, world_size: usize, units: &[String]) -> Result<RankState, CheckpointError> {
+    let js = step_dir.join(format!("rank{rank}.json"));
+    let text = std::fs::read_to_string(&js).map_err(io(&js))?;
+    let meta: RankMeta = serde_json::from_str(&text).map_err(|e| CheckpointError::Format { path: js.clone(), msg: e.to_string() })?;
+    if meta.format_version != FORMAT_VERSION {
+        return Err(CheckpointError::Mismatch { path: js, what: format!("format {}", meta.format_version), here: format!("format {FORMAT_VERSION}") });
+    }
+    if meta.world_size != world_size || meta.rank != rank {
+        return Err(CheckpointError::Mismatch {
+            path: js,
+            what: format!("rank {}/{}", meta.rank, meta.world_size),
+            here: format!("rank {rank}/{world_size}"),
+        });
+    }
+    if meta.units != units {
+        return Err(CheckpointError::Mismatch { path: js, what: format!("units {:?}", meta.units), here: format!("units {units:?}") });
+    }
+    let pt = step_dir.join(format!("rank{rank}.pt"));
+    let raw = Tensor::load_multi(&pt).map_err(|source| CheckpointError::Torch { path: pt.clone(), source })?;
+    let mut tensors = Vec::with_capacity(raw.len());
+    for (k, t) in raw {
+        let k = k.replace(':', ".");
+        let (g, n) = k.split_once('/').ok_or_else(|| CheckpointError::Format { path: pt.clone(), msg: format!("bad tensor name `{k}`") })?;
+        tensors.push((g.to_string(), n.to_string(), t));
+    }
+    Ok(RankState { meta, tensors })
+}
+
+impl RankState {
+    /// `(name, tensor)` of one group.
+    pub fn group(&self, group: &str) -> Vec<(String, Tensor)> {
+        self.tensors.iter().filter(|(g, _, _)| g == group).map(|(_, n, t)| (n.clone(), t.shallow_clone())).collect()
+    }
+}

@@ -1,0 +1,351 @@
+//! The image-folder data pipeline: recursive JPEG/PNG listing, a
+//! deterministic per-epoch shuffle, each rank's slice of every global batch,
+//! decoding + multi-crop augmentation on worker threads with bounded
+//! prefetch, unreadable files skipped and counted.
+//!
+//! Global step s of epoch e covers positions `s*G .. (s+1)*G` of the epoch's
+//! shuffled order (G = images_per_rank * world); rank r takes the r-th
+//! contiguous slice of it. Every sample's RNG is seeded from (seed, epoch,
+//! position in the epoch), so the crops depend neither on thread timing nor
+//! on the world size: N ranks' batches concatenated in rank order are
+//! exactly the world-size-1 batch of the same global size.
+
+use crate::augment::{multi_crop, AugmentConfig, AugmentError};
+use crate::model::CropLayout;
+use image::RgbImage;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use tch::Tensor;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("cannot read image folder {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("no JPEG or PNG image found under {0}")]
+    Empty(PathBuf),
+    #[error("no readable image under {folder}: all {tried} files failed to decode")]
+    NoReadable { folder: PathBuf, tried: usize },
+    #[error("{folder} has {images} images, fewer than one global batch of {global_batch}")]
+    TooFewImages { folder: PathBuf, images: usize, global_batch: usize },
+    #[error("invalid loader setting `{field}`: {reason}")]
+    Config { field: &'static str, reason: String },
+    #[error(transparent)]
+    Augment(#[from] AugmentError),
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+    #[error("data worker stopped unexpectedly")]
+    WorkerGone,
+}
+
+/// Where the loader stands: the next batch is step `step` of epoch `epoch`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct DataPosition {
+    pub epoch: u64,
+    pub step: u64,
+}
+
+/// The image files of a folder, recursively, sorted (so every rank lists
+/// them in the same order).
+#[derive(Clone, Debug)]
+pub struct ImageFolder {
+    root: PathBuf,
+    files: Vec<PathBuf>,
+}
+
+impl ImageFolder {
+    /// `SEERSCALE_PHOTOS` if set, else `.photos` (scikit-image's bundled
+    /// photos, linked by scripts/setup).
+    pub fn default_root() -> PathBuf {
+        std::env::var_os("SEERSCALE_PHOTOS").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".photos"))
+    }
+
+    pub fn open(root: impl AsRef<Path>) -> Result<ImageFolder, DataError> {
+        let root = root.as_ref().to_path_buf();
+        let mut files = Vec::new();
+        let mut dirs = vec![root.clone()];
+        while let Some(dir) = dirs.pop() {
+            let rd = std::fs::read_dir(&dir).map_err(|source| DataError::Io { path: dir.clone(), source })?;
+            for entry in rd {
+                let entry = entry.map_err(|source| DataError::Io { path: dir.clone(), source })?;
+                let path = entry.path();
+                // Follows links (the default folder is one); unreadable
+                // entries are not fatal, their decode will be.
+                let meta = std::fs::metadata(&path);
+                if meta.as_ref().map(|m| m.is_dir()).unwrap_or(false) {
+                    dirs.push(path);
+                } else if is_image_name(&path) {
+                    files.push(path);
+                }
+            }
+        }
+        if files.is_empty() {
+            return Err(DataError::Empty(root));
+        }
+        files.sort();
+        Ok(ImageFolder { root, files })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+}
+
+fn is_image_name(p: &Path) -> bool {
+    matches!(
+        p.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref(),
+        Some("jpg" | "jpeg" | "png")
+    )
+}
+
+/// Decodes any JPEG/PNG (gray, RGBA, 16-bit) to 8-bit RGB.
+pub fn decode(path: &Path) -> Result<RgbImage, String> {
+    let reader = image::ImageReader::open(path).map_err(|e| e.to_string())?;
+    let reader = reader.with_guessed_format().map_err(|e| e.to_string())?;
+    let img = reader.decode().map_err(|e| e.to_string())?;
+    if img.width() == 0 || img.height() == 0 {
+        return Err("empty image".into());
+    }
+    Ok(img.to_rgb8())
+}
+
+/// The shuffled order of `n` files in `epoch`.
+pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix(&[seed, 0x5eed_0f_e90c, epoch])));
+    order
+}
+
+fn mix(parts: &[u64]) -> u64 {
+    // SplitMix64 over the parts: cheap, stable, well spread.
+    let mut h = 0x9e37_79b9_7f4a_7c15u64;
+    for &p in parts {
+        h ^= p;
+        h = h.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = h;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        h = z ^ (z >> 31);
+    }
+    h
+}
+
+#[derive(Clone, Debug)]
+pub struct LoaderConfig {
+    pub seed: u64,
+    pub rank: usize,
+    pub world: usize,
+    pub images_per_rank: usize,
+    pub augment: AugmentConfig,
+    /// Decode/augment threads.
+    pub workers: usize,
+    /// Batches each worker may have ready ahead of the consumer.
+    pub prefetch: usize,
+    /// Where to start (resume).
+    pub start: DataPosition,
+}
+
+/// One rank's batch.
+pub struct Batch {
+    pub position: DataPosition,
+    /// One tensor per crop group, `[images * count, 3, R, R]`, image-major.
+    pub groups: Vec<Tensor>,
+    pub layout: CropLayout,
+    /// Indices (into [`ImageFolder::files`]) of the images used.
+    pub images: Vec<usize>,
+    /// Files found unreadable by this loader so far.
+    pub skipped_files: usize,
+}
+
+struct Shared {
+    folder: ImageFolder,
+    cfg: LoaderConfig,
+    steps_per_epoch: u64,
+    bad: Mutex<HashSet<usize>>,
+}
+
+/// Prefetching multi-crop loader; iterate it for batches (endless: the
+/// training loop decides when to stop). Dropping it stops the workers.
+pub struct DataLoader {
+    shared: Arc<Shared>,
+    rx: Vec<Receiver<Result<Batch, DataError>>>,
+    handles: Vec<JoinHandle<()>>,
+    produced: u64,
+    next: DataPosition,
+    failed: bool,
+}
+
+impl DataLoader {
+    pub fn new(folder: ImageFolder, cfg: LoaderConfig) -> Result<DataLoader, DataError> {
+        cfg.augment.validate()?;
+        if cfg.world == 0 || cfg.rank >= cfg.world {
+            return Err(DataError::Config { field: "rank", reason: format!("rank {} of world {}", cfg.rank, cfg.world) });
+        }
+        if cfg.images_per_rank == 0 {
+            return Err(DataError::Config { field: "images_per_rank", reason: "must be >= 1".into() });
+        }
+        let global_batch = cfg.images_per_rank * cfg.world;
+        let steps_per_epoch = (folder.len() / global_batch) as u64;
+        if steps_per_epoch == 0 {
+            return Err(DataError::TooFewImages { folder: folder.root().to_path_buf(), images: folder.len(), global_batch });
+        }
+        if cfg.start.step >= steps_per_epoch {
+            return Err(DataError::Config {
+                field: "start.step",
+                reason: format!("step {} but an epoch has {steps_per_epoch} steps", cfg.start.step),
+            });
+        }
+        let workers = cfg.workers.max(1);
+        let prefetch = cfg.prefetch.max(1);
+        let next = cfg.start;
+        let shared = Arc::new(Shared { folder, cfg, steps_per_epoch, bad: Mutex::new(HashSet::new()) });
+        let mut rx = Vec::with_capacity(workers);
+        let mut handles = Vec::with_capacity(workers);
+        for w in 0..workers {
+            let (tx, r) = sync_channel(prefetch);
+            let sh = Arc::clone(&shared);
+            let h = std::thread::Builder::new()
+                .name(format!("seerscale-data-{w}"))
+                .spawn(move || {
+                    // Worker w makes batches w, w + workers, ...; one channel
+                    // per worker keeps the order without a reorder buffer and
+                    // bounds how far each worker runs ahead.
+                    let mut k = w as u64;
+                    loop {
+                        let res = sh.make_batch(sh.position_after(sh.cfg.start, k));
+                        let stop = res.is_err();
+                        if tx.send(res).is_err() || stop {
+                            return;
+                        }
+                        k += workers as u64;
+                    }
+                })
+                .map_err(|e| DataError::Io { path: PathBuf::from("<thread>"), source: e })?;
+            rx.push(r);
+            handles.push(h);
+        }
+        Ok(DataLoader { shared, rx, handles, produced: 0, next, failed: false })
+    }
+
+    pub fn steps_per_epoch(&self) -> u64 {
+        self.shared.steps_per_epoch
+    }
+
+    /// The position of the next batch `next()` returns (save it to resume).
+    pub fn position(&self) -> DataPosition {
+        self.next
+    }
+
+    /// Files found unreadable so far.
+    pub fn skipped_files(&self) -> usize {
+        self.shared.bad.lock().map(|s| s.len()).unwrap_or(0)
+    }
+}
+
+impl Iterator for DataLoader {
+    type Item = Result<Batch, DataError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        let w = (self.produced % self.rx.len() as u64) as usize;
+        let res = self.rx[w].recv().unwrap_or(Err(DataError::WorkerGone));
+        self.produced += 1;
+        match &res {
+            Ok(b) => self.next = self.shared.position_after(b.position, 1),
+            Err(_) => self.failed = true,
+        }
+        Some(res)
+    }
+}
+
+impl Drop for DataLoader {
+    fn drop(&mut self) {
+        // Closing the channels makes every worker's next send fail.
+        self.rx.clear();
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Shared {
+    fn position_after(&self, p: DataPosition, k: u64) -> DataPosition {
+        let s = p.step + k;
+        DataPosition { epoch: p.epoch + s / self.steps_per_epoch, step: s % self.steps_per_epoch }
+    }
+
+    /// Decodes the image at epoch position `pos`; an unreadable file is
+    /// replaced by the next one in the epoch order (deterministically).
+    fn load(&self, order: &[usize], pos: usize) -> Result<(usize, RgbImage), DataError> {
+        let n = order.len();
+        for t in 0..n {
+            let idx = order[(pos + t) % n];
+            if self.bad.lock().map(|b| b.contains(&idx)).unwrap_or(false) {
+                continue;
+            }
+            match decode(&self.folder.files()[idx]) {
+                Ok(img) => return Ok((idx, img)),
+                Err(_) => {
+                    if let Ok(mut b) = self.bad.lock() {
+                        b.insert(idx);
+                    }
+                }
+            }
+        }
+        Err(DataError::NoReadable { folder: self.folder.root().to_path_buf(), tried: n })
+    }
+
+    fn make_batch(&self, position: DataPosition) -> Result<Batch, DataError> {
+        let cfg = &self.cfg;
+        let order = epoch_order(self.folder.len(), cfg.seed, position.epoch);
+        let global_batch = cfg.images_per_rank * cfg.world;
+        let first = position.step as usize * global_batch + cfg.rank * cfg.images_per_rank;
+        let groups = &cfg.augment.crops;
+        let mut data: Vec<Vec<f32>> = groups
+            .iter()
+            .map(|g| Vec::with_capacity(cfg.images_per_rank * g.count * 3 * (g.resolution as usize).pow(2)))
+            .collect();
+        let mut images = Vec::with_capacity(cfg.images_per_rank);
+        for i in 0..cfg.images_per_rank {
+            let pos = first + i;
+            let (idx, img) = self.load(&order, pos)?;
+            let mut rng = ChaCha8Rng::seed_from_u64(mix(&[cfg.seed, position.epoch, pos as u64]));
+            // Image-major: this image's crops are contiguous in each group.
+            for (g, crops) in multi_crop(&img, &cfg.augment, &mut rng).into_iter().enumerate() {
+                for c in crops {
+                    data[g].extend_from_slice(&c);
+                }
+            }
+            images.push(idx);
+        }
+        let mut tensors = Vec::with_capacity(groups.len());
+        for (g, spec) in groups.iter().enumerate() {
+            let r = spec.resolution as i64;
+            let rows = (cfg.images_per_rank * spec.count) as i64;
+            tensors.push(Tensor::f_from_slice(&data[g])?.f_view([rows, 3, r, r])?);
+        }
+        Ok(Batch {
+            position,
+            groups: tensors,
+            layout: CropLayout { images: cfg.images_per_rank as i64, groups: groups.iter().map(|g| g.count as i64).collect() },
+            images,
+            skipped_files: self.bad.lock().map(|b| b.len()).unwrap_or(0),
+        })
+    }
+}

@@ -1,0 +1,551 @@
+//! The FSDP runtime: each unit's parameters flattened into one fp32 master
+//! vector, padded to a multiple of the world size and sharded; gathered in
+//! the compute dtype into a persistent flat buffer whose *storage* is freed
+//! and re-filled (see `storage.rs`) so autograd's saved views stay valid;
+//! gradients accumulated unsharded per unit, then reduce-scattered in the
+//! reduce dtype into the fp32 shard gradient.
+//!
+//! Units follow the naming contract (docs/architecture.md): a parameter
+//! belongs to the unit with the longest member that is a prefix of its name
+//! on `.` boundaries; unmatched parameters form the implicit `root` unit.
+
+use crate::dist::{DistError, ProcessGroup, ReduceOp, Work};
+use crate::model::ParamSpec;
+use crate::optim::{FlatShard, Piece};
+use crate::storage::{self, StorageError};
+use cost_models::Bytes;
+use std::collections::{HashMap, VecDeque};
+use tch::{Device, Kind, TchError, Tensor};
+
+/// One FSDP unit as the plan lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnitSpec {
+    pub name: String,
+    pub members: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FsdpError {
+    #[error("unit `{unit}`: member `{member}` matches no parameter of the model")]
+    UnknownMember { unit: String, member: String },
+    #[error("member `{member}` is listed by both unit `{first}` and unit `{second}`")]
+    DuplicateMember { member: String, first: String, second: String },
+    #[error("two units are named `{0}`")]
+    DuplicateUnit(String),
+    #[error("parameter `{name}`: initial value has shape {got:?}, spec says {want:?}")]
+    InitShape { name: String, got: Vec<i64>, want: Vec<i64> },
+    #[error("unit `{unit}` is not gathered (internal ordering error)")]
+    NotGathered { unit: String },
+    #[error("unit `{unit}`: gradient has {got} elements, flat parameter has {want}")]
+    GradShape { unit: String, got: i64, want: i64 },
+    #[error("checkpoint shard of unit `{unit}` has {got} elements, this run needs {want} (different plan or world size?)")]
+    ShardShape { unit: String, got: i64, want: i64 },
+    #[error(transparent)]
+    Dist(#[from] DistError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("libtorch: {0}")]
+    Torch(#[from] TchError),
+    #[error("initialising parameters: {0}")]
+    Init(String),
+}
+
+/// Dtypes of the mixed-precision policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MixedPrecision {
+    /// Dtype of gathered parameters (and so of the compute).
+    pub param: Kind,
+    /// Dtype of gradients when reduce-scattered.
+    pub reduce: Kind,
+}
+
+impl MixedPrecision {
+    pub fn fp32() -> Self {
+        MixedPrecision { param: Kind::Float, reduce: Kind::Float }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct FsdpOptions {
+    pub reshard_after_forward: bool,
+    pub precision: MixedPrecision,
+    pub device: Device,
+}
+
+/// A parameter's place in its unit's flat vector.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FlatParam {
+    /// Index in the model's `param_specs()` (same on every rank).
+    pub index: usize,
+    pub name: String,
+    pub shape: Vec<i64>,
+    pub offset: i64,
+    pub numel: i64,
+}
+
+enum Gather<'pg> {
+    Free,
+    Pending(Work<'pg>),
+    Ready,
+}
+
+struct Unit<'pg> {
+    name: String,
+    params: Vec<FlatParam>,
+    numel: i64,
+    padded: i64,
+    shard_len: i64,
+    /// Dtype of the gathered flat (fp32 for units holding the prototypes).
+    dtype: Kind,
+    /// fp32 master shard `[shard_len]` and its gradient.
+    master: Tensor,
+    grad: Tensor,
+    /// Gathered flat parameter `[padded]`: a leaf requiring grad whose
+    /// storage is freed when resharded.
+    flat: Tensor,
+    state: Gather<'pg>,
+    /// Unsharded gradient accumulated over the unit's blocks (reduce dtype).
+    grad_acc: Option<Tensor>,
+    /// Block indices using this unit, ascending.
+    blocks: Vec<usize>,
+}
+
+/// A reduce-scatter in flight and where its result goes.
+struct PendingReduce<'pg> {
+    work: Work<'pg>,
+    unit: usize,
+    out: Tensor,
+}
+
+/// Sharded parameters of the whole model on one rank.
+pub struct Fsdp<'pg> {
+    pg: &'pg ProcessGroup,
+    opts: FsdpOptions,
+    units: Vec<Unit<'pg>>,
+    /// Units used by each block (block order of the model).
+    block_units: Vec<Vec<usize>>,
+    pending: VecDeque<PendingReduce<'pg>>,
+    num_params: usize,
+}
+
+/// Maps each parameter to its unit: `(unit names in order, unit of param i)`.
+/// The implicit `root` unit comes last and only if it holds parameters.
+pub fn assign_units(specs: &[ParamSpec], units: &[UnitSpec]) -> Result<(Vec<String>, Vec<usize>), FsdpError> {
+    let mut names: Vec<String> = Vec::new();
+    let mut member_owner: HashMap<&str, &str> = HashMap::new();
+    for u in units {
+        if names.contains(&u.name) || u.name == "root" && units.iter().filter(|v| v.name == "root").count() > 1 {
+            return Err(FsdpError::DuplicateUnit(u.name.clone()));
+        }
+        names.push(u.name.clone());
+        for m in &u.members {
+            if let Some(first) = member_owner.insert(m.as_str(), u.name.as_str()) {
+                return Err(FsdpError::DuplicateMember { member: m.clone(), first: first.to_string(), second: u.name.clone() });
+            }
+        }
+    }
+    let is_prefix = |m: &str, name: &str| name == m || (name.starts_with(m) && name.as_bytes().get(m.len()) == Some(&b'.'));
+    for u in units {
+        for m in &u.members {
+            if !specs.iter().any(|p| is_prefix(m, &p.name)) {
+                return Err(FsdpError::UnknownMember { unit: u.name.clone(), member: m.clone() });
+            }
+        }
+    }
+    let mut root: Option<usize> = names.iter().position(|n| n == "root");
+    let mut owner = Vec::with_capacity(specs.len());
+    for p in specs {
+        let best = units
+            .iter()
+            .enumerate()
+            .flat_map(|(ui, u)| u.members.iter().map(move |m| (ui, m)))
+            .filter(|(_, m)| is_prefix(m, &p.name))
+            .max_by_key(|(_, m)| m.len());
+        owner.push(match best {
+            Some((ui, _)) => ui,
+            None => *root.get_or_insert_with(|| {
+                names.push("root".to_string());
+                names.len() - 1
+            }),
+        });
+    }
+    Ok((names, owner))
+}
+
+impl<'pg> Fsdp<'pg> {
+    /// Shards the model. `blocks` are the model's block names in forward
+    /// order; `init` gives a parameter's initial fp32 value (every rank must
+    /// produce the same values; only this rank's slice is kept).
+    pub fn new(
+        pg: &'pg ProcessGroup,
+        specs: &[ParamSpec],
+        blocks: &[String],
+        units: &[UnitSpec],
+        opts: FsdpOptions,
+        init: &mut dyn FnMut(&ParamSpec) -> Result<Tensor, String>,
+    ) -> Result<Fsdp<'pg>, FsdpError> {
+        let (names, owner) = assign_units(specs, units)?;
+        let world = pg.world_size() as i64;
+        let rank = pg.rank() as i64;
+        let block_index: HashMap<&str, usize> = blocks.iter().enumerate().map(|(i, b)| (b.as_str(), i)).collect();
+        let mut out_units = Vec::with_capacity(names.len());
+        let mut block_units: Vec<Vec<usize>> = vec![Vec::new(); blocks.len()];
+        for (ui, uname) in names.iter().enumerate() {
+            let mut params = Vec::new();
+            let mut offset = 0i64;
+            let mut ublocks: Vec<usize> = Vec::new();
+            for (pi, p) in specs.iter().enumerate().filter(|(pi, _)| owner[*pi] == ui) {
+                params.push(FlatParam { index: pi, name: p.name.clone(), shape: p.shape.clone(), offset, numel: p.numel() });
+                offset += p.numel();
+                let b = *block_index.get(p.block.as_str()).ok_or_else(|| FsdpError::Init(format!("parameter `{}` names unknown block `{}`", p.name, p.block)))?;
+                if !ublocks.contains(&b) {
+                    ublocks.push(b);
+                }
+            }
+            ublocks.sort_unstable();
+            for &b in &ublocks {
+                block_units[b].push(ui);
+            }
+            let numel = offset;
+            let padded = (numel + world - 1) / world * world;
+            let shard_len = padded / world;
+            // Prototypes stay fp32 whatever the compute dtype (SEER).
+            let dtype = if params.iter().any(|p| p.name.starts_with("head.proto.")) { Kind::Float } else { opts.precision.param };
+            // Build this rank's slice of the fp32 flat one parameter at a
+            // time, so no rank ever holds a whole unit in fp32.
+            let master = Tensor::f_zeros([shard_len], (Kind::Float, opts.device))?;
+            let (lo, hi) = (rank * shard_len, (rank + 1) * shard_len);
+            for fp in &params {
+                let (a, b) = (fp.offset.max(lo), (fp.offset + fp.numel).min(hi));
+                if a >= b {
+                    continue;
+                }
+                let v = init(&specs[fp.index]).map_err(FsdpError::Init)?;
+                if v.size() != fp.shape {
+                    return Err(FsdpError::InitShape { name: fp.name.clone(), got: v.size(), want: fp.shape.clone() });
+                }
+                let v = v.f_to_kind(Kind::Float)?.f_reshape([-1])?.f_narrow(0, a - fp.offset, b - a)?;
+                master.f_narrow(0, a - lo, b - a)?.f_copy_(&v.f_to_device(opts.device)?)?;
+            }
+            let grad = master.f_zeros_like()?;
+            let flat = Tensor::f_zeros([padded], (dtype, opts.device))?.set_requires_grad(true);
+            if padded > 0 {
+                storage::free(&flat)?;
+            }
+            out_units.push(Unit {
+                name: uname.clone(),
+                params,
+                numel,
+                padded,
+                shard_len,
+                dtype,
+                master,
+                grad,
+                flat,
+                state: Gather::Free,
+                grad_acc: None,
+                blocks: ublocks,
+            });
+        }
+        Ok(Fsdp { pg, opts, units: out_units, block_units, pending: VecDeque::new(), num_params: specs.len() })
+    }
+
+    pub fn options(&self) -> &FsdpOptions {
+        &self.opts
+    }
+    pub fn process_group(&self) -> &'pg ProcessGroup {
+        self.pg
+    }
+    pub fn num_units(&self) -> usize {
+        self.units.len()
+    }
+    pub fn unit_name(&self, u: usize) -> &str {
+        &self.units[u].name
+    }
+    pub fn unit_params(&self, u: usize) -> &[FlatParam] {
+        &self.units[u].params
+    }
+    /// Units whose parameters `block` uses.
+    pub fn units_of_block(&self, block: usize) -> &[usize] {
+        &self.block_units[block]
+    }
+    /// First and last block (forward order) using unit `u`.
+    pub fn block_span(&self, u: usize) -> (usize, usize) {
+        let b = &self.units[u].blocks;
+        (b.first().copied().unwrap_or(0), b.last().copied().unwrap_or(0))
+    }
+    pub fn is_gathered(&self, u: usize) -> bool {
+        !matches!(self.units[u].state, Gather::Free)
+    }
+
+    /// Bytes of this rank's fp32 shards (parameters only).
+    pub fn shard_bytes(&self) -> Bytes {
+        Bytes(self.units.iter().map(|u| u.shard_len as u64 * 4).sum())
+    }
+
+    /// Starts gathering `u` (no-op if gathered or in flight).
+    pub fn prefetch(&mut self, u: usize) -> Result<(), FsdpError> {
+        let unit = &mut self.units[u];
+        if !matches!(unit.state, Gather::Free) || unit.padded == 0 {
+            if unit.padded == 0 {
+                unit.state = Gather::Ready;
+            }
+            return Ok(());
+        }
+        let bytes = Bytes(unit.padded as u64 * unit.dtype.elt_size_in_bytes() as u64);
+        storage::refill(&unit.flat, bytes)?;
+        let shard = if unit.dtype == Kind::Float { unit.master.shallow_clone() } else { unit.master.f_to_kind(unit.dtype)? };
+        let work = self.pg.all_gather_into(&unit.flat, &shard)?;
+        unit.state = Gather::Pending(work);
+        Ok(())
+    }
+
+    /// Makes sure `u` is gathered, waiting for an in-flight prefetch.
+    pub fn gather(&mut self, u: usize) -> Result<(), FsdpError> {
+        self.prefetch(u)?;
+        let unit = &mut self.units[u];
+        if let Gather::Pending(_) = unit.state {
+            if let Gather::Pending(w) = std::mem::replace(&mut unit.state, Gather::Ready) {
+                w.wait()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Releases `u`'s gathered storage (its views stay valid as metadata).
+    pub fn free(&mut self, u: usize) -> Result<(), FsdpError> {
+        let unit = &mut self.units[u];
+        match std::mem::replace(&mut unit.state, Gather::Free) {
+            Gather::Free => return Ok(()),
+            Gather::Pending(w) => w.wait()?,
+            Gather::Ready => {}
+        }
+        if unit.padded > 0 {
+            storage::free(&unit.flat)?;
+        }
+        Ok(())
+    }
+
+    /// The gathered flat parameter of `u` (a leaf requiring grad).
+    pub fn flat(&self, u: usize) -> Result<&Tensor, FsdpError> {
+        let unit = &self.units[u];
+        match unit.state {
+            Gather::Ready => Ok(&unit.flat),
+            _ => Err(FsdpError::NotGathered { unit: unit.name.clone() }),
+        }
+    }
+
+    /// `name -> view` of every parameter of the units of `block` (all must
+    /// be gathered). Made under the current grad mode, so with grad enabled
+    /// gradients flow to the flat parameters.
+    pub fn block_params(&self, block: usize) -> Result<HashMap<String, Tensor>, FsdpError> {
+        let mut m = HashMap::new();
+        for &u in &self.block_units[block] {
+            let flat = self.flat(u)?;
+            for p in &self.units[u].params {
+                m.insert(p.name.clone(), flat.f_narrow(0, p.offset, p.numel)?.f_view(p.shape.as_slice())?);
+            }
+        }
+        Ok(m)
+    }
+
+    /// Adds a gradient of `u`'s flat parameter (from one block's backward).
+    pub fn accumulate_grad(&mut self, u: usize, g: &Tensor) -> Result<(), FsdpError> {
+        let reduce = self.opts.precision.reduce;
+        let unit = &mut self.units[u];
+        if g.numel() as i64 != unit.padded {
+            return Err(FsdpError::GradShape { unit: unit.name.clone(), got: g.numel() as i64, want: unit.padded });
+        }
+        let g = g.f_to_kind(reduce)?;
+        match &mut unit.grad_acc {
+            Some(acc) => {
+                let _ = acc.f_add_(&g)?;
+            }
+            None => unit.grad_acc = Some(g),
+        }
+        Ok(())
+    }
+
+    /// `u`'s gradient is complete: start its reduce-scatter (sum over ranks)
+    /// and free its gathered parameters. At most two reduce-scatters stay in
+    /// flight, bounding the unsharded gradient memory.
+    pub fn finish_grad(&mut self, u: usize) -> Result<(), FsdpError> {
+        self.free(u)?;
+        let reduce = self.opts.precision.reduce;
+        let unit = &mut self.units[u];
+        let Some(acc) = unit.grad_acc.take() else { return Ok(()) };
+        if unit.padded == 0 {
+            return Ok(());
+        }
+        let out = Tensor::f_empty([unit.shard_len], (reduce, self.opts.device))?;
+        let work = self.pg.reduce_scatter(&out, &acc, ReduceOp::Sum)?;
+        drop(acc); // the Work holds it until done
+        self.pending.push_back(PendingReduce { work, unit: u, out });
+        while self.pending.len() > 2 {
+            self.complete_one()?;
+        }
+        Ok(())
+    }
+
+    fn complete_one(&mut self) -> Result<(), FsdpError> {
+        if let Some(p) = self.pending.pop_front() {
+            p.work.wait()?;
+            let _g = tch::no_grad_guard();
+            let _ = self.units[p.unit].grad.f_add_(&p.out.f_to_kind(Kind::Float)?)?;
+        }
+        Ok(())
+    }
+
+    /// Waits for every reduce-scatter in flight (end of backward).
+    pub fn drain(&mut self) -> Result<(), FsdpError> {
+        while !self.pending.is_empty() {
+            self.complete_one()?;
+        }
+        Ok(())
+    }
+
+    /// Frees every gathered unit (end of step).
+    pub fn free_all(&mut self) -> Result<(), FsdpError> {
+        for u in 0..self.units.len() {
+            self.free(u)?;
+        }
+        Ok(())
+    }
+
+    pub fn zero_grad(&mut self) -> Result<(), FsdpError> {
+        for u in &mut self.units {
+            let _ = u.grad.f_zero_()?;
+            u.grad_acc = None;
+        }
+        Ok(())
+    }
+
+    /// The shards as the optimiser sees them: each piece of a shard is a
+    /// slice of one parameter (padding belongs to none).
+    pub fn shards(&self) -> Vec<FlatShard> {
+        let rank = self.pg.rank() as i64;
+        self.units
+            .iter()
+            .map(|u| {
+                let (lo, hi) = (rank * u.shard_len, (rank + 1) * u.shard_len);
+                let pieces = u
+                    .params
+                    .iter()
+                    .filter_map(|p| {
+                        let (a, b) = (p.offset.max(lo), (p.offset + p.numel).min(hi));
+                        (a < b).then_some(Piece { param: p.index, start: a - lo, len: b - a })
+                    })
+                    .collect();
+                FlatShard { param: u.master.shallow_clone(), grad: u.grad.shallow_clone(), pieces }
+            })
+            .collect()
+    }
+
+    /// This rank's slice of parameter `name`: `(master slice, offset of the
+    /// slice within the flattened parameter)`, or None if it owns none of it.
+    pub fn local_slice(&self, name: &str) -> Result<Option<(Tensor, i64)>, FsdpError> {
+        let rank = self.pg.rank() as i64;
+        for u in &self.units {
+            if let Some(p) = u.params.iter().find(|p| p.name == name) {
+                let (lo, hi) = (rank * u.shard_len, (rank + 1) * u.shard_len);
+                let (a, b) = (p.offset.max(lo), (p.offset + p.numel).min(hi));
+                if a >= b {
+                    return Ok(Some((u.master.f_narrow(0, 0, 0)?, 0)));
+                }
+                return Ok(Some((u.master.f_narrow(0, a - lo, b - a)?, a - p.offset)));
+            }
+        }
+        Ok(None)
+    }
+
+    pub fn num_model_params(&self) -> usize {
+        self.num_params
+    }
+
+    /// Every parameter in fp32, gathered from all ranks (collective; for
+    /// tests, evaluation and export; needs the whole model in memory).
+    pub fn full_params(&self) -> Result<Vec<(String, Tensor)>, FsdpError> {
+        let mut out = Vec::new();
+        for u in &self.units {
+            if u.padded == 0 {
+                continue;
+            }
+            let full = Tensor::f_empty([u.padded], (Kind::Float, self.opts.device))?;
+            self.pg.all_gather_into_tensor(&full, &u.master)?;
+            for p in &u.params {
+                out.push((p.name.clone(), full.f_narrow(0, p.offset, p.numel)?.f_view(p.shape.as_slice())?.f_to_device(Device::Cpu)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Master shards (name = unit name) for checkpoints.
+    pub fn master_shards(&self) -> Vec<(String, Tensor)> {
+        self.units.iter().map(|u| (u.name.clone(), u.master.shallow_clone())).collect()
+    }
+
+    /// fp32 shard gradients (name = unit name), e.g. to compare runs.
+    pub fn grad_shards(&self) -> Vec<(String, Tensor)> {
+        self.units.iter().map(|u| (u.name.clone(), u.grad.shallow_clone())).collect()
+    }
+
+    /// Every parameter's fp32 gradient gathered from all ranks (collective).
+    pub fn full_grads(&self) -> Result<Vec<(String, Tensor)>, FsdpError> {
+        let mut out = Vec::new();
+        for u in &self.units {
+            if u.padded == 0 {
+                continue;
+            }
+            let full = Tensor::f_empty([u.padded], (Kind::Float, self.opts.device))?;
+            self.pg.all_gather_into_tensor(&full, &u.grad)?;
+            for p in &u.params {
+                out.push((p.name.clone(), full.f_narrow(0, p.offset, p.numel)?.f_view(p.shape.as_slice())?.f_to_device(Device::Cpu)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Restores master shards saved by [`Fsdp::master_shards`].
+    pub fn load_master_shards(&mut self, saved: &[(String, Tensor)]) -> Result<(), FsdpError> {
+        let _g = tch::no_grad_guard();
+        for u in &mut self.units {
+            let src = saved
+                .iter()
+                .find(|(n, _)| *n == u.name)
+                .map(|(_, t)| t)
+                .ok_or_else(|| FsdpError::ShardShape { unit: u.name.clone(), got: 0, want: u.shard_len })?;
+            if src.numel() as i64 != u.shard_len {
+                return Err(FsdpError::ShardShape { unit: u.name.clone(), got: src.numel() as i64, want: u.shard_len });
+            }
+            u.master.f_copy_(&src.f_to_device(self.opts.device)?.f_to_kind(Kind::Float)?)?;
+        }
+        Ok(())
+    }
+
+    /// Whether any shard gradient on any rank is inf/nan (collective).
+    pub fn grads_non_finite(&self) -> Result<bool, FsdpError> {
+        let mut bad = 0f32;
+        for u in &self.units {
+            if u.shard_len > 0 && !bool::try_from(u.grad.f_isfinite()?.f_all()?)? {
+                bad = 1.0;
+            }
+        }
+        let flag = Tensor::from_slice(&[bad]).f_to_device(self.opts.device)?;
+        self.pg.all_reduce_(&flag, ReduceOp::Max)?;
+        Ok(flag.f_double_value(&[0])? > 0.0)
+    }
+
+    /// Multiplies every shard gradient by `k` (loss-scale unscaling).
+    pub fn scale_grads(&mut self, k: f64) -> Result<(), FsdpError> {
+        let _g = tch::no_grad_guard();
+        for u in &mut self.units {
+            let _ = u.grad.f_mul_scalar_(k)?;
+        }
+        Ok(())
+    }
+
+    /// Total elements per unit: `(name, numel, padded)` for reports.
+    pub fn unit_sizes(&self) -> Vec<(String, i64, i64)> {
+        self.units.iter().map(|u| (u.name.clone(), u.numel, u.padded)).collect()
+    }
+}

@@ -1,0 +1,818 @@
+//! RegNet-Y trunk + SwAV head as *functions of named parameters*, so the FSDP
+//! runtime owns every parameter's storage and hands each block views of a
+//! gathered buffer. Block and parameter names follow the naming contract in
+//! docs/architecture.md (the cost model's `ModelGraph` lists the same blocks
+//! and parameter tensors in the same order).
+//!
+//! Activations between blocks are a `Vec<Tensor>`: one tensor per crop
+//! resolution group for trunk blocks (the trunk runs once per resolution),
+//! one `[rows, d]` tensor after `head.mlp`, the `[rows, K]` fp32 scores after
+//! `head.proto`. Within a resolution group rows are image-major
+//! (`img0 crop0, img0 crop1, img1 crop0, ...`), so contiguous batch groups are
+//! contiguous image ranges, i.e. ranks.
+
+use cost_models::config::ModelConfig;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::StandardNormal;
+use std::collections::{BTreeMap, HashMap};
+use tch::{Device, Kind, TchError, Tensor};
+
+/// BN epsilon and default momentum of torchvision / pycls RegNet.
+pub const BN_EPS: f64 = 1e-5;
+pub const BN_MOMENTUM: f64 = 0.1;
+/// F.normalize's epsilon.
+const NORM_EPS: f64 = 1e-12;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("invalid model config: field `{field}`: {reason}")]
+    Config { field: String, reason: String },
+    #[error("unknown block `{0}`")]
+    UnknownBlock(String),
+    #[error("parameter `{0}` was not provided")]
+    MissingParam(String),
+    #[error("BN buffers of layer `{0}` are missing")]
+    MissingBuffer(String),
+    #[error("bad input to block `{block}`: {reason}")]
+    Input { block: String, reason: String },
+    #[error("libtorch: {0}")]
+    Torch(#[from] TchError),
+}
+
+/// How a parameter is initialised (torchvision RegNet / SwAV conventions).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Init {
+    /// Conv weight: normal(0, sqrt(2 / fan_out)), fan_out = k*k*out / groups
+    /// (integer division, as torchvision).
+    KaimingNormalFanOut { fan_out: usize },
+    /// uniform(-bound, bound), bound = 1/sqrt(fan_in): PyTorch's default for
+    /// conv biases (torchvision's RegNet leaves the SE ones so) and for
+    /// Linear weights and biases (VISSL's SwAV head keeps it).
+    Uniform { bound: f64 },
+    /// normal(0, std).
+    Normal { std: f64 },
+    /// Prototypes: nn.Linear's default uniform(±1/sqrt(d)), then rows
+    /// L2-normalised (SwAV normalises them before every step anyway).
+    Prototypes { bound: f64 },
+    Ones,
+    Zeros,
+}
+
+/// One parameter tensor of the model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamSpec {
+    /// `s3.b12.b.weight`, `head.proto.weight`, ...
+    pub name: String,
+    pub shape: Vec<i64>,
+    /// The block it belongs to (`stem`, `s1.b0`, `head.mlp`, `head.proto`).
+    pub block: String,
+    pub init: Init,
+}
+
+impl ParamSpec {
+    pub fn numel(&self) -> i64 {
+        self.shape.iter().product()
+    }
+
+    /// The initial value as a CPU fp32 tensor. Depends only on `(seed, name)`
+    /// so every world size (and every unit order) starts from the same
+    /// parameters, and a rank can initialise one unit at a time.
+    pub fn init_tensor(&self, seed: u64) -> Result<Tensor, ModelError> {
+        let n = self.numel() as usize;
+        let mut rng = ChaCha8Rng::seed_from_u64(param_seed(seed, &self.name));
+        let data: Vec<f32> = match &self.init {
+            Init::Ones => vec![1.0; n],
+            Init::Zeros => vec![0.0; n],
+            Init::KaimingNormalFanOut { fan_out } => {
+                let std = (2.0 / (*fan_out).max(1) as f64).sqrt();
+                normal(&mut rng, n, std)
+            }
+            Init::Normal { std } => normal(&mut rng, n, *std),
+            Init::Uniform { bound } | Init::Prototypes { bound } => {
+                (0..n).map(|_| rng.gen_range(-*bound..=*bound) as f32).collect()
+            }
+        };
+        let t = Tensor::f_from_slice(&data)?.f_view(self.shape.as_slice())?;
+        if let Init::Prototypes { .. } = self.init {
+            let norm = t.f_norm_scalaropt_dim(2, [1i64], true)?.f_clamp_min(NORM_EPS)?;
+            return Ok(t.f_div(&norm)?);
+        }
+        Ok(t)
+    }
+}
+
+fn normal(rng: &mut ChaCha8Rng, n: usize, std: f64) -> Vec<f32> {
+    (0..n).map(|_| (rng.sample::<f64, _>(StandardNormal) * std) as f32).collect()
+}
+
+/// FNV-1a of the name mixed with the seed (SplitMix64 finaliser): stable
+/// across platforms and Rust versions, unlike `DefaultHasher`.
+fn param_seed(seed: u64, name: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    let mut z = h ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// One residual block after the width/group adjustment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResBlock {
+    pub name: String,
+    pub w_in: i64,
+    pub w_out: i64,
+    /// Bottleneck width (channels of the 3x3 grouped conv).
+    pub w_b: i64,
+    pub groups: i64,
+    pub stride: i64,
+    /// SE squeeze channels, round(se_ratio * w_in); 0 = no SE (RegNet-X).
+    pub se: i64,
+    /// Projection shortcut (width or stride changes).
+    pub proj: bool,
+}
+
+/// The concrete architecture of a [`ModelConfig`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelArch {
+    pub stem_width: i64,
+    pub blocks: Vec<ResBlock>,
+    /// Output width of each projection Linear (input: trunk width).
+    pub mlp_dims: Vec<i64>,
+    pub prototypes: i64,
+}
+
+impl ModelArch {
+    pub fn new(cfg: &ModelConfig) -> Result<ModelArch, ModelError> {
+        cfg.regnet
+            .validate()
+            .map_err(|e| ModelError::Config { field: format!("regnet.{}", e.field), reason: e.reason })?;
+        if cfg.head.mlp_dims.is_empty() || cfg.head.mlp_dims.contains(&0) {
+            return Err(ModelError::Config {
+                field: "head.mlp_dims".into(),
+                reason: "needs at least one Linear, each of width >= 1".into(),
+            });
+        }
+        if cfg.head.prototypes == 0 {
+            return Err(ModelError::Config { field: "head.prototypes".into(), reason: "must be >= 1".into() });
+        }
+        let spec = &cfg.regnet;
+        let mut blocks = Vec::new();
+        let mut w_in = spec.stem_width as i64;
+        for (si, st) in spec.stages().iter().enumerate() {
+            let w_out = st.width as i64;
+            for j in 0..st.depth {
+                let stride = if j == 0 { 2 } else { 1 };
+                // Python's round() (ties to even), as torchvision's int(round(.)).
+                let se = (spec.se_ratio * w_in as f64).round_ties_even() as i64;
+                blocks.push(ResBlock {
+                    name: format!("s{}.b{}", si + 1, j),
+                    w_in,
+                    w_out,
+                    w_b: st.bottleneck_width() as i64,
+                    groups: st.groups().max(1) as i64,
+                    stride,
+                    se,
+                    proj: w_in != w_out || stride != 1,
+                });
+                w_in = w_out;
+            }
+        }
+        Ok(ModelArch {
+            stem_width: spec.stem_width as i64,
+            blocks,
+            mlp_dims: cfg.head.mlp_dims.iter().map(|&d| d as i64).collect(),
+            prototypes: cfg.head.prototypes as i64,
+        })
+    }
+
+    /// Channels of the trunk output.
+    pub fn trunk_width(&self) -> i64 {
+        self.blocks.last().map_or(self.stem_width, |b| b.w_out)
+    }
+
+    /// Dimension of the L2-normalised embedding (input of the prototypes).
+    pub fn embedding_dim(&self) -> i64 {
+        *self.mlp_dims.last().unwrap_or(&self.trunk_width())
+    }
+
+    /// `stem`, `s1.b0`, ..., `head.mlp`, `head.proto`: the cost model's blocks.
+    pub fn block_names(&self) -> Vec<String> {
+        let mut v = vec!["stem".to_string()];
+        v.extend(self.blocks.iter().map(|b| b.name.clone()));
+        v.push("head.mlp".into());
+        v.push("head.proto".into());
+        v
+    }
+
+    /// Every parameter tensor in forward order (the cost model's order).
+    pub fn param_specs(&self) -> Vec<ParamSpec> {
+        let mut out = Vec::new();
+        let conv = |out: &mut Vec<ParamSpec>, block: &str, layer: &str, cin: i64, cout: i64, k: i64, groups: i64, bias: bool| {
+            out.push(ParamSpec {
+                name: format!("{layer}.weight"),
+                shape: vec![cout, cin / groups, k, k],
+                block: block.to_string(),
+                init: Init::KaimingNormalFanOut { fan_out: ((k * k * cout) / groups) as usize },
+            });
+            if bias {
+                let fan_in = (cin / groups) * k * k;
+                out.push(ParamSpec {
+                    name: format!("{layer}.bias"),
+                    shape: vec![cout],
+                    block: block.to_string(),
+                    init: Init::Uniform { bound: 1.0 / (fan_in as f64).sqrt() },
+                });
+            }
+        };
+        let bn = |out: &mut Vec<ParamSpec>, block: &str, layer: &str, c: i64| {
+            out.push(ParamSpec { name: format!("{layer}.weight"), shape: vec![c], block: block.into(), init: Init::Ones });
+            out.push(ParamSpec { name: format!("{layer}.bias"), shape: vec![c], block: block.into(), init: Init::Zeros });
+        };
+        conv(&mut out, "stem", "stem.conv", 3, self.stem_width, 3, 1, false);
+        bn(&mut out, "stem", "stem.bn", self.stem_width);
+        for b in &self.blocks {
+            let n = &b.name;
+            if b.proj {
+                conv(&mut out, n, &format!("{n}.proj"), b.w_in, b.w_out, 1, 1, false);
+                bn(&mut out, n, &format!("{n}.proj_bn"), b.w_out);
+            }
+            conv(&mut out, n, &format!("{n}.a"), b.w_in, b.w_b, 1, 1, false);
+            bn(&mut out, n, &format!("{n}.a_bn"), b.w_b);
+            conv(&mut out, n, &format!("{n}.b"), b.w_b, b.w_b, 3, b.groups, false);
+            bn(&mut out, n, &format!("{n}.b_bn"), b.w_b);
+            if b.se > 0 {
+                conv(&mut out, n, &format!("{n}.se.reduce"), b.w_b, b.se, 1, 1, true);
+                conv(&mut out, n, &format!("{n}.se.expand"), b.se, b.w_b, 1, 1, true);
+            }
+            conv(&mut out, n, &format!("{n}.c"), b.w_b, b.w_out, 1, 1, false);
+            bn(&mut out, n, &format!("{n}.c_bn"), b.w_out);
+        }
+        let mut d_in = self.trunk_width();
+        for (k, &d) in self.mlp_dims.iter().enumerate() {
+            // nn.Linear's default init, which VISSL's SwAV head keeps: a
+            // normal(0, 0.01) head on a narrow trunk makes the pre-normalise
+            // features tiny, and the first step's bias update collapses them.
+            let bound = 1.0 / (d_in as f64).sqrt();
+            out.push(ParamSpec {
+                name: format!("head.mlp.{k}.weight"),
+                shape: vec![d, d_in],
+                block: "head.mlp".into(),
+                init: Init::Uniform { bound },
+            });
+            out.push(ParamSpec { name: format!("head.mlp.{k}.bias"), shape: vec![d], block: "head.mlp".into(), init: Init::Uniform { bound } });
+            d_in = d;
+        }
+        out.push(ParamSpec {
+            name: "head.proto.weight".into(),
+            shape: vec![self.prototypes, d_in],
+            block: "head.proto".into(),
+            init: Init::Prototypes { bound: 1.0 / (d_in as f64).sqrt() },
+        });
+        out
+    }
+
+    /// Layer names of every BN (each has running mean/var buffers).
+    pub fn bn_layers(&self) -> Vec<(String, i64)> {
+        let mut v = vec![("stem.bn".to_string(), self.stem_width)];
+        for b in &self.blocks {
+            if b.proj {
+                v.push((format!("{}.proj_bn", b.name), b.w_out));
+            }
+            v.push((format!("{}.a_bn", b.name), b.w_b));
+            v.push((format!("{}.b_bn", b.name), b.w_b));
+            v.push((format!("{}.c_bn", b.name), b.w_out));
+        }
+        v
+    }
+
+    /// Initial parameters `(name, CPU fp32 tensor)` in forward order.
+    pub fn init_params(&self, seed: u64) -> Result<Vec<(String, Tensor)>, ModelError> {
+        self.param_specs().iter().map(|p| Ok((p.name.clone(), p.init_tensor(seed)?))).collect()
+    }
+
+    /// Runs one block. `xs`: one tensor per resolution group for trunk blocks
+    /// and `head.mlp`, the single embedding tensor for `head.proto`.
+    pub fn forward_block(
+        &self,
+        block: &str,
+        params: &dyn ParamSource,
+        bn: &mut BnState,
+        xs: &[Tensor],
+        mode: &Mode,
+    ) -> Result<Vec<Tensor>, ModelError> {
+        if xs.is_empty() {
+            return Err(ModelError::Input { block: block.into(), reason: "no input tensors".into() });
+        }
+        let mut ctx = Ctx { params, bn, mode, block };
+        match block {
+            "stem" => xs.iter().map(|x| ctx.stem(x, self.stem_width)).collect(),
+            "head.mlp" => Ok(vec![ctx.head_mlp(xs, self.mlp_dims.len())?]),
+            "head.proto" => {
+                if xs.len() != 1 {
+                    return Err(ModelError::Input { block: block.into(), reason: "expects one embedding tensor".into() });
+                }
+                Ok(vec![ctx.head_proto(&xs[0])?])
+            }
+            _ => {
+                let b = self.blocks.iter().find(|b| b.name == block).ok_or_else(|| ModelError::UnknownBlock(block.into()))?;
+                xs.iter().map(|x| ctx.res_block(b, x)).collect()
+            }
+        }
+    }
+
+    /// The whole model, block by block (the non-FSDP reference path):
+    /// per-group image batches in, `[rows, K]` fp32 scores out.
+    pub fn forward(&self, params: &dyn ParamSource, bn: &mut BnState, inputs: &[Tensor], mode: &Mode) -> Result<Tensor, ModelError> {
+        let mut xs: Vec<Tensor> = inputs.iter().map(|t| t.shallow_clone()).collect();
+        for name in self.block_names() {
+            xs = self.forward_block(&name, params, bn, &xs, mode)?;
+        }
+        Ok(xs.remove(0))
+    }
+}
+
+/// Convenience wrappers with the shapes the planner side uses.
+pub fn param_specs(cfg: &ModelConfig) -> Result<Vec<ParamSpec>, ModelError> {
+    Ok(ModelArch::new(cfg)?.param_specs())
+}
+pub fn block_names(cfg: &ModelConfig) -> Result<Vec<String>, ModelError> {
+    Ok(ModelArch::new(cfg)?.block_names())
+}
+
+/// Where a block finds its parameters by name (views into an FSDP buffer,
+/// or plain tensors for the reference path).
+pub trait ParamSource {
+    fn param(&self, name: &str) -> Option<Tensor>;
+}
+impl ParamSource for HashMap<String, Tensor> {
+    fn param(&self, name: &str) -> Option<Tensor> {
+        self.get(name).map(|t| t.shallow_clone())
+    }
+}
+impl ParamSource for BTreeMap<String, Tensor> {
+    fn param(&self, name: &str) -> Option<Tensor> {
+        self.get(name).map(|t| t.shallow_clone())
+    }
+}
+/// Adapts a closure, e.g. one slicing a gathered flat buffer.
+pub struct FnParams<F: Fn(&str) -> Option<Tensor>>(pub F);
+impl<F: Fn(&str) -> Option<Tensor>> ParamSource for FnParams<F> {
+    fn param(&self, name: &str) -> Option<Tensor> {
+        (self.0)(name)
+    }
+}
+
+/// How blocks run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mode {
+    /// Batch statistics (train) or running statistics (eval) in BN.
+    pub train: bool,
+    /// Running-stat momentum; 0 while recomputing a checkpointed segment so
+    /// the running statistics are updated exactly once per step.
+    pub bn_momentum: f64,
+    /// BN statistics per this many contiguous groups of each batch: a
+    /// world-size-1 run with `bn_groups = N` reproduces per-rank BN of N ranks.
+    pub bn_groups: usize,
+}
+
+impl Mode {
+    pub fn train() -> Mode {
+        Mode { train: true, bn_momentum: BN_MOMENTUM, bn_groups: 1 }
+    }
+    pub fn eval() -> Mode {
+        Mode { train: false, bn_momentum: 0.0, bn_groups: 1 }
+    }
+    /// The same mode for a recompute pass (running stats left alone).
+    pub fn recompute(&self) -> Mode {
+        Mode { bn_momentum: 0.0, ..self.clone() }
+    }
+    pub fn with_bn_groups(self, g: usize) -> Mode {
+        Mode { bn_groups: g, ..self }
+    }
+}
+
+/// Running mean/var of every BN layer: buffers, per rank, never sharded.
+pub struct BnState {
+    stats: BTreeMap<String, (Tensor, Tensor)>,
+}
+
+impl BnState {
+    /// Mean 0, var 1 in fp32 on `device`.
+    pub fn new(arch: &ModelArch, device: Device) -> BnState {
+        let stats = arch
+            .bn_layers()
+            .into_iter()
+            .map(|(n, c)| (n, (Tensor::zeros([c], (Kind::Float, device)), Tensor::ones([c], (Kind::Float, device)))))
+            .collect();
+        BnState { stats }
+    }
+
+    fn get(&self, layer: &str) -> Result<(Tensor, Tensor), ModelError> {
+        self.stats
+            .get(layer)
+            .map(|(m, v)| (m.shallow_clone(), v.shallow_clone()))
+            .ok_or_else(|| ModelError::MissingBuffer(layer.into()))
+    }
+
+    /// `(layer.running_mean | layer.running_var, tensor)` for checkpoints.
+    pub fn buffers(&self) -> Vec<(String, Tensor)> {
+        let mut v = Vec::new();
+        for (n, (m, var)) in &self.stats {
+            v.push((format!("{n}.running_mean"), m.shallow_clone()));
+            v.push((format!("{n}.running_var"), var.shallow_clone()));
+        }
+        v
+    }
+
+    /// Copies saved buffers back in; every buffer must be present.
+    pub fn load(&mut self, buffers: &[(String, Tensor)]) -> Result<(), ModelError> {
+        let map: HashMap<&str, &Tensor> = buffers.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        for (n, (m, v)) in self.stats.iter_mut() {
+            for (suffix, dst) in [("running_mean", m), ("running_var", v)] {
+                let key = format!("{n}.{suffix}");
+                let src = map.get(key.as_str()).ok_or_else(|| ModelError::MissingBuffer(key.clone()))?;
+                if src.size() != dst.size() {
+                    return Err(ModelError::Input { block: key, reason: format!("shape {:?} != {:?}", src.size(), dst.size()) });
+                }
+                dst.f_copy_(src)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Ctx<'a> {
+    params: &'a dyn ParamSource,
+    bn: &'a mut BnState,
+    mode: &'a Mode,
+    block: &'a str,
+}
+
+impl Ctx<'_> {
+    fn p(&self, name: &str) -> Result<Tensor, ModelError> {
+        self.params.param(name).ok_or_else(|| ModelError::MissingParam(name.into()))
+    }
+
+    fn conv(&self, x: &Tensor, layer: &str, stride: i64, pad: i64, groups: i64, bias: bool) -> Result<Tensor, ModelError> {
+        let w = self.p(&format!("{layer}.weight"))?;
+        let b = if bias { Some(self.p(&format!("{layer}.bias"))?) } else { None };
+        Ok(x.f_conv2d(&w, b.as_ref(), [stride, stride], [pad, pad], [1, 1], groups)?)
+    }
+
+    /// BN with per-group statistics. Weight and bias are used in fp32 (BN
+    /// kept in fp32 as SEER does); libtorch accepts reduced-precision input
+    /// with fp32 parameters and running stats.
+    fn bn(&mut self, x: &Tensor, layer: &str) -> Result<Tensor, ModelError> {
+        let w = self.p(&format!("{layer}.weight"))?.f_to_kind(Kind::Float)?;
+        let b = self.p(&format!("{layer}.bias"))?.f_to_kind(Kind::Float)?;
+        let (mut rm, mut rv) = self.bn.get(layer)?;
+        let m = self.mode;
+        let g = m.bn_groups.max(1);
+        if !m.train || g == 1 {
+            return Ok(x.f_batch_norm(Some(&w), Some(&b), Some(&rm), Some(&rv), m.train, m.bn_momentum, BN_EPS, true)?);
+        }
+        let n = x.size()[0];
+        if n % g as i64 != 0 {
+            return Err(ModelError::Input {
+                block: self.block.into(),
+                reason: format!("batch of {n} rows does not split into {g} BN groups"),
+            });
+        }
+        // Each chunk is what one rank would see: its own batch statistics and
+        // its own running-stat update; the running stats kept are the mean of
+        // the per-rank ones (the update is linear, so that is exact).
+        let mut outs = Vec::with_capacity(g);
+        let mut means = Vec::with_capacity(g);
+        let mut vars = Vec::with_capacity(g);
+        for chunk in x.f_chunk(g as i64, 0)? {
+            let (cm, cv) = (rm.f_detach_copy()?, rv.f_detach_copy()?);
+            outs.push(chunk.f_batch_norm(Some(&w), Some(&b), Some(&cm), Some(&cv), true, m.bn_momentum, BN_EPS, true)?);
+            means.push(cm);
+            vars.push(cv);
+        }
+        tch::no_grad(|| -> Result<(), TchError> {
+            rm.f_copy_(&Tensor::f_stack(&means, 0)?.f_mean_dim(&[0i64][..], false, Kind::Float)?)?;
+            rv.f_copy_(&Tensor::f_stack(&vars, 0)?.f_mean_dim(&[0i64][..], false, Kind::Float)?)?;
+            Ok(())
+        })?;
+        Ok(Tensor::f_cat(&outs, 0)?)
+    }
+
+    /// BN then ReLU in place (torchvision's Conv2dNormActivation).
+    fn bn_relu(&mut self, x: &Tensor, layer: &str) -> Result<Tensor, ModelError> {
+        let mut y = self.bn(x, layer)?;
+        let _ = y.f_relu_()?;
+        Ok(y)
+    }
+
+    fn check_input(&self, x: &Tensor, channels: i64) -> Result<(), ModelError> {
+        let s = x.size();
+        if s.len() != 4 || s[1] != channels {
+            return Err(ModelError::Input {
+                block: self.block.into(),
+                reason: format!("expected [N, {channels}, H, W], got {s:?}"),
+            });
+        }
+        Ok(())
+    }
+
+    fn stem(&mut self, x: &Tensor, width: i64) -> Result<Tensor, ModelError> {
+        self.check_input(x, 3)?;
+        let _ = width;
+        let y = self.conv(x, "stem.conv", 2, 1, 1, false)?;
+        self.bn_relu(&y, "stem.bn")
+    }
+
+    fn res_block(&mut self, b: &ResBlock, x: &Tensor) -> Result<Tensor, ModelError> {
+        self.check_input(x, b.w_in)?;
+        let n = &b.name;
+        // Shortcut first, as torchvision computes `proj(x) + f(x)`.
+        let shortcut = if b.proj {
+            let p = self.conv(x, &format!("{n}.proj"), b.stride, 0, 1, false)?;
+            self.bn(&p, &format!("{n}.proj_bn"))?
+        } else {
+            x.shallow_clone()
+        };
+        let a = self.conv(x, &format!("{n}.a"), 1, 0, 1, false)?;
+        let a = self.bn_relu(&a, &format!("{n}.a_bn"))?;
+        let y = self.conv(&a, &format!("{n}.b"), b.stride, 1, b.groups, false)?;
+        let mut y = self.bn_relu(&y, &format!("{n}.b_bn"))?;
+        if b.se > 0 {
+            // SE: its ReLU is not in place (torchvision's SqueezeExcitation).
+            let s = y.f_adaptive_avg_pool2d([1, 1])?;
+            let s = self.conv(&s, &format!("{n}.se.reduce"), 1, 0, 1, true)?.f_relu()?;
+            let s = self.conv(&s, &format!("{n}.se.expand"), 1, 0, 1, true)?.f_sigmoid()?;
+            y = y.f_mul(&s)?;
+        }
+        let c = self.conv(&y, &format!("{n}.c"), 1, 0, 1, false)?;
+        let c = self.bn(&c, &format!("{n}.c_bn"))?;
+        let mut out = c.f_add(&shortcut)?;
+        let _ = out.f_relu_()?;
+        Ok(out)
+    }
+
+    /// Pools every resolution group's trunk output, concatenates the rows,
+    /// then Linear / in-place ReLU ... Linear, then L2 normalisation.
+    fn head_mlp(&mut self, xs: &[Tensor], layers: usize) -> Result<Tensor, ModelError> {
+        let mut pooled = Vec::with_capacity(xs.len());
+        for x in xs {
+            pooled.push(match x.dim() {
+                4 => x.f_adaptive_avg_pool2d([1, 1])?.f_flatten(1, -1)?,
+                2 => x.shallow_clone(),
+                d => {
+                    return Err(ModelError::Input { block: self.block.into(), reason: format!("expected 4-D or 2-D input, got {d}-D") })
+                }
+            });
+        }
+        let mut h = if pooled.len() == 1 { pooled.remove(0) } else { Tensor::f_cat(&pooled, 0)? };
+        for k in 0..layers {
+            let w = self.p(&format!("head.mlp.{k}.weight"))?;
+            let b = self.p(&format!("head.mlp.{k}.bias"))?;
+            if h.size()[1] != w.size()[1] {
+                return Err(ModelError::Input {
+                    block: self.block.into(),
+                    reason: format!("head.mlp.{k} expects {} features, got {}", w.size()[1], h.size()[1]),
+                });
+            }
+            h = h.f_linear(&w, Some(&b))?;
+            if k + 1 < layers {
+                let _ = h.f_relu_()?;
+            }
+        }
+        let norm = h.f_norm_scalaropt_dim(2, [1i64], true)?.f_clamp_min(NORM_EPS)?;
+        Ok(h.f_div(&norm)?)
+    }
+
+    /// Prototype scores in fp32 (SEER keeps the prototypes in fp32).
+    fn head_proto(&mut self, x: &Tensor) -> Result<Tensor, ModelError> {
+        let w = self.p("head.proto.weight")?.f_to_kind(Kind::Float)?;
+        let x = x.f_to_kind(Kind::Float)?;
+        if x.dim() != 2 || x.size()[1] != w.size()[1] {
+            return Err(ModelError::Input { block: self.block.into(), reason: format!("expected [rows, {}], got {:?}", w.size()[1], x.size()) });
+        }
+        Ok(x.f_linear::<Tensor>(&w, None)?)
+    }
+}
+
+/// The multi-crop layout of one rank's batch: `images` images, each cut
+/// into `groups[g]` crops of resolution group g. Scores rows are group after
+/// group, image-major within a group.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CropLayout {
+    pub images: i64,
+    pub groups: Vec<i64>,
+}
+
+impl CropLayout {
+    pub fn num_crops(&self) -> i64 {
+        self.groups.iter().sum()
+    }
+    pub fn rows(&self) -> i64 {
+        self.images * self.num_crops()
+    }
+
+    /// The `[images, K]` rows of crop `v` (crops numbered across groups:
+    /// the 2 large crops are 0 and 1), in image order.
+    pub fn crop_rows(&self, scores: &Tensor, v: i64) -> Result<Tensor, ModelError> {
+        let s = scores.size();
+        if s.len() != 2 || s[0] != self.rows() {
+            return Err(ModelError::Input { block: "loss".into(), reason: format!("scores {s:?} do not have {} rows", self.rows()) });
+        }
+        let (mut first, mut offset) = (0, 0);
+        for &c in &self.groups {
+            if v < first + c {
+                let block = scores.f_narrow(0, offset, self.images * c)?.f_view([self.images, c, s[1]])?;
+                return Ok(block.f_select(1, v - first)?);
+            }
+            first += c;
+            offset += self.images * c;
+        }
+        Err(ModelError::Input { block: "loss".into(), reason: format!("crop {v} out of {} crops", self.num_crops()) })
+    }
+}
+
+/// Interleaves per-crop batches `[n, 3, R, R]` (same resolution) into the
+/// image-major layout `[n * crops, 3, R, R]`.
+pub fn image_major(crops: &[Tensor]) -> Result<Tensor, ModelError> {
+    if crops.is_empty() {
+        return Err(ModelError::Input { block: "input".into(), reason: "no crops".into() });
+    }
+    Ok(Tensor::f_stack(crops, 1)?.f_flatten(0, 1)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cost_models::graph::{ModelGraph, Workload};
+    use cost_models::units::DType;
+
+    fn cfg(name: &str) -> ModelConfig {
+        ModelConfig::load(name).unwrap()
+    }
+
+    fn params(arch: &ModelArch, seed: u64) -> HashMap<String, Tensor> {
+        arch.init_params(seed).unwrap().into_iter().collect()
+    }
+
+    #[test]
+    fn params_and_blocks_match_the_cost_model() {
+        for name in ["regnety-tiny", "regnety-400mf"] {
+            let c = cfg(name);
+            let arch = ModelArch::new(&c).unwrap();
+            let graph = ModelGraph::build(&c, &Workload::single(1, 64, DType::Fp32));
+            let graph_blocks: Vec<String> = graph.blocks.iter().map(|b| b.name.clone()).collect();
+            assert_eq!(arch.block_names(), graph_blocks, "{name}");
+            // Same tensors, same order, same sizes, same blocks.
+            let ours: Vec<(String, String, u64)> =
+                arch.param_specs().iter().map(|p| (p.block.clone(), p.name.clone(), p.numel() as u64)).collect();
+            let theirs: Vec<(String, String, u64)> = graph
+                .blocks
+                .iter()
+                .flat_map(|b| b.param_tensors.iter().map(move |(n, k)| (b.name.clone(), n.clone(), *k)))
+                .collect();
+            assert_eq!(ours, theirs, "{name}");
+        }
+        let arch = ModelArch::new(&cfg("regnety-400mf")).unwrap();
+        let trunk: i64 = arch.param_specs().iter().filter(|p| !p.block.starts_with("head")).map(|p| p.numel()).sum();
+        // torchvision regnet_y_400mf: 4,344,144 minus its 440x1000 + 1000 fc.
+        assert_eq!(trunk, 3_903_144);
+    }
+
+    #[test]
+    fn init_is_deterministic_per_name_and_follows_the_rules() {
+        let arch = ModelArch::new(&cfg("regnety-tiny")).unwrap();
+        let a = params(&arch, 3);
+        let b = params(&arch, 3);
+        let c = params(&arch, 4);
+        for (n, t) in &a {
+            assert!(t.equal(&b[n]), "{n}");
+        }
+        assert!(!a["s1.b0.a.weight"].equal(&c["s1.b0.a.weight"]));
+        assert!(a["stem.bn.weight"].equal(&Tensor::ones([16], (Kind::Float, Device::Cpu))));
+        assert!(a["s1.b0.a_bn.bias"].equal(&Tensor::zeros([8], (Kind::Float, Device::Cpu))));
+        let b = &a["head.mlp.0.bias"]; // fan_in 64: uniform(+-1/8)
+        assert!(b.abs().max().double_value(&[]) <= 0.125 && b.abs().max().double_value(&[]) > 0.05);
+        // Prototypes are unit rows; kaiming std roughly sqrt(2 / fan_out).
+        let norms = a["head.proto.weight"].norm_scalaropt_dim(2, [1i64], false);
+        assert!(norms.allclose(&Tensor::ones([32], (Kind::Float, Device::Cpu)), 1e-5, 1e-6, false));
+        let w = &a["s3.b0.b.weight"]; // 32 out, 4 groups of 8, 3x3 -> fan_out 72
+        let std = w.std(true).double_value(&[]);
+        assert!((std - (2.0f64 / 72.0).sqrt()).abs() < 0.03, "{std}");
+    }
+
+    #[test]
+    fn multicrop_forward_shapes_for_regnety_tiny() {
+        let arch = ModelArch::new(&cfg("regnety-tiny")).unwrap();
+        let p = params(&arch, 0);
+        let mut bn = BnState::new(&arch, Device::Cpu);
+        tch::manual_seed(0);
+        let images = 3;
+        let big = Tensor::randn([images * 2, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let small = Tensor::randn([images * 2, 3, 16, 16], (Kind::Float, Device::Cpu));
+        let mut xs = vec![big, small];
+        for name in arch.block_names() {
+            xs = arch.forward_block(&name, &p, &mut bn, &xs, &Mode::train()).unwrap();
+            match name.as_str() {
+                "stem" => {
+                    assert_eq!(xs[0].size(), [6, 16, 16, 16]);
+                    assert_eq!(xs[1].size(), [6, 16, 8, 8]);
+                }
+                "s4.b0" => {
+                    assert_eq!(xs[0].size(), [6, 64, 1, 1]);
+                    assert_eq!(xs[1].size(), [6, 64, 1, 1]);
+                }
+                "head.mlp" => {
+                    assert_eq!(xs[0].size(), [12, 32]);
+                    let n = xs[0].norm_scalaropt_dim(2, [1i64], false);
+                    assert!(n.allclose(&Tensor::ones([12], (Kind::Float, Device::Cpu)), 1e-5, 1e-6, false));
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(xs[0].size(), [12, 32]);
+        assert_eq!(xs[0].kind(), Kind::Float);
+        let layout = CropLayout { images, groups: vec![2, 2] };
+        assert_eq!(layout.rows(), 12);
+        // Crop 3 is image i's second small crop: row 6 + 2i + 1.
+        let c3 = layout.crop_rows(&xs[0], 3).unwrap();
+        assert!(c3.get(1).equal(&xs[0].get(6 + 2 + 1)));
+        assert!(layout.crop_rows(&xs[0], 4).is_err());
+        // Running stats moved away from their init in train mode.
+        let (m, _) = bn.get("stem.bn").unwrap();
+        assert!(m.abs().sum(Kind::Float).double_value(&[]) > 0.0);
+    }
+
+    #[test]
+    fn bn_groups_reproduce_per_rank_batch_norm() {
+        let arch = ModelArch::new(&cfg("regnety-tiny")).unwrap();
+        let p = params(&arch, 1);
+        tch::manual_seed(1);
+        let x = Tensor::randn([8, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let mut bn_all = BnState::new(&arch, Device::Cpu);
+        let whole = arch.forward(&p, &mut bn_all, &[x.shallow_clone()], &Mode::train().with_bn_groups(2)).unwrap();
+        let mut halves = Vec::new();
+        let mut rank_bn = Vec::new();
+        for h in x.chunk(2, 0) {
+            let mut bn = BnState::new(&arch, Device::Cpu);
+            halves.push(arch.forward(&p, &mut bn, &[h], &Mode::train()).unwrap());
+            rank_bn.push(bn);
+        }
+        let split = Tensor::cat(&halves, 0);
+        assert!(whole.allclose(&split, 1e-5, 1e-6, false), "max diff {}", (&whole - &split).abs().max().double_value(&[]));
+        // Without groups the batch statistics differ, so the output does too.
+        let mut bn1 = BnState::new(&arch, Device::Cpu);
+        let ungrouped = arch.forward(&p, &mut bn1, &[x.shallow_clone()], &Mode::train()).unwrap();
+        assert!(!ungrouped.allclose(&split, 1e-5, 1e-6, false));
+        // Running stats are the mean of the per-rank ones.
+        let (m, v) = bn_all.get("s2.b0.b_bn").unwrap();
+        let (m0, v0) = rank_bn[0].get("s2.b0.b_bn").unwrap();
+        let (m1, v1) = rank_bn[1].get("s2.b0.b_bn").unwrap();
+        assert!(m.allclose(&((&m0 + &m1) / 2.0), 1e-5, 1e-6, false));
+        assert!(v.allclose(&((&v0 + &v1) / 2.0), 1e-5, 1e-6, false));
+        // Recompute mode leaves running stats alone; odd splits are errors.
+        let before = m.copy();
+        let _ = arch.forward(&p, &mut bn_all, &[x.shallow_clone()], &Mode::train().with_bn_groups(2).recompute()).unwrap();
+        assert!(bn_all.get("s2.b0.b_bn").unwrap().0.equal(&before));
+        let err = arch.forward(&p, &mut bn_all, &[x.narrow(0, 0, 7)], &Mode::train().with_bn_groups(2)).unwrap_err();
+        assert!(err.to_string().contains("does not split"), "{err}");
+    }
+
+    #[test]
+    fn bad_inputs_are_errors_not_panics() {
+        let arch = ModelArch::new(&cfg("regnety-tiny")).unwrap();
+        let mut p = params(&arch, 0);
+        let mut bn = BnState::new(&arch, Device::Cpu);
+        let x = Tensor::randn([2, 3, 16, 16], (Kind::Float, Device::Cpu));
+        let e = arch.forward_block("s9.b0", &p, &mut bn, &[x.shallow_clone()], &Mode::train()).unwrap_err();
+        assert!(matches!(e, ModelError::UnknownBlock(_)));
+        let e = arch.forward_block("s1.b0", &p, &mut bn, &[x.shallow_clone()], &Mode::train()).unwrap_err();
+        assert!(e.to_string().contains("expected [N, 16, H, W]"), "{e}");
+        p.remove("stem.bn.bias");
+        let e = arch.forward_block("stem", &p, &mut bn, &[x], &Mode::train()).unwrap_err();
+        assert!(e.to_string().contains("stem.bn.bias"), "{e}");
+        let mut c = cfg("regnety-tiny");
+        c.head.mlp_dims.clear();
+        assert!(ModelArch::new(&c).unwrap_err().to_string().contains("head.mlp_dims"));
+    }
+
+    #[test]
+    fn bn_buffers_round_trip() {
+        let arch = ModelArch::new(&cfg("regnety-tiny")).unwrap();
+        let p = params(&arch, 0);
+        let mut bn = BnState::new(&arch, Device::Cpu);
+        let x = Tensor::randn([2, 3, 16, 16], (Kind::Float, Device::Cpu));
+        let _ = arch.forward(&p, &mut bn, &[x], &Mode::train()).unwrap();
+        let saved: Vec<(String, Tensor)> = bn.buffers().into_iter().map(|(n, t)| (n, t.copy())).collect();
+        let mut fresh = BnState::new(&arch, Device::Cpu);
+        fresh.load(&saved).unwrap();
+        for ((n, a), (_, b)) in fresh.buffers().iter().zip(&saved) {
+            assert!(a.equal(b), "{n}");
+        }
+        assert!(fresh.load(&saved[1..]).is_err());
+    }
+}

@@ -1,0 +1,267 @@
+//! One forward + backward pass, block by block, over the FSDP runtime, with
+//! activation checkpointing exactly where the plan puts it.
+//!
+//! Every block's input is cut from the previous block's graph
+//! (`x.detach().set_requires_grad(true)`), so backward runs one block at a
+//! time: `run_backward((y * grad_y).sum(), [x, flat params of its units])`.
+//! That is what lets a unit's gradient be reduce-scattered as soon as its
+//! first block is done, and a checkpointed segment be recomputed just before
+//! its own backward.
+
+use crate::fsdp::{Fsdp, FsdpError};
+use crate::model::{BnState, ModelArch, ModelError, Mode};
+use std::collections::HashMap;
+use std::ops::Range;
+use tch::{Kind, TchError, Tensor};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error("checkpoint segment {index} {blocks:?}: {reason}")]
+    Segment { index: usize, blocks: Vec<String>, reason: String },
+    #[error("block `{block}`: {source}")]
+    Model { block: String, source: ModelError },
+    #[error("loss: {0}")]
+    Loss(String),
+    #[error(transparent)]
+    Fsdp(#[from] FsdpError),
+    #[error("libtorch: {0}")]
+    Torch(#[from] TchError),
+}
+
+/// Where activations are recomputed: contiguous block ranges.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Checkpointing {
+    segments: Vec<Range<usize>>,
+    segment_of: Vec<Option<usize>>,
+}
+
+impl Checkpointing {
+    /// Validates plan segments (lists of block names) against the model's
+    /// blocks: names known, contiguous, in forward order, not overlapping.
+    pub fn new(blocks: &[String], segments: &[Vec<String>]) -> Result<Checkpointing, StepError> {
+        let index: HashMap<&str, usize> = blocks.iter().enumerate().map(|(i, b)| (b.as_str(), i)).collect();
+        let mut segment_of = vec![None; blocks.len()];
+        let mut ranges = Vec::new();
+        for (si, seg) in segments.iter().enumerate() {
+            let bad = |reason: String| StepError::Segment { index: si, blocks: seg.clone(), reason };
+            if seg.is_empty() {
+                continue;
+            }
+            let mut idx = Vec::with_capacity(seg.len());
+            for b in seg {
+                idx.push(*index.get(b.as_str()).ok_or_else(|| bad(format!("unknown block `{b}`")))?);
+            }
+            if idx.windows(2).any(|w| w[1] != w[0] + 1) {
+                return Err(bad("blocks must be consecutive, in forward order".into()));
+            }
+            for &i in &idx {
+                if let Some(other) = segment_of[i] {
+                    return Err(bad(format!("block `{}` is also in segment {other}", blocks[i])));
+                }
+                segment_of[i] = Some(ranges.len());
+            }
+            ranges.push(idx[0]..idx[idx.len() - 1] + 1);
+        }
+        Ok(Checkpointing { segments: ranges, segment_of })
+    }
+
+    pub fn none(num_blocks: usize) -> Checkpointing {
+        Checkpointing { segments: Vec::new(), segment_of: vec![None; num_blocks] }
+    }
+
+    pub fn segments(&self) -> &[Range<usize>] {
+        &self.segments
+    }
+}
+
+/// What forward kept for block i's backward.
+enum Saved {
+    Nothing,
+    /// A normal block: its cut input(s) and its output(s), with graph.
+    Block { xin: Vec<Tensor>, y: Vec<Tensor> },
+    /// First block of a checkpointed segment: only the segment's input.
+    SegmentInput(Vec<Tensor>),
+}
+
+/// What one pass returns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PassResult {
+    /// This rank's loss term (unscaled; the loss closure's value).
+    pub loss: f64,
+}
+
+/// Runs forward and backward of the whole model on one rank's batch.
+/// `inputs`: one image tensor per crop-resolution group (image-major rows),
+/// already in the compute dtype. `loss_fn` maps the final block's output to
+/// this rank's scalar loss term; backward starts from `loss * loss_scale`.
+/// Shard gradients are *added to* (call `zero_grad` between steps).
+#[allow(clippy::too_many_arguments)]
+pub fn forward_backward(
+    fsdp: &mut Fsdp<'_>,
+    arch: &ModelArch,
+    blocks: &[String],
+    bn: &mut BnState,
+    ckpt: &Checkpointing,
+    mode: &Mode,
+    inputs: &[Tensor],
+    loss_fn: &mut dyn FnMut(&Tensor) -> Result<Tensor, String>,
+    loss_scale: f64,
+) -> Result<PassResult, StepError> {
+    let n = blocks.len();
+    let reshard = fsdp.options().reshard_after_forward;
+    let mut saved: Vec<Saved> = (0..n).map(|_| Saved::Nothing).collect();
+    let run = |fsdp: &Fsdp<'_>, bn: &mut BnState, i: usize, xs: &[Tensor], mode: &Mode| -> Result<Vec<Tensor>, StepError> {
+        let params = fsdp.block_params(i)?;
+        arch.forward_block(&blocks[i], &params, bn, xs, mode).map_err(|source| StepError::Model { block: blocks[i].clone(), source })
+    };
+    let cut = |xs: &[Tensor], i: usize| -> Vec<Tensor> {
+        // The images need no gradient; every later input does.
+        xs.iter().map(|t| if i == 0 { t.detach() } else { t.detach().set_requires_grad(true) }).collect()
+    };
+
+    // ---- forward
+    let mut x: Vec<Tensor> = inputs.iter().map(|t| t.shallow_clone()).collect();
+    for i in 0..n {
+        for &u in fsdp.units_of_block(i).to_vec().iter() {
+            fsdp.gather(u)?;
+        }
+        if i + 1 < n {
+            for &u in fsdp.units_of_block(i + 1).to_vec().iter() {
+                fsdp.prefetch(u)?;
+            }
+        }
+        let y = match ckpt.segment_of[i] {
+            Some(s) => {
+                if ckpt.segments[s].start == i {
+                    saved[i] = Saved::SegmentInput(x.iter().map(|t| t.detach()).collect());
+                }
+                tch::no_grad(|| run(fsdp, bn, i, &x, mode))?
+            }
+            None => {
+                let xin = cut(&x, i);
+                let y = run(fsdp, bn, i, &xin, mode)?;
+                let out: Vec<Tensor> = y.iter().map(|t| t.detach()).collect();
+                saved[i] = Saved::Block { xin, y };
+                x = out;
+                after_forward(fsdp, i, n, reshard)?;
+                continue;
+            }
+        };
+        x = y;
+        after_forward(fsdp, i, n, reshard)?;
+    }
+    drop(x);
+
+    // ---- backward
+    let recompute_mode = mode.recompute();
+    let mut grad_y: Option<Vec<Tensor>> = None;
+    let mut loss_value = None;
+    for i in (0..n).rev() {
+        if let Some(s) = ckpt.segment_of[i] {
+            let seg = ckpt.segments[s].clone();
+            if seg.end - 1 == i {
+                // Recompute the segment with grad; BN momentum 0 so the
+                // running statistics are updated once per step.
+                for j in seg.clone() {
+                    for &u in fsdp.units_of_block(j).to_vec().iter() {
+                        fsdp.gather(u)?;
+                    }
+                }
+                let Saved::SegmentInput(mut xs) = std::mem::replace(&mut saved[seg.start], Saved::Nothing) else {
+                    return Err(StepError::Loss("internal: segment input missing".into()));
+                };
+                for j in seg.clone() {
+                    let xin = cut(&xs, j);
+                    let y = run(fsdp, bn, j, &xin, &recompute_mode)?;
+                    xs = y.iter().map(|t| t.detach()).collect();
+                    saved[j] = Saved::Block { xin, y };
+                }
+            }
+        }
+        for &u in fsdp.units_of_block(i).to_vec().iter() {
+            fsdp.gather(u)?;
+        }
+        if i > 0 {
+            for &u in fsdp.units_of_block(i - 1).to_vec().iter() {
+                fsdp.prefetch(u)?;
+            }
+        }
+        let Saved::Block { xin, y } = std::mem::replace(&mut saved[i], Saved::Nothing) else {
+            return Err(StepError::Loss(format!("internal: nothing saved for block `{}`", blocks[i])));
+        };
+        let root = match &grad_y {
+            None => {
+                if y.len() != 1 {
+                    return Err(StepError::Loss(format!("last block `{}` must return one tensor, got {}", blocks[i], y.len())));
+                }
+                let l = loss_fn(&y[0]).map_err(StepError::Loss)?;
+                loss_value = Some(l.f_double_value(&[])?);
+                l.f_mul_scalar(loss_scale)?
+            }
+            Some(g) => {
+                // Sum in fp32: the value is unused, but an fp16 overflow to
+                // inf would be confusing when debugging.
+                let mut acc: Option<Tensor> = None;
+                for (yk, gk) in y.iter().zip(g) {
+                    let t = yk.f_mul(&gk.f_detach()?)?.f_sum(Kind::Float)?;
+                    acc = Some(match acc {
+                        None => t,
+                        Some(a) => a.f_add(&t)?,
+                    });
+                }
+                acc.ok_or_else(|| StepError::Loss(format!("block `{}` has no outputs", blocks[i])))?
+            }
+        };
+        let units = fsdp.units_of_block(i).to_vec();
+        let mut wrt: Vec<Tensor> = xin.iter().filter(|t| t.requires_grad()).map(|t| t.shallow_clone()).collect();
+        let n_x = wrt.len();
+        for &u in &units {
+            wrt.push(fsdp.flat(u)?.shallow_clone());
+        }
+        let grads = Tensor::f_run_backward(&[&root], &wrt, false, false)?;
+        drop(root);
+        drop(y);
+        for (k, &u) in units.iter().enumerate() {
+            let g = &grads[n_x + k];
+            if g.defined() {
+                fsdp.accumulate_grad(u, g)?;
+            }
+        }
+        grad_y = if i > 0 {
+            // Undefined input grads (an input that did not influence the
+            // output) become zeros so the next block still back-propagates.
+            let mut gs = Vec::with_capacity(xin.len());
+            for (k, x) in xin.iter().enumerate() {
+                let g = &grads[k];
+                gs.push(if g.defined() { g.shallow_clone() } else { x.f_zeros_like()? });
+            }
+            Some(gs)
+        } else {
+            None
+        };
+        for &u in &units {
+            if fsdp.block_span(u).0 == i {
+                fsdp.finish_grad(u)?;
+            }
+        }
+    }
+    fsdp.drain()?;
+    fsdp.free_all()?;
+    let loss = loss_value.ok_or_else(|| StepError::Loss("model has no blocks".into()))?;
+    Ok(PassResult { loss })
+}
+
+/// Frees units whose last forward use was block `i` (when resharding).
+/// Units of the final block stay: backward needs them immediately.
+fn after_forward(fsdp: &mut Fsdp<'_>, i: usize, n: usize, reshard: bool) -> Result<(), StepError> {
+    if !reshard {
+        return Ok(());
+    }
+    let last_units = fsdp.units_of_block(n - 1).to_vec();
+    for &u in fsdp.units_of_block(i).to_vec().iter() {
+        if fsdp.block_span(u).1 == i && !last_units.contains(&u) {
+            fsdp.free(u)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,622 @@
+//! The training loop, spelled out step by step (torchtitan style):
+//! normalise prototypes → load batch → forward/backward block by block
+//! (FSDP gathers, checkpoint recompute, reduce-scatter) → loss-scale check →
+//! LARC-SGD on the shards → metrics → maybe checkpoint.
+//!
+//! [`run`] is the CLI entry: launcher, single process, or one rank of a job
+//! started by torchrun / SLURM / our own launcher. [`Trainer`] is the
+//! per-rank engine, usable directly (tests drive it step by step).
+
+use crate::augment::{AugmentConfig, CropSpec};
+use crate::checkpoint::{self, CheckpointError, RankMeta, RankState};
+use crate::data::{Batch, DataError, DataLoader, DataPosition, ImageFolder, LoaderConfig};
+use crate::dist::{Backend, DistError, GroupConfig, ProcessGroup, ReduceOp};
+use crate::fsdp::{Fsdp, FsdpError, FsdpOptions, UnitSpec};
+use crate::launch::{self, LaunchError, LaunchOptions, RankEnv};
+use crate::memstats::{self, MemDevice, MemError};
+use crate::metrics::{self, MeasuredSummary, MetricsError, MetricsWriter, StepMetrics};
+use crate::model::{BnState, ModelArch, ModelError, Mode};
+use crate::optim::{Larc, OptimConfig, OptimError, Optimizer};
+use crate::precision::{LossScaler, Precision};
+use crate::reduce::ReduceError;
+use crate::schedule::{LrSchedule, ScheduleError};
+use crate::step::{self, Checkpointing, StepError};
+use crate::swav::{self, SwavError, SwavLossConfig};
+use cost_models::config::ModelConfig;
+use cost_models::{Bytes, DType, Seconds};
+use planner::plan::Plan;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tch::{Device, Tensor};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Plan(#[from] planner::plan::PlanError),
+    #[error("plan/config: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Dist(#[from] DistError),
+    #[error(transparent)]
+    Fsdp(#[from] FsdpError),
+    #[error("step {step}: {source}")]
+    Step { step: u64, source: StepError },
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Optim(#[from] OptimError),
+    #[error(transparent)]
+    Swav(#[from] SwavError),
+    #[error(transparent)]
+    Schedule(#[from] ScheduleError),
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error(transparent)]
+    Memory(#[from] MemError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
+    #[error("step {step}: loss is {loss} (diverged)")]
+    Diverged { step: u64, loss: f64 },
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+/// Everything a rank needs to train (built from a plan, or directly).
+#[derive(Clone, Debug)]
+pub struct TrainConfig {
+    pub model: ModelConfig,
+    pub units: Vec<UnitSpec>,
+    pub checkpoint_segments: Vec<Vec<String>>,
+    pub reshard_after_forward: bool,
+    pub precision: Precision,
+    /// Reduce-scatter gradients in fp32 instead of the compute dtype.
+    pub fp32_reduce: bool,
+    pub images_per_rank: usize,
+    pub augment: AugmentConfig,
+    pub swav: SwavLossConfig,
+    pub optim: OptimConfig,
+    pub lr_per_256: f64,
+    pub warmup_fraction: f64,
+    /// Length of the lr schedule.
+    pub steps: u64,
+    /// Stop once this many steps are done (schedule unchanged); for
+    /// interrupt/resume and short smoke runs.
+    pub stop_after: Option<u64>,
+    pub seed: u64,
+    pub data_dir: PathBuf,
+    pub workers: usize,
+    /// Metrics (`metrics.rank<r>.jsonl`) and checkpoints (`checkpoints/`).
+    pub out_dir: PathBuf,
+    pub checkpoint_every: Option<u64>,
+    pub resume: bool,
+    /// BN statistics per this many contiguous groups of the batch: a
+    /// world-size-1 run with N reproduces N ranks' per-rank BN exactly.
+    pub bn_groups: usize,
+    pub device: Device,
+    /// Bound on rendezvous and every collective.
+    pub timeout: Duration,
+    pub predicted_peak: Option<Bytes>,
+    pub predicted_step_time: Option<Seconds>,
+    pub progress: bool,
+}
+
+fn dtype_precision(d: DType) -> Precision {
+    match d {
+        DType::Fp32 => Precision::Fp32,
+        DType::Bf16 => Precision::Bf16,
+        DType::Fp16 => Precision::Fp16,
+    }
+}
+
+/// Options of `seerscale train` that are not in the plan.
+#[derive(Clone, Debug)]
+pub struct TrainArgs {
+    pub plan: PathBuf,
+    /// Start this many local ranks (None or 1: run in this process unless
+    /// the environment already names a rank).
+    pub nproc_per_node: Option<usize>,
+    /// Override the schedule length (default: the recipe's total images /
+    /// global batch).
+    pub steps: Option<u64>,
+    /// Image folder (default: `SEERSCALE_PHOTOS` or `.photos`).
+    pub data: Option<PathBuf>,
+    pub out: PathBuf,
+    pub resume: bool,
+    pub checkpoint_every: Option<u64>,
+    pub stop_after: Option<u64>,
+    pub seed: u64,
+    pub workers: usize,
+    pub timeout: Duration,
+    /// Use CUDA device LOCAL_RANK (NCCL) instead of the CPU (Gloo).
+    pub cuda: bool,
+}
+
+impl TrainArgs {
+    pub fn new(plan: impl Into<PathBuf>) -> TrainArgs {
+        TrainArgs {
+            plan: plan.into(),
+            nproc_per_node: None,
+            steps: None,
+            data: None,
+            out: PathBuf::from("runs/train"),
+            resume: false,
+            checkpoint_every: None,
+            stop_after: None,
+            seed: 0,
+            workers: 2,
+            timeout: Duration::from_secs(120),
+            cuda: false,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// The run a plan describes, for a rank of `env`.
+    pub fn from_plan(plan: &Plan, args: &TrainArgs, env: &RankEnv) -> Result<TrainConfig, TrainError> {
+        if plan.world_size != env.world_size {
+            return Err(TrainError::Config(format!(
+                "the plan is for world size {} but this job has {} ranks (use --nproc-per-node {} or re-plan)",
+                plan.world_size, env.world_size, plan.world_size
+            )));
+        }
+        let r = &plan.recipe;
+        let crops = r
+            .data
+            .crops
+            .iter()
+            .map(|c| CropSpec { count: c.count as usize, resolution: c.resolution as u32, scale: (c.scale[0], c.scale[1]) })
+            .collect();
+        let mut augment = AugmentConfig::with_crops(crops);
+        augment.color_strength = r.data.color_strength;
+        augment.blur_p = r.data.blur_p;
+        let optim = match r.optim.kind {
+            planner::recipe::OptimKind::Sgd => OptimConfig::Sgd {
+                momentum: r.optim.momentum,
+                weight_decay: r.optim.weight_decay,
+                larc: r.optim.larc_trust.map(|trust| Larc { trust, ..Larc::default() }),
+            },
+            planner::recipe::OptimKind::Adam => OptimConfig::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: r.optim.weight_decay },
+        };
+        let global = (plan.batch_per_rank * plan.world_size) as f64;
+        let steps = args.steps.unwrap_or_else(|| (r.data.total_images / global).ceil().max(1.0) as u64);
+        let device = if args.cuda { Device::Cuda(env.local_rank) } else { Device::Cpu };
+        Ok(TrainConfig {
+            model: plan.model.clone(),
+            units: plan.units.iter().map(|u| UnitSpec { name: u.name.clone(), members: u.members.clone() }).collect(),
+            checkpoint_segments: plan.checkpoint_segments.clone(),
+            reshard_after_forward: plan.reshard_after_forward,
+            precision: dtype_precision(plan.precision.compute),
+            fp32_reduce: plan.precision.reduce == DType::Fp32 && plan.precision.compute != DType::Fp32,
+            images_per_rank: plan.batch_per_rank,
+            augment,
+            swav: SwavLossConfig {
+                temperature: r.swav.temperature,
+                epsilon: r.swav.epsilon,
+                sinkhorn_iters: r.swav.sinkhorn_iterations,
+                crops_for_assign: r.swav.crops_for_assign.iter().map(|&c| c as i64).collect(),
+            },
+            optim,
+            lr_per_256: r.optim.lr_per_256,
+            warmup_fraction: r.optim.warmup_fraction,
+            steps,
+            stop_after: args.stop_after,
+            seed: args.seed,
+            data_dir: args.data.clone().unwrap_or_else(ImageFolder::default_root),
+            workers: args.workers,
+            out_dir: args.out.clone(),
+            checkpoint_every: args.checkpoint_every,
+            resume: args.resume,
+            bn_groups: 1,
+            device,
+            timeout: args.timeout,
+            predicted_peak: Some(Bytes(plan.predicted.peak_memory_bytes)),
+            predicted_step_time: Some(Seconds(plan.predicted.step_time_s)),
+            progress: true,
+        })
+    }
+
+    fn schedule(&self, world: usize) -> LrSchedule {
+        LrSchedule {
+            base_lr_per_256: self.lr_per_256,
+            global_batch: self.images_per_rank * world,
+            total_steps: self.steps,
+            warmup_fraction: self.warmup_fraction,
+            warmup_start_lr: self.lr_per_256,
+            final_ratio: 0.001,
+        }
+    }
+}
+
+/// What a finished rank reports.
+#[derive(Clone, Debug)]
+pub struct TrainReport {
+    pub rank: usize,
+    pub world_size: usize,
+    /// Steps run by this invocation (after a resume: only the new ones).
+    pub metrics: Vec<StepMetrics>,
+    pub summary: Option<MeasuredSummary>,
+    /// Printed by rank 0: measured vs predicted.
+    pub comparison: Option<String>,
+}
+
+/// `seerscale train`: run as a rank if the environment names one, else start
+/// `nproc_per_node` local ranks of this same program (forwarding our own
+/// arguments), else train in this process. Returns rank 0's report when it
+/// ran here (None in the launcher process).
+pub fn run(args: &TrainArgs) -> Result<Option<TrainReport>, TrainError> {
+    if let Some(env) = RankEnv::from_env()? {
+        return run_rank(args, &env).map(Some);
+    }
+    match args.nproc_per_node {
+        Some(n) if n > 1 => {
+            let program = std::env::current_exe().map_err(|e| TrainError::Config(format!("cannot find this program's path: {e}")))?;
+            let forwarded: Vec<OsString> = std::env::args_os().skip(1).collect();
+            // Survivors of a failed rank get the collective timeout plus a
+            // margin to stop on their own before they are killed.
+            let opts = LaunchOptions { grace: args.timeout + Duration::from_secs(10), ..LaunchOptions::local(n) };
+            launch::launch_local(&program, &forwarded, &opts)?;
+            Ok(None)
+        }
+        _ => {
+            let port = crate::dist::free_port().map_err(|e| TrainError::Config(format!("no free port: {e}")))?;
+            run_rank(args, &RankEnv::single(port)).map(Some)
+        }
+    }
+}
+
+/// One rank of a plan's run.
+pub fn run_rank(args: &TrainArgs, env: &RankEnv) -> Result<TrainReport, TrainError> {
+    let plan = Plan::load(&args.plan)?;
+    let cfg = TrainConfig::from_plan(&plan, args, env)?;
+    train_rank(&cfg, env)
+}
+
+/// Trains with an explicit config as rank `env.rank` (all ranks call it).
+pub fn train_rank(cfg: &TrainConfig, env: &RankEnv) -> Result<TrainReport, TrainError> {
+    // Count CPU memory from here on (before any tensor of the run exists).
+    if cfg.device == Device::Cpu {
+        memstats::install_cpu_counter()?;
+    }
+    let backend = match cfg.device {
+        Device::Cuda(d) => Backend::Nccl { device: d },
+        _ => Backend::Gloo,
+    };
+    let pg = ProcessGroup::new(&GroupConfig {
+        master_addr: env.master_addr.clone(),
+        master_port: env.master_port,
+        rank: env.rank,
+        world_size: env.world_size,
+        backend,
+        timeout: cfg.timeout,
+    })?;
+    let mut trainer = Trainer::new(&pg, cfg)?;
+    trainer.fit()
+}
+
+/// How the step's optimiser update went.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepOutcome {
+    /// Global loss (sum of every rank's share).
+    pub loss: f64,
+    pub skipped: bool,
+    pub grad_norm: f64,
+    pub lr: f64,
+}
+
+/// The per-rank engine.
+pub struct Trainer<'pg> {
+    pg: &'pg ProcessGroup,
+    cfg: TrainConfig,
+    arch: ModelArch,
+    blocks: Vec<String>,
+    fsdp: Fsdp<'pg>,
+    bn: BnState,
+    optimizer: Optimizer,
+    schedule: LrSchedule,
+    ckpt: Checkpointing,
+    scaler: LossScaler,
+    mode: Mode,
+    /// Steps completed.
+    step: u64,
+    data_pos: DataPosition,
+}
+
+impl<'pg> Trainer<'pg> {
+    pub fn new(pg: &'pg ProcessGroup, cfg: &TrainConfig) -> Result<Trainer<'pg>, TrainError> {
+        tch::manual_seed(cfg.seed as i64);
+        let arch = ModelArch::new(&cfg.model)?;
+        let specs = arch.param_specs();
+        let blocks = arch.block_names();
+        let opts = FsdpOptions {
+            reshard_after_forward: cfg.reshard_after_forward,
+            precision: cfg.precision.policy(cfg.fp32_reduce || cfg.precision == Precision::Fp32),
+            device: cfg.device,
+        };
+        let seed = cfg.seed;
+        let fsdp = Fsdp::new(pg, &specs, &blocks, &cfg.units, opts, &mut |p| p.init_tensor(seed).map_err(|e| e.to_string()))?;
+        let ckpt = Checkpointing::new(&blocks, &cfg.checkpoint_segments).map_err(|e| TrainError::Step { step: 0, source: e })?;
+        let schedule = cfg.schedule(pg.world_size());
+        schedule.validate()?;
+        if cfg.images_per_rank % cfg.bn_groups.max(1) != 0 {
+            return Err(TrainError::Config(format!("bn_groups {} does not divide {} images per rank", cfg.bn_groups, cfg.images_per_rank)));
+        }
+        Ok(Trainer {
+            pg,
+            arch: arch.clone(),
+            bn: BnState::new(&arch, cfg.device),
+            optimizer: Optimizer::new(cfg.optim.clone(), specs.len())?,
+            schedule,
+            ckpt,
+            scaler: LossScaler::for_precision(cfg.precision),
+            mode: Mode::train().with_bn_groups(cfg.bn_groups.max(1)),
+            step: 0,
+            data_pos: DataPosition::default(),
+            blocks,
+            fsdp,
+            cfg: cfg.clone(),
+        })
+    }
+
+    pub fn fsdp(&self) -> &Fsdp<'pg> {
+        &self.fsdp
+    }
+    pub fn steps_done(&self) -> u64 {
+        self.step
+    }
+    pub fn loss_scaler(&self) -> &LossScaler {
+        &self.scaler
+    }
+    pub fn bn(&self) -> &BnState {
+        &self.bn
+    }
+
+    fn all_reduce_sum(&self) -> impl Fn(&mut Tensor) -> Result<(), ReduceError> + 'pg {
+        let pg = self.pg;
+        move |t: &mut Tensor| pg.all_reduce_(t, ReduceOp::Sum).map_err(|e| ReduceError(e.to_string()))
+    }
+
+    /// Forward + backward of one batch: fills the shard gradients (zeroed
+    /// first) and returns the global loss. Collective.
+    pub fn compute_grads(&mut self, batch: &Batch) -> Result<f64, TrainError> {
+        let ar = self.all_reduce_sum();
+        // SwAV keeps the prototypes on the unit sphere: normalise the rows
+        // of the master weight before each step (norms reduced over shards).
+        if let Some((slice, offset)) = self.fsdp.local_slice("head.proto.weight")? {
+            let (k, d) = (self.arch.prototypes, self.arch.embedding_dim());
+            swav::normalize_rows_sharded_(&slice, offset, k, d, &ar)?;
+        }
+        self.fsdp.zero_grad()?;
+        let kind = self.cfg.precision.compute_kind();
+        let inputs: Vec<Tensor> =
+            batch.groups.iter().map(|t| t.f_to_device(self.cfg.device).and_then(|t| t.f_to_kind(kind))).collect::<Result<_, _>>()?;
+        let layout = batch.layout.clone();
+        let global_images = layout.images * self.pg.world_size() as i64;
+        let swav_cfg = self.cfg.swav.clone();
+        let mut loss_fn = |scores: &Tensor| swav::swav_loss(scores, &layout, &swav_cfg, global_images, &ar).map_err(|e| e.to_string());
+        let step = self.step;
+        let pass = step::forward_backward(
+            &mut self.fsdp,
+            &self.arch,
+            &self.blocks,
+            &mut self.bn,
+            &self.ckpt,
+            &self.mode,
+            &inputs,
+            &mut loss_fn,
+            self.scaler.scale(),
+        )
+        .map_err(|source| TrainError::Step { step, source })?;
+        let total = Tensor::from_slice(&[pass.loss]).f_to_device(self.cfg.device)?;
+        self.pg.all_reduce_(&total, ReduceOp::Sum)?;
+        Ok(total.f_double_value(&[0])?)
+    }
+
+    /// Loss-scale bookkeeping and the optimiser update on the shards.
+    pub fn apply_grads(&mut self, loss: f64) -> Result<StepOutcome, TrainError> {
+        let lr = self.schedule.lr(self.step);
+        let non_finite = if self.scaler.enabled { self.fsdp.grads_non_finite()? } else { false };
+        // The scale these gradients carry (`update` may change it).
+        let used = self.scaler.scale();
+        let do_step = self.scaler.update(non_finite);
+        let mut grad_norm = f64::NAN;
+        if do_step {
+            if used != 1.0 {
+                self.fsdp.scale_grads(1.0 / used)?;
+            }
+            let ar = self.all_reduce_sum();
+            let shards = self.fsdp.shards();
+            grad_norm = self.optimizer.step(&shards, lr, &ar)?.grad_norm;
+        }
+        if !self.scaler.enabled && !loss.is_finite() {
+            return Err(TrainError::Diverged { step: self.step, loss });
+        }
+        self.step += 1;
+        Ok(StepOutcome { loss, skipped: !do_step, grad_norm, lr })
+    }
+
+    /// One full training step on `batch`.
+    pub fn train_step(&mut self, batch: &Batch) -> Result<StepOutcome, TrainError> {
+        let loss = self.compute_grads(batch)?;
+        self.apply_grads(loss)
+    }
+
+    fn loader(&self) -> Result<DataLoader, TrainError> {
+        let folder = ImageFolder::open(&self.cfg.data_dir)?;
+        Ok(DataLoader::new(
+            folder,
+            LoaderConfig {
+                seed: self.cfg.seed,
+                rank: self.pg.rank(),
+                world: self.pg.world_size(),
+                images_per_rank: self.cfg.images_per_rank,
+                augment: self.cfg.augment.clone(),
+                workers: self.cfg.workers.max(1),
+                prefetch: 2,
+                start: self.data_pos,
+            },
+        )?)
+    }
+
+    fn checkpoint_dir(&self) -> PathBuf {
+        self.cfg.out_dir.join("checkpoints")
+    }
+
+    fn unit_names(&self) -> Vec<String> {
+        self.fsdp.master_shards().into_iter().map(|(n, _)| n).collect()
+    }
+
+    /// Saves this rank's shard (collective: ends with a barrier and rank 0
+    /// publishing the step).
+    pub fn save_checkpoint(&self) -> Result<(), TrainError> {
+        let dir = self.checkpoint_dir();
+        let mut tensors: Vec<(String, String, Tensor)> = Vec::new();
+        for (n, t) in self.fsdp.master_shards() {
+            tensors.push(("master".into(), n, t));
+        }
+        for (n, t) in self.optimizer.state_tensors() {
+            tensors.push(("optim".into(), n, t));
+        }
+        for (n, t) in self.bn.buffers() {
+            tensors.push(("bn".into(), n, t));
+        }
+        let meta = RankMeta {
+            format_version: checkpoint::FORMAT_VERSION,
+            step: self.step,
+            rank: self.pg.rank(),
+            world_size: self.pg.world_size(),
+            data: self.data_pos,
+            loss_scaler: self.scaler.clone(),
+            seed: self.cfg.seed,
+            units: self.unit_names(),
+        };
+        checkpoint::save_rank(&dir, &RankState { meta, tensors })?;
+        self.pg.barrier()?;
+        if self.pg.rank() == 0 {
+            checkpoint::publish(&dir, self.step)?;
+        }
+        self.pg.barrier()?;
+        Ok(())
+    }
+
+    /// Restores the latest published checkpoint, if any; returns its step.
+    pub fn restore_latest(&mut self) -> Result<Option<u64>, TrainError> {
+        let Some(sd) = checkpoint::latest(&self.checkpoint_dir())? else { return Ok(None) };
+        let st = checkpoint::load_rank(&sd, self.pg.rank(), self.pg.world_size(), &self.unit_names())?;
+        if st.meta.seed != self.cfg.seed {
+            return Err(TrainError::Config(format!("checkpoint {} used seed {}, this run seed {}", sd.display(), st.meta.seed, self.cfg.seed)));
+        }
+        self.fsdp.load_master_shards(&st.group("master"))?;
+        let shards = self.fsdp.shards();
+        self.optimizer.load_state(&st.group("optim"), &shards)?;
+        self.bn.load(&st.group("bn"))?;
+        self.scaler = st.meta.loss_scaler.clone();
+        self.step = st.meta.step;
+        self.data_pos = st.meta.data;
+        Ok(Some(self.step))
+    }
+
+    /// The whole run: resume, loop, metrics, checkpoints, final report.
+    pub fn fit(&mut self) -> Result<TrainReport, TrainError> {
+        let rank = self.pg.rank();
+        let world = self.pg.world_size();
+        if self.cfg.resume {
+            if let Some(s) = self.restore_latest()? {
+                if rank == 0 {
+                    println!("resumed from step {s} ({})", self.checkpoint_dir().display());
+                }
+            }
+        }
+        let end = self.cfg.stop_after.map_or(self.cfg.steps, |s| s.min(self.cfg.steps));
+        let mut loader = self.loader()?;
+        let mem = MemDevice::of(self.cfg.device);
+        let bar = (rank == 0 && self.cfg.progress).then_some((self.step, end));
+        let mut writer = MetricsWriter::open(&self.cfg.out_dir, rank, bar)?;
+        let mut all = Vec::new();
+        let global_images = (self.cfg.images_per_rank * world) as f64;
+        while self.step < end {
+            fault_injection(rank, self.step);
+            memstats::reset_peak(mem)?;
+            let _ = self.pg.take_comm_time();
+            let t0 = Instant::now();
+            let batch = loader.next().ok_or(DataError::WorkerGone)??;
+            let out = self.train_step(&batch)?;
+            self.data_pos = loader.position();
+            let dt = t0.elapsed().as_secs_f64();
+            let m = StepMetrics {
+                rank,
+                step: self.step - 1,
+                loss: out.loss,
+                lr: out.lr,
+                step_time_s: dt,
+                images_per_s: global_images / dt,
+                peak_memory_bytes: memstats::peak(mem)?.0,
+                comm_time_s: self.pg.take_comm_time().as_secs_f64(),
+                loss_scale: self.scaler.scale(),
+                skipped: out.skipped,
+                grad_norm: out.grad_norm,
+            };
+            writer.record(&m)?;
+            all.push(m);
+            if self.cfg.checkpoint_every.is_some_and(|k| k > 0 && self.step % k == 0) || (self.cfg.checkpoint_every.is_some() && self.step == end) {
+                self.save_checkpoint()?;
+            }
+        }
+        writer.finish();
+        let summary = metrics::summarize(&all);
+        let comparison = match (&summary, rank) {
+            (Some(s), 0) => {
+                let table = metrics::comparison_table(s, self.cfg.predicted_peak, self.cfg.predicted_step_time);
+                println!("measured vs predicted (rank 0, {world} ranks, {} steps):\n{table}", s.steps);
+                Some(table)
+            }
+            _ => None,
+        };
+        self.pg.barrier()?;
+        Ok(TrainReport { rank, world_size: world, metrics: all, summary, comparison })
+    }
+}
+
+/// `SEERSCALE_FAULT=rank=R,step=S` makes rank R abort (as a crash would)
+/// when it reaches step S: how the tests and operators check that a dead
+/// rank stops the whole job with a clear error instead of a hang.
+fn fault_injection(rank: usize, step: u64) {
+    let Ok(spec) = std::env::var("SEERSCALE_FAULT") else { return };
+    let mut r = None;
+    let mut s = None;
+    for kv in spec.split(',') {
+        match kv.split_once('=') {
+            Some(("rank", v)) => r = v.trim().parse::<usize>().ok(),
+            Some(("step", v)) => s = v.trim().parse::<u64>().ok(),
+            _ => {}
+        }
+    }
+    if r == Some(rank) && s == Some(step) {
+        eprintln!("rank {rank}: SEERSCALE_FAULT: aborting at step {step}");
+        std::process::abort();
+    }
+}
+
+/// Loads a batch for tests and tools: rank `rank`'s part of global step
+/// `position` of `dir`.
+pub fn load_batch(dir: &Path, cfg: &TrainConfig, rank: usize, world: usize, position: DataPosition) -> Result<Batch, TrainError> {
+    let folder = ImageFolder::open(dir)?;
+    let mut l = DataLoader::new(
+        folder,
+        LoaderConfig {
+            seed: cfg.seed,
+            rank,
+            world,
+            images_per_rank: cfg.images_per_rank,
+            augment: cfg.augment.clone(),
+            workers: 1,
+            prefetch: 1,
+            start: position,
+        },
+    )?;
+    Ok(l.next().ok_or(DataError::WorkerGone)??)
+}

@@ -1,0 +1,213 @@
+//! The plan file: everything the executor needs to run a plan, plus what the
+//! planner predicted, so the run can be checked against it. Versioned JSON.
+
+use crate::recipe::{Recipe, Wrapping};
+use cost_models::config::{parse_json, ConfigError, ModelConfig};
+use cost_models::graph::{ModelGraph, Workload};
+use cost_models::hardware::HardwareSpec;
+use cost_models::DType;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Bump when a field changes meaning; older/newer files are refused.
+pub const PLAN_SCHEMA_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    pub schema_version: u32,
+    /// `seerscale <version>` that wrote it.
+    pub created_by: String,
+    pub model: ModelConfig,
+    /// Checked on load: a plan whose units/segments or counts don't match
+    /// its model is refused.
+    pub model_fingerprint: ModelFingerprint,
+    pub recipe: Recipe,
+    pub hardware: HardwareSpec,
+    pub world_size: usize,
+    pub gpus_per_node: usize,
+    /// Images per rank per step (each cut into the recipe's crops).
+    pub batch_per_rank: usize,
+    pub precision: Precision,
+    pub reshard_after_forward: bool,
+    /// The policy the units came from (for people; `units` is authoritative).
+    pub wrapping: Wrapping,
+    /// FSDP units in forward order (see docs/architecture.md for the rule).
+    pub units: Vec<UnitPlan>,
+    /// Checkpointed segments: runs of consecutive block names.
+    pub checkpoint_segments: Vec<Vec<String>>,
+    pub predicted: Predicted,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelFingerprint {
+    pub trunk_params: u64,
+    pub head_params: u64,
+    pub blocks: Vec<String>,
+}
+
+impl ModelFingerprint {
+    pub fn of(graph: &ModelGraph) -> ModelFingerprint {
+        ModelFingerprint {
+            trunk_params: graph.trunk_params(),
+            head_params: graph.head_params(),
+            blocks: graph.blocks.iter().map(|b| b.name.clone()).collect(),
+        }
+    }
+}
+
+/// Mixed precision: fp32 master weights, gradients and optimiser state
+/// always; `compute` for gathered params and activations; `reduce` for the
+/// gradient reduce-scatter. Prototypes stay fp32.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Precision {
+    pub compute: DType,
+    pub reduce: DType,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnitPlan {
+    pub name: String,
+    /// Block or layer names; a parameter belongs to the unit with the
+    /// longest member that prefixes its name.
+    pub members: Vec<String>,
+    /// Parameters the unit owns (unpadded).
+    pub params: u64,
+}
+
+/// What the planner expects the executor to measure.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Predicted {
+    pub peak_memory_bytes: u64,
+    /// Peak broken down by category (params, grads, optimizer, activations, ...).
+    pub peak_breakdown: BTreeMap<String, u64>,
+    /// Usable device memory the plan was checked against.
+    pub usable_memory_bytes: u64,
+    pub fits: bool,
+    pub step_time_s: f64,
+    pub compute_time_s: f64,
+    pub comm_time_s: f64,
+    pub exposed_comm_s: f64,
+    pub images_per_s: f64,
+    pub mfu: f64,
+    pub days_to_train: f64,
+    pub cost_usd: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{origin}: plan schema version {found} is not supported (this seerscale reads version {PLAN_SCHEMA_VERSION}); re-run `seerscale plan`")]
+    Version { origin: String, found: u32 },
+    #[error("{origin}: plan does not match its model `{model}`: {why}")]
+    ModelMismatch { origin: String, model: String, why: String },
+    #[error("{origin}: field `{field}`: {why}")]
+    Invalid { origin: String, field: String, why: String },
+    #[error("{origin}: cannot write plan: {source}")]
+    Write { origin: String, source: std::io::Error },
+}
+
+impl Plan {
+    /// Reads and checks a plan file.
+    pub fn load(path: &Path) -> Result<Plan, PlanError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Io { origin: origin.clone(), source })?;
+        Plan::parse(&text, &origin)
+    }
+
+    pub fn parse(text: &str, origin: &str) -> Result<Plan, PlanError> {
+        // Look at the version first so an old file gets the version error,
+        // not a confusing missing-field one.
+        let raw: serde_json::Value = parse_json(text, origin)?;
+        match raw.get("schema_version").and_then(|v| v.as_u64()) {
+            Some(v) if v == PLAN_SCHEMA_VERSION as u64 => {}
+            Some(v) => return Err(PlanError::Version { origin: origin.into(), found: v as u32 }),
+            None => {
+                return Err(PlanError::Invalid {
+                    origin: origin.into(),
+                    field: "schema_version".into(),
+                    why: "missing; is this a seerscale plan file?".into(),
+                })
+            }
+        }
+        let plan: Plan = parse_json(text, origin)?;
+        plan.check(origin)?;
+        Ok(plan)
+    }
+
+    /// Writes atomically (temp file, then rename) so a crash never leaves half a plan.
+    pub fn save(&self, path: &Path) -> Result<(), PlanError> {
+        let origin = path.display().to_string();
+        let text = serde_json::to_string_pretty(self).expect("plan serialises");
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, text + "\n")
+            .and_then(|_| std::fs::rename(&tmp, path))
+            .map_err(|source| PlanError::Write { origin, source })
+    }
+
+    /// The model graph for one rank's step under this plan.
+    pub fn graph(&self) -> ModelGraph {
+        ModelGraph::build(
+            &self.model,
+            &Workload { images: self.batch_per_rank as u64, crops: self.recipe.crop_groups(), dtype: self.precision.compute },
+        )
+    }
+
+    /// Consistency of the plan with its own model.
+    pub fn check(&self, origin: &str) -> Result<(), PlanError> {
+        let mismatch = |why: String| PlanError::ModelMismatch { origin: origin.into(), model: self.model.name.clone(), why };
+        let invalid = |field: &str, why: String| PlanError::Invalid { origin: origin.into(), field: field.into(), why };
+        self.model.validate(origin)?;
+        self.recipe.validate(origin)?;
+        if self.world_size == 0 || self.batch_per_rank == 0 || self.gpus_per_node == 0 {
+            return Err(invalid("world_size", "world_size, gpus_per_node and batch_per_rank must be >= 1".into()));
+        }
+        let g = self.graph();
+        let fp = ModelFingerprint::of(&g);
+        if fp != self.model_fingerprint {
+            return Err(mismatch(format!(
+                "model_fingerprint says {} trunk + {} head params in {} blocks, the model has {} + {} in {}",
+                self.model_fingerprint.trunk_params,
+                self.model_fingerprint.head_params,
+                self.model_fingerprint.blocks.len(),
+                fp.trunk_params,
+                fp.head_params,
+                fp.blocks.len()
+            )));
+        }
+        let layer_prefixes: Vec<String> = g.blocks.iter().flat_map(|b| b.param_tensors.iter().map(|(n, _)| n.clone())).collect();
+        for (i, u) in self.units.iter().enumerate() {
+            if u.members.is_empty() {
+                return Err(invalid(&format!("units[{i}].members"), "a unit needs at least one member".into()));
+            }
+            for m in &u.members {
+                let known = layer_prefixes.iter().any(|p| p == m || p.starts_with(&format!("{m}.")));
+                if !known {
+                    return Err(mismatch(format!("unit `{}` names `{m}`, which owns no parameter of the model", u.name)));
+                }
+            }
+        }
+        let order: Vec<&str> = fp.blocks.iter().map(|s| s.as_str()).collect();
+        let mut last_end: Option<usize> = None;
+        for (i, seg) in self.checkpoint_segments.iter().enumerate() {
+            let idx: Option<Vec<usize>> = seg.iter().map(|b| order.iter().position(|o| o == b)).collect();
+            let Some(idx) = idx else {
+                return Err(mismatch(format!("checkpoint segment {i} names a block the model does not have: {seg:?}")));
+            };
+            if idx.is_empty() || idx.windows(2).any(|w| w[1] != w[0] + 1) {
+                return Err(invalid(&format!("checkpoint_segments[{i}]"), "must be a non-empty run of consecutive blocks".into()));
+            }
+            if last_end.is_some_and(|e| idx[0] <= e) {
+                return Err(invalid(&format!("checkpoint_segments[{i}]"), "segments must be in forward order and disjoint".into()));
+            }
+            last_end = idx.last().copied();
+        }
+        Ok(())
+    }
+}

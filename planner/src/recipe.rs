@@ -1,0 +1,221 @@
+//! Training recipes (TOML): model, multi-crop, SwAV loss, optimiser, data
+//! volume, the cluster asked about, and optionally a published fixed plan
+//! (e.g. VISSL's SEER 10B wrapping and stage checkpoints) to compare against.
+
+use cost_models::config::{parse_toml, resolve_text, ConfigError};
+use cost_models::graph::CropGroup;
+use cost_models::DType;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Built-in model name or a path to a model TOML.
+    pub model: String,
+    pub data: DataSpec,
+    pub swav: SwavSpec,
+    pub optim: OptimSpec,
+    pub cluster: ClusterSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference_plan: Option<ReferencePlan>,
+}
+
+/// One multi-crop group: `count` crops of `resolution` px, RandomResizedCrop scale range.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CropSpec {
+    pub count: u64,
+    pub resolution: u64,
+    pub scale: [f64; 2],
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSpec {
+    pub crops: Vec<CropSpec>,
+    /// Images seen over the whole run (SEER: one pass over ~1B images).
+    pub total_images: f64,
+    #[serde(default = "one")]
+    pub color_strength: f64,
+    #[serde(default = "half")]
+    pub blur_p: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwavSpec {
+    pub temperature: f64,
+    pub sinkhorn_iterations: usize,
+    pub epsilon: f64,
+    pub crops_for_assign: Vec<usize>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimKind {
+    /// SGD + momentum (+ LARC when `larc_trust` is set): one fp32 state per param.
+    Sgd,
+    /// Adam: two fp32 states per param.
+    Adam,
+}
+
+impl OptimKind {
+    /// fp32 optimiser-state tensors per parameter.
+    pub fn states_per_param(self) -> u64 {
+        match self {
+            OptimKind::Sgd => 1,
+            OptimKind::Adam => 2,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimSpec {
+    pub kind: OptimKind,
+    pub lr_per_256: f64,
+    #[serde(default)]
+    pub momentum: f64,
+    #[serde(default)]
+    pub weight_decay: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub larc_trust: Option<f64>,
+    #[serde(default)]
+    pub warmup_fraction: f64,
+}
+
+/// The cluster the user asks about; `plan`/`sweep` flags override it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSpec {
+    /// Hardware id (built-in) or path to a hardware/profile TOML.
+    pub gpu: String,
+    pub gpus: usize,
+    /// Per-GPU batch (images); the search may try others unless fixed.
+    pub batch_per_gpu: usize,
+    #[serde(default)]
+    pub fixed_batch: bool,
+}
+
+/// Wrapping policies the planner knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Wrapping {
+    /// One unit per block.
+    PerBlock,
+    /// One unit per stage (trunk) + head units.
+    PerStage,
+    /// Units of consecutive blocks, `group` blocks each.
+    Group(usize),
+    /// VISSL / FairScale auto-wrap for SEER: every block a unit, convs with
+    /// >= 1e8 parameters their own unit (BN fp32 units folded into blocks).
+    Vissl,
+    /// One unit for the whole model (plain data parallel when sharding is off).
+    Whole,
+}
+
+/// A published plan to compare with (VISSL's SEER settings).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReferencePlan {
+    pub wrapping: Wrapping,
+    pub precision: DType,
+    pub reshard_after_forward: bool,
+    pub batch_per_gpu: usize,
+    /// VISSL `stage_checkpoints`: per stage, the block indices (exclusive
+    /// ends) splitting it into checkpointed groups; `[]` = not checkpointed.
+    pub stage_checkpoints: Vec<Vec<usize>>,
+}
+
+fn one() -> f64 {
+    1.0
+}
+fn half() -> f64 {
+    0.5
+}
+
+macro_rules! builtin_recipes {
+    ($($name:literal),* $(,)?) => {
+        /// Built-in recipes (name, TOML text), embedded at compile time.
+        pub const BUILTIN_RECIPES: &[(&str, &str)] = &[
+            $(($name, include_str!(concat!("../../configs/recipes/", $name, ".toml")))),*
+        ];
+    };
+}
+builtin_recipes!("seer-10b", "seer-256gf", "tiny-cpu");
+
+impl Recipe {
+    pub fn load(name_or_path: &str) -> Result<Recipe, ConfigError> {
+        let (origin, text) = resolve_text("recipe", name_or_path, BUILTIN_RECIPES)?;
+        let r: Recipe = parse_toml(&text, &origin)?;
+        r.validate(&origin)?;
+        Ok(r)
+    }
+
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let bad = |f: &str, why: &str| Err(ConfigError::invalid(origin, f, why));
+        if self.data.crops.is_empty() {
+            return bad("data.crops", "needs at least one crop group");
+        }
+        for (i, c) in self.data.crops.iter().enumerate() {
+            if c.count == 0 || c.resolution < 8 {
+                return bad(&format!("data.crops[{i}]"), "count must be >= 1 and resolution >= 8 px");
+            }
+            if !(c.scale[0] > 0.0 && c.scale[0] <= c.scale[1] && c.scale[1] <= 1.0) {
+                return bad(&format!("data.crops[{i}].scale"), "must satisfy 0 < min <= max <= 1");
+            }
+        }
+        if !(self.data.total_images > 0.0) {
+            return bad("data.total_images", "must be > 0");
+        }
+        let n_crops: u64 = self.data.crops.iter().map(|c| c.count).sum();
+        if self.swav.crops_for_assign.is_empty() || self.swav.crops_for_assign.iter().any(|&c| c as u64 >= n_crops) {
+            return bad("swav.crops_for_assign", "must name crops that exist (0-based, across all crop groups)");
+        }
+        if !(self.swav.temperature > 0.0) || !(self.swav.epsilon > 0.0) || self.swav.sinkhorn_iterations == 0 {
+            return bad("swav", "temperature and epsilon must be > 0 and sinkhorn_iterations >= 1");
+        }
+        if !(self.optim.lr_per_256 > 0.0) {
+            return bad("optim.lr_per_256", "must be > 0");
+        }
+        if !(0.0..1.0).contains(&self.optim.warmup_fraction) {
+            return bad("optim.warmup_fraction", "must be in [0, 1)");
+        }
+        if self.cluster.gpus == 0 || self.cluster.batch_per_gpu == 0 {
+            return bad("cluster", "gpus and batch_per_gpu must be >= 1");
+        }
+        Ok(())
+    }
+
+    /// Crop groups as the cost model wants them.
+    pub fn crop_groups(&self) -> Vec<CropGroup> {
+        self.data.crops.iter().map(|c| CropGroup { count: c.count, resolution: c.resolution }).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_recipes_load_and_name_existing_models() {
+        for (name, _) in BUILTIN_RECIPES {
+            let r = Recipe::load(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+            cost_models::config::ModelConfig::load(&r.model).unwrap();
+        }
+        let seer = Recipe::load("seer-10b").unwrap();
+        assert_eq!(seer.cluster.gpus, 496);
+        assert_eq!(seer.reference_plan.unwrap().stage_checkpoints, vec![vec![2], vec![7], vec![9, 17], vec![]]);
+    }
+
+    #[test]
+    fn bad_recipe_names_field() {
+        let text = include_str!("../../configs/recipes/tiny-cpu.toml").replace("temperature = 0.1", "temperature = -1.0");
+        let r: Recipe = parse_toml(&text, "x.toml").unwrap();
+        let e = r.validate("x.toml").unwrap_err().to_string();
+        assert!(e.contains("x.toml") && e.contains("swav"), "{e}");
+    }
+}

@@ -1,0 +1,508 @@
+//! Discrete-event simulation of one training step of one rank.
+//!
+//! Two in-order streams, as on a GPU: the compute stream (forward per block,
+//! SwAV loss with its Sinkhorn iterations, backward per block with the
+//! recompute of a checkpointed segment just before its backward, LARC norms
+//! and the optimiser step) and the communication stream (FSDP all-gathers,
+//! gradient reduce-scatters, the LARC-norm and Sinkhorn all-reduces; NCCL
+//! runs one process group's collectives one after another, in issue order).
+//!
+//! A compute op waits for the collectives it depends on; a collective starts
+//! when it has been issued (by a compute op reaching its FSDP pre-hook, or
+//! finishing) and the stream is free. Exposed communication is therefore a
+//! result: `step time - busy compute time`.
+//!
+//! Issue rules follow FSDP: a unit's all-gather is issued by the pre-forward
+//! hook of its first block at the latest, and with prefetch the next unit's
+//! gather is issued at the same moment (so at most ~2 units are in flight);
+//! with `reshard_after_forward` the unit is gathered again for backward
+//! (prefetched one unit ahead in backward order); a unit's reduce-scatter is
+//! issued when the backward of its first block ends; the optimiser step
+//! waits for every reduce-scatter.
+
+use cost_models::Seconds;
+use std::collections::VecDeque;
+use std::ops::Range;
+
+/// Time of one block in each pass on this rank.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct BlockCost {
+    pub forward: Seconds,
+    pub backward: Seconds,
+}
+
+/// One FSDP unit: the blocks that use its parameters and its collectives.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UnitCost {
+    pub name: String,
+    /// Blocks whose forward/backward need the unit's parameters (may be
+    /// empty: such a unit is gathered at the start and reduced at the end).
+    pub blocks: Range<usize>,
+    pub all_gather: Seconds,
+    pub reduce_scatter: Seconds,
+    /// Stays unsharded from forward to backward even when resharding
+    /// (FSDP's root unit), so it is never gathered twice.
+    pub keep_after_forward: bool,
+}
+
+/// The loss: Sinkhorn-Knopp per assignment crop, then the swapped
+/// prediction loss (forward and backward together).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LossCost {
+    /// Crops that get Sinkhorn codes (VISSL runs them one after another).
+    pub assign_crops: usize,
+    /// `Q = exp(scores / eps)` and its global sum (all-reduced).
+    pub sinkhorn_init: Seconds,
+    pub sinkhorn_iterations: usize,
+    /// One row/column normalisation pass.
+    pub sinkhorn_iteration: Seconds,
+    /// All-reduce of the total (a scalar): latency only.
+    pub sum_all_reduce: Seconds,
+    /// All-reduce of the K prototype sums, once per iteration.
+    pub row_all_reduce: Seconds,
+    /// Softmax + cross-entropy over every crop's scores, both passes.
+    pub swapped_loss: Seconds,
+}
+
+/// The optimiser step after the last gradient has been reduce-scattered.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct OptimizerCost {
+    /// Per-tensor norms of the local shards (LARC); zero without LARC.
+    pub norms: Seconds,
+    /// All-reduce of the norms (LARC with sharded params), and the gradient
+    /// scaler's overflow check (fp16); `None` when nothing is reduced.
+    pub norm_all_reduce: Option<Seconds>,
+    /// SGD/Adam update of the fp32 master shard.
+    pub step: Seconds,
+}
+
+/// Everything one step costs, in execution order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StepProfile {
+    pub blocks: Vec<BlockCost>,
+    /// In forward order (nested units after their parent).
+    pub units: Vec<UnitCost>,
+    /// Checkpointed segments over block indices, in order and disjoint.
+    pub checkpoint: Vec<Range<usize>>,
+    pub loss: LossCost,
+    pub optimizer: OptimizerCost,
+    pub reshard_after_forward: bool,
+    /// Issue the next unit's all-gather one unit ahead (FSDP prefetch).
+    pub prefetch: bool,
+}
+
+/// What the simulation found.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StepResult {
+    pub step_time: Seconds,
+    /// Busy time of the compute stream (recompute included).
+    pub compute_time: Seconds,
+    pub recompute_time: Seconds,
+    /// Busy time of the communication stream.
+    pub comm_time: Seconds,
+    /// Time the compute stream waited for communication.
+    pub exposed_comm: Seconds,
+}
+
+impl StepResult {
+    /// Share of the communication that hid behind compute.
+    pub fn overlap(&self) -> f64 {
+        if self.comm_time.0 <= 0.0 {
+            1.0
+        } else {
+            1.0 - (self.exposed_comm.0 / self.comm_time.0).clamp(0.0, 1.0)
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct ComputeOp {
+    dur: f64,
+    recompute: bool,
+    /// Ranges into the flat `deps` / `prefetch` / `after` lists.
+    deps: (u32, u32),
+    prefetch: (u32, u32),
+    after: (u32, u32),
+}
+
+#[derive(Clone, Copy, Debug)]
+struct CommOp {
+    dur: f64,
+    issued: Option<f64>,
+    finish: Option<f64>,
+}
+
+/// Reusable buffers: a sweep simulates tens of thousands of steps.
+#[derive(Default)]
+pub struct Simulator {
+    ops: Vec<ComputeOp>,
+    comm: Vec<CommOp>,
+    deps: Vec<u32>,
+    prefetch: Vec<u32>,
+    after: Vec<u32>,
+    queue: VecDeque<u32>,
+    scratch: Vec<u32>,
+}
+
+/// One-off simulation (allocates; use [`Simulator`] in loops).
+pub fn simulate(p: &StepProfile) -> StepResult {
+    Simulator::default().run(p)
+}
+
+impl Simulator {
+    pub fn new() -> Simulator {
+        Simulator::default()
+    }
+
+    pub fn run(&mut self, p: &StepProfile) -> StepResult {
+        self.build(p);
+        self.execute()
+    }
+
+    fn comm_op(&mut self, dur: Seconds) -> u32 {
+        self.comm.push(CommOp { dur: dur.0.max(0.0), issued: None, finish: None });
+        (self.comm.len() - 1) as u32
+    }
+
+    /// Pushes a compute op: the collectives it waits for, those its pre-hook
+    /// prefetches, and those it issues when it ends.
+    fn compute_op(&mut self, dur: Seconds, recompute: bool, deps: &[u32], prefetch: &[u32], after: &[u32]) {
+        let push = |v: &mut Vec<u32>, xs: &[u32]| {
+            let s = v.len() as u32;
+            v.extend_from_slice(xs);
+            (s, v.len() as u32)
+        };
+        let deps = push(&mut self.deps, deps);
+        let prefetch = push(&mut self.prefetch, prefetch);
+        let after = push(&mut self.after, after);
+        self.ops.push(ComputeOp { dur: dur.0.max(0.0), recompute, deps, prefetch, after });
+    }
+
+    fn build(&mut self, p: &StepProfile) {
+        self.ops.clear();
+        self.comm.clear();
+        self.deps.clear();
+        self.prefetch.clear();
+        self.after.clear();
+        let nb = p.blocks.len();
+        let nu = p.units.len();
+
+        // Units by the block they are first needed at; empty ranges first.
+        let first = |u: &UnitCost| if u.blocks.is_empty() { 0 } else { u.blocks.start.min(nb.saturating_sub(1)) };
+        let fwd_gather: Vec<u32> = p.units.iter().map(|u| self.comm_op(u.all_gather)).collect();
+        let mut fwd_order: Vec<usize> = (0..nu).collect();
+        fwd_order.sort_by_key(|&u| first(&p.units[u]));
+
+        // Per block: units needed (any unit whose range covers it).
+        let covers = |u: &UnitCost, b: usize| u.blocks.is_empty() || u.blocks.contains(&b);
+
+        // ---- forward
+        let mut next_fwd = 0; // position in fwd_order of the first unit not yet issued
+        let mut deps = Vec::new();
+        let mut pre = Vec::new();
+        for b in 0..nb {
+            deps.clear();
+            pre.clear();
+            for (u, unit) in p.units.iter().enumerate() {
+                if covers(unit, b) {
+                    deps.push(fwd_gather[u]);
+                }
+            }
+            // Units starting here have now been issued; prefetch one more.
+            let mut starts_here = false;
+            while next_fwd < nu && first(&p.units[fwd_order[next_fwd]]) <= b {
+                next_fwd += 1;
+                starts_here = true;
+            }
+            if p.prefetch && starts_here && next_fwd < nu {
+                pre.push(fwd_gather[fwd_order[next_fwd]]);
+            }
+            self.compute_op(p.blocks[b].forward, false, &deps, &pre, &[]);
+        }
+
+        // ---- loss: Sinkhorn chain per assignment crop, then the loss itself
+        let l = &p.loss;
+        let mut prev: Option<u32> = None;
+        for _ in 0..l.assign_crops {
+            let ar = self.comm_op(l.sum_all_reduce);
+            let d: Vec<u32> = prev.into_iter().collect();
+            self.compute_op(l.sinkhorn_init, false, &d, &[], &[ar]);
+            prev = Some(ar);
+            for _ in 0..l.sinkhorn_iterations {
+                let ar = self.comm_op(l.row_all_reduce);
+                let d: Vec<u32> = prev.into_iter().collect();
+                self.compute_op(l.sinkhorn_iteration, false, &d, &[], &[ar]);
+                prev = Some(ar);
+            }
+        }
+        let d: Vec<u32> = prev.into_iter().collect();
+        self.compute_op(l.swapped_loss, false, &d, &[], &[]);
+
+        // ---- backward: the op sequence first, then which unit each op needs
+        // Segment ending at block b (checkpointed: recompute before backward).
+        let mut seg_ending: Vec<Option<Range<usize>>> = vec![None; nb];
+        for s in &p.checkpoint {
+            if !s.is_empty() && s.end <= nb {
+                seg_ending[s.end - 1] = Some(s.clone());
+            }
+        }
+        // (blocks touched, duration, is recompute)
+        let mut bwd_ops: Vec<(Range<usize>, Seconds, bool)> = Vec::with_capacity(nb + p.checkpoint.len());
+        for b in (0..nb).rev() {
+            if let Some(s) = &seg_ending[b] {
+                let t: Seconds = p.blocks[s.clone()].iter().map(|c| c.forward).sum();
+                bwd_ops.push((s.clone(), t, true));
+            }
+            bwd_ops.push((b..b + 1, p.blocks[b].backward, false));
+        }
+        let regather = p.reshard_after_forward;
+        let bwd_gather: Vec<Option<u32>> =
+            p.units.iter().map(|u| (regather && !u.keep_after_forward).then(|| self.comm_op(u.all_gather))).collect();
+        let reduce: Vec<u32> = p.units.iter().map(|u| self.comm_op(u.reduce_scatter)).collect();
+        // Backward need order: first backward op touching the unit's blocks.
+        let touches = |u: &UnitCost, r: &Range<usize>| u.blocks.is_empty() || (u.blocks.start < r.end && r.start < u.blocks.end);
+        let mut need_op: Vec<usize> = vec![usize::MAX; nu];
+        for (i, (r, _, _)) in bwd_ops.iter().enumerate() {
+            for (u, unit) in p.units.iter().enumerate() {
+                if need_op[u] == usize::MAX && touches(unit, r) {
+                    need_op[u] = i;
+                }
+            }
+        }
+        let mut bwd_order: Vec<usize> = (0..nu).filter(|&u| bwd_gather[u].is_some()).collect();
+        bwd_order.sort_by_key(|&u| need_op[u]);
+        // Reduce-scatter after the backward of the unit's first block.
+        let mut done_at: Vec<Vec<u32>> = vec![Vec::new(); bwd_ops.len()];
+        for (u, unit) in p.units.iter().enumerate() {
+            let f = first(unit);
+            let i = if unit.blocks.is_empty() { bwd_ops.len() - 1 } else { bwd_ops.iter().rposition(|(r, _, rc)| !rc && r.start == f).unwrap_or(bwd_ops.len() - 1) };
+            done_at[i].push(reduce[u]);
+        }
+        let mut next_bwd = 0;
+        for (i, (r, t, rc)) in bwd_ops.iter().enumerate() {
+            deps.clear();
+            pre.clear();
+            for (u, unit) in p.units.iter().enumerate() {
+                if touches(unit, r) {
+                    // Kept or never resharded: the forward gather serves.
+                    deps.push(bwd_gather[u].unwrap_or(fwd_gather[u]));
+                }
+            }
+            let mut starts_here = false;
+            while next_bwd < bwd_order.len() && need_op[bwd_order[next_bwd]] <= i {
+                next_bwd += 1;
+                starts_here = true;
+            }
+            if p.prefetch && starts_here && next_bwd < bwd_order.len() {
+                if let Some(g) = bwd_gather[bwd_order[next_bwd]] {
+                    pre.push(g);
+                }
+            }
+            let after = std::mem::take(&mut done_at[i]);
+            self.compute_op(*t, *rc, &deps, &pre, &after);
+        }
+
+        // ---- optimiser: waits for every reduce-scatter
+        let o = &p.optimizer;
+        match o.norm_all_reduce {
+            Some(t) => {
+                let ar = self.comm_op(t);
+                self.compute_op(o.norms, false, &reduce, &[], &[ar]);
+                self.compute_op(o.step, false, &[ar], &[], &[]);
+            }
+            None => {
+                self.compute_op(o.norms, false, &reduce, &[], &[]);
+                self.compute_op(o.step, false, &[], &[], &[]);
+            }
+        }
+    }
+
+    fn issue(&mut self, c: u32, at: f64) {
+        let op = &mut self.comm[c as usize];
+        if op.issued.is_none() {
+            op.issued = Some(at);
+            self.queue.push_back(c);
+        }
+    }
+
+    /// Runs queued collectives in issue order until `c` has finished.
+    /// Issue times never decrease (they follow the compute stream), so the
+    /// FIFO is the stream's order.
+    fn run_until(&mut self, c: u32, comm_free: &mut f64) -> f64 {
+        while self.comm[c as usize].finish.is_none() {
+            let Some(q) = self.queue.pop_front() else { break };
+            let op = &mut self.comm[q as usize];
+            let start = comm_free.max(op.issued.unwrap_or(0.0));
+            let end = start + op.dur;
+            op.finish = Some(end);
+            *comm_free = end;
+        }
+        self.comm[c as usize].finish.unwrap_or(*comm_free)
+    }
+
+    fn execute(&mut self) -> StepResult {
+        self.queue.clear();
+        let (mut t, mut comm_free) = (0.0f64, 0.0f64);
+        let (mut busy, mut recompute) = (0.0, 0.0);
+        for i in 0..self.ops.len() {
+            let op = self.ops[i];
+            // Pre-hook: issue what this op needs (if nobody prefetched it),
+            // then the prefetch.
+            self.scratch.clear();
+            self.scratch.extend_from_slice(&self.deps[op.deps.0 as usize..op.deps.1 as usize]);
+            for k in 0..self.scratch.len() {
+                let c = self.scratch[k];
+                self.issue(c, t);
+            }
+            for k in op.prefetch.0..op.prefetch.1 {
+                let c = self.prefetch[k as usize];
+                self.issue(c, t);
+            }
+            let mut start = t;
+            for k in 0..self.scratch.len() {
+                let c = self.scratch[k];
+                start = start.max(self.run_until(c, &mut comm_free));
+            }
+            t = start + op.dur;
+            busy += op.dur;
+            if op.recompute {
+                recompute += op.dur;
+            }
+            for k in op.after.0..op.after.1 {
+                let c = self.after[k as usize];
+                self.issue(c, t);
+            }
+        }
+        // Drain whatever is still queued.
+        while let Some(q) = self.queue.pop_front() {
+            let op = &mut self.comm[q as usize];
+            let start = comm_free.max(op.issued.unwrap_or(0.0));
+            comm_free = start + op.dur;
+            op.finish = Some(comm_free);
+        }
+        let comm: f64 = self.comm.iter().map(|c| c.dur).sum();
+        let step = t.max(comm_free);
+        StepResult {
+            step_time: Seconds(step),
+            compute_time: Seconds(busy),
+            recompute_time: Seconds(recompute),
+            comm_time: Seconds(comm),
+            exposed_comm: Seconds((step - busy).max(0.0)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn profile(blocks: usize, per_block: usize, fwd: f64, gather: f64) -> StepProfile {
+        let blocks_v = vec![BlockCost { forward: Seconds(fwd), backward: Seconds(2.0 * fwd) }; blocks];
+        let units = (0..blocks / per_block)
+            .map(|u| UnitCost {
+                name: format!("u{u}"),
+                blocks: u * per_block..(u + 1) * per_block,
+                all_gather: Seconds(gather),
+                reduce_scatter: Seconds(gather),
+                keep_after_forward: false,
+            })
+            .collect();
+        StepProfile {
+            blocks: blocks_v,
+            units,
+            checkpoint: vec![],
+            loss: LossCost { assign_crops: 2, sinkhorn_init: Seconds(0.01), sinkhorn_iterations: 3, sinkhorn_iteration: Seconds(0.01), sum_all_reduce: Seconds(0.0), row_all_reduce: Seconds(0.0), swapped_loss: Seconds(0.02) },
+            optimizer: OptimizerCost { norms: Seconds(0.01), norm_all_reduce: Some(Seconds(0.0)), step: Seconds(0.05) },
+            reshard_after_forward: true,
+            prefetch: true,
+        }
+    }
+
+    fn compute_sum(p: &StepProfile) -> f64 {
+        let b: f64 = p.blocks.iter().map(|c| c.forward.0 + c.backward.0).sum();
+        let rc: f64 = p.checkpoint.iter().map(|s| p.blocks[s.clone()].iter().map(|c| c.forward.0).sum::<f64>()).sum();
+        let l = &p.loss;
+        let loss = l.assign_crops as f64 * (l.sinkhorn_init.0 + l.sinkhorn_iterations as f64 * l.sinkhorn_iteration.0) + l.swapped_loss.0;
+        b + rc + loss + p.optimizer.norms.0 + p.optimizer.step.0
+    }
+
+    #[test]
+    fn zero_cost_comm_gives_the_sum_of_compute() {
+        let mut p = profile(12, 3, 0.1, 0.0);
+        p.checkpoint = vec![2..5, 7..10];
+        let r = simulate(&p);
+        let want = compute_sum(&p);
+        assert!((r.step_time.0 - want).abs() < 1e-12, "{} vs {want}", r.step_time.0);
+        assert!((r.compute_time.0 - want).abs() < 1e-12);
+        assert!((r.recompute_time.0 - 0.6).abs() < 1e-12, "{}", r.recompute_time.0);
+        assert_eq!(r.exposed_comm.0, 0.0);
+    }
+
+    #[test]
+    fn huge_comm_is_exposed_except_what_compute_can_hide() {
+        let p = profile(8, 2, 0.01, 100.0);
+        let r = simulate(&p);
+        // 4 units: 4 forward gathers + 4 backward gathers + 4 reduce-scatters.
+        assert!((r.comm_time.0 - 1200.0).abs() < 1e-9);
+        let compute = compute_sum(&p);
+        // Everything but the compute that overlaps a collective is exposed:
+        // exposed >= comm - compute, and the step is at least the comm.
+        assert!(r.step_time.0 >= r.comm_time.0);
+        assert!(r.exposed_comm.0 >= r.comm_time.0 - compute - 1e-9, "{r:?}");
+        assert!(r.exposed_comm.0 <= r.comm_time.0 + 1e-9, "{r:?}");
+        assert!((r.exposed_comm.0 - (r.step_time.0 - compute)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn prefetch_hides_gathers_behind_compute() {
+        // Gathers shorter than a unit's compute: prefetch hides all but the first.
+        let mut p = profile(16, 2, 0.1, 0.05);
+        p.prefetch = false;
+        let without = simulate(&p);
+        p.prefetch = true;
+        let with = simulate(&p);
+        assert!(with.exposed_comm.0 < without.exposed_comm.0, "with {with:?} without {without:?}");
+        assert!(with.step_time < without.step_time);
+        assert_eq!(with.comm_time, without.comm_time);
+        // Without prefetch, every gather is exposed: 8 forward + 8 backward gathers.
+        assert!(without.exposed_comm.0 >= 16.0 * 0.05 - 1e-9, "{without:?}");
+    }
+
+    #[test]
+    fn no_reshard_skips_backward_gathers() {
+        let mut p = profile(8, 2, 0.1, 0.3);
+        let resharded = simulate(&p);
+        p.reshard_after_forward = false;
+        let kept = simulate(&p);
+        assert!((resharded.comm_time.0 - kept.comm_time.0 - 4.0 * 0.3).abs() < 1e-9);
+        assert!(kept.step_time <= resharded.step_time);
+    }
+
+    #[test]
+    fn world_size_one_has_no_comm() {
+        let mut p = profile(6, 1, 0.1, 0.0);
+        p.optimizer.norm_all_reduce = None;
+        let r = simulate(&p);
+        assert_eq!(r.comm_time.0, 0.0);
+        assert_eq!(r.exposed_comm.0, 0.0);
+    }
+
+    #[test]
+    fn optimizer_waits_for_the_last_reduce_scatter() {
+        // Compute is trivial; the final reduce-scatter decides the end.
+        let mut p = profile(4, 4, 1e-6, 0.0);
+        p.units[0].reduce_scatter = Seconds(5.0);
+        let r = simulate(&p);
+        assert!(r.step_time.0 > 5.0 + p.optimizer.step.0 - 1e-9, "{r:?}");
+    }
+
+    #[test]
+    fn reusing_the_simulator_gives_the_same_answer() {
+        let mut sim = Simulator::new();
+        let a = profile(10, 2, 0.1, 0.2);
+        let b = profile(4, 1, 0.3, 0.01);
+        let ra = sim.run(&a);
+        let _ = sim.run(&b);
+        assert_eq!(sim.run(&a), ra);
+    }
+}
