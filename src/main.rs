@@ -15,14 +15,26 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Rebuild a plan's memory model: breakdown, top contributors, headroom, SVG timeline.
+    DryRun(commands::dry_run::DryRunArgs),
     /// Per-stage parameters, FLOPs and saved activations of a model.
     Model(commands::model::ModelArgs),
+    /// Measure this machine (op rates, memory bandwidth, collectives) and write a hardware profile.
+    Calibrate(commands::calibrate::CalibrateArgs),
+    /// Search wrapping, precision, batch, checkpointing and cluster size; write a plan file.
+    Plan(commands::plan::PlanArgs),
+    /// Best plan per cluster size, Pareto frontier over (GPUs, days, cost).
+    Sweep(commands::sweep::SweepArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::DryRun(a) => commands::dry_run::run(&a),
         Command::Model(a) => commands::model::run(&a),
+        Command::Calibrate(a) => commands::calibrate::run(&a),
+        Command::Plan(a) => commands::plan::run(&a),
+        Command::Sweep(a) => commands::sweep::run(&a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

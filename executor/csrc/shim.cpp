@@ -103,6 +103,18 @@ struct ssc_work {
 
 static at::Tensor& T(void* p) { return *static_cast<at::Tensor*>(p); }
 
+// What the backend sees: a fresh tensor on the same storage, outside
+// autograd and with its own version counter. Collectives write raw bytes,
+// like FSDP's all-gather into a flat parameter whose views autograd saved:
+// bumping the shared version counter would make backward reject them.
+static at::Tensor raw_alias(void* p) {
+  const at::Tensor& t = T(p);
+  at::AutoDispatchBelowADInplaceOrView guard;
+  at::Tensor a = at::empty({0}, t.options().requires_grad(false));
+  a.set_(t.storage(), t.storage_offset(), t.sizes(), t.strides());
+  return a;
+}
+
 static c10d::ReduceOp reduce_op(int op) {
   switch (op) {
     case 0: return c10d::ReduceOp::SUM;
@@ -116,7 +128,8 @@ extern "C" int ssc_all_gather_into(ssc_pg* pg, void* out, void* in, ssc_work** w
   SSC_GUARD({
     c10d::AllgatherOptions o;
     o.timeout = pg->timeout;
-    auto work = pg->backend->_allgather_base(T(out), T(in), o);
+    at::Tensor ro = raw_alias(out), ri = raw_alias(in);
+    auto work = pg->backend->_allgather_base(ro, ri, o);
     *w = new ssc_work{work, pg->timeout};
   });
 }
@@ -126,7 +139,8 @@ extern "C" int ssc_reduce_scatter(ssc_pg* pg, void* out, void* in, int op, ssc_w
     c10d::ReduceScatterOptions o;
     o.reduceOp = reduce_op(op);
     o.timeout = pg->timeout;
-    auto work = pg->backend->_reduce_scatter_base(T(out), T(in), o);
+    at::Tensor ro = raw_alias(out), ri = raw_alias(in);
+    auto work = pg->backend->_reduce_scatter_base(ro, ri, o);
     *w = new ssc_work{work, pg->timeout};
   });
 }
@@ -136,7 +150,7 @@ extern "C" int ssc_all_reduce(ssc_pg* pg, void* t, int op, ssc_work** w) {
     c10d::AllreduceOptions o;
     o.reduceOp = reduce_op(op);
     o.timeout = pg->timeout;
-    std::vector<at::Tensor> v{T(t)};
+    std::vector<at::Tensor> v{raw_alias(t)};
     auto work = pg->backend->allreduce(v, o);
     *w = new ssc_work{work, pg->timeout};
   });
@@ -147,7 +161,7 @@ extern "C" int ssc_broadcast(ssc_pg* pg, void* t, int root, ssc_work** w) {
     c10d::BroadcastOptions o;
     o.rootRank = root;
     o.timeout = pg->timeout;
-    std::vector<at::Tensor> v{T(t)};
+    std::vector<at::Tensor> v{raw_alias(t)};
     auto work = pg->backend->broadcast(v, o);
     *w = new ssc_work{work, pg->timeout};
   });

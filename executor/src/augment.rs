@@ -7,6 +7,9 @@
 //! Pure functions of the image and an RNG: the data loader seeds one RNG
 //! per sample, so the crops never depend on thread timing.
 
+// `!(x > 0.0)` checks are deliberate: they reject NaN as well.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
 use image::{imageops, RgbImage};
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -86,7 +89,7 @@ impl AugmentConfig {
                 return bad(f.into(), format!("probability must be in [0, 1], got {p}"));
             }
         }
-        if !(self.color_strength >= 0.0) || !(self.blur_sigma.0 > 0.0 && self.blur_sigma.0 <= self.blur_sigma.1) {
+        if !(self.color_strength >= 0.0 && self.blur_sigma.0 > 0.0 && self.blur_sigma.0 <= self.blur_sigma.1) {
             return bad("color_strength/blur_sigma".into(), "strength >= 0 and 0 < sigma min <= max".into());
         }
         Ok(())

@@ -138,3 +138,49 @@ impl RankState {
         self.tensors.iter().filter(|(g, _, _)| g == group).map(|(_, n, t)| (n.clone(), t.shallow_clone())).collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(step: u64) -> RankMeta {
+        RankMeta {
+            format_version: FORMAT_VERSION,
+            step,
+            rank: 0,
+            world_size: 1,
+            data: DataPosition { epoch: 1, step: 2 },
+            loss_scaler: LossScaler::disabled(),
+            seed: 3,
+            units: vec!["s1.b0".into(), "root".into()],
+        }
+    }
+
+    #[test]
+    fn save_publish_load_round_trip_and_mismatches() {
+        let dir = std::env::temp_dir().join(format!("seerscale-ckpt-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(latest(&dir).unwrap().is_none());
+        let t = Tensor::from_slice(&[1f32, 2., 3.]);
+        let st = RankState { meta: meta(5), tensors: vec![("master".into(), "s1.b0".into(), t.shallow_clone())] };
+        save_rank(&dir, &st).unwrap();
+        // Not visible until published.
+        assert!(latest(&dir).unwrap().is_none());
+        publish(&dir, 5).unwrap();
+        let sd = latest(&dir).unwrap().unwrap();
+        let back = load_rank(&sd, 0, 1, &meta(5).units).unwrap();
+        assert_eq!(back.meta, meta(5));
+        let m = back.group("master");
+        assert_eq!(m[0].0, "s1.b0");
+        assert!(m[0].1.equal(&t));
+        // No temporary files are left behind.
+        assert!(std::fs::read_dir(&sd).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().ends_with(".tmp")));
+        let e = load_rank(&sd, 0, 2, &meta(5).units).err().unwrap();
+        assert!(e.to_string().contains("rank 0/1") && e.to_string().contains("rank 0/2"), "{e}");
+        let e = load_rank(&sd, 0, 1, &["other".to_string()]).err().unwrap();
+        assert!(e.to_string().contains("units"), "{e}");
+        std::fs::write(dir.join("latest"), "step_99999999").unwrap();
+        assert!(latest(&dir).unwrap_err().to_string().contains("missing directory"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

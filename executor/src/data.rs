@@ -126,7 +126,7 @@ pub fn decode(path: &Path) -> Result<RgbImage, String> {
 /// The shuffled order of `n` files in `epoch`.
 pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
-    order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix(&[seed, 0x5eed_0f_e90c, epoch])));
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix(&[seed, 0x005e_ed0f_e90c, epoch])));
     order
 }
 
@@ -254,6 +254,14 @@ impl DataLoader {
     pub fn skipped_files(&self) -> usize {
         self.shared.bad.lock().map(|s| s.len()).unwrap_or(0)
     }
+
+    /// Their paths, sorted (for a warning naming them).
+    pub fn skipped_paths(&self) -> Vec<PathBuf> {
+        let bad = self.shared.bad.lock().map(|s| s.iter().copied().collect::<Vec<_>>()).unwrap_or_default();
+        let mut v: Vec<PathBuf> = bad.into_iter().map(|i| self.shared.folder.files()[i].clone()).collect();
+        v.sort();
+        v
+    }
 }
 
 impl Iterator for DataLoader {
@@ -347,5 +355,175 @@ impl Shared {
             images,
             skipped_files: self.bad.lock().map(|b| b.len()).unwrap_or(0),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::augment::CropSpec;
+
+    fn crops() -> AugmentConfig {
+        AugmentConfig::with_crops(vec![
+            CropSpec { count: 2, resolution: 32, scale: (0.14, 1.0) },
+            CropSpec { count: 2, resolution: 16, scale: (0.05, 0.14) },
+        ])
+    }
+
+    fn loader_cfg(rank: usize, world: usize, images: usize) -> LoaderConfig {
+        LoaderConfig { seed: 9, rank, world, images_per_rank: images, augment: crops(), workers: 2, prefetch: 2, start: DataPosition::default() }
+    }
+
+    /// A temp folder with `n` small PNG/JPEG images (one in a subfolder)
+    /// plus the extra files given.
+    fn temp_folder(tag: &str, n: u32, extra: &[(&str, &[u8])]) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("seerscale-data-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        for i in 0..n {
+            let img = RgbImage::from_fn(40 + i, 30, |x, y| image::Rgb([(x * 6) as u8, (y * 8) as u8, (i * 40) as u8]));
+            let path = if i == 0 { dir.join("sub").join("a0.jpg") } else { dir.join(format!("img{i}.png")) };
+            img.save(&path).unwrap();
+        }
+        std::fs::write(dir.join("notes.txt"), b"not an image").unwrap();
+        for (name, bytes) in extra {
+            std::fs::write(dir.join(name), bytes).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn loads_the_bundled_photos() {
+        let folder = ImageFolder::open(ImageFolder::default_root()).unwrap();
+        assert!(folder.len() >= 10, "{} images", folder.len());
+        assert!(folder.files().iter().any(|f| f.extension().unwrap() == "jpg"));
+        let mut loader = DataLoader::new(folder, loader_cfg(0, 1, 4)).unwrap();
+        let b = loader.next().unwrap().unwrap();
+        assert_eq!(b.groups[0].size(), [8, 3, 32, 32]);
+        assert_eq!(b.groups[1].size(), [8, 3, 16, 16]);
+        assert_eq!(b.layout, CropLayout { images: 4, groups: vec![2, 2] });
+        assert_eq!(b.position, DataPosition { epoch: 0, step: 0 });
+        assert_eq!(loader.position(), DataPosition { epoch: 0, step: 1 });
+        // Normalised pixels of real photos: mean near 0, spread near 1.
+        let mean = b.groups[0].mean(tch::Kind::Float).double_value(&[]);
+        assert!(mean.abs() < 1.5, "{mean}");
+        // The rest of the epoch: every bundled photo decodes (gray, RGBA,
+        // 16-bit PNGs and JPEGs alike).
+        let rest = loader.steps_per_epoch() as usize - 1;
+        for b in loader.by_ref().take(rest) {
+            b.unwrap();
+        }
+        assert_eq!(loader.skipped_files(), 0);
+    }
+
+    #[test]
+    fn corrupt_files_are_skipped_and_counted() {
+        let dir = temp_folder("corrupt", 5, &[("broken.jpg", b"\xff\xd8\xff garbage"), ("empty.png", b"")]);
+        let folder = ImageFolder::open(&dir).unwrap();
+        assert_eq!(folder.len(), 7); // 5 good + 2 bad, the .txt ignored
+        let mut loader = DataLoader::new(folder, loader_cfg(0, 1, 2)).unwrap();
+        assert_eq!(loader.steps_per_epoch(), 3);
+        // Two full epochs: every batch complete, both bad files found.
+        let mut seen = HashSet::new();
+        for _ in 0..6 {
+            let b = loader.next().unwrap().unwrap();
+            assert_eq!(b.groups[0].size()[0], 4);
+            seen.extend(b.images);
+        }
+        assert_eq!(loader.skipped_files(), 2);
+        assert_eq!(loader.skipped_paths(), vec![dir.join("broken.jpg"), dir.join("empty.png")]);
+        assert_eq!(seen.len(), 5);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn folders_without_usable_images_are_clear_errors() {
+        let dir = std::env::temp_dir().join(format!("seerscale-data-none-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("readme.txt"), b"x").unwrap();
+        let err = ImageFolder::open(&dir).unwrap_err().to_string();
+        assert!(err.contains("no JPEG or PNG") && err.contains(dir.to_str().unwrap()), "{err}");
+        std::fs::write(dir.join("bad.png"), b"nope").unwrap();
+        std::fs::write(dir.join("bad2.jpeg"), b"nope").unwrap();
+        let folder = ImageFolder::open(&dir).unwrap();
+        let mut loader = DataLoader::new(folder.clone(), loader_cfg(0, 1, 1)).unwrap();
+        let err = loader.next().unwrap().err().unwrap().to_string();
+        assert!(err.contains("no readable image") && err.contains(dir.to_str().unwrap()), "{err}");
+        assert!(loader.next().is_none());
+        let err = DataLoader::new(folder, loader_cfg(0, 2, 2)).err().unwrap().to_string();
+        assert!(err.contains("fewer than one global batch of 4"), "{err}");
+        let missing = ImageFolder::open(dir.join("nope")).unwrap_err().to_string();
+        assert!(missing.contains("nope"), "{missing}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn crops_are_deterministic_and_independent_of_workers() {
+        let dir = temp_folder("det", 8, &[]);
+        let run = |workers: usize, seed: u64| {
+            let mut cfg = loader_cfg(0, 1, 2);
+            cfg.workers = workers;
+            cfg.seed = seed;
+            let loader = DataLoader::new(ImageFolder::open(&dir).unwrap(), cfg).unwrap();
+            loader.take(5).map(|b| b.unwrap()).collect::<Vec<_>>()
+        };
+        let a = run(1, 9);
+        let b = run(3, 9);
+        let c = run(2, 10);
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(x.images, y.images);
+            assert!(x.groups[0].equal(&y.groups[0]) && x.groups[1].equal(&y.groups[1]));
+        }
+        assert!(a.iter().zip(&c).any(|(x, y)| !x.groups[0].equal(&y.groups[0])));
+        // Epochs are reshuffled: 4 steps per epoch, step 4 is epoch 1.
+        assert_eq!(a[4].position, DataPosition { epoch: 1, step: 0 });
+        assert_ne!(epoch_order(8, 9, 0), epoch_order(8, 9, 1));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn ranks_read_disjoint_parts_that_concatenate_to_the_global_batch() {
+        let dir = temp_folder("ranks", 12, &[]);
+        let folder = ImageFolder::open(&dir).unwrap();
+        let take = |rank: usize, world: usize, per: usize| {
+            let l = DataLoader::new(folder.clone(), loader_cfg(rank, world, per)).unwrap();
+            l.take(3).map(|b| b.unwrap()).collect::<Vec<_>>()
+        };
+        let whole = take(0, 1, 4);
+        let r0 = take(0, 2, 2);
+        let r1 = take(1, 2, 2);
+        let mut all = HashSet::new();
+        for s in 0..3 {
+            let a: HashSet<usize> = r0[s].images.iter().copied().collect();
+            let b: HashSet<usize> = r1[s].images.iter().copied().collect();
+            assert!(a.is_disjoint(&b));
+            all.extend(a);
+            all.extend(b);
+            // Rank 0 then rank 1, per crop group, is the world-size-1 batch.
+            let mut ids = r0[s].images.clone();
+            ids.extend(&r1[s].images);
+            assert_eq!(ids, whole[s].images);
+            for g in 0..2 {
+                let cat = Tensor::cat(&[&r0[s].groups[g], &r1[s].groups[g]], 0);
+                assert!(cat.equal(&whole[s].groups[g]), "step {s} group {g}");
+            }
+        }
+        assert_eq!(all.len(), 12); // one epoch covers every image once
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn resume_from_a_position_continues_the_same_stream() {
+        let dir = temp_folder("resume", 6, &[]);
+        let folder = ImageFolder::open(&dir).unwrap();
+        let full: Vec<Batch> = DataLoader::new(folder.clone(), loader_cfg(0, 1, 2)).unwrap().take(5).map(|b| b.unwrap()).collect();
+        let mut cfg = loader_cfg(0, 1, 2);
+        cfg.start = full[3].position;
+        let resumed: Vec<Batch> = DataLoader::new(folder, cfg).unwrap().take(2).map(|b| b.unwrap()).collect();
+        for (a, b) in full[3..].iter().zip(&resumed) {
+            assert_eq!(a.position, b.position);
+            assert!(a.groups[0].equal(&b.groups[0]));
+        }
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -549,3 +549,46 @@ impl<'pg> Fsdp<'pg> {
         self.units.iter().map(|u| (u.name.clone(), u.numel, u.padded)).collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Init;
+
+    fn spec(name: &str, block: &str) -> ParamSpec {
+        ParamSpec { name: name.into(), shape: vec![2], block: block.into(), init: Init::Zeros }
+    }
+    fn unit(name: &str, members: &[&str]) -> UnitSpec {
+        UnitSpec { name: name.into(), members: members.iter().map(|m| m.to_string()).collect() }
+    }
+
+    #[test]
+    fn longest_member_wins_and_the_rest_goes_to_root() {
+        let specs = [
+            spec("stem.conv.weight", "stem"),
+            spec("s4.b0.a.weight", "s4.b0"),
+            spec("s4.b0.b.weight", "s4.b0"),
+            spec("s4.b0.b_bn.weight", "s4.b0"),
+            spec("s4.b10.a.weight", "s4.b10"),
+            spec("head.proto.weight", "head.proto"),
+        ];
+        // VISSL's rule: a big conv is its own unit inside its block's unit.
+        let units = [unit("s4.b0.b", &["s4.b0.b"]), unit("s4.b0", &["s4.b0"]), unit("head", &["head.proto"])];
+        let (names, owner) = assign_units(&specs, &units).unwrap();
+        assert_eq!(names, ["s4.b0.b", "s4.b0", "head", "root"]);
+        // `s4.b0.b_bn` is not under `s4.b0.b` (prefix on `.` boundaries only),
+        // and `s4.b10` is not under `s4.b0`.
+        assert_eq!(owner, [3, 1, 0, 1, 3, 2]);
+    }
+
+    #[test]
+    fn bad_unit_lists_are_named_errors() {
+        let specs = [spec("s1.b0.a.weight", "s1.b0")];
+        let e = assign_units(&specs, &[unit("x", &["s9.b0"])]).unwrap_err();
+        assert!(e.to_string().contains("`s9.b0`") && e.to_string().contains("`x`"), "{e}");
+        let e = assign_units(&specs, &[unit("x", &["s1.b0"]), unit("y", &["s1.b0"])]).unwrap_err();
+        assert!(matches!(e, FsdpError::DuplicateMember { .. }), "{e}");
+        let e = assign_units(&specs, &[unit("x", &["s1.b0"]), unit("x", &["s1.b0.a"])]).unwrap_err();
+        assert!(matches!(e, FsdpError::DuplicateUnit(_)), "{e}");
+    }
+}

@@ -222,17 +222,22 @@ pub fn launch_local(program: &Path, args: &[OsString], opts: &LaunchOptions) -> 
         }
         if opts.deadline.is_some_and(|d| start.elapsed() > d) {
             kill_all(&mut children);
-            for (_, h) in pipes {
-                let _ = h.join();
-            }
             return Err(LaunchError::Deadline(opts.deadline.unwrap_or_default()));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    // A grandchild may still hold a pipe open: give the forwarders a moment
+    // to drain, but never wait on them indefinitely.
+    let drain = Instant::now();
+    while pipes.iter().any(|(_, h)| !h.is_finished()) && drain.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let mut tails: Vec<(usize, Vec<String>)> = Vec::new();
     for (rank, h) in pipes {
-        if let Ok(t) = h.join() {
-            tails.push((rank, t));
+        if h.is_finished() {
+            if let Ok(t) = h.join() {
+                tails.push((rank, t));
+            }
         }
     }
     match first_failure {
@@ -292,7 +297,7 @@ mod tests {
     fn launcher_reports_the_failing_rank() {
         // `sh -c` as the "program": rank 1 fails, rank 0 would sleep for a
         // minute; the launcher must kill it after the grace period.
-        let args: Vec<OsString> = vec!["-c".into(), "if [ \"$RANK\" = 1 ]; then echo 'error: boom' >&2; exit 3; else sleep 60; fi".into()];
+        let args: Vec<OsString> = vec!["-c".into(), "if [ \"$RANK\" = 1 ]; then echo 'error: boom' >&2; exit 3; else exec sleep 60; fi".into()];
         let opts = LaunchOptions { grace: Duration::from_millis(500), ..LaunchOptions::local(2) };
         let t = Instant::now();
         let err = launch_local(Path::new("/bin/sh"), &args, &opts).unwrap_err();

@@ -25,3 +25,4 @@ pub mod metrics;
 pub mod checkpoint;
 pub mod launch;
 pub mod train;
+pub mod calibrate;

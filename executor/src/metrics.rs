@@ -48,13 +48,21 @@ pub fn metrics_path(dir: &Path, rank: usize) -> PathBuf {
 }
 
 impl MetricsWriter {
-    /// Appends to the rank's file (a resumed run continues it). `bar_steps`:
-    /// show a progress bar over that many steps (rank 0 only).
-    pub fn open(dir: &Path, rank: usize, bar: Option<(u64, u64)>) -> Result<MetricsWriter, MetricsError> {
+    /// Opens the rank's file: appended to when `resume` (the resumed run
+    /// continues it), else started afresh. `bar`: show a progress bar from
+    /// step `.0` to `.1` (rank 0 only).
+    pub fn open(dir: &Path, rank: usize, resume: bool, bar: Option<(u64, u64)>) -> Result<MetricsWriter, MetricsError> {
         let path = metrics_path(dir, rank);
         let err = |source| MetricsError { path: path.clone(), source };
         std::fs::create_dir_all(dir).map_err(err)?;
-        let f = OpenOptions::new().create(true).append(true).open(&path).map_err(err)?;
+        let mut o = OpenOptions::new();
+        o.create(true);
+        if resume {
+            o.append(true);
+        } else {
+            o.write(true).truncate(true);
+        }
+        let f = o.open(&path).map_err(err)?;
         let bar = bar.map(|(start, total)| {
             let b = ProgressBar::new(total);
             b.set_style(

@@ -310,7 +310,7 @@ impl ModelArch {
         }
         let mut ctx = Ctx { params, bn, mode, block };
         match block {
-            "stem" => xs.iter().map(|x| ctx.stem(x, self.stem_width)).collect(),
+            "stem" => xs.iter().map(|x| ctx.stem(x)).collect(),
             "head.mlp" => Ok(vec![ctx.head_mlp(xs, self.mlp_dims.len())?]),
             "head.proto" => {
                 if xs.len() != 1 {
@@ -521,9 +521,8 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    fn stem(&mut self, x: &Tensor, width: i64) -> Result<Tensor, ModelError> {
+    fn stem(&mut self, x: &Tensor) -> Result<Tensor, ModelError> {
         self.check_input(x, 3)?;
-        let _ = width;
         let y = self.conv(x, "stem.conv", 2, 1, 1, false)?;
         self.bn_relu(&y, "stem.bn")
     }
@@ -798,6 +797,28 @@ mod tests {
         let mut c = cfg("regnety-tiny");
         c.head.mlp_dims.clear();
         assert!(ModelArch::new(&c).unwrap_err().to_string().contains("head.mlp_dims"));
+    }
+
+    #[test]
+    fn reduced_precision_forward_keeps_bn_stats_and_scores_in_fp32() {
+        let arch = ModelArch::new(&cfg("regnety-tiny")).unwrap();
+        let f32p = params(&arch, 2);
+        // What FSDP hands over in bf16: everything but the prototypes cast.
+        let half: HashMap<String, Tensor> = f32p
+            .iter()
+            .map(|(n, t)| (n.clone(), if n == "head.proto.weight" { t.shallow_clone() } else { t.to_kind(Kind::BFloat16) }))
+            .collect();
+        tch::manual_seed(4);
+        let x = Tensor::randn([4, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let mut bn32 = BnState::new(&arch, Device::Cpu);
+        let mut bn16 = BnState::new(&arch, Device::Cpu);
+        let s32 = arch.forward(&f32p, &mut bn32, &[x.shallow_clone()], &Mode::train()).unwrap();
+        let s16 = arch.forward(&half, &mut bn16, &[x.to_kind(Kind::BFloat16)], &Mode::train()).unwrap();
+        assert_eq!(s16.kind(), Kind::Float);
+        assert_eq!(bn16.get("s4.b0.c_bn").unwrap().0.kind(), Kind::Float);
+        // Cosine scores agree to bf16 accuracy.
+        let diff = (&s32 - &s16).abs().max().double_value(&[]);
+        assert!(diff < 0.1, "{diff}");
     }
 
     #[test]

@@ -7,6 +7,9 @@
 //! each piece is scaled by its parameter's trust ratio: the result equals the
 //! unsharded computation.
 
+// `!(x > 0.0)` checks are deliberate: they reject NaN as well.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
 use crate::reduce::{AllReduceSum, ReduceError};
 use tch::{Device, Kind, TchError, Tensor};
 
@@ -115,6 +118,9 @@ pub struct Optimizer {
     steps: i64,
     /// Per shard: SGD momentum buffer, or Adam's (exp_avg, exp_avg_sq).
     state: Vec<Vec<Tensor>>,
+    /// Parameters left untouched during the first `frozen_steps` steps.
+    frozen: Vec<bool>,
+    frozen_steps: i64,
 }
 
 impl Optimizer {
@@ -122,7 +128,27 @@ impl Optimizer {
     /// length of the all-reduced norm vector, equal on every rank).
     pub fn new(cfg: OptimConfig, num_params: usize) -> Result<Optimizer, OptimError> {
         cfg.validate()?;
-        Ok(Optimizer { cfg, num_params, steps: 0, state: Vec::new() })
+        Ok(Optimizer { cfg, num_params, steps: 0, state: Vec::new(), frozen: vec![false; num_params], frozen_steps: 0 })
+    }
+
+    /// Leaves `params` (indices) alone for the first `steps` steps: no
+    /// update, no decay, no momentum, as VISSL's TEMP_FROZEN_PARAMS_ITER_MAP
+    /// (SwAV freezes the prototypes for its first 313 iterations) does by
+    /// dropping their gradients.
+    pub fn freeze(&mut self, params: &[usize], steps: i64) -> Result<(), OptimError> {
+        if let Some(&p) = params.iter().find(|&&p| p >= self.num_params) {
+            return Err(OptimError::Config { field: "freeze", reason: format!("parameter {p} of {}", self.num_params) });
+        }
+        self.frozen = vec![false; self.num_params];
+        for &p in params {
+            self.frozen[p] = true;
+        }
+        self.frozen_steps = steps.max(0);
+        Ok(())
+    }
+
+    fn is_frozen(&self, param: usize) -> bool {
+        self.steps <= self.frozen_steps && self.frozen[param]
     }
 
     pub fn config(&self) -> &OptimConfig {
@@ -222,7 +248,7 @@ impl Optimizer {
                 for (si, s) in shards.iter().enumerate() {
                     let buf = &self.state[si][0];
                     for p in &s.pieces {
-                        if p.len == 0 {
+                        if p.len == 0 || self.is_frozen(p.param) {
                             continue;
                         }
                         let w = s.param.f_narrow(0, p.start, p.len)?;
@@ -264,17 +290,22 @@ impl Optimizer {
                 let t = self.steps as f64;
                 let (bc1, bc2) = (1.0 - beta1.powf(t), 1.0 - beta2.powf(t));
                 for (si, s) in shards.iter().enumerate() {
-                    let (mut m, mut v) = (self.state[si][0].shallow_clone(), self.state[si][1].shallow_clone());
-                    // torch.optim.Adam with L2 decay folded into the gradient;
-                    // padding (w = g = 0) stays 0.
-                    let g = if weight_decay != 0.0 { s.grad.f_add(&s.param.f_mul_scalar(weight_decay)?)? } else { s.grad.shallow_clone() };
-                    let _ = m.f_mul_scalar_(beta1)?;
-                    let _ = m.f_add_(&g.f_mul_scalar(1.0 - beta1)?)?;
-                    let _ = v.f_mul_scalar_(beta2)?;
-                    let _ = v.f_add_(&g.f_square()?.f_mul_scalar(1.0 - beta2)?)?;
-                    let denom = v.f_div_scalar(bc2)?.f_sqrt()?.f_add_scalar(eps)?;
-                    let mut w = s.param.shallow_clone();
-                    let _ = w.f_sub_(&m.f_div(&denom)?.f_mul_scalar(lr / bc1)?)?;
+                    for p in &s.pieces {
+                        if p.len == 0 || self.is_frozen(p.param) {
+                            continue;
+                        }
+                        let piece = |t: &Tensor| t.f_narrow(0, p.start, p.len);
+                        let (mut m, mut v) = (piece(&self.state[si][0])?, piece(&self.state[si][1])?);
+                        let (mut w, g) = (piece(&s.param)?, piece(&s.grad)?);
+                        // torch.optim.Adam with L2 decay folded into the gradient.
+                        let g = if weight_decay != 0.0 { g.f_add(&w.f_mul_scalar(weight_decay)?)? } else { g };
+                        let _ = m.f_mul_scalar_(beta1)?;
+                        let _ = m.f_add_(&g.f_mul_scalar(1.0 - beta1)?)?;
+                        let _ = v.f_mul_scalar_(beta2)?;
+                        let _ = v.f_add_(&g.f_square()?.f_mul_scalar(1.0 - beta2)?)?;
+                        let denom = v.f_div_scalar(bc2)?.f_sqrt()?.f_add_scalar(eps)?;
+                        let _ = w.f_sub_(&m.f_div(&denom)?.f_mul_scalar(lr / bc1)?)?;
+                    }
                 }
                 Ok(StepStats { grad_norm })
             }
@@ -443,6 +474,26 @@ mod tests {
             // Missing buffers are an error, not a silent restart.
             let mut opt_c = Optimizer::new(cfg.clone(), 4).unwrap();
             assert!(opt_c.load_state(&saved[..1], &[shard(&b, &grads[2])]).is_err());
+        }
+    }
+
+    #[test]
+    fn frozen_parameters_wait_then_train() {
+        for cfg in [seer(), OptimConfig::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 1e-4 }] {
+            let (w0, grads) = problem();
+            let w = w0.copy();
+            let mut opt = Optimizer::new(cfg.clone(), 4).unwrap();
+            opt.freeze(&[1], 2).unwrap();
+            let shard = |g: &Tensor| FlatShard { param: w.shallow_clone(), grad: g.copy(), pieces: whole_pieces() };
+            for g in &grads[..2] {
+                opt.step(&[shard(g)], 0.5, &local_sum).unwrap();
+            }
+            // Param 1 (elements 5..12) untouched, the others moved.
+            assert!(w.narrow(0, 5, 7).equal(&w0.narrow(0, 5, 7)), "{cfg:?}");
+            assert!(!w.narrow(0, 0, 5).equal(&w0.narrow(0, 0, 5)));
+            opt.step(&[shard(&grads[2])], 0.5, &local_sum).unwrap();
+            assert!(!w.narrow(0, 5, 7).equal(&w0.narrow(0, 5, 7)), "{cfg:?}");
+            assert!(opt.freeze(&[4], 1).is_err());
         }
     }
 

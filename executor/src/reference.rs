@@ -88,20 +88,6 @@ mod tests {
     use tch::Kind;
 
     #[test]
-    fn tmp_sweep() {
-        let cfg = ModelConfig::load("regnety-tiny").unwrap();
-        for lr in [0.01, 0.05, 0.1, 0.2, 0.5] {
-            let optim = OptimConfig::Sgd { momentum: 0.9, weight_decay: 1e-5, larc: None };
-            let mut t = ReferenceTrainer::new(&cfg, 0, optim, SwavLossConfig::default(), 1, Device::Cpu).unwrap();
-            tch::manual_seed(5);
-            let layout = CropLayout { images: 8, groups: vec![2, 2] };
-            let groups = [Tensor::randn([16, 3, 32, 32], (Kind::Float, Device::Cpu)), Tensor::randn([16, 3, 16, 16], (Kind::Float, Device::Cpu))];
-            let losses: Vec<f64> = (0..12).map(|_| t.step(&groups, &layout, lr).unwrap()).collect();
-            eprintln!("lr {lr}: {losses:?}");
-        }
-    }
-
-    #[test]
     fn swav_loss_decreases_with_sgd_on_a_fixed_random_batch() {
         let cfg = ModelConfig::load("regnety-tiny").unwrap();
         let optim = OptimConfig::Sgd { momentum: 0.9, weight_decay: 1e-5, larc: None };
@@ -112,9 +98,9 @@ mod tests {
             Tensor::randn([16, 3, 32, 32], (Kind::Float, Device::Cpu)),
             Tensor::randn([16, 3, 16, 16], (Kind::Float, Device::Cpu)),
         ];
-        let losses: Vec<f64> = (0..8).map(|_| t.step(&groups, &layout, 0.5).unwrap()).collect();
+        let losses: Vec<f64> = (0..6).map(|_| t.step(&groups, &layout, 0.05).unwrap()).collect();
         assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
-        assert!(losses[7] < losses[0] * 0.97, "loss did not go down: {losses:?}");
+        assert!(losses[5] < losses[0] * 0.9, "loss did not go down: {losses:?}");
         // Prototypes stay unit rows (re-normalised each step).
         let (_, w) = t.params.iter().find(|(n, _)| n == "head.proto.weight").unwrap();
         normalize_prototypes_(w).unwrap();

@@ -3,6 +3,9 @@
 //! linearly, then decayed with a cosine (VISSL's composite linear + cosine,
 //! SEER fractions 0.043648 / 0.956352).
 
+// `!(x > 0.0)` checks are deliberate: they reject NaN as well.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("invalid lr schedule `{field}`: {reason}")]
 pub struct ScheduleError {

@@ -95,7 +95,8 @@ pub struct PassResult {
 /// already in the compute dtype. `loss_fn` maps the final block's output to
 /// this rank's scalar loss term; backward starts from `loss * loss_scale`.
 /// Shard gradients are *added to* (call `zero_grad` between steps).
-#[allow(clippy::too_many_arguments)]
+// Blocks, `saved` and the checkpoint map are all indexed by block number.
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 pub fn forward_backward(
     fsdp: &mut Fsdp<'_>,
     arch: &ModelArch,
@@ -264,4 +265,24 @@ fn after_forward(fsdp: &mut Fsdp<'_>, i: usize, n: usize, reshard: bool) -> Resu
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_must_be_known_consecutive_and_disjoint() {
+        let blocks: Vec<String> = ["stem", "s1.b0", "s1.b1", "s2.b0", "head.mlp"].iter().map(|s| s.to_string()).collect();
+        let seg = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let c = Checkpointing::new(&blocks, &[seg(&["s1.b0", "s1.b1"]), seg(&["s2.b0"])]).unwrap();
+        assert_eq!(c.segments(), &[1..3, 3..4]);
+        assert_eq!(c.segment_of, vec![None, Some(0), Some(0), Some(1), None]);
+        let e = Checkpointing::new(&blocks, &[seg(&["s1.b0", "s2.b0"])]).unwrap_err();
+        assert!(e.to_string().contains("consecutive"), "{e}");
+        let e = Checkpointing::new(&blocks, &[seg(&["s1.b9"])]).unwrap_err();
+        assert!(e.to_string().contains("unknown block `s1.b9`"), "{e}");
+        let e = Checkpointing::new(&blocks, &[seg(&["s1.b0"]), seg(&["s1.b0", "s1.b1"])]).unwrap_err();
+        assert!(e.to_string().contains("also in segment"), "{e}");
+    }
 }

@@ -5,6 +5,9 @@
 //! so one process with the whole batch and N ranks with slices of it compute
 //! the same numbers.
 
+// `!(x > 0.0)` checks are deliberate: they reject NaN as well.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
 use crate::model::{CropLayout, ModelError};
 use crate::reduce::{AllReduceSum, ReduceError};
 use tch::{Kind, TchError, Tensor};
@@ -263,8 +266,7 @@ mod tests {
     fn loss_rejects_bad_settings() {
         let layout = CropLayout { images: 2, groups: vec![2] };
         let s = scores(4, 5);
-        let mut cfg = SwavLossConfig::default();
-        cfg.crops_for_assign = vec![0, 2];
+        let cfg = SwavLossConfig { crops_for_assign: vec![0, 2], ..Default::default() };
         assert!(swav_loss(&s, &layout, &cfg, 2, &local_sum).unwrap_err().to_string().contains("crops_for_assign"));
         assert!(swav_loss(&s, &layout, &SwavLossConfig::default(), 1, &local_sum).is_err());
         let one = CropLayout { images: 4, groups: vec![1] };

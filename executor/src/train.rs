@@ -23,6 +23,7 @@ use crate::schedule::{LrSchedule, ScheduleError};
 use crate::step::{self, Checkpointing, StepError};
 use crate::swav::{self, SwavError, SwavLossConfig};
 use cost_models::config::ModelConfig;
+use cost_models::hardware::DeviceKind;
 use cost_models::{Bytes, DType, Seconds};
 use planner::plan::Plan;
 use std::ffi::OsString;
@@ -132,8 +133,9 @@ pub struct TrainArgs {
     pub seed: u64,
     pub workers: usize,
     pub timeout: Duration,
-    /// Use CUDA device LOCAL_RANK (NCCL) instead of the CPU (Gloo).
-    pub cuda: bool,
+    /// Run a GPU plan on CPU ranks (Gloo) anyway; GPU plans otherwise use
+    /// CUDA device LOCAL_RANK with NCCL.
+    pub force_cpu: bool,
 }
 
 impl TrainArgs {
@@ -150,7 +152,7 @@ impl TrainArgs {
             seed: 0,
             workers: 2,
             timeout: Duration::from_secs(120),
-            cuda: false,
+            force_cpu: false,
         }
     }
 }
@@ -184,7 +186,21 @@ impl TrainConfig {
         };
         let global = (plan.batch_per_rank * plan.world_size) as f64;
         let steps = args.steps.unwrap_or_else(|| (r.data.total_images / global).ceil().max(1.0) as u64);
-        let device = if args.cuda { Device::Cuda(env.local_rank) } else { Device::Cpu };
+        let device = match plan.hardware.kind {
+            DeviceKind::Gpu if !args.force_cpu => {
+                if !tch::Cuda::is_available() {
+                    return Err(TrainError::Config(format!(
+                        "the plan targets GPU hardware `{}` but CUDA is not available here (pass --cpu to run it on CPU ranks)",
+                        plan.hardware.id
+                    )));
+                }
+                if !crate::dist::nccl_available() {
+                    return Err(TrainError::Config("the plan targets GPUs but this build has no NCCL shim (no CUDA toolkit headers at build time)".into()));
+                }
+                Device::Cuda(env.local_rank)
+            }
+            _ => Device::Cpu,
+        };
         Ok(TrainConfig {
             model: plan.model.clone(),
             units: plan.units.iter().map(|u| UnitSpec { name: u.name.clone(), members: u.members.clone() }).collect(),
@@ -220,7 +236,8 @@ impl TrainConfig {
         })
     }
 
-    fn schedule(&self, world: usize) -> LrSchedule {
+    /// The lr schedule of this run for `world` ranks.
+    pub fn schedule(&self, world: usize) -> LrSchedule {
         LrSchedule {
             base_lr_per_256: self.lr_per_256,
             global_batch: self.images_per_rank * world,
@@ -249,11 +266,13 @@ pub struct TrainReport {
 /// arguments), else train in this process. Returns rank 0's report when it
 /// ran here (None in the launcher process).
 pub fn run(args: &TrainArgs) -> Result<Option<TrainReport>, TrainError> {
-    if let Some(env) = RankEnv::from_env()? {
-        return run_rank(args, &env).map(Some);
-    }
-    match args.nproc_per_node {
-        Some(n) if n > 1 => {
+    let env = RankEnv::from_env()?;
+    let launched = std::env::var_os("RANK").is_some();
+    match (env, args.nproc_per_node) {
+        // A rank: started by us, torchrun, or srun (a SLURM allocation's
+        // shell also has SLURM_PROCID, so --nproc-per-node wins over it).
+        (Some(env), n) if launched || n.unwrap_or(1) <= 1 => run_rank(args, &env).map(Some),
+        (_, Some(n)) if n > 1 => {
             let program = std::env::current_exe().map_err(|e| TrainError::Config(format!("cannot find this program's path: {e}")))?;
             let forwarded: Vec<OsString> = std::env::args_os().skip(1).collect();
             // Survivors of a failed rank get the collective timeout plus a
@@ -262,7 +281,7 @@ pub fn run(args: &TrainArgs) -> Result<Option<TrainReport>, TrainError> {
             launch::launch_local(&program, &forwarded, &opts)?;
             Ok(None)
         }
-        _ => {
+        (_, _) => {
             let port = crate::dist::free_port().map_err(|e| TrainError::Config(format!("no free port: {e}")))?;
             run_rank(args, &RankEnv::single(port)).map(Some)
         }
@@ -278,10 +297,6 @@ pub fn run_rank(args: &TrainArgs, env: &RankEnv) -> Result<TrainReport, TrainErr
 
 /// Trains with an explicit config as rank `env.rank` (all ranks call it).
 pub fn train_rank(cfg: &TrainConfig, env: &RankEnv) -> Result<TrainReport, TrainError> {
-    // Count CPU memory from here on (before any tensor of the run exists).
-    if cfg.device == Device::Cpu {
-        memstats::install_cpu_counter()?;
-    }
     let backend = match cfg.device {
         Device::Cuda(d) => Backend::Nccl { device: d },
         _ => Backend::Gloo,
@@ -328,6 +343,11 @@ pub struct Trainer<'pg> {
 
 impl<'pg> Trainer<'pg> {
     pub fn new(pg: &'pg ProcessGroup, cfg: &TrainConfig) -> Result<Trainer<'pg>, TrainError> {
+        // Count CPU memory from here on (before any tensor of the run exists;
+        // idempotent).
+        if cfg.device == Device::Cpu {
+            memstats::install_cpu_counter()?;
+        }
         tch::manual_seed(cfg.seed as i64);
         let arch = ModelArch::new(&cfg.model)?;
         let specs = arch.param_specs();
@@ -342,7 +362,7 @@ impl<'pg> Trainer<'pg> {
         let ckpt = Checkpointing::new(&blocks, &cfg.checkpoint_segments).map_err(|e| TrainError::Step { step: 0, source: e })?;
         let schedule = cfg.schedule(pg.world_size());
         schedule.validate()?;
-        if cfg.images_per_rank % cfg.bn_groups.max(1) != 0 {
+        if !cfg.images_per_rank.is_multiple_of(cfg.bn_groups.max(1)) {
             return Err(TrainError::Config(format!("bn_groups {} does not divide {} images per rank", cfg.bn_groups, cfg.images_per_rank)));
         }
         Ok(Trainer {
@@ -535,7 +555,7 @@ impl<'pg> Trainer<'pg> {
         let mut loader = self.loader()?;
         let mem = MemDevice::of(self.cfg.device);
         let bar = (rank == 0 && self.cfg.progress).then_some((self.step, end));
-        let mut writer = MetricsWriter::open(&self.cfg.out_dir, rank, bar)?;
+        let mut writer = MetricsWriter::open(&self.cfg.out_dir, rank, self.cfg.resume, bar)?;
         let mut all = Vec::new();
         let global_images = (self.cfg.images_per_rank * world) as f64;
         while self.step < end {
@@ -562,7 +582,7 @@ impl<'pg> Trainer<'pg> {
             };
             writer.record(&m)?;
             all.push(m);
-            if self.cfg.checkpoint_every.is_some_and(|k| k > 0 && self.step % k == 0) || (self.cfg.checkpoint_every.is_some() && self.step == end) {
+            if self.cfg.checkpoint_every.is_some_and(|k| k > 0 && self.step.is_multiple_of(k)) || (self.cfg.checkpoint_every.is_some() && self.step == end) {
                 self.save_checkpoint()?;
             }
         }

@@ -11,3 +11,14 @@
 pub mod plan;
 pub mod recipe;
 pub mod simulator;
+pub mod wrapping;
+pub mod memory;
+pub mod checkpoint;
+pub mod step_costs;
+pub mod cluster;
+pub mod search;
+pub mod sweep;
+pub mod pareto;
+pub mod build;
+pub mod dryrun;
+pub mod timeline_svg;

@@ -34,7 +34,6 @@ pub struct BlockCost {
 /// One FSDP unit: the blocks that use its parameters and its collectives.
 #[derive(Clone, Debug, PartialEq)]
 pub struct UnitCost {
-    pub name: String,
     /// Blocks whose forward/backward need the unit's parameters (may be
     /// empty: such a unit is gathered at the start and reduced at the end).
     pub blocks: Range<usize>,
@@ -272,12 +271,20 @@ impl Simulator {
         let mut bwd_order: Vec<usize> = (0..nu).filter(|&u| bwd_gather[u].is_some()).collect();
         bwd_order.sort_by_key(|&u| need_op[u]);
         // Reduce-scatter after the backward of the unit's first block.
-        let mut done_at: Vec<Vec<u32>> = vec![Vec::new(); bwd_ops.len()];
-        for (u, unit) in p.units.iter().enumerate() {
-            let f = first(unit);
-            let i = if unit.blocks.is_empty() { bwd_ops.len() - 1 } else { bwd_ops.iter().rposition(|(r, _, rc)| !rc && r.start == f).unwrap_or(bwd_ops.len() - 1) };
-            done_at[i].push(reduce[u]);
-        }
+        // (backward op index, reduce-scatter), sorted by op.
+        let mut done_at: Vec<(usize, u32)> = p
+            .units
+            .iter()
+            .enumerate()
+            .map(|(u, unit)| {
+                let f = first(unit);
+                let i = if unit.blocks.is_empty() { bwd_ops.len() - 1 } else { bwd_ops.iter().rposition(|(r, _, rc)| !rc && r.start == f).unwrap_or(bwd_ops.len() - 1) };
+                (i, reduce[u])
+            })
+            .collect();
+        done_at.sort_by_key(|x| x.0);
+        let mut next_done = 0;
+        let mut after = Vec::new();
         let mut next_bwd = 0;
         for (i, (r, t, rc)) in bwd_ops.iter().enumerate() {
             deps.clear();
@@ -298,7 +305,11 @@ impl Simulator {
                     pre.push(g);
                 }
             }
-            let after = std::mem::take(&mut done_at[i]);
+            after.clear();
+            while next_done < done_at.len() && done_at[next_done].0 == i {
+                after.push(done_at[next_done].1);
+                next_done += 1;
+            }
             self.compute_op(*t, *rc, &deps, &pre, &after);
         }
 
@@ -400,7 +411,6 @@ mod tests {
         let blocks_v = vec![BlockCost { forward: Seconds(fwd), backward: Seconds(2.0 * fwd) }; blocks];
         let units = (0..blocks / per_block)
             .map(|u| UnitCost {
-                name: format!("u{u}"),
                 blocks: u * per_block..(u + 1) * per_block,
                 all_gather: Seconds(gather),
                 reduce_scatter: Seconds(gather),

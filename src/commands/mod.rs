@@ -1,3 +1,7 @@
 //! One module per subcommand.
 
 pub mod model;
+pub mod calibrate;
+pub mod dry_run;
+pub mod plan;
+pub mod sweep;

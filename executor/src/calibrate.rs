@@ -1,0 +1,941 @@
+//! `seerscale calibrate`: measure what the planner's cost models assume
+//! about this machine and turn it into a [`HardwareProfile`].
+//!
+//! * Compute: conv (dense 1x1, grouped 3x3), linear, BN, elementwise and
+//!   pooling ops on RegNet-Y-like shapes, forward and backward, per dtype.
+//!   FLOPs and bytes are counted exactly as `cost_models::graph` counts them
+//!   (fwd 2·MACs, bwd 4·MACs in two kernels; BN/elementwise bytes = inputs +
+//!   output, backward twice that) so the fitted rates plug straight into
+//!   `ComputeModel`'s roofline `max(flops/rate, bytes/bw) + kernels·overhead`.
+//! * Per-op overhead (a tiny op with autograd recording) and large-copy
+//!   memory bandwidth.
+//! * Collectives over a real c10d process group: time by message size, max
+//!   over ranks per iteration, then alpha/beta fitted by least squares in the
+//!   ring formulas of `cost_models::collectives`.
+//!
+//! Every number is a median over repeats; the spread (p10..p90) is reported
+//! as noise next to it.
+
+use crate::dist::{DistError, ProcessGroup, ReduceOp};
+use cost_models::collectives::{Collective, CollectiveFit, CollectiveProfile, Scope};
+use cost_models::compute::OpKind;
+use cost_models::hardware::{HardwareError, HardwareProfile, HardwareSpec, Measured, OpThroughput};
+use cost_models::{Bandwidth, Bytes, DType, FlopRate, Seconds};
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CalibrateError {
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+    #[error(transparent)]
+    Dist(#[from] DistError),
+    #[error(transparent)]
+    Hardware(#[from] HardwareError),
+    #[error("{what}: {reason}")]
+    Degenerate { what: String, reason: String },
+    #[error("the calibrated profile is invalid: field `{field}`: {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+// ------------------------------------------------------------------ timing
+
+/// How long and how often to repeat one measurement.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Budget {
+    pub warmup: usize,
+    pub min_samples: usize,
+    pub max_samples: usize,
+    /// Each sample loops the op until it lasts about this long, so the
+    /// timer's resolution and `Instant` overhead do not matter.
+    pub target_sample_s: f64,
+    /// Stop sampling once this much time went into one measurement.
+    pub budget_s: f64,
+}
+
+impl Budget {
+    pub fn full() -> Budget {
+        Budget { warmup: 2, min_samples: 7, max_samples: 40, target_sample_s: 2e-3, budget_s: 0.25 }
+    }
+    pub fn quick() -> Budget {
+        Budget { warmup: 1, min_samples: 3, max_samples: 9, target_sample_s: 5e-4, budget_s: 0.03 }
+    }
+}
+
+/// Median and spread of the time of ONE call, over samples.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Timing {
+    pub median_s: f64,
+    pub p10_s: f64,
+    pub p90_s: f64,
+    pub samples: usize,
+    /// Calls per sample (each sample's time is divided by this).
+    pub calls_per_sample: usize,
+}
+
+impl Timing {
+    /// Half the p10..p90 spread relative to the median: "± x %".
+    pub fn noise(&self) -> f64 {
+        if self.median_s > 0.0 {
+            (self.p90_s - self.p10_s) / (2.0 * self.median_s)
+        } else {
+            0.0
+        }
+    }
+
+    /// From per-call sample times (any order; at least one).
+    pub fn from_samples(mut s: Vec<f64>, calls_per_sample: usize) -> Timing {
+        s.sort_by(|a, b| a.total_cmp(b));
+        Timing { median_s: quantile(&s, 0.5), p10_s: quantile(&s, 0.1), p90_s: quantile(&s, 0.9), samples: s.len(), calls_per_sample }
+    }
+}
+
+/// Linear-interpolated quantile of sorted data.
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let pos = q * (sorted.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
+}
+
+/// Times `f` (one call = one op) with the budget. CPU ops are synchronous,
+/// so wall time around the call is the op's time.
+pub fn time_calls(budget: &Budget, mut f: impl FnMut() -> Result<(), tch::TchError>) -> Result<Timing, tch::TchError> {
+    let mut one = f64::INFINITY;
+    for _ in 0..budget.warmup.max(1) {
+        let t = Instant::now();
+        f()?;
+        one = one.min(t.elapsed().as_secs_f64());
+    }
+    let calls = ((budget.target_sample_s / one.max(1e-9)).ceil() as usize).clamp(1, 100_000);
+    let start = Instant::now();
+    let mut samples = Vec::with_capacity(budget.max_samples);
+    while samples.len() < budget.min_samples || (samples.len() < budget.max_samples && start.elapsed().as_secs_f64() < budget.budget_s) {
+        let t = Instant::now();
+        for _ in 0..calls {
+            f()?;
+        }
+        samples.push(t.elapsed().as_secs_f64() / calls as f64);
+    }
+    Ok(Timing::from_samples(samples, calls))
+}
+
+// ----------------------------------------------------------------- compute
+
+/// One op at one shape (NCHW; `hw` is height = width).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum OpCase {
+    /// k x k conv, padding k/2, no bias (RegNet-Y's `a`, `b`, `c`, `proj`).
+    Conv { n: i64, cin: i64, cout: i64, hw: i64, k: i64, stride: i64, groups: i64 },
+    /// `rows x d_in -> d_out` with bias (the SwAV MLP).
+    Linear { rows: i64, d_in: i64, d_out: i64 },
+    /// Training-mode BatchNorm2d with affine parameters.
+    BatchNorm { n: i64, c: i64, hw: i64 },
+    Relu { n: i64, c: i64, hw: i64 },
+    /// Residual add of two activations.
+    Add { n: i64, c: i64, hw: i64 },
+    /// SE gate: activation times a per-channel [n, c, 1, 1] scale.
+    ScaleMul { n: i64, c: i64, hw: i64 },
+    /// Global average pool to [n, c, 1, 1].
+    AvgPool { n: i64, c: i64, hw: i64 },
+}
+
+impl OpCase {
+    pub fn kind(&self) -> OpKind {
+        match self {
+            OpCase::Conv { groups, .. } if *groups > 1 => OpKind::GroupedConv,
+            OpCase::Conv { .. } => OpKind::Conv,
+            OpCase::Linear { .. } => OpKind::Matmul,
+            OpCase::BatchNorm { .. } => OpKind::Norm,
+            OpCase::Relu { .. } | OpCase::Add { .. } | OpCase::ScaleMul { .. } => OpKind::Elementwise,
+            OpCase::AvgPool { .. } => OpKind::Reduction,
+        }
+    }
+
+    pub fn label(&self) -> String {
+        match *self {
+            OpCase::Conv { n, cin, cout, hw, k, stride, groups } => {
+                format!("conv{k}x{k} {cin}->{cout} g{groups} s{stride} @{n}x{hw}x{hw}")
+            }
+            OpCase::Linear { rows, d_in, d_out } => format!("linear {d_in}->{d_out} x{rows}"),
+            OpCase::BatchNorm { n, c, hw } => format!("batchnorm {c} @{n}x{hw}x{hw}"),
+            OpCase::Relu { n, c, hw } => format!("relu {c} @{n}x{hw}x{hw}"),
+            OpCase::Add { n, c, hw } => format!("add {c} @{n}x{hw}x{hw}"),
+            OpCase::ScaleMul { n, c, hw } => format!("se-mul {c} @{n}x{hw}x{hw}"),
+            OpCase::AvgPool { n, c, hw } => format!("avgpool {c} @{n}x{hw}x{hw}"),
+        }
+    }
+
+    fn out_hw(hw: i64, k: i64, stride: i64) -> i64 {
+        (hw + 2 * (k / 2) - k) / stride + 1
+    }
+
+    /// Multiply-adds of a conv / linear (0 for the memory-bound ops).
+    fn macs(&self) -> f64 {
+        match *self {
+            OpCase::Conv { n, cin, cout, hw, k, stride, groups } => {
+                let o = Self::out_hw(hw, k, stride);
+                (n * cout * o * o * (cin / groups) * k * k) as f64
+            }
+            OpCase::Linear { rows, d_in, d_out } => (rows * d_in * d_out) as f64,
+            _ => 0.0,
+        }
+    }
+
+    /// (forward, backward) FLOPs as the graph counts them.
+    pub fn flops(&self) -> (f64, f64) {
+        let m = self.macs();
+        (2.0 * m, 4.0 * m)
+    }
+
+    /// (forward, backward) kernels, as `OpDesc::from_layer` counts them.
+    pub fn kernels(&self) -> (u32, u32) {
+        match self {
+            OpCase::Conv { .. } | OpCase::Linear { .. } => (1, 2),
+            _ => (1, 1),
+        }
+    }
+
+    /// (forward, backward) bytes moved, as the graph counts them: inputs +
+    /// output (+ weights for conv/linear), backward twice that.
+    pub fn bytes(&self, dtype: DType) -> (f64, f64) {
+        let d = dtype.size() as f64;
+        let act = |n: i64, c: i64, hw: i64| (n * c * hw * hw) as f64 * d;
+        let fwd = match *self {
+            OpCase::Conv { n, cin, cout, hw, k, stride, groups } => {
+                let o = Self::out_hw(hw, k, stride);
+                act(n, cin, hw) + act(n, cout, o) + (cout * (cin / groups) * k * k) as f64 * d
+            }
+            OpCase::Linear { rows, d_in, d_out } => (rows * (d_in + d_out) + d_in * d_out) as f64 * d,
+            OpCase::BatchNorm { n, c, hw } | OpCase::Relu { n, c, hw } => 2.0 * act(n, c, hw),
+            OpCase::Add { n, c, hw } => 3.0 * act(n, c, hw),
+            OpCase::ScaleMul { n, c, hw } => 2.0 * act(n, c, hw),
+            OpCase::AvgPool { n, c, hw } => act(n, c, hw) + (n * c) as f64 * d,
+        };
+        (fwd, 2.0 * fwd)
+    }
+}
+
+/// The shapes measured: RegNet-Y blocks of `regnety-tiny` / `regnety-400mf`
+/// at the small crops a CPU trains on, and the SwAV head's linears.
+pub fn default_cases(quick: bool) -> Vec<OpCase> {
+    use OpCase::*;
+    let mut v = vec![
+        Conv { n: 16, cin: 104, cout: 104, hw: 14, k: 1, stride: 1, groups: 1 },
+        Conv { n: 16, cin: 104, cout: 104, hw: 14, k: 3, stride: 1, groups: 13 },
+        Linear { rows: 64, d_in: 440, d_out: 2048 },
+        BatchNorm { n: 16, c: 104, hw: 14 },
+        Relu { n: 16, c: 104, hw: 14 },
+    ];
+    if !quick {
+        v.extend([
+            Conv { n: 16, cin: 32, cout: 32, hw: 16, k: 1, stride: 1, groups: 1 },
+            Conv { n: 16, cin: 208, cout: 208, hw: 7, k: 1, stride: 1, groups: 1 },
+            Conv { n: 16, cin: 48, cout: 104, hw: 28, k: 1, stride: 2, groups: 1 },
+            Conv { n: 16, cin: 32, cout: 32, hw: 16, k: 3, stride: 1, groups: 4 },
+            Conv { n: 16, cin: 208, cout: 208, hw: 14, k: 3, stride: 2, groups: 26 },
+            Linear { rows: 64, d_in: 2048, d_out: 128 },
+            Linear { rows: 64, d_in: 128, d_out: 3000 },
+            BatchNorm { n: 16, c: 32, hw: 16 },
+            Add { n: 16, c: 104, hw: 14 },
+            ScaleMul { n: 16, c: 104, hw: 14 },
+            AvgPool { n: 16, c: 104, hw: 14 },
+        ]);
+    }
+    v
+}
+
+pub fn kind_of(dtype: DType) -> Kind {
+    match dtype {
+        DType::Fp32 => Kind::Float,
+        DType::Fp16 => Kind::Half,
+        DType::Bf16 => Kind::BFloat16,
+    }
+}
+
+fn leaf(shape: &[i64], kind: Kind) -> Tensor {
+    Tensor::randn(shape, (kind, Device::Cpu)).set_requires_grad(true)
+}
+
+/// Leaves that need gradients, and the forward of the op on them.
+type Forward = Box<dyn Fn(&[Tensor]) -> Result<Tensor, tch::TchError>>;
+
+fn build(case: &OpCase, kind: Kind) -> (Vec<Tensor>, Forward) {
+    match *case {
+        OpCase::Conv { n, cin, cout, hw, k, stride, groups } => (
+            vec![leaf(&[n, cin, hw, hw], kind), leaf(&[cout, cin / groups, k, k], kind)],
+            Box::new(move |t| t[0].f_conv2d::<Tensor>(&t[1], None, [stride, stride], [k / 2, k / 2], [1, 1], groups)),
+        ),
+        OpCase::Linear { rows, d_in, d_out } => (
+            vec![leaf(&[rows, d_in], kind), leaf(&[d_out, d_in], kind), leaf(&[d_out], kind)],
+            Box::new(|t| t[0].f_linear(&t[1], Some(&t[2]))),
+        ),
+        OpCase::BatchNorm { n, c, hw } => (
+            vec![leaf(&[n, c, hw, hw], kind), leaf(&[c], kind), leaf(&[c], kind)],
+            Box::new(|t| t[0].f_batch_norm(Some(&t[1]), Some(&t[2]), None::<&Tensor>, None::<&Tensor>, true, 0.1, 1e-5, false)),
+        ),
+        OpCase::Relu { n, c, hw } => (vec![leaf(&[n, c, hw, hw], kind)], Box::new(|t| t[0].f_relu())),
+        OpCase::Add { n, c, hw } => (vec![leaf(&[n, c, hw, hw], kind), leaf(&[n, c, hw, hw], kind)], Box::new(|t| t[0].f_add(&t[1]))),
+        OpCase::ScaleMul { n, c, hw } => (vec![leaf(&[n, c, hw, hw], kind), leaf(&[n, c, 1, 1], kind)], Box::new(|t| t[0].f_mul(&t[1]))),
+        OpCase::AvgPool { n, c, hw } => (vec![leaf(&[n, c, hw, hw], kind)], Box::new(|t| t[0].f_adaptive_avg_pool2d([1, 1]))),
+    }
+}
+
+/// One op measured in one dtype.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OpMeasurement {
+    pub case: OpCase,
+    pub label: String,
+    pub kind: OpKind,
+    pub dtype: DType,
+    pub forward: Timing,
+    /// The autograd backward call, minus the `ones_like` it starts with.
+    pub backward: Timing,
+    pub flops_fwd: f64,
+    pub flops_bwd: f64,
+    pub bytes_fwd: f64,
+    pub bytes_bwd: f64,
+}
+
+impl OpMeasurement {
+    /// Achieved FLOP/s (fwd, bwd), overhead not subtracted.
+    pub fn tflops(&self) -> (f64, f64) {
+        (self.flops_fwd / self.forward.median_s / 1e12, self.flops_bwd / self.backward.median_s / 1e12)
+    }
+    /// Achieved GB/s (fwd, bwd) in the graph's byte count.
+    pub fn gb_s(&self) -> (f64, f64) {
+        (self.bytes_fwd / self.forward.median_s / 1e9, self.bytes_bwd / self.backward.median_s / 1e9)
+    }
+}
+
+/// Times the forward (with autograd recording, as in training) and the
+/// backward of one op. Backward re-runs one retained graph; at_run_backward
+/// seeds it with `ones_like(y)`, whose fill is timed and subtracted.
+pub fn measure_op(case: &OpCase, dtype: DType, budget: &Budget) -> Result<OpMeasurement, CalibrateError> {
+    let kind = kind_of(dtype);
+    let (inputs, fwd) = build(case, kind);
+    let forward = time_calls(budget, || fwd(&inputs).map(drop))?;
+    let y = fwd(&inputs)?;
+    let raw = time_calls(budget, || Tensor::f_run_backward(&[&y], &inputs, true, false).map(drop))?;
+    let seed = time_calls(budget, || y.f_ones_like().map(drop))?;
+    let sub = |x: f64| (x - seed.median_s).max(0.05 * x);
+    let backward = Timing { median_s: sub(raw.median_s), p10_s: sub(raw.p10_s), p90_s: sub(raw.p90_s), ..raw };
+    let (flops_fwd, flops_bwd) = case.flops();
+    let (bytes_fwd, bytes_bwd) = case.bytes(dtype);
+    Ok(OpMeasurement { case: case.clone(), label: case.label(), kind: case.kind(), dtype, forward, backward, flops_fwd, flops_bwd, bytes_fwd, bytes_bwd })
+}
+
+/// Fixed cost of one op as the training loop pays it: dispatch, allocation
+/// of the output and autograd recording, on a one-element tensor.
+pub fn measure_op_overhead(budget: &Budget) -> Result<Timing, CalibrateError> {
+    let x = leaf(&[1], Kind::Float);
+    Ok(time_calls(budget, || x.f_relu().map(drop))?)
+}
+
+/// Large copy (read + write): the DRAM bandwidth memory-bound ops can reach.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CopyBandwidth {
+    pub bytes: u64,
+    pub timing: Timing,
+    pub gb_s: f64,
+}
+
+pub fn measure_copy_bandwidth(bytes: u64, budget: &Budget) -> Result<CopyBandwidth, CalibrateError> {
+    let n = (bytes / 4) as i64;
+    let src = Tensor::f_ones([n], (Kind::Float, Device::Cpu))?;
+    let mut dst = Tensor::f_zeros([n], (Kind::Float, Device::Cpu))?;
+    let timing = time_calls(budget, || dst.f_copy_(&src))?;
+    // The copy reads `bytes` and writes `bytes`.
+    let gb_s = 2.0 * (n as f64 * 4.0) / timing.median_s / 1e9;
+    Ok(CopyBandwidth { bytes: n as u64 * 4, timing, gb_s })
+}
+
+/// Achieved rate of one (kind, dtype), from all its shapes, forward and
+/// backward together: the one number `ComputeModel` uses for both passes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RateFit {
+    pub kind: OpKind,
+    pub dtype: DType,
+    pub tflops: f64,
+    /// Fraction of the measured time that was per-op overhead.
+    pub overhead_share: f64,
+    pub shapes: usize,
+}
+
+/// `rate = Σ flops / Σ (time − kernels · overhead)`, i.e. the rate that makes
+/// the roofline + overhead model reproduce the summed measured time.
+pub fn fit_rates(ops: &[OpMeasurement], overhead_s: f64) -> Result<Vec<RateFit>, CalibrateError> {
+    let mut out: Vec<RateFit> = Vec::new();
+    for m in ops.iter().filter(|m| m.flops_fwd > 0.0) {
+        if out.iter().any(|r| r.kind == m.kind && r.dtype == m.dtype) {
+            continue;
+        }
+        let group: Vec<&OpMeasurement> = ops.iter().filter(|o| o.kind == m.kind && o.dtype == m.dtype).collect();
+        let (mut flops, mut time, mut ovh) = (0.0, 0.0, 0.0);
+        for o in &group {
+            let (kf, kb) = o.case.kernels();
+            flops += o.flops_fwd + o.flops_bwd;
+            time += o.forward.median_s + o.backward.median_s;
+            ovh += overhead_s * (kf + kb) as f64;
+        }
+        let compute = time - ovh;
+        if compute <= 0.1 * time {
+            return Err(CalibrateError::Degenerate {
+                what: format!("{:?} {}", m.kind, m.dtype),
+                reason: format!("per-op overhead ({:.1} µs) explains {:.0} % of the measured time; use larger shapes", overhead_s * 1e6, 100.0 * ovh / time),
+            });
+        }
+        out.push(RateFit { kind: m.kind, dtype: m.dtype, tflops: flops / compute / 1e12, overhead_share: ovh / time, shapes: group.len() });
+    }
+    Ok(out)
+}
+
+/// Effective bandwidth of the memory-bound ops (BN, elementwise, pooling)
+/// in the graph's byte count, overhead subtracted; what `ComputeModel`
+/// divides their bytes by. `None` when none was measured.
+pub fn fit_memory_bound(ops: &[OpMeasurement], overhead_s: f64) -> Option<f64> {
+    let (mut bytes, mut time) = (0.0, 0.0);
+    for o in ops.iter().filter(|m| matches!(m.kind, OpKind::Norm | OpKind::Elementwise | OpKind::Reduction)) {
+        bytes += o.bytes_fwd + o.bytes_bwd;
+        time += (o.forward.median_s - overhead_s).max(0.1 * o.forward.median_s) + (o.backward.median_s - overhead_s).max(0.1 * o.backward.median_s);
+    }
+    (time > 0.0).then(|| bytes / time)
+}
+
+/// What to measure on the compute side.
+#[derive(Clone, Debug)]
+pub struct ComputeOptions {
+    pub threads: usize,
+    pub dtypes: Vec<DType>,
+    pub cases: Vec<OpCase>,
+    pub budget: Budget,
+    pub copy_bytes: u64,
+}
+
+impl ComputeOptions {
+    pub fn new(quick: bool, threads: usize) -> ComputeOptions {
+        ComputeOptions {
+            threads,
+            dtypes: vec![DType::Fp32, DType::Bf16],
+            cases: default_cases(quick),
+            budget: if quick { Budget::quick() } else { Budget::full() },
+            copy_bytes: if quick { 32 << 20 } else { 256 << 20 },
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ComputeReport {
+    pub threads: usize,
+    pub op_overhead: Timing,
+    pub copy: CopyBandwidth,
+    pub ops: Vec<OpMeasurement>,
+    pub rates: Vec<RateFit>,
+    /// Effective GB/s of BN / elementwise / pooling.
+    pub memory_bound_gb_s: Option<f64>,
+    /// Dtypes left out, with the reason (an op this CPU build cannot run).
+    pub skipped: Vec<String>,
+    pub elapsed_s: f64,
+}
+
+/// Runs the compute side in this process with `threads` intra-op threads.
+pub fn measure_compute(opts: &ComputeOptions, mut progress: impl FnMut(&str)) -> Result<ComputeReport, CalibrateError> {
+    let start = Instant::now();
+    tch::set_num_threads(opts.threads.max(1) as i32);
+    let op_overhead = measure_op_overhead(&opts.budget)?;
+    progress(&format!("per-op overhead {:.2} µs", op_overhead.median_s * 1e6));
+    let copy = measure_copy_bandwidth(opts.copy_bytes, &opts.budget)?;
+    progress(&format!("copy bandwidth {:.1} GB/s", copy.gb_s));
+    let mut ops = Vec::new();
+    let mut skipped = Vec::new();
+    'dtypes: for &dtype in &opts.dtypes {
+        let mut these = Vec::new();
+        for case in &opts.cases {
+            match measure_op(case, dtype, &opts.budget) {
+                Ok(m) => {
+                    progress(&format!("{dtype} {}: fwd {:.1} µs, bwd {:.1} µs", m.label, m.forward.median_s * 1e6, m.backward.median_s * 1e6));
+                    these.push(m);
+                }
+                // A dtype this build cannot run is reported, not fatal.
+                Err(CalibrateError::Torch(e)) => {
+                    skipped.push(format!("{dtype}: {}: {}", case.label(), e.to_string().lines().next().unwrap_or("")));
+                    continue 'dtypes;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        ops.extend(these);
+    }
+    let rates = fit_rates(&ops, op_overhead.median_s)?;
+    let memory_bound_gb_s = fit_memory_bound(&ops, op_overhead.median_s).map(|b| b / 1e9);
+    Ok(ComputeReport { threads: opts.threads, op_overhead, copy, ops, rates, memory_bound_gb_s, skipped, elapsed_s: start.elapsed().as_secs_f64() })
+}
+
+// ------------------------------------------------------------- collectives
+
+pub const COLLECTIVES: [Collective; 4] = [Collective::AllGather, Collective::ReduceScatter, Collective::AllReduce, Collective::Broadcast];
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CollectiveOptions {
+    /// Full buffer sizes S in bytes (see `cost_models::collectives`).
+    pub sizes: Vec<u64>,
+    pub warmup: usize,
+    pub iters: usize,
+}
+
+impl CollectiveOptions {
+    pub fn new(quick: bool) -> CollectiveOptions {
+        if quick {
+            CollectiveOptions { sizes: vec![4 << 10, 64 << 10, 1 << 20], warmup: 1, iters: 5 }
+        } else {
+            CollectiveOptions { sizes: (0..7).map(|i| 4u64 << (10 + 2 * i)).collect(), warmup: 2, iters: 12 }
+        }
+    }
+}
+
+/// One collective at one size: per-iteration time of the slowest rank.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CollectiveSample {
+    pub collective: Collective,
+    pub bytes: u64,
+    pub world_size: usize,
+    pub timing: Timing,
+}
+
+/// Every rank calls this with the same options (collectives must be issued
+/// in the same order everywhere); every rank gets the same samples.
+pub fn measure_collectives(pg: &ProcessGroup, opts: &CollectiveOptions) -> Result<Vec<CollectiveSample>, CalibrateError> {
+    let world = pg.world_size();
+    let opt = (Kind::Float, Device::Cpu);
+    let mut local: Vec<(Collective, u64, Vec<f64>)> = Vec::new();
+    for op in COLLECTIVES {
+        for &bytes in &opts.sizes {
+            // Whole elements, divisible by the world size (shards are equal).
+            let numel = ((bytes / 4).max(world as u64) / world as u64 * world as u64) as i64;
+            let full = Tensor::f_ones([numel], opt)?;
+            let shard = Tensor::f_ones([numel / world as i64], opt)?;
+            let mut times = Vec::with_capacity(opts.iters);
+            for i in 0..opts.warmup + opts.iters {
+                // Line the ranks up so each timing is the op, not a wait for a late peer.
+                pg.barrier()?;
+                let t = Instant::now();
+                match op {
+                    Collective::AllGather => pg.all_gather_into_tensor(&full, &shard)?,
+                    Collective::ReduceScatter => pg.reduce_scatter_tensor(&shard, &full, ReduceOp::Sum)?,
+                    Collective::AllReduce => pg.all_reduce_(&full, ReduceOp::Sum)?,
+                    Collective::Broadcast => pg.broadcast_(&full, 0)?,
+                }
+                if i >= opts.warmup {
+                    times.push(t.elapsed().as_secs_f64());
+                }
+            }
+            local.push((op, numel as u64 * 4, times));
+        }
+    }
+    // The collective took as long as its slowest rank: max over ranks, per iteration.
+    let flat: Vec<f64> = local.iter().flat_map(|(_, _, t)| t.iter().copied()).collect();
+    let all = Tensor::from_slice(&flat).to_kind(Kind::Double);
+    pg.all_reduce_(&all, ReduceOp::Max)?;
+    let maxed: Vec<f64> = Vec::<f64>::try_from(&all)?;
+    let mut out = Vec::with_capacity(local.len());
+    let mut at = 0;
+    for (collective, bytes, t) in local {
+        let s = maxed[at..at + t.len()].to_vec();
+        at += t.len();
+        out.push(CollectiveSample { collective, bytes, world_size: world, timing: Timing::from_samples(s, 1) });
+    }
+    Ok(out)
+}
+
+/// Alpha/beta of one collective with how well the line fits.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CollectiveFitReport {
+    pub fit: CollectiveFit,
+    /// Fitted `time = intercept + slope · S`.
+    pub intercept_s: f64,
+    pub slope_s_per_byte: f64,
+    /// Root-mean-square relative error of the line at the measured sizes.
+    pub rms_rel_error: f64,
+    pub points: usize,
+}
+
+/// (latency steps, bytes-moved factor) of the ring formula over `n` ranks:
+/// `time = steps·α + factor·S / busbw`.
+fn ring_terms(op: Collective, n: usize) -> (f64, f64) {
+    let nf = n as f64;
+    let frac = (nf - 1.0) / nf;
+    match op {
+        Collective::AllGather | Collective::ReduceScatter => (nf - 1.0, frac),
+        Collective::AllReduce => (2.0 * (nf - 1.0), 2.0 * frac),
+        Collective::Broadcast => (nf - 1.0, 1.0),
+    }
+}
+
+/// Least squares of `t = a + b·S` on the medians, minimising RELATIVE error
+/// (weights 1/t²) so the small sizes that set alpha count as much as the
+/// large ones that set beta. A negative intercept (noise) is refitted
+/// through the origin.
+pub fn fit_line(points: &[(f64, f64)]) -> Option<(f64, f64)> {
+    if points.len() < 2 {
+        return None;
+    }
+    let (mut sw, mut sx, mut sy, mut sxx, mut sxy) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    for &(x, y) in points {
+        let w = 1.0 / (y * y);
+        sw += w;
+        sx += w * x;
+        sy += w * y;
+        sxx += w * x * x;
+        sxy += w * x * y;
+    }
+    let det = sw * sxx - sx * sx;
+    if det.abs() < f64::MIN_POSITIVE {
+        return None;
+    }
+    let b = (sw * sxy - sx * sy) / det;
+    let a = (sy - b * sx) / sw;
+    if b <= 0.0 {
+        return None;
+    }
+    if a >= 0.0 {
+        return Some((a, b));
+    }
+    Some((0.0, sxy / sxx))
+}
+
+/// Fits every collective measured, for ranks on one node (`Scope::IntraNode`).
+pub fn fit_collectives(samples: &[CollectiveSample]) -> Result<Vec<CollectiveFitReport>, CalibrateError> {
+    let mut out = Vec::new();
+    for op in COLLECTIVES {
+        let pts: Vec<&CollectiveSample> = samples.iter().filter(|s| s.collective == op).collect();
+        if pts.is_empty() {
+            continue;
+        }
+        let n = pts[0].world_size;
+        if n < 2 {
+            return Err(CalibrateError::Degenerate { what: format!("{op:?}"), reason: "needs at least 2 ranks".into() });
+        }
+        let xy: Vec<(f64, f64)> = pts.iter().map(|s| (s.bytes as f64, s.timing.median_s)).collect();
+        let (a, b) = fit_line(&xy).ok_or_else(|| CalibrateError::Degenerate {
+            what: format!("{op:?}"),
+            reason: format!("time does not grow with size over {} sizes: {xy:?}", xy.len()),
+        })?;
+        let rms = (xy.iter().map(|&(x, y)| ((a + b * x - y) / y).powi(2)).sum::<f64>() / xy.len() as f64).sqrt();
+        let (steps, factor) = ring_terms(op, n);
+        out.push(CollectiveFitReport {
+            fit: CollectiveFit { collective: op, scope: Scope::IntraNode, alpha: Seconds(a / steps), bus_bandwidth: Bandwidth(factor / b) },
+            intercept_s: a,
+            slope_s_per_byte: b,
+            rms_rel_error: rms,
+            points: xy.len(),
+        });
+    }
+    Ok(out)
+}
+
+// ----------------------------------------------------------------- profile
+
+/// Four significant digits: the noise is percents, more digits only mislead.
+fn sig(x: f64) -> f64 {
+    if x == 0.0 || !x.is_finite() {
+        return x;
+    }
+    let p = 10f64.powi(3 - x.abs().log10().floor() as i32);
+    (x * p).round() / p
+}
+
+/// The machine as the OS describes it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HostInfo {
+    pub cpu: String,
+    pub cores: usize,
+    pub memory_bytes: Option<u64>,
+}
+
+impl HostInfo {
+    pub fn detect() -> HostInfo {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_string()))
+            .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let memory_bytes = std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| {
+            let l = s.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kb: u64 = l.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kb * 1024)
+        });
+        HostInfo { cpu, cores, memory_bytes }
+    }
+}
+
+/// Everything measured, for the JSON report next to the profile.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CalibrationReport {
+    pub host: HostInfo,
+    pub quick: bool,
+    pub compute: ComputeReport,
+    pub collectives: Vec<CollectiveSample>,
+    pub collective_fits: Vec<CollectiveFitReport>,
+    /// Ranks the collectives ran over (0 = not measured).
+    pub collective_world_size: usize,
+}
+
+impl CalibrationReport {
+    /// Catalog entry `base` with the measured numbers: DRAM capacity and
+    /// copy bandwidth replace the catalog's, the memory-bound efficiency and
+    /// per-op overhead become the measured ones, and `[measured]` carries
+    /// the achieved rates, effective bandwidth and collective fits.
+    pub fn to_profile(&self, base: &HardwareSpec) -> Result<HardwareProfile, CalibrateError> {
+        let c = &self.compute;
+        let mut hw = base.clone();
+        hw.name = format!("{} — calibrated, {} thread(s) per rank", base.name, c.threads);
+        if let Some(m) = self.host.memory_bytes {
+            hw.memory.capacity = Bytes(m >> 20 << 20);
+        }
+        hw.memory.bandwidth = Bandwidth(sig(c.copy.gb_s * 1e9));
+        if let Some(mb) = c.memory_bound_gb_s {
+            // Small BN/elementwise tensors live in cache, so this can pass 1.
+            hw.efficiency.memory_bound = sig((mb / c.copy.gb_s).clamp(1e-3, 1.0));
+        }
+        hw.efficiency.kernel_overhead = Seconds(sig(c.op_overhead.median_s));
+        // The links as the catalog describes them, made consistent with the
+        // all-gather fit (FSDP's main collective), for code that reads the
+        // spec rather than the fits.
+        if let Some(ag) = self.collective_fits.iter().find(|f| f.fit.collective == Collective::AllGather) {
+            hw.interconnect.nvlink_latency = Seconds(sig(ag.fit.alpha.0));
+            hw.interconnect.nvlink_bidirectional = Bandwidth(sig(2.0 * ag.fit.bus_bandwidth.0));
+            hw.interconnect.nvlink_efficiency = 1.0;
+        }
+        hw.source = Some(format!(
+            "seerscale calibrate on {} ({} cores); catalog entry `{}` with measured memory and overhead{}",
+            self.host.cpu,
+            self.host.cores,
+            base.id,
+            base.source.as_deref().map(|s| format!("; catalog: {s}")).unwrap_or_default()
+        ));
+        let measured = Measured {
+            source: Some(format!(
+                "seerscale calibrate{}: {} threads, medians over repeats; collectives over {} Gloo ranks on 127.0.0.1",
+                if self.quick { " --quick" } else { "" },
+                c.threads,
+                self.collective_world_size
+            )),
+            memory_bandwidth: c.memory_bound_gb_s.map(|g| Bandwidth(sig(g * 1e9))),
+            kernel_overhead: Some(Seconds(sig(c.op_overhead.median_s))),
+            op_throughput: c.rates.iter().map(|r| OpThroughput { kind: r.kind, dtype: r.dtype, rate: FlopRate(sig(r.tflops * 1e12)) }).collect(),
+            collectives: CollectiveProfile {
+                fits: self
+                    .collective_fits
+                    .iter()
+                    .map(|f| CollectiveFit { alpha: Seconds(sig(f.fit.alpha.0)), bus_bandwidth: Bandwidth(sig(f.fit.bus_bandwidth.0)), ..f.fit.clone() })
+                    .collect(),
+            },
+        };
+        let p = HardwareProfile { hardware: hw, measured };
+        p.validate().map_err(|(field, reason)| CalibrateError::Invalid { field, reason })?;
+        Ok(p)
+    }
+
+    /// Human summary, also written as comments at the top of the TOML.
+    pub fn summary(&self) -> Vec<String> {
+        let c = &self.compute;
+        let mut l = vec![
+            format!("host: {} ({} cores), {} intra-op thread(s)", self.host.cpu, self.host.cores, c.threads),
+            format!("per-op overhead: {:.2} µs ±{:.0} %", c.op_overhead.median_s * 1e6, 100.0 * c.op_overhead.noise()),
+            format!("copy bandwidth ({} MiB): {:.1} GB/s ±{:.0} %", c.copy.bytes >> 20, c.copy.gb_s, 100.0 * c.copy.timing.noise()),
+        ];
+        if let Some(mb) = c.memory_bound_gb_s {
+            l.push(format!("memory-bound ops (BN/elementwise/pool, graph byte count): {mb:.1} GB/s"));
+        }
+        for r in &c.rates {
+            l.push(format!("rate {:?} {}: {:.1} GFLOP/s over {} shape(s), fwd+bwd ({:.0} % of time was per-op overhead)", r.kind, r.dtype, r.tflops * 1e3, r.shapes, 100.0 * r.overhead_share));
+        }
+        for m in &c.ops {
+            let (tf, tb) = m.tflops();
+            let (gf, gb) = m.gb_s();
+            let what = if m.flops_fwd > 0.0 { format!("{:.1}/{:.1} GFLOP/s", tf * 1e3, tb * 1e3) } else { format!("{gf:.1}/{gb:.1} GB/s") };
+            l.push(format!(
+                "  {} {}: fwd {:.1} µs ±{:.0} %, bwd {:.1} µs ±{:.0} % ({what} fwd/bwd)",
+                m.dtype,
+                m.label,
+                m.forward.median_s * 1e6,
+                100.0 * m.forward.noise(),
+                m.backward.median_s * 1e6,
+                100.0 * m.backward.noise()
+            ));
+        }
+        for s in &c.skipped {
+            l.push(format!("skipped {s}"));
+        }
+        for f in &self.collective_fits {
+            l.push(format!(
+                "{:?} over {} ranks: alpha {:.1} µs/step, bus bandwidth {:.2} GB/s (fit rms error {:.0} % over {} sizes)",
+                f.fit.collective,
+                self.collective_world_size,
+                f.fit.alpha.0 * 1e6,
+                f.fit.bus_bandwidth.0 / 1e9,
+                100.0 * f.rms_rel_error,
+                f.points
+            ));
+        }
+        for s in &self.collectives {
+            l.push(format!("  {:?} {} KiB: {:.1} µs ±{:.0} %", s.collective, s.bytes >> 10, s.timing.median_s * 1e6, 100.0 * s.timing.noise()));
+        }
+        let noise: Vec<f64> = c.ops.iter().flat_map(|m| [m.forward.noise(), m.backward.noise()]).chain(self.collectives.iter().map(|s| s.timing.noise())).collect();
+        if !noise.is_empty() {
+            let mut n = noise.clone();
+            n.sort_by(|a, b| a.total_cmp(b));
+            l.push(format!("noise (half p10..p90 spread / median): median ±{:.0} %, worst ±{:.0} %", 100.0 * quantile(&n, 0.5), 100.0 * n[n.len() - 1]));
+        }
+        l
+    }
+
+    /// The profile as TOML, with the summary as comments on top.
+    pub fn profile_toml(&self, base: &HardwareSpec) -> Result<String, CalibrateError> {
+        let p = self.to_profile(base)?;
+        let mut s = String::from("# Written by `seerscale calibrate`; measured numbers are in [measured].\n");
+        for l in self.summary() {
+            s.push_str("# ");
+            s.push_str(&l);
+            s.push('\n');
+        }
+        s.push('\n');
+        s.push_str(&p.to_toml_string()?);
+        Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dist::{free_port, Backend, GroupConfig};
+    use std::time::Duration;
+
+    #[test]
+    fn calibrate_flop_and_byte_counts_match_the_graph_conventions() {
+        let c = OpCase::Conv { n: 2, cin: 8, cout: 16, hw: 8, k: 3, stride: 2, groups: 2 };
+        // out 4x4; MACs = 2*16*4*4*(8/2)*9
+        let macs = (2 * 16 * 4 * 4 * 4 * 9) as f64;
+        assert_eq!(c.flops(), (2.0 * macs, 4.0 * macs));
+        assert_eq!(c.kind(), OpKind::GroupedConv);
+        assert_eq!(c.kernels(), (1, 2));
+        let (bf, bb) = c.bytes(DType::Bf16);
+        assert_eq!(bf, ((2 * 8 * 64 + 2 * 16 * 16 + 16 * 4 * 9) * 2) as f64);
+        assert_eq!(bb, 2.0 * bf);
+        assert_eq!(OpCase::Add { n: 1, c: 2, hw: 3 }.bytes(DType::Fp32).0, 3.0 * 18.0 * 4.0);
+    }
+
+    #[test]
+    fn calibrate_quantiles_and_noise() {
+        let t = Timing::from_samples(vec![5.0, 1.0, 3.0, 2.0, 4.0], 1);
+        assert_eq!(t.median_s, 3.0);
+        assert!((t.p10_s - 1.4).abs() < 1e-12 && (t.p90_s - 4.6).abs() < 1e-12);
+        assert!((t.noise() - 3.2 / 6.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn calibrate_line_fit_recovers_alpha_beta() {
+        // t = 50 µs + S / 2 GB/s, with ±2 % alternating noise.
+        let pts: Vec<(f64, f64)> =
+            (0..7).map(|i| 4096.0 * 4f64.powi(i)).enumerate().map(|(k, s)| (s, (50e-6 + s / 2e9) * if k % 2 == 0 { 1.02 } else { 0.98 })).collect();
+        let (a, b) = fit_line(&pts).unwrap();
+        assert!((a - 50e-6).abs() / 50e-6 < 0.05, "a = {a}");
+        assert!((1.0 / b - 2e9).abs() / 2e9 < 0.05, "bw = {}", 1.0 / b);
+        // All-gather over 2 ranks: a = 1·alpha, b = (1/2) / busbw.
+        let samples: Vec<CollectiveSample> = pts
+            .iter()
+            .map(|&(s, t)| CollectiveSample { collective: Collective::AllGather, bytes: s as u64, world_size: 2, timing: Timing::from_samples(vec![t], 1) })
+            .collect();
+        let f = &fit_collectives(&samples).unwrap()[0];
+        assert!((f.fit.alpha.0 - a).abs() < 1e-12);
+        assert!((f.fit.bus_bandwidth.0 - 0.5 / b).abs() < 1.0);
+        assert!(f.rms_rel_error < 0.03, "{}", f.rms_rel_error);
+        // Flat or shrinking times cannot be fitted.
+        assert!(fit_line(&[(1.0, 2.0), (4.0, 1.0)]).is_none());
+    }
+
+    /// Two ranks of a real Gloo group (threads of this process over 127.0.0.1).
+    fn two_rank_collectives(opts: &CollectiveOptions) -> Vec<CollectiveSample> {
+        let port = free_port().unwrap();
+        let handles: Vec<_> = (0..2)
+            .map(|rank| {
+                let opts = opts.clone();
+                std::thread::spawn(move || {
+                    let cfg = GroupConfig {
+                        master_addr: "127.0.0.1".into(),
+                        master_port: port,
+                        rank,
+                        world_size: 2,
+                        backend: Backend::Gloo,
+                        timeout: Duration::from_secs(60),
+                    };
+                    let pg = ProcessGroup::new(&cfg).unwrap();
+                    measure_collectives(&pg, &opts).unwrap()
+                })
+            })
+            .collect();
+        let results: Vec<Vec<CollectiveSample>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        // Max over ranks: both ranks hold identical samples.
+        for (a, b) in results[0].iter().zip(&results[1]) {
+            assert_eq!(a.timing, b.timing);
+        }
+        results.into_iter().next().unwrap()
+    }
+
+    /// The whole quick calibration for real (compute, then collectives, one
+    /// after the other so they do not disturb each other's timings): numbers
+    /// must be physically plausible for a CPU, and the written profile must
+    /// load through `cost_models::hardware::load_profile` unchanged.
+    #[test]
+    fn calibrate_quick_measures_plausible_numbers_and_profile_loads() {
+        let mut opts = ComputeOptions::new(true, 1);
+        opts.copy_bytes = 8 << 20;
+        let r = measure_compute(&opts, |_| {}).unwrap();
+        assert!(r.op_overhead.median_s > 1e-8 && r.op_overhead.median_s < 1e-3, "{:?}", r.op_overhead);
+        assert!(r.copy.gb_s > 0.1 && r.copy.gb_s < 1000.0, "{}", r.copy.gb_s);
+        for k in [OpKind::Conv, OpKind::GroupedConv, OpKind::Matmul] {
+            let fp32 = r.rates.iter().find(|x| x.kind == k && x.dtype == DType::Fp32).unwrap_or_else(|| panic!("no fp32 {k:?}"));
+            // Between 0.1 GFLOP/s and 100 TFLOP/s on one CPU thread.
+            assert!(fp32.tflops > 1e-4 && fp32.tflops < 100.0, "{fp32:?}");
+        }
+        let mb = r.memory_bound_gb_s.unwrap();
+        assert!(mb > 0.05 && mb < 1000.0, "{mb}");
+        for m in &r.ops {
+            assert!(m.forward.median_s > 0.0 && m.backward.median_s > 0.0, "{}", m.label);
+            assert!(m.forward.p10_s <= m.forward.median_s && m.forward.median_s <= m.forward.p90_s);
+        }
+
+        let copts = CollectiveOptions::new(true);
+        let samples = two_rank_collectives(&copts);
+        assert_eq!(samples.len(), COLLECTIVES.len() * copts.sizes.len());
+        let fits = fit_collectives(&samples).unwrap();
+        assert_eq!(fits.len(), COLLECTIVES.len());
+        for f in &fits {
+            assert!(f.fit.alpha.0 >= 0.0 && f.fit.alpha.0 < 0.1, "{f:?}");
+            assert!(f.fit.bus_bandwidth.0 > 1e7 && f.fit.bus_bandwidth.0 < 1e12, "{f:?}");
+        }
+
+        let report = CalibrationReport { host: HostInfo::detect(), quick: true, compute: r, collectives: samples, collective_fits: fits, collective_world_size: 2 };
+        let base = cost_models::hardware::builtin_hardware("cpu-local").unwrap();
+        let text = report.profile_toml(&base).unwrap();
+        let dir = std::env::temp_dir().join(format!("seerscale-calibrate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("cpu-local.toml");
+        std::fs::write(&path, &text).unwrap();
+        let p = cost_models::hardware::load_profile(path.to_str().unwrap()).unwrap();
+        std::fs::remove_dir_all(&dir).ok();
+        assert_eq!(p.hardware.id, "cpu-local");
+        assert_eq!(p.measured.collectives.fits.len(), 4);
+        let conv = p.measured.op_throughput.iter().find(|t| t.kind == OpKind::Conv && t.dtype == DType::Fp32).unwrap();
+        let want = report.compute.rates.iter().find(|x| x.kind == OpKind::Conv && x.dtype == DType::Fp32).unwrap().tflops;
+        assert!((conv.rate.0 / 1e12 - want).abs() / want < 1e-3, "4 significant digits");
+        assert!(p.measured.memory_bandwidth.unwrap().0 > 0.0 && p.hardware.memory.bandwidth.0 > 0.0);
+        // The planner's compute model picks the measured rate up.
+        let cm = cost_models::compute::ComputeModel::new(&p);
+        assert_eq!(cm.rate(OpKind::Conv, DType::Fp32).unwrap(), conv.rate);
+    }
+}

@@ -1,0 +1,158 @@
+//! How ranks map onto machines: which world sizes a search considers (whole
+//! nodes, plus power-of-two slices of one node for small jobs), what one
+//! rank's device looks like (a CPU shared by several rank processes is split
+//! between them), and the world group's links, cached per world size.
+
+use cost_models::hardware::{DeviceKind, HardwareSpec};
+use cost_models::topology::{GroupLinks, Topology, TopologyError};
+use cost_models::{Bandwidth, Bytes, FlopRate};
+use std::collections::HashMap;
+
+/// Most rank processes one CPU machine is split into.
+const MAX_CPU_RANKS: usize = 64;
+
+/// Candidate world sizes in `[min, max]` for this hardware, ascending.
+///
+/// GPUs: whole nodes, plus 1, 2, 4, ... GPUs of a single node below a full
+/// node (a partial node is rentable; partial nodes beyond one are not).
+/// Hardware without NICs cannot span nodes. CPUs: any number of rank
+/// processes sharing the machine.
+pub fn world_sizes(hw: &HardwareSpec, min: usize, max: usize) -> Vec<usize> {
+    let min = min.max(1);
+    let g = hw.gpus_per_node().max(1);
+    let mut out = Vec::new();
+    if hw.kind == DeviceKind::Cpu {
+        out.extend((min..=max.min(MAX_CPU_RANKS)).filter(|&n| rank_hardware(hw, n).is_some()));
+        return out;
+    }
+    let mut p = 1;
+    while p < g {
+        if (min..=max).contains(&p) {
+            out.push(p);
+        }
+        p *= 2;
+    }
+    let max_nodes = if hw.interconnect.nics_per_node == 0 { 1 } else { usize::MAX };
+    let mut k = 1;
+    while k <= max_nodes && k * g <= max {
+        if k * g >= min {
+            out.push(k * g);
+        }
+        k += 1;
+    }
+    out
+}
+
+/// One rank's device for a job of `world` ranks; `None` if the machine
+/// cannot host that many ranks.
+///
+/// A GPU job smaller than a node uses `world` GPUs of one node. A CPU
+/// "device" is one machine: its ranks are processes on it, each getting an
+/// equal share of the cores, memory and memory bandwidth (and of the price);
+/// each process still pays the full runtime reserve (its own libtorch).
+pub fn rank_hardware(hw: &HardwareSpec, world: usize) -> Option<HardwareSpec> {
+    if world == 0 {
+        return None;
+    }
+    let mut h = hw.clone();
+    match hw.kind {
+        DeviceKind::Gpu => {
+            if world < hw.gpus_per_node() {
+                h.interconnect.gpus_per_node = world;
+            }
+        }
+        DeviceKind::Cpu => {
+            if world == 1 {
+                return Some(h);
+            }
+            if world > MAX_CPU_RANKS {
+                return None;
+            }
+            let k = world as f64;
+            let c = &mut h.compute;
+            c.fp32 = FlopRate(c.fp32.0 / k);
+            for r in [&mut c.tf32, &mut c.fp16, &mut c.bf16].into_iter().flatten() {
+                *r = FlopRate(r.0 / k);
+            }
+            h.memory.capacity = Bytes(hw.memory.capacity.0 / world as u64);
+            h.memory.bandwidth = Bandwidth(hw.memory.bandwidth.0 / k);
+            h.price_usd_per_gpu_hour = hw.price_usd_per_gpu_hour / k;
+            h.interconnect.gpus_per_node = world;
+            h.name = format!("{} (1/{world} per rank)", hw.name);
+            if h.memory_reserve() >= h.memory.capacity {
+                return None;
+            }
+        }
+    }
+    Some(h)
+}
+
+/// Nodes a job of `world` ranks spans on `rank_hw` (from [`rank_hardware`]).
+pub fn nodes_for(rank_hw: &HardwareSpec, world: usize) -> usize {
+    world.div_ceil(rank_hw.gpus_per_node().max(1))
+}
+
+/// World-group links per world size (building a topology of a 1000-GPU
+/// cluster is the expensive part; a sweep needs each one once).
+#[derive(Default)]
+pub struct LinkCache {
+    links: HashMap<(String, usize), GroupLinks>,
+}
+
+impl LinkCache {
+    pub fn world(&mut self, rank_hw: &HardwareSpec, world: usize) -> Result<&GroupLinks, TopologyError> {
+        let key = (format!("{}/{}", rank_hw.id, rank_hw.gpus_per_node()), world);
+        if !self.links.contains_key(&key) {
+            let topo = Topology::build(rank_hw, nodes_for(rank_hw, world))?;
+            let ranks: Vec<usize> = (0..world).collect();
+            let g = topo.group(&ranks)?;
+            self.links.insert(key.clone(), g);
+        }
+        Ok(&self.links[&key])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cost_models::hardware::builtin_hardware;
+
+    #[test]
+    fn gpu_world_sizes_are_whole_nodes_plus_small_slices() {
+        let a = builtin_hardware("a100-40gb").unwrap();
+        assert_eq!(world_sizes(&a, 1, 24), vec![1, 2, 4, 8, 16, 24]);
+        let w = world_sizes(&a, 8, 1024);
+        assert_eq!(w.len(), 128);
+        assert_eq!((w[0], w[127]), (8, 1024));
+        assert!(w.contains(&496));
+    }
+
+    #[test]
+    fn cpu_ranks_share_one_machine() {
+        let cpu = builtin_hardware("cpu-local").unwrap();
+        let one = rank_hardware(&cpu, 1).unwrap();
+        assert_eq!(one, cpu);
+        let two = rank_hardware(&cpu, 2).unwrap();
+        assert_eq!(two.gpus_per_node(), 2);
+        assert_eq!(two.memory.capacity.0, cpu.memory.capacity.0 / 2);
+        assert!((two.compute.fp32.0 * 2.0 - cpu.compute.fp32.0).abs() < 1.0);
+        assert!(two.validate().is_ok());
+        assert_eq!(nodes_for(&two, 2), 1);
+        let mut cache = LinkCache::default();
+        let g = cache.world(&two, 2).unwrap();
+        assert_eq!((g.ranks, g.nodes), (2, 1));
+        assert!(g.intra.is_some() && g.inter.is_none());
+        assert!(world_sizes(&cpu, 1, 4).contains(&2));
+    }
+
+    #[test]
+    fn sub_node_gpu_job_has_one_node() {
+        let h = builtin_hardware("h100-80gb").unwrap();
+        let r = rank_hardware(&h, 4).unwrap();
+        assert_eq!(nodes_for(&r, 4), 1);
+        let mut cache = LinkCache::default();
+        assert_eq!(cache.world(&r, 4).unwrap().nodes, 1);
+        let full = rank_hardware(&h, 16).unwrap();
+        assert_eq!(cache.world(&full, 16).unwrap().nodes, 2);
+    }
+}

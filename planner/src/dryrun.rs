@@ -1,0 +1,492 @@
+//! Dry run of a plan file: rebuild the memory model from exactly what the
+//! plan says (its units, checkpointed segments and decisions) and report
+//! the peak, its breakdown, the top contributors, the distance to the
+//! device limit, and — when it does not fit — one sentence saying why.
+
+use crate::memory::{Category, Decisions, MemoryModel, MemoryReport};
+use crate::plan::{Plan, PlanError};
+use crate::wrapping::{units_from_plan, WrappingError};
+use cost_models::config::ConfigError;
+use cost_models::units::GIB;
+use cost_models::Bytes;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::ops::Range;
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DryRunError {
+    /// A JSON syntax or type error, with the field it happened in.
+    #[error("{origin}:{line}:{column}: field `{field}`: {message}")]
+    Field { origin: String, line: usize, column: usize, field: String, message: String },
+    /// The file cannot be read (the OS reason once, not repeated as a cause).
+    #[error("{origin}: cannot read plan file: {reason}")]
+    Read { origin: String, reason: String },
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("{origin}: field `units`: {source}")]
+    Units { origin: String, source: WrappingError },
+}
+
+/// Everything the dry run found.
+#[derive(Clone, Debug)]
+pub struct DryRun {
+    pub origin: String,
+    pub plan: Plan,
+    pub segments: Vec<Range<usize>>,
+    pub report: MemoryReport,
+    pub block_names: Vec<String>,
+}
+
+/// The decisions a plan encodes.
+pub fn decisions_for_plan(plan: &Plan, segments: Vec<Range<usize>>) -> Decisions {
+    Decisions {
+        world_size: plan.world_size,
+        batch_per_rank: plan.batch_per_rank,
+        precision: plan.precision,
+        reshard_after_forward: plan.reshard_after_forward,
+        wrapping: plan.wrapping,
+        checkpoint: segments,
+    }
+}
+
+/// A plan's memory model with its segments as block ranges.
+pub struct PlanMemory {
+    pub model: MemoryModel,
+    pub segments: Vec<Range<usize>>,
+    pub block_names: Vec<String>,
+}
+
+/// The memory model of a (checked) plan, built from the plan's own units
+/// and segments, exactly as `build.rs` predicted them.
+pub fn memory_for_plan(plan: &Plan, origin: &str) -> Result<PlanMemory, DryRunError> {
+    let graph = plan.graph();
+    let units = units_from_plan(&graph, &plan.units).map_err(|source| DryRunError::Units { origin: origin.to_string(), source })?;
+    let names: Vec<String> = graph.blocks.iter().map(|b| b.name.clone()).collect();
+    // Plan::check guarantees known, consecutive, ordered names.
+    let segments: Vec<Range<usize>> = plan
+        .checkpoint_segments
+        .iter()
+        .filter_map(|s| {
+            let a = names.iter().position(|n| Some(n) == s.first())?;
+            Some(a..a + s.len())
+        })
+        .collect();
+    let d = decisions_for_plan(plan, segments.clone());
+    let model = MemoryModel::new(&graph, &units, &plan.recipe, &d, &plan.hardware);
+    Ok(PlanMemory { model, segments, block_names: names })
+}
+
+/// Loads a plan file; JSON errors name the file, line, column and field.
+pub fn load_plan(path: &Path) -> Result<Plan, DryRunError> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| DryRunError::Read { origin: origin.clone(), reason: e.to_string() })?;
+    parse_plan(&text, &origin)
+}
+
+pub fn parse_plan(text: &str, origin: &str) -> Result<Plan, DryRunError> {
+    match Plan::parse(text, origin) {
+        Err(PlanError::Config(ConfigError::Parse { origin, line, column, message })) => {
+            // serde_json names missing/unknown fields but not the field a
+            // bad value sits in; find it from the position.
+            let field = json_path_at(text, line, column).unwrap_or_else(|| "(top level)".into());
+            Err(DryRunError::Field { origin, line, column, field, message })
+        }
+        r => Ok(r?),
+    }
+}
+
+/// Dry-runs a loaded plan.
+pub fn dry_run(plan: &Plan, origin: &str) -> Result<DryRun, DryRunError> {
+    let PlanMemory { model, segments, block_names } = memory_for_plan(plan, origin)?;
+    let report = model.report(&segments);
+    Ok(DryRun { origin: origin.to_string(), plan: plan.clone(), segments, report, block_names })
+}
+
+fn gib(b: Bytes) -> f64 {
+    b.0 as f64 / GIB as f64
+}
+
+/// Activations grouped by stage (`s3`), other blocks by name.
+fn stage_of(block: &str) -> String {
+    match block.split_once('.') {
+        Some((s, _)) if s.starts_with('s') && s[1..].chars().all(|c| c.is_ascii_digit()) => s.to_string(),
+        _ => block.to_string(),
+    }
+}
+
+impl DryRun {
+    pub fn fits(&self) -> bool {
+        self.report.fits()
+    }
+
+    /// Signed headroom (negative: over the limit).
+    pub fn headroom(&self) -> i64 {
+        self.report.usable.0 as i64 - self.report.peak.0 as i64
+    }
+
+    /// Activation-like bytes at the peak by stage, largest first.
+    pub fn activations_by_stage(&self) -> Vec<(String, Bytes)> {
+        let mut m: BTreeMap<String, u64> = BTreeMap::new();
+        for (b, x) in &self.report.by_block {
+            *m.entry(stage_of(b)).or_default() += x.0;
+        }
+        let mut v: Vec<(String, Bytes)> = m.into_iter().map(|(k, x)| (k, Bytes(x))).collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v
+    }
+
+    /// What dominates the peak, in words ("activations of s3").
+    pub fn dominant(&self) -> String {
+        let bd = &self.report.breakdown;
+        let act: u64 = [Category::Activations, Category::Recompute, Category::Transient].iter().map(|c| bd.get(c.name()).map_or(0, |b| b.0)).sum();
+        let units: u64 = [Category::UnshardedParams, Category::GradBuffers].iter().map(|c| bd.get(c.name()).map_or(0, |b| b.0)).sum();
+        let shards: u64 = [Category::ParamsShard, Category::GradsShard, Category::Optimizer].iter().map(|c| bd.get(c.name()).map_or(0, |b| b.0)).sum();
+        let head = bd.get(Category::HeadLoss.name()).map_or(0, |b| b.0);
+        let top = act.max(units).max(shards).max(head);
+        if top == act {
+            match self.activations_by_stage().first() {
+                Some((s, b)) => format!("activations of {s} dominate ({:.1} GiB)", gib(*b)),
+                None => "activations dominate".into(),
+            }
+        } else if top == units {
+            match self.report.by_unit.first() {
+                Some((u, b)) => format!("gathered parameters and gradient buffers dominate (largest unit {u}: {:.1} GiB)", gib(*b)),
+                None => "gathered parameters dominate".into(),
+            }
+        } else if top == shards {
+            format!("sharded parameters, gradients and optimiser state dominate ({:.1} GiB; more ranks shard them thinner)", gib(Bytes(shards)))
+        } else {
+            format!("the SwAV loss matrices dominate ({:.1} GiB)", gib(Bytes(head)))
+        }
+    }
+
+    /// The one-line verdict for a plan that does not fit.
+    pub fn infeasible_message(&self) -> String {
+        format!(
+            "needs {:.1} GiB, {} has {:.1} usable: {}",
+            gib(self.report.peak),
+            self.plan.hardware.id.to_uppercase(),
+            gib(self.report.usable),
+            self.dominant()
+        )
+    }
+
+    /// Whether the plan's predicted memory equals what we recompute.
+    pub fn matches_prediction(&self) -> bool {
+        self.plan.predicted.peak_memory_bytes == self.report.peak.0
+    }
+
+    /// The human-readable report.
+    pub fn render_text(&self, top: usize) -> String {
+        let r = &self.report;
+        let p = &self.plan;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "plan {}: {} on {} x {} ({} per node), {} images/rank, compute {} / reduce {}, reshard_after_forward {}, {} units, {} checkpointed segments",
+            self.origin,
+            p.model.name,
+            p.world_size,
+            p.hardware.name,
+            p.gpus_per_node,
+            p.batch_per_rank,
+            p.precision.compute,
+            p.precision.reduce,
+            if p.reshard_after_forward { "on" } else { "off" },
+            p.units.len(),
+            self.segments.len()
+        );
+        for seg in &self.segments {
+            let _ = writeln!(s, "  checkpointed: {}..{}", self.block_names[seg.start], self.block_names[seg.end - 1]);
+        }
+        let label = r.timeline.get(r.peak_event).map_or("", |e| e.label.as_str());
+        let _ = writeln!(s, "\npeak {} ({:.2} GiB) at event {} of {} ({label})", r.peak, gib(r.peak), r.peak_event, r.timeline.len());
+        let head = self.headroom();
+        let pct = 100.0 * head as f64 / r.usable.0.max(1) as f64;
+        if self.fits() {
+            let _ = writeln!(s, "usable {:.2} GiB: fits, {:.2} GiB ({pct:.1} %) to spare", gib(r.usable), head as f64 / GIB as f64);
+        } else {
+            let _ = writeln!(s, "usable {:.2} GiB: DOES NOT FIT, {:.2} GiB ({:.1} %) over", gib(r.usable), -head as f64 / GIB as f64, -pct);
+        }
+        let pred = Bytes(p.predicted.peak_memory_bytes);
+        if self.matches_prediction() {
+            let _ = writeln!(s, "plan predicted {:.2} GiB: matches", gib(pred));
+        } else {
+            let _ = writeln!(s, "plan predicted {:.2} GiB, recomputed {:.2} GiB: the plan was made by another planner version", gib(pred), gib(r.peak));
+        }
+        // Small plans (tiny-cpu) read better in MiB.
+        let (unit, div) = if r.peak.0 < GIB { ("MiB", (1u64 << 20) as f64) } else { ("GiB", GIB as f64) };
+        let _ = writeln!(s, "\n{:<18} {:>10} {:>8}", "category", unit, "share");
+        let mut cats: Vec<(&String, &Bytes)> = r.breakdown.iter().collect();
+        cats.sort_by_key(|(k, _)| Category::ALL.iter().position(|c| c.name() == k.as_str()).unwrap_or(99));
+        for (k, v) in cats {
+            let _ = writeln!(s, "{:<18} {:>10.3} {:>7.1} %", k, v.0 as f64 / div, 100.0 * v.0 as f64 / r.peak.0.max(1) as f64);
+        }
+        let _ = writeln!(s, "{:<18} {:>10.3}", "total", r.peak.0 as f64 / div);
+        let list = |s: &mut String, title: &str, v: &[(String, Bytes)]| {
+            let items: Vec<String> = v.iter().filter(|(_, b)| b.0 > 0).take(top).map(|(n, b)| format!("{n} {b}")).collect();
+            let _ = writeln!(s, "{title}: {}", if items.is_empty() { "-".into() } else { items.join(", ") });
+        };
+        let _ = writeln!(s);
+        list(&mut s, "top stages by activations", &self.activations_by_stage());
+        list(&mut s, "top blocks by activations", &r.by_block);
+        list(&mut s, "top units (shards + gathered + grad buffers)", &r.by_unit);
+        if !self.fits() {
+            let _ = writeln!(s, "\n{}", self.infeasible_message());
+        }
+        s
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        let r = &self.report;
+        let named = |v: &[(String, Bytes)]| v.iter().map(|(n, b)| json!({"name": n, "bytes": b.0})).collect::<Vec<_>>();
+        json!({
+            "plan": self.origin,
+            "model": self.plan.model.name,
+            "hardware": self.plan.hardware.id,
+            "world_size": self.plan.world_size,
+            "peak_memory_bytes": r.peak.0,
+            "usable_memory_bytes": r.usable.0,
+            "headroom_bytes": self.headroom(),
+            "fits": self.fits(),
+            "predicted_peak_memory_bytes": self.plan.predicted.peak_memory_bytes,
+            "matches_prediction": self.matches_prediction(),
+            "peak_event": r.timeline.get(r.peak_event).map(|e| e.label.clone()),
+            "breakdown": r.breakdown.iter().map(|(k, v)| (k.clone(), v.0)).collect::<BTreeMap<_, _>>(),
+            "activations_by_stage": named(&self.activations_by_stage()),
+            "by_block": named(&r.by_block),
+            "by_unit": named(&r.by_unit),
+            "checkpoint_segments": self.segments.iter().map(|s| self.block_names[s.clone()].to_vec()).collect::<Vec<_>>(),
+            "verdict": if self.fits() { "fits".to_string() } else { self.infeasible_message() },
+            "timeline": r.timeline.iter().map(|e| json!({"label": e.label, "total_bytes": e.total.0})).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// The JSON path (`units[3].members`) of the value at a 1-based line and
+/// column, found by scanning the text up to there. Good enough for error
+/// messages; `None` at the top level.
+pub fn json_path_at(text: &str, line: usize, column: usize) -> Option<String> {
+    enum Frame {
+        Obj(Option<String>),
+        Arr(usize),
+    }
+    let mut stack: Vec<Frame> = Vec::new();
+    let (mut l, mut c) = (1usize, 0usize);
+    let mut chars = text.chars().peekable();
+    let mut expecting_key = false;
+    while let Some(ch) = chars.next() {
+        if ch == '\n' {
+            l += 1;
+            c = 0;
+        } else {
+            c += 1;
+        }
+        if l > line || (l == line && c >= column) {
+            break;
+        }
+        match ch {
+            '{' => {
+                stack.push(Frame::Obj(None));
+                expecting_key = true;
+            }
+            '[' => stack.push(Frame::Arr(0)),
+            '}' | ']' => {
+                stack.pop();
+                expecting_key = false;
+            }
+            ',' => match stack.last_mut() {
+                Some(Frame::Arr(i)) => *i += 1,
+                Some(Frame::Obj(_)) => expecting_key = true,
+                None => {}
+            },
+            '"' => {
+                let mut s = String::new();
+                while let Some(x) = chars.next() {
+                    c += 1;
+                    match x {
+                        '\\' => {
+                            chars.next();
+                            c += 1;
+                        }
+                        '"' => break,
+                        '\n' => {
+                            l += 1;
+                            c = 0;
+                        }
+                        _ => s.push(x),
+                    }
+                }
+                if expecting_key {
+                    if let Some(Frame::Obj(k)) = stack.last_mut() {
+                        *k = Some(s);
+                    }
+                    expecting_key = false;
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut path = String::new();
+    for f in &stack {
+        match f {
+            Frame::Obj(Some(k)) => {
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(k);
+            }
+            Frame::Obj(None) => {}
+            Frame::Arr(i) => {
+                let _ = write!(path, "[{i}]");
+            }
+        }
+    }
+    (!path.is_empty()).then_some(path)
+}
+
+#[cfg(test)]
+mod tests {
+    // A one-segment placement is a placement, not a mistaken range-to-vec.
+    #![allow(clippy::single_range_in_vec_init)]
+    use super::*;
+    use crate::plan::{ModelFingerprint, Precision, Predicted, PLAN_SCHEMA_VERSION};
+    use crate::recipe::{Recipe, Wrapping};
+    use crate::wrapping::{unit_plans, units_for};
+    use cost_models::config::ModelConfig;
+    use cost_models::graph::{ModelGraph, Workload};
+    use cost_models::hardware::builtin_hardware;
+    use cost_models::DType;
+
+    /// A plan as `plan` would write it, its prediction from the memory model
+    /// built the way the search builds it (units from the policy).
+    fn make_plan(recipe: &str, hw: &str, world: usize, batch: usize, dt: DType, wrapping: Wrapping, segs: &[Range<usize>]) -> Plan {
+        let recipe = Recipe::load(recipe).unwrap();
+        let model = ModelConfig::load(&recipe.model).unwrap();
+        let hw = builtin_hardware(hw).unwrap();
+        let graph = ModelGraph::build(&model, &Workload { images: batch as u64, crops: recipe.crop_groups(), dtype: dt });
+        let units = units_for(&graph, wrapping);
+        let d = Decisions {
+            world_size: world,
+            batch_per_rank: batch,
+            precision: Precision { compute: dt, reduce: dt },
+            reshard_after_forward: true,
+            wrapping,
+            checkpoint: segs.to_vec(),
+        };
+        let report = MemoryModel::new(&graph, &units, &recipe, &d, &hw).report(segs);
+        let names: Vec<String> = graph.blocks.iter().map(|b| b.name.clone()).collect();
+        Plan {
+            schema_version: PLAN_SCHEMA_VERSION,
+            created_by: "test".into(),
+            model_fingerprint: ModelFingerprint::of(&graph),
+            model,
+            recipe,
+            gpus_per_node: hw.gpus_per_node().min(world),
+            hardware: hw,
+            world_size: world,
+            batch_per_rank: batch,
+            precision: d.precision,
+            reshard_after_forward: true,
+            wrapping,
+            units: unit_plans(&units),
+            checkpoint_segments: segs.iter().map(|r| names[r.clone()].to_vec()).collect(),
+            predicted: Predicted {
+                peak_memory_bytes: report.peak.0,
+                peak_breakdown: report.breakdown.iter().map(|(k, v)| (k.clone(), v.0)).collect(),
+                usable_memory_bytes: report.usable.0,
+                fits: report.fits(),
+                step_time_s: 0.0,
+                compute_time_s: 0.0,
+                comm_time_s: 0.0,
+                exposed_comm_s: 0.0,
+                images_per_s: 0.0,
+                mfu: 0.0,
+                days_to_train: 0.0,
+                cost_usd: 0.0,
+            },
+        }
+    }
+
+    fn tmp(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("seerscale-dryrun-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d.join(name)
+    }
+
+    #[test]
+    fn dry_run_recomputes_the_plan_prediction_exactly() {
+        for (recipe, hw, world, batch, dt, w, segs) in [
+            ("tiny-cpu", "cpu-local", 2, 8, DType::Fp32, Wrapping::PerBlock, vec![1..3, 3..5]),
+            ("seer-10b", "a100-40gb", 496, 16, DType::Fp16, Wrapping::Vissl, vec![1..3, 3..10, 10..19, 19..27]),
+            ("seer-256gf", "v100-32gb", 64, 8, DType::Fp16, Wrapping::PerStage, vec![]),
+        ] {
+            let plan = make_plan(recipe, hw, world, batch, dt, w, &segs);
+            let path = tmp(&format!("{recipe}.json"));
+            plan.save(&path).unwrap();
+            let loaded = load_plan(&path).unwrap();
+            let dr = dry_run(&loaded, &path.display().to_string()).unwrap();
+            assert!(dr.matches_prediction(), "{recipe}: plan {} vs dry-run {}", plan.predicted.peak_memory_bytes, dr.report.peak.0);
+            let bd: BTreeMap<String, u64> = dr.report.breakdown.iter().map(|(k, v)| (k.clone(), v.0)).collect();
+            assert_eq!(bd, plan.predicted.peak_breakdown);
+            assert_eq!(dr.segments, segs);
+            let text = dr.render_text(5);
+            assert!(text.contains("matches"), "{text}");
+            let j = dr.to_json();
+            assert_eq!(j["peak_memory_bytes"].as_u64(), Some(dr.report.peak.0));
+        }
+    }
+
+    #[test]
+    fn corrupted_plan_files_name_file_and_field() {
+        let plan = make_plan("tiny-cpu", "cpu-local", 2, 8, DType::Fp32, Wrapping::PerBlock, &[]);
+        let good = serde_json::to_string_pretty(&plan).unwrap();
+        let path = tmp("bad.json");
+        let origin = path.display().to_string();
+        let check = |text: String, field: &str| {
+            std::fs::write(&path, text).unwrap();
+            let e = load_plan(&path).unwrap_err().to_string();
+            assert!(e.contains(&origin) && e.contains(field), "expected file and `{field}` in: {e}");
+        };
+        // Wrong type inside a nested array element.
+        check(good.replacen("\"params\": ", "\"params\": \"many\", \"x\": ", 1), "units[0].params");
+        // Wrong type at top level.
+        check(good.replace("\"world_size\": 2", "\"world_size\": -2"), "world_size");
+        // Unknown field (serde names it).
+        check(good.replace("\"world_size\": 2", "\"world_size\": 2, \"wrld\": 1"), "wrld");
+        // Truncated file.
+        let cut = good.find("\"members\": [").unwrap() + "\"members\": [".len();
+        check(good[..cut].to_string(), "units[0].members");
+        check(good[..good.len() / 2].to_string(), "bad.json:");
+        // Semantic errors from Plan::check.
+        check(good.replace("\"world_size\": 2", "\"world_size\": 0"), "world_size");
+        check(good.replace("\"schema_version\": 1", "\"schema_version\": 99"), "schema version 99");
+        // A member that is not in the model.
+        check(good.replacen("\"members\": [\n        \"stem\"", "\"members\": [\n        \"stem9\"", 1), "stem9");
+        let missing = load_plan(&tmp("does-not-exist.json")).unwrap_err().to_string();
+        assert!(missing.contains("does-not-exist.json"), "{missing}");
+    }
+
+    #[test]
+    fn infeasible_plan_says_why() {
+        // SEER 10B without checkpointing on 8 A100-40GB.
+        let plan = make_plan("seer-10b", "a100-40gb", 8, 16, DType::Fp16, Wrapping::Vissl, &[]);
+        let dr = dry_run(&plan, "p.json").unwrap();
+        assert!(!dr.fits());
+        let msg = dr.infeasible_message();
+        assert!(msg.starts_with("needs ") && msg.contains("A100-40GB has 38.0 usable"), "{msg}");
+        assert!(msg.contains("dominate"), "{msg}");
+        assert!(dr.render_text(5).contains("DOES NOT FIT"));
+        assert!(dr.headroom() < 0);
+    }
+
+    #[test]
+    fn json_paths_from_positions() {
+        let t = "{\n  \"a\": 1,\n  \"b\": [ {\"c\": 2}, {\"d\": x} ]\n}";
+        let (line, col) = (3, t.lines().nth(2).unwrap().find('x').unwrap() + 1);
+        assert_eq!(json_path_at(t, line, col).as_deref(), Some("b[1].d"));
+        assert_eq!(json_path_at(t, 1, 1), None);
+    }
+}

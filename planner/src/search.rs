@@ -1,0 +1,652 @@
+//! The sharding search: for each (GPU type, world size) it finds the fastest
+//! plan that fits, over FSDP wrapping, reshard_after_forward, precision,
+//! per-GPU batch and (optimal) checkpoint placement; objectives then pick
+//! one point among those bests.
+//!
+//! Per point, every combination is costed with a compute-only lower bound on
+//! the time per image (no recompute, no exposed communication) and evaluated
+//! best bound first: memory model, optimal checkpoints within the usable
+//! memory, then the step simulator. Once a plan has been found, combinations
+//! whose bound cannot beat it are skipped (exact: the bound never exceeds
+//! the simulated time); `exhaustive` turns that off.
+//!
+//! Across world sizes, memory is monotone: with the same GPU, wrapping,
+//! precision and reshard choice, every placement's peak can only grow when
+//! the world shrinks (bigger shards) or the batch grows (more activations).
+//! So points are searched from the largest world down, and a memo answers
+//! exactly, without the checkpoint DP: a combination that did not fit at a
+//! larger world (or a smaller batch) does not fit; and the optimal placement
+//! found at a larger world, if it still fits, is optimal here (nothing with
+//! less recompute fits here that did not fit there). Its recompute time is
+//! also a lower bound for this world, which tightens the bound above.
+//!
+//! Batch: time to train is `total_images / images_per_s`, and the per-GPU
+//! batch changes the global batch (and with it the optimisation). The user
+//! fixes the per-GPU batch, or the global batch (per-GPU = global / GPUs,
+//! world sizes that do not divide it are skipped), or lets the search pick
+//! per-GPU batches from a list while keeping the global batch at most
+//! `max_global` (default 16,384, about twice SEER's 7,936: SwAV with LARC is
+//! published up to that range).
+
+use crate::checkpoint::{optimal_checkpoints, Placement};
+use crate::cluster::{rank_hardware, world_sizes, LinkCache};
+use crate::memory::{Decisions, MemoryModel, MemoryReport};
+use crate::plan::Precision;
+use crate::recipe::{Recipe, Wrapping};
+use crate::simulator::{Simulator, StepResult};
+use crate::step_costs::{step_profile, unit_costs, GraphCosts, WorldCosts};
+use crate::wrapping::{units_for, Unit};
+use cost_models::collectives::CollectiveModel;
+use cost_models::compute::{ComputeError, ComputeModel};
+use cost_models::config::{ConfigError, ModelConfig};
+use cost_models::graph::{ModelGraph, Workload};
+use cost_models::hardware::{HardwareProfile, HardwareSpec, MathUnit};
+use cost_models::topology::TopologyError;
+use cost_models::{Bytes, DType};
+use std::collections::HashMap;
+use std::ops::Range;
+
+/// Per-GPU batches tried when the user fixes neither.
+pub const DEFAULT_BATCHES: [usize; 6] = [8, 16, 24, 32, 48, 64];
+/// Largest global batch the search accepts by default.
+pub const DEFAULT_MAX_GLOBAL_BATCH: usize = 16_384;
+/// Every wrapping policy the search tries.
+pub const ALL_WRAPPINGS: [Wrapping; 6] = [Wrapping::PerBlock, Wrapping::Group(2), Wrapping::Group(4), Wrapping::PerStage, Wrapping::Vissl, Wrapping::Whole];
+pub const ALL_PRECISIONS: [DType; 3] = [DType::Fp32, DType::Fp16, DType::Bf16];
+
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Compute(#[from] ComputeError),
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
+    #[error("{0}")]
+    Infeasible(String),
+    #[error("no plan meets the constraints: {0}")]
+    Constraint(String),
+    #[error("invalid search request: {0}")]
+    Request(String),
+}
+
+/// How many GPUs to consider.
+#[derive(Clone, Debug, PartialEq)]
+pub enum GpuCount {
+    Fixed(usize),
+    /// Whole nodes (and slices of one node) in `[min, max]`.
+    Range { min: usize, max: usize },
+}
+
+/// How the per-GPU batch is chosen (see the module docs).
+#[derive(Clone, Debug, PartialEq)]
+pub enum BatchPolicy {
+    PerGpu(usize),
+    Global(usize),
+    Search { candidates: Vec<usize>, max_global: usize },
+}
+
+impl BatchPolicy {
+    /// Per-GPU batches allowed at `world` GPUs.
+    pub fn per_gpu(&self, world: usize) -> Vec<usize> {
+        match self {
+            BatchPolicy::PerGpu(b) => vec![*b],
+            BatchPolicy::Global(g) => {
+                if world > 0 && g % world == 0 && g / world > 0 {
+                    vec![g / world]
+                } else {
+                    vec![]
+                }
+            }
+            BatchPolicy::Search { candidates, max_global } => candidates.iter().copied().filter(|&b| b > 0 && b * world <= *max_global).collect(),
+        }
+    }
+}
+
+/// Everything the search may choose from.
+#[derive(Clone, Debug)]
+pub struct SearchSpace {
+    pub hardware: Vec<HardwareProfile>,
+    pub gpus: GpuCount,
+    pub batch: BatchPolicy,
+    pub wrappings: Vec<Wrapping>,
+    /// Tried where the hardware supports them.
+    pub precisions: Vec<DType>,
+    pub reshard: Vec<bool>,
+    /// Evaluate every combination (no bound-based skipping).
+    pub exhaustive: bool,
+    /// Fraction of usable memory the plan must leave free (0 = plan up to
+    /// the limit; the memory model already adds a fragmentation margin).
+    pub headroom: f64,
+}
+
+impl SearchSpace {
+    /// Every option, on the given hardware.
+    pub fn full(hardware: Vec<HardwareProfile>, gpus: GpuCount, batch: BatchPolicy) -> SearchSpace {
+        SearchSpace { hardware, gpus, batch, wrappings: ALL_WRAPPINGS.to_vec(), precisions: ALL_PRECISIONS.to_vec(), reshard: vec![true, false], exhaustive: false, headroom: 0.0 }
+    }
+}
+
+/// Throughput and what the whole run costs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Throughput {
+    pub images_per_s: f64,
+    pub global_batch: usize,
+    /// Model FLOPs (no recompute) / (step time x peak of the compute dtype).
+    pub mfu: f64,
+    pub days: f64,
+    pub cost_usd: f64,
+}
+
+impl Throughput {
+    pub fn new(recipe: &Recipe, hw: &HardwareSpec, d: &Decisions, step: &StepResult, model_flops: f64) -> Throughput {
+        let global = d.world_size * d.batch_per_rank;
+        let ips = if step.step_time.0 > 0.0 { global as f64 / step.step_time.0 } else { f64::INFINITY };
+        let secs = recipe.data.total_images / ips;
+        let peak = hw.peak(d.precision.compute, MathUnit::Conv).map_or(0.0, |p| p.0);
+        let mfu = if peak > 0.0 && step.step_time.0 > 0.0 { model_flops / (step.step_time.0 * peak) } else { 0.0 };
+        Throughput {
+            images_per_s: ips,
+            global_batch: global,
+            mfu,
+            days: secs / 86_400.0,
+            cost_usd: secs / 3_600.0 * d.world_size as f64 * hw.price_per_gpu_hour(),
+        }
+    }
+}
+
+/// One costed plan.
+#[derive(Clone, Debug)]
+pub struct Evaluated {
+    /// Index into [`SearchSpace::hardware`].
+    pub hardware: usize,
+    /// One rank's device (a share of the machine for CPU ranks).
+    pub rank_hardware: HardwareSpec,
+    /// `checkpoint` holds the chosen segments.
+    pub decisions: Decisions,
+    pub peak: Bytes,
+    pub usable: Bytes,
+    pub step: StepResult,
+    pub throughput: Throughput,
+}
+
+impl Evaluated {
+    pub fn fits(&self) -> bool {
+        self.peak <= self.usable
+    }
+}
+
+/// A combination that did not fit, with the least memory it could need.
+#[derive(Clone, Debug)]
+pub struct NearMiss {
+    pub hardware: usize,
+    pub rank_hardware: HardwareSpec,
+    pub decisions: Decisions,
+    pub peak: Bytes,
+    pub usable: Bytes,
+}
+
+/// The search's answer for one (GPU type, world size).
+#[derive(Clone, Debug)]
+pub struct PointOutcome {
+    pub hardware: usize,
+    pub world_size: usize,
+    pub best: Option<Evaluated>,
+    /// Smallest peak among combinations that did not fit.
+    pub closest: Option<NearMiss>,
+    pub evaluated: usize,
+    pub skipped: usize,
+    /// Why nothing was tried at all (no batch allowed, machine too small).
+    pub note: Option<String>,
+}
+
+/// Objective for picking one point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Objective {
+    Fastest,
+    Cheapest,
+    FewestGpus,
+    FastestUnderBudget,
+}
+
+impl Objective {
+    pub fn parse(s: &str) -> Option<Objective> {
+        match s {
+            "fastest" => Some(Objective::Fastest),
+            "cheapest" => Some(Objective::Cheapest),
+            "fewest-gpus" => Some(Objective::FewestGpus),
+            "fastest-under-budget" => Some(Objective::FastestUnderBudget),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Constraints {
+    pub budget_usd: Option<f64>,
+    pub deadline_days: Option<f64>,
+}
+
+type GraphKey = (DType, usize);
+/// (hardware, CPU share, dtype, batch).
+type CostKey = (usize, usize, DType, usize);
+
+/// The search with its caches (graphs, per-device op costs, units, links).
+pub struct Searcher<'r> {
+    pub recipe: &'r Recipe,
+    pub model: ModelConfig,
+    pub space: SearchSpace,
+    graphs: HashMap<GraphKey, ModelGraph>,
+    costs: HashMap<CostKey, GraphCosts>,
+    computes: HashMap<(usize, usize), ComputeModel>,
+    units: HashMap<Wrapping, Vec<Unit>>,
+    links: LinkCache,
+    collectives: Vec<CollectiveModel>,
+    sim: Simulator,
+    block_names: Vec<String>,
+    memo: HashMap<MemoKey, Memo>,
+}
+
+/// (hardware, dtype, wrapping, reshard).
+type MemoKey = (usize, DType, Wrapping, bool);
+
+/// What earlier (larger) worlds taught about one combination; only valid
+/// where the rank's device does not change with the world (GPUs).
+#[derive(Default)]
+struct Memo {
+    /// (world, batch) that did not fit.
+    infeasible: Vec<(usize, usize)>,
+    /// (world, batch, optimal segments, their recompute time).
+    placements: Vec<(usize, usize, Vec<Range<usize>>, f64)>,
+}
+
+impl Memo {
+    fn known_infeasible(&self, world: usize, batch: usize) -> bool {
+        self.infeasible.iter().any(|&(w, b)| w >= world && b <= batch)
+    }
+    /// The placement from the smallest world >= `world` at this batch.
+    fn placement(&self, world: usize, batch: usize) -> Option<&(usize, usize, Vec<Range<usize>>, f64)> {
+        self.placements.iter().filter(|p| p.0 >= world && p.1 == batch).min_by_key(|p| p.0)
+    }
+}
+
+struct Combo {
+    dtype: DType,
+    batch: usize,
+    wrapping: Wrapping,
+    reshard: bool,
+    bound_per_image: f64,
+}
+
+impl<'r> Searcher<'r> {
+    pub fn new(recipe: &'r Recipe, space: SearchSpace) -> Result<Searcher<'r>, SearchError> {
+        let model = ModelConfig::load(&recipe.model)?;
+        if space.hardware.is_empty() {
+            return Err(SearchError::Request("no hardware to search over".into()));
+        }
+        let collectives = space.hardware.iter().map(|h| CollectiveModel::new(h.measured.collectives.clone())).collect();
+        // Names and parameter counts do not depend on batch or dtype.
+        let names_graph = ModelGraph::build(&model, &Workload { images: 1, crops: recipe.crop_groups(), dtype: DType::Fp32 });
+        let block_names = names_graph.blocks.iter().map(|b| b.name.clone()).collect();
+        let mut graphs = HashMap::new();
+        graphs.insert((DType::Fp32, 1), names_graph);
+        Ok(Searcher {
+            recipe,
+            model,
+            space,
+            block_names,
+            memo: HashMap::new(),
+            graphs,
+            costs: HashMap::new(),
+            computes: HashMap::new(),
+            units: HashMap::new(),
+            links: LinkCache::default(),
+            collectives,
+            sim: Simulator::new(),
+        })
+    }
+
+    /// Block names in forward order.
+    pub fn block_names(&self) -> &[String] {
+        &self.block_names
+    }
+
+    /// (hardware, world size) points of the space, in hardware then size order.
+    pub fn points(&self) -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        for (h, p) in self.space.hardware.iter().enumerate() {
+            match self.space.gpus {
+                GpuCount::Fixed(n) => out.push((h, n)),
+                GpuCount::Range { min, max } => out.extend(world_sizes(&p.hardware, min, max).into_iter().map(|n| (h, n))),
+            }
+        }
+        out
+    }
+
+    /// Searches every point (largest world first, so the memo applies);
+    /// outcomes come back in [`Searcher::points`] order.
+    pub fn run(&mut self, mut progress: impl FnMut(usize, usize)) -> Result<Vec<PointOutcome>, SearchError> {
+        let points = self.points();
+        let mut order: Vec<usize> = (0..points.len()).collect();
+        order.sort_by_key(|&i| (points[i].0, std::cmp::Reverse(points[i].1)));
+        let mut out: Vec<Option<PointOutcome>> = vec![None; points.len()];
+        for (k, &i) in order.iter().enumerate() {
+            let (h, n) = points[i];
+            out[i] = Some(self.search_point(h, n)?);
+            progress(k + 1, points.len());
+        }
+        Ok(out.into_iter().flatten().collect())
+    }
+
+    /// The layer graph of one rank's step at (dtype, batch), cached.
+    pub fn graph(&mut self, dtype: DType, batch: usize) -> &ModelGraph {
+        let (model, recipe) = (&self.model, self.recipe);
+        self.graphs
+            .entry((dtype, batch))
+            .or_insert_with(|| ModelGraph::build(model, &Workload { images: batch as u64, crops: recipe.crop_groups(), dtype }))
+    }
+
+    fn units(&mut self, wrapping: Wrapping) -> &[Unit] {
+        if !self.units.contains_key(&wrapping) {
+            // Units depend on names and parameter counts only: any batch will do.
+            let u = units_for(self.graph(DType::Fp32, 1), wrapping);
+            self.units.insert(wrapping, u);
+        }
+        &self.units[&wrapping]
+    }
+
+    /// CPU ranks split the machine, so their op costs depend on the share.
+    fn share(&self, h: usize, world: usize) -> usize {
+        match self.space.hardware[h].hardware.kind {
+            cost_models::hardware::DeviceKind::Cpu => world,
+            cost_models::hardware::DeviceKind::Gpu => 1,
+        }
+    }
+
+    fn compute_model(&mut self, h: usize, share: usize, rank_hw: &HardwareSpec) -> &ComputeModel {
+        let measured = &self.space.hardware[h].measured;
+        self.computes.entry((h, share)).or_insert_with(|| ComputeModel::new(&HardwareProfile { hardware: rank_hw.clone(), measured: measured.clone() }))
+    }
+
+    fn graph_costs(&mut self, h: usize, share: usize, rank_hw: &HardwareSpec, dtype: DType, batch: usize) -> Result<&GraphCosts, SearchError> {
+        let key = (h, share, dtype, batch);
+        if !self.costs.contains_key(&key) {
+            let compute = self.compute_model(h, share, rank_hw).clone();
+            let recipe = self.recipe;
+            let g = self.graph(dtype, batch);
+            let c = GraphCosts::new(g, &compute, recipe)?;
+            self.costs.insert(key, c);
+        }
+        Ok(&self.costs[&key])
+    }
+
+    /// Simulates one set of decisions (checkpoint segments given).
+    pub fn simulate(&mut self, h: usize, rank_hw: &HardwareSpec, d: &Decisions) -> Result<(StepResult, f64), SearchError> {
+        let share = self.share(h, d.world_size);
+        let flops = self.graph_costs(h, share, rank_hw, d.precision.compute, d.batch_per_rank)?.model_flops.0;
+        self.units(d.wrapping);
+        let compute = self.compute_model(h, share, rank_hw).clone();
+        let group = self.links.world(rank_hw, d.world_size)?.clone();
+        let gc = &self.costs[&(h, share, d.precision.compute, d.batch_per_rank)];
+        let units = &self.units[&d.wrapping];
+        let w = WorldCosts { group: &group, collectives: &self.collectives[h], world_size: d.world_size };
+        let uc = unit_costs(units, gc.blocks.len(), d.precision.compute, d.precision.reduce, &w);
+        let profile = step_profile(gc, uc, &d.checkpoint, self.recipe, d.precision.compute, d.reshard_after_forward, &compute, &w);
+        Ok((self.sim.run(&profile), flops))
+    }
+
+    /// Peak memory of one set of decisions (checkpoint segments given).
+    pub fn memory(&mut self, rank_hw: &HardwareSpec, d: &Decisions) -> MemoryModel {
+        self.units(d.wrapping);
+        self.graph(d.precision.compute, d.batch_per_rank);
+        let g = &self.graphs[&(d.precision.compute, d.batch_per_rank)];
+        MemoryModel::new(g, &self.units[&d.wrapping], self.recipe, d, rank_hw)
+    }
+
+    /// Costs fixed decisions (e.g. a published plan) without searching.
+    pub fn evaluate(&mut self, h: usize, d: &Decisions) -> Result<Evaluated, SearchError> {
+        let rank_hw = rank_hardware(&self.space.hardware[h].hardware, d.world_size)
+            .ok_or_else(|| SearchError::Request(format!("{} cannot host {} ranks", self.space.hardware[h].hardware.name, d.world_size)))?;
+        if !rank_hw.supports(d.precision.compute) {
+            return Err(SearchError::Request(format!("{} does not support {}", rank_hw.name, d.precision.compute)));
+        }
+        let mm = self.memory(&rank_hw, d);
+        let peak = mm.peak(&d.checkpoint);
+        let (step, flops) = self.simulate(h, &rank_hw, d)?;
+        let throughput = Throughput::new(self.recipe, &rank_hw, d, &step, flops);
+        let usable = rank_hw.usable_memory();
+        Ok(Evaluated { hardware: h, rank_hardware: rank_hw, decisions: d.clone(), peak, usable, step, throughput })
+    }
+
+    /// The fastest plan that fits at one (hardware, world size).
+    pub fn search_point(&mut self, h: usize, world: usize) -> Result<PointOutcome, SearchError> {
+        let mut out = PointOutcome { hardware: h, world_size: world, best: None, closest: None, evaluated: 0, skipped: 0, note: None };
+        let hw = self.space.hardware[h].hardware.clone();
+        let Some(rank_hw) = rank_hardware(&hw, world) else {
+            out.note = Some(format!("{} cannot host {world} ranks", hw.name));
+            return Ok(out);
+        };
+        let batches = self.space.batch.per_gpu(world);
+        if batches.is_empty() {
+            out.note = Some(match &self.space.batch {
+                BatchPolicy::Global(g) => format!("global batch {g} is not a multiple of {world} GPUs"),
+                _ => format!("no per-GPU batch keeps the global batch within the limit at {world} GPUs"),
+            });
+            return Ok(out);
+        }
+        let precisions: Vec<DType> = self.space.precisions.iter().copied().filter(|&p| rank_hw.supports(p)).collect();
+        if precisions.is_empty() {
+            out.note = Some(format!("{} supports none of the precisions asked for", hw.name));
+            return Ok(out);
+        }
+        let share = self.share(h, world);
+        let usable = rank_hw.usable_memory();
+        let budget = Bytes((usable.0 as f64 * (1.0 - self.space.headroom.clamp(0.0, 0.9))) as u64);
+        let group = self.links.world(&rank_hw, world)?.clone();
+        let compute = self.compute_model(h, share, &rank_hw).clone();
+
+        // The memo is exact only if the rank's device is the same at every world.
+        let use_memo = hw.kind == cost_models::hardware::DeviceKind::Gpu;
+
+        // Every combination with its lower bound, best first.
+        let mut combos = Vec::new();
+        for &dtype in &precisions {
+            for &batch in &batches {
+                let gc = self.graph_costs(h, share, &rank_hw, dtype, batch)?;
+                let l = &gc.loss;
+                let loss = l.assign_crops as f64 * (l.sinkhorn_init.0 + l.sinkhorn_iterations as f64 * l.sinkhorn_iteration.0) + l.swapped_loss.0;
+                let compute_s: f64 = gc.blocks.iter().map(|b| b.forward.0 + b.backward.0).sum::<f64>() + loss;
+                for &wrapping in &self.space.wrappings {
+                    for &reshard in &self.space.reshard {
+                        let recompute_lb = match self.memo.get(&(h, dtype, wrapping, reshard)) {
+                            Some(m) if use_memo => m.placement(world, batch).map_or(0.0, |p| p.3),
+                            _ => 0.0,
+                        };
+                        combos.push(Combo { dtype, batch, wrapping, reshard, bound_per_image: (compute_s + recompute_lb) / batch as f64 });
+                    }
+                }
+            }
+        }
+        combos.sort_by(|a, b| a.bound_per_image.total_cmp(&b.bound_per_image));
+
+        let mut best_per_image = f64::INFINITY;
+        for c in &combos {
+            if !self.space.exhaustive && c.bound_per_image >= best_per_image {
+                out.skipped += 1;
+                continue;
+            }
+            let key = (h, c.dtype, c.wrapping, c.reshard);
+            let memo = if use_memo { self.memo.get(&key) } else { None };
+            if memo.is_some_and(|m| m.known_infeasible(world, c.batch)) {
+                out.skipped += 1;
+                continue;
+            }
+            let previous = memo.and_then(|m| m.placement(world, c.batch)).map(|p| p.2.clone());
+            out.evaluated += 1;
+            let precision = Precision { compute: c.dtype, reduce: c.dtype };
+            let mut d = Decisions { world_size: world, batch_per_rank: c.batch, precision, reshard_after_forward: c.reshard, wrapping: c.wrapping, checkpoint: Vec::new() };
+            let mm = self.memory(&rank_hw, &d);
+            let recompute = &self.costs[&(h, share, c.dtype, c.batch)].recompute;
+            // Cheapest exact answers first: the larger world's optimum, no
+            // checkpointing at all, and only then the DP.
+            let placement = match previous.map(|segs| (mm.peak(&segs), segs)) {
+                Some((peak, segs)) if peak <= budget => {
+                    let rc = segs.iter().flat_map(|r| recompute[r.clone()].iter()).map(|t| t.0).sum::<f64>();
+                    Some(Placement { segments: segs, recompute: cost_models::Seconds(rc), peak })
+                }
+                _ => {
+                    let peak0 = mm.peak(&[]);
+                    if peak0 <= budget {
+                        Some(Placement { segments: Vec::new(), recompute: cost_models::Seconds(0.0), peak: peak0 })
+                    } else {
+                        optimal_checkpoints(&mm, budget, recompute)
+                    }
+                }
+            };
+            let Some(placement) = placement else {
+                // Least memory this combination could need: every checkpointable block alone.
+                let singles: Vec<Range<usize>> = mm.profile().blocks.iter().enumerate().filter(|(_, b)| b.checkpointable).map(|(i, _)| i..i + 1).collect();
+                let peak = mm.peak(&singles).min(mm.peak(&[]));
+                if out.closest.as_ref().is_none_or(|m| peak < m.peak) {
+                    out.closest = Some(NearMiss { hardware: h, rank_hardware: rank_hw.clone(), decisions: d.clone(), peak, usable });
+                }
+                if use_memo {
+                    self.memo.entry(key).or_default().infeasible.push((world, c.batch));
+                }
+                continue;
+            };
+            if use_memo {
+                self.memo.entry(key).or_default().placements.push((world, c.batch, placement.segments.clone(), placement.recompute.0));
+            }
+            d.checkpoint = placement.segments;
+            let gc = &self.costs[&(h, share, c.dtype, c.batch)];
+            let units = &self.units[&c.wrapping];
+            let w = WorldCosts { group: &group, collectives: &self.collectives[h], world_size: world };
+            let uc = unit_costs(units, gc.blocks.len(), c.dtype, c.dtype, &w);
+            let profile = step_profile(gc, uc, &d.checkpoint, self.recipe, c.dtype, c.reshard, &compute, &w);
+            let step = self.sim.run(&profile);
+            let per_image = step.step_time.0 / c.batch as f64;
+            if per_image < best_per_image {
+                best_per_image = per_image;
+                let throughput = Throughput::new(self.recipe, &rank_hw, &d, &step, gc.model_flops.0);
+                out.best = Some(Evaluated { hardware: h, rank_hardware: rank_hw.clone(), decisions: d, peak: placement.peak, usable, step, throughput });
+            }
+        }
+        if out.best.is_none() && out.closest.is_none() {
+            out.note = Some("nothing fits (every option already failed on a larger cluster or with a smaller batch)".into());
+        }
+        Ok(out)
+    }
+
+    /// Why nothing fits: the closest miss, its shortfall and what dominates it.
+    pub fn explain_infeasible(&mut self, outcomes: &[PointOutcome]) -> String {
+        let miss = outcomes.iter().filter_map(|o| o.closest.as_ref()).min_by(|a, b| (a.peak.0 as f64 / a.usable.0.max(1) as f64).total_cmp(&(b.peak.0 as f64 / b.usable.0.max(1) as f64)));
+        let Some(m) = miss.cloned() else {
+            let notes: Vec<String> = outcomes.iter().filter_map(|o| o.note.clone()).collect();
+            return if notes.is_empty() { "nothing to search".into() } else { notes.join("; ") };
+        };
+        let singles: Vec<Range<usize>> = (0..self.graph(m.decisions.precision.compute, m.decisions.batch_per_rank).blocks.len()).map(|b| b..b + 1).collect();
+        let mm = self.memory(&m.rank_hardware, &m.decisions);
+        let report = if mm.peak(&singles) <= mm.peak(&[]) { mm.report(&singles) } else { mm.report(&[]) };
+        let top = dominant(&report);
+        let d = &m.decisions;
+        format!(
+            "needs {:.1} GiB, {} has {:.1} usable: {top} (closest: {} x {}, {} wrapping, {}, {} img/GPU, reshard {}, checkpointing every block)",
+            m.peak.as_gib(),
+            m.rank_hardware.name,
+            m.usable.as_gib(),
+            d.world_size,
+            m.rank_hardware.id,
+            wrapping_name(d.wrapping),
+            d.precision.compute,
+            d.batch_per_rank,
+            d.reshard_after_forward,
+        )
+    }
+}
+
+/// What dominates a peak, in words: the largest category, and for
+/// activations the stage holding most of them ("activations of s3 dominate").
+pub fn dominant(report: &MemoryReport) -> String {
+    let Some((cat, bytes)) = report.breakdown.iter().max_by_key(|(_, b)| **b) else {
+        return "nothing allocated".into();
+    };
+    let what = match cat.as_str() {
+        "activations" => {
+            // Blocks are `stem`, `s3.b12`, `head.mlp`: group by stage.
+            let mut by_stage: Vec<(String, u64)> = Vec::new();
+            for (block, b) in &report.by_block {
+                let stage = block.split('.').next().unwrap_or(block).to_string();
+                match by_stage.iter_mut().find(|(s, _)| *s == stage) {
+                    Some(e) => e.1 += b.0,
+                    None => by_stage.push((stage, b.0)),
+                }
+            }
+            match by_stage.iter().max_by_key(|(_, b)| *b) {
+                Some((stage, _)) => format!("activations of {stage}"),
+                None => "activations".into(),
+            }
+        }
+        "params_shard" => "fp32 parameter shards".into(),
+        "grads_shard" => "fp32 gradient shards".into(),
+        "optimizer" => "optimizer state".into(),
+        "unsharded_params" => "gathered (unsharded) parameters".into(),
+        "grad_buffers" => "unsharded gradient buffers".into(),
+        "head_loss" => "SwAV scores and Sinkhorn matrices".into(),
+        "recompute" => "the recompute working set".into(),
+        other => other.replace('_', " "),
+    };
+    format!("{what} dominate ({:.1} GiB of {:.1})", bytes.as_gib(), report.peak.as_gib())
+}
+
+/// Display name of a wrapping policy.
+pub fn wrapping_name(w: Wrapping) -> String {
+    match w {
+        Wrapping::PerBlock => "per-block".into(),
+        Wrapping::PerStage => "per-stage".into(),
+        Wrapping::Group(g) => format!("group-{g}"),
+        Wrapping::Vissl => "vissl".into(),
+        Wrapping::Whole => "whole".into(),
+    }
+}
+
+/// Picks one plan among the per-point bests. `Fastest`/`Cheapest` respect
+/// the budget and deadline when given; `FewestGpus` takes the smallest
+/// cluster that fits (fastest among equals); `FastestUnderBudget` needs a
+/// budget.
+pub fn choose(outcomes: &[PointOutcome], objective: Objective, c: Constraints) -> Result<&Evaluated, SearchError> {
+    if objective == Objective::FastestUnderBudget && c.budget_usd.is_none() {
+        return Err(SearchError::Request("--objective fastest-under-budget needs --budget-usd".into()));
+    }
+    let feasible: Vec<&Evaluated> = outcomes.iter().filter_map(|o| o.best.as_ref()).collect();
+    if feasible.is_empty() {
+        return Err(SearchError::Infeasible("no plan fits".into()));
+    }
+    let ok: Vec<&Evaluated> = feasible
+        .iter()
+        .copied()
+        .filter(|e| c.budget_usd.is_none_or(|b| e.throughput.cost_usd <= b) && c.deadline_days.is_none_or(|d| e.throughput.days <= d))
+        .collect();
+    if ok.is_empty() {
+        let cheapest = feasible.iter().min_by(|a, b| a.throughput.cost_usd.total_cmp(&b.throughput.cost_usd)).copied();
+        let fastest = feasible.iter().min_by(|a, b| a.throughput.days.total_cmp(&b.throughput.days)).copied();
+        let mut why = Vec::new();
+        if let (Some(b), Some(e)) = (c.budget_usd, cheapest) {
+            why.push(format!("budget ${b:.0}: the cheapest plan that fits costs ${:.0} ({} GPUs, {:.1} days)", e.throughput.cost_usd, e.decisions.world_size, e.throughput.days));
+        }
+        if let (Some(d), Some(e)) = (c.deadline_days, fastest) {
+            why.push(format!("deadline {d} days: the fastest plan that fits takes {:.1} days ({} GPUs, ${:.0})", e.throughput.days, e.decisions.world_size, e.throughput.cost_usd));
+        }
+        return Err(SearchError::Constraint(why.join("; ")));
+    }
+    let by = |f: fn(&Evaluated) -> (f64, f64)| ok.iter().copied().min_by(|a, b| {
+        let (x, y) = (f(a), f(b));
+        x.0.total_cmp(&y.0).then(x.1.total_cmp(&y.1))
+    });
+    let pick = match objective {
+        Objective::Fastest | Objective::FastestUnderBudget => by(|e| (e.throughput.days, e.throughput.cost_usd)),
+        Objective::Cheapest => by(|e| (e.throughput.cost_usd, e.throughput.days)),
+        Objective::FewestGpus => by(|e| (e.decisions.world_size as f64, e.throughput.days)),
+    };
+    pick.ok_or_else(|| SearchError::Infeasible("no plan fits".into()))
+}

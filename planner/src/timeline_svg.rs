@@ -1,0 +1,244 @@
+//! The memory timeline as a hand-written SVG: one stacked area per
+//! category over the step's events, the usable-memory line, and the peak
+//! marked with its event.
+
+use crate::memory::{Category, MemoryReport};
+use cost_models::units::GIB;
+use std::fmt::Write as _;
+
+const W: f64 = 1100.0;
+const H: f64 = 560.0;
+const LEFT: f64 = 70.0;
+const RIGHT: f64 = 200.0;
+const TOP: f64 = 50.0;
+const BOTTOM: f64 = 60.0;
+
+fn color(c: Category) -> &'static str {
+    match c {
+        Category::ParamsShard => "#4e79a7",
+        Category::GradsShard => "#a0cbe8",
+        Category::Optimizer => "#f28e2b",
+        Category::UnshardedParams => "#ffbe7d",
+        Category::GradBuffers => "#59a14f",
+        Category::Activations => "#e15759",
+        Category::Recompute => "#ff9d9a",
+        Category::HeadLoss => "#b07aa1",
+        Category::Transient => "#9c755f",
+        Category::Fragmentation => "#bab0ac",
+    }
+}
+
+/// Text safe inside SVG elements and attribute values.
+pub fn xml_escape(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for ch in s.chars() {
+        match ch {
+            '&' => o.push_str("&amp;"),
+            '<' => o.push_str("&lt;"),
+            '>' => o.push_str("&gt;"),
+            '"' => o.push_str("&quot;"),
+            '\'' => o.push_str("&apos;"),
+            c if (c as u32) < 0x20 && c != '\n' && c != '\t' => o.push(' '),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+/// A "nice" tick step (1, 2 or 5 times a power of ten) for `max` over ~`n` ticks.
+fn tick_step(max: f64, n: f64) -> f64 {
+    let raw = (max / n).max(1e-9);
+    let p = 10f64.powf(raw.log10().floor());
+    [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * p).find(|s| *s >= raw).unwrap_or(10.0 * p)
+}
+
+/// The timeline of `report` as an SVG document.
+pub fn timeline_svg(report: &MemoryReport, title: &str) -> String {
+    let ev = &report.timeline;
+    let n = ev.len().max(1);
+    let gib = |b: u64| b as f64 / GIB as f64;
+    let ymax_gib = gib(report.peak.0.max(report.usable.0)).max(1e-6) * 1.08;
+    let (pw, ph) = (W - LEFT - RIGHT, H - TOP - BOTTOM);
+    let x = |i: f64| LEFT + if n > 1 { i / (n - 1) as f64 * pw } else { pw / 2.0 };
+    let y = |g: f64| TOP + ph - g / ymax_gib * ph;
+    let mut s = String::new();
+    let _ = writeln!(s, r#"<?xml version="1.0" encoding="UTF-8"?>"#);
+    let _ = writeln!(s, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#);
+    let _ = writeln!(s, r#"<rect x="0" y="0" width="{W}" height="{H}" fill="white"/>"#);
+    let _ = writeln!(s, r#"<text x="{LEFT}" y="24" font-size="16" font-weight="bold">{}</text>"#, xml_escape(title));
+
+    // Stacked areas, bottom category first.
+    let mut lower = vec![0.0f64; ev.len()];
+    for c in Category::ALL {
+        let vals: Vec<f64> = ev.iter().map(|e| gib(e.by_category.get(c.name()).map_or(0, |b| b.0))).collect();
+        if vals.iter().all(|v| *v == 0.0) {
+            continue;
+        }
+        let upper: Vec<f64> = lower.iter().zip(&vals).map(|(l, v)| l + v).collect();
+        let mut pts = String::new();
+        for (i, u) in upper.iter().enumerate() {
+            let _ = write!(pts, "{:.1},{:.1} ", x(i as f64), y(*u));
+        }
+        for (i, l) in lower.iter().enumerate().rev() {
+            let _ = write!(pts, "{:.1},{:.1} ", x(i as f64), y(*l));
+        }
+        let _ = writeln!(s, r#"<polygon points="{}" fill="{}" stroke="none"><title>{}</title></polygon>"#, pts.trim_end(), color(c), c.name());
+        lower = upper;
+    }
+
+    // Axes and ticks.
+    let step = tick_step(ymax_gib, 6.0);
+    let _ = writeln!(s, r##"<g stroke="#333" stroke-width="1"><line x1="{LEFT}" y1="{}" x2="{}" y2="{}"/><line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{}"/></g>"##, TOP + ph, LEFT + pw, TOP + ph, TOP + ph);
+    let mut t = 0.0;
+    while t <= ymax_gib + 1e-9 {
+        let _ = writeln!(s, r##"<line x1="{:.1}" y1="{:.1}" x2="{LEFT}" y2="{:.1}" stroke="#333"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##, LEFT - 5.0, y(t), y(t), LEFT - 8.0, y(t) + 4.0, trim(t));
+        t += step;
+    }
+    let _ = writeln!(s, r#"<text x="18" y="{:.1}" transform="rotate(-90 18 {:.1})" text-anchor="middle">GiB per rank</text>"#, TOP + ph / 2.0, TOP + ph / 2.0);
+    let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">event (forward, then backward, then optimiser step)</text>"#, LEFT + pw / 2.0, H - 18.0);
+
+    // Usable memory.
+    let uy = y(gib(report.usable.0));
+    let _ = writeln!(s, r##"<line x1="{LEFT}" y1="{uy:.1}" x2="{:.1}" y2="{uy:.1}" stroke="#d62728" stroke-width="2" stroke-dasharray="8 4"/>"##, LEFT + pw);
+    let _ = writeln!(s, r##"<text x="{:.1}" y="{:.1}" fill="#d62728" text-anchor="end">usable {:.2} GiB</text>"##, LEFT + pw, uy - 6.0, gib(report.usable.0));
+
+    // Peak.
+    if let Some(pe) = ev.get(report.peak_event) {
+        let (px, py) = (x(report.peak_event as f64), y(gib(report.peak.0)));
+        let _ = writeln!(s, r##"<line x1="{px:.1}" y1="{py:.1}" x2="{px:.1}" y2="{:.1}" stroke="black" stroke-dasharray="3 3"/>"##, TOP + ph);
+        let _ = writeln!(s, r##"<circle cx="{px:.1}" cy="{py:.1}" r="4" fill="black"/>"##);
+        let anchor = if px > LEFT + pw * 0.7 { "end" } else { "start" };
+        let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}" text-anchor="{anchor}" font-weight="bold">peak {:.2} GiB: {}</text>"#, px + if anchor == "end" { -6.0 } else { 6.0 }, py - 8.0, gib(report.peak.0), xml_escape(&pe.label));
+    }
+
+    // Legend.
+    let lx = LEFT + pw + 20.0;
+    for (k, c) in Category::ALL.iter().rev().enumerate() {
+        let ly = TOP + 10.0 + k as f64 * 20.0;
+        let at_peak = report.breakdown.get(c.name()).map_or(0, |b| b.0);
+        let _ = writeln!(s, r#"<rect x="{lx}" y="{:.1}" width="12" height="12" fill="{}"/><text x="{:.1}" y="{:.1}">{} {:.2}</text>"#, ly, color(*c), lx + 18.0, ly + 10.0, c.name(), gib(at_peak));
+    }
+    let _ = writeln!(s, r#"<text x="{lx}" y="{:.1}" font-style="italic">GiB at peak</text>"#, TOP + 10.0 + 10.0 * 20.0 + 10.0);
+    s.push_str("</svg>\n");
+    s
+}
+
+fn trim(v: f64) -> String {
+    let s = format!("{v:.2}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    #![allow(clippy::single_range_in_vec_init)]
+    use super::*;
+    use crate::memory::testgen::{random_profile, Rng};
+    use crate::memory::MemoryModel;
+
+    /// Minimal XML well-formedness: balanced tags, quoted attributes,
+    /// entities only from the predefined set, nothing after the root.
+    pub fn check_well_formed(doc: &str) -> Result<(), String> {
+        let mut stack: Vec<String> = Vec::new();
+        let mut rest = doc.trim_start();
+        if let Some(r) = rest.strip_prefix("<?xml") {
+            rest = &r[r.find("?>").ok_or("unterminated declaration")? + 2..];
+        }
+        let mut seen_root = false;
+        while !rest.is_empty() {
+            let lt = rest.find('<').unwrap_or(rest.len());
+            check_text(&rest[..lt])?;
+            if stack.is_empty() && seen_root && !rest[..lt].trim().is_empty() {
+                return Err("text after root".into());
+            }
+            rest = &rest[lt..];
+            if rest.is_empty() {
+                break;
+            }
+            let gt = rest.find('>').ok_or("unterminated tag")?;
+            let tag = &rest[1..gt];
+            rest = &rest[gt + 1..];
+            if let Some(name) = tag.strip_prefix('/') {
+                match stack.pop() {
+                    Some(open) if open == name.trim() => {}
+                    other => return Err(format!("</{name}> closes {other:?}")),
+                }
+                continue;
+            }
+            let self_closing = tag.ends_with('/');
+            let body = tag.trim_end_matches('/');
+            let name: String = body.chars().take_while(|c| !c.is_whitespace()).collect();
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_:".contains(c)) {
+                return Err(format!("bad tag name in <{tag}>"));
+            }
+            if stack.is_empty() && seen_root {
+                return Err("second root element".into());
+            }
+            seen_root = true;
+            // Attributes: name="value" pairs.
+            let mut a = body[name.len()..].trim();
+            while !a.is_empty() {
+                let eq = a.find('=').ok_or(format!("attribute without value in <{tag}>"))?;
+                let q = a[eq + 1..].chars().next().ok_or("missing quote")?;
+                if q != '"' && q != '\'' {
+                    return Err(format!("unquoted attribute in <{tag}>"));
+                }
+                let vstart = eq + 2;
+                let vend = vstart + a[vstart..].find(q).ok_or("unterminated attribute")?;
+                check_text(&a[vstart..vend])?;
+                if a[vstart..vend].contains('<') {
+                    return Err("'<' in attribute".into());
+                }
+                a = a[vend + 1..].trim_start();
+            }
+            if !self_closing {
+                stack.push(name);
+            }
+        }
+        if !stack.is_empty() {
+            return Err(format!("unclosed {stack:?}"));
+        }
+        if !seen_root {
+            return Err("no root".into());
+        }
+        Ok(())
+    }
+
+    fn check_text(t: &str) -> Result<(), String> {
+        let mut r = t;
+        while let Some(i) = r.find('&') {
+            let semi = r[i..].find(';').ok_or("bare &")?;
+            let ent = &r[i + 1..i + semi];
+            if !["amp", "lt", "gt", "quot", "apos"].contains(&ent) && !ent.starts_with('#') {
+                return Err(format!("unknown entity &{ent};"));
+            }
+            r = &r[i + semi + 1..];
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn checker_rejects_broken_documents() {
+        assert!(check_well_formed("<svg><g></svg>").is_err());
+        assert!(check_well_formed("<svg a=1/>").is_err());
+        assert!(check_well_formed("<svg>a & b</svg>").is_err());
+        assert!(check_well_formed("<svg/><svg/>").is_err());
+        assert!(check_well_formed(r#"<svg a="1"><g/>x &amp; y</svg>"#).is_ok());
+    }
+
+    #[test]
+    fn timeline_svg_is_well_formed_and_marks_peak_and_limit() {
+        let m = MemoryModel::from_profile(random_profile(&mut Rng(42), 8));
+        let r = m.report(&[2..4]);
+        let svg = timeline_svg(&r, "tiny <test> & \"quotes\"");
+        check_well_formed(&svg).unwrap();
+        assert!(svg.contains("usable"));
+        assert!(svg.contains(&format!("peak {:.2} GiB", r.peak.0 as f64 / GIB as f64)));
+        assert!(svg.contains("tiny &lt;test&gt; &amp; &quot;quotes&quot;"));
+        assert!(svg.matches("<polygon").count() >= 3);
+        // Degenerate: a one-event report still renders.
+        let mut one = r.clone();
+        one.timeline.truncate(1);
+        one.peak_event = 0;
+        check_well_formed(&timeline_svg(&one, "one")).unwrap();
+    }
+}

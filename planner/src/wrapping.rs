@@ -1,0 +1,299 @@
+//! FSDP wrapping: which parameters form one flat, sharded unit.
+//!
+//! A unit is a list of members (block or layer names). Ownership follows the
+//! naming contract of docs/architecture.md, exactly as the executor applies
+//! it: a parameter belongs to the unit with the longest member that prefixes
+//! its name on `.` boundaries; parameters no member matches form the
+//! implicit `root` unit (appended last). Policies ([`Wrapping`]) only choose
+//! members; the ownership rule then decides sizes and block spans, so a
+//! policy's units and a plan file's units are measured the same way.
+
+use crate::plan::UnitPlan;
+use crate::recipe::Wrapping;
+use cost_models::graph::{LayerKind, ModelGraph};
+use std::ops::Range;
+
+/// VISSL/FairScale auto-wrap threshold: a conv this large is its own unit.
+pub const VISSL_CONV_UNIT_PARAMS: u64 = 100_000_000;
+
+/// One FSDP unit resolved against a model.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unit {
+    pub name: String,
+    pub members: Vec<String>,
+    /// Block indices whose forward needs it: first to last block owning one
+    /// of its parameters (the executor keeps it gathered over the whole span).
+    pub blocks: std::ops::Range<usize>,
+    /// Parameters the unit owns (unpadded).
+    pub params: u64,
+    /// Holds the SwAV prototypes, so it is gathered in fp32 whatever the
+    /// compute dtype (as the executor does).
+    pub fp32: bool,
+}
+
+impl Unit {
+    /// Elements of the flat parameter once padded to a multiple of `world`.
+    pub fn padded(&self, world: usize) -> u64 {
+        let w = world.max(1) as u64;
+        self.params.div_ceil(w) * w
+    }
+    /// Elements of one rank's shard.
+    pub fn shard_len(&self, world: usize) -> u64 {
+        self.padded(world) / world.max(1) as u64
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WrappingError {
+    #[error("unit `{unit}`: member `{member}` owns no parameter of the model")]
+    UnknownMember { unit: String, member: String },
+    #[error("member `{member}` is listed by both unit `{first}` and unit `{second}`")]
+    DuplicateMember { member: String, first: String, second: String },
+    #[error("two units are named `{0}`")]
+    DuplicateUnit(String),
+    #[error("unit `{0}` has no members")]
+    Empty(String),
+    #[error("group size must be >= 1 (got {0})")]
+    BadGroup(usize),
+}
+
+/// `m` prefixes `name` on a `.` boundary (or equals it).
+fn is_prefix(m: &str, name: &str) -> bool {
+    name == m || (name.starts_with(m) && name.as_bytes().get(m.len()) == Some(&b'.'))
+}
+
+/// Units chosen by a policy (see [`Wrapping`]). Head blocks are always
+/// their own units (the prototypes must stay a separate fp32 unit), except
+/// for `Whole`.
+pub fn units_for(graph: &ModelGraph, wrapping: Wrapping) -> Vec<Unit> {
+    // A policy only ever names existing blocks/layers, so resolution cannot
+    // fail except for Group(0), which we treat as per-block.
+    try_units_for(graph, wrapping).unwrap_or_else(|_| {
+        let specs = graph.blocks.iter().map(|b| (b.name.clone(), vec![b.name.clone()])).collect();
+        resolve(graph, specs).unwrap_or_default()
+    })
+}
+
+/// Like [`units_for`], refusing `Group(0)`.
+pub fn try_units_for(graph: &ModelGraph, wrapping: Wrapping) -> Result<Vec<Unit>, WrappingError> {
+    let trunk: Vec<&str> = graph.trunk_blocks().map(|b| b.name.as_str()).collect();
+    let head: Vec<(String, Vec<String>)> = graph.head_blocks().map(|b| (b.name.clone(), vec![b.name.clone()])).collect();
+    let one = |n: &str| (n.to_string(), vec![n.to_string()]);
+    let mut specs: Vec<(String, Vec<String>)> = Vec::new();
+    match wrapping {
+        Wrapping::PerBlock => specs.extend(trunk.iter().map(|b| one(b))),
+        Wrapping::PerStage => {
+            let mut cur: Option<(String, Vec<String>)> = None;
+            for b in graph.trunk_blocks() {
+                let key = b.stage.map_or_else(|| b.name.clone(), |s| format!("s{s}"));
+                match &mut cur {
+                    Some((k, members)) if *k == key => members.push(b.name.clone()),
+                    _ => {
+                        specs.extend(cur.take());
+                        cur = Some((key, vec![b.name.clone()]));
+                    }
+                }
+            }
+            specs.extend(cur);
+        }
+        Wrapping::Group(g) => {
+            if g == 0 {
+                return Err(WrappingError::BadGroup(0));
+            }
+            for chunk in trunk.chunks(g) {
+                let name = if chunk.len() == 1 { chunk[0].to_string() } else { format!("{}..{}", chunk[0], chunk[chunk.len() - 1]) };
+                specs.push((name, chunk.iter().map(|s| s.to_string()).collect()));
+            }
+        }
+        Wrapping::Vissl => {
+            for b in graph.trunk_blocks() {
+                specs.push(one(&b.name));
+                // Big convs (first crop group's copy carries the params).
+                for l in graph.layers_of(b) {
+                    if matches!(l.kind, LayerKind::Conv { .. }) && l.param_count() >= VISSL_CONV_UNIT_PARAMS {
+                        let lname = l.name.split('@').next().unwrap_or(&l.name);
+                        specs.push(one(lname));
+                    }
+                }
+            }
+        }
+        Wrapping::Whole => {
+            specs.push(("model".to_string(), graph.blocks.iter().map(|b| b.name.clone()).collect()));
+            return resolve(graph, specs);
+        }
+    }
+    specs.extend(head);
+    resolve(graph, specs)
+}
+
+/// Resolves a plan's units against the model (the executor's rule).
+pub fn units_from_plan(graph: &ModelGraph, units: &[UnitPlan]) -> Result<Vec<Unit>, WrappingError> {
+    resolve(graph, units.iter().map(|u| (u.name.clone(), u.members.clone())).collect())
+}
+
+/// What a plan file stores for each unit.
+pub fn unit_plans(units: &[Unit]) -> Vec<UnitPlan> {
+    units
+        .iter()
+        .filter(|u| u.name != "root" || !u.members.is_empty())
+        .map(|u| UnitPlan { name: u.name.clone(), members: u.members.clone(), params: u.params })
+        .collect()
+}
+
+/// Applies the longest-prefix ownership rule. Units that end up owning
+/// nothing are dropped (a block whose every tensor went to sub-units).
+fn resolve(graph: &ModelGraph, specs: Vec<(String, Vec<String>)>) -> Result<Vec<Unit>, WrappingError> {
+    let mut seen_members: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+    for (i, (name, members)) in specs.iter().enumerate() {
+        if specs[..i].iter().any(|(n, _)| n == name) {
+            return Err(WrappingError::DuplicateUnit(name.clone()));
+        }
+        if members.is_empty() {
+            return Err(WrappingError::Empty(name.clone()));
+        }
+        for m in members {
+            if let Some(first) = seen_members.insert(m.as_str(), name.as_str()) {
+                return Err(WrappingError::DuplicateMember { member: m.clone(), first: first.to_string(), second: name.clone() });
+            }
+        }
+    }
+    let mut acc: Vec<(u64, Option<Range<usize>>, bool)> = vec![(0, None, false); specs.len() + 1];
+    let mut member_used = vec![vec![false; 0]; specs.len()];
+    for (i, (_, m)) in specs.iter().enumerate() {
+        member_used[i] = vec![false; m.len()];
+    }
+    for (bi, b) in graph.blocks.iter().enumerate() {
+        for (pname, numel) in &b.param_tensors {
+            let mut best: Option<(usize, usize, usize)> = None; // (len, unit, member)
+            for (ui, (_, members)) in specs.iter().enumerate() {
+                for (mi, m) in members.iter().enumerate() {
+                    if is_prefix(m, pname) && best.is_none_or(|(l, _, _)| m.len() > l) {
+                        best = Some((m.len(), ui, mi));
+                    }
+                }
+            }
+            let ui = match best {
+                Some((_, ui, mi)) => {
+                    member_used[ui][mi] = true;
+                    ui
+                }
+                None => specs.len(),
+            };
+            let e = &mut acc[ui];
+            e.0 += numel;
+            e.1 = Some(match e.1.take() {
+                None => bi..bi + 1,
+                Some(r) => r.start.min(bi)..r.end.max(bi + 1),
+            });
+            e.2 |= pname.starts_with("head.proto.");
+        }
+    }
+    // A member matching only tensors that a longer member took still
+    // "owns" nothing; the executor refuses members matching no parameter
+    // at all, so we check prefix matches, not ownership.
+    for (ui, (name, members)) in specs.iter().enumerate() {
+        for (mi, m) in members.iter().enumerate() {
+            if !member_used[ui][mi] && !graph.blocks.iter().any(|b| b.param_tensors.iter().any(|(p, _)| is_prefix(m, p))) {
+                return Err(WrappingError::UnknownMember { unit: name.clone(), member: m.clone() });
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (ui, (params, blocks, fp32)) in acc.into_iter().enumerate() {
+        let Some(blocks) = blocks else { continue };
+        let (name, members) = specs.get(ui).cloned().unwrap_or_else(|| ("root".to_string(), Vec::new()));
+        out.push(Unit { name, members, blocks, params, fp32 });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cost_models::config::ModelConfig;
+    use cost_models::graph::{CropGroup, Workload};
+    use cost_models::DType;
+
+    fn graph(model: &str) -> ModelGraph {
+        let m = ModelConfig::load(model).unwrap();
+        ModelGraph::build(&m, &Workload { images: 2, crops: vec![CropGroup { count: 2, resolution: 32 }], dtype: DType::Fp16 })
+    }
+
+    #[test]
+    fn every_policy_partitions_all_parameters() {
+        let g = graph("regnety-tiny");
+        let total = g.trunk_params() + g.head_params();
+        for w in [Wrapping::PerBlock, Wrapping::PerStage, Wrapping::Group(2), Wrapping::Group(3), Wrapping::Vissl, Wrapping::Whole] {
+            let units = try_units_for(&g, w).unwrap();
+            assert_eq!(units.iter().map(|u| u.params).sum::<u64>(), total, "{w:?}");
+            assert!(units.iter().all(|u| u.name != "root"), "{w:?} leaves parameters to root");
+            // Prototypes only in an fp32 unit.
+            assert_eq!(units.iter().filter(|u| u.fp32).count(), 1, "{w:?}");
+        }
+        let per_block = units_for(&g, Wrapping::PerBlock);
+        assert_eq!(per_block.len(), g.blocks.len());
+        for (i, u) in per_block.iter().enumerate() {
+            assert_eq!(u.blocks, i..i + 1);
+        }
+        let stages = units_for(&g, Wrapping::PerStage);
+        let names: Vec<&str> = stages.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(names, ["stem", "s1", "s2", "s3", "s4", "head.mlp", "head.proto"]);
+        let s3 = stages.iter().find(|u| u.name == "s3").unwrap();
+        assert_eq!(s3.blocks, 3..5);
+        let whole = units_for(&g, Wrapping::Whole);
+        assert_eq!(whole.len(), 1);
+        assert!(whole[0].fp32 && whole[0].blocks == (0..g.blocks.len()));
+    }
+
+    #[test]
+    fn vissl_gives_big_convs_their_own_units() {
+        let g = graph("regnety-10b");
+        let units = units_for(&g, Wrapping::Vissl);
+        let big: Vec<&Unit> = units.iter().filter(|u| u.members.len() == 1 && u.members[0].matches('.').count() == 2).collect();
+        assert!(!big.is_empty());
+        for u in &big {
+            assert!(u.params >= VISSL_CONV_UNIT_PARAMS, "{} has {}", u.name, u.params);
+        }
+        // s4.b0's grouped conv: 28280 x 1010 x 3 x 3.
+        let b = units.iter().find(|u| u.name == "s4.b0.b").expect("s4.b0.b unit");
+        assert_eq!(b.params, 28280 * 1010 * 9);
+        let blk = units.iter().find(|u| u.name == "s4.b0").unwrap();
+        assert_eq!(b.blocks, blk.blocks);
+        // What stays in the block unit: BN and the two SE convs, each < 1e8.
+        let left: Vec<&(String, u64)> = g.block("s4.b0").unwrap().param_tensors.iter().filter(|(n, _)| [".a.", ".b.", ".c.", ".proj."].iter().all(|c| !n.contains(c))).collect();
+        assert_eq!(blk.params, left.iter().map(|(_, n)| n).sum::<u64>());
+        assert!(left.iter().all(|(_, n)| *n < VISSL_CONV_UNIT_PARAMS));
+        assert_eq!(units.iter().map(|u| u.params).sum::<u64>(), g.trunk_params() + g.head_params());
+    }
+
+    #[test]
+    fn plan_units_follow_longest_prefix_and_root() {
+        let g = graph("regnety-tiny");
+        let plan = vec![
+            UnitPlan { name: "s3.b0".into(), members: vec!["s3.b0".into()], params: 0 },
+            UnitPlan { name: "s3.b0.b".into(), members: vec!["s3.b0.b".into()], params: 0 },
+        ];
+        let u = units_from_plan(&g, &plan).unwrap();
+        assert_eq!(u.len(), 3);
+        assert_eq!(u[2].name, "root");
+        let bw: u64 = g.block("s3.b0").unwrap().param_tensors.iter().filter(|(n, _)| n.starts_with("s3.b0.b.")).map(|(_, n)| n).sum();
+        assert_eq!(u[1].params, bw);
+        assert_eq!(u[0].params + u[1].params, g.block("s3.b0").unwrap().params);
+        assert_eq!(u[2].blocks, 0..g.blocks.len());
+        let bad = vec![UnitPlan { name: "x".into(), members: vec!["s9.b0".into()], params: 0 }];
+        assert!(matches!(units_from_plan(&g, &bad), Err(WrappingError::UnknownMember { .. })));
+        // `s3.b0.b` must not capture `s3.b0.b_bn` (dot boundary).
+        assert!(!is_prefix("s3.b0.b", "s3.b0.b_bn.weight"));
+        let dup = vec![plan[0].clone(), UnitPlan { name: "y".into(), members: vec!["s3.b0".into()], params: 0 }];
+        assert!(matches!(units_from_plan(&g, &dup), Err(WrappingError::DuplicateMember { .. })));
+        assert_eq!(try_units_for(&g, Wrapping::Group(0)), Err(WrappingError::BadGroup(0)));
+    }
+
+    #[test]
+    fn padding_rounds_to_world_size() {
+        let u = Unit { name: "u".into(), members: vec![], blocks: 0..1, params: 10, fp32: false };
+        assert_eq!(u.padded(4), 12);
+        assert_eq!(u.shard_len(4), 3);
+        assert_eq!(u.padded(1), 10);
+    }
+}

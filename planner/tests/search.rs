@@ -1,0 +1,142 @@
+//! The search end to end: SEER 10B reference vs the planner, objectives,
+//! infeasible requests, plan files.
+
+use cost_models::hardware::load_profile;
+use planner::build::{build_plan, reference_decisions};
+use planner::plan::Plan;
+use planner::recipe::Recipe;
+use planner::search::{choose, BatchPolicy, Constraints, GpuCount, Objective, SearchError, SearchSpace, Searcher, DEFAULT_BATCHES};
+
+fn space(gpu: &str, gpus: GpuCount, batch: BatchPolicy) -> SearchSpace {
+    SearchSpace::full(vec![load_profile(gpu).unwrap()], gpus, batch)
+}
+
+#[test]
+fn seer_10b_reference_fits_and_planner_is_at_least_as_fast() {
+    let recipe = Recipe::load("seer-10b").unwrap();
+    let mut s = Searcher::new(&recipe, space("a100-40gb", GpuCount::Fixed(496), BatchPolicy::PerGpu(16))).unwrap();
+    let d = reference_decisions(&mut s, 496).expect("seer-10b has a reference plan");
+    // VISSL stage_checkpoints [[2], [7], [9, 17], []]: four segments, s4 not checkpointed.
+    assert_eq!(d.checkpoint.len(), 4);
+    let reference = s.evaluate(0, &d).unwrap();
+    assert!(reference.fits(), "reference peak {} > usable {}", reference.peak, reference.usable);
+    assert!(reference.step.recompute_time.0 > 0.0);
+
+    let outcomes = s.run(|_, _| {}).unwrap();
+    let best = choose(&outcomes, Objective::Fastest, Constraints::default()).unwrap();
+    assert!(best.fits());
+    assert_eq!((best.decisions.world_size, best.decisions.batch_per_rank), (496, 16));
+    assert!(best.step.step_time <= reference.step.step_time, "planner {:?} vs reference {:?}", best.step, reference.step);
+    assert!(best.throughput.days <= reference.throughput.days);
+
+    // Both become valid plan files.
+    let (plan, report) = build_plan(&mut s, &reference.clone()).unwrap();
+    assert!(plan.predicted.fits && report.fits());
+    assert_eq!(plan.gpus_per_node, 8);
+    assert_eq!(plan.checkpoint_segments.len(), 4);
+    assert_eq!(plan.checkpoint_segments[2].first().map(String::as_str), Some("s3.b0"));
+    let (plan, _) = build_plan(&mut s, &best.clone()).unwrap();
+    assert_eq!(plan.predicted.peak_memory_bytes, best.peak.0);
+}
+
+#[test]
+fn objectives_pick_different_points() {
+    let recipe = Recipe::load("seer-256gf").unwrap();
+    let batch = BatchPolicy::Search { candidates: DEFAULT_BATCHES.to_vec(), max_global: 16_384 };
+    let mut s = Searcher::new(&recipe, space("v100-32gb", GpuCount::Range { min: 8, max: 128 }, batch)).unwrap();
+    let outcomes = s.run(|_, _| {}).unwrap();
+    let none = Constraints::default();
+    let fastest = choose(&outcomes, Objective::Fastest, none).unwrap();
+    let fewest = choose(&outcomes, Objective::FewestGpus, none).unwrap();
+    let cheapest = choose(&outcomes, Objective::Cheapest, none).unwrap();
+    assert!(fastest.decisions.world_size > fewest.decisions.world_size);
+    assert!(fastest.throughput.days < fewest.throughput.days);
+    for o in outcomes.iter().filter_map(|o| o.best.as_ref()) {
+        assert!(cheapest.throughput.cost_usd <= o.throughput.cost_usd);
+        assert!(fastest.throughput.days <= o.throughput.days);
+        assert!(fewest.decisions.world_size <= o.decisions.world_size);
+    }
+    // A budget between the cheapest and the fastest plan's cost.
+    assert!(cheapest.throughput.cost_usd < fastest.throughput.cost_usd);
+    let budget = (cheapest.throughput.cost_usd + fastest.throughput.cost_usd) / 2.0;
+    let under = choose(&outcomes, Objective::FastestUnderBudget, Constraints { budget_usd: Some(budget), deadline_days: None }).unwrap();
+    assert!(under.throughput.cost_usd <= budget);
+    assert!(under.throughput.days >= fastest.throughput.days);
+    assert!(under.throughput.days <= cheapest.throughput.days);
+    // Impossible constraints say why.
+    let e = choose(&outcomes, Objective::Cheapest, Constraints { budget_usd: Some(1.0), deadline_days: None }).unwrap_err();
+    assert!(matches!(e, SearchError::Constraint(_)) && e.to_string().contains("cheapest plan that fits costs"), "{e}");
+    let e = choose(&outcomes, Objective::FastestUnderBudget, none).unwrap_err();
+    assert!(e.to_string().contains("--budget-usd"), "{e}");
+}
+
+#[test]
+fn pruned_search_matches_exhaustive() {
+    let recipe = Recipe::load("seer-256gf").unwrap();
+    let batch = BatchPolicy::Search { candidates: vec![8, 16, 32], max_global: 16_384 };
+    let run = |exhaustive: bool| {
+        let mut sp = space("a100-40gb", GpuCount::Range { min: 8, max: 64 }, batch.clone());
+        sp.exhaustive = exhaustive;
+        let mut s = Searcher::new(&recipe, sp).unwrap();
+        s.run(|_, _| {}).unwrap()
+    };
+    let (pruned, full) = (run(false), run(true));
+    assert_eq!(pruned.len(), full.len());
+    for (p, f) in pruned.iter().zip(&full) {
+        let (p, f) = (p.best.as_ref().unwrap(), f.best.as_ref().unwrap());
+        assert!((p.step.step_time.0 / p.decisions.batch_per_rank as f64 - f.step.step_time.0 / f.decisions.batch_per_rank as f64).abs() < 1e-12);
+    }
+    assert!(pruned.iter().map(|o| o.evaluated).sum::<usize>() < full.iter().map(|o| o.evaluated).sum::<usize>());
+}
+
+#[test]
+fn infeasible_request_explains_why() {
+    // 10B parameters with fp32 master weights, grads and momentum on one GPU.
+    let recipe = Recipe::load("seer-10b").unwrap();
+    let mut s = Searcher::new(&recipe, space("a100-40gb", GpuCount::Fixed(1), BatchPolicy::PerGpu(8))).unwrap();
+    let outcomes = s.run(|_, _| {}).unwrap();
+    assert!(outcomes[0].best.is_none());
+    assert!(matches!(choose(&outcomes, Objective::Fastest, Constraints::default()), Err(SearchError::Infeasible(_))));
+    let why = s.explain_infeasible(&outcomes);
+    assert!(why.starts_with("needs ") && why.contains("usable") && why.contains("dominate"), "{why}");
+    assert!(why.contains("A100"), "{why}");
+}
+
+#[test]
+fn tiny_cpu_plan_runs_two_ranks_on_this_machine_and_round_trips() {
+    let recipe = Recipe::load("tiny-cpu").unwrap();
+    let mut s = Searcher::new(&recipe, space("cpu-local", GpuCount::Fixed(2), BatchPolicy::PerGpu(8))).unwrap();
+    let outcomes = s.run(|_, _| {}).unwrap();
+    let best = choose(&outcomes, Objective::Fastest, Constraints::default()).unwrap().clone();
+    let (plan, _) = build_plan(&mut s, &best).unwrap();
+    assert_eq!((plan.world_size, plan.gpus_per_node, plan.batch_per_rank), (2, 2, 8));
+    assert!(plan.predicted.fits && plan.predicted.step_time_s > 0.0);
+    // Two processes share the machine: each rank gets half of it.
+    let cpu = load_profile("cpu-local").unwrap().hardware;
+    assert_eq!(plan.hardware.memory.capacity.0, cpu.memory.capacity.0 / 2);
+    assert!(plan.predicted.comm_time_s > 0.0);
+
+    let dir = std::env::temp_dir().join(format!("seerscale-plan-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("plan.json");
+    plan.save(&path).unwrap();
+    let back = Plan::load(&path).unwrap();
+    assert_eq!(back, plan);
+    // A corrupted file names the file and the line.
+    let text = std::fs::read_to_string(&path).unwrap().replacen("\"world_size\": 2", "\"world_size\": \"two\"", 1);
+    std::fs::write(&path, text).unwrap();
+    let e = Plan::load(&path).unwrap_err().to_string();
+    assert!(e.contains("plan.json:") && e.contains("invalid type"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn one_rank_has_no_communication() {
+    let recipe = Recipe::load("tiny-cpu").unwrap();
+    let mut s = Searcher::new(&recipe, space("cpu-local", GpuCount::Fixed(1), BatchPolicy::PerGpu(8))).unwrap();
+    let outcomes = s.run(|_, _| {}).unwrap();
+    let best = outcomes[0].best.as_ref().unwrap();
+    assert_eq!(best.step.comm_time.0, 0.0);
+    assert_eq!(best.step.exposed_comm.0, 0.0);
+    assert!((best.step.step_time.0 - best.step.compute_time.0).abs() < 1e-12);
+}

@@ -1,0 +1,162 @@
+//! `seerscale calibrate`: measure this machine and write a hardware profile
+//! (`[hardware]` = the catalog entry with measured memory numbers,
+//! `[measured]` = achieved op rates, memory-bound bandwidth, per-op overhead
+//! and collective alpha/beta) that `plan` / `validate` accept by path.
+//!
+//! Compute is measured in this process. Collectives need a real process
+//! group, so this command re-launches itself as `--nproc` local ranks (Gloo
+//! over 127.0.0.1, the same launcher `train` uses); rank 0 hands its samples
+//! back through a JSON file.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use cost_models::hardware::load_hardware;
+use cost_models::DType;
+use executor::calibrate::{self, CalibrationReport, CollectiveOptions, CollectiveSample, ComputeOptions, HostInfo};
+use executor::dist::{Backend, GroupConfig, ProcessGroup};
+use executor::launch::{launch_local, LaunchOptions, RankEnv};
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(Args)]
+pub struct CalibrateArgs {
+    /// Where to write the profile (TOML); the full measurements go next to
+    /// it with a `.json` extension.
+    #[arg(long, default_value = "runs/calibration/cpu-local.toml")]
+    pub out: PathBuf,
+    /// A few seconds instead of about a minute: fewer shapes, sizes, repeats.
+    #[arg(long)]
+    pub quick: bool,
+    /// Intra-op threads for the compute measurements (default: cores /
+    /// --nproc, what each rank of an --nproc-rank job on this machine gets).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Ranks for the collective measurements (1 = skip collectives).
+    #[arg(long, default_value_t = 2)]
+    pub nproc: usize,
+    /// Catalog entry (or spec file) the measurements are layered on.
+    #[arg(long, default_value = "cpu-local")]
+    pub base: String,
+    /// Dtypes to measure compute in.
+    #[arg(long, value_delimiter = ',', default_value = "fp32,bf16", value_parser = super::model::parse_dtype)]
+    pub dtypes: Vec<DType>,
+    /// Kill the collective ranks after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    pub timeout_s: u64,
+    /// Internal: run as one collective-measuring rank and (rank 0) write the
+    /// samples to this JSON file.
+    #[arg(long, hide = true)]
+    pub collectives_worker: Option<PathBuf>,
+}
+
+pub fn run(args: &CalibrateArgs) -> Result<()> {
+    if let Some(path) = &args.collectives_worker {
+        return collectives_rank(args, path);
+    }
+    let start = Instant::now();
+    let base = load_hardware(&args.base).with_context(|| format!("loading base hardware `{}`", args.base))?;
+    let host = HostInfo::detect();
+    if args.nproc == 0 {
+        bail!("--nproc must be >= 1");
+    }
+    let threads = args.threads.unwrap_or((host.cores / args.nproc).max(1));
+    if threads == 0 {
+        bail!("--threads must be >= 1");
+    }
+    if args.dtypes.is_empty() {
+        bail!("--dtypes is empty");
+    }
+
+    let mut copts = ComputeOptions::new(args.quick, threads);
+    copts.dtypes = args.dtypes.clone();
+    eprintln!("calibrate: compute on {} thread(s), {} shapes x {} dtype(s)", threads, copts.cases.len(), copts.dtypes.len());
+    let compute = calibrate::measure_compute(&copts, |m| eprintln!("calibrate:   {m}")).context("measuring compute")?;
+
+    let (collectives, fits) = if args.nproc >= 2 {
+        eprintln!("calibrate: collectives over {} Gloo ranks on 127.0.0.1", args.nproc);
+        let samples = launch_collectives(args)?;
+        let fits = calibrate::fit_collectives(&samples).context("fitting collective alpha/beta")?;
+        (samples, fits)
+    } else {
+        eprintln!("calibrate: --nproc 1, collectives not measured (the profile keeps the catalog's links)");
+        (Vec::new(), Vec::new())
+    };
+    let report = CalibrationReport {
+        host,
+        quick: args.quick,
+        compute,
+        collectives,
+        collective_fits: fits,
+        collective_world_size: if args.nproc >= 2 { args.nproc } else { 0 },
+    };
+
+    let toml = report.profile_toml(&base).context("building the profile")?;
+    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    write_atomic(&args.out, toml.as_bytes())?;
+    let json_path = args.out.with_extension("json");
+    write_atomic(&json_path, serde_json::to_string_pretty(&report)?.as_bytes())?;
+    // Prove the file is what plan/validate will read.
+    cost_models::hardware::load_profile(&args.out.to_string_lossy()).with_context(|| format!("re-reading {}", args.out.display()))?;
+
+    for l in report.summary() {
+        println!("{l}");
+    }
+    println!("wrote {} (profile) and {} (all measurements) in {:.1} s", args.out.display(), json_path.display(), start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Starts `--nproc` copies of this program as collective ranks and reads
+/// rank 0's samples back.
+fn launch_collectives(args: &CalibrateArgs) -> Result<Vec<CollectiveSample>> {
+    let exe = std::env::current_exe().context("cannot find this program's path")?;
+    let tmp = args.out.with_extension(format!("collectives-{}.json", std::process::id()));
+    if let Some(dir) = tmp.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut child_args: Vec<OsString> = vec!["calibrate".into(), "--collectives-worker".into(), tmp.clone().into_os_string()];
+    if args.quick {
+        child_args.push("--quick".into());
+    }
+    let timeout = Duration::from_secs(args.timeout_s);
+    child_args.extend(["--timeout-s".into(), args.timeout_s.to_string().into()]);
+    let opts = LaunchOptions {
+        deadline: Some(timeout + Duration::from_secs(10)),
+        grace: Duration::from_secs(5),
+        // Collectives do not need intra-op threads; keep ranks from spinning.
+        env: vec![("OMP_NUM_THREADS".into(), "1".into())],
+        ..LaunchOptions::local(args.nproc)
+    };
+    launch_local(&exe, &child_args, &opts).context("collective ranks")?;
+    let text = std::fs::read_to_string(&tmp).with_context(|| format!("rank 0 wrote no samples to {}", tmp.display()))?;
+    std::fs::remove_file(&tmp).ok();
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", tmp.display()))
+}
+
+/// One rank: join the group, measure, rank 0 writes the (max-over-ranks) samples.
+fn collectives_rank(args: &CalibrateArgs, path: &Path) -> Result<()> {
+    let env = RankEnv::from_env()?.context("--collectives-worker runs under the launcher (RANK/WORLD_SIZE/MASTER_* unset)")?;
+    let pg = ProcessGroup::new(&GroupConfig {
+        master_addr: env.master_addr.clone(),
+        master_port: env.master_port,
+        rank: env.rank,
+        world_size: env.world_size,
+        backend: Backend::Gloo,
+        timeout: Duration::from_secs(args.timeout_s),
+    })?;
+    let samples = calibrate::measure_collectives(&pg, &CollectiveOptions::new(args.quick))?;
+    if env.rank == 0 {
+        write_atomic(path, serde_json::to_string(&samples)?.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Write then rename, so a reader never sees half a file.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,265 @@
+//! `seerscale plan`: search the sharding/checkpointing/batch/cluster space
+//! for a recipe and write the plan file the executor runs.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use cost_models::hardware::{builtin_hardware, list_builtin_hardware, load_profile, DeviceKind, HardwareProfile};
+use planner::build::{build_plan, reference_decisions};
+use planner::memory::MemoryReport;
+use planner::plan::Plan;
+use planner::recipe::Recipe;
+use planner::search::{
+    choose, wrapping_name, BatchPolicy, Constraints, Evaluated, GpuCount, Objective, SearchError, SearchSpace, Searcher, DEFAULT_BATCHES,
+    DEFAULT_MAX_GLOBAL_BATCH,
+};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+#[derive(Args, Debug, Clone)]
+pub struct PlanArgs {
+    /// Built-in recipe (seer-10b, seer-256gf, tiny-cpu) or path to a recipe TOML.
+    #[arg(long)]
+    pub recipe: String,
+    /// GPU type: built-in id, path to a hardware/profile TOML, or `all` for
+    /// every built-in GPU (default: the recipe's).
+    #[arg(long)]
+    pub gpu: Option<String>,
+    /// Number of GPUs. Default: the recipe's for `fastest` without budget
+    /// or deadline; otherwise searched over whole nodes up to --max-gpus.
+    #[arg(long)]
+    pub gpus: Option<usize>,
+    /// Smallest cluster the search considers.
+    #[arg(long, default_value_t = 1)]
+    pub min_gpus: usize,
+    /// Largest cluster the search considers.
+    #[arg(long, default_value_t = 1024)]
+    pub max_gpus: usize,
+    /// Fix the per-GPU batch (images).
+    #[arg(long, conflicts_with = "global_batch")]
+    pub batch: Option<usize>,
+    /// Fix the global batch (images per step; per-GPU = global / GPUs).
+    #[arg(long)]
+    pub global_batch: Option<usize>,
+    /// When the per-GPU batch is searched, the largest global batch allowed.
+    #[arg(long, default_value_t = DEFAULT_MAX_GLOBAL_BATCH)]
+    pub max_global_batch: usize,
+    /// fastest | cheapest | fewest-gpus | fastest-under-budget
+    #[arg(long, default_value = "fastest", value_parser = parse_objective)]
+    pub objective: Objective,
+    /// Spend at most this much (USD) on the whole run.
+    #[arg(long)]
+    pub budget_usd: Option<f64>,
+    /// Finish within this many days.
+    #[arg(long)]
+    pub deadline_days: Option<f64>,
+    /// Override the price of one GPU-hour (USD).
+    #[arg(long)]
+    pub price: Option<f64>,
+    /// Emit the recipe's fixed reference plan (e.g. VISSL's SEER settings)
+    /// instead of searching.
+    #[arg(long)]
+    pub reference: bool,
+    /// Evaluate every combination (no bound-based skipping).
+    #[arg(long)]
+    pub exhaustive: bool,
+    /// Leave this fraction of usable memory free (e.g. 0.05).
+    #[arg(long, default_value_t = 0.0)]
+    pub headroom: f64,
+    /// Write the plan file here (atomically).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print the plan file (JSON) instead of the report.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn parse_objective(s: &str) -> Result<Objective, String> {
+    Objective::parse(s).ok_or_else(|| format!("unknown objective `{s}` (expected fastest, cheapest, fewest-gpus or fastest-under-budget)"))
+}
+
+/// Hardware candidates: `--gpu` (id, path or `all`) or the recipe's, with `--price` applied.
+pub fn hardware_list(gpu: Option<&str>, recipe: &Recipe, price: Option<f64>) -> Result<Vec<HardwareProfile>> {
+    let mut list = match gpu {
+        Some("all") => list_builtin_hardware()
+            .into_iter()
+            .map(builtin_hardware)
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .filter(|h| h.kind == DeviceKind::Gpu)
+            .map(HardwareProfile::from_spec)
+            .collect(),
+        Some(g) => vec![load_profile(g)?],
+        None => vec![load_profile(&recipe.cluster.gpu).with_context(|| format!("hardware `{}` named by recipe `{}`", recipe.cluster.gpu, recipe.name))?],
+    };
+    if let Some(p) = price {
+        for h in &mut list {
+            h.hardware = h.hardware.clone().with_price(p)?;
+        }
+    }
+    Ok(list)
+}
+
+/// Batch policy from the flags and the recipe (see `planner::search`).
+pub fn batch_policy(batch: Option<usize>, global: Option<usize>, max_global: usize, recipe: &Recipe) -> Result<BatchPolicy> {
+    Ok(match (batch, global) {
+        (Some(0), _) | (_, Some(0)) => bail!("--batch and --global-batch must be at least 1"),
+        (Some(b), _) => BatchPolicy::PerGpu(b),
+        (None, Some(g)) => BatchPolicy::Global(g),
+        (None, None) if recipe.cluster.fixed_batch => BatchPolicy::PerGpu(recipe.cluster.batch_per_gpu),
+        (None, None) => {
+            let mut c = DEFAULT_BATCHES.to_vec();
+            if !c.contains(&recipe.cluster.batch_per_gpu) {
+                c.push(recipe.cluster.batch_per_gpu);
+                c.sort_unstable();
+            }
+            BatchPolicy::Search { candidates: c, max_global }
+        }
+    })
+}
+
+pub fn run(a: &PlanArgs) -> Result<()> {
+    let recipe = Recipe::load(&a.recipe)?;
+    if a.gpus == Some(0) {
+        bail!("--gpus must be at least 1");
+    }
+    if a.min_gpus > a.max_gpus {
+        bail!("--min-gpus {} is larger than --max-gpus {}", a.min_gpus, a.max_gpus);
+    }
+    for (v, f) in [(a.budget_usd, "--budget-usd"), (a.deadline_days, "--deadline-days"), (a.price, "--price")] {
+        if v.is_some_and(|x| !(x.is_finite() && x >= 0.0)) {
+            bail!("{f} must be a non-negative number");
+        }
+    }
+    let hardware = hardware_list(a.gpu.as_deref(), &recipe, a.price)?;
+    let constrained = a.budget_usd.is_some() || a.deadline_days.is_some();
+    let gpus = match a.gpus {
+        Some(n) => GpuCount::Fixed(n),
+        None if a.reference || (a.objective == Objective::Fastest && !constrained) => GpuCount::Fixed(recipe.cluster.gpus),
+        None => GpuCount::Range { min: a.min_gpus, max: a.max_gpus },
+    };
+    let batch = batch_policy(a.batch, a.global_batch, a.max_global_batch, &recipe)?;
+    let mut space = SearchSpace::full(hardware, gpus.clone(), batch);
+    space.exhaustive = a.exhaustive;
+    anyhow::ensure!((0.0..0.9).contains(&a.headroom), "--headroom must be in [0, 0.9)");
+    space.headroom = a.headroom;
+    let mut s = Searcher::new(&recipe, space)?;
+
+    if a.reference {
+        if s.space.hardware.len() != 1 {
+            bail!("--reference needs one GPU type, not `all`");
+        }
+        let world = match gpus {
+            GpuCount::Fixed(n) => n,
+            GpuCount::Range { .. } => recipe.cluster.gpus,
+        };
+        let d = reference_decisions(&mut s, world).with_context(|| format!("recipe `{}` has no [reference_plan]", recipe.name))?;
+        let e = s.evaluate(0, &d)?;
+        let (plan, report) = build_plan(&mut s, &e)?;
+        emit(a, &plan, &report, &e, None, &s)?;
+        if !plan.predicted.fits {
+            bail!("the reference plan does not fit: {}", shortfall(&report, &e));
+        }
+        return Ok(());
+    }
+
+    let progress = progress_bar(s.points().len(), a.json);
+    let outcomes = s.run(|done, _| {
+        if let Some(p) = &progress {
+            p.set_position(done as u64);
+        }
+    })?;
+    if let Some(p) = progress {
+        p.finish_and_clear();
+    }
+    let constraints = Constraints { budget_usd: a.budget_usd, deadline_days: a.deadline_days };
+    let chosen = match choose(&outcomes, a.objective, constraints) {
+        Ok(e) => e.clone(),
+        Err(SearchError::Infeasible(_)) => bail!("no plan fits: {}", s.explain_infeasible(&outcomes)),
+        Err(e) => return Err(e.into()),
+    };
+    let (plan, report) = build_plan(&mut s, &chosen)?;
+    // The published plan on the same cluster, for comparison.
+    let reference = match reference_decisions(&mut s, chosen.decisions.world_size) {
+        Some(d) => {
+            let h = chosen.hardware;
+            s.evaluate(h, &d).ok()
+        }
+        None => None,
+    };
+    emit(a, &plan, &report, &chosen, reference.as_ref(), &s)
+}
+
+pub fn progress_bar(len: usize, quiet: bool) -> Option<indicatif::ProgressBar> {
+    if quiet || len < 16 || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let p = indicatif::ProgressBar::new(len as u64);
+    p.set_style(indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} cluster sizes ({elapsed})").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
+    p.set_message("searching");
+    Some(p)
+}
+
+/// "needs 51.2 GiB, A100-40GB has 37.5 usable: activations of s3 dominate".
+pub fn shortfall(r: &MemoryReport, e: &Evaluated) -> String {
+    format!("needs {:.1} GiB, {} has {:.1} usable: {}", r.peak.as_gib(), e.rank_hardware.name, r.usable.as_gib(), planner::search::dominant(r))
+}
+
+fn emit(a: &PlanArgs, plan: &Plan, report: &MemoryReport, e: &Evaluated, reference: Option<&Evaluated>, s: &Searcher) -> Result<()> {
+    if let Some(out) = &a.out {
+        plan.save(out)?;
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(plan)?);
+        return Ok(());
+    }
+    let names = s.block_names();
+    let hw = &e.rank_hardware;
+    println!("{} on {} x {}{}", plan.recipe.name, plan.world_size, hw.name, if a.reference { " (reference plan)" } else { "" });
+    let mut cols: Vec<(&str, &Evaluated)> = vec![(if a.reference { "reference" } else { "planner" }, e)];
+    if let Some(r) = reference {
+        cols.push(("reference (published)", r));
+    }
+    let row = |label: &str, f: &dyn Fn(&Evaluated) -> String| {
+        let mut line = format!("  {label:<24}");
+        for (_, c) in &cols {
+            line.push_str(&format!("{:<34}", f(c)));
+        }
+        println!("{}", line.trim_end());
+    };
+    let mut header = format!("  {:<24}", "");
+    for (name, _) in &cols {
+        header.push_str(&format!("{name:<34}"));
+    }
+    println!("{}", header.trim_end());
+    row("wrapping", &|c| wrapping_name(c.decisions.wrapping));
+    row("precision (reduce)", &|c| format!("{} ({})", c.decisions.precision.compute, c.decisions.precision.reduce));
+    row("batch/GPU (global)", &|c| format!("{} ({})", c.decisions.batch_per_rank, c.throughput.global_batch));
+    row("reshard after forward", &|c| if c.decisions.reshard_after_forward { "yes".into() } else { "no".into() });
+    row("checkpointed segments", &|c| format!("{}", c.decisions.checkpoint.len()));
+    row("peak / usable", &|c| format!("{:.2} / {:.2} GiB{}", c.peak.as_gib(), c.usable.as_gib(), if c.fits() { "" } else { "  DOES NOT FIT" }));
+    row("step time", &|c| format!("{:.3} s", c.step.step_time.0));
+    row("  compute (recompute)", &|c| format!("{:.3} s ({:.3} s)", c.step.compute_time.0, c.step.recompute_time.0));
+    row("  comm (exposed)", &|c| format!("{:.3} s ({:.3} s)", c.step.comm_time.0, c.step.exposed_comm.0));
+    row("MFU", &|c| format!("{:.1} %", 100.0 * c.throughput.mfu));
+    row("images/s", &|c| format!("{:.0}", c.throughput.images_per_s));
+    row(&format!("days for {:.3e} images", plan.recipe.data.total_images), &|c| format!("{:.2}", c.throughput.days));
+    row("cost", &|c| format!("${:.0}", c.throughput.cost_usd));
+    println!();
+    println!("units ({}): {}", plan.units.len(), plan.units.iter().map(|u| u.name.as_str()).collect::<Vec<_>>().join(", "));
+    if e.decisions.checkpoint.is_empty() {
+        println!("checkpointing: none");
+    } else {
+        let segs: Vec<String> = e.decisions.checkpoint.iter().map(|r| planner::sweep::segment_label(names, r)).collect();
+        println!("checkpointing: {}", segs.join(", "));
+    }
+    println!("peak {:.2} GiB at `{}`; breakdown:", report.peak.as_gib(), report.timeline.get(report.peak_event).map_or("?", |ev| ev.label.as_str()));
+    let mut cats: Vec<(&String, &cost_models::Bytes)> = report.breakdown.iter().filter(|(_, b)| b.0 > 0).collect();
+    cats.sort_by(|x, y| y.1.cmp(x.1));
+    for (k, b) in cats {
+        println!("  {k:<20} {:>8.2} GiB", b.as_gib());
+    }
+    if let Some(out) = &a.out {
+        println!("wrote {}", out.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,44 @@
+//! `seerscale calibrate --quick` end to end: launches its own 2 Gloo ranks
+//! for the collectives, writes the profile and the JSON report, and the
+//! profile loads through the same function `plan` uses.
+
+use cost_models::compute::OpKind;
+use cost_models::hardware::load_profile;
+use cost_models::DType;
+use std::process::Command;
+
+#[test]
+fn calibrate_quick_writes_a_profile_plan_can_load() {
+    let dir = std::env::temp_dir().join(format!("seerscale-calibrate-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("cpu-local.toml");
+    let run = Command::new(env!("CARGO_BIN_EXE_seerscale"))
+        .args(["calibrate", "--quick", "--threads", "1", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "calibrate failed:\n{stdout}\n{}", String::from_utf8_lossy(&run.stderr));
+    assert!(stdout.contains("AllGather over 2 ranks"), "{stdout}");
+
+    let p = load_profile(out.to_str().unwrap()).unwrap();
+    assert_eq!(p.hardware.id, "cpu-local");
+    for (kind, dtype) in [(OpKind::Conv, DType::Fp32), (OpKind::GroupedConv, DType::Fp32), (OpKind::Matmul, DType::Fp32), (OpKind::Conv, DType::Bf16)] {
+        let t = p.measured.op_throughput.iter().find(|t| t.kind == kind && t.dtype == dtype).unwrap_or_else(|| panic!("{kind:?} {dtype} missing"));
+        // A CPU core does between 0.1 GFLOP/s and 10 TFLOP/s.
+        assert!(t.rate.0 > 1e8 && t.rate.0 < 1e13, "{kind:?} {dtype}: {}", t.rate.0);
+    }
+    let bw = p.measured.memory_bandwidth.unwrap().0;
+    assert!(bw > 1e8 && bw < 1e12, "memory-bound bandwidth {bw}");
+    let ovh = p.measured.kernel_overhead.unwrap().0;
+    assert!(ovh > 1e-8 && ovh < 1e-3, "overhead {ovh}");
+    assert_eq!(p.measured.collectives.fits.len(), 4);
+    for f in &p.measured.collectives.fits {
+        assert!(f.alpha.0 < 0.1 && f.bus_bandwidth.0 > 1e7, "{f:?}");
+    }
+
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("cpu-local.json")).unwrap()).unwrap();
+    assert!(report["compute"]["ops"].as_array().unwrap().len() >= 10, "fp32 + bf16 x 5 shapes");
+    assert_eq!(report["collectives"].as_array().unwrap().len(), 12, "4 collectives x 3 sizes");
+    std::fs::remove_dir_all(&dir).ok();
+}
