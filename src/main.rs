@@ -25,6 +25,8 @@ enum Command {
     Plan(commands::plan::PlanArgs),
     /// Best plan per cluster size, Pareto frontier over (GPUs, days, cost).
     Sweep(commands::sweep::SweepArgs),
+    /// Execute a plan: SwAV training of RegNet-Y under FSDP (tch + c10d).
+    Train(commands::train::TrainCliArgs),
 }
 
 fn main() {
@@ -35,6 +37,7 @@ fn main() {
         Command::Calibrate(a) => commands::calibrate::run(&a),
         Command::Plan(a) => commands::plan::run(&a),
         Command::Sweep(a) => commands::sweep::run(&a),
+        Command::Train(a) => commands::train::run(&a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

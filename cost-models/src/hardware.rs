@@ -6,9 +6,9 @@
 //! binary; users pass their own file by path. A [`HardwareProfile`] is a spec
 //! plus optional measured overrides, written by `seerscale calibrate`.
 
+use crate::config::{field_prefix, line_suffix, looks_like_path, parse_json, parse_toml, read_file, ConfigError};
 use crate::units::{Bandwidth, Bytes, DType, FlopRate, Seconds, MIB};
 use serde::{Deserialize, Serialize};
-use std::path::Path;
 
 /// Built-in catalog: (id, TOML text). Order = display order.
 const BUILTINS: &[(&str, &str)] = &[
@@ -21,15 +21,13 @@ const BUILTINS: &[(&str, &str)] = &[
 ];
 
 /// Why a hardware description could not be loaded. Every variant names the
-/// file (or built-in) it came from.
+/// file (or built-in) it came from. The file parts are located by
+/// [`crate::config`] and converted from [`ConfigError`].
 #[derive(Debug, thiserror::Error)]
 pub enum HardwareError {
-    #[error("{file}: cannot read: {source}")]
-    Io {
-        file: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The OS reason is in the message, not chained, so `{:#}` prints it once.
+    #[error("{file}: cannot read: {error}")]
+    Io { file: String, error: std::io::Error },
     #[error("{file}:{line}:{column}: {}{message}", field_prefix(.field))]
     Parse { file: String, line: usize, column: usize, field: Option<String>, message: String },
     #[error("{file}{}: field `{field}`: {reason}", line_suffix(*.line))]
@@ -40,11 +38,15 @@ pub enum HardwareError {
     Serialize(String),
 }
 
-fn field_prefix(f: &Option<String>) -> String {
-    f.as_ref().map(|f| format!("field `{f}`: ")).unwrap_or_default()
-}
-fn line_suffix(l: Option<usize>) -> String {
-    l.map(|l| format!(":{l}")).unwrap_or_default()
+impl From<ConfigError> for HardwareError {
+    fn from(e: ConfigError) -> Self {
+        match e {
+            ConfigError::Io { origin, error } => HardwareError::Io { file: origin, error },
+            ConfigError::Parse { origin, line, column, field, message } => HardwareError::Parse { file: origin, line, column, field, message },
+            ConfigError::Invalid { origin, line, field, reason } => HardwareError::Invalid { file: origin, line, field, reason },
+            ConfigError::Unknown { name, .. } => unknown(&name),
+        }
+    }
 }
 
 /// GPU or a CPU standing in for one (the `tiny-cpu` recipe).
@@ -368,103 +370,21 @@ pub fn load_hardware(name_or_path: &str) -> Result<HardwareSpec, HardwareError> 
 /// (`[hardware]` + `[measured]`); a plain spec gets no measurements.
 pub fn load_profile(name_or_path: &str) -> Result<HardwareProfile, HardwareError> {
     if looks_like_path(name_or_path) {
-        let text = std::fs::read_to_string(name_or_path)
-            .map_err(|source| HardwareError::Io { file: name_or_path.to_string(), source })?;
-        return HardwareProfile::parse_toml(&text, name_or_path);
+        return HardwareProfile::parse_toml(&read_file(name_or_path)?, name_or_path);
     }
     Ok(HardwareProfile { hardware: builtin_hardware(name_or_path)?, measured: Measured::default() })
 }
 
-fn looks_like_path(s: &str) -> bool {
-    s.contains('/') || s.contains(std::path::MAIN_SEPARATOR) || s.ends_with(".toml") || s.ends_with(".json") || Path::new(s).is_file()
-}
-
 /// Parses and validates one hardware spec; `file` labels errors.
 pub fn parse_hardware(text: &str, file: &str) -> Result<HardwareSpec, HardwareError> {
-    let spec: HardwareSpec = toml::from_str(text).map_err(|e| toml_error(&e, text, file))?;
-    spec.validate().map_err(|(field, reason)| invalid(text, file, "", field, reason))?;
+    let spec: HardwareSpec = parse_toml(text, file)?;
+    spec.validate().map_err(|(field, reason)| invalid(text, file, field, reason))?;
     Ok(spec)
 }
 
-fn invalid(text: &str, file: &str, table_prefix: &str, field: String, reason: String) -> HardwareError {
-    let full = format!("{table_prefix}{field}");
-    HardwareError::Invalid { file: file.to_string(), line: locate_key(text, &full), field: full, reason }
-}
-
-/// Turns a toml error into file:line:column plus the offending field.
-pub(crate) fn toml_error(e: &toml::de::Error, text: &str, file: &str) -> HardwareError {
-    let message = e.message().trim().to_string();
-    let (line, column, offset) = match e.span() {
-        Some(span) => {
-            let (l, c) = crate::config::line_col(text, span.start);
-            (l, c, Some(span.start))
-        }
-        None => (1, 1, None),
-    };
-    let field = field_of_error(&message, text, offset);
-    HardwareError::Parse { file: file.to_string(), line, column, field, message }
-}
-
-
-/// Best-effort dotted field name for a toml error: the key named in serde's
-/// message (unknown/missing field) or the key on the error's line, prefixed
-/// with the enclosing `[table]`.
-fn field_of_error(message: &str, text: &str, offset: Option<usize>) -> Option<String> {
-    let quoted = ["unknown field `", "missing field `", "duplicate key `"].iter().find_map(|p| {
-        let rest = &message[message.find(p)? + p.len()..];
-        Some(rest[..rest.find('`')?].to_string())
-    });
-    let off = offset?;
-    let line_start = text[..off.min(text.len())].rfind('\n').map_or(0, |i| i + 1);
-    let line_text = text[line_start..].lines().next().unwrap_or("");
-    let table = enclosing_table(&text[..line_start]);
-    let key = quoted.or_else(|| {
-        let (k, _) = line_text.split_once('=')?;
-        let k = k.trim();
-        (!k.is_empty() && !k.starts_with('[')).then(|| k.to_string())
-    });
-    // A `missing field` error points at the table header itself.
-    let header = line_text.trim().strip_prefix('[').and_then(|h| h.strip_suffix(']')).map(str::trim);
-    let table = if message.contains("missing field") { header.map(str::to_string).or(table) } else { table };
-    match (table, key) {
-        (Some(t), Some(k)) => Some(format!("{t}.{k}")),
-        (None, Some(k)) => Some(k),
-        (Some(t), None) => Some(t),
-        (None, None) => None,
-    }
-}
-
-/// Name of the last `[table]` header in `before`, if any.
-fn enclosing_table(before: &str) -> Option<String> {
-    before.lines().rev().find_map(|l| {
-        let l = l.trim();
-        let inner = l.strip_prefix("[[").and_then(|x| x.strip_suffix("]]")).or_else(|| l.strip_prefix('[').and_then(|x| x.strip_suffix(']')))?;
-        Some(inner.trim().to_string())
-    })
-}
-
-/// 1-based line of `a.b.c = ...` in a hand-written TOML file: the key `c`
-/// inside the `[a.b]` section (or a dotted key). `None` if not found.
-pub(crate) fn locate_key(text: &str, dotted: &str) -> Option<usize> {
-    let (table, key) = match dotted.rsplit_once('.') {
-        Some((t, k)) => (t, k),
-        None => ("", dotted),
-    };
-    let mut current = String::new();
-    for (i, raw) in text.lines().enumerate() {
-        let l = raw.trim();
-        if l.starts_with('[') {
-            current = l.trim_matches(|c| c == '[' || c == ']').trim().to_string();
-            continue;
-        }
-        let Some((k, _)) = l.split_once('=') else { continue };
-        let k = k.trim().trim_matches('"');
-        let full = if current.is_empty() { k.to_string() } else { format!("{current}.{k}") };
-        if full == dotted || (current == table && k == key) {
-            return Some(i + 1);
-        }
-    }
-    None
+/// A validation failure, with the line of `field` in `text`.
+fn invalid(text: &str, file: &str, field: String, reason: String) -> HardwareError {
+    ConfigError::invalid(file, field, reason).located(text).into()
 }
 
 // --------------------------------------------------------------- profile
@@ -517,23 +437,17 @@ impl HardwareProfile {
 
     /// Accepts either a profile (`[hardware]` table) or a bare spec.
     pub fn parse_toml(text: &str, file: &str) -> Result<HardwareProfile, HardwareError> {
-        let table: toml::Table = toml::from_str(text).map_err(|e| toml_error(&e, text, file))?;
+        let table: toml::Table = parse_toml(text, file)?;
         if !table.contains_key("hardware") {
             return Ok(HardwareProfile::from_spec(parse_hardware(text, file)?));
         }
-        let p: HardwareProfile = toml::from_str(text).map_err(|e| toml_error(&e, text, file))?;
-        p.validate().map_err(|(field, reason)| invalid(text, file, "", field, reason))?;
+        let p: HardwareProfile = parse_toml(text, file)?;
+        p.validate().map_err(|(field, reason)| invalid(text, file, field, reason))?;
         Ok(p)
     }
 
     pub fn parse_json(text: &str, file: &str) -> Result<HardwareProfile, HardwareError> {
-        let p: HardwareProfile = serde_json::from_str(text).map_err(|e| HardwareError::Parse {
-            file: file.to_string(),
-            line: e.line(),
-            column: e.column(),
-            field: None,
-            message: e.to_string(),
-        })?;
+        let p: HardwareProfile = parse_json(text, file)?;
         p.validate().map_err(|(field, reason)| HardwareError::Invalid { file: file.to_string(), line: None, field, reason })?;
         Ok(p)
     }

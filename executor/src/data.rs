@@ -16,9 +16,10 @@ use image::RgbImage;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use tch::Tensor;
@@ -31,8 +32,6 @@ pub enum DataError {
     Empty(PathBuf),
     #[error("no readable image under {folder}: all {tried} files failed to decode")]
     NoReadable { folder: PathBuf, tried: usize },
-    #[error("{folder} has {images} images, fewer than one global batch of {global_batch}")]
-    TooFewImages { folder: PathBuf, images: usize, global_batch: usize },
     #[error("invalid loader setting `{field}`: {reason}")]
     Config { field: &'static str, reason: String },
     #[error(transparent)]
@@ -175,7 +174,47 @@ struct Shared {
     folder: ImageFolder,
     cfg: LoaderConfig,
     steps_per_epoch: u64,
+    /// Shuffled passes over the folder per epoch (1 unless it is smaller
+    /// than a global batch).
+    passes: usize,
     bad: Mutex<HashSet<usize>>,
+    cache: DecodeCache,
+}
+
+/// Decoded images kept for later epochs, up to a byte budget: decoding a
+/// photo costs far more than cropping it, and small folders (the bundled
+/// photos) are read every few steps.
+struct DecodeCache {
+    images: Mutex<HashMap<usize, Arc<RgbImage>>>,
+    budget: usize,
+    used: AtomicUsize,
+}
+
+impl DecodeCache {
+    fn new(budget: usize) -> DecodeCache {
+        DecodeCache { images: Mutex::new(HashMap::new()), budget, used: AtomicUsize::new(0) }
+    }
+    fn get(&self, idx: usize) -> Option<Arc<RgbImage>> {
+        self.images.lock().ok()?.get(&idx).cloned()
+    }
+    /// Keeps `img` if it fits the budget; returns it shared either way.
+    fn insert(&self, idx: usize, img: RgbImage) -> Arc<RgbImage> {
+        let img = Arc::new(img);
+        let bytes = img.as_raw().len();
+        if self.used.load(Ordering::Relaxed) + bytes <= self.budget {
+            if let Ok(mut m) = self.images.lock() {
+                if m.insert(idx, Arc::clone(&img)).is_none() {
+                    self.used.fetch_add(bytes, Ordering::Relaxed);
+                }
+            }
+        }
+        img
+    }
+}
+
+/// Default decoded-image cache per loader (override: SEERSCALE_DECODE_CACHE_MB).
+fn decode_cache_budget() -> usize {
+    std::env::var("SEERSCALE_DECODE_CACHE_MB").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(1024) << 20
 }
 
 /// Prefetching multi-crop loader; iterate it for batches (endless: the
@@ -199,10 +238,10 @@ impl DataLoader {
             return Err(DataError::Config { field: "images_per_rank", reason: "must be >= 1".into() });
         }
         let global_batch = cfg.images_per_rank * cfg.world;
-        let steps_per_epoch = (folder.len() / global_batch) as u64;
-        if steps_per_epoch == 0 {
-            return Err(DataError::TooFewImages { folder: folder.root().to_path_buf(), images: folder.len(), global_batch });
-        }
+        // A folder smaller than one global batch is passed over several times
+        // per epoch, each pass in its own shuffled order.
+        let passes = global_batch.div_ceil(folder.len().max(1));
+        let steps_per_epoch = (folder.len() * passes / global_batch) as u64;
         if cfg.start.step >= steps_per_epoch {
             return Err(DataError::Config {
                 field: "start.step",
@@ -212,7 +251,14 @@ impl DataLoader {
         let workers = cfg.workers.max(1);
         let prefetch = cfg.prefetch.max(1);
         let next = cfg.start;
-        let shared = Arc::new(Shared { folder, cfg, steps_per_epoch, bad: Mutex::new(HashSet::new()) });
+        let shared = Arc::new(Shared {
+            folder,
+            cfg,
+            steps_per_epoch,
+            passes,
+            bad: Mutex::new(HashSet::new()),
+            cache: DecodeCache::new(decode_cache_budget()),
+        });
         let mut rx = Vec::with_capacity(workers);
         let mut handles = Vec::with_capacity(workers);
         for w in 0..workers {
@@ -300,15 +346,18 @@ impl Shared {
 
     /// Decodes the image at epoch position `pos`; an unreadable file is
     /// replaced by the next one in the epoch order (deterministically).
-    fn load(&self, order: &[usize], pos: usize) -> Result<(usize, RgbImage), DataError> {
+    fn load(&self, order: &[usize], pos: usize) -> Result<(usize, Arc<RgbImage>), DataError> {
         let n = order.len();
         for t in 0..n {
             let idx = order[(pos + t) % n];
             if self.bad.lock().map(|b| b.contains(&idx)).unwrap_or(false) {
                 continue;
             }
+            if let Some(img) = self.cache.get(idx) {
+                return Ok((idx, img));
+            }
             match decode(&self.folder.files()[idx]) {
-                Ok(img) => return Ok((idx, img)),
+                Ok(img) => return Ok((idx, self.cache.insert(idx, img))),
                 Err(_) => {
                     if let Ok(mut b) = self.bad.lock() {
                         b.insert(idx);
@@ -321,7 +370,10 @@ impl Shared {
 
     fn make_batch(&self, position: DataPosition) -> Result<Batch, DataError> {
         let cfg = &self.cfg;
-        let order = epoch_order(self.folder.len(), cfg.seed, position.epoch);
+        let mut order = epoch_order(self.folder.len(), cfg.seed, position.epoch);
+        for pass in 1..self.passes {
+            order.extend(epoch_order(self.folder.len(), cfg.seed, mix(&[position.epoch, pass as u64])));
+        }
         let global_batch = cfg.images_per_rank * cfg.world;
         let first = position.step as usize * global_batch + cfg.rank * cfg.images_per_rank;
         let groups = &cfg.augment.crops;
@@ -437,6 +489,21 @@ mod tests {
     }
 
     #[test]
+    fn folders_smaller_than_a_global_batch_are_passed_over_several_times() {
+        let dir = temp_folder("small", 3, &[]);
+        let folder = ImageFolder::open(&dir).unwrap();
+        let mut loader = DataLoader::new(folder, loader_cfg(1, 2, 4)).unwrap();
+        assert_eq!(loader.steps_per_epoch(), 1);
+        let b = loader.next().unwrap().unwrap();
+        assert_eq!(b.images.len(), 4);
+        let mut seen = b.images.clone();
+        seen.sort_unstable();
+        seen.dedup();
+        assert!(seen.len() >= 2, "{:?}", b.images);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
     fn folders_without_usable_images_are_clear_errors() {
         let dir = std::env::temp_dir().join(format!("seerscale-data-none-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -450,8 +517,9 @@ mod tests {
         let err = loader.next().unwrap().err().unwrap().to_string();
         assert!(err.contains("no readable image") && err.contains(dir.to_str().unwrap()), "{err}");
         assert!(loader.next().is_none());
-        let err = DataLoader::new(folder, loader_cfg(0, 2, 2)).err().unwrap().to_string();
-        assert!(err.contains("fewer than one global batch of 4"), "{err}");
+        // Fewer images than a global batch: still an error about readability, not a panic.
+        let mut small = DataLoader::new(folder, loader_cfg(0, 2, 2)).unwrap();
+        assert!(small.next().unwrap().is_err());
         let missing = ImageFolder::open(dir.join("nope")).unwrap_err().to_string();
         assert!(missing.contains("nope"), "{missing}");
         std::fs::remove_dir_all(&dir).ok();

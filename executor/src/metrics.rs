@@ -24,6 +24,9 @@ pub struct StepMetrics {
     pub peak_memory_bytes: u64,
     /// Time this rank was blocked in collectives during the step.
     pub comm_time_s: f64,
+    /// Time this rank waited for its batch (data pipeline falling behind).
+    #[serde(default)]
+    pub data_wait_s: f64,
     pub loss_scale: f64,
     /// fp16 overflow: the optimiser step was skipped.
     pub skipped: bool,
@@ -48,21 +51,27 @@ pub fn metrics_path(dir: &Path, rank: usize) -> PathBuf {
 }
 
 impl MetricsWriter {
-    /// Opens the rank's file: appended to when `resume` (the resumed run
-    /// continues it), else started afresh. `bar`: show a progress bar from
-    /// step `.0` to `.1` (rank 0 only).
-    pub fn open(dir: &Path, rank: usize, resume: bool, bar: Option<(u64, u64)>) -> Result<MetricsWriter, MetricsError> {
+    /// Opens the rank's file. `resume_from: Some(s)`: a resumed run keeps
+    /// the lines of steps before `s` (dropping any a failed attempt wrote
+    /// after its last checkpoint) and appends; None: starts afresh. `bar`:
+    /// show a progress bar from step `.0` to `.1` (rank 0 only).
+    pub fn open(dir: &Path, rank: usize, resume_from: Option<u64>, bar: Option<(u64, u64)>) -> Result<MetricsWriter, MetricsError> {
         let path = metrics_path(dir, rank);
         let err = |source| MetricsError { path: path.clone(), source };
         std::fs::create_dir_all(dir).map_err(err)?;
-        let mut o = OpenOptions::new();
-        o.create(true);
-        if resume {
-            o.append(true);
-        } else {
-            o.write(true).truncate(true);
+        let kept: Vec<String> = match resume_from {
+            Some(s) if path.exists() => std::fs::read_to_string(&path)
+                .map_err(err)?
+                .lines()
+                .filter(|l| serde_json::from_str::<StepMetrics>(l).is_ok_and(|m| m.step < s))
+                .map(str::to_string)
+                .collect(),
+            _ => Vec::new(),
+        };
+        let mut f = OpenOptions::new().create(true).write(true).truncate(true).open(&path).map_err(err)?;
+        for l in &kept {
+            writeln!(f, "{l}").map_err(err)?;
         }
-        let f = o.open(&path).map_err(err)?;
         let bar = bar.map(|(start, total)| {
             let b = ProgressBar::new(total);
             b.set_style(

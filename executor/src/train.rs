@@ -136,6 +136,9 @@ pub struct TrainArgs {
     /// Run a GPU plan on CPU ranks (Gloo) anyway; GPU plans otherwise use
     /// CUDA device LOCAL_RANK with NCCL.
     pub force_cpu: bool,
+    /// Intra-op threads per rank (default: this machine's cores divided by
+    /// the ranks sharing it, so local ranks don't oversubscribe the CPU).
+    pub threads: Option<usize>,
 }
 
 impl TrainArgs {
@@ -153,6 +156,7 @@ impl TrainArgs {
             workers: 2,
             timeout: Duration::from_secs(120),
             force_cpu: false,
+            threads: None,
         }
     }
 }
@@ -292,7 +296,19 @@ pub fn run(args: &TrainArgs) -> Result<Option<TrainReport>, TrainError> {
 pub fn run_rank(args: &TrainArgs, env: &RankEnv) -> Result<TrainReport, TrainError> {
     let plan = Plan::load(&args.plan)?;
     let cfg = TrainConfig::from_plan(&plan, args, env)?;
+    tch::set_num_threads(threads_per_rank(args.threads, plan.gpus_per_node.min(plan.world_size)) as i32);
     train_rank(&cfg, env)
+}
+
+/// Intra-op threads for one rank: `requested`, else the cores divided among
+/// the ranks on this node (torchrun's LOCAL_WORLD_SIZE when set).
+pub fn threads_per_rank(requested: Option<usize>, ranks_per_node: usize) -> usize {
+    if let Some(t) = requested {
+        return t.max(1);
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let local = std::env::var("LOCAL_WORLD_SIZE").ok().and_then(|v| v.parse().ok()).unwrap_or(ranks_per_node);
+    (cores / local.max(1)).max(1)
 }
 
 /// Trains with an explicit config as rank `env.rank` (all ranks call it).
@@ -555,7 +571,7 @@ impl<'pg> Trainer<'pg> {
         let mut loader = self.loader()?;
         let mem = MemDevice::of(self.cfg.device);
         let bar = (rank == 0 && self.cfg.progress).then_some((self.step, end));
-        let mut writer = MetricsWriter::open(&self.cfg.out_dir, rank, self.cfg.resume, bar)?;
+        let mut writer = MetricsWriter::open(&self.cfg.out_dir, rank, self.cfg.resume.then_some(self.step), bar)?;
         let mut all = Vec::new();
         let global_images = (self.cfg.images_per_rank * world) as f64;
         while self.step < end {
@@ -564,6 +580,7 @@ impl<'pg> Trainer<'pg> {
             let _ = self.pg.take_comm_time();
             let t0 = Instant::now();
             let batch = loader.next().ok_or(DataError::WorkerGone)??;
+            let data_wait = t0.elapsed().as_secs_f64();
             let out = self.train_step(&batch)?;
             self.data_pos = loader.position();
             let dt = t0.elapsed().as_secs_f64();
@@ -576,6 +593,7 @@ impl<'pg> Trainer<'pg> {
                 images_per_s: global_images / dt,
                 peak_memory_bytes: memstats::peak(mem)?.0,
                 comm_time_s: self.pg.take_comm_time().as_secs_f64(),
+                data_wait_s: data_wait,
                 loss_scale: self.scaler.scale(),
                 skipped: out.skipped,
                 grad_norm: out.grad_norm,

@@ -6,27 +6,22 @@
 use crate::memory::{Category, Decisions, MemoryModel, MemoryReport};
 use crate::plan::{Plan, PlanError};
 use crate::wrapping::{units_from_plan, WrappingError};
-use cost_models::config::ConfigError;
 use cost_models::units::GIB;
 use cost_models::Bytes;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::ops::Range;
-use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DryRunError {
-    /// A JSON syntax or type error, with the field it happened in.
-    #[error("{origin}:{line}:{column}: field `{field}`: {message}")]
-    Field { origin: String, line: usize, column: usize, field: String, message: String },
-    /// The file cannot be read (the OS reason once, not repeated as a cause).
-    #[error("{origin}: cannot read plan file: {reason}")]
-    Read { origin: String, reason: String },
+    /// Reading or checking the plan file (JSON errors name file, line,
+    /// column and field).
     #[error(transparent)]
     Plan(#[from] PlanError),
-    #[error("{origin}: field `units`: {source}")]
-    Units { origin: String, source: WrappingError },
+    /// The cause is in the message, not chained, so `{:#}` prints it once.
+    #[error("{origin}: field `units`: {error}")]
+    Units { origin: String, error: WrappingError },
 }
 
 /// Everything the dry run found.
@@ -62,7 +57,7 @@ pub struct PlanMemory {
 /// and segments, exactly as `build.rs` predicted them.
 pub fn memory_for_plan(plan: &Plan, origin: &str) -> Result<PlanMemory, DryRunError> {
     let graph = plan.graph();
-    let units = units_from_plan(&graph, &plan.units).map_err(|source| DryRunError::Units { origin: origin.to_string(), source })?;
+    let units = units_from_plan(&graph, &plan.units).map_err(|error| DryRunError::Units { origin: origin.to_string(), error })?;
     let names: Vec<String> = graph.blocks.iter().map(|b| b.name.clone()).collect();
     // Plan::check guarantees known, consecutive, ordered names.
     let segments: Vec<Range<usize>> = plan
@@ -76,25 +71,6 @@ pub fn memory_for_plan(plan: &Plan, origin: &str) -> Result<PlanMemory, DryRunEr
     let d = decisions_for_plan(plan, segments.clone());
     let model = MemoryModel::new(&graph, &units, &plan.recipe, &d, &plan.hardware);
     Ok(PlanMemory { model, segments, block_names: names })
-}
-
-/// Loads a plan file; JSON errors name the file, line, column and field.
-pub fn load_plan(path: &Path) -> Result<Plan, DryRunError> {
-    let origin = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| DryRunError::Read { origin: origin.clone(), reason: e.to_string() })?;
-    parse_plan(&text, &origin)
-}
-
-pub fn parse_plan(text: &str, origin: &str) -> Result<Plan, DryRunError> {
-    match Plan::parse(text, origin) {
-        Err(PlanError::Config(ConfigError::Parse { origin, line, column, message })) => {
-            // serde_json names missing/unknown fields but not the field a
-            // bad value sits in; find it from the position.
-            let field = json_path_at(text, line, column).unwrap_or_else(|| "(top level)".into());
-            Err(DryRunError::Field { origin, line, column, field, message })
-        }
-        r => Ok(r?),
-    }
 }
 
 /// Dry-runs a loaded plan.
@@ -265,88 +241,6 @@ impl DryRun {
     }
 }
 
-/// The JSON path (`units[3].members`) of the value at a 1-based line and
-/// column, found by scanning the text up to there. Good enough for error
-/// messages; `None` at the top level.
-pub fn json_path_at(text: &str, line: usize, column: usize) -> Option<String> {
-    enum Frame {
-        Obj(Option<String>),
-        Arr(usize),
-    }
-    let mut stack: Vec<Frame> = Vec::new();
-    let (mut l, mut c) = (1usize, 0usize);
-    let mut chars = text.chars().peekable();
-    let mut expecting_key = false;
-    while let Some(ch) = chars.next() {
-        if ch == '\n' {
-            l += 1;
-            c = 0;
-        } else {
-            c += 1;
-        }
-        if l > line || (l == line && c >= column) {
-            break;
-        }
-        match ch {
-            '{' => {
-                stack.push(Frame::Obj(None));
-                expecting_key = true;
-            }
-            '[' => stack.push(Frame::Arr(0)),
-            '}' | ']' => {
-                stack.pop();
-                expecting_key = false;
-            }
-            ',' => match stack.last_mut() {
-                Some(Frame::Arr(i)) => *i += 1,
-                Some(Frame::Obj(_)) => expecting_key = true,
-                None => {}
-            },
-            '"' => {
-                let mut s = String::new();
-                while let Some(x) = chars.next() {
-                    c += 1;
-                    match x {
-                        '\\' => {
-                            chars.next();
-                            c += 1;
-                        }
-                        '"' => break,
-                        '\n' => {
-                            l += 1;
-                            c = 0;
-                        }
-                        _ => s.push(x),
-                    }
-                }
-                if expecting_key {
-                    if let Some(Frame::Obj(k)) = stack.last_mut() {
-                        *k = Some(s);
-                    }
-                    expecting_key = false;
-                }
-            }
-            _ => {}
-        }
-    }
-    let mut path = String::new();
-    for f in &stack {
-        match f {
-            Frame::Obj(Some(k)) => {
-                if !path.is_empty() {
-                    path.push('.');
-                }
-                path.push_str(k);
-            }
-            Frame::Obj(None) => {}
-            Frame::Arr(i) => {
-                let _ = write!(path, "[{i}]");
-            }
-        }
-    }
-    (!path.is_empty()).then_some(path)
-}
-
 #[cfg(test)]
 mod tests {
     // A one-segment placement is a placement, not a mistaken range-to-vec.
@@ -426,7 +320,7 @@ mod tests {
             let plan = make_plan(recipe, hw, world, batch, dt, w, &segs);
             let path = tmp(&format!("{recipe}.json"));
             plan.save(&path).unwrap();
-            let loaded = load_plan(&path).unwrap();
+            let loaded = Plan::load(&path).unwrap();
             let dr = dry_run(&loaded, &path.display().to_string()).unwrap();
             assert!(dr.matches_prediction(), "{recipe}: plan {} vs dry-run {}", plan.predicted.peak_memory_bytes, dr.report.peak.0);
             let bd: BTreeMap<String, u64> = dr.report.breakdown.iter().map(|(k, v)| (k.clone(), v.0)).collect();
@@ -447,7 +341,7 @@ mod tests {
         let origin = path.display().to_string();
         let check = |text: String, field: &str| {
             std::fs::write(&path, text).unwrap();
-            let e = load_plan(&path).unwrap_err().to_string();
+            let e = Plan::load(&path).unwrap_err().to_string();
             assert!(e.contains(&origin) && e.contains(field), "expected file and `{field}` in: {e}");
         };
         // Wrong type inside a nested array element.
@@ -465,7 +359,7 @@ mod tests {
         check(good.replace("\"schema_version\": 1", "\"schema_version\": 99"), "schema version 99");
         // A member that is not in the model.
         check(good.replacen("\"members\": [\n        \"stem\"", "\"members\": [\n        \"stem9\"", 1), "stem9");
-        let missing = load_plan(&tmp("does-not-exist.json")).unwrap_err().to_string();
+        let missing = Plan::load(&tmp("does-not-exist.json")).unwrap_err().to_string();
         assert!(missing.contains("does-not-exist.json"), "{missing}");
     }
 
@@ -480,13 +374,5 @@ mod tests {
         assert!(msg.contains("dominate"), "{msg}");
         assert!(dr.render_text(5).contains("DOES NOT FIT"));
         assert!(dr.headroom() < 0);
-    }
-
-    #[test]
-    fn json_paths_from_positions() {
-        let t = "{\n  \"a\": 1,\n  \"b\": [ {\"c\": 2}, {\"d\": x} ]\n}";
-        let (line, col) = (3, t.lines().nth(2).unwrap().find('x').unwrap() + 1);
-        assert_eq!(json_path_at(t, line, col).as_deref(), Some("b[1].d"));
-        assert_eq!(json_path_at(t, 1, 1), None);
     }
 }

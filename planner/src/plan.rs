@@ -2,7 +2,7 @@
 //! planner predicted, so the run can be checked against it. Versioned JSON.
 
 use crate::recipe::{Recipe, Wrapping};
-use cost_models::config::{parse_json, ConfigError, ModelConfig};
+use cost_models::config::{parse_json, read_file, ConfigError, ModelConfig};
 use cost_models::graph::{ModelGraph, Workload};
 use cost_models::hardware::HardwareSpec;
 use cost_models::DType;
@@ -108,17 +108,16 @@ pub enum PlanError {
     ModelMismatch { origin: String, model: String, why: String },
     #[error("{origin}: field `{field}`: {why}")]
     Invalid { origin: String, field: String, why: String },
-    #[error("{origin}: cannot write plan: {source}")]
-    Write { origin: String, source: std::io::Error },
+    /// The OS reason is in the message, not chained, so `{:#}` prints it once.
+    #[error("{origin}: cannot write plan: {error}")]
+    Write { origin: String, error: std::io::Error },
 }
 
 impl Plan {
-    /// Reads and checks a plan file.
+    /// Reads and checks a plan file; JSON errors name the file, line,
+    /// column and field.
     pub fn load(path: &Path) -> Result<Plan, PlanError> {
-        let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Io { origin: origin.clone(), source })?;
-        Plan::parse(&text, &origin)
+        Plan::parse(&read_file(path)?, &path.display().to_string())
     }
 
     pub fn parse(text: &str, origin: &str) -> Result<Plan, PlanError> {
@@ -148,7 +147,7 @@ impl Plan {
         let tmp = path.with_extension("json.tmp");
         std::fs::write(&tmp, text + "\n")
             .and_then(|_| std::fs::rename(&tmp, path))
-            .map_err(|source| PlanError::Write { origin, source })
+            .map_err(|error| PlanError::Write { origin, error })
     }
 
     /// The model graph for one rank's step under this plan.

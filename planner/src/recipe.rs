@@ -2,7 +2,7 @@
 //! volume, the cluster asked about, and optionally a published fixed plan
 //! (e.g. VISSL's SEER 10B wrapping and stage checkpoints) to compare against.
 
-use cost_models::config::{parse_toml, resolve_text, ConfigError};
+use cost_models::config::{load_toml, ConfigError};
 use cost_models::graph::CropGroup;
 use cost_models::DType;
 use serde::{Deserialize, Serialize};
@@ -98,6 +98,9 @@ pub struct ClusterSpec {
     pub batch_per_gpu: usize,
     #[serde(default)]
     pub fixed_batch: bool,
+    /// Compute precisions the search may use (default: all the hardware supports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precisions: Option<Vec<DType>>,
 }
 
 /// Wrapping policies the planner knows.
@@ -149,10 +152,7 @@ builtin_recipes!("seer-10b", "seer-256gf", "tiny-cpu");
 
 impl Recipe {
     pub fn load(name_or_path: &str) -> Result<Recipe, ConfigError> {
-        let (origin, text) = resolve_text("recipe", name_or_path, BUILTIN_RECIPES)?;
-        let r: Recipe = parse_toml(&text, &origin)?;
-        r.validate(&origin)?;
-        Ok(r)
+        load_toml("recipe", name_or_path, BUILTIN_RECIPES, Recipe::validate)
     }
 
     pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
@@ -175,8 +175,14 @@ impl Recipe {
         if self.swav.crops_for_assign.is_empty() || self.swav.crops_for_assign.iter().any(|&c| c as u64 >= n_crops) {
             return bad("swav.crops_for_assign", "must name crops that exist (0-based, across all crop groups)");
         }
-        if !(self.swav.temperature > 0.0) || !(self.swav.epsilon > 0.0) || self.swav.sinkhorn_iterations == 0 {
-            return bad("swav", "temperature and epsilon must be > 0 and sinkhorn_iterations >= 1");
+        if !(self.swav.temperature > 0.0) {
+            return bad("swav.temperature", "must be > 0");
+        }
+        if !(self.swav.epsilon > 0.0) {
+            return bad("swav.epsilon", "must be > 0");
+        }
+        if self.swav.sinkhorn_iterations == 0 {
+            return bad("swav.sinkhorn_iterations", "must be >= 1");
         }
         if !(self.optim.lr_per_256 > 0.0) {
             return bad("optim.lr_per_256", "must be > 0");
@@ -184,8 +190,11 @@ impl Recipe {
         if !(0.0..1.0).contains(&self.optim.warmup_fraction) {
             return bad("optim.warmup_fraction", "must be in [0, 1)");
         }
-        if self.cluster.gpus == 0 || self.cluster.batch_per_gpu == 0 {
-            return bad("cluster", "gpus and batch_per_gpu must be >= 1");
+        if self.cluster.gpus == 0 {
+            return bad("cluster.gpus", "must be >= 1");
+        }
+        if self.cluster.batch_per_gpu == 0 {
+            return bad("cluster.batch_per_gpu", "must be >= 1");
         }
         Ok(())
     }
@@ -199,6 +208,7 @@ impl Recipe {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cost_models::config::parse_toml;
 
     #[test]
     fn builtin_recipes_load_and_name_existing_models() {

@@ -3,7 +3,8 @@
 
 use anyhow::{bail, Context};
 use clap::Args;
-use planner::dryrun::{dry_run, load_plan};
+use planner::dryrun::dry_run;
+use planner::plan::Plan;
 use planner::timeline_svg::timeline_svg;
 use std::io::Write;
 use std::path::PathBuf;
@@ -24,7 +25,7 @@ pub struct DryRunArgs {
 }
 
 pub fn run(a: &DryRunArgs) -> anyhow::Result<()> {
-    let plan = load_plan(&a.plan)?;
+    let plan = Plan::load(&a.plan)?;
     let origin = a.plan.display().to_string();
     let dr = dry_run(&plan, &origin)?;
     if let Some(path) = &a.svg {

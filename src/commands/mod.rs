@@ -5,3 +5,4 @@ pub mod calibrate;
 pub mod dry_run;
 pub mod plan;
 pub mod sweep;
+pub mod train;

@@ -9,9 +9,10 @@ use planner::memory::MemoryReport;
 use planner::plan::Plan;
 use planner::recipe::Recipe;
 use planner::search::{
-    choose, wrapping_name, BatchPolicy, Constraints, Evaluated, GpuCount, Objective, SearchError, SearchSpace, Searcher, DEFAULT_BATCHES,
-    DEFAULT_MAX_GLOBAL_BATCH,
+    choose, wrapping_name, BatchPolicy, Constraints, Evaluated, GpuCount, Objective, SearchError, SearchSpace, Searcher, ALL_PRECISIONS,
+    DEFAULT_BATCHES, DEFAULT_MAX_GLOBAL_BATCH,
 };
+use cost_models::DType;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
@@ -62,9 +63,13 @@ pub struct PlanArgs {
     /// Evaluate every combination (no bound-based skipping).
     #[arg(long)]
     pub exhaustive: bool,
-    /// Leave this fraction of usable memory free (e.g. 0.05).
-    #[arg(long, default_value_t = 0.0)]
+    /// Leave this fraction of usable memory free: the allocator's real
+    /// fragmentation varies run to run, so a plan at 99.9 % is a gamble.
+    #[arg(long, default_value_t = 0.05)]
     pub headroom: f64,
+    /// Only consider these compute precisions (comma-separated: fp32,bf16,fp16).
+    #[arg(long, value_delimiter = ',', value_parser = crate::commands::model::parse_dtype)]
+    pub precision: Vec<DType>,
     /// Write the plan file here (atomically).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -97,6 +102,14 @@ pub fn hardware_list(gpu: Option<&str>, recipe: &Recipe, price: Option<f64>) -> 
         }
     }
     Ok(list)
+}
+
+/// Precisions to search: the flag's, else the recipe's, else all.
+pub fn precisions(flag: &[DType], recipe: &Recipe) -> Vec<DType> {
+    if !flag.is_empty() {
+        return flag.to_vec();
+    }
+    recipe.cluster.precisions.clone().unwrap_or_else(|| ALL_PRECISIONS.to_vec())
 }
 
 /// Batch policy from the flags and the recipe (see `planner::search`).
@@ -139,6 +152,7 @@ pub fn run(a: &PlanArgs) -> Result<()> {
     };
     let batch = batch_policy(a.batch, a.global_batch, a.max_global_batch, &recipe)?;
     let mut space = SearchSpace::full(hardware, gpus.clone(), batch);
+    space.precisions = precisions(&a.precision, &recipe);
     space.exhaustive = a.exhaustive;
     anyhow::ensure!((0.0..0.9).contains(&a.headroom), "--headroom must be in [0, 0.9)");
     space.headroom = a.headroom;

@@ -36,9 +36,13 @@ pub struct SweepArgs {
     /// Evaluate every combination (no bound-based skipping).
     #[arg(long)]
     pub exhaustive: bool,
-    /// Leave this fraction of usable memory free (e.g. 0.05).
-    #[arg(long, default_value_t = 0.0)]
+    /// Leave this fraction of usable memory free: the allocator's real
+    /// fragmentation varies run to run, so a plan at 99.9 % is a gamble.
+    #[arg(long, default_value_t = 0.05)]
     pub headroom: f64,
+    /// Only consider these compute precisions (comma-separated: fp32,bf16,fp16).
+    #[arg(long, value_delimiter = ',', value_parser = crate::commands::model::parse_dtype)]
+    pub precision: Vec<cost_models::DType>,
     /// Print JSON (rows and frontier) instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -56,6 +60,7 @@ pub fn run(a: &SweepArgs) -> Result<()> {
     let hardware = hardware_list(a.gpu.as_deref(), &recipe, a.price)?;
     let batch = batch_policy(a.batch, a.global_batch, a.max_global_batch, &recipe)?;
     let mut space = SearchSpace::full(hardware, GpuCount::Range { min: a.min_gpus, max: a.max_gpus }, batch);
+    space.precisions = super::plan::precisions(&a.precision, &recipe);
     space.exhaustive = a.exhaustive;
     anyhow::ensure!((0.0..0.9).contains(&a.headroom), "--headroom must be in [0, 0.9)");
     space.headroom = a.headroom;

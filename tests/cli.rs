@@ -1,0 +1,375 @@
+//! The `seerscale` binary end to end: `model`, `plan`, `dry-run` and `sweep`
+//! on built-ins, and the one-line errors bad input must give (naming the
+//! file, line and field; never a panic, never the OS reason twice).
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn seerscale(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_seerscale")).args(args).output().expect("cannot start seerscale")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Runs a command that must succeed and print JSON on stdout.
+fn ok_json(args: &[&str]) -> Value {
+    let out = seerscale(args);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "seerscale {args:?} failed:\n{stderr}");
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("seerscale {args:?}: stdout is not JSON ({e}):\n{stdout}"))
+}
+
+/// Runs a command that must fail with exit code 1 and exactly one line on
+/// stderr, `error: ...`; returns that line without the prefix.
+fn one_line_error(args: &[&str]) -> String {
+    let out = seerscale(args);
+    let stderr = text(&out.stderr);
+    assert!(!stderr.contains("panicked"), "seerscale {args:?} panicked:\n{stderr}");
+    assert_eq!(out.status.code(), Some(1), "seerscale {args:?} should fail with exit code 1; stderr:\n{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "seerscale {args:?}: expected a one-line error, got:\n{stderr}");
+    lines[0].strip_prefix("error: ").unwrap_or_else(|| panic!("no `error: ` prefix: {stderr}")).to_string()
+}
+
+/// A fresh directory for one test, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("seerscale-cli-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    fn path(&self, file: &str) -> PathBuf {
+        self.0.join(file)
+    }
+    /// Writes `contents` to `file` and returns its path as a string.
+    fn write(&self, file: &str, contents: &str) -> String {
+        let p = self.path(file);
+        std::fs::write(&p, contents).unwrap();
+        p.to_str().unwrap().to_string()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn repo_file(rel: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)).unwrap()
+}
+
+/// `text` with the first line starting with `prefix` replaced by `with`;
+/// returns the new text and that line's 1-based number.
+fn replace_line(text: &str, prefix: &str, with: &str) -> (String, usize) {
+    let n = text.lines().position(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no line starting with `{prefix}`"));
+    let out: Vec<&str> = text.lines().enumerate().map(|(i, l)| if i == n { with } else { l }).collect();
+    (out.join("\n") + "\n", n + 1)
+}
+
+/// Parses the `FILE:LINE:COL:` at the start of an error message.
+fn file_line_col<'a>(msg: &'a str, file: &str) -> (usize, usize, &'a str) {
+    let rest = msg.strip_prefix(file).and_then(|r| r.strip_prefix(':')).unwrap_or_else(|| panic!("`{msg}` does not start with `{file}:`"));
+    let mut parts = rest.splitn(3, ':');
+    let line = parts.next().and_then(|x| x.parse().ok()).unwrap_or_else(|| panic!("no line number in `{msg}`"));
+    let col = parts.next().and_then(|x| x.parse().ok()).unwrap_or_else(|| panic!("no column number in `{msg}`"));
+    (line, col, parts.next().unwrap_or("").trim_start())
+}
+
+// ------------------------------------------------------------------ model
+
+#[test]
+fn model_regnety_400mf_json_matches_torchvision() {
+    let m = ok_json(&["model", "regnety-400mf", "--json"]);
+    assert_eq!(m["model"], "regnety-400mf");
+    assert_eq!(m["trunk_params"].as_u64(), Some(3_903_144));
+    // torchvision: 0.40 GFLOPS (multiply-adds) with the 440 x 1000 fc included.
+    let macs = m["trunk_fwd_flops"].as_f64().unwrap() / 2.0;
+    let rel = (macs + 440_000.0) / 0.40e9 - 1.0;
+    assert!(rel.abs() < 0.01, "trunk MACs {macs}, {:.2} % off", 100.0 * rel);
+    let stages = m["stages"].as_array().expect("stages list");
+    assert_eq!(stages.len(), 4);
+    // regnety-400mf: depths 1, 3, 6, 6; widths 48, 104, 208, 440.
+    let depths: Vec<u64> = stages.iter().map(|s| s["depth"].as_u64().unwrap()).collect();
+    let widths: Vec<u64> = stages.iter().map(|s| s["width"].as_u64().unwrap()).collect();
+    assert_eq!(depths, [1, 3, 6, 6]);
+    assert_eq!(widths, [48, 104, 208, 440]);
+    // The stem plus the stages are the whole trunk.
+    let stem = m["blocks"].as_array().unwrap().iter().find(|b| b["name"] == "stem").expect("stem block")["params"].as_u64().unwrap();
+    let stage_params: u64 = stages.iter().map(|s| s["params"].as_u64().unwrap()).sum();
+    assert_eq!(stem + stage_params, 3_903_144);
+}
+
+#[test]
+fn model_regnety_16gf_json_matches_torchvision() {
+    let m = ok_json(&["model", "regnety-16gf", "--json"]);
+    assert_eq!(m["trunk_params"].as_u64(), Some(80_565_140));
+    let macs = m["trunk_fwd_flops"].as_f64().unwrap() / 2.0;
+    let rel = (macs + 3_024_000.0) / 15.91e9 - 1.0;
+    assert!(rel.abs() < 0.01, "trunk MACs {macs}, {:.2} % off", 100.0 * rel);
+}
+
+#[test]
+fn model_config_errors_name_file_line_and_field() {
+    let dir = TempDir::new("model-errors");
+    let good = repo_file("configs/models/regnety-400mf.toml");
+
+    let (bad, line) = replace_line(&good, "w_0 =", "w_0 = 48\nwidht = 3");
+    let f = dir.write("unknown-field.toml", &bad);
+    let e = one_line_error(&["model", &f]);
+    let (l, _, rest) = file_line_col(&e, &f);
+    assert_eq!(l, line + 1, "{e}");
+    assert!(rest.contains("field `regnet.widht`"), "{e}");
+
+    let (bad, line) = replace_line(&good, "w_0 =", "w_0 = -8");
+    let f = dir.write("negative-width.toml", &bad);
+    let e = one_line_error(&["model", &f]);
+    assert!(e.starts_with(&format!("{f}:{line}: field `regnet.w_0`")), "{e}");
+
+    for w_m in ["1.0", "0.5"] {
+        let (bad, line) = replace_line(&good, "w_m =", &format!("w_m = {w_m}"));
+        let f = dir.write("small-multiplier.toml", &bad);
+        let e = one_line_error(&["model", &f]);
+        assert!(e.starts_with(&format!("{f}:{line}: field `regnet.w_m`")), "{e}");
+    }
+
+    let (bad, line) = replace_line(&good, "w_m =", "w_m = \"big\"");
+    let f = dir.write("wrong-type.toml", &bad);
+    let e = one_line_error(&["model", &f]);
+    let (l, _, rest) = file_line_col(&e, &f);
+    assert_eq!(l, line, "{e}");
+    assert!(rest.starts_with("field `regnet.w_m`: invalid type"), "{e}");
+}
+
+#[test]
+fn missing_files_print_the_os_reason_once() {
+    let dir = TempDir::new("missing");
+    let f = dir.path("nope.toml").to_str().unwrap().to_string();
+    let e = one_line_error(&["model", &f]);
+    assert!(e.starts_with(&format!("{f}: cannot read")), "{e}");
+    assert_eq!(e.matches("os error").count(), 1, "{e}");
+
+    let e = one_line_error(&["plan", "--recipe", "tiny-cpu", "--gpu", &f]);
+    assert!(e.starts_with(&format!("{f}: cannot read")), "{e}");
+    assert_eq!(e.matches("os error").count(), 1, "{e}");
+
+    let p = dir.path("nope.json").to_str().unwrap().to_string();
+    let e = one_line_error(&["dry-run", &p]);
+    assert!(e.starts_with(&format!("{p}: cannot read")), "{e}");
+    assert_eq!(e.matches("os error").count(), 1, "{e}");
+}
+
+#[test]
+fn unknown_model_lists_the_builtins() {
+    let e = one_line_error(&["model", "regnety-999gf"]);
+    assert!(e.contains("unknown model `regnety-999gf`"), "{e}");
+    assert!(e.contains("regnety-400mf") && e.contains("regnety-10b"), "{e}");
+}
+
+#[test]
+fn bad_dtype_is_a_usage_error_naming_the_value() {
+    let out = seerscale(&["model", "regnety-400mf", "--dtype", "fp8"]);
+    let stderr = text(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // clap's usage errors exit with 2 and add a `--help` hint line.
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("--dtype") && errors[0].contains("fp8") && errors[0].contains("bf16"), "{stderr}");
+    assert!(out.stdout.is_empty());
+}
+
+// ------------------------------------------------------- plan and dry-run
+
+#[test]
+fn plan_tiny_cpu_writes_a_plan_dry_run_agrees_with() {
+    let dir = TempDir::new("plan-tiny");
+    let out = dir.path("plan.json");
+    let out_s = out.to_str().unwrap();
+    let printed = ok_json(&["plan", "--recipe", "tiny-cpu", "--out", out_s, "--json"]);
+    let written: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(printed, written, "--json prints the plan file it writes");
+    let p = &written["predicted"];
+    let peak = p["peak_memory_bytes"].as_u64().expect("predicted.peak_memory_bytes");
+    assert!(peak > 0);
+    assert!(p["step_time_s"].as_f64().expect("predicted.step_time_s") > 0.0);
+    assert_eq!(p["fits"].as_bool(), Some(true));
+    assert_eq!(written["schema_version"].as_u64(), Some(1));
+    assert!(!dir.path("plan.json.tmp").exists(), "the atomic write leaves no temp file");
+
+    let dr = ok_json(&["dry-run", out_s, "--json"]);
+    assert_eq!(dr["peak_memory_bytes"].as_u64(), Some(peak));
+    assert_eq!(dr["predicted_peak_memory_bytes"].as_u64(), Some(peak));
+    assert_eq!(dr["matches_prediction"].as_bool(), Some(true));
+    assert_eq!(dr["fits"].as_bool(), Some(true));
+
+    let svg = dir.path("timeline.svg");
+    let run = seerscale(&["dry-run", out_s, "--svg", svg.to_str().unwrap()]);
+    let stdout = text(&run.stdout);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    assert!(stdout.contains("fits") && stdout.contains("matches"), "{stdout}");
+    assert!(std::fs::read_to_string(&svg).unwrap().starts_with("<svg"));
+}
+
+/// A tiny-cpu plan file as `plan` writes it, and its JSON.
+fn tiny_plan(dir: &TempDir) -> (String, Value) {
+    let out = dir.path("good.json");
+    let plan = ok_json(&["plan", "--recipe", "tiny-cpu", "--out", out.to_str().unwrap(), "--json"]);
+    (std::fs::read_to_string(&out).unwrap(), plan)
+}
+
+#[test]
+fn dry_run_refuses_other_schema_versions() {
+    let dir = TempDir::new("dry-run-version");
+    let (_, mut plan) = tiny_plan(&dir);
+    plan["schema_version"] = 99.into();
+    let f = dir.write("v99.json", &serde_json::to_string_pretty(&plan).unwrap());
+    let e = one_line_error(&["dry-run", &f]);
+    assert!(e.starts_with(&format!("{f}: plan schema version 99 is not supported")), "{e}");
+    assert!(e.contains("reads version 1"), "{e}");
+}
+
+#[test]
+fn dry_run_refuses_plans_that_do_not_match_their_model() {
+    let dir = TempDir::new("dry-run-mismatch");
+    let (_, plan) = tiny_plan(&dir);
+
+    let mut p = plan.clone();
+    let n = p["model_fingerprint"]["trunk_params"].as_u64().unwrap();
+    p["model_fingerprint"]["trunk_params"] = (n + 1).into();
+    let f = dir.write("fingerprint.json", &serde_json::to_string_pretty(&p).unwrap());
+    let e = one_line_error(&["dry-run", &f]);
+    assert!(e.starts_with(&format!("{f}: plan does not match its model `regnety-tiny`")), "{e}");
+    assert!(e.contains("model_fingerprint"), "{e}");
+
+    // The model was edited after planning: the fingerprint no longer fits it.
+    let mut p = plan.clone();
+    p["model"]["regnet"]["w_0"] = 16.into();
+    let f = dir.write("model.json", &serde_json::to_string_pretty(&p).unwrap());
+    let e = one_line_error(&["dry-run", &f]);
+    assert!(e.starts_with(&format!("{f}: plan does not match its model")), "{e}");
+
+    let mut p = plan;
+    p["units"][0]["members"] = serde_json::json!(["s9.b0"]);
+    let f = dir.write("units.json", &serde_json::to_string_pretty(&p).unwrap());
+    let e = one_line_error(&["dry-run", &f]);
+    assert!(e.starts_with(&format!("{f}: plan does not match its model")), "{e}");
+    assert!(e.contains("`s9.b0`"), "{e}");
+}
+
+#[test]
+fn dry_run_on_broken_json_names_file_line_column_and_field() {
+    let dir = TempDir::new("dry-run-json");
+    let (good, _) = tiny_plan(&dir);
+
+    let cut = &good[..good.len() / 2];
+    let f = dir.write("truncated.json", cut);
+    let e = one_line_error(&["dry-run", &f]);
+    let (line, col, rest) = file_line_col(&e, &f);
+    assert!(line >= 1 && line <= cut.lines().count() && col >= 1, "{e}");
+    assert!(rest.contains("EOF"), "{e}");
+
+    let (bad, line) = replace_line(&good, "  \"world_size\":", "  \"world_size\": \"two\",");
+    let f = dir.write("wrong-type.json", &bad);
+    let e = one_line_error(&["dry-run", &f]);
+    let (l, _, rest) = file_line_col(&e, &f);
+    assert_eq!(l, line, "{e}");
+    assert!(rest.starts_with("field `world_size`: invalid type"), "{e}");
+    assert!(!rest.contains(" at line "), "the position is given once: {e}");
+}
+
+#[test]
+fn reference_seer_10b_plan_fits() {
+    let plan = ok_json(&["plan", "--recipe", "seer-10b", "--reference", "--json"]);
+    assert_eq!(plan["predicted"]["fits"].as_bool(), Some(true));
+    assert_eq!(plan["world_size"].as_u64(), Some(496));
+    assert_eq!(plan["hardware"]["id"], "a100-40gb");
+    assert_eq!(plan["wrapping"], "vissl");
+    // VISSL's stage_checkpoints [[2], [7], [9, 17], []]: four segments.
+    assert_eq!(plan["checkpoint_segments"].as_array().unwrap().len(), 4);
+}
+
+#[test]
+fn infeasible_requests_say_what_is_needed_and_usable() {
+    // 64 images per V100 of SEER 10B: even checkpointing every block needs
+    // more than 32 GB.
+    let e = one_line_error(&["plan", "--recipe", "seer-10b", "--gpus", "8", "--gpu", "v100-32gb", "--batch", "64", "--json"]);
+    assert!(e.starts_with("no plan fits: needs "), "{e}");
+    assert!(e.contains("usable") && e.contains("V100"), "{e}");
+
+    // The published plan on 8 V100s: the report goes to stdout, the verdict to stderr.
+    let out = seerscale(&["plan", "--recipe", "seer-10b", "--reference", "--gpus", "8", "--gpu", "v100-32gb"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.starts_with("error: the reference plan does not fit: needs ") && stderr.contains("usable"), "{stderr}");
+    assert!(text(&out.stdout).contains("DOES NOT FIT"));
+}
+
+// ------------------------------------------------------------------ sweep
+
+#[test]
+fn sweep_seer_10b_json_has_rows_and_a_frontier() {
+    let s = ok_json(&["sweep", "--recipe", "seer-10b", "--json"]);
+    assert_eq!(s["recipe"], "seer-10b");
+    let rows = s["rows"].as_array().expect("rows");
+    assert!(!rows.is_empty());
+    for r in rows {
+        assert!(r["gpu"].is_string() && r["gpus"].as_u64().is_some_and(|n| n >= 1), "{r}");
+        if r["fits"].as_bool().unwrap() {
+            assert!(r["days"].as_f64().unwrap() > 0.0 && r["cost_usd"].as_f64().unwrap() > 0.0, "{r}");
+            assert!(r["peak_gib"].as_f64().unwrap() <= r["usable_gib"].as_f64().unwrap(), "{r}");
+        } else {
+            assert!(r["why"].is_string(), "{r}");
+        }
+    }
+    assert!(rows.iter().any(|r| r["fits"] == true), "some cluster size fits SEER 10B");
+    let frontier = s["frontier"].as_array().expect("frontier");
+    assert!(!frontier.is_empty());
+    for i in frontier {
+        let r = &rows[i.as_u64().unwrap() as usize];
+        assert!(r["fits"] == true && r["pareto"] == true, "{r}");
+    }
+}
+
+#[test]
+fn malformed_recipe_names_file_line_and_field() {
+    let dir = TempDir::new("recipe-errors");
+    let good = repo_file("configs/recipes/seer-10b.toml");
+
+    let (bad, line) = replace_line(&good, "gpus =", "gpus = \"many\"");
+    let f = dir.write("wrong-type.toml", &bad);
+    for cmd in ["sweep", "plan"] {
+        let e = one_line_error(&[cmd, "--recipe", &f, "--json"]);
+        let (l, _, rest) = file_line_col(&e, &f);
+        assert_eq!(l, line, "{e}");
+        assert!(rest.starts_with("field `cluster.gpus`: invalid type"), "{e}");
+    }
+
+    let (bad, line) = replace_line(&good, "temperature =", "temperature = -1.0");
+    let f = dir.write("negative-temperature.toml", &bad);
+    let e = one_line_error(&["sweep", "--recipe", &f, "--json"]);
+    assert!(e.starts_with(&format!("{f}:{line}: field `swav.temperature`")), "{e}");
+
+    let (bad, line) = replace_line(&good, "temperature =", "temperature = 0.1\ntemprature = 0.1");
+    let f = dir.write("unknown-field.toml", &bad);
+    let e = one_line_error(&["sweep", "--recipe", &f, "--json"]);
+    let (l, _, rest) = file_line_col(&e, &f);
+    assert_eq!(l, line + 1, "{e}");
+    assert!(rest.starts_with("field `swav.temprature`: unknown field"), "{e}");
+}
+
+#[test]
+fn malformed_hardware_file_names_file_line_and_field() {
+    let dir = TempDir::new("hardware-errors");
+    let (bad, line) = replace_line(&repo_file("configs/hardware/a100-40gb.toml"), "nic_gbit_s =", "nic_gbit_s = -200");
+    let f = dir.write("my-a100.toml", &bad);
+    let e = one_line_error(&["plan", "--recipe", "tiny-cpu", "--gpu", &f]);
+    assert!(e.starts_with(&format!("{f}:{line}: field `interconnect.nic_gbit_s`")), "{e}");
+}
