@@ -27,9 +27,17 @@ enum Command {
     Sweep(commands::sweep::SweepArgs),
     /// Execute a plan: SwAV training of RegNet-Y under FSDP (tch + c10d).
     Train(commands::train::TrainCliArgs),
+    /// Plan fixed variants, execute each with the executor, report predicted vs measured (markdown + SVG).
+    Validate(commands::validate::ValidateArgs),
 }
 
 fn main() {
+    // Behave like a Unix tool when piped into `head`: die quietly on a closed
+    // pipe instead of panicking inside println!.
+    // SAFETY: restoring the default disposition of one signal before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::DryRun(a) => commands::dry_run::run(&a),
@@ -38,6 +46,7 @@ fn main() {
         Command::Plan(a) => commands::plan::run(&a),
         Command::Sweep(a) => commands::sweep::run(&a),
         Command::Train(a) => commands::train::run(&a),
+        Command::Validate(a) => commands::validate::run(&a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

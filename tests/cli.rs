@@ -214,7 +214,8 @@ fn plan_tiny_cpu_writes_a_plan_dry_run_agrees_with() {
     let stdout = text(&run.stdout);
     assert!(run.status.success(), "{}", text(&run.stderr));
     assert!(stdout.contains("fits") && stdout.contains("matches"), "{stdout}");
-    assert!(std::fs::read_to_string(&svg).unwrap().starts_with("<svg"));
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert!(svg.contains("<svg") && svg.trim_end().ends_with("</svg>"), "{svg}");
 }
 
 /// A tiny-cpu plan file as `plan` writes it, and its JSON.
@@ -310,6 +311,37 @@ fn infeasible_requests_say_what_is_needed_and_usable() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(stderr.starts_with("error: the reference plan does not fit: needs ") && stderr.contains("usable"), "{stderr}");
     assert!(text(&out.stdout).contains("DOES NOT FIT"));
+}
+
+#[test]
+fn plan_and_dry_run_give_the_same_verdict_on_a_plan_that_does_not_fit() {
+    let dir = TempDir::new("verdict");
+    let f = dir.path("ref-v100.json");
+    let f = f.to_str().unwrap();
+    let out = seerscale(&["plan", "--recipe", "seer-10b", "--reference", "--gpus", "8", "--gpu", "v100-32gb", "--out", f]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let planned = text(&out.stderr);
+    let e = one_line_error(&["dry-run", f]);
+    // Same numbers and reason; only the hardware's label differs.
+    let reason = |m: &str| m[m.find(" usable: ").unwrap_or_else(|| panic!("no reason in `{m}`"))..].trim().to_string();
+    let needs = |m: &str| m[m.find("needs ").unwrap_or_else(|| panic!("no `needs` in `{m}`"))..].split(',').next().unwrap().to_string();
+    assert!(e.starts_with(&format!("{f}: needs ")), "{e}");
+    assert_eq!(reason(&e), reason(&planned), "plan: {planned}\ndry-run: {e}");
+    assert_eq!(needs(&e), needs(&planned), "plan: {planned}\ndry-run: {e}");
+}
+
+#[test]
+fn plan_and_sweep_check_the_shared_search_flags_alike() {
+    for cmd in ["plan", "sweep"] {
+        let e = one_line_error(&[cmd, "--recipe", "tiny-cpu", "--min-gpus", "4", "--max-gpus", "2"]);
+        assert_eq!(e, "--min-gpus 4 is larger than --max-gpus 2");
+        let e = one_line_error(&[cmd, "--recipe", "tiny-cpu", "--min-gpus", "0", "--max-gpus", "2"]);
+        assert_eq!(e, "--min-gpus must be at least 1");
+        let e = one_line_error(&[cmd, "--recipe", "tiny-cpu", "--headroom", "0.95"]);
+        assert_eq!(e, "--headroom must be in [0, 0.9)");
+        let e = one_line_error(&[cmd, "--recipe", "tiny-cpu", "--price=-1"]);
+        assert_eq!(e, "--price must be a non-negative number");
+    }
 }
 
 // ------------------------------------------------------------------ sweep

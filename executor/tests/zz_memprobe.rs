@@ -47,7 +47,7 @@ fn probe() {
     plan1.world_size = 1;
     let args = TrainArgs::new(&path);
     let cfg = TrainConfig::from_plan(&plan1, &args, &env).unwrap();
-    tch::set_num_threads(1);
+    tch::set_num_threads(std::env::var("PROBE_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(1));
     let c0 = cur();
     let pg = ProcessGroup::new(&GroupConfig {
         master_addr: "127.0.0.1".into(),
@@ -63,6 +63,20 @@ fn probe() {
     let batch = load_batch(&cfg.data_dir, &cfg, 0, 1, DataPosition::default()).unwrap();
     let c2 = cur();
     println!("batch: {}", c2 - c1);
+    if std::env::var("PROBE_LOADER").is_ok() {
+        use executor::data::{DataLoader, ImageFolder, LoaderConfig};
+        let a = cur();
+        let t0 = std::time::Instant::now();
+        let mut l = DataLoader::new(ImageFolder::open(&cfg.data_dir).unwrap(), LoaderConfig { seed: 0, rank: 0, world: 1, images_per_rank: cfg.images_per_rank, augment: cfg.augment.clone(), workers: 2, prefetch: 2, start: DataPosition::default() }).unwrap();
+        let b = l.next().unwrap().unwrap();
+        println!("first batch after {:?}", t0.elapsed());
+        for k in 0..10 { std::thread::sleep(Duration::from_millis(100)); println!("t {:?} loader holds {} batches", t0.elapsed(), (cur() - a) as f64 / 245760.0); }
+        drop(b);
+        let t1 = std::time::Instant::now();
+        for _ in 0..20 { let _b = l.next().unwrap().unwrap(); }
+        println!("20 batches in {:?}", t1.elapsed());
+        return;
+    }
     if std::env::var("PROBE_TRAINER").is_ok() {
         let mut t = Trainer::new(&pg, &cfg).unwrap();
         let c3 = cur();
@@ -83,6 +97,7 @@ fn probe() {
     }
     // Event-level copy of step::forward_backward.
     let arch = ModelArch::new(&cfg.model).unwrap();
+    println!("arch: {}", cur() - c2);
     let specs = arch.param_specs();
     let blocks = arch.block_names();
     let opts = FsdpOptions {
@@ -91,6 +106,20 @@ fn probe() {
         device: tch::Device::Cpu,
     };
     let mut fsdp = Fsdp::new(&pg, &specs, &blocks, &cfg.units, opts, &mut |p| p.init_tensor(0).map_err(|e| e.to_string())).unwrap();
+    println!("fsdp: {}  shard bytes {}", cur() - c2, fsdp.shard_bytes().0);
+    if std::env::var("PROBE_INIT").is_ok() {
+        let a = cur();
+        let v = specs[1].init_tensor(0).unwrap();
+        println!("init one {:?}: {} numel {}", specs[1].shape, cur() - a, v.numel());
+        drop(v);
+        println!("after drop: {}", cur() - a);
+        let t = Tensor::zeros([1000], (Kind::Float, tch::Device::Cpu));
+        let t2 = t.set_requires_grad(true);
+        println!("zeros: {}", cur() - a);
+        executor::storage::free(&t2).unwrap();
+        println!("freed: {}", cur() - a);
+        return;
+    }
     let mut bn = BnState::new(&arch, tch::Device::Cpu);
     let ck = Checkpointing::new(&blocks, &cfg.checkpoint_segments).unwrap();
     let segs = ck.segments().to_vec();
@@ -202,7 +231,7 @@ fn probe() {
                 Some(g) => {
                     let mut acc: Option<Tensor> = None;
                     for (yk, gk) in y.iter().zip(g) {
-                        let t = yk.mul(&gk.detach()).sum(Kind::Float);
+                        let t = yk.f_mul(&gk.detach()).unwrap().sum(Kind::Float);
                         acc = Some(match acc {
                             None => t,
                             Some(a) => a + t,

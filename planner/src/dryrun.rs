@@ -84,14 +84,6 @@ fn gib(b: Bytes) -> f64 {
     b.0 as f64 / GIB as f64
 }
 
-/// Activations grouped by stage (`s3`), other blocks by name.
-fn stage_of(block: &str) -> String {
-    match block.split_once('.') {
-        Some((s, _)) if s.starts_with('s') && s[1..].chars().all(|c| c.is_ascii_digit()) => s.to_string(),
-        _ => block.to_string(),
-    }
-}
-
 impl DryRun {
     pub fn fits(&self) -> bool {
         self.report.fits()
@@ -102,51 +94,9 @@ impl DryRun {
         self.report.usable.0 as i64 - self.report.peak.0 as i64
     }
 
-    /// Activation-like bytes at the peak by stage, largest first.
-    pub fn activations_by_stage(&self) -> Vec<(String, Bytes)> {
-        let mut m: BTreeMap<String, u64> = BTreeMap::new();
-        for (b, x) in &self.report.by_block {
-            *m.entry(stage_of(b)).or_default() += x.0;
-        }
-        let mut v: Vec<(String, Bytes)> = m.into_iter().map(|(k, x)| (k, Bytes(x))).collect();
-        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        v
-    }
-
-    /// What dominates the peak, in words ("activations of s3").
-    pub fn dominant(&self) -> String {
-        let bd = &self.report.breakdown;
-        let act: u64 = [Category::Activations, Category::Recompute, Category::Transient].iter().map(|c| bd.get(c.name()).map_or(0, |b| b.0)).sum();
-        let units: u64 = [Category::UnshardedParams, Category::GradBuffers].iter().map(|c| bd.get(c.name()).map_or(0, |b| b.0)).sum();
-        let shards: u64 = [Category::ParamsShard, Category::GradsShard, Category::Optimizer].iter().map(|c| bd.get(c.name()).map_or(0, |b| b.0)).sum();
-        let head = bd.get(Category::HeadLoss.name()).map_or(0, |b| b.0);
-        let top = act.max(units).max(shards).max(head);
-        if top == act {
-            match self.activations_by_stage().first() {
-                Some((s, b)) => format!("activations of {s} dominate ({:.1} GiB)", gib(*b)),
-                None => "activations dominate".into(),
-            }
-        } else if top == units {
-            match self.report.by_unit.first() {
-                Some((u, b)) => format!("gathered parameters and gradient buffers dominate (largest unit {u}: {:.1} GiB)", gib(*b)),
-                None => "gathered parameters dominate".into(),
-            }
-        } else if top == shards {
-            format!("sharded parameters, gradients and optimiser state dominate ({:.1} GiB; more ranks shard them thinner)", gib(Bytes(shards)))
-        } else {
-            format!("the SwAV loss matrices dominate ({:.1} GiB)", gib(Bytes(head)))
-        }
-    }
-
     /// The one-line verdict for a plan that does not fit.
     pub fn infeasible_message(&self) -> String {
-        format!(
-            "needs {:.1} GiB, {} has {:.1} usable: {}",
-            gib(self.report.peak),
-            self.plan.hardware.id.to_uppercase(),
-            gib(self.report.usable),
-            self.dominant()
-        )
+        self.report.shortfall(&self.plan.hardware.id.to_uppercase())
     }
 
     /// Whether the plan's predicted memory equals what we recompute.
@@ -206,7 +156,7 @@ impl DryRun {
             let _ = writeln!(s, "{title}: {}", if items.is_empty() { "-".into() } else { items.join(", ") });
         };
         let _ = writeln!(s);
-        list(&mut s, "top stages by activations", &self.activations_by_stage());
+        list(&mut s, "top stages by activations", &self.report.activations_by_stage());
         list(&mut s, "top blocks by activations", &r.by_block);
         list(&mut s, "top units (shards + gathered + grad buffers)", &r.by_unit);
         if !self.fits() {
@@ -231,7 +181,7 @@ impl DryRun {
             "matches_prediction": self.matches_prediction(),
             "peak_event": r.timeline.get(r.peak_event).map(|e| e.label.clone()),
             "breakdown": r.breakdown.iter().map(|(k, v)| (k.clone(), v.0)).collect::<BTreeMap<_, _>>(),
-            "activations_by_stage": named(&self.activations_by_stage()),
+            "activations_by_stage": named(&self.report.activations_by_stage()),
             "by_block": named(&r.by_block),
             "by_unit": named(&r.by_unit),
             "checkpoint_segments": self.segments.iter().map(|s| self.block_names[s.clone()].to_vec()).collect::<Vec<_>>(),

@@ -22,3 +22,4 @@ pub mod pareto;
 pub mod build;
 pub mod dryrun;
 pub mod timeline_svg;
+pub mod validation;

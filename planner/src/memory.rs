@@ -249,6 +249,59 @@ impl MemoryReport {
     pub fn fits(&self) -> bool {
         self.peak <= self.usable
     }
+
+    /// Activation bytes at the peak by stage (`s3`; other blocks by name),
+    /// largest first.
+    pub fn activations_by_stage(&self) -> Vec<(String, Bytes)> {
+        let mut m: BTreeMap<String, u64> = BTreeMap::new();
+        for (b, x) in &self.by_block {
+            *m.entry(stage_of(b)).or_default() += x.0;
+        }
+        let mut v: Vec<(String, Bytes)> = m.into_iter().map(|(k, x)| (k, Bytes(x))).collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v
+    }
+
+    /// What dominates the peak, in words: the largest of activations (with
+    /// recompute and transients), gathered units, shards and the SwAV loss,
+    /// with the stage or unit responsible.
+    pub fn dominant(&self) -> String {
+        let sum = |cats: &[Category]| -> u64 { cats.iter().map(|c| self.breakdown.get(c.name()).map_or(0, |b| b.0)).sum() };
+        let act = sum(&[Category::Activations, Category::Recompute, Category::Transient]);
+        let units = sum(&[Category::UnshardedParams, Category::GradBuffers]);
+        let shards = sum(&[Category::ParamsShard, Category::GradsShard, Category::Optimizer]);
+        let head = sum(&[Category::HeadLoss]);
+        let top = act.max(units).max(shards).max(head);
+        if top == act {
+            match self.activations_by_stage().first() {
+                Some((s, b)) => format!("activations of {s} dominate ({:.1} GiB)", b.as_gib()),
+                None => "activations dominate".into(),
+            }
+        } else if top == units {
+            match self.by_unit.first() {
+                Some((u, b)) => format!("gathered parameters and gradient buffers dominate (largest unit {u}: {:.1} GiB)", b.as_gib()),
+                None => "gathered parameters dominate".into(),
+            }
+        } else if top == shards {
+            format!("sharded parameters, gradients and optimiser state dominate ({:.1} GiB; more ranks shard them thinner)", Bytes(shards).as_gib())
+        } else {
+            format!("the SwAV loss matrices dominate ({:.1} GiB)", Bytes(head).as_gib())
+        }
+    }
+
+    /// The one-line verdict when the peak does not fit `hardware`:
+    /// "needs 51.2 GiB, A100-40GB has 37.5 usable: activations of s3 dominate (..)".
+    pub fn shortfall(&self, hardware: &str) -> String {
+        format!("needs {:.1} GiB, {hardware} has {:.1} usable: {}", self.peak.as_gib(), self.usable.as_gib(), self.dominant())
+    }
+}
+
+/// The stage of a block name (`s3.b12` -> `s3`); other blocks keep their name.
+fn stage_of(block: &str) -> String {
+    match block.split_once('.') {
+        Some((s, _)) if s.starts_with('s') && s.len() > 1 && s[1..].chars().all(|c| c.is_ascii_digit()) => s.to_string(),
+        _ => block.to_string(),
+    }
 }
 
 /// The memory model for one (graph, units, recipe, decisions); evaluates

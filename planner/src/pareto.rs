@@ -83,10 +83,11 @@ pub fn svg(points: &[ParetoPoint], front: &[usize], title: &str) -> String {
         }
     }
     let colour = |g: &str| PALETTE[types.iter().position(|t| *t == g).unwrap_or(0) % PALETTE.len()];
-    for p in &ok {
+    // One point; `style` sizes and outlines it, `label` prefixes its tooltip.
+    let circle = |s: &mut String, p: &ParetoPoint, style: &str, label: &str| {
         let _ = writeln!(
             s,
-            r#"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="{}" opacity="0.6"><title>{} x {}: {:.2} days, ${:.0}</title></circle>"#,
+            r#"<circle cx="{:.1}" cy="{:.1}" {style} fill="{}"><title>{label}{} x {}: {:.2} days, ${:.0}</title></circle>"#,
             px(p.gpus as f64),
             py(p.days),
             colour(&p.gpu),
@@ -95,6 +96,9 @@ pub fn svg(points: &[ParetoPoint], front: &[usize], title: &str) -> String {
             p.days,
             p.cost_usd
         );
+    };
+    for p in &ok {
+        circle(&mut s, p, r#"r="2.5" opacity="0.6""#, "");
     }
     let path: Vec<String> = front.iter().filter_map(|&i| points.get(i)).filter(|p| p.days > 0.0 && p.gpus > 0).map(|p| format!("{:.1},{:.1}", px(p.gpus as f64), py(p.days))).collect();
     if path.len() > 1 {
@@ -105,17 +109,7 @@ pub fn svg(points: &[ParetoPoint], front: &[usize], title: &str) -> String {
         if p.days <= 0.0 || p.gpus == 0 {
             continue;
         }
-        let _ = writeln!(
-            s,
-            r#"<circle cx="{:.1}" cy="{:.1}" r="5" fill="{}" stroke="black"><title>Pareto: {} x {}: {:.2} days, ${:.0}</title></circle>"#,
-            px(p.gpus as f64),
-            py(p.days),
-            colour(&p.gpu),
-            p.gpus,
-            esc(&p.gpu),
-            p.days,
-            p.cost_usd
-        );
+        circle(&mut s, p, r#"r="5" stroke="black""#, "Pareto: ");
     }
     for (k, ty) in types.iter().enumerate() {
         let y = t + 10.0 + 18.0 * k as f64;

@@ -30,7 +30,7 @@
 
 use crate::checkpoint::{optimal_checkpoints, Placement};
 use crate::cluster::{rank_hardware, world_sizes, LinkCache};
-use crate::memory::{Decisions, MemoryModel, MemoryReport};
+use crate::memory::{Decisions, MemoryModel};
 use crate::plan::Precision;
 use crate::recipe::{Recipe, Wrapping};
 use crate::simulator::{Simulator, StepResult};
@@ -548,7 +548,7 @@ impl<'r> Searcher<'r> {
         let singles: Vec<Range<usize>> = (0..self.graph(m.decisions.precision.compute, m.decisions.batch_per_rank).blocks.len()).map(|b| b..b + 1).collect();
         let mm = self.memory(&m.rank_hardware, &m.decisions);
         let report = if mm.peak(&singles) <= mm.peak(&[]) { mm.report(&singles) } else { mm.report(&[]) };
-        let top = dominant(&report);
+        let top = report.dominant();
         let d = &m.decisions;
         format!(
             "needs {:.1} GiB, {} has {:.1} usable: {top} (closest: {} x {}, {} wrapping, {}, {} img/GPU, reshard {}, checkpointing every block)",
@@ -563,40 +563,6 @@ impl<'r> Searcher<'r> {
             d.reshard_after_forward,
         )
     }
-}
-
-/// What dominates a peak, in words: the largest category, and for
-/// activations the stage holding most of them ("activations of s3 dominate").
-pub fn dominant(report: &MemoryReport) -> String {
-    let Some((cat, bytes)) = report.breakdown.iter().max_by_key(|(_, b)| **b) else {
-        return "nothing allocated".into();
-    };
-    let what = match cat.as_str() {
-        "activations" => {
-            // Blocks are `stem`, `s3.b12`, `head.mlp`: group by stage.
-            let mut by_stage: Vec<(String, u64)> = Vec::new();
-            for (block, b) in &report.by_block {
-                let stage = block.split('.').next().unwrap_or(block).to_string();
-                match by_stage.iter_mut().find(|(s, _)| *s == stage) {
-                    Some(e) => e.1 += b.0,
-                    None => by_stage.push((stage, b.0)),
-                }
-            }
-            match by_stage.iter().max_by_key(|(_, b)| *b) {
-                Some((stage, _)) => format!("activations of {stage}"),
-                None => "activations".into(),
-            }
-        }
-        "params_shard" => "fp32 parameter shards".into(),
-        "grads_shard" => "fp32 gradient shards".into(),
-        "optimizer" => "optimizer state".into(),
-        "unsharded_params" => "gathered (unsharded) parameters".into(),
-        "grad_buffers" => "unsharded gradient buffers".into(),
-        "head_loss" => "SwAV scores and Sinkhorn matrices".into(),
-        "recompute" => "the recompute working set".into(),
-        other => other.replace('_', " "),
-    };
-    format!("{what} dominate ({:.1} GiB of {:.1})", bytes.as_gib(), report.peak.as_gib())
 }
 
 /// Display name of a wrapping policy.

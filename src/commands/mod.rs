@@ -6,3 +6,4 @@ pub mod dry_run;
 pub mod plan;
 pub mod sweep;
 pub mod train;
+pub mod validate;

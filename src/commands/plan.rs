@@ -9,7 +9,7 @@ use planner::memory::MemoryReport;
 use planner::plan::Plan;
 use planner::recipe::Recipe;
 use planner::search::{
-    choose, wrapping_name, BatchPolicy, Constraints, Evaluated, GpuCount, Objective, SearchError, SearchSpace, Searcher, ALL_PRECISIONS,
+    choose, wrapping_name, BatchPolicy, Constraints, Evaluated, GpuCount, Objective, PointOutcome, SearchError, SearchSpace, Searcher, ALL_PRECISIONS,
     DEFAULT_BATCHES, DEFAULT_MAX_GLOBAL_BATCH,
 };
 use cost_models::DType;
@@ -21,29 +21,12 @@ pub struct PlanArgs {
     /// Built-in recipe (seer-10b, seer-256gf, tiny-cpu) or path to a recipe TOML.
     #[arg(long)]
     pub recipe: String,
-    /// GPU type: built-in id, path to a hardware/profile TOML, or `all` for
-    /// every built-in GPU (default: the recipe's).
-    #[arg(long)]
-    pub gpu: Option<String>,
     /// Number of GPUs. Default: the recipe's for `fastest` without budget
     /// or deadline; otherwise searched over whole nodes up to --max-gpus.
     #[arg(long)]
     pub gpus: Option<usize>,
-    /// Smallest cluster the search considers.
-    #[arg(long, default_value_t = 1)]
-    pub min_gpus: usize,
-    /// Largest cluster the search considers.
-    #[arg(long, default_value_t = 1024)]
-    pub max_gpus: usize,
-    /// Fix the per-GPU batch (images).
-    #[arg(long, conflicts_with = "global_batch")]
-    pub batch: Option<usize>,
-    /// Fix the global batch (images per step; per-GPU = global / GPUs).
-    #[arg(long)]
-    pub global_batch: Option<usize>,
-    /// When the per-GPU batch is searched, the largest global batch allowed.
-    #[arg(long, default_value_t = DEFAULT_MAX_GLOBAL_BATCH)]
-    pub max_global_batch: usize,
+    #[command(flatten)]
+    pub search: SearchArgs,
     /// fastest | cheapest | fewest-gpus | fastest-under-budget
     #[arg(long, default_value = "fastest", value_parser = parse_objective)]
     pub objective: Objective,
@@ -53,13 +36,44 @@ pub struct PlanArgs {
     /// Finish within this many days.
     #[arg(long)]
     pub deadline_days: Option<f64>,
-    /// Override the price of one GPU-hour (USD).
-    #[arg(long)]
-    pub price: Option<f64>,
     /// Emit the recipe's fixed reference plan (e.g. VISSL's SEER settings)
     /// instead of searching.
     #[arg(long)]
     pub reference: bool,
+    /// Write the plan file here (atomically).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print the plan file (JSON) instead of the report.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The search flags `plan` and `sweep` share.
+#[derive(Args, Debug, Clone)]
+pub struct SearchArgs {
+    /// GPU type: built-in id, path to a hardware/profile TOML, or `all` for
+    /// every built-in GPU (default: the recipe's).
+    #[arg(long)]
+    pub gpu: Option<String>,
+    /// Smallest cluster the search considers.
+    #[arg(long, default_value_t = 1)]
+    pub min_gpus: usize,
+    /// Largest cluster the search considers.
+    #[arg(long, default_value_t = 1024)]
+    pub max_gpus: usize,
+    /// Fix the per-GPU batch (images).
+    #[arg(long, conflicts_with = "global_batch")]
+    pub batch: Option<usize>,
+    /// Fix the global batch (images per step; per-GPU = global / GPUs;
+    /// cluster sizes that do not divide it are skipped).
+    #[arg(long)]
+    pub global_batch: Option<usize>,
+    /// When the per-GPU batch is searched, the largest global batch allowed.
+    #[arg(long, default_value_t = DEFAULT_MAX_GLOBAL_BATCH)]
+    pub max_global_batch: usize,
+    /// Override the price of one GPU-hour (USD).
+    #[arg(long)]
+    pub price: Option<f64>,
     /// Evaluate every combination (no bound-based skipping).
     #[arg(long)]
     pub exhaustive: bool,
@@ -70,12 +84,35 @@ pub struct PlanArgs {
     /// Only consider these compute precisions (comma-separated: fp32,bf16,fp16).
     #[arg(long, value_delimiter = ',', value_parser = crate::commands::model::parse_dtype)]
     pub precision: Vec<DType>,
-    /// Write the plan file here (atomically).
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-    /// Print the plan file (JSON) instead of the report.
-    #[arg(long)]
-    pub json: bool,
+}
+
+impl SearchArgs {
+    /// Checks the flags and builds the search space of `recipe` over `gpus`
+    /// cluster sizes.
+    pub fn space(&self, recipe: &Recipe, gpus: GpuCount) -> Result<SearchSpace> {
+        if self.min_gpus == 0 {
+            bail!("--min-gpus must be at least 1");
+        }
+        if self.min_gpus > self.max_gpus {
+            bail!("--min-gpus {} is larger than --max-gpus {}", self.min_gpus, self.max_gpus);
+        }
+        if self.price.is_some_and(|p| !(p.is_finite() && p >= 0.0)) {
+            bail!("--price must be a non-negative number");
+        }
+        anyhow::ensure!((0.0..0.9).contains(&self.headroom), "--headroom must be in [0, 0.9)");
+        let hardware = hardware_list(self.gpu.as_deref(), recipe, self.price)?;
+        let batch = batch_policy(self.batch, self.global_batch, self.max_global_batch, recipe)?;
+        let mut space = SearchSpace::full(hardware, gpus, batch);
+        space.precisions = precisions(&self.precision, recipe);
+        space.exhaustive = self.exhaustive;
+        space.headroom = self.headroom;
+        Ok(space)
+    }
+
+    /// Every cluster size between --min-gpus and --max-gpus.
+    pub fn gpu_range(&self) -> GpuCount {
+        GpuCount::Range { min: self.min_gpus, max: self.max_gpus }
+    }
 }
 
 pub fn parse_objective(s: &str) -> Result<Objective, String> {
@@ -135,28 +172,18 @@ pub fn run(a: &PlanArgs) -> Result<()> {
     if a.gpus == Some(0) {
         bail!("--gpus must be at least 1");
     }
-    if a.min_gpus > a.max_gpus {
-        bail!("--min-gpus {} is larger than --max-gpus {}", a.min_gpus, a.max_gpus);
-    }
-    for (v, f) in [(a.budget_usd, "--budget-usd"), (a.deadline_days, "--deadline-days"), (a.price, "--price")] {
+    for (v, f) in [(a.budget_usd, "--budget-usd"), (a.deadline_days, "--deadline-days")] {
         if v.is_some_and(|x| !(x.is_finite() && x >= 0.0)) {
             bail!("{f} must be a non-negative number");
         }
     }
-    let hardware = hardware_list(a.gpu.as_deref(), &recipe, a.price)?;
     let constrained = a.budget_usd.is_some() || a.deadline_days.is_some();
     let gpus = match a.gpus {
         Some(n) => GpuCount::Fixed(n),
         None if a.reference || (a.objective == Objective::Fastest && !constrained) => GpuCount::Fixed(recipe.cluster.gpus),
-        None => GpuCount::Range { min: a.min_gpus, max: a.max_gpus },
+        None => a.search.gpu_range(),
     };
-    let batch = batch_policy(a.batch, a.global_batch, a.max_global_batch, &recipe)?;
-    let mut space = SearchSpace::full(hardware, gpus.clone(), batch);
-    space.precisions = precisions(&a.precision, &recipe);
-    space.exhaustive = a.exhaustive;
-    anyhow::ensure!((0.0..0.9).contains(&a.headroom), "--headroom must be in [0, 0.9)");
-    space.headroom = a.headroom;
-    let mut s = Searcher::new(&recipe, space)?;
+    let mut s = Searcher::new(&recipe, a.search.space(&recipe, gpus.clone())?)?;
 
     if a.reference {
         if s.space.hardware.len() != 1 {
@@ -171,20 +198,12 @@ pub fn run(a: &PlanArgs) -> Result<()> {
         let (plan, report) = build_plan(&mut s, &e)?;
         emit(a, &plan, &report, &e, None, &s)?;
         if !plan.predicted.fits {
-            bail!("the reference plan does not fit: {}", shortfall(&report, &e));
+            bail!("the reference plan does not fit: {}", report.shortfall(&e.rank_hardware.name));
         }
         return Ok(());
     }
 
-    let progress = progress_bar(s.points().len(), a.json);
-    let outcomes = s.run(|done, _| {
-        if let Some(p) = &progress {
-            p.set_position(done as u64);
-        }
-    })?;
-    if let Some(p) = progress {
-        p.finish_and_clear();
-    }
+    let outcomes = run_search(&mut s, a.json)?;
     let constraints = Constraints { budget_usd: a.budget_usd, deadline_days: a.deadline_days };
     let chosen = match choose(&outcomes, a.objective, constraints) {
         Ok(e) => e.clone(),
@@ -203,7 +222,21 @@ pub fn run(a: &PlanArgs) -> Result<()> {
     emit(a, &plan, &report, &chosen, reference.as_ref(), &s)
 }
 
-pub fn progress_bar(len: usize, quiet: bool) -> Option<indicatif::ProgressBar> {
+/// Runs the search, with a progress bar on a terminal unless `quiet`.
+pub fn run_search(s: &mut Searcher, quiet: bool) -> Result<Vec<PointOutcome>> {
+    let progress = progress_bar(s.points().len(), quiet);
+    let outcomes = s.run(|done, _| {
+        if let Some(p) = &progress {
+            p.set_position(done as u64);
+        }
+    })?;
+    if let Some(p) = progress {
+        p.finish_and_clear();
+    }
+    Ok(outcomes)
+}
+
+fn progress_bar(len: usize, quiet: bool) -> Option<indicatif::ProgressBar> {
     if quiet || len < 16 || !std::io::stderr().is_terminal() {
         return None;
     }
@@ -211,11 +244,6 @@ pub fn progress_bar(len: usize, quiet: bool) -> Option<indicatif::ProgressBar> {
     p.set_style(indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} cluster sizes ({elapsed})").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
     p.set_message("searching");
     Some(p)
-}
-
-/// "needs 51.2 GiB, A100-40GB has 37.5 usable: activations of s3 dominate".
-pub fn shortfall(r: &MemoryReport, e: &Evaluated) -> String {
-    format!("needs {:.1} GiB, {} has {:.1} usable: {}", r.peak.as_gib(), e.rank_hardware.name, r.usable.as_gib(), planner::search::dominant(r))
 }
 
 fn emit(a: &PlanArgs, plan: &Plan, report: &MemoryReport, e: &Evaluated, reference: Option<&Evaluated>, s: &Searcher) -> Result<()> {

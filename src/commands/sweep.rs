@@ -1,12 +1,12 @@
 //! `seerscale sweep`: the best plan at every cluster size (and GPU type),
 //! the Pareto frontier over (GPUs, days, cost), optionally as an SVG.
 
-use crate::commands::plan::{batch_policy, hardware_list, progress_bar};
+use crate::commands::plan::{run_search, SearchArgs};
 use anyhow::{Context, Result};
 use clap::Args;
 use planner::pareto::svg;
 use planner::recipe::Recipe;
-use planner::search::{GpuCount, SearchSpace, Searcher, DEFAULT_MAX_GLOBAL_BATCH};
+use planner::search::Searcher;
 use planner::sweep::{rows_of, Sweep};
 use std::path::PathBuf;
 
@@ -15,34 +15,8 @@ pub struct SweepArgs {
     /// Built-in recipe or path to a recipe TOML.
     #[arg(long)]
     pub recipe: String,
-    /// GPU type (id or path), or `all` for every built-in GPU (default: the recipe's).
-    #[arg(long)]
-    pub gpu: Option<String>,
-    #[arg(long, default_value_t = 1)]
-    pub min_gpus: usize,
-    #[arg(long, default_value_t = 1024)]
-    pub max_gpus: usize,
-    /// Fix the per-GPU batch.
-    #[arg(long, conflicts_with = "global_batch")]
-    pub batch: Option<usize>,
-    /// Fix the global batch (cluster sizes that do not divide it are skipped).
-    #[arg(long)]
-    pub global_batch: Option<usize>,
-    #[arg(long, default_value_t = DEFAULT_MAX_GLOBAL_BATCH)]
-    pub max_global_batch: usize,
-    /// Override the price of one GPU-hour (USD).
-    #[arg(long)]
-    pub price: Option<f64>,
-    /// Evaluate every combination (no bound-based skipping).
-    #[arg(long)]
-    pub exhaustive: bool,
-    /// Leave this fraction of usable memory free: the allocator's real
-    /// fragmentation varies run to run, so a plan at 99.9 % is a gamble.
-    #[arg(long, default_value_t = 0.05)]
-    pub headroom: f64,
-    /// Only consider these compute precisions (comma-separated: fp32,bf16,fp16).
-    #[arg(long, value_delimiter = ',', value_parser = crate::commands::model::parse_dtype)]
-    pub precision: Vec<cost_models::DType>,
+    #[command(flatten)]
+    pub search: SearchArgs,
     /// Print JSON (rows and frontier) instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -53,27 +27,8 @@ pub struct SweepArgs {
 
 pub fn run(a: &SweepArgs) -> Result<()> {
     let recipe = Recipe::load(&a.recipe)?;
-    anyhow::ensure!(a.min_gpus >= 1 && a.min_gpus <= a.max_gpus, "need 1 <= --min-gpus <= --max-gpus");
-    if a.price.is_some_and(|p| !(p.is_finite() && p >= 0.0)) {
-        anyhow::bail!("--price must be a non-negative number");
-    }
-    let hardware = hardware_list(a.gpu.as_deref(), &recipe, a.price)?;
-    let batch = batch_policy(a.batch, a.global_batch, a.max_global_batch, &recipe)?;
-    let mut space = SearchSpace::full(hardware, GpuCount::Range { min: a.min_gpus, max: a.max_gpus }, batch);
-    space.precisions = super::plan::precisions(&a.precision, &recipe);
-    space.exhaustive = a.exhaustive;
-    anyhow::ensure!((0.0..0.9).contains(&a.headroom), "--headroom must be in [0, 0.9)");
-    space.headroom = a.headroom;
-    let mut s = Searcher::new(&recipe, space)?;
-    let progress = progress_bar(s.points().len(), a.json);
-    let outcomes = s.run(|done, _| {
-        if let Some(p) = &progress {
-            p.set_position(done as u64);
-        }
-    })?;
-    if let Some(p) = progress {
-        p.finish_and_clear();
-    }
+    let mut s = Searcher::new(&recipe, a.search.space(&recipe, a.search.gpu_range())?)?;
+    let outcomes = run_search(&mut s, a.json)?;
     let sweep = rows_of(&s, &recipe, &outcomes);
     if let Some(path) = &a.svg {
         let title = format!("{}: days to train {:.2e} images vs GPUs", recipe.name, recipe.data.total_images);

@@ -1,0 +1,675 @@
+//! Predicted vs measured: plan variants with fixed decisions (no search),
+//! the comparison of their predictions with what the executor measured, and
+//! the report (markdown + hand-written SVG bar plot).
+//!
+//! A variant is named by its decisions, e.g. `w2-block-reshard-ckpt0-fp32-b8-r32`:
+//! world size, FSDP granularity (`block` | `stage` | `whole`), `reshard` or
+//! `keep` after forward, checkpointing (`ckpt0` none, `ckptsome` one segment
+//! per middle stage, `ckptall` every trunk block its own segment), compute
+//! precision, per-rank batch and the resolution of the largest crop group
+//! (the other groups scale with it).
+//!
+//! This module never runs anything: the CLI executes the plans and hands the
+//! per-step metrics back as [`StepSample`]s.
+
+use crate::build::build_plan;
+use crate::memory::{Decisions, MemoryReport};
+use crate::plan::{Plan, Precision};
+use crate::recipe::{Recipe, Wrapping};
+use crate::search::{BatchPolicy, GpuCount, SearchError, SearchSpace, Searcher};
+use cost_models::graph::{BlockKind, ModelGraph};
+use cost_models::hardware::HardwareProfile;
+use cost_models::{Bytes, DType};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::ops::Range;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ValidationError {
+    #[error("variant `{name}`: {why} (expected e.g. `w2-block-reshard-ckpt0-fp32-b8-r32`)")]
+    BadVariant { name: String, why: String },
+    #[error("variant `{name}`: {source}")]
+    Plan { name: String, source: SearchError },
+    #[error("variant `{name}`: {why}")]
+    Recipe { name: String, why: String },
+}
+
+/// FSDP unit granularity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Granularity {
+    Block,
+    Stage,
+    Whole,
+}
+
+impl Granularity {
+    pub fn wrapping(self) -> Wrapping {
+        match self {
+            Granularity::Block => Wrapping::PerBlock,
+            Granularity::Stage => Wrapping::PerStage,
+            Granularity::Whole => Wrapping::Whole,
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Granularity::Block => "block",
+            Granularity::Stage => "stage",
+            Granularity::Whole => "whole",
+        }
+    }
+}
+
+/// How much of the trunk is checkpointed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CkptLevel {
+    None,
+    /// One segment per middle stage (stages 2 .. last-1; stage 2 alone for
+    /// models with fewer than 3 stages).
+    Some,
+    /// Every trunk block (stem included) its own segment.
+    All,
+}
+
+impl CkptLevel {
+    fn name(self) -> &'static str {
+        match self {
+            CkptLevel::None => "ckpt0",
+            CkptLevel::Some => "ckptsome",
+            CkptLevel::All => "ckptall",
+        }
+    }
+
+    /// Segments (block index ranges) of this level on `graph`.
+    pub fn segments(self, graph: &ModelGraph) -> Vec<Range<usize>> {
+        match self {
+            CkptLevel::None => Vec::new(),
+            CkptLevel::All => graph.blocks.iter().enumerate().filter(|(_, b)| b.is_trunk()).map(|(i, _)| i..i + 1).collect(),
+            CkptLevel::Some => {
+                let stages: Vec<usize> = {
+                    let mut s: Vec<usize> = graph.blocks.iter().filter(|b| b.kind == BlockKind::Residual).filter_map(|b| b.stage).collect();
+                    s.dedup();
+                    s
+                };
+                let last = stages.iter().copied().max().unwrap_or(0);
+                let wanted: Vec<usize> = if last >= 3 { (2..last).collect() } else { stages.iter().copied().filter(|&s| s == 2.min(last)).collect() };
+                wanted
+                    .into_iter()
+                    .filter_map(|st| {
+                        let idx: Vec<usize> = graph.blocks.iter().enumerate().filter(|(_, b)| b.kind == BlockKind::Residual && b.stage == Some(st)).map(|(i, _)| i).collect();
+                        Some(*idx.first()?..*idx.last()? + 1)
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+/// One validation variant (see the module docs for the name grammar).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Variant {
+    pub world_size: usize,
+    pub granularity: Granularity,
+    pub reshard_after_forward: bool,
+    pub checkpoint: CkptLevel,
+    pub precision: DType,
+    pub batch_per_rank: usize,
+    /// Resolution of the largest crop group.
+    pub resolution: u64,
+}
+
+impl fmt::Display for Variant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "w{}-{}-{}-{}-{}-b{}-r{}",
+            self.world_size,
+            self.granularity.name(),
+            if self.reshard_after_forward { "reshard" } else { "keep" },
+            self.checkpoint.name(),
+            self.precision,
+            self.batch_per_rank,
+            self.resolution
+        )
+    }
+}
+
+/// Largest world size a variant may ask for (ranks are local processes).
+pub const MAX_VARIANT_WORLD: usize = 16;
+
+impl Variant {
+    pub fn parse(name: &str) -> Result<Variant, ValidationError> {
+        let bad = |why: &str| ValidationError::BadVariant { name: name.to_string(), why: why.to_string() };
+        let parts: Vec<&str> = name.trim().split('-').collect();
+        if parts.len() != 7 {
+            return Err(bad("needs 7 dash-separated parts"));
+        }
+        let num = |s: &str, prefix: char, what: &str| -> Result<u64, ValidationError> {
+            s.strip_prefix(prefix).and_then(|n| n.parse::<u64>().ok()).filter(|&n| n > 0).ok_or_else(|| bad(&format!("`{s}`: {what}")))
+        };
+        let world = num(parts[0], 'w', "world size must be w<N>, N >= 1")? as usize;
+        if world > MAX_VARIANT_WORLD {
+            return Err(bad(&format!("world size {world} is more than {MAX_VARIANT_WORLD} local ranks")));
+        }
+        let granularity = match parts[1] {
+            "block" => Granularity::Block,
+            "stage" => Granularity::Stage,
+            "whole" => Granularity::Whole,
+            o => return Err(bad(&format!("`{o}`: granularity must be block, stage or whole"))),
+        };
+        let reshard = match parts[2] {
+            "reshard" => true,
+            "keep" => false,
+            o => return Err(bad(&format!("`{o}`: must be reshard or keep"))),
+        };
+        let checkpoint = match parts[3] {
+            "ckpt0" => CkptLevel::None,
+            "ckptsome" => CkptLevel::Some,
+            "ckptall" => CkptLevel::All,
+            o => return Err(bad(&format!("`{o}`: checkpointing must be ckpt0, ckptsome or ckptall"))),
+        };
+        let precision = DType::parse(parts[4]).ok_or_else(|| bad(&format!("`{}`: precision must be fp32, bf16 or fp16", parts[4])))?;
+        let batch = num(parts[5], 'b', "batch must be b<N>, N >= 1")? as usize;
+        let resolution = num(parts[6], 'r', "resolution must be r<N>")?;
+        if !(8..=1024).contains(&resolution) {
+            return Err(bad("resolution must be within 8..=1024 px"));
+        }
+        Ok(Variant { world_size: world, granularity, reshard_after_forward: reshard, checkpoint, precision, batch_per_rank: batch, resolution })
+    }
+
+    /// The recipe with this variant's crops: the largest group at
+    /// `resolution`, the others scaled by the same factor (at least 8 px).
+    pub fn recipe(&self, base: &Recipe) -> Result<Recipe, ValidationError> {
+        let mut r = base.clone();
+        let largest = r.data.crops.iter().map(|c| c.resolution).max().unwrap_or(0);
+        if largest == 0 {
+            return Err(ValidationError::Recipe { name: self.to_string(), why: "the recipe has no crops".into() });
+        }
+        for c in &mut r.data.crops {
+            c.resolution = ((c.resolution as f64 * self.resolution as f64 / largest as f64).round() as u64).max(8);
+        }
+        r.cluster.gpus = self.world_size;
+        r.cluster.batch_per_gpu = self.batch_per_rank;
+        r.validate(&format!("variant {self}")).map_err(|e| ValidationError::Recipe { name: self.to_string(), why: e.to_string() })?;
+        Ok(r)
+    }
+}
+
+/// The default set: every axis of the issue covered, one change at a time
+/// from `w2-block-reshard-ckpt0-fp32-b8-r32`, plus two mixed variants.
+pub fn default_variants() -> Vec<Variant> {
+    [
+        "w2-block-reshard-ckpt0-fp32-b8-r32",
+        "w1-block-reshard-ckpt0-fp32-b8-r32",
+        "w4-block-reshard-ckpt0-fp32-b8-r32",
+        "w2-stage-reshard-ckpt0-fp32-b8-r32",
+        "w2-whole-reshard-ckpt0-fp32-b8-r32",
+        "w2-block-keep-ckpt0-fp32-b8-r32",
+        "w2-block-reshard-ckptsome-fp32-b8-r32",
+        "w2-block-reshard-ckptall-fp32-b8-r32",
+        "w2-block-reshard-ckpt0-bf16-b8-r32",
+        "w2-block-reshard-ckpt0-fp32-b16-r32",
+        "w2-block-reshard-ckpt0-fp32-b8-r48",
+        "w1-stage-keep-ckptall-bf16-b16-r48",
+        "w4-whole-keep-ckptsome-bf16-b8-r48",
+    ]
+    .iter()
+    .map(|n| Variant::parse(n).expect("built-in variant names parse"))
+    .collect()
+}
+
+/// Parses a comma-separated list; duplicates are dropped.
+pub fn parse_variants(list: &str) -> Result<Vec<Variant>, ValidationError> {
+    let mut out: Vec<Variant> = Vec::new();
+    for n in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let v = Variant::parse(n)?;
+        if !out.contains(&v) {
+            out.push(v);
+        }
+    }
+    if out.is_empty() {
+        return Err(ValidationError::BadVariant { name: list.to_string(), why: "no variant named".into() });
+    }
+    Ok(out)
+}
+
+/// Builds the plan of `v` with its decisions fixed (memory model, step
+/// simulator and plan builder only; nothing is searched).
+pub fn plan_variant(base: &Recipe, hardware: &HardwareProfile, v: &Variant) -> Result<(Plan, MemoryReport), ValidationError> {
+    let name = v.to_string();
+    let recipe = v.recipe(base)?;
+    let space = SearchSpace {
+        hardware: vec![hardware.clone()],
+        gpus: GpuCount::Fixed(v.world_size),
+        batch: BatchPolicy::PerGpu(v.batch_per_rank),
+        wrappings: vec![v.granularity.wrapping()],
+        precisions: vec![v.precision],
+        reshard: vec![v.reshard_after_forward],
+        exhaustive: true,
+        headroom: 0.0,
+    };
+    let plan_err = |source| ValidationError::Plan { name: name.clone(), source };
+    let mut s = Searcher::new(&recipe, space).map_err(plan_err)?;
+    let checkpoint = v.checkpoint.segments(s.graph(v.precision, v.batch_per_rank));
+    let d = Decisions {
+        world_size: v.world_size,
+        batch_per_rank: v.batch_per_rank,
+        precision: Precision { compute: v.precision, reduce: v.precision },
+        reshard_after_forward: v.reshard_after_forward,
+        wrapping: v.granularity.wrapping(),
+        checkpoint,
+    };
+    let e = s.evaluate(0, &d).map_err(plan_err)?;
+    build_plan(&mut s, &e).map_err(plan_err)
+}
+
+/// One rank's metrics for one step (the fields of the executor's
+/// `metrics.rank<r>.jsonl` that validation needs).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepSample {
+    pub rank: usize,
+    pub step: u64,
+    pub peak_memory_bytes: u64,
+    pub step_time_s: f64,
+    pub comm_time_s: f64,
+}
+
+/// What the runs measured, steady state only.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Measured {
+    pub ranks: usize,
+    /// Steady-state steps used (after warm-up).
+    pub steps: usize,
+    /// Max over ranks and steady-state steps.
+    pub peak_memory_bytes: u64,
+    /// Min over ranks of their steady-state max (shows rank spread and
+    /// step-to-step noise).
+    pub peak_memory_min_rank_bytes: u64,
+    /// Median over steady-state steps of the slowest rank's step time.
+    pub step_time_s: f64,
+    /// Median over steady-state steps of the mean over ranks of the time
+    /// blocked in collectives.
+    pub comm_time_s: f64,
+}
+
+/// Steps `0..warmup` are dropped (the first steps allocate optimiser state
+/// and warm caches); if nothing is left, the last step is used.
+pub fn summarize(samples: &[StepSample], warmup: u64) -> Option<Measured> {
+    if samples.is_empty() {
+        return None;
+    }
+    let last = samples.iter().map(|s| s.step).max()?;
+    let from = if last >= warmup { warmup } else { last };
+    let steady: Vec<&StepSample> = samples.iter().filter(|s| s.step >= from).collect();
+    let mut ranks: Vec<usize> = steady.iter().map(|s| s.rank).collect();
+    ranks.sort_unstable();
+    ranks.dedup();
+    let mut steps: Vec<u64> = steady.iter().map(|s| s.step).collect();
+    steps.sort_unstable();
+    steps.dedup();
+    let per_rank_max = |r: usize| steady.iter().filter(|s| s.rank == r).map(|s| s.peak_memory_bytes).max().unwrap_or(0);
+    let median = |mut v: Vec<f64>| -> f64 {
+        v.sort_by(|a, b| a.total_cmp(b));
+        if v.is_empty() {
+            0.0
+        } else if v.len() % 2 == 1 {
+            v[v.len() / 2]
+        } else {
+            (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+        }
+    };
+    let at = |st: u64| steady.iter().filter(move |s| s.step == st);
+    let times: Vec<f64> = steps.iter().map(|&st| at(st).map(|s| s.step_time_s).fold(0.0, f64::max)).collect();
+    let comms: Vec<f64> = steps
+        .iter()
+        .map(|&st| {
+            let v: Vec<f64> = at(st).map(|s| s.comm_time_s).collect();
+            v.iter().sum::<f64>() / v.len().max(1) as f64
+        })
+        .collect();
+    Some(Measured {
+        ranks: ranks.len(),
+        steps: steps.len(),
+        peak_memory_bytes: ranks.iter().map(|&r| per_rank_max(r)).max().unwrap_or(0),
+        peak_memory_min_rank_bytes: ranks.iter().map(|&r| per_rank_max(r)).min().unwrap_or(0),
+        step_time_s: median(times),
+        comm_time_s: median(comms),
+    })
+}
+
+/// `(measured - predicted) / predicted`; None without a prediction.
+pub fn rel_error(measured: f64, predicted: f64) -> Option<f64> {
+    (predicted > 0.0 && measured.is_finite()).then(|| (measured - predicted) / predicted)
+}
+
+/// One variant's line of the report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Row {
+    pub variant: String,
+    pub predicted_peak_bytes: u64,
+    /// Predicted peak by category (bytes).
+    pub predicted_breakdown: Vec<(String, u64)>,
+    pub predicted_step_time_s: f64,
+    pub predicted_comm_time_s: f64,
+    pub predicted_exposed_comm_s: f64,
+    pub measured: Option<Measured>,
+    /// Why there is no (or only a partial) measurement.
+    pub note: Option<String>,
+}
+
+impl Row {
+    pub fn from_plan(variant: &Variant, plan: &Plan, measured: Option<Measured>, note: Option<String>) -> Row {
+        let p = &plan.predicted;
+        let mut breakdown: Vec<(String, u64)> = p.peak_breakdown.iter().filter(|(_, v)| **v > 0).map(|(k, v)| (k.clone(), *v)).collect();
+        breakdown.sort_by_key(|x| std::cmp::Reverse(x.1));
+        Row {
+            variant: variant.to_string(),
+            predicted_peak_bytes: p.peak_memory_bytes,
+            predicted_breakdown: breakdown,
+            predicted_step_time_s: p.step_time_s,
+            predicted_comm_time_s: p.comm_time_s,
+            predicted_exposed_comm_s: p.exposed_comm_s,
+            measured,
+            note,
+        }
+    }
+    pub fn memory_error(&self) -> Option<f64> {
+        self.measured.as_ref().and_then(|m| rel_error(m.peak_memory_bytes as f64, self.predicted_peak_bytes as f64))
+    }
+    pub fn step_error(&self) -> Option<f64> {
+        self.measured.as_ref().and_then(|m| rel_error(m.step_time_s, self.predicted_step_time_s))
+    }
+}
+
+/// The whole report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ValidationReport {
+    pub recipe: String,
+    pub hardware: String,
+    /// Where the hardware numbers came from (catalog or a calibrated profile).
+    pub hardware_source: String,
+    pub steps: u64,
+    pub warmup: u64,
+    pub memory_tolerance: f64,
+    pub step_tolerance: f64,
+    /// The command that regenerates the report.
+    pub command: String,
+    pub rows: Vec<Row>,
+    /// Free-form notes printed under the table (how things were measured).
+    pub notes: Vec<String>,
+}
+
+impl ValidationReport {
+    /// Variants whose measured peak is off by more than the tolerance, or
+    /// that were not measured at all.
+    pub fn memory_failures(&self) -> Vec<String> {
+        self.rows
+            .iter()
+            .filter_map(|r| match r.memory_error() {
+                Some(e) if e.abs() <= self.memory_tolerance => None,
+                Some(e) => Some(format!("{}: peak {:+.1}% (measured {}, predicted {})", r.variant, e * 100.0, Bytes(r.measured.as_ref().map_or(0, |m| m.peak_memory_bytes)), Bytes(r.predicted_peak_bytes))),
+                None => Some(format!("{}: not measured ({})", r.variant, r.note.as_deref().unwrap_or("no metrics"))),
+            })
+            .collect()
+    }
+
+    pub fn markdown(&self, svg_name: Option<&str>) -> String {
+        let pct = |e: Option<f64>| e.map_or("-".to_string(), |e| format!("{:+.1}%", e * 100.0));
+        let kib = |b: u64| format!("{:.1}", b as f64 / 1024.0);
+        let ms = |s: f64| format!("{:.1}", s * 1e3);
+        let mut s = String::new();
+        s.push_str(&format!("# Validation: `{}` predicted vs measured\n\n", self.recipe));
+        s.push_str(&format!("Regenerate with:\n\n```sh\n{}\n```\n\n", self.command));
+        s.push_str(&format!(
+            "Hardware: {} ({}). Each variant is planned with fixed decisions, executed by `seerscale train` as real ranks for {} steps; steps 0..{} are warm-up and dropped. Measured peak = max over ranks and steady-state steps of the executor's counting-allocator peak; step time = median over steady-state steps of the slowest rank; comm = median time blocked in collectives (mean over ranks), compared with the simulator's *exposed* communication.\n\n",
+            self.hardware, self.hardware_source, self.steps, self.warmup
+        ));
+        let within_mem = self.rows.iter().filter(|r| r.memory_error().is_some_and(|e| e.abs() <= self.memory_tolerance)).count();
+        let within_step = self.rows.iter().filter(|r| r.step_error().is_some_and(|e| e.abs() <= self.step_tolerance)).count();
+        let mem_errs: Vec<f64> = self.rows.iter().filter_map(|r| r.memory_error()).map(f64::abs).collect();
+        let step_errs: Vec<f64> = self.rows.iter().filter_map(|r| r.step_error()).map(f64::abs).collect();
+        let maxf = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+        s.push_str(&format!(
+            "**Peak memory**: {within_mem}/{} variants within ±{:.0}% (max |error| {:.1}%). **Step time**: {within_step}/{} within ±{:.0}% (max |error| {:.0}%).\n\n",
+            self.rows.len(),
+            self.memory_tolerance * 100.0,
+            maxf(&mem_errs) * 100.0,
+            self.rows.len(),
+            self.step_tolerance * 100.0,
+            maxf(&step_errs) * 100.0
+        ));
+        if let Some(svg) = svg_name {
+            s.push_str(&format!("![predicted vs measured peak memory and step time]({svg})\n\n"));
+        }
+        s.push_str("| variant | ranks | peak pred (KiB) | peak meas (KiB) | error | step pred (ms) | step meas (ms) | error | comm exposed pred (ms) | comm meas (ms) |\n");
+        s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+        for r in &self.rows {
+            let (mp, mt, mc, ranks) = match &r.measured {
+                Some(m) => (kib(m.peak_memory_bytes), ms(m.step_time_s), ms(m.comm_time_s), m.ranks.to_string()),
+                None => ("-".into(), "-".into(), "-".into(), "-".into()),
+            };
+            s.push_str(&format!(
+                "| `{}` | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                r.variant,
+                ranks,
+                kib(r.predicted_peak_bytes),
+                mp,
+                pct(r.memory_error()),
+                ms(r.predicted_step_time_s),
+                mt,
+                pct(r.step_error()),
+                ms(r.predicted_exposed_comm_s),
+                mc
+            ));
+        }
+        s.push_str("\n## Predicted peak by category\n\n");
+        s.push_str("The executor's counter has one total per step, so categories are predicted only (KiB at the predicted peak event).\n\n");
+        for r in &self.rows {
+            let parts: Vec<String> = r.predicted_breakdown.iter().map(|(k, v)| format!("{k} {}", kib(*v))).collect();
+            s.push_str(&format!("* `{}`: {}\n", r.variant, parts.join(", ")));
+        }
+        let notes: Vec<String> = self.rows.iter().filter_map(|r| r.note.as_ref().map(|n| format!("`{}`: {n}", r.variant))).collect();
+        if !notes.is_empty() || !self.notes.is_empty() {
+            s.push_str("\n## Notes\n\n");
+            for n in self.notes.iter().chain(&notes) {
+                s.push_str(&format!("* {n}\n"));
+            }
+        }
+        s
+    }
+
+    /// Grouped bars per variant: predicted vs measured peak memory (top
+    /// panel) and step time (bottom panel), each scaled to its own maximum.
+    pub fn svg(&self) -> String {
+        let n = self.rows.len().max(1);
+        let (left, right, top) = (70.0, 20.0, 40.0);
+        let group_w = 56.0;
+        let width = left + right + group_w * n as f64;
+        let panel_h = 160.0;
+        let label_h = 150.0;
+        let height = top + 2.0 * panel_h + 40.0 + label_h;
+        let mut s = format!(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width:.0}\" height=\"{height:.0}\" viewBox=\"0 0 {width:.0} {height:.0}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{left}\" y=\"18\" font-size=\"14\">{} — predicted vs measured (per rank)</text>\n",
+            xml(&self.recipe)
+        );
+        s.push_str(&format!(
+            "<rect x=\"{:.0}\" y=\"24\" width=\"10\" height=\"10\" fill=\"#4e79a7\"/><text x=\"{:.0}\" y=\"33\">predicted</text><rect x=\"{:.0}\" y=\"24\" width=\"10\" height=\"10\" fill=\"#f28e2b\"/><text x=\"{:.0}\" y=\"33\">measured</text>\n",
+            width - 190.0,
+            width - 176.0,
+            width - 100.0,
+            width - 86.0
+        ));
+        let panels: [(&str, Box<dyn Fn(&Row) -> (f64, Option<f64>)>, f64); 2] = [
+            ("peak memory (KiB)", Box::new(|r: &Row| (r.predicted_peak_bytes as f64 / 1024.0, r.measured.as_ref().map(|m| m.peak_memory_bytes as f64 / 1024.0))), top),
+            ("step time (ms)", Box::new(|r: &Row| (r.predicted_step_time_s * 1e3, r.measured.as_ref().map(|m| m.step_time_s * 1e3))), top + panel_h + 20.0),
+        ];
+        for (title, f, y0) in &panels {
+            let vals: Vec<(f64, Option<f64>)> = self.rows.iter().map(|r| f(r)).collect();
+            let max = vals.iter().flat_map(|(p, m)| [Some(*p), *m]).flatten().filter(|v| v.is_finite()).fold(0.0, f64::max).max(1e-9);
+            let base = y0 + panel_h - 14.0;
+            let scale = (panel_h - 30.0) / max;
+            s.push_str(&format!("<text x=\"4\" y=\"{:.0}\" font-size=\"12\">{}</text>\n", y0 + 12.0, xml(title)));
+            s.push_str(&format!("<line x1=\"{left}\" y1=\"{base:.1}\" x2=\"{:.1}\" y2=\"{base:.1}\" stroke=\"black\"/>\n", width - right));
+            for k in 0..=4 {
+                let v = max * k as f64 / 4.0;
+                let y = base - v * scale;
+                s.push_str(&format!(
+                    "<line x1=\"{left}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/><text x=\"{:.0}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\n",
+                    width - right,
+                    left - 4.0,
+                    y + 4.0,
+                    fmt_num(v)
+                ));
+            }
+            for (i, (p, m)) in vals.iter().enumerate() {
+                let x = left + group_w * i as f64 + 8.0;
+                let hp = (p * scale).max(0.0);
+                s.push_str(&format!("<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"18\" height=\"{hp:.1}\" fill=\"#4e79a7\"><title>predicted {}</title></rect>\n", base - hp, fmt_num(*p)));
+                if let Some(m) = m {
+                    let hm = (m * scale).max(0.0);
+                    s.push_str(&format!(
+                        "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"18\" height=\"{hm:.1}\" fill=\"#f28e2b\"><title>measured {}</title></rect>\n",
+                        x + 20.0,
+                        base - hm,
+                        fmt_num(*m)
+                    ));
+                    if let Some(e) = rel_error(*m, *p) {
+                        s.push_str(&format!("<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"9\">{:+.0}%</text>\n", x + 19.0, base - hp.max(hm) - 3.0, e * 100.0));
+                    }
+                }
+            }
+        }
+        let ly = top + 2.0 * panel_h + 30.0;
+        for (i, r) in self.rows.iter().enumerate() {
+            let x = left + group_w * i as f64 + 27.0;
+            s.push_str(&format!("<text x=\"{x:.1}\" y=\"{ly:.1}\" transform=\"rotate(60 {x:.1} {ly:.1})\" font-size=\"10\">{}</text>\n", xml(&r.variant)));
+        }
+        s.push_str("</svg>\n");
+        s
+    }
+}
+
+fn fmt_num(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn xml(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cost_models::hardware::{builtin_hardware, HardwareProfile};
+
+    #[test]
+    fn names_round_trip_and_bad_names_are_errors() {
+        for v in default_variants() {
+            assert_eq!(Variant::parse(&v.to_string()).unwrap(), v);
+        }
+        let v = Variant::parse("w4-stage-keep-ckptall-bf16-b16-r48").unwrap();
+        assert_eq!((v.world_size, v.granularity, v.reshard_after_forward, v.checkpoint), (4, Granularity::Stage, false, CkptLevel::All));
+        assert_eq!((v.precision, v.batch_per_rank, v.resolution), (DType::Bf16, 16, 48));
+        for bad in ["", "w2", "w0-block-reshard-ckpt0-fp32-b8-r32", "w2-blocks-reshard-ckpt0-fp32-b8-r32", "w2-block-reshard-ckpt9-fp32-b8-r32", "w2-block-reshard-ckpt0-fp64-b8-r32", "w2-block-reshard-ckpt0-fp32-b0-r32", "w2-block-reshard-ckpt0-fp32-b8-r4", "w99-block-reshard-ckpt0-fp32-b8-r32"] {
+            assert!(Variant::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_variants("w1-block-keep-ckpt0-fp32-b8-r32, w1-block-keep-ckpt0-fp32-b8-r32").unwrap().len(), 1);
+        assert!(parse_variants(" , ").is_err());
+    }
+
+    #[test]
+    fn default_set_covers_every_axis() {
+        let vs = default_variants();
+        let has = |f: &dyn Fn(&Variant) -> bool| vs.iter().any(f);
+        for w in [1, 2, 4] {
+            assert!(has(&|v| v.world_size == w));
+        }
+        for g in [Granularity::Block, Granularity::Stage, Granularity::Whole] {
+            assert!(has(&|v| v.granularity == g));
+        }
+        for c in [CkptLevel::None, CkptLevel::Some, CkptLevel::All] {
+            assert!(has(&|v| v.checkpoint == c));
+        }
+        assert!(has(&|v| v.reshard_after_forward) && has(&|v| !v.reshard_after_forward));
+        assert!(has(&|v| v.precision == DType::Fp32) && has(&|v| v.precision == DType::Bf16));
+        assert!(has(&|v| v.batch_per_rank == 8) && has(&|v| v.batch_per_rank == 16));
+        assert!(has(&|v| v.resolution == 32) && has(&|v| v.resolution == 48));
+    }
+
+    #[test]
+    fn variant_plans_carry_their_decisions() {
+        let base = Recipe::load("tiny-cpu").unwrap();
+        let hw = HardwareProfile::from_spec(builtin_hardware("cpu-local").unwrap());
+        let v = Variant::parse("w2-stage-keep-ckptsome-bf16-b16-r48").unwrap();
+        let (plan, report) = plan_variant(&base, &hw, &v).unwrap();
+        assert_eq!(plan.world_size, 2);
+        assert_eq!(plan.batch_per_rank, 16);
+        assert_eq!(plan.precision.compute, DType::Bf16);
+        assert!(!plan.reshard_after_forward);
+        assert_eq!(plan.wrapping, Wrapping::PerStage);
+        assert_eq!(plan.recipe.data.crops.iter().map(|c| c.resolution).collect::<Vec<_>>(), vec![48, 24]);
+        // tiny: stages 1..4, so "some" = stages 2 and 3, s3 as one segment of two blocks.
+        assert_eq!(plan.checkpoint_segments, vec![vec!["s2.b0".to_string()], vec!["s3.b0".to_string(), "s3.b1".to_string()]]);
+        assert_eq!(plan.predicted.peak_memory_bytes, report.peak.0);
+        let all = plan_variant(&base, &hw, &Variant::parse("w2-stage-keep-ckptall-bf16-b16-r48").unwrap()).unwrap().0;
+        assert_eq!(all.checkpoint_segments.len(), 6);
+        assert!(all.predicted.peak_memory_bytes < plan.predicted.peak_memory_bytes || all.predicted.peak_memory_bytes > 0);
+    }
+
+    fn sample(rank: usize, step: u64, peak: u64, t: f64) -> StepSample {
+        StepSample { rank, step, peak_memory_bytes: peak, step_time_s: t, comm_time_s: t / 10.0 }
+    }
+
+    #[test]
+    fn summary_drops_warmup_and_takes_max_over_ranks() {
+        let s = vec![sample(0, 0, 900, 5.0), sample(1, 0, 900, 5.0), sample(0, 1, 100, 1.0), sample(1, 1, 120, 2.0), sample(0, 2, 110, 1.0), sample(1, 2, 100, 4.0), sample(0, 3, 100, 1.0), sample(1, 3, 100, 3.0)];
+        let m = summarize(&s, 1).unwrap();
+        assert_eq!((m.ranks, m.steps, m.peak_memory_bytes, m.peak_memory_min_rank_bytes), (2, 3, 120, 110));
+        assert_eq!(m.step_time_s, 3.0);
+        assert!((m.comm_time_s - 0.2).abs() < 1e-12);
+        // Only warm-up steps: the last one is used.
+        let m = summarize(&s[..2], 1).unwrap();
+        assert_eq!(m.peak_memory_bytes, 900);
+        assert!(summarize(&[], 1).is_none());
+    }
+
+    #[test]
+    fn report_flags_drift_and_renders() {
+        let base = Recipe::load("tiny-cpu").unwrap();
+        let hw = HardwareProfile::from_spec(builtin_hardware("cpu-local").unwrap());
+        let v = Variant::parse("w1-block-reshard-ckpt0-fp32-b8-r32").unwrap();
+        let (plan, _) = plan_variant(&base, &hw, &v).unwrap();
+        let p = plan.predicted.peak_memory_bytes;
+        let meas = |peak: u64| Measured { ranks: 1, steps: 3, peak_memory_bytes: peak, peak_memory_min_rank_bytes: peak, step_time_s: 0.1, comm_time_s: 0.0 };
+        let mut rep = ValidationReport {
+            recipe: "tiny-cpu".into(),
+            hardware: "cpu".into(),
+            hardware_source: "catalog".into(),
+            steps: 5,
+            warmup: 2,
+            memory_tolerance: 0.03,
+            step_tolerance: 0.10,
+            command: "seerscale validate --recipe tiny-cpu".into(),
+            rows: vec![Row::from_plan(&v, &plan, Some(meas(p + p / 50)), None)],
+            notes: vec![],
+        };
+        assert!(rep.memory_failures().is_empty());
+        rep.rows.push(Row::from_plan(&v, &plan, Some(meas(p + p / 10)), None));
+        rep.rows.push(Row::from_plan(&v, &plan, None, Some("rank 1 failed".into())));
+        let f = rep.memory_failures();
+        assert_eq!(f.len(), 2, "{f:?}");
+        assert!(f[1].contains("rank 1 failed"));
+        let md = rep.markdown(Some("x.svg"));
+        assert!(md.contains("seerscale validate --recipe tiny-cpu") && md.contains("+2.0%") && md.contains("+10.0%") && md.contains("x.svg"));
+        let svg = rep.svg();
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.matches("<rect").count(), 3 + 2 * (3 + 2));
+    }
+}
