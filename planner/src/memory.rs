@@ -193,6 +193,13 @@ pub struct UnitMem {
     pub param_grad: Bytes,
 }
 
+/// Data-loading workers per rank the executor uses by default
+/// (`seerscale train --workers`).
+pub const LOADER_WORKERS: u64 = 2;
+/// Batches each worker's channel holds ahead of the consumer (the
+/// executor's `LoaderConfig::prefetch` in `train.rs`).
+pub const LOADER_PREFETCH: u64 = 2;
+
 /// Placement-independent memory that is not per block or per unit.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StaticMem {
@@ -200,6 +207,15 @@ pub struct StaticMem {
     pub optimizer_states: u64,
     /// The image batch, alive for the whole step.
     pub input_batch: Bytes,
+    /// Image batches the host holds besides `input_batch`, counted only when
+    /// the device is the CPU (a GPU's allocator never sees them): the fp32
+    /// batch the loader handed over when the step computes in another dtype,
+    /// and the data loader's full prefetch queue, [`LOADER_WORKERS`] x
+    /// ([`LOADER_PREFETCH`] + 1) fp32 batches (each worker's channel plus the
+    /// batch it blocks on). That queue is full whenever the loader keeps up
+    /// with training, which it must for the step not to be data-bound.
+    /// Shown under `activations`.
+    pub host_batches: Bytes,
     /// BN running mean/var (fp32, every rank holds them whole); shown
     /// under `params_shard`.
     pub bn_buffers: Bytes,
@@ -405,7 +421,7 @@ impl MemoryModel {
             post[i] = ev;
         }
         let params_shard: u64 = p.units.iter().map(|u| u.shard.0).sum();
-        let static_base = params_shard * (2 + p.statics.optimizer_states) + p.statics.input_batch.0 + p.statics.bn_buffers.0;
+        let static_base = params_shard * (2 + p.statics.optimizer_states) + p.statics.input_batch.0 + p.statics.host_batches.0 + p.statics.bn_buffers.0;
         let mut tail_max = static_base + p.statics.optimizer_transient.0;
         for &v in &pending {
             tail_max = tail_max.max(static_base + gs + p.units[v].rs_cast.0);
@@ -635,7 +651,7 @@ impl<'m> Replay<'m> {
         cat[Category::ParamsShard.idx()] = shard + m.p.statics.bn_buffers.0;
         cat[Category::GradsShard.idx()] = shard;
         cat[Category::Optimizer.idx()] = shard * m.p.statics.optimizer_states;
-        cat[Category::Activations.idx()] = m.p.statics.input_batch.0;
+        cat[Category::Activations.idx()] = m.p.statics.input_batch.0 + m.p.statics.host_batches.0;
         Replay {
             m,
             seg_of,
@@ -903,6 +919,7 @@ pub fn profile(graph: &ModelGraph, units: &[Unit], recipe: &Recipe, d: &Decision
     let dt = graph.workload.dtype;
     let mut blocks: Vec<BlockMem> = Vec::with_capacity(graph.blocks.len());
     let mut input_batch = 0u64;
+    let mut host_batch = 0u64;
     let mut bn_buffers = 0u64;
     for (bi, b) in graph.blocks.iter().enumerate() {
         // Per crop group, in the order the executor runs them.
@@ -926,6 +943,8 @@ pub fn profile(graph: &ModelGraph, units: &[Unit], recipe: &Recipe, d: &Decision
                 }
                 if l.kind == LayerKind::Input {
                     input_batch += a.round(numel(&l.out_shape) * l.dtype.size()).0;
+                    // The loader's batch is fp32, one tensor per crop group.
+                    host_batch += a.round(numel(&l.out_shape) * 4).0;
                 } else {
                     kept += saved_rounded(l, a);
                 }
@@ -988,11 +1007,17 @@ pub fn profile(graph: &ModelGraph, units: &[Unit], recipe: &Recipe, d: &Decision
     let states = recipe.optim.kind.states_per_param();
     let largest_shard = unit_mems.iter().map(|u| u.shard.0).max().unwrap_or(0);
     let optimizer_transient = Bytes(largest_shard * (states + 1));
-    let _ = dt;
+    let host_batches = match hw.kind {
+        DeviceKind::Cpu => {
+            let cast_copy = if dt == DType::Fp32 { 0 } else { host_batch };
+            cast_copy + LOADER_WORKERS * (LOADER_PREFETCH + 1) * host_batch
+        }
+        DeviceKind::Gpu => 0,
+    };
     MemProfile {
         blocks,
         units: unit_mems,
-        statics: StaticMem { optimizer_states: states, input_batch: Bytes(input_batch), bn_buffers: Bytes(bn_buffers), head_loss: Bytes(head_loss), optimizer_transient },
+        statics: StaticMem { optimizer_states: states, input_batch: Bytes(input_batch), host_batches: Bytes(host_batches), bn_buffers: Bytes(bn_buffers), head_loss: Bytes(head_loss), optimizer_transient },
         reshard_after_forward: d.reshard_after_forward,
         allocator: alloc,
         usable: hw.usable_memory(),
@@ -1068,6 +1093,7 @@ pub(crate) mod testgen {
             statics: StaticMem {
                 optimizer_states: rng.below(3),
                 input_batch: rng.bytes(500),
+                host_batches: rng.bytes(500),
                 bn_buffers: rng.bytes(100),
                 head_loss: rng.bytes(3000),
                 optimizer_transient: rng.bytes(2000),
@@ -1189,6 +1215,7 @@ mod tests {
         let expect_last_bwd = shard * 3
             + p.statics.bn_buffers.0
             + p.statics.input_batch.0
+            + p.statics.host_batches.0
             + kept
             + p.units[n - 1].unsharded.0
             + p.units[n - 2].unsharded.0
@@ -1207,6 +1234,11 @@ mod tests {
         let saved: u64 = g.blocks.iter().map(|b| b.saved.0).sum();
         let images: u64 = p.statics.input_batch.0;
         assert_eq!(kept, saved - images + g.blocks[n - 1].output.0);
+        // On CPU the loader's full prefetch queue is counted too (fp32
+        // compute: the batch in use is the loader's own tensor).
+        assert_eq!(p.statics.host_batches.0, LOADER_WORKERS * (LOADER_PREFETCH + 1) * images);
+        let gpu = MemoryModel::new(&g, &units, &r, &d, &builtin_hardware("a100-80gb").unwrap());
+        assert_eq!(gpu.profile().statics.host_batches, Bytes::ZERO);
         for (b, gb) in p.blocks.iter().zip(&g.blocks) {
             assert_eq!(b.output, gb.output, "{}", b.name);
         }

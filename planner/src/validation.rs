@@ -212,7 +212,7 @@ pub fn default_variants() -> Vec<Variant> {
         "w2-block-reshard-ckpt0-fp32-b16-r32",
         "w2-block-reshard-ckpt0-fp32-b8-r48",
         "w1-stage-keep-ckptall-bf16-b16-r48",
-        "w4-whole-keep-ckptsome-bf16-b8-r48",
+        "w4-stage-keep-ckptsome-bf16-b8-r48",
     ]
     .iter()
     .map(|n| Variant::parse(n).expect("built-in variant names parse"))

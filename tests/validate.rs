@@ -1,0 +1,69 @@
+//! Memory drift: executes small, fast plan variants with the real executor
+//! (`seerscale validate`, real ranks) and fails if any measured peak differs
+//! from the planner's prediction by more than the 3 % target. A change to the
+//! executor's allocations (or to the memory model) that breaks the match
+//! shows up here.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// Small variants that together cover 1 rank / several ranks, per-block and
+/// per-stage units, reshard on and off, no / some / all checkpointing and
+/// both precisions, at a few seconds each.
+const VARIANTS: &str = "w2-block-reshard-ckpt0-fp32-b8-r32,w2-stage-reshard-ckpt0-fp32-b8-r32,w2-block-reshard-ckptall-fp32-b8-r32,w4-stage-keep-ckptsome-bf16-b8-r48";
+const TOLERANCE: f64 = 0.03;
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let d = std::env::temp_dir().join(format!("seerscale-{tag}-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn measured_peak_memory_matches_the_model_within_3_percent() {
+    let dir = temp_dir("validate");
+    let out = dir.join("report");
+    let o = Command::new(env!("CARGO_BIN_EXE_seerscale"))
+        .args(["validate", "--recipe", "tiny-cpu", "--variants", VARIANTS, "--steps", "4", "--warmup", "2", "--memory-tolerance", &TOLERANCE.to_string()])
+        .arg("--out")
+        .arg(&out)
+        .arg("--work-dir")
+        .arg(dir.join("work"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "validate failed:\n{stdout}\n{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.with_extension("json")).unwrap()).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), VARIANTS.split(',').count());
+    let mut bad = Vec::new();
+    for r in rows {
+        let name = r["variant"].as_str().unwrap();
+        let predicted = r["predicted_peak_bytes"].as_f64().unwrap();
+        let Some(measured) = r["measured"]["peak_memory_bytes"].as_f64() else {
+            bad.push(format!("{name}: not measured ({})", r["note"]));
+            continue;
+        };
+        assert!(r["measured"]["steps"].as_u64().unwrap() >= 2, "{name}: too few steady-state steps");
+        let err = (measured - predicted) / predicted;
+        if err.abs() > TOLERANCE {
+            bad.push(format!("{name}: measured {measured} B, predicted {predicted} B ({:+.2}%)", err * 100.0));
+        }
+    }
+    assert!(bad.is_empty(), "peak memory drifted from the model by more than {}%:\n{}\n\n{stderr}", TOLERANCE * 100.0, bad.join("\n"));
+    // The report and plot were written next to the JSON.
+    let md = std::fs::read_to_string(out.with_extension("md")).unwrap();
+    assert!(md.contains("seerscale validate --recipe tiny-cpu") && md.contains("w4-stage-keep-ckptsome-bf16-b8-r48"));
+    assert!(std::fs::read_to_string(out.with_extension("svg")).unwrap().starts_with("<svg"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_variant_names_are_one_line_errors() {
+    let o = Command::new(env!("CARGO_BIN_EXE_seerscale")).args(["validate", "--recipe", "tiny-cpu", "--variants", "w2-blocky-reshard-ckpt0-fp32-b8-r32"]).output().unwrap();
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("blocky") && e.contains("granularity") && !e.contains("panicked"), "{e}");
+}
