@@ -418,6 +418,49 @@ pub struct Measured {
     /// Fitted alpha/beta per collective.
     #[serde(default, skip_serializing_if = "crate::collectives::CollectiveProfile::is_empty")]
     pub collectives: crate::collectives::CollectiveProfile,
+    /// Fixed cost of one op per kind and pass as a training step pays it
+    /// (dispatch, output allocation, autograd recording / the backward
+    /// node), measured at shapes small enough that the work is negligible.
+    /// Replaces `kernel_overhead x kernels` for graph layers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub op_fixed: Vec<OpFixed>,
+    /// Host-side costs of the executor's own machinery (views of flat
+    /// parameters, autograd engine calls); charged only when measured, since
+    /// on a GPU the host runs ahead of the device stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<HostCosts>,
+}
+
+/// Fixed per-op cost of one op kind, forward and backward.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpFixed {
+    pub kind: crate::compute::OpKind,
+    #[serde(rename = "forward_us", with = "human::us")]
+    pub forward: Seconds,
+    #[serde(rename = "backward_us", with = "human::us")]
+    pub backward: Seconds,
+}
+
+/// Measured host-side costs of the training step's bookkeeping.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostCosts {
+    /// One small tensor op outside autograd (optimizer, Sinkhorn, FSDP
+    /// bookkeeping): dispatch + output allocation.
+    #[serde(rename = "small_op_us", with = "human::us")]
+    pub small_op: Seconds,
+    /// One parameter view of a gathered flat parameter (narrow + view,
+    /// recorded by autograd).
+    #[serde(rename = "param_view_forward_us", with = "human::us")]
+    pub param_view_forward: Seconds,
+    /// Its backward nodes (the gradient scattered into the flat parameter),
+    /// excluding the flat-sized memory traffic, which is counted in bytes.
+    #[serde(rename = "param_view_backward_us", with = "human::us")]
+    pub param_view_backward: Seconds,
+    /// One autograd engine call (`run_backward`), fixed part.
+    #[serde(rename = "backward_call_us", with = "human::us")]
+    pub backward_call: Seconds,
 }
 
 /// Achieved rate of one class of op in one dtype.
@@ -473,6 +516,16 @@ impl HardwareProfile {
         }
         for t in &m.op_throughput {
             v.pos(t.rate.0 / 1e12, "measured.op_throughput.tflops");
+        }
+        for f in &m.op_fixed {
+            v.nonneg(f.forward.0 * 1e6, "measured.op_fixed.forward_us");
+            v.nonneg(f.backward.0 * 1e6, "measured.op_fixed.backward_us");
+        }
+        if let Some(h) = &m.host {
+            v.nonneg(h.small_op.0 * 1e6, "measured.host.small_op_us");
+            v.nonneg(h.param_view_forward.0 * 1e6, "measured.host.param_view_forward_us");
+            v.nonneg(h.param_view_backward.0 * 1e6, "measured.host.param_view_backward_us");
+            v.nonneg(h.backward_call.0 * 1e6, "measured.host.backward_call_us");
         }
         v.done()?;
         m.collectives.validate().map_err(|(f, r)| (format!("measured.collectives.{f}"), r))

@@ -26,3 +26,4 @@ pub mod checkpoint;
 pub mod launch;
 pub mod train;
 pub mod calibrate;
+pub mod phase_timer;

@@ -15,6 +15,7 @@ pub struct StepMetrics {
     pub rank: usize,
     pub step: u64,
     /// Global SwAV loss (sum of the ranks' terms).
+    #[serde(deserialize_with = "null_as_nan")]
     pub loss: f64,
     pub lr: f64,
     pub step_time_s: f64,
@@ -30,7 +31,14 @@ pub struct StepMetrics {
     pub loss_scale: f64,
     /// fp16 overflow: the optimiser step was skipped.
     pub skipped: bool,
+    #[serde(deserialize_with = "null_as_nan")]
     pub grad_norm: f64,
+}
+
+/// JSON has no NaN: serde_json writes a diverged loss or norm as `null`;
+/// read it back as NaN so a metrics file always reads its own output.
+fn null_as_nan<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -168,4 +176,32 @@ pub fn comparison_table(measured: &MeasuredSummary, predicted_peak: Option<Bytes
     s.push_str(&format!("{:<18} {:>14} {:>14} {:>9}\n", "step time", measured.step_time.to_string(), tp, te));
     s.push_str(&format!("{:<18} {:>14.1}\n", "images/s", measured.images_per_s));
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_diverged_step_round_trips_through_its_own_file() {
+        let m = StepMetrics {
+            rank: 1,
+            step: 3,
+            loss: f64::NAN,
+            lr: 0.1,
+            step_time_s: 0.5,
+            images_per_s: 32.0,
+            peak_memory_bytes: 1 << 20,
+            comm_time_s: 0.01,
+            data_wait_s: 0.0,
+            loss_scale: 1.0,
+            skipped: true,
+            grad_norm: f64::NAN,
+        };
+        let line = serde_json::to_string(&m).unwrap();
+        assert!(line.contains("\"loss\":null"), "{line}");
+        let back: StepMetrics = serde_json::from_str(&line).unwrap();
+        assert!(back.loss.is_nan() && back.grad_norm.is_nan());
+        assert_eq!(back.step, 3);
+    }
 }

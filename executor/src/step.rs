@@ -121,6 +121,7 @@ pub fn forward_backward(
     };
 
     // ---- forward
+    let t_fwd = std::time::Instant::now();
     let mut x: Vec<Tensor> = inputs.iter().map(|t| t.shallow_clone()).collect();
     for i in 0..n {
         for &u in fsdp.units_of_block(i).to_vec().iter() {
@@ -152,8 +153,10 @@ pub fn forward_backward(
         after_forward(fsdp, i, n, reshard)?;
     }
     drop(x);
+    crate::phase_timer::add("forward", t_fwd);
 
     // ---- backward
+    let t_bwd = std::time::Instant::now();
     let recompute_mode = mode.recompute();
     let mut grad_y: Option<Vec<Tensor>> = None;
     let mut loss_value = None;
@@ -195,7 +198,9 @@ pub fn forward_backward(
                 if y.len() != 1 {
                     return Err(StepError::Loss(format!("last block `{}` must return one tensor, got {}", blocks[i], y.len())));
                 }
+                let tl = std::time::Instant::now();
                 let l = loss_fn(&y[0]).map_err(StepError::Loss)?;
+                crate::phase_timer::add("loss", tl);
                 loss_value = Some(l.f_double_value(&[])?);
                 l.f_mul_scalar(loss_scale)?
             }
@@ -219,7 +224,9 @@ pub fn forward_backward(
         for &u in &units {
             wrt.push(fsdp.flat(u)?.shallow_clone());
         }
+        let t_rb = std::time::Instant::now();
         let grads = Tensor::f_run_backward(&[&root], &wrt, false, false)?;
+        crate::phase_timer::add("run_backward", t_rb);
         drop(root);
         drop(y);
         for (k, &u) in units.iter().enumerate() {
@@ -246,8 +253,11 @@ pub fn forward_backward(
             }
         }
     }
+    let t_dr = std::time::Instant::now();
     fsdp.drain()?;
     fsdp.free_all()?;
+    crate::phase_timer::add("drain", t_dr);
+    crate::phase_timer::add("backward+loss", t_bwd);
     let loss = loss_value.ok_or_else(|| StepError::Loss("model has no blocks".into()))?;
     Ok(PassResult { loss })
 }

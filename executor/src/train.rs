@@ -420,13 +420,17 @@ impl<'pg> Trainer<'pg> {
     /// first) and returns the global loss. Collective.
     pub fn compute_grads(&mut self, batch: &Batch) -> Result<f64, TrainError> {
         let ar = self.all_reduce_sum();
+        let t_proto = Instant::now();
         // SwAV keeps the prototypes on the unit sphere: normalise the rows
         // of the master weight before each step (norms reduced over shards).
         if let Some((slice, offset)) = self.fsdp.local_slice("head.proto.weight")? {
             let (k, d) = (self.arch.prototypes, self.arch.embedding_dim());
             swav::normalize_rows_sharded_(&slice, offset, k, d, &ar)?;
         }
+        crate::phase_timer::add("proto_norm", t_proto);
+        let t0 = Instant::now();
         self.fsdp.zero_grad()?;
+        crate::phase_timer::add("zero_grad", t0);
         let kind = self.cfg.precision.compute_kind();
         let inputs: Vec<Tensor> =
             batch.groups.iter().map(|t| t.f_to_device(self.cfg.device).and_then(|t| t.f_to_kind(kind))).collect::<Result<_, _>>()?;
@@ -435,6 +439,7 @@ impl<'pg> Trainer<'pg> {
         let swav_cfg = self.cfg.swav.clone();
         let mut loss_fn = |scores: &Tensor| swav::swav_loss(scores, &layout, &swav_cfg, global_images, &ar).map_err(|e| e.to_string());
         let step = self.step;
+        let t_fb = Instant::now();
         let pass = step::forward_backward(
             &mut self.fsdp,
             &self.arch,
@@ -447,9 +452,13 @@ impl<'pg> Trainer<'pg> {
             self.scaler.scale(),
         )
         .map_err(|source| TrainError::Step { step, source })?;
+        crate::phase_timer::add("fwd_bwd", t_fb);
+        let t0 = Instant::now();
         let total = Tensor::from_slice(&[pass.loss]).f_to_device(self.cfg.device)?;
         self.pg.all_reduce_(&total, ReduceOp::Sum)?;
-        Ok(total.f_double_value(&[0])?)
+        let v = total.f_double_value(&[0])?;
+        crate::phase_timer::add("loss_all_reduce", t0);
+        Ok(v)
     }
 
     /// Loss-scale bookkeeping and the optimiser update on the shards.
@@ -478,7 +487,11 @@ impl<'pg> Trainer<'pg> {
     /// One full training step on `batch`.
     pub fn train_step(&mut self, batch: &Batch) -> Result<StepOutcome, TrainError> {
         let loss = self.compute_grads(batch)?;
-        self.apply_grads(loss)
+        let t0 = Instant::now();
+        let r = self.apply_grads(loss);
+        crate::phase_timer::add("optimizer", t0);
+        crate::phase_timer::flush(self.pg.rank(), self.step);
+        r
     }
 
     fn loader(&self) -> Result<DataLoader, TrainError> {

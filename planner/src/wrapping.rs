@@ -10,7 +10,7 @@
 
 use crate::plan::UnitPlan;
 use crate::recipe::Wrapping;
-use cost_models::graph::{LayerKind, ModelGraph};
+use cost_models::graph::{BlockKind, LayerKind, ModelGraph};
 use std::ops::Range;
 
 /// VISSL/FairScale auto-wrap threshold: a conv this large is its own unit.
@@ -63,8 +63,8 @@ fn is_prefix(m: &str, name: &str) -> bool {
 }
 
 /// Units chosen by a policy (see [`Wrapping`]). Head blocks are always
-/// their own units (the prototypes must stay a separate fp32 unit), except
-/// for `Whole`.
+/// their own units; under `Whole` everything but the prototypes is one unit,
+/// because the prototypes are gathered in fp32 and the rest in the compute dtype.
 pub fn units_for(graph: &ModelGraph, wrapping: Wrapping) -> Vec<Unit> {
     // A policy only ever names existing blocks/layers, so resolution cannot
     // fail except for Group(0), which we treat as per-block.
@@ -118,7 +118,9 @@ pub fn try_units_for(graph: &ModelGraph, wrapping: Wrapping) -> Result<Vec<Unit>
             }
         }
         Wrapping::Whole => {
-            specs.push(("model".to_string(), graph.blocks.iter().map(|b| b.name.clone()).collect()));
+            let rest = graph.blocks.iter().filter(|b| b.kind != BlockKind::HeadProto).map(|b| b.name.clone()).collect();
+            specs.push(("model".to_string(), rest));
+            specs.extend(graph.blocks.iter().filter(|b| b.kind == BlockKind::HeadProto).map(|b| one(&b.name)));
             return resolve(graph, specs);
         }
     }
@@ -240,9 +242,11 @@ mod tests {
         assert_eq!(names, ["stem", "s1", "s2", "s3", "s4", "head.mlp", "head.proto"]);
         let s3 = stages.iter().find(|u| u.name == "s3").unwrap();
         assert_eq!(s3.blocks, 3..5);
+        // Whole: one compute-dtype unit for everything but the fp32 prototypes.
         let whole = units_for(&g, Wrapping::Whole);
-        assert_eq!(whole.len(), 1);
-        assert!(whole[0].fp32 && whole[0].blocks == (0..g.blocks.len()));
+        assert_eq!(whole.len(), 2);
+        assert!(!whole[0].fp32 && whole[0].blocks == (0..g.blocks.len() - 1));
+        assert!(whole[1].fp32 && whole[1].name == "head.proto");
     }
 
     #[test]
