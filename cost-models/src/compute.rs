@@ -12,7 +12,7 @@
 //! measured bandwidth.
 
 use crate::graph::{Layer, LayerKind};
-use crate::hardware::{HardwareProfile, HardwareSpec, MathUnit, Measured};
+use crate::hardware::{HardwareProfile, HardwareSpec, HostCosts, MathUnit, Measured};
 use crate::units::{Bandwidth, Bytes, DType, FlopRate, Flops, Seconds};
 use serde::{Deserialize, Serialize};
 
@@ -140,6 +140,10 @@ pub struct ComputeModel {
     rates: Vec<(OpKind, DType, Option<FlopRate>)>,
     memory_bandwidth: Bandwidth,
     kernel_overhead: Seconds,
+    /// Measured fixed cost per (kind) for (forward, backward); `None` =
+    /// `kernel_overhead x kernels`.
+    fixed: [Option<(Seconds, Seconds)>; 6],
+    host: Option<HostCosts>,
 }
 
 const DTYPES: [DType; 3] = [DType::Fp32, DType::Fp16, DType::Bf16];
@@ -177,11 +181,17 @@ impl ComputeModel {
                 rates.push((kind, dtype, rate));
             }
         }
+        let mut fixed = [None; 6];
+        for (i, kind) in OpKind::ALL.iter().enumerate() {
+            fixed[i] = m.op_fixed.iter().find(|f| f.kind == *kind).map(|f| (f.forward, f.backward));
+        }
         ComputeModel {
             hardware: spec.id.clone(),
             rates,
             memory_bandwidth: m.memory_bandwidth.unwrap_or(Bandwidth(spec.hbm_bandwidth().0 * e.memory_bound)),
             kernel_overhead: m.kernel_overhead.unwrap_or(e.kernel_overhead),
+            fixed,
+            host: m.host,
         }
     }
 
@@ -203,12 +213,43 @@ impl ComputeModel {
         self.kernel_overhead
     }
 
-    /// Roofline time of one op.
+    /// Host-side bookkeeping costs, when measured (calibrated profiles).
+    pub fn host(&self) -> Option<&HostCosts> {
+        self.host.as_ref()
+    }
+
+    /// Cost of `n` small bookkeeping ops (zero unless measured: on a GPU the
+    /// host issues them ahead of the device stream).
+    pub fn small_ops(&self, n: f64) -> Seconds {
+        self.host.map_or(Seconds(0.0), |h| h.small_op * n)
+    }
+
+    /// Fixed cost of one op of `kind` in `pass` launching `kernels` kernels:
+    /// the measured per-kind cost, else `kernel_overhead x kernels`.
+    pub fn fixed_cost(&self, kind: OpKind, pass: Pass, kernels: u32) -> Seconds {
+        let i = OpKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
+        match (self.fixed[i], pass) {
+            (Some((f, _)), Pass::Forward) => f,
+            (Some((_, b)), Pass::Backward) => b,
+            (None, _) => self.kernel_overhead * kernels as f64,
+        }
+    }
+
+    /// Roofline time of one op (fixed part: `kernel_overhead x kernels`).
     pub fn op_time(&self, op: &OpDesc) -> Result<OpTime, ComputeError> {
+        self.roofline(op, self.kernel_overhead * op.kernels as f64)
+    }
+
+    /// Roofline time of one op in `pass`, with the measured per-kind fixed
+    /// cost when the profile has one.
+    pub fn op_time_in(&self, op: &OpDesc, pass: Pass) -> Result<OpTime, ComputeError> {
+        self.roofline(op, self.fixed_cost(op.kind, pass, op.kernels))
+    }
+
+    fn roofline(&self, op: &OpDesc, overhead: Seconds) -> Result<OpTime, ComputeError> {
         let rate = self.rate(op.kind, op.dtype)?;
         let compute = op.flops / rate;
         let memory = op.bytes / self.memory_bandwidth;
-        let overhead = self.kernel_overhead * op.kernels as f64;
         let bound = if compute >= memory { Bound::Compute } else { Bound::Memory };
         Ok(OpTime { time: compute.max(memory) + overhead, compute, memory, overhead, bound })
     }
@@ -216,7 +257,7 @@ impl ComputeModel {
     /// Time of a graph layer in one pass (zero for the input placeholder).
     pub fn layer_time(&self, layer: &Layer, pass: Pass) -> Result<Seconds, ComputeError> {
         match OpDesc::from_layer(layer, pass) {
-            Some(op) => Ok(self.op_time(&op)?.time),
+            Some(op) => Ok(self.op_time_in(&op, pass)?.time),
             None => Ok(Seconds(0.0)),
         }
     }

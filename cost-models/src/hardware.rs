@@ -729,6 +729,8 @@ mod tests {
             collectives: CollectiveProfile {
                 fits: vec![CollectiveFit { collective: Collective::AllGather, scope: Scope::IntraNode, alpha: Seconds(30e-6), bus_bandwidth: Bandwidth(3e9) }],
             },
+            op_fixed: vec![OpFixed { kind: OpKind::Conv, forward: Seconds(20e-6), backward: Seconds(40e-6) }],
+            host: Some(HostCosts { small_op: Seconds(3e-6), param_view_forward: Seconds(4e-6), param_view_backward: Seconds(9e-6), backward_call: Seconds(30e-6) }),
         };
         let t = p.to_toml_string().unwrap();
         let back = HardwareProfile::parse_toml(&t, "profile.toml").unwrap();

@@ -19,7 +19,7 @@
 use crate::dist::{DistError, ProcessGroup, ReduceOp};
 use cost_models::collectives::{Collective, CollectiveFit, CollectiveProfile, Scope};
 use cost_models::compute::OpKind;
-use cost_models::hardware::{HardwareError, HardwareProfile, HardwareSpec, Measured, OpThroughput};
+use cost_models::hardware::{HardwareError, HardwareProfile, HardwareSpec, HostCosts, Measured, OpFixed, OpThroughput};
 use cost_models::{Bandwidth, Bytes, DType, FlopRate, Seconds};
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
@@ -336,6 +336,116 @@ pub fn measure_op_overhead(budget: &Budget) -> Result<Timing, CalibrateError> {
     Ok(time_calls(budget, || x.f_relu().map(drop))?)
 }
 
+/// A shape per op kind small enough that the op's work is negligible next
+/// to its fixed cost (RegNet-Y-like: 8 channels, group width 8).
+pub fn tiny_case(kind: OpKind) -> OpCase {
+    use OpCase::*;
+    match kind {
+        OpKind::Conv => Conv { n: 2, cin: 8, cout: 8, hw: 4, k: 1, stride: 1, groups: 1 },
+        OpKind::GroupedConv => Conv { n: 2, cin: 16, cout: 16, hw: 4, k: 3, stride: 1, groups: 2 },
+        OpKind::Matmul => Linear { rows: 4, d_in: 8, d_out: 8 },
+        OpKind::Norm => BatchNorm { n: 2, c: 8, hw: 4 },
+        OpKind::Elementwise => Relu { n: 2, c: 8, hw: 4 },
+        OpKind::Reduction => AvgPool { n: 2, c: 8, hw: 4 },
+    }
+}
+
+/// Fixed cost of one op kind under autograd, forward and backward (the
+/// backward without the engine call, which is measured on its own).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FixedCost {
+    pub kind: OpKind,
+    pub label: String,
+    pub forward: Timing,
+    pub backward: Timing,
+    /// Backward minus the engine call (what one node costs inside a graph).
+    pub backward_node_s: f64,
+}
+
+/// Host-side costs of the executor's bookkeeping.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HostMeasurement {
+    /// A small op without autograd (64 floats, `mul_scalar` under no_grad).
+    pub small_op: Timing,
+    /// One `run_backward` call: a chain of 1 vs 17 ReLUs, extrapolated to 0.
+    pub backward_call_s: f64,
+    /// Per view of a flat parameter (narrow + view with grad), forward.
+    pub param_view_forward_s: f64,
+    /// Per view, backward (16 views vs 1 into a 1024-element flat).
+    pub param_view_backward_s: f64,
+}
+
+fn relu_chain_backward(budget: &Budget, len: usize) -> Result<Timing, CalibrateError> {
+    let x = leaf(&[2, 8, 4, 4], Kind::Float);
+    let mut y = x.shallow_clone();
+    for _ in 0..len {
+        y = y.f_relu()?;
+    }
+    Ok(time_calls(budget, || Tensor::f_run_backward(&[&y], &[&x], true, false).map(drop))?)
+}
+
+fn views_backward(budget: &Budget, flat: &Tensor, views: i64) -> Result<Timing, CalibrateError> {
+    let vs: Vec<Tensor> = (0..views).map(|i| flat.f_narrow(0, i * 16, 16).and_then(|t| t.f_view([4, 4]))).collect::<Result<_, _>>()?;
+    let refs: Vec<&Tensor> = vs.iter().collect();
+    Ok(time_calls(budget, || Tensor::f_run_backward(&refs, &[flat], true, false).map(drop))?)
+}
+
+pub fn measure_host(budget: &Budget) -> Result<HostMeasurement, CalibrateError> {
+    let small = Tensor::f_ones([64], (Kind::Float, Device::Cpu))?;
+    let small_op = tch::no_grad(|| time_calls(budget, || small.f_mul_scalar(2.0).map(drop)))?;
+    let (one, many) = (relu_chain_backward(budget, 1)?, relu_chain_backward(budget, 17)?);
+    let node = ((many.median_s - one.median_s) / 16.0).max(0.0);
+    let backward_call_s = (one.median_s - node).max(0.0);
+    let flat = leaf(&[1024], Kind::Float);
+    let fwd = time_calls(budget, || {
+        for i in 0..16 {
+            drop(flat.f_narrow(0, i * 16, 16)?.f_view([4, 4])?);
+        }
+        Ok(())
+    })?;
+    let (v1, v16) = (views_backward(budget, &flat, 1)?, views_backward(budget, &flat, 16)?);
+    Ok(HostMeasurement {
+        small_op,
+        backward_call_s,
+        param_view_forward_s: fwd.median_s / 16.0,
+        param_view_backward_s: ((v16.median_s - v1.median_s) / 15.0).max(0.0),
+    })
+}
+
+/// Per-kind fixed costs at [`tiny_case`] shapes.
+pub fn measure_fixed(budget: &Budget, backward_call_s: f64) -> Result<Vec<FixedCost>, CalibrateError> {
+    OpKind::ALL
+        .iter()
+        .map(|&kind| {
+            let m = measure_op(&tiny_case(kind), DType::Fp32, budget)?;
+            let backward_node_s = (m.backward.median_s - backward_call_s).max(0.0);
+            Ok(FixedCost { kind, label: m.label, forward: m.forward, backward: m.backward, backward_node_s })
+        })
+        .collect()
+}
+
+/// [`fit_rates`] with the measured per-kind fixed costs subtracted instead
+/// of a uniform per-kernel overhead.
+pub fn fit_rates_fixed(ops: &[OpMeasurement], fixed: &[FixedCost]) -> Result<Vec<RateFit>, CalibrateError> {
+    let mut out: Vec<RateFit> = Vec::new();
+    for m in ops.iter().filter(|m| m.flops_fwd > 0.0) {
+        if out.iter().any(|r| r.kind == m.kind && r.dtype == m.dtype) {
+            continue;
+        }
+        let Some(f) = fixed.iter().find(|f| f.kind == m.kind) else { continue };
+        let group: Vec<&OpMeasurement> = ops.iter().filter(|o| o.kind == m.kind && o.dtype == m.dtype).collect();
+        let (mut flops, mut time, mut ovh) = (0.0, 0.0, 0.0);
+        for o in &group {
+            flops += o.flops_fwd + o.flops_bwd;
+            time += o.forward.median_s + o.backward.median_s;
+            ovh += f.forward.median_s + f.backward.median_s;
+        }
+        let compute = (time - ovh).max(0.1 * time);
+        out.push(RateFit { kind: m.kind, dtype: m.dtype, tflops: flops / compute / 1e12, overhead_share: ovh / time, shapes: group.len() });
+    }
+    Ok(out)
+}
+
 /// Large copy (read + write): the DRAM bandwidth memory-bound ops can reach.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CopyBandwidth {
@@ -435,6 +545,11 @@ pub struct ComputeReport {
     pub copy: CopyBandwidth,
     pub ops: Vec<OpMeasurement>,
     pub rates: Vec<RateFit>,
+    /// Fixed per-op costs per kind (tiny shapes, fp32).
+    #[serde(default)]
+    pub fixed: Vec<FixedCost>,
+    #[serde(default)]
+    pub host: Option<HostMeasurement>,
     /// Effective GB/s of BN / elementwise / pooling.
     pub memory_bound_gb_s: Option<f64>,
     /// Dtypes left out, with the reason (an op this CPU build cannot run).
@@ -470,9 +585,43 @@ pub fn measure_compute(opts: &ComputeOptions, mut progress: impl FnMut(&str)) ->
         }
         ops.extend(these);
     }
-    let rates = fit_rates(&ops, op_overhead.median_s)?;
-    let memory_bound_gb_s = fit_memory_bound(&ops, op_overhead.median_s).map(|b| b / 1e9);
-    Ok(ComputeReport { threads: opts.threads, op_overhead, copy, ops, rates, memory_bound_gb_s, skipped, elapsed_s: start.elapsed().as_secs_f64() })
+    let host = measure_host(&opts.budget)?;
+    progress(&format!(
+        "host: small op {:.2} µs, backward call {:.1} µs, param view {:.2}/{:.2} µs fwd/bwd",
+        host.small_op.median_s * 1e6,
+        host.backward_call_s * 1e6,
+        host.param_view_forward_s * 1e6,
+        host.param_view_backward_s * 1e6
+    ));
+    let fixed = measure_fixed(&opts.budget, host.backward_call_s)?;
+    for f in &fixed {
+        progress(&format!("fixed {:?} ({}): fwd {:.1} µs, bwd node {:.1} µs", f.kind, f.label, f.forward.median_s * 1e6, f.backward_node_s * 1e6));
+    }
+    let rates = fit_rates_fixed(&ops, &fixed)?;
+    // Memory-bound ops: subtract the per-kind fixed cost.
+    let memory_bound_gb_s = {
+        let (mut bytes, mut time) = (0.0, 0.0);
+        for o in ops.iter().filter(|m| matches!(m.kind, OpKind::Norm | OpKind::Elementwise | OpKind::Reduction)) {
+            let f = fixed.iter().find(|f| f.kind == o.kind);
+            let (ff, fb) = f.map_or((op_overhead.median_s, op_overhead.median_s), |f| (f.forward.median_s, f.backward.median_s));
+            bytes += o.bytes_fwd + o.bytes_bwd;
+            time += (o.forward.median_s - ff).max(0.1 * o.forward.median_s) + (o.backward.median_s - fb).max(0.1 * o.backward.median_s);
+        }
+        (time > 0.0).then(|| bytes / time / 1e9)
+    };
+    let _ = fit_memory_bound;
+    Ok(ComputeReport {
+        threads: opts.threads,
+        op_overhead,
+        copy,
+        ops,
+        rates,
+        fixed,
+        host: Some(host),
+        memory_bound_gb_s,
+        skipped,
+        elapsed_s: start.elapsed().as_secs_f64(),
+    })
 }
 
 // ------------------------------------------------------------- collectives
@@ -734,6 +883,17 @@ impl CalibrationReport {
                     .map(|f| CollectiveFit { alpha: Seconds(sig(f.fit.alpha.0)), bus_bandwidth: Bandwidth(sig(f.fit.bus_bandwidth.0)), ..f.fit.clone() })
                     .collect(),
             },
+            op_fixed: c
+                .fixed
+                .iter()
+                .map(|f| OpFixed { kind: f.kind, forward: Seconds(sig(f.forward.median_s)), backward: Seconds(sig(f.backward_node_s)) })
+                .collect(),
+            host: c.host.as_ref().map(|h| HostCosts {
+                small_op: Seconds(sig(h.small_op.median_s)),
+                param_view_forward: Seconds(sig(h.param_view_forward_s)),
+                param_view_backward: Seconds(sig(h.param_view_backward_s)),
+                backward_call: Seconds(sig(h.backward_call_s)),
+            }),
         };
         let p = HardwareProfile { hardware: hw, measured };
         p.validate().map_err(|(field, reason)| CalibrateError::Invalid { field, reason })?;

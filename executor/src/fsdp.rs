@@ -14,6 +14,7 @@ use crate::model::ParamSpec;
 use crate::optim::{FlatShard, Piece};
 use crate::storage::{self, StorageError};
 use cost_models::Bytes;
+use planner::plan::{member_prefixes, owning_unit};
 use std::collections::{HashMap, VecDeque};
 use tch::{Device, Kind, TchError, Tensor};
 
@@ -144,10 +145,9 @@ pub fn assign_units(specs: &[ParamSpec], units: &[UnitSpec]) -> Result<(Vec<Stri
             }
         }
     }
-    let is_prefix = |m: &str, name: &str| name == m || (name.starts_with(m) && name.as_bytes().get(m.len()) == Some(&b'.'));
     for u in units {
         for m in &u.members {
-            if !specs.iter().any(|p| is_prefix(m, &p.name)) {
+            if !specs.iter().any(|p| member_prefixes(m, &p.name)) {
                 return Err(FsdpError::UnknownMember { unit: u.name.clone(), member: m.clone() });
             }
         }
@@ -155,13 +155,7 @@ pub fn assign_units(specs: &[ParamSpec], units: &[UnitSpec]) -> Result<(Vec<Stri
     let mut root: Option<usize> = names.iter().position(|n| n == "root");
     let mut owner = Vec::with_capacity(specs.len());
     for p in specs {
-        let best = units
-            .iter()
-            .enumerate()
-            .flat_map(|(ui, u)| u.members.iter().map(move |m| (ui, m)))
-            .filter(|(_, m)| is_prefix(m, &p.name))
-            .max_by_key(|(_, m)| m.len());
-        owner.push(match best {
+        owner.push(match owning_unit(units.iter().map(|u| u.members.as_slice()), &p.name) {
             Some((ui, _)) => ui,
             None => *root.get_or_insert_with(|| {
                 names.push("root".to_string());

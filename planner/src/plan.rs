@@ -79,6 +79,26 @@ pub struct UnitPlan {
     pub params: u64,
 }
 
+/// `member` names `param` or one of its enclosing modules (on `.` boundaries).
+pub fn member_prefixes(member: &str, param: &str) -> bool {
+    param == member || (param.starts_with(member) && param.as_bytes().get(member.len()) == Some(&b'.'))
+}
+
+/// The plan file's ownership rule, shared by planner and executor: `param`
+/// belongs to the unit with the longest member that prefixes it; `None`
+/// means the implicit `root` unit. Returns (unit index, member index).
+pub fn owning_unit<'a>(units: impl IntoIterator<Item = &'a [String]>, param: &str) -> Option<(usize, usize)> {
+    let mut best: Option<(usize, usize, usize)> = None;
+    for (ui, members) in units.into_iter().enumerate() {
+        for (mi, m) in members.iter().enumerate() {
+            if member_prefixes(m, param) && best.is_none_or(|(len, _, _)| m.len() > len) {
+                best = Some((m.len(), ui, mi));
+            }
+        }
+    }
+    best.map(|(_, ui, mi)| (ui, mi))
+}
+
 /// What the planner expects the executor to measure.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Predicted {
@@ -186,7 +206,7 @@ impl Plan {
                 return Err(invalid(&format!("units[{i}].members"), "a unit needs at least one member".into()));
             }
             for m in &u.members {
-                let known = layer_prefixes.iter().any(|p| p == m || p.starts_with(&format!("{m}.")));
+                let known = layer_prefixes.iter().any(|p| member_prefixes(m, p));
                 if !known {
                     return Err(mismatch(format!("unit `{}` names `{m}`, which owns no parameter of the model", u.name)));
                 }

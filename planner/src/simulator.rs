@@ -42,6 +42,10 @@ pub struct UnitCost {
     /// Stays unsharded from forward to backward even when resharding
     /// (FSDP's root unit), so it is never gathered twice.
     pub keep_after_forward: bool,
+    /// Parameter tensors the unit holds (one view each per block using it).
+    pub tensors: usize,
+    /// Bytes of its gathered flat parameter.
+    pub flat_bytes: cost_models::Bytes,
 }
 
 /// The loss: Sinkhorn-Knopp per assignment crop, then the swapped
@@ -73,6 +77,9 @@ pub struct OptimizerCost {
     pub norm_all_reduce: Option<Seconds>,
     /// SGD/Adam update of the fp32 master shard.
     pub step: Seconds,
+    /// All-reduce of the step's loss value after backward (blocking; the
+    /// optimiser starts after it); `None` when nothing is reduced.
+    pub loss_all_reduce: Option<Seconds>,
 }
 
 /// Everything one step costs, in execution order.
@@ -88,6 +95,11 @@ pub struct StepProfile {
     pub reshard_after_forward: bool,
     /// Issue the next unit's all-gather one unit ahead (FSDP prefetch).
     pub prefetch: bool,
+    /// Host work before the first forward block (prototype normalisation,
+    /// zeroing gradients, moving the batch), then a blocking all-reduce
+    /// (the prototype row norms) that forward waits for.
+    pub prologue: Seconds,
+    pub prologue_all_reduce: Option<Seconds>,
 }
 
 /// What the simulation found.
@@ -194,6 +206,18 @@ impl Simulator {
 
         // Per block: units needed (any unit whose range covers it).
         let covers = |u: &UnitCost, b: usize| u.blocks.is_empty() || u.blocks.contains(&b);
+
+        // ---- prologue
+        if p.prologue.0 > 0.0 || p.prologue_all_reduce.is_some() {
+            match p.prologue_all_reduce {
+                Some(t) => {
+                    let ar = self.comm_op(t);
+                    self.compute_op(p.prologue, false, &[], &[], &[ar]);
+                    self.compute_op(Seconds(0.0), false, &[ar], &[], &[]);
+                }
+                None => self.compute_op(p.prologue, false, &[], &[], &[]),
+            }
+        }
 
         // ---- forward
         let mut next_fwd = 0; // position in fwd_order of the first unit not yet issued
@@ -313,8 +337,14 @@ impl Simulator {
             self.compute_op(*t, *rc, &deps, &pre, &after);
         }
 
-        // ---- optimiser: waits for every reduce-scatter
+        // ---- optimiser: waits for every reduce-scatter (and the loss value)
         let o = &p.optimizer;
+        let mut reduce = reduce;
+        if let Some(t) = o.loss_all_reduce {
+            let ar = self.comm_op(t);
+            self.compute_op(Seconds(0.0), false, &reduce, &[], &[ar]);
+            reduce.push(ar);
+        }
         match o.norm_all_reduce {
             Some(t) => {
                 let ar = self.comm_op(t);
@@ -415,6 +445,8 @@ mod tests {
                 all_gather: Seconds(gather),
                 reduce_scatter: Seconds(gather),
                 keep_after_forward: false,
+                tensors: 0,
+                flat_bytes: cost_models::Bytes(0),
             })
             .collect();
         StepProfile {
@@ -422,9 +454,11 @@ mod tests {
             units,
             checkpoint: vec![],
             loss: LossCost { assign_crops: 2, sinkhorn_init: Seconds(0.01), sinkhorn_iterations: 3, sinkhorn_iteration: Seconds(0.01), sum_all_reduce: Seconds(0.0), row_all_reduce: Seconds(0.0), swapped_loss: Seconds(0.02) },
-            optimizer: OptimizerCost { norms: Seconds(0.01), norm_all_reduce: Some(Seconds(0.0)), step: Seconds(0.05) },
+            optimizer: OptimizerCost { norms: Seconds(0.01), norm_all_reduce: Some(Seconds(0.0)), step: Seconds(0.05), loss_all_reduce: None },
             reshard_after_forward: true,
             prefetch: true,
+            prologue: Seconds(0.0),
+            prologue_all_reduce: None,
         }
     }
 

@@ -13,6 +13,7 @@ use crate::wrapping::Unit;
 use cost_models::collectives::CollectiveModel;
 use cost_models::compute::{ComputeError, ComputeModel, OpDesc, OpKind, Pass};
 use cost_models::graph::ModelGraph;
+use cost_models::hardware::HostCosts;
 use cost_models::topology::GroupLinks;
 use cost_models::{Bytes, DType, Flops, Seconds};
 use std::ops::Range;
@@ -33,17 +34,105 @@ pub struct GraphCosts {
     pub params: u64,
     /// Recompute time per block if it is checkpointed (= its forward).
     pub recompute: Vec<Seconds>,
+    /// Parameter tensors each block owns (one view each in its backward).
+    pub block_tensors: Vec<usize>,
+    /// Host work before forward (zero unless the profile measured host costs).
+    pub prologue: Seconds,
+}
+
+/// Ops the executor launches outside the graph's layers, counted from its
+/// code (executor/src/{step,fsdp,optim,swav,model,train}.rs). Each is one
+/// small tensor op (dispatch + allocation) at the measured host cost.
+pub mod host_ops {
+    /// Per block and input tensor: `detach` + `set_requires_grad` of the cut.
+    pub const CUT_PER_INPUT: f64 = 2.0;
+    /// Per block and output tensor: the `detach` passed to the next block.
+    pub const DETACH_PER_OUTPUT: f64 = 1.0;
+    /// Per BatchNorm layer, forward: `to_kind` of weight and bias.
+    pub const BN_EXTRA: f64 = 2.0;
+    /// Per block backward and output: the root `(y * grad_y).sum()` is two
+    /// autograd ops (elementwise fixed cost each pass), plus one `add` per
+    /// extra output; counted as elementwise ops.
+    pub const ROOT_OPS_PER_OUTPUT: f64 = 2.0;
+    /// Per FSDP unit gather: storage refill, shard cast, collective launch,
+    /// and later the free.
+    pub const GATHER: f64 = 4.0;
+    /// Per unit and block of its backward: gradient cast + accumulate.
+    pub const ACCUMULATE_PER_BLOCK: f64 = 2.0;
+    /// Per unit after its backward: output alloc, reduce-scatter launch,
+    /// cast + add into the shard gradient.
+    pub const FINISH: f64 = 4.0;
+    /// Prototype row normalisation (swav::normalize_rows_sharded_): arange,
+    /// floor_divide, cast, square, zeros, index_add, sqrt, clamp, index_select,
+    /// cast, div; the local slice's narrow.
+    pub const PROTO_NORM: f64 = 12.0;
+    /// Per unit: zero_grad's `zero_`.
+    pub const ZERO_GRAD_PER_UNIT: f64 = 1.0;
+    /// Per crop group: the batch's `to_device` + `to_kind`.
+    pub const INPUT_PER_GROUP: f64 = 2.0;
+    /// Loss value: `f_double_value`, `from_slice`, `to_device`, read back.
+    pub const LOSS_VALUE: f64 = 4.0;
+    /// Sinkhorn: detach, cast, div, add, exp, transpose-copy, sum, div_.
+    pub const SINKHORN_INIT: f64 = 8.0;
+    /// Per iteration: row sum, mul, div_, column sum, mul, div_.
+    pub const SINKHORN_ITERATION: f64 = 6.0;
+    /// Final column sum, div, transpose-copy.
+    pub const SINKHORN_FINAL: f64 = 3.0;
+    /// Per (assigned crop, other crop): narrow, view, select (crop rows),
+    /// div, log_softmax, mul, sum, div: autograd ops (forward + backward).
+    pub const LOSS_PER_PAIR: f64 = 8.0;
+    /// Per assigned crop: stack + mean; then stack + mean + cast once.
+    pub const LOSS_PER_ASSIGN: f64 = 2.0;
+    pub const LOSS_FINAL: f64 = 4.0;
+    /// LARC norms, per parameter piece: (narrow, square, sum) for w and g.
+    pub const NORMS_PER_TENSOR: f64 = 6.0;
+    /// Once: zeros, index list, to_device, stack, index_add, read back.
+    pub const NORMS_FIXED: f64 = 6.0;
+    /// SGD update per piece: narrow w, g, buf; decay mul + add; LARC scale;
+    /// buf mul_ + add_; lr mul + sub_.
+    pub const SGD_PER_TENSOR: f64 = 10.0;
+    /// Adam update per piece: 4 narrows, decay mul + add, m: mul_, mul, add_;
+    /// v: mul_, square, mul, add_; denom: div, sqrt, add; update: div, mul, sub_.
+    pub const ADAM_PER_TENSOR: f64 = 19.0;
 }
 
 impl GraphCosts {
     pub fn new(graph: &ModelGraph, compute: &ComputeModel, recipe: &Recipe) -> Result<GraphCosts, ComputeError> {
+        use cost_models::graph::{BlockKind, LayerKind};
+        let groups = graph.workload.crops.len().max(1) as f64;
+        let host = compute.host().copied();
         let mut blocks = Vec::with_capacity(graph.blocks.len());
         let mut flops = Flops(0.0);
         for b in &graph.blocks {
             let (mut f, mut bw) = (Seconds(0.0), Seconds(0.0));
+            let mut bn_layers = 0.0;
+            let mut extra_elementwise = 0.0;
             for l in graph.layers_of(b) {
                 f += compute.layer_time(l, Pass::Forward)?;
                 bw += compute.layer_time(l, Pass::Backward)?;
+                match l.kind {
+                    LayerKind::BatchNorm => bn_layers += 1.0,
+                    // L2 normalise is norm + clamp_min + div in the executor.
+                    LayerKind::Normalize => extra_elementwise += 2.0,
+                    _ => {}
+                }
+            }
+            if let Some(h) = host {
+                let (inputs, outputs) = match b.kind {
+                    BlockKind::Stem | BlockKind::Residual => (groups, groups),
+                    BlockKind::HeadMlp => (groups, 1.0),
+                    BlockKind::HeadProto => (1.0, 1.0),
+                };
+                let ew = |pass| compute.fixed_cost(OpKind::Elementwise, pass, 1);
+                f += h.small_op * (host_ops::CUT_PER_INPUT * inputs + host_ops::DETACH_PER_OUTPUT * outputs + host_ops::BN_EXTRA * bn_layers);
+                f += ew(Pass::Forward) * extra_elementwise;
+                bw += ew(Pass::Backward) * extra_elementwise;
+                // The engine call and its root (the last block's root is the loss).
+                bw += h.backward_call;
+                if b.kind != BlockKind::HeadProto {
+                    let root = host_ops::ROOT_OPS_PER_OUTPUT * outputs + (outputs - 1.0);
+                    bw += (ew(Pass::Forward) + ew(Pass::Backward)) * root;
+                }
             }
             flops += b.fwd_flops + b.bwd_flops;
             blocks.push(BlockCost { forward: f, backward: bw });
@@ -59,14 +148,41 @@ impl GraphCosts {
             let op = OpDesc { kind: OpKind::Elementwise, flops: Flops(bytes / 4.0), bytes: Bytes(bytes as u64), dtype: DType::Fp32, kernels };
             Ok(compute.op_time(&op)?.time)
         };
-        // exp(scores/eps) (read + write) and its sum (read).
-        let sinkhorn_init = elementwise(3.0 * bk, 3)?;
+        // With measured host costs the fixed part is the executor's op count
+        // at the small-op cost (no grad) or the elementwise fixed cost (autograd).
+        let counted = |bytes: f64, ops: f64, pass_both: bool| -> Result<Seconds, ComputeError> {
+            match host {
+                None => elementwise(bytes, ops as u32),
+                Some(h) => {
+                    let memory = Bytes(bytes as u64) / compute.memory_bandwidth();
+                    let per = if pass_both {
+                        compute.fixed_cost(OpKind::Elementwise, Pass::Forward, 1) + compute.fixed_cost(OpKind::Elementwise, Pass::Backward, 1)
+                    } else {
+                        h.small_op
+                    };
+                    Ok(memory + per * ops)
+                }
+            }
+        };
+        // exp(scores/eps) (read + write) and its sum (read); plus the final
+        // normalisation, which runs once per assignment crop as well.
+        let (init_ops, iter_ops) = match host {
+            None => (3.0, 4.0),
+            Some(_) => (host_ops::SINKHORN_INIT + host_ops::SINKHORN_FINAL, host_ops::SINKHORN_ITERATION),
+        };
+        let sinkhorn_init = counted(3.0 * bk, init_ops, false)?;
         // Row sums, divide, column sums, divide.
-        let sinkhorn_iteration = elementwise(6.0 * bk, 4)?;
+        let sinkhorn_iteration = counted(6.0 * bk, iter_ops, false)?;
         // Per (assigned crop, other crop): log-softmax forward + backward,
         // about six passes over the scores.
         let pairs = assign as f64 * (crops - 1.0).max(1.0);
-        let swapped_loss = elementwise(pairs * 12.0 * bk, (pairs * 6.0) as u32)?;
+        let swapped_loss = match host {
+            None => elementwise(pairs * 12.0 * bk, (pairs * 6.0) as u32)?,
+            Some(h) => {
+                counted(pairs * 12.0 * bk, pairs * host_ops::LOSS_PER_PAIR + assign as f64 * host_ops::LOSS_PER_ASSIGN + 2.0, true)?
+                    + h.small_op * host_ops::LOSS_FINAL
+            }
+        };
         let loss = LossCost {
             assign_crops: assign,
             sinkhorn_init,
@@ -77,6 +193,7 @@ impl GraphCosts {
             swapped_loss,
         };
         let recompute = blocks.iter().map(|b| b.forward).collect();
+        let prologue = compute.small_ops(host_ops::PROTO_NORM + host_ops::INPUT_PER_GROUP * groups);
         Ok(GraphCosts {
             blocks,
             model_flops: flops,
@@ -85,6 +202,8 @@ impl GraphCosts {
             param_tensors: graph.blocks.iter().map(|b| b.param_tensors.len()).sum(),
             params: graph.blocks.iter().map(|b| b.params).sum(),
             recompute,
+            block_tensors: graph.blocks.iter().map(|b| b.param_tensors.len()).collect(),
+            prologue,
         })
     }
 }
@@ -113,6 +232,8 @@ pub fn unit_costs(units: &[Unit], n_blocks: usize, compute: DType, reduce: DType
             reduce_scatter: w.collectives.reduce_scatter(w.group, unit_bytes(u, reduce, w.world_size)).time,
             // A unit spanning the whole model is FSDP's root: never resharded.
             keep_after_forward: u.blocks.start == 0 && u.blocks.end >= n_blocks,
+            tensors: u.tensors,
+            flat_bytes: unit_bytes(u, compute, w.world_size),
         })
         .collect()
 }
@@ -132,14 +253,77 @@ pub fn step_profile(
     let mut loss = g.loss;
     loss.sum_all_reduce = w.collectives.all_reduce(w.group, Bytes(4)).time;
     loss.row_all_reduce = w.collectives.all_reduce(w.group, g.row_sum_bytes).time;
+    let mut blocks = g.blocks.clone();
+    let host = compute.host().copied();
+    if let Some(h) = host {
+        add_unit_host_costs(&mut blocks, &g.block_tensors, &units, reshard_after_forward, &h, compute);
+    }
+    let (prologue, prologue_all_reduce, loss_all_reduce) = match host {
+        Some(h) => (
+            g.prologue + h.small_op * (host_ops::ZERO_GRAD_PER_UNIT * units.len() as f64 + host_ops::LOSS_VALUE),
+            // The prototype row norms (K fp32) and the loss value (one f64).
+            (w.world_size > 1).then(|| w.collectives.all_reduce(w.group, g.row_sum_bytes).time),
+            (w.world_size > 1).then(|| w.collectives.all_reduce(w.group, Bytes(8)).time),
+        ),
+        None => (Seconds(0.0), None, None),
+    };
+    let mut optimizer = optimizer_cost(g, recipe, compute_dtype, compute, w);
+    optimizer.loss_all_reduce = loss_all_reduce;
     StepProfile {
-        blocks: g.blocks.clone(),
+        blocks,
         units,
         checkpoint: checkpoint.to_vec(),
         loss,
-        optimizer: optimizer_cost(g, recipe, compute_dtype, compute, w),
+        optimizer,
         reshard_after_forward,
         prefetch: true,
+        prologue,
+        prologue_all_reduce,
+    }
+}
+
+/// The executor's per-unit machinery, charged to the blocks where it runs:
+/// every block takes a view of *every* parameter of each unit it belongs to
+/// (`Fsdp::block_params`), and its backward scatters each of its own
+/// tensors' gradient into a zero-filled flat-sized buffer of its unit
+/// (narrow's backward), which the engine then accumulates: a write and a
+/// read + write of the flat parameter per tensor. A unit's gather work runs
+/// at its first forward block (and again at its last backward block when
+/// resharding); its gradient cast/accumulate at each of its blocks'
+/// backward and its reduce-scatter bookkeeping at its first block's.
+pub fn add_unit_host_costs(blocks: &mut [BlockCost], block_tensors: &[usize], units: &[UnitCost], reshard: bool, h: &HostCosts, compute: &ComputeModel) {
+    let nb = blocks.len();
+    if nb == 0 {
+        return;
+    }
+    let bw = compute.memory_bandwidth();
+    for (b, cost) in blocks.iter_mut().enumerate() {
+        let covering = units.iter().filter(|u| u.blocks.contains(&b));
+        let mut views = 0usize;
+        // The block's own tensors live (mostly) in the narrowest unit covering it.
+        let mut own: Option<&UnitCost> = None;
+        for u in covering {
+            views += u.tensors;
+            if own.is_none_or(|o| u.blocks.len() < o.blocks.len()) {
+                own = Some(u);
+            }
+        }
+        cost.forward += h.param_view_forward * views as f64;
+        let tensors = block_tensors.get(b).copied().unwrap_or(0) as f64;
+        let flat = own.map_or(0.0, |u| u.flat_bytes.0 as f64);
+        cost.backward += h.param_view_backward * tensors + Bytes((3.0 * flat * tensors) as u64) / bw;
+    }
+    for u in units {
+        if u.blocks.is_empty() {
+            continue;
+        }
+        let first = u.blocks.start.min(nb - 1);
+        let last = (u.blocks.end - 1).min(nb - 1);
+        blocks[first].forward += h.small_op * host_ops::GATHER;
+        if reshard && !u.keep_after_forward {
+            blocks[last].backward += h.small_op * host_ops::GATHER;
+        }
+        blocks[first].backward += h.small_op * (host_ops::FINISH + host_ops::ACCUMULATE_PER_BLOCK * u.blocks.len() as f64);
     }
 }
 
@@ -152,14 +336,78 @@ pub fn optimizer_cost(g: &GraphCosts, recipe: &Recipe, compute_dtype: DType, com
     let bw = compute.memory_bandwidth().0;
     let pass = |bytes: f64, kernels: u32| Seconds(bytes / bw) + compute.kernel_overhead() * kernels as f64;
     let larc = recipe.optim.larc_trust.is_some();
-    // Read param + grad for the two norms.
-    let norms = if larc { pass(8.0 * shard, tensors) } else { Seconds(0.0) };
-    // fp32 master, grad, states: read all, write param + states.
     let states = recipe.optim.kind.states_per_param() as f64;
+    // fp32 master, grad, states: read all, write param + states.
     let step_bytes = 4.0 * shard * ((2.0 + states) + (1.0 + states));
-    let step = pass(step_bytes, tensors);
+    let (norms, step) = match compute.host() {
+        // The executor's op count per parameter piece (optim.rs): the norms
+        // run for SGD and Adam alike (grad norm reported), the update per piece.
+        Some(h) => {
+            let t = tensors as f64;
+            let per = match recipe.optim.kind {
+                crate::recipe::OptimKind::Sgd => host_ops::SGD_PER_TENSOR,
+                crate::recipe::OptimKind::Adam => host_ops::ADAM_PER_TENSOR,
+            };
+            (
+                Seconds(8.0 * shard / bw) + h.small_op * (host_ops::NORMS_PER_TENSOR * t + host_ops::NORMS_FIXED),
+                Seconds(step_bytes / bw) + h.small_op * (per * t),
+            )
+        }
+        None => {
+            // Read param + grad for the two norms.
+            let norms = if larc { pass(8.0 * shard, tensors) } else { Seconds(0.0) };
+            (norms, pass(step_bytes, tensors))
+        }
+    };
     let scaler = compute_dtype == DType::Fp16;
     let reduced = if larc { 2 * g.param_tensors as u64 * 4 } else { 0 } + if scaler { 4 } else { 0 };
     let norm_all_reduce = (reduced > 0).then(|| w.collectives.all_reduce(w.group, Bytes(reduced)).time);
-    OptimizerCost { norms, norm_all_reduce, step }
+    OptimizerCost { norms, norm_all_reduce, step, loss_all_reduce: None }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cost_models::config::ModelConfig;
+    use cost_models::graph::Workload;
+    use cost_models::hardware::{builtin_hardware, HardwareProfile, OpFixed};
+
+    fn model(host: Option<HostCosts>) -> ComputeModel {
+        let mut p = HardwareProfile::from_spec(builtin_hardware("cpu-local").unwrap());
+        // Zero fixed costs, so the only difference between the two models is
+        // the host bookkeeping.
+        p.measured.op_fixed = OpKind::ALL.iter().map(|&kind| OpFixed { kind, forward: Seconds(0.0), backward: Seconds(0.0) }).collect();
+        p.measured.host = host;
+        ComputeModel::new(&p)
+    }
+
+    /// Hand count for `s1.b0` of regnety-tiny in the tiny-cpu recipe (two
+    /// crop groups, so the block runs twice): forward cuts 2 inputs (detach +
+    /// set_requires_grad each) and detaches 2 outputs; each group has 4 BN
+    /// layers (proj_bn, a_bn, b_bn, c_bn: the width changes 16 -> 8), each
+    /// casting weight and bias: 2*2 + 2 + 2*4*2 = 22 small ops.
+    #[test]
+    fn block_host_ops_match_a_hand_count() {
+        let recipe = Recipe::load("tiny-cpu").unwrap();
+        let m = ModelConfig::load("regnety-tiny").unwrap();
+        let g = ModelGraph::build(&m, &Workload { images: 8, crops: recipe.crop_groups(), dtype: DType::Fp32 });
+        let b = g.blocks.iter().position(|b| b.name == "s1.b0").unwrap();
+        let us = Seconds(1e-6);
+        let host = HostCosts { small_op: us, param_view_forward: Seconds(0.0), param_view_backward: Seconds(0.0), backward_call: Seconds(0.0) };
+        let with = GraphCosts::new(&g, &model(Some(host)), &recipe).unwrap();
+        let without = GraphCosts::new(&g, &model(None), &recipe).unwrap();
+        let d = (with.blocks[b].forward - without.blocks[b].forward).0;
+        assert!((d - 22e-6).abs() < 1e-12, "{d}");
+        // s1.b0 owns 2 x proj/a/b/c convs? no: params once: proj, proj_bn(2), a, a_bn(2), b, b_bn(2),
+        // se.reduce(2), se.expand(2), c, c_bn(2) = 16 tensors.
+        assert_eq!(with.block_tensors[b], 16);
+        // One unit per block: every view costs 1 µs forward; the block's
+        // backward pays 16 views (plus their flat-sized traffic).
+        let h = HostCosts { small_op: Seconds(0.0), param_view_forward: us, param_view_backward: us, backward_call: Seconds(0.0) };
+        let units = vec![UnitCost { blocks: b..b + 1, all_gather: Seconds(0.0), reduce_scatter: Seconds(0.0), keep_after_forward: false, tensors: 16, flat_bytes: Bytes(0) }];
+        let mut blocks = without.blocks.clone();
+        add_unit_host_costs(&mut blocks, &without.block_tensors, &units, true, &h, &model(None));
+        assert!(((blocks[b].forward - without.blocks[b].forward).0 - 16e-6).abs() < 1e-12);
+        assert!(((blocks[b].backward - without.blocks[b].backward).0 - 16e-6).abs() < 1e-12);
+    }
 }

@@ -8,7 +8,7 @@
 //! members; the ownership rule then decides sizes and block spans, so a
 //! policy's units and a plan file's units are measured the same way.
 
-use crate::plan::UnitPlan;
+use crate::plan::{member_prefixes, owning_unit, UnitPlan};
 use crate::recipe::Wrapping;
 use cost_models::graph::{BlockKind, LayerKind, ModelGraph};
 use std::ops::Range;
@@ -26,6 +26,8 @@ pub struct Unit {
     pub blocks: std::ops::Range<usize>,
     /// Parameters the unit owns (unpadded).
     pub params: u64,
+    /// Parameter tensors the unit owns.
+    pub tensors: usize,
     /// Holds the SwAV prototypes, so it is gathered in fp32 whatever the
     /// compute dtype (as the executor does).
     pub fp32: bool,
@@ -57,10 +59,6 @@ pub enum WrappingError {
     BadGroup(usize),
 }
 
-/// `m` prefixes `name` on a `.` boundary (or equals it).
-fn is_prefix(m: &str, name: &str) -> bool {
-    name == m || (name.starts_with(m) && name.as_bytes().get(m.len()) == Some(&b'.'))
-}
 
 /// Units chosen by a policy (see [`Wrapping`]). Head blocks are always
 /// their own units; under `Whole` everything but the prototypes is one unit,
@@ -159,23 +157,15 @@ fn resolve(graph: &ModelGraph, specs: Vec<(String, Vec<String>)>) -> Result<Vec<
             }
         }
     }
-    let mut acc: Vec<(u64, Option<Range<usize>>, bool)> = vec![(0, None, false); specs.len() + 1];
+    let mut acc: Vec<(u64, Option<Range<usize>>, bool, usize)> = vec![(0, None, false, 0); specs.len() + 1];
     let mut member_used = vec![vec![false; 0]; specs.len()];
     for (i, (_, m)) in specs.iter().enumerate() {
         member_used[i] = vec![false; m.len()];
     }
     for (bi, b) in graph.blocks.iter().enumerate() {
         for (pname, numel) in &b.param_tensors {
-            let mut best: Option<(usize, usize, usize)> = None; // (len, unit, member)
-            for (ui, (_, members)) in specs.iter().enumerate() {
-                for (mi, m) in members.iter().enumerate() {
-                    if is_prefix(m, pname) && best.is_none_or(|(l, _, _)| m.len() > l) {
-                        best = Some((m.len(), ui, mi));
-                    }
-                }
-            }
-            let ui = match best {
-                Some((_, ui, mi)) => {
+            let ui = match owning_unit(specs.iter().map(|(_, m)| m.as_slice()), pname) {
+                Some((ui, mi)) => {
                     member_used[ui][mi] = true;
                     ui
                 }
@@ -188,6 +178,7 @@ fn resolve(graph: &ModelGraph, specs: Vec<(String, Vec<String>)>) -> Result<Vec<
                 Some(r) => r.start.min(bi)..r.end.max(bi + 1),
             });
             e.2 |= pname.starts_with("head.proto.");
+            e.3 += 1;
         }
     }
     // A member matching only tensors that a longer member took still
@@ -195,16 +186,16 @@ fn resolve(graph: &ModelGraph, specs: Vec<(String, Vec<String>)>) -> Result<Vec<
     // at all, so we check prefix matches, not ownership.
     for (ui, (name, members)) in specs.iter().enumerate() {
         for (mi, m) in members.iter().enumerate() {
-            if !member_used[ui][mi] && !graph.blocks.iter().any(|b| b.param_tensors.iter().any(|(p, _)| is_prefix(m, p))) {
+            if !member_used[ui][mi] && !graph.blocks.iter().any(|b| b.param_tensors.iter().any(|(p, _)| member_prefixes(m, p))) {
                 return Err(WrappingError::UnknownMember { unit: name.clone(), member: m.clone() });
             }
         }
     }
     let mut out = Vec::new();
-    for (ui, (params, blocks, fp32)) in acc.into_iter().enumerate() {
+    for (ui, (params, blocks, fp32, tensors)) in acc.into_iter().enumerate() {
         let Some(blocks) = blocks else { continue };
         let (name, members) = specs.get(ui).cloned().unwrap_or_else(|| ("root".to_string(), Vec::new()));
-        out.push(Unit { name, members, blocks, params, fp32 });
+        out.push(Unit { name, members, blocks, params, tensors, fp32 });
     }
     Ok(out)
 }
@@ -287,7 +278,7 @@ mod tests {
         let bad = vec![UnitPlan { name: "x".into(), members: vec!["s9.b0".into()], params: 0 }];
         assert!(matches!(units_from_plan(&g, &bad), Err(WrappingError::UnknownMember { .. })));
         // `s3.b0.b` must not capture `s3.b0.b_bn` (dot boundary).
-        assert!(!is_prefix("s3.b0.b", "s3.b0.b_bn.weight"));
+        assert!(!member_prefixes("s3.b0.b", "s3.b0.b_bn.weight"));
         let dup = vec![plan[0].clone(), UnitPlan { name: "y".into(), members: vec!["s3.b0".into()], params: 0 }];
         assert!(matches!(units_from_plan(&g, &dup), Err(WrappingError::DuplicateMember { .. })));
         assert_eq!(try_units_for(&g, Wrapping::Group(0)), Err(WrappingError::BadGroup(0)));
@@ -295,7 +286,7 @@ mod tests {
 
     #[test]
     fn padding_rounds_to_world_size() {
-        let u = Unit { name: "u".into(), members: vec![], blocks: 0..1, params: 10, fp32: false };
+        let u = Unit { name: "u".into(), members: vec![], blocks: 0..1, params: 10, tensors: 1, fp32: false };
         assert_eq!(u.padded(4), 12);
         assert_eq!(u.shard_len(4), 3);
         assert_eq!(u.padded(1), 10);
