@@ -278,7 +278,7 @@ fn emit(a: &PlanArgs, plan: &Plan, report: &MemoryReport, e: &Evaluated, referen
     row("batch/GPU (global)", &|c| format!("{} ({})", c.decisions.batch_per_rank, c.throughput.global_batch));
     row("reshard after forward", &|c| if c.decisions.reshard_after_forward { "yes".into() } else { "no".into() });
     row("checkpointed segments", &|c| format!("{}", c.decisions.checkpoint.len()));
-    row("peak / usable", &|c| format!("{:.2} / {:.2} GiB{}", c.peak.as_gib(), c.usable.as_gib(), if c.fits() { "" } else { "  DOES NOT FIT" }));
+    row("peak / usable", &|c| format!("{} / {}{}", c.peak, c.usable, if c.fits() { "" } else { "  DOES NOT FIT" }));
     row("step time", &|c| format!("{:.3} s", c.step.step_time.0));
     row("  compute (recompute)", &|c| format!("{:.3} s ({:.3} s)", c.step.compute_time.0, c.step.recompute_time.0));
     row("  comm (exposed)", &|c| format!("{:.3} s ({:.3} s)", c.step.comm_time.0, c.step.exposed_comm.0));
@@ -294,11 +294,11 @@ fn emit(a: &PlanArgs, plan: &Plan, report: &MemoryReport, e: &Evaluated, referen
         let segs: Vec<String> = e.decisions.checkpoint.iter().map(|r| planner::sweep::segment_label(names, r)).collect();
         println!("checkpointing: {}", segs.join(", "));
     }
-    println!("peak {:.2} GiB at `{}`; breakdown:", report.peak.as_gib(), report.timeline.get(report.peak_event).map_or("?", |ev| ev.label.as_str()));
+    println!("peak {} at `{}`; breakdown:", report.peak, report.timeline.get(report.peak_event).map_or("?", |ev| ev.label.as_str()));
     let mut cats: Vec<(&String, &cost_models::Bytes)> = report.breakdown.iter().filter(|(_, b)| b.0 > 0).collect();
     cats.sort_by(|x, y| y.1.cmp(x.1));
     for (k, b) in cats {
-        println!("  {k:<20} {:>8.2} GiB", b.as_gib());
+        println!("  {k:<20} {:>12}", b.to_string());
     }
     if let Some(out) = &a.out {
         println!("wrote {}", out.display());
