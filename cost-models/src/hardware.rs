@@ -409,6 +409,15 @@ pub struct Measured {
     /// Achieved HBM (or DRAM) bandwidth for memory-bound ops.
     #[serde(rename = "memory_bandwidth_gb_s", default, skip_serializing_if = "Option::is_none", with = "human::opt_gb_s")]
     pub memory_bandwidth: Option<Bandwidth>,
+    /// Intra-op threads each rank used while the compute side was measured:
+    /// the rates below are per rank at this many threads, so runs that are
+    /// compared with them must use the same (`seerscale train --threads`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads_per_rank: Option<usize>,
+    /// Cores of the measured machine (a CPU rank running `threads_per_rank`
+    /// threads next to others gets `cores / ranks` of them at most).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_cores: Option<usize>,
     /// Measured fixed cost per kernel / op dispatch.
     #[serde(rename = "kernel_overhead_us", default, skip_serializing_if = "Option::is_none", with = "human::opt_us")]
     pub kernel_overhead: Option<Seconds>,
@@ -510,6 +519,12 @@ impl HardwareProfile {
         let mut v = Checks::default();
         if let Some(bw) = m.memory_bandwidth {
             v.pos(bw.0 / 1e9, "measured.memory_bandwidth_gb_s");
+        }
+        if let Some(t) = m.threads_per_rank {
+            v.pos(t as f64, "measured.threads_per_rank");
+        }
+        if let Some(c) = m.host_cores {
+            v.pos(c as f64, "measured.host_cores");
         }
         if let Some(o) = m.kernel_overhead {
             v.nonneg(o.0 * 1e6, "measured.kernel_overhead_us");

@@ -9,13 +9,13 @@
 //! executor runs anything. It answers "how big / how much work / how long
 //! would this primitive take", never "what should we do".
 
+pub mod collectives;
+pub mod compute;
+pub mod config;
+pub mod graph;
+pub mod hardware;
 pub mod regnet;
+pub mod topology;
 pub mod units;
 
 pub use units::{Bandwidth, Bytes, DType, FlopRate, Flops, Seconds};
-pub mod config;
-pub mod graph;
-pub mod collectives;
-pub mod compute;
-pub mod hardware;
-pub mod topology;

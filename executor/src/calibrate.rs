@@ -873,6 +873,8 @@ impl CalibrationReport {
                 c.threads,
                 self.collective_world_size
             )),
+            threads_per_rank: Some(c.threads),
+            host_cores: Some(self.host.cores),
             memory_bandwidth: c.memory_bound_gb_s.map(|g| Bandwidth(sig(g * 1e9))),
             kernel_overhead: Some(Seconds(sig(c.op_overhead.median_s))),
             op_throughput: c.rates.iter().map(|r| OpThroughput { kind: r.kind, dtype: r.dtype, rate: FlopRate(sig(r.tflops * 1e12)) }).collect(),

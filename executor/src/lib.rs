@@ -7,23 +7,23 @@
 //! Must not know about: search or cost formulas. It measures; the planner
 //! predicts. It takes the plan file as the single source of decisions.
 
-pub mod dist;
-pub mod memstats;
-pub mod storage;
-pub mod reduce;
-pub mod model;
-pub mod swav;
-pub mod optim;
-pub mod schedule;
 pub mod augment;
-pub mod data;
-pub mod fsdp;
-pub mod step;
-pub mod reference;
-pub mod precision;
-pub mod metrics;
-pub mod checkpoint;
-pub mod launch;
-pub mod train;
 pub mod calibrate;
+pub mod checkpoint;
+pub mod data;
+pub mod dist;
+pub mod fsdp;
+pub mod launch;
+pub mod memstats;
+pub mod metrics;
+pub mod model;
+pub mod optim;
 pub mod phase_timer;
+pub mod precision;
+pub mod reduce;
+pub mod reference;
+pub mod schedule;
+pub mod step;
+pub mod storage;
+pub mod swav;
+pub mod train;

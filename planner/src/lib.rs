@@ -8,18 +8,18 @@
 //! here is computed from `cost-models`; measured numbers come back only
 //! through hardware profiles and metrics files.
 
+pub mod build;
+pub mod checkpoint;
+pub mod cluster;
+pub mod dryrun;
+pub mod memory;
+pub mod pareto;
 pub mod plan;
 pub mod recipe;
-pub mod simulator;
-pub mod wrapping;
-pub mod memory;
-pub mod checkpoint;
-pub mod step_costs;
-pub mod cluster;
 pub mod search;
+pub mod simulator;
+pub mod step_costs;
 pub mod sweep;
-pub mod pareto;
-pub mod build;
-pub mod dryrun;
 pub mod timeline_svg;
 pub mod validation;
+pub mod wrapping;
