@@ -52,15 +52,31 @@ fn tick_step(max: f64, n: f64) -> f64 {
     [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * p).find(|s| *s >= raw).unwrap_or(10.0 * p)
 }
 
+/// The largest of GiB / MiB / KiB that shows `bytes` as at least 1.
+fn display_unit(bytes: u64) -> (&'static str, f64) {
+    if bytes >= GIB {
+        ("GiB", GIB as f64)
+    } else if bytes >= 1 << 20 {
+        ("MiB", (1u64 << 20) as f64)
+    } else {
+        ("KiB", 1024.0)
+    }
+}
+
 /// The timeline of `report` as an SVG document.
 pub fn timeline_svg(report: &MemoryReport, title: &str) -> String {
     let ev = &report.timeline;
     let n = ev.len().max(1);
-    let gib = |b: u64| b as f64 / GIB as f64;
-    let ymax_gib = gib(report.peak.0.max(report.usable.0)).max(1e-6) * 1.08;
+    // The usable line sets the scale only when it is near the peak; a plan
+    // using 0.04 % of a device would otherwise draw as a flat line.
+    let usable_on_scale = report.usable.0 <= report.peak.0.saturating_mul(4);
+    let top_bytes = if usable_on_scale { report.peak.0.max(report.usable.0) } else { report.peak.0 };
+    let (unit, div) = display_unit(top_bytes);
+    let scaled = |b: u64| b as f64 / div;
+    let ymax = scaled(top_bytes).max(1e-6) * 1.08;
     let (pw, ph) = (W - LEFT - RIGHT, H - TOP - BOTTOM);
     let x = |i: f64| LEFT + if n > 1 { i / (n - 1) as f64 * pw } else { pw / 2.0 };
-    let y = |g: f64| TOP + ph - g / ymax_gib * ph;
+    let y = |g: f64| TOP + ph - g / ymax * ph;
     let mut s = String::new();
     let _ = writeln!(s, r#"<?xml version="1.0" encoding="UTF-8"?>"#);
     let _ = writeln!(s, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#);
@@ -70,7 +86,7 @@ pub fn timeline_svg(report: &MemoryReport, title: &str) -> String {
     // Stacked areas, bottom category first.
     let mut lower = vec![0.0f64; ev.len()];
     for c in Category::ALL {
-        let vals: Vec<f64> = ev.iter().map(|e| gib(e.by_category.get(c.name()).map_or(0, |b| b.0))).collect();
+        let vals: Vec<f64> = ev.iter().map(|e| scaled(e.by_category.get(c.name()).map_or(0, |b| b.0))).collect();
         if vals.iter().all(|v| *v == 0.0) {
             continue;
         }
@@ -87,28 +103,32 @@ pub fn timeline_svg(report: &MemoryReport, title: &str) -> String {
     }
 
     // Axes and ticks.
-    let step = tick_step(ymax_gib, 6.0);
+    let step = tick_step(ymax, 6.0);
     let _ = writeln!(s, r##"<g stroke="#333" stroke-width="1"><line x1="{LEFT}" y1="{}" x2="{}" y2="{}"/><line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{}"/></g>"##, TOP + ph, LEFT + pw, TOP + ph, TOP + ph);
     let mut t = 0.0;
-    while t <= ymax_gib + 1e-9 {
+    while t <= ymax + 1e-9 {
         let _ = writeln!(s, r##"<line x1="{:.1}" y1="{:.1}" x2="{LEFT}" y2="{:.1}" stroke="#333"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##, LEFT - 5.0, y(t), y(t), LEFT - 8.0, y(t) + 4.0, trim(t));
         t += step;
     }
-    let _ = writeln!(s, r#"<text x="18" y="{:.1}" transform="rotate(-90 18 {:.1})" text-anchor="middle">GiB per rank</text>"#, TOP + ph / 2.0, TOP + ph / 2.0);
+    let _ = writeln!(s, r#"<text x="18" y="{:.1}" transform="rotate(-90 18 {:.1})" text-anchor="middle">{unit} per rank</text>"#, TOP + ph / 2.0, TOP + ph / 2.0);
     let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">event (forward, then backward, then optimiser step)</text>"#, LEFT + pw / 2.0, H - 18.0);
 
     // Usable memory.
-    let uy = y(gib(report.usable.0));
-    let _ = writeln!(s, r##"<line x1="{LEFT}" y1="{uy:.1}" x2="{:.1}" y2="{uy:.1}" stroke="#d62728" stroke-width="2" stroke-dasharray="8 4"/>"##, LEFT + pw);
-    let _ = writeln!(s, r##"<text x="{:.1}" y="{:.1}" fill="#d62728" text-anchor="end">usable {:.2} GiB</text>"##, LEFT + pw, uy - 6.0, gib(report.usable.0));
+    if usable_on_scale {
+        let uy = y(scaled(report.usable.0));
+        let _ = writeln!(s, r##"<line x1="{LEFT}" y1="{uy:.1}" x2="{:.1}" y2="{uy:.1}" stroke="#d62728" stroke-width="2" stroke-dasharray="8 4"/>"##, LEFT + pw);
+        let _ = writeln!(s, r##"<text x="{:.1}" y="{:.1}" fill="#d62728" text-anchor="end">usable {:.2} {unit}</text>"##, LEFT + pw, uy - 6.0, scaled(report.usable.0));
+    } else {
+        let _ = writeln!(s, r##"<text x="{:.1}" y="{:.1}" fill="#d62728" text-anchor="end">usable {} (off scale: {:.0}x the peak)</text>"##, LEFT + pw, TOP - 4.0, report.usable, report.usable.0 as f64 / report.peak.0.max(1) as f64);
+    }
 
     // Peak.
     if let Some(pe) = ev.get(report.peak_event) {
-        let (px, py) = (x(report.peak_event as f64), y(gib(report.peak.0)));
+        let (px, py) = (x(report.peak_event as f64), y(scaled(report.peak.0)));
         let _ = writeln!(s, r##"<line x1="{px:.1}" y1="{py:.1}" x2="{px:.1}" y2="{:.1}" stroke="black" stroke-dasharray="3 3"/>"##, TOP + ph);
         let _ = writeln!(s, r##"<circle cx="{px:.1}" cy="{py:.1}" r="4" fill="black"/>"##);
         let anchor = if px > LEFT + pw * 0.7 { "end" } else { "start" };
-        let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}" text-anchor="{anchor}" font-weight="bold">peak {:.2} GiB: {}</text>"#, px + if anchor == "end" { -6.0 } else { 6.0 }, py - 8.0, gib(report.peak.0), xml_escape(&pe.label));
+        let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}" text-anchor="{anchor}" font-weight="bold">peak {:.2} {unit}: {}</text>"#, px + if anchor == "end" { -6.0 } else { 6.0 }, py - 8.0, scaled(report.peak.0), xml_escape(&pe.label));
     }
 
     // Legend.
@@ -116,9 +136,9 @@ pub fn timeline_svg(report: &MemoryReport, title: &str) -> String {
     for (k, c) in Category::ALL.iter().rev().enumerate() {
         let ly = TOP + 10.0 + k as f64 * 20.0;
         let at_peak = report.breakdown.get(c.name()).map_or(0, |b| b.0);
-        let _ = writeln!(s, r#"<rect x="{lx}" y="{:.1}" width="12" height="12" fill="{}"/><text x="{:.1}" y="{:.1}">{} {:.2}</text>"#, ly, color(*c), lx + 18.0, ly + 10.0, c.name(), gib(at_peak));
+        let _ = writeln!(s, r#"<rect x="{lx}" y="{:.1}" width="12" height="12" fill="{}"/><text x="{:.1}" y="{:.1}">{} {:.2}</text>"#, ly, color(*c), lx + 18.0, ly + 10.0, c.name(), scaled(at_peak));
     }
-    let _ = writeln!(s, r#"<text x="{lx}" y="{:.1}" font-style="italic">GiB at peak</text>"#, TOP + 10.0 + 10.0 * 20.0 + 10.0);
+    let _ = writeln!(s, r#"<text x="{lx}" y="{:.1}" font-style="italic">{unit} at peak</text>"#, TOP + 10.0 + 10.0 * 20.0 + 10.0);
     s.push_str("</svg>\n");
     s
 }
@@ -232,7 +252,8 @@ pub(crate) mod tests {
         let svg = timeline_svg(&r, "tiny <test> & \"quotes\"");
         check_well_formed(&svg).unwrap();
         assert!(svg.contains("usable"));
-        assert!(svg.contains(&format!("peak {:.2} GiB", r.peak.0 as f64 / GIB as f64)));
+        let (unit, div) = display_unit(if r.usable.0 <= r.peak.0 * 4 { r.peak.0.max(r.usable.0) } else { r.peak.0 });
+        assert!(svg.contains(&format!("peak {:.2} {unit}", r.peak.0 as f64 / div)), "{svg}");
         assert!(svg.contains("tiny &lt;test&gt; &amp; &quot;quotes&quot;"));
         assert!(svg.matches("<polygon").count() >= 3);
         // Degenerate: a one-event report still renders.
