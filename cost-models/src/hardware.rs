@@ -738,6 +738,8 @@ mod tests {
         let mut p = HardwareProfile::from_spec(builtin_hardware("cpu-local").unwrap());
         p.measured = Measured {
             source: Some("test".into()),
+            threads_per_rank: Some(1),
+            host_cores: Some(2),
             memory_bandwidth: Some(Bandwidth(12.5e9)),
             kernel_overhead: Some(Seconds(8e-6)),
             op_throughput: vec![OpThroughput { kind: OpKind::Conv, dtype: DType::Fp32, rate: FlopRate(0.11e12) }],

@@ -230,6 +230,12 @@ pub fn default_cases(quick: bool) -> Vec<OpCase> {
         Linear { rows: 64, d_in: 440, d_out: 2048 },
         BatchNorm { n: 16, c: 104, hw: 14 },
         Relu { n: 16, c: 104, hw: 14 },
+        // Small shapes like regnety-tiny's at 32 px (8-64 channels, 2-16 px
+        // maps), so each rate is fitted over sizes spanning what small
+        // models run, not only one large shape.
+        Conv { n: 8, cin: 16, cout: 16, hw: 8, k: 1, stride: 1, groups: 1 },
+        Conv { n: 8, cin: 16, cout: 16, hw: 8, k: 3, stride: 1, groups: 2 },
+        Linear { rows: 16, d_in: 64, d_out: 64 },
     ];
     if !quick {
         v.extend([
@@ -434,14 +440,22 @@ pub fn fit_rates_fixed(ops: &[OpMeasurement], fixed: &[FixedCost]) -> Result<Vec
         }
         let Some(f) = fixed.iter().find(|f| f.kind == m.kind) else { continue };
         let group: Vec<&OpMeasurement> = ops.iter().filter(|o| o.kind == m.kind && o.dtype == m.dtype).collect();
-        let (mut flops, mut time, mut ovh) = (0.0, 0.0, 0.0);
+        // time_i = fixed + flops_i / rate with the fixed cost measured at a
+        // tiny shape; 1/rate fitted by least squares on the *relative*
+        // error of each shape's compute part, so small shapes (where real
+        // small models live) weigh as much as large ones.
+        let (mut time, mut ovh, mut sa, mut saa) = (0.0, 0.0, 0.0, 0.0);
         for o in &group {
-            flops += o.flops_fwd + o.flops_bwd;
-            time += o.forward.median_s + o.backward.median_s;
-            ovh += f.forward.median_s + f.backward.median_s;
+            let t = o.forward.median_s + o.backward.median_s;
+            let fixed = f.forward.median_s + f.backward.median_s;
+            time += t;
+            ovh += fixed;
+            let a = (o.flops_fwd + o.flops_bwd) / (t - fixed).max(0.1 * t);
+            sa += a;
+            saa += a * a;
         }
-        let compute = (time - ovh).max(0.1 * time);
-        out.push(RateFit { kind: m.kind, dtype: m.dtype, tflops: flops / compute / 1e12, overhead_share: ovh / time, shapes: group.len() });
+        let rate = if sa > 0.0 { saa / sa } else { 0.0 };
+        out.push(RateFit { kind: m.kind, dtype: m.dtype, tflops: rate / 1e12, overhead_share: ovh / time, shapes: group.len() });
     }
     Ok(out)
 }

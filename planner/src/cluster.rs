@@ -3,9 +3,9 @@
 //! rank's device looks like (a CPU shared by several rank processes is split
 //! between them), and the world group's links, cached per world size.
 
-use cost_models::hardware::{DeviceKind, HardwareSpec};
+use cost_models::hardware::{DeviceKind, HardwareSpec, Measured};
 use cost_models::topology::{GroupLinks, Topology, TopologyError};
-use cost_models::{Bandwidth, Bytes, FlopRate};
+use cost_models::{Bandwidth, Bytes, FlopRate, Seconds};
 use std::collections::HashMap;
 
 /// Most rank processes one CPU machine is split into.
@@ -87,6 +87,40 @@ pub fn rank_hardware(hw: &HardwareSpec, world: usize) -> Option<HardwareSpec> {
     Some(h)
 }
 
+/// A CPU profile's measurements as one rank of a `world`-rank job sees
+/// them. The rates were measured by one process running `threads_per_rank`
+/// threads on `host_cores` cores; ranks that each run that many threads
+/// share the cores, so when `world x threads` exceeds the cores every
+/// rank's rates (and fixed costs) scale by `cores / (world x threads)`.
+/// Without those two fields (older profiles, the catalog) the measurements
+/// are used as they are. GPUs: unchanged.
+pub fn rank_measured(hw: &HardwareSpec, measured: &Measured, world: usize) -> Measured {
+    let (DeviceKind::Cpu, Some(t), Some(cores)) = (hw.kind, measured.threads_per_rank, measured.host_cores) else {
+        return measured.clone();
+    };
+    let f = (cores as f64 / (world.max(1) * t.max(1)) as f64).min(1.0);
+    if f >= 1.0 {
+        return measured.clone();
+    }
+    let mut m = measured.clone();
+    for r in &mut m.op_throughput {
+        r.rate = FlopRate(r.rate.0 * f);
+    }
+    m.memory_bandwidth = m.memory_bandwidth.map(|b| Bandwidth(b.0 * f));
+    m.kernel_overhead = m.kernel_overhead.map(|o| Seconds(o.0 / f));
+    for x in &mut m.op_fixed {
+        x.forward = Seconds(x.forward.0 / f);
+        x.backward = Seconds(x.backward.0 / f);
+    }
+    if let Some(h) = &mut m.host {
+        h.small_op = Seconds(h.small_op.0 / f);
+        h.param_view_forward = Seconds(h.param_view_forward.0 / f);
+        h.param_view_backward = Seconds(h.param_view_backward.0 / f);
+        h.backward_call = Seconds(h.backward_call.0 / f);
+    }
+    m
+}
+
 /// Nodes a job of `world` ranks spans on `rank_hw` (from [`rank_hardware`]).
 pub fn nodes_for(rank_hw: &HardwareSpec, world: usize) -> usize {
     world.div_ceil(rank_hw.gpus_per_node().max(1))
@@ -125,6 +159,30 @@ mod tests {
         assert_eq!(w.len(), 128);
         assert_eq!((w[0], w[127]), (8, 1024));
         assert!(w.contains(&496));
+    }
+
+    #[test]
+    fn measured_cpu_rates_scale_only_when_ranks_oversubscribe_the_cores() {
+        use cost_models::compute::OpKind;
+        use cost_models::hardware::{HostCosts, OpThroughput};
+        use cost_models::DType;
+        let cpu = cost_models::hardware::builtin_hardware("cpu-local").unwrap();
+        let mut m = Measured { threads_per_rank: Some(1), host_cores: Some(2), ..Measured::default() };
+        m.op_throughput.push(OpThroughput { kind: OpKind::Conv, dtype: DType::Fp32, rate: FlopRate(10e9) });
+        m.host = Some(HostCosts { small_op: Seconds(4e-6), param_view_forward: Seconds(0.0), param_view_backward: Seconds(0.0), backward_call: Seconds(0.0) });
+        // 1 or 2 single-thread ranks fit on 2 cores: the measurement as is.
+        assert_eq!(rank_measured(&cpu, &m, 1), m);
+        assert_eq!(rank_measured(&cpu, &m, 2), m);
+        // 4 ranks share 2 cores: half the rate, twice the fixed costs.
+        let four = rank_measured(&cpu, &m, 4);
+        assert!((four.op_throughput[0].rate.0 - 5e9).abs() < 1.0);
+        assert!((four.host.unwrap().small_op.0 - 8e-6).abs() < 1e-12);
+        // 2 threads per rank: 2 ranks already oversubscribe.
+        let two_threads = Measured { threads_per_rank: Some(2), ..m.clone() };
+        assert!((rank_measured(&cpu, &two_threads, 2).op_throughput[0].rate.0 - 5e9).abs() < 1.0);
+        // Without the fields (older profiles): unchanged.
+        let old = Measured { threads_per_rank: None, ..m.clone() };
+        assert_eq!(rank_measured(&cpu, &old, 4), old);
     }
 
     #[test]

@@ -364,8 +364,11 @@ impl<'r> Searcher<'r> {
     }
 
     fn compute_model(&mut self, h: usize, share: usize, rank_hw: &HardwareSpec) -> &ComputeModel {
-        let measured = &self.space.hardware[h].measured;
-        self.computes.entry((h, share)).or_insert_with(|| ComputeModel::new(&HardwareProfile { hardware: rank_hw.clone(), measured: measured.clone() }))
+        let profile = &self.space.hardware[h];
+        self.computes.entry((h, share)).or_insert_with(|| {
+            let measured = crate::cluster::rank_measured(&profile.hardware, &profile.measured, share);
+            ComputeModel::new(&HardwareProfile { hardware: rank_hw.clone(), measured })
+        })
     }
 
     fn graph_costs(&mut self, h: usize, share: usize, rank_hw: &HardwareSpec, dtype: DType, batch: usize) -> Result<&GraphCosts, SearchError> {
@@ -378,6 +381,23 @@ impl<'r> Searcher<'r> {
             self.costs.insert(key, c);
         }
         Ok(&self.costs[&key])
+    }
+
+    /// The simulator's input for one set of decisions: every op's time in
+    /// execution order (for phase-by-phase comparisons).
+    pub fn step_profile(&mut self, h: usize, d: &Decisions) -> Result<crate::simulator::StepProfile, SearchError> {
+        let rank_hw = rank_hardware(&self.space.hardware[h].hardware, d.world_size)
+            .ok_or_else(|| SearchError::Request(format!("{} cannot host {} ranks", self.space.hardware[h].hardware.name, d.world_size)))?;
+        let share = self.share(h, d.world_size);
+        self.graph_costs(h, share, &rank_hw, d.precision.compute, d.batch_per_rank)?;
+        self.units(d.wrapping);
+        let compute = self.compute_model(h, share, &rank_hw).clone();
+        let group = self.links.world(&rank_hw, d.world_size)?.clone();
+        let gc = &self.costs[&(h, share, d.precision.compute, d.batch_per_rank)];
+        let units = &self.units[&d.wrapping];
+        let w = WorldCosts { group: &group, collectives: &self.collectives[h], world_size: d.world_size };
+        let uc = unit_costs(units, gc.blocks.len(), d.precision.compute, d.precision.reduce, &w);
+        Ok(step_profile(gc, uc, &d.checkpoint, self.recipe, d.precision.compute, d.reshard_after_forward, &compute, &w))
     }
 
     /// Simulates one set of decisions (checkpoint segments given).

@@ -102,6 +102,36 @@ pub struct StepProfile {
     pub prologue_all_reduce: Option<Seconds>,
 }
 
+/// Compute time of one step by phase, as the executor's phase timer
+/// (`SEERSCALE_PHASE_TIMES=1`) splits it; communication not included.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PhaseTimes {
+    /// Prototype normalisation, zeroing gradients, moving the batch (s).
+    pub prologue_s: f64,
+    pub forward_s: f64,
+    /// Sinkhorn + swapped-prediction loss.
+    pub loss_s: f64,
+    /// Backward of every block (recompute included).
+    pub backward_s: f64,
+    /// LARC norms and the update.
+    pub optimizer_s: f64,
+}
+
+impl StepProfile {
+    /// Busy compute time per phase (no waiting on collectives).
+    pub fn phases(&self) -> PhaseTimes {
+        let l = &self.loss;
+        let recompute: f64 = self.checkpoint.iter().flat_map(|r| r.clone()).filter_map(|b| self.blocks.get(b)).map(|b| b.forward.0).sum();
+        PhaseTimes {
+            prologue_s: self.prologue.0,
+            forward_s: self.blocks.iter().map(|b| b.forward.0).sum(),
+            loss_s: l.assign_crops as f64 * (l.sinkhorn_init.0 + l.sinkhorn_iterations as f64 * l.sinkhorn_iteration.0) + l.swapped_loss.0,
+            backward_s: self.blocks.iter().map(|b| b.backward.0).sum::<f64>() + recompute,
+            optimizer_s: self.optimizer.norms.0 + self.optimizer.step.0,
+        }
+    }
+}
+
 /// What the simulation found.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct StepResult {

@@ -17,6 +17,7 @@ use crate::memory::{Decisions, MemoryReport};
 use crate::plan::{Plan, Precision};
 use crate::recipe::{Recipe, Wrapping};
 use crate::search::{BatchPolicy, GpuCount, SearchError, SearchSpace, Searcher};
+use crate::simulator::PhaseTimes;
 use cost_models::graph::{BlockKind, ModelGraph};
 use cost_models::hardware::HardwareProfile;
 use cost_models::{Bytes, DType};
@@ -264,6 +265,78 @@ pub fn plan_variant(base: &Recipe, hardware: &HardwareProfile, v: &Variant) -> R
     build_plan(&mut s, &e).map_err(plan_err)
 }
 
+/// The simulator's compute time per phase for one variant (what
+/// `plan_variant`'s prediction is made of), to compare with the executor's
+/// phase timer.
+pub fn variant_phases(base: &Recipe, hardware: &HardwareProfile, v: &Variant) -> Result<PhaseTimes, ValidationError> {
+    let name = v.to_string();
+    let recipe = v.recipe(base)?;
+    let space = SearchSpace {
+        hardware: vec![hardware.clone()],
+        gpus: GpuCount::Fixed(v.world_size),
+        batch: BatchPolicy::PerGpu(v.batch_per_rank),
+        wrappings: vec![v.granularity.wrapping()],
+        precisions: vec![v.precision],
+        reshard: vec![v.reshard_after_forward],
+        exhaustive: true,
+        headroom: 0.0,
+    };
+    let plan_err = |source| ValidationError::Plan { name: name.clone(), source };
+    let mut s = Searcher::new(&recipe, space).map_err(plan_err)?;
+    let checkpoint = v.checkpoint.segments(s.graph(v.precision, v.batch_per_rank));
+    let d = Decisions {
+        world_size: v.world_size,
+        batch_per_rank: v.batch_per_rank,
+        precision: Precision { compute: v.precision, reduce: v.precision },
+        reshard_after_forward: v.reshard_after_forward,
+        wrapping: v.granularity.wrapping(),
+        checkpoint,
+    };
+    Ok(s.step_profile(0, &d).map_err(plan_err)?.phases())
+}
+
+/// Median per phase over steps `>= warmup` of rank 0's
+/// `phase-times rank=0 step=N key=ms ...` lines (the executor's
+/// `SEERSCALE_PHASE_TIMES=1` output). Backward is the executor's
+/// `backward+loss` window less the loss; the prologue is `proto_norm +
+/// zero_grad`. None when the log has no such lines.
+pub fn parse_phase_times(log: &str, warmup: u64) -> Option<PhaseTimes> {
+    let mut rows: Vec<PhaseTimes> = Vec::new();
+    for line in log.lines() {
+        let Some(rest) = line.trim().strip_prefix("phase-times ") else { continue };
+        let kv: Vec<(&str, &str)> = rest.split_whitespace().filter_map(|t| t.split_once('=')).collect();
+        let get = |k: &str| kv.iter().find(|(a, _)| *a == k).and_then(|(_, v)| v.parse::<f64>().ok());
+        if get("rank") != Some(0.0) || get("step").is_none_or(|st| st < warmup as f64) {
+            continue;
+        }
+        let ms = |k: &str| get(k).unwrap_or(0.0) / 1e3;
+        let loss = ms("loss");
+        rows.push(PhaseTimes {
+            prologue_s: ms("proto_norm") + ms("zero_grad"),
+            forward_s: ms("forward"),
+            loss_s: loss,
+            backward_s: (get("backward+loss").map_or(ms("run_backward"), |b| b / 1e3 - loss)).max(0.0),
+            optimizer_s: ms("optimizer"),
+        });
+    }
+    if rows.is_empty() {
+        return None;
+    }
+    let med = |f: fn(&PhaseTimes) -> f64| {
+        let mut v: Vec<f64> = rows.iter().map(f).collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        let n = v.len();
+        if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    };
+    Some(PhaseTimes {
+        prologue_s: med(|p| p.prologue_s),
+        forward_s: med(|p| p.forward_s),
+        loss_s: med(|p| p.loss_s),
+        backward_s: med(|p| p.backward_s),
+        optimizer_s: med(|p| p.optimizer_s),
+    })
+}
+
 /// One rank's metrics for one step (the fields of the executor's
 /// `metrics.rank<r>.jsonl` that validation needs).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -356,6 +429,12 @@ pub struct Row {
     pub measured: Option<Measured>,
     /// Why there is no (or only a partial) measurement.
     pub note: Option<String>,
+    /// The simulator's compute time per phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predicted_phases: Option<PhaseTimes>,
+    /// Rank 0's phase timer (median over steady-state steps).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measured_phases: Option<PhaseTimes>,
 }
 
 impl Row {
@@ -372,6 +451,8 @@ impl Row {
             predicted_exposed_comm_s: p.exposed_comm_s,
             measured,
             note,
+            predicted_phases: None,
+            measured_phases: None,
         }
     }
     pub fn memory_error(&self) -> Option<f64> {
@@ -462,6 +543,29 @@ impl ValidationReport {
                 ms(r.predicted_exposed_comm_s),
                 mc
             ));
+        }
+        if self.rows.iter().any(|r| r.predicted_phases.is_some() || r.measured_phases.is_some()) {
+            s.push_str("\n## Step time by phase\n\n");
+            s.push_str("Compute time per phase in ms, predicted (the simulator's busy time, no waiting on collectives) / measured (rank 0's `SEERSCALE_PHASE_TIMES` timer, median over steady-state steps; waits inside a phase included).\n\n");
+            s.push_str("| variant | prologue | forward | loss | backward | optimizer | sum |\n|---|---:|---:|---:|---:|---:|---:|\n");
+            let sum = |p: &PhaseTimes| p.prologue_s + p.forward_s + p.loss_s + p.backward_s + p.optimizer_s;
+            for r in &self.rows {
+                let cell = |f: &dyn Fn(&PhaseTimes) -> f64| {
+                    let a = r.predicted_phases.as_ref().map_or("-".to_string(), |p| ms(f(p)));
+                    let b = r.measured_phases.as_ref().map_or("-".to_string(), |p| ms(f(p)));
+                    format!("{a} / {b}")
+                };
+                s.push_str(&format!(
+                    "| `{}` | {} | {} | {} | {} | {} | {} |\n",
+                    r.variant,
+                    cell(&|p| p.prologue_s),
+                    cell(&|p| p.forward_s),
+                    cell(&|p| p.loss_s),
+                    cell(&|p| p.backward_s),
+                    cell(&|p| p.optimizer_s),
+                    cell(&sum)
+                ));
+            }
         }
         s.push_str("\n## Predicted peak by category\n\n");
         s.push_str("The executor's counter has one total per step, so categories are predicted only (KiB at the predicted peak event).\n\n");
@@ -671,5 +775,20 @@ mod tests {
         let svg = rep.svg();
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert_eq!(svg.matches("<rect").count(), 3 + 2 * (3 + 2));
+    }
+
+    #[test]
+    fn phase_times_are_medians_of_rank0_after_warmup() {
+        let log = "phase-times rank=0 step=0 proto_norm=9 zero_grad=0 forward=100 loss=1 run_backward=90 backward+loss=95 optimizer=20\n\
+                   phase-times rank=0 step=2 proto_norm=0.2 zero_grad=0.1 forward=8 loss=0.5 run_backward=16 backward+loss=18.5 optimizer=3\n\
+                   phase-times rank=1 step=2 proto_norm=0.2 zero_grad=0.1 forward=80 loss=0.5 run_backward=16 backward+loss=18.5 optimizer=3\n\
+                   phase-times rank=0 step=3 proto_norm=0.2 zero_grad=0.1 forward=10 loss=0.5 run_backward=16 backward+loss=20.5 optimizer=5\n\
+                   other line\n";
+        let p = parse_phase_times(log, 2).unwrap();
+        assert!((p.forward_s - 9e-3).abs() < 1e-12, "{p:?}");
+        assert!((p.backward_s - 19e-3).abs() < 1e-12, "{p:?}");
+        assert!((p.optimizer_s - 4e-3).abs() < 1e-12, "{p:?}");
+        assert!((p.prologue_s - 0.3e-3).abs() < 1e-12, "{p:?}");
+        assert!(parse_phase_times("nothing", 0).is_none());
     }
 }

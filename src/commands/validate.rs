@@ -7,7 +7,7 @@ use clap::Args;
 use cost_models::hardware::load_profile;
 use executor::metrics::metrics_path;
 use planner::recipe::Recipe;
-use planner::validation::{default_variants, parse_variants, plan_variant, summarize, Row, StepSample, ValidationReport, Variant};
+use planner::validation::{default_variants, parse_phase_times, parse_variants, plan_variant, summarize, variant_phases, Row, StepSample, ValidationReport, Variant};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -146,7 +146,7 @@ fn slug(s: &str) -> String {
 
 /// Runs `seerscale train` for one plan; Ok(None) on success, Ok(Some(why))
 /// when the run failed (its metrics may still hold some steps).
-fn execute(plan: &Path, v: &Variant, steps: u64, data: &Path, out: &Path, timeout: Duration) -> Result<Option<String>> {
+fn execute(plan: &Path, v: &Variant, steps: u64, threads: Option<usize>, data: &Path, out: &Path, timeout: Duration) -> Result<Option<String>> {
     let exe = std::env::current_exe().context("cannot find this program's path")?;
     if out.exists() {
         std::fs::remove_dir_all(out).with_context(|| format!("clearing {}", out.display()))?;
@@ -169,9 +169,13 @@ fn execute(plan: &Path, v: &Variant, steps: u64, data: &Path, out: &Path, timeou
         .arg(data)
         .arg("--out")
         .arg(out)
+        .env("SEERSCALE_PHASE_TIMES", "1")
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2);
+    if let Some(t) = threads {
+        cmd.arg("--threads").arg(t.to_string());
+    }
     // A run started from inside a rank would otherwise think it is one.
     for k in ["RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID"] {
         cmd.env_remove(k);
@@ -260,6 +264,9 @@ pub fn run(a: &ValidateArgs) -> Result<()> {
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     }
+    // Run every rank with the threads the profile's rates were measured
+    // with (the planner scales them when the ranks oversubscribe the cores).
+    let threads = profile_threads(&hw);
     let start = Instant::now();
     let mut rows = Vec::new();
     for (i, v) in variants.iter().enumerate() {
@@ -272,7 +279,7 @@ pub fn run(a: &ValidateArgs) -> Result<()> {
         plan.save(&plan_path)?;
         eprint!("[{}/{}] {name}: ", i + 1, variants.len());
         let t0 = Instant::now();
-        let failure = execute(&plan_path, v, a.steps, &data, &run_dir, Duration::from_secs(a.run_timeout_s.max(1)))?;
+        let failure = execute(&plan_path, v, a.steps, threads, &data, &run_dir, Duration::from_secs(a.run_timeout_s.max(1)))?;
         let (ss, missing) = samples(&run_dir, v.world_size);
         let measured = summarize(&ss, a.warmup);
         let mut note = failure.or(missing);
@@ -281,7 +288,9 @@ pub fn run(a: &ValidateArgs) -> Result<()> {
                 note = Some(format!("{}only warm-up steps measured", note.map(|n| format!("{n}; ")).unwrap_or_default()));
             }
         }
-        let row = Row::from_plan(v, &plan, measured, note);
+        let mut row = Row::from_plan(v, &plan, measured, note);
+        row.predicted_phases = Some(variant_phases(&recipe, &hw, v)?);
+        row.measured_phases = std::fs::read_to_string(run_dir.join("train.log")).ok().and_then(|t| parse_phase_times(&t, a.warmup));
         match (row.memory_error(), row.step_error()) {
             (Some(m), Some(s)) => eprintln!("peak {:+.1}%, step {:+.0}% ({:.1} s)", m * 100.0, s * 100.0, t0.elapsed().as_secs_f64()),
             _ => eprintln!("not measured: {}", row.note.as_deref().unwrap_or("no metrics")),
@@ -322,7 +331,10 @@ pub fn run(a: &ValidateArgs) -> Result<()> {
         command,
         rows,
         notes: vec![
-            format!("Ranks are local processes; each gets `cores / ranks` intra-op threads (at least 1) and {WORKERS} data-loading workers (the executor's default)."),
+            match threads {
+                Some(t) => format!("Ranks are local processes; each runs {t} intra-op thread(s) (`train --threads {t}`, the threads per rank the profile was measured with; when ranks x threads exceeds the cores the planner scales the measured rates by cores / (ranks x threads)) and {WORKERS} data-loading workers (the executor's default)."),
+                None => format!("Ranks are local processes; each gets `cores / ranks` intra-op threads (at least 1) and {WORKERS} data-loading workers (the executor's default)."),
+            },
             format!("On CPU the data loader's prefetched image batches go through the same counting allocator as the step, so the model counts the loader's full queue ({WORKERS} workers x ({} prefetched + 1 blocked) fp32 batches) besides the batch in use. The queue is full only when the loader keeps up with the step; the runs therefore read {}. With the bundled 512 px photos on 2 shared cores the loader does not keep up, the queue holds 0-6 batches at the peak, and the measured peak moves by whole batches (about 9 % each for b8-r32) from step to step.", planner::memory::LOADER_PREFETCH, match &a.data { Some(d) => format!("`{}`", d.display()), None => format!("{SYNTHETIC_IMAGES} synthetic {SYNTHETIC_SIDE} px PNGs (decoding is then negligible)") }),
             "Peak memory is predicted by `planner::memory` from the plan alone (no measured input); step and communication times come from the step simulator with the hardware above.".into(),
         ],
@@ -341,4 +353,15 @@ pub fn run(a: &ValidateArgs) -> Result<()> {
         bail!("peak memory off by more than {:.0}%: {}", a.memory_tolerance * 100.0, failures.join("; "));
     }
     Ok(())
+}
+
+/// Threads per rank the profile's compute rates were measured with: the
+/// `[measured] threads_per_rank` field, else the "N thread(s) per rank" that
+/// older calibrated profiles put in their name; None for catalog entries.
+fn profile_threads(hw: &cost_models::hardware::HardwareProfile) -> Option<usize> {
+    hw.measured.threads_per_rank.or_else(|| {
+        let name = &hw.hardware.name;
+        let i = name.find(" thread(s) per rank")?;
+        name[..i].rsplit(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    })
 }
