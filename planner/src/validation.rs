@@ -587,11 +587,12 @@ impl ValidationReport {
     /// panel) and step time (bottom panel), each scaled to its own maximum.
     pub fn svg(&self) -> String {
         let n = self.rows.len().max(1);
-        let (left, right, top) = (70.0, 20.0, 40.0);
+        // Rotated variant names run right and down past their bar group.
+        let (left, right, top) = (70.0, 130.0, 40.0);
         let group_w = 56.0;
         let width = left + right + group_w * n as f64;
         let panel_h = 160.0;
-        let label_h = 150.0;
+        let label_h = 200.0;
         let height = top + 2.0 * panel_h + 40.0 + label_h;
         let mut s = format!(
             "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width:.0}\" height=\"{height:.0}\" viewBox=\"0 0 {width:.0} {height:.0}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{left}\" y=\"18\" font-size=\"14\">{} — predicted vs measured (per rank)</text>\n",
