@@ -166,6 +166,19 @@ pub fn assign_units(specs: &[ParamSpec], units: &[UnitSpec]) -> Result<(Vec<Stri
     Ok((names, owner))
 }
 
+/// A block's parameters for one forward: by name for the model, and as
+/// autograd leaves with their place in the units' flat parameters.
+pub struct BlockParams {
+    pub by_name: HashMap<String, Tensor>,
+    pub leaves: Vec<ParamLeaf>,
+}
+
+pub struct ParamLeaf {
+    pub unit: usize,
+    pub offset: i64,
+    pub tensor: Tensor,
+}
+
 impl<'pg> Fsdp<'pg> {
     /// Shards the model. `blocks` are the model's block names in forward
     /// order; `init` gives a parameter's initial fp32 value (every rank must
@@ -329,33 +342,41 @@ impl<'pg> Fsdp<'pg> {
         }
     }
 
-    /// `name -> view` of every parameter of the units of `block` (all must
-    /// be gathered). Made under the current grad mode, so with grad enabled
-    /// gradients flow to the flat parameters.
-    pub fn block_params(&self, block: usize) -> Result<HashMap<String, Tensor>, FsdpError> {
-        let mut m = HashMap::new();
+    /// Every parameter of the units of `block` (all must be gathered) as a
+    /// leaf that shares the gathered flat storage, so a refill after
+    /// resharding is seen by autograd's saved tensors. Backward asks for the
+    /// gradients of these leaves, not of the flat parameter: a view's
+    /// gradient w.r.t. its base is a zero-filled flat-sized tensor per
+    /// parameter, which costs O(parameters x unit size).
+    pub fn block_params(&self, block: usize) -> Result<BlockParams, FsdpError> {
+        let mut by_name = HashMap::new();
+        let mut leaves = Vec::new();
         for &u in &self.block_units[block] {
-            let flat = self.flat(u)?;
+            let flat = self.flat(u)?.f_detach()?;
             for p in &self.units[u].params {
-                m.insert(p.name.clone(), flat.f_narrow(0, p.offset, p.numel)?.f_view(p.shape.as_slice())?);
+                let leaf = flat.f_narrow(0, p.offset, p.numel)?.f_view(p.shape.as_slice())?.set_requires_grad(true);
+                by_name.insert(p.name.clone(), leaf.shallow_clone());
+                leaves.push(ParamLeaf { unit: u, offset: p.offset, tensor: leaf });
             }
         }
-        Ok(m)
+        Ok(BlockParams { by_name, leaves })
     }
 
-    /// Adds a gradient of `u`'s flat parameter (from one block's backward).
-    pub fn accumulate_grad(&mut self, u: usize, g: &Tensor) -> Result<(), FsdpError> {
+    /// Adds the gradient of one parameter (at `offset` in `u`'s flat
+    /// parameter) into `u`'s unsharded gradient, in the reduce dtype.
+    pub fn accumulate_param_grad(&mut self, u: usize, offset: i64, g: &Tensor) -> Result<(), FsdpError> {
         let reduce = self.opts.precision.reduce;
+        let device = self.opts.device;
         let unit = &mut self.units[u];
-        if g.numel() as i64 != unit.padded {
-            return Err(FsdpError::GradShape { unit: unit.name.clone(), got: g.numel() as i64, want: unit.padded });
+        if offset < 0 || offset + g.numel() as i64 > unit.padded {
+            return Err(FsdpError::GradShape { unit: unit.name.clone(), got: offset + g.numel() as i64, want: unit.padded });
         }
-        let g = g.f_to_kind(reduce)?;
-        match &mut unit.grad_acc {
-            Some(acc) => {
-                let _ = acc.f_add_(&g)?;
-            }
-            None => unit.grad_acc = Some(g),
+        if unit.grad_acc.is_none() {
+            unit.grad_acc = Some(Tensor::f_zeros([unit.padded], (reduce, device))?);
+        }
+        if let Some(acc) = &mut unit.grad_acc {
+            let mut slot = acc.f_narrow(0, offset, g.numel() as i64)?;
+            let _ = slot.f_add_(&g.f_reshape([-1])?.f_to_kind(reduce)?)?;
         }
         Ok(())
     }

@@ -8,7 +8,7 @@
 //! first block is done, and a checkpointed segment be recomputed just before
 //! its own backward.
 
-use crate::fsdp::{Fsdp, FsdpError};
+use crate::fsdp::{Fsdp, FsdpError, ParamLeaf};
 use crate::model::{BnState, ModelArch, ModelError, Mode};
 use std::collections::HashMap;
 use std::ops::Range;
@@ -78,7 +78,7 @@ impl Checkpointing {
 enum Saved {
     Nothing,
     /// A normal block: its cut input(s) and its output(s), with graph.
-    Block { xin: Vec<Tensor>, y: Vec<Tensor> },
+    Block { xin: Vec<Tensor>, y: Vec<Tensor>, params: Vec<ParamLeaf> },
     /// First block of a checkpointed segment: only the segment's input.
     SegmentInput(Vec<Tensor>),
 }
@@ -111,9 +111,10 @@ pub fn forward_backward(
     let n = blocks.len();
     let reshard = fsdp.options().reshard_after_forward;
     let mut saved: Vec<Saved> = (0..n).map(|_| Saved::Nothing).collect();
-    let run = |fsdp: &Fsdp<'_>, bn: &mut BnState, i: usize, xs: &[Tensor], mode: &Mode| -> Result<Vec<Tensor>, StepError> {
+    let run = |fsdp: &Fsdp<'_>, bn: &mut BnState, i: usize, xs: &[Tensor], mode: &Mode| -> Result<(Vec<Tensor>, Vec<ParamLeaf>), StepError> {
         let params = fsdp.block_params(i)?;
-        arch.forward_block(&blocks[i], &params, bn, xs, mode).map_err(|source| StepError::Model { block: blocks[i].clone(), source })
+        let y = arch.forward_block(&blocks[i], &params.by_name, bn, xs, mode).map_err(|source| StepError::Model { block: blocks[i].clone(), source })?;
+        Ok((y, params.leaves))
     };
     let cut = |xs: &[Tensor], i: usize| -> Vec<Tensor> {
         // The images need no gradient; every later input does.
@@ -137,13 +138,13 @@ pub fn forward_backward(
                 if ckpt.segments[s].start == i {
                     saved[i] = Saved::SegmentInput(x.iter().map(|t| t.detach()).collect());
                 }
-                tch::no_grad(|| run(fsdp, bn, i, &x, mode))?
+                tch::no_grad(|| run(fsdp, bn, i, &x, mode))?.0
             }
             None => {
                 let xin = cut(&x, i);
-                let y = run(fsdp, bn, i, &xin, mode)?;
+                let (y, params) = run(fsdp, bn, i, &xin, mode)?;
                 let out: Vec<Tensor> = y.iter().map(|t| t.detach()).collect();
-                saved[i] = Saved::Block { xin, y };
+                saved[i] = Saved::Block { xin, y, params };
                 x = out;
                 after_forward(fsdp, i, n, reshard)?;
                 continue;
@@ -176,9 +177,9 @@ pub fn forward_backward(
                 };
                 for j in seg.clone() {
                     let xin = cut(&xs, j);
-                    let y = run(fsdp, bn, j, &xin, &recompute_mode)?;
+                    let (y, params) = run(fsdp, bn, j, &xin, &recompute_mode)?;
                     xs = y.iter().map(|t| t.detach()).collect();
-                    saved[j] = Saved::Block { xin, y };
+                    saved[j] = Saved::Block { xin, y, params };
                 }
             }
         }
@@ -190,7 +191,7 @@ pub fn forward_backward(
                 fsdp.prefetch(u)?;
             }
         }
-        let Saved::Block { xin, y } = std::mem::replace(&mut saved[i], Saved::Nothing) else {
+        let Saved::Block { xin, y, params } = std::mem::replace(&mut saved[i], Saved::Nothing) else {
             return Err(StepError::Loss(format!("internal: nothing saved for block `{}`", blocks[i])));
         };
         let root = match &grad_y {
@@ -221,20 +222,20 @@ pub fn forward_backward(
         let units = fsdp.units_of_block(i).to_vec();
         let mut wrt: Vec<Tensor> = xin.iter().filter(|t| t.requires_grad()).map(|t| t.shallow_clone()).collect();
         let n_x = wrt.len();
-        for &u in &units {
-            wrt.push(fsdp.flat(u)?.shallow_clone());
-        }
+        wrt.extend(params.iter().map(|p| p.tensor.shallow_clone()));
         let t_rb = std::time::Instant::now();
         let grads = Tensor::f_run_backward(&[&root], &wrt, false, false)?;
         crate::phase_timer::add("run_backward", t_rb);
         drop(root);
         drop(y);
-        for (k, &u) in units.iter().enumerate() {
-            let g = &grads[n_x + k];
+        for (p, g) in params.iter().zip(&grads[n_x..]) {
+            // Undefined: the parameter did not take part (e.g. a unit's
+            // tensors that belong to another block).
             if g.defined() {
-                fsdp.accumulate_grad(u, g)?;
+                fsdp.accumulate_param_grad(p.unit, p.offset, g)?;
             }
         }
+        drop(params);
         grad_y = if i > 0 {
             // Undefined input grads (an input that did not influence the
             // output) become zeros so the next block still back-propagates.
