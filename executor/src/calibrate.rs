@@ -770,6 +770,17 @@ pub fn fit_line(points: &[(f64, f64)]) -> Option<(f64, f64)> {
     Some((0.0, sxy / sxx))
 }
 
+/// `time = a + b·S` for measurements that do not grow with size: `a` the
+/// fastest time, `b` the growth from it to the largest size (or 0.1 % of
+/// `a` spread over the largest size when there is none).
+fn latency_bound_fit(xy: &[(f64, f64)]) -> (f64, f64) {
+    let a = xy.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+    let (s_max, t_at_max) = xy.iter().copied().fold((0.0, 0.0), |m, p| if p.0 > m.0 { p } else { m });
+    let s_max = s_max.max(1.0);
+    let b = ((t_at_max - a) / s_max).max(1e-3 * a / s_max);
+    (a, b)
+}
+
 /// Fits every collective measured, for ranks on one node (`Scope::IntraNode`).
 pub fn fit_collectives(samples: &[CollectiveSample]) -> Result<Vec<CollectiveFitReport>, CalibrateError> {
     let mut out = Vec::new();
@@ -783,10 +794,11 @@ pub fn fit_collectives(samples: &[CollectiveSample]) -> Result<Vec<CollectiveFit
             return Err(CalibrateError::Degenerate { what: format!("{op:?}"), reason: "needs at least 2 ranks".into() });
         }
         let xy: Vec<(f64, f64)> = pts.iter().map(|s| (s.bytes as f64, s.timing.median_s)).collect();
-        let (a, b) = fit_line(&xy).ok_or_else(|| CalibrateError::Degenerate {
-            what: format!("{op:?}"),
-            reason: format!("time does not grow with size over {} sizes: {xy:?}", xy.len()),
-        })?;
+        // Over loopback the measured sizes can all be latency-bound (time
+        // flat in size, or noise making the slope negative). Then keep the
+        // latency and a bandwidth only bounded from below by the data: the
+        // transfer at the largest size is at most what the times allow.
+        let (a, b) = fit_line(&xy).unwrap_or_else(|| latency_bound_fit(&xy));
         let rms = (xy.iter().map(|&(x, y)| ((a + b * x - y) / y).powi(2)).sum::<f64>() / xy.len() as f64).sqrt();
         let (steps, factor) = ring_terms(op, n);
         out.push(CollectiveFitReport {
@@ -1011,6 +1023,15 @@ mod tests {
         assert_eq!(t.median_s, 3.0);
         assert!((t.p10_s - 1.4).abs() < 1e-12 && (t.p90_s - 4.6).abs() < 1e-12);
         assert!((t.noise() - 3.2 / 6.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn calibrate_flat_collective_times_still_fit_latency() {
+        let xy = [(4096.0, 0.0039), (65536.0, 0.0040), (1048576.0, 0.00386)];
+        let (a, b) = latency_bound_fit(&xy);
+        assert!((a - 0.00386).abs() < 1e-9 && b > 0.0);
+        // The line never predicts less than the fastest measurement.
+        assert!(xy.iter().all(|&(x, y)| a + b * x >= 0.00386 && a + b * x <= y.max(0.0040) * 1.01));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //!
 //! Every block's input is cut from the previous block's graph
 //! (`x.detach().set_requires_grad(true)`), so backward runs one block at a
-//! time: `run_backward((y * grad_y).sum(), [x, flat params of its units])`.
+//! time: `run_backward((y * grad_y).sum(), [x, the block's parameter leaves])`.
 //! That is what lets a unit's gradient be reduce-scattered as soon as its
 //! first block is done, and a checkpointed segment be recomputed just before
 //! its own backward.
