@@ -235,11 +235,9 @@ pub fn parse_variants(list: &str) -> Result<Vec<Variant>, ValidationError> {
     Ok(out)
 }
 
-/// Builds the plan of `v` with its decisions fixed (memory model, step
-/// simulator and plan builder only; nothing is searched).
-pub fn plan_variant(base: &Recipe, hardware: &HardwareProfile, v: &Variant) -> Result<(Plan, MemoryReport), ValidationError> {
-    let name = v.to_string();
-    let recipe = v.recipe(base)?;
+/// A searcher over exactly `v`'s choices and `v`'s decisions (nothing is
+/// searched: the caller evaluates these decisions directly).
+fn fixed_variant<'r>(recipe: &'r Recipe, hardware: &HardwareProfile, v: &Variant) -> Result<(Searcher<'r>, Decisions), ValidationError> {
     let space = SearchSpace {
         hardware: vec![hardware.clone()],
         gpus: GpuCount::Fixed(v.world_size),
@@ -250,8 +248,7 @@ pub fn plan_variant(base: &Recipe, hardware: &HardwareProfile, v: &Variant) -> R
         exhaustive: true,
         headroom: 0.0,
     };
-    let plan_err = |source| ValidationError::Plan { name: name.clone(), source };
-    let mut s = Searcher::new(&recipe, space).map_err(plan_err)?;
+    let mut s = Searcher::new(recipe, space).map_err(|source| ValidationError::Plan { name: v.to_string(), source })?;
     let checkpoint = v.checkpoint.segments(s.graph(v.precision, v.batch_per_rank));
     let d = Decisions {
         world_size: v.world_size,
@@ -261,6 +258,15 @@ pub fn plan_variant(base: &Recipe, hardware: &HardwareProfile, v: &Variant) -> R
         wrapping: v.granularity.wrapping(),
         checkpoint,
     };
+    Ok((s, d))
+}
+
+/// Builds the plan of `v` with its decisions fixed (memory model, step
+/// simulator and plan builder only; nothing is searched).
+pub fn plan_variant(base: &Recipe, hardware: &HardwareProfile, v: &Variant) -> Result<(Plan, MemoryReport), ValidationError> {
+    let recipe = v.recipe(base)?;
+    let (mut s, d) = fixed_variant(&recipe, hardware, v)?;
+    let plan_err = |source| ValidationError::Plan { name: v.to_string(), source };
     let e = s.evaluate(0, &d).map_err(plan_err)?;
     build_plan(&mut s, &e).map_err(plan_err)
 }
@@ -269,30 +275,9 @@ pub fn plan_variant(base: &Recipe, hardware: &HardwareProfile, v: &Variant) -> R
 /// `plan_variant`'s prediction is made of), to compare with the executor's
 /// phase timer.
 pub fn variant_phases(base: &Recipe, hardware: &HardwareProfile, v: &Variant) -> Result<PhaseTimes, ValidationError> {
-    let name = v.to_string();
     let recipe = v.recipe(base)?;
-    let space = SearchSpace {
-        hardware: vec![hardware.clone()],
-        gpus: GpuCount::Fixed(v.world_size),
-        batch: BatchPolicy::PerGpu(v.batch_per_rank),
-        wrappings: vec![v.granularity.wrapping()],
-        precisions: vec![v.precision],
-        reshard: vec![v.reshard_after_forward],
-        exhaustive: true,
-        headroom: 0.0,
-    };
-    let plan_err = |source| ValidationError::Plan { name: name.clone(), source };
-    let mut s = Searcher::new(&recipe, space).map_err(plan_err)?;
-    let checkpoint = v.checkpoint.segments(s.graph(v.precision, v.batch_per_rank));
-    let d = Decisions {
-        world_size: v.world_size,
-        batch_per_rank: v.batch_per_rank,
-        precision: Precision { compute: v.precision, reduce: v.precision },
-        reshard_after_forward: v.reshard_after_forward,
-        wrapping: v.granularity.wrapping(),
-        checkpoint,
-    };
-    Ok(s.step_profile(0, &d).map_err(plan_err)?.phases())
+    let (mut s, d) = fixed_variant(&recipe, hardware, v)?;
+    Ok(s.step_profile(0, &d).map_err(|source| ValidationError::Plan { name: v.to_string(), source })?.phases())
 }
 
 /// Median per phase over steps `>= warmup` of rank 0's
