@@ -771,13 +771,14 @@ pub fn fit_line(points: &[(f64, f64)]) -> Option<(f64, f64)> {
 }
 
 /// `time = a + b·S` for measurements that do not grow with size: `a` the
-/// fastest time, `b` the growth from it to the largest size (or 0.1 % of
-/// `a` spread over the largest size when there is none).
+/// fastest time, `b` the growth from it to the largest size, but at least
+/// 10 % of `a` over the largest size, so the bandwidth stays one the data
+/// cannot rule out rather than an unbounded one.
 fn latency_bound_fit(xy: &[(f64, f64)]) -> (f64, f64) {
     let a = xy.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
     let (s_max, t_at_max) = xy.iter().copied().fold((0.0, 0.0), |m, p| if p.0 > m.0 { p } else { m });
     let s_max = s_max.max(1.0);
-    let b = ((t_at_max - a) / s_max).max(1e-3 * a / s_max);
+    let b = ((t_at_max - a) / s_max).max(0.1 * a / s_max);
     (a, b)
 }
 
@@ -798,7 +799,13 @@ pub fn fit_collectives(samples: &[CollectiveSample]) -> Result<Vec<CollectiveFit
         // flat in size, or noise making the slope negative). Then keep the
         // latency and a bandwidth only bounded from below by the data: the
         // transfer at the largest size is at most what the times allow.
-        let (a, b) = fit_line(&xy).unwrap_or_else(|| latency_bound_fit(&xy));
+        // A fitted slope whose growth over the measured sizes is within the
+        // noise of the latency says no more than a flat line does.
+        let s_max = xy.iter().map(|p| p.0).fold(0.0, f64::max);
+        let (a, b) = match fit_line(&xy) {
+            Some((a, b)) if b * s_max >= 0.1 * a => (a, b),
+            _ => latency_bound_fit(&xy),
+        };
         let rms = (xy.iter().map(|&(x, y)| ((a + b * x - y) / y).powi(2)).sum::<f64>() / xy.len() as f64).sqrt();
         let (steps, factor) = ring_terms(op, n);
         out.push(CollectiveFitReport {
@@ -1031,7 +1038,9 @@ mod tests {
         let (a, b) = latency_bound_fit(&xy);
         assert!((a - 0.00386).abs() < 1e-9 && b > 0.0);
         // The line never predicts less than the fastest measurement.
-        assert!(xy.iter().all(|&(x, y)| a + b * x >= 0.00386 && a + b * x <= y.max(0.0040) * 1.01));
+        assert!(xy.iter().all(|&(x, _)| a + b * x >= 0.00386 && a + b * x <= 0.0040 * 1.1));
+        // A plausible bandwidth, not an unbounded one.
+        assert!(1048576.0 / (b * 1048576.0) < 1e10);
     }
 
     #[test]
