@@ -3,6 +3,7 @@
 #include <torch/csrc/distributed/c10d/Backend.hpp>
 #include <torch/csrc/distributed/c10d/Store.hpp>
 #include <chrono>
+#include <cstdint>
 #include <string>
 
 struct ssc_pg {
@@ -17,6 +18,9 @@ namespace ssc {
 // Records the exception message and maps it to an SSC_* status.
 int fail_current_exception();
 void set_error(std::string msg);
+// The rendezvous store every process group starts from (rank 0 serves it).
+c10::intrusive_ptr<c10d::Store> make_store(const char* host, uint16_t port, int rank, int world,
+                                           std::chrono::milliseconds timeout);
 }  // namespace ssc
 
 // Runs `body`, turning any C++ exception into a status code.

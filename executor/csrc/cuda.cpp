@@ -7,7 +7,6 @@
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
-#include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 extern "C" int ssc_has_nccl(void) { return 1; }
 
@@ -16,13 +15,7 @@ extern "C" int ssc_pg_new_nccl(const char* host, uint16_t port, int rank, int wo
   SSC_GUARD({
     auto timeout = std::chrono::milliseconds(timeout_ms);
     c10::cuda::set_device(static_cast<c10::DeviceIndex>(device));
-    c10d::TCPStoreOptions so;
-    so.port = port;
-    so.isServer = rank == 0;
-    so.numWorkers = world;
-    so.waitWorkers = true;
-    so.timeout = timeout;
-    auto store = c10::make_intrusive<c10d::TCPStore>(std::string(host), so);
+    auto store = ssc::make_store(host, port, rank, world, timeout);
     auto opts = c10d::ProcessGroupNCCL::Options::create();
     opts->timeout = timeout;
     auto pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, rank, world, opts);

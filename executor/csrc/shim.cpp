@@ -55,8 +55,8 @@ extern "C" const char* ssc_last_error(void) { return g_last_error.c_str(); }
 
 // ---------------------------------------------------------------- groups
 
-static c10::intrusive_ptr<c10d::Store> make_store(const char* host, uint16_t port, int rank,
-                                                  int world, std::chrono::milliseconds timeout) {
+c10::intrusive_ptr<c10d::Store> ssc::make_store(const char* host, uint16_t port, int rank,
+                                                int world, std::chrono::milliseconds timeout) {
   c10d::TCPStoreOptions o;
   o.port = port;
   o.isServer = rank == 0;
@@ -74,7 +74,7 @@ extern "C" int ssc_pg_new_gloo(const char* host, uint16_t port, int rank, int wo
                                int64_t timeout_ms, ssc_pg** out) {
   SSC_GUARD({
     auto timeout = std::chrono::milliseconds(timeout_ms);
-    auto store = make_store(host, port, rank, world, timeout);
+    auto store = ssc::make_store(host, port, rank, world, timeout);
     auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
     // Bind where peers can reach us: loopback for single-node runs, the
     // interface named by GLOO_SOCKET_IFNAME (as in PyTorch) or the host's

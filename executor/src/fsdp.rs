@@ -480,18 +480,7 @@ impl<'pg> Fsdp<'pg> {
     /// Every parameter in fp32, gathered from all ranks (collective; for
     /// tests, evaluation and export; needs the whole model in memory).
     pub fn full_params(&self) -> Result<Vec<(String, Tensor)>, FsdpError> {
-        let mut out = Vec::new();
-        for u in &self.units {
-            if u.padded == 0 {
-                continue;
-            }
-            let full = Tensor::f_empty([u.padded], (Kind::Float, self.opts.device))?;
-            self.pg.all_gather_into_tensor(&full, &u.master)?;
-            for p in &u.params {
-                out.push((p.name.clone(), full.f_narrow(0, p.offset, p.numel)?.f_view(p.shape.as_slice())?.f_to_device(Device::Cpu)?));
-            }
-        }
-        Ok(out)
+        self.gather_per_param(|u| &u.master)
     }
 
     /// Master shards (name = unit name) for checkpoints.
@@ -506,13 +495,19 @@ impl<'pg> Fsdp<'pg> {
 
     /// Every parameter's fp32 gradient gathered from all ranks (collective).
     pub fn full_grads(&self) -> Result<Vec<(String, Tensor)>, FsdpError> {
+        self.gather_per_param(|u| &u.grad)
+    }
+
+    /// All-gathers the fp32 shard `shard(unit)` of every unit and cuts it
+    /// into named parameters on the CPU.
+    fn gather_per_param(&self, shard: impl for<'a> Fn(&'a Unit<'pg>) -> &'a Tensor) -> Result<Vec<(String, Tensor)>, FsdpError> {
         let mut out = Vec::new();
         for u in &self.units {
             if u.padded == 0 {
                 continue;
             }
             let full = Tensor::f_empty([u.padded], (Kind::Float, self.opts.device))?;
-            self.pg.all_gather_into_tensor(&full, &u.grad)?;
+            self.pg.all_gather_into_tensor(&full, shard(u))?;
             for p in &u.params {
                 out.push((p.name.clone(), full.f_narrow(0, p.offset, p.numel)?.f_view(p.shape.as_slice())?.f_to_device(Device::Cpu)?));
             }
