@@ -12,7 +12,8 @@
 //! measured bandwidth.
 
 use crate::graph::{Layer, LayerKind};
-use crate::hardware::{HardwareProfile, HardwareSpec, HostCosts, MathUnit, Measured};
+use crate::hardware::{BlockTime, HardwareProfile, HardwareSpec, HostCosts, MathUnit, Measured};
+use std::collections::HashMap;
 use crate::units::{Bandwidth, Bytes, DType, FlopRate, Flops, Seconds};
 use serde::{Deserialize, Serialize};
 
@@ -144,6 +145,8 @@ pub struct ComputeModel {
     /// `kernel_overhead x kernels`.
     fixed: [Option<(Seconds, Seconds)>; 6],
     host: Option<HostCosts>,
+    /// Measured whole-block times by `ModelGraph::block_key`.
+    blocks: HashMap<String, BlockTime>,
 }
 
 const DTYPES: [DType; 3] = [DType::Fp32, DType::Fp16, DType::Bf16];
@@ -192,6 +195,7 @@ impl ComputeModel {
             kernel_overhead: m.kernel_overhead.unwrap_or(e.kernel_overhead),
             fixed,
             host: m.host,
+            blocks: m.block_times.iter().map(|b| (b.key.clone(), b.clone())).collect(),
         }
     }
 
@@ -216,6 +220,12 @@ impl ComputeModel {
     /// Host-side bookkeeping costs, when measured (calibrated profiles).
     pub fn host(&self) -> Option<&HostCosts> {
         self.host.as_ref()
+    }
+
+    /// The measured time of a block with this `ModelGraph::block_key`, if
+    /// the profile has one.
+    pub fn block_time(&self, key: &str) -> Option<&BlockTime> {
+        self.blocks.get(key)
     }
 
     /// Cost of `n` small bookkeeping ops (zero unless measured: on a GPU the

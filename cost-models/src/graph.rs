@@ -276,6 +276,23 @@ impl ModelGraph {
     pub fn layers_of<'a>(&'a self, block: &'a Block) -> impl Iterator<Item = &'a Layer> + 'a {
         block.layers.iter().map(move |i| &self.graph[*i])
     }
+
+    /// What a block's time depends on, as a short stable key: its kind and
+    /// every layer's op, shapes and dtype (not names), hashed (FNV-1a, 64
+    /// bit). Two blocks with equal keys run the same ops on the same shapes,
+    /// in any model, so one measurement serves both.
+    pub fn block_key(&self, block: &Block) -> String {
+        let mut text = format!("{:?};", block.kind);
+        for l in self.layers_of(block) {
+            text.push_str(&format!("{:?}|{:?}|{:?}|{:?};", l.kind, l.in_shape, l.out_shape, l.dtype));
+        }
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in text.bytes() {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        format!("{h:016x}")
+    }
 }
 
 struct Builder {

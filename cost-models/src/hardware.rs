@@ -438,6 +438,33 @@ pub struct Measured {
     /// on a GPU the host runs ahead of the device stream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<HostCosts>,
+    /// Whole blocks timed through the executor's own block code at the
+    /// shapes of a workload (`seerscale calibrate --recipe`), keyed by
+    /// [`crate::graph::ModelGraph::block_key`]. Replace the per-op sum for
+    /// those blocks: on a CPU, small ops cost what their shapes and
+    /// libtorch's kernel choice make them, which no per-kind rate captures.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub block_times: Vec<BlockTime>,
+}
+
+/// Measured time of one block (all its crop groups) in one pass.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockTime {
+    /// [`crate::graph::ModelGraph::block_key`]: the block's layers, shapes and dtype.
+    pub key: String,
+    /// For people: model, block and workload it was measured at.
+    pub label: String,
+    /// Forward recorded by autograd (a normal block, or a recompute).
+    #[serde(rename = "forward_us", with = "human::us")]
+    pub forward: Seconds,
+    /// Forward under no_grad (the first pass of a checkpointed block).
+    #[serde(rename = "forward_no_grad_us", with = "human::us")]
+    pub forward_no_grad: Seconds,
+    /// Backward from the block's outputs to its inputs and parameters,
+    /// including building the root and the autograd engine call.
+    #[serde(rename = "backward_us", with = "human::us")]
+    pub backward: Seconds,
 }
 
 /// Fixed per-op cost of one op kind, forward and backward.
@@ -535,6 +562,12 @@ impl HardwareProfile {
         for f in &m.op_fixed {
             v.nonneg(f.forward.0 * 1e6, "measured.op_fixed.forward_us");
             v.nonneg(f.backward.0 * 1e6, "measured.op_fixed.backward_us");
+        }
+        for b in &m.block_times {
+            v.check(!b.key.is_empty(), "measured.block_times.key", "must not be empty");
+            v.nonneg(b.forward.0 * 1e6, "measured.block_times.forward_us");
+            v.nonneg(b.forward_no_grad.0 * 1e6, "measured.block_times.forward_no_grad_us");
+            v.nonneg(b.backward.0 * 1e6, "measured.block_times.backward_us");
         }
         if let Some(h) = &m.host {
             v.nonneg(h.small_op.0 * 1e6, "measured.host.small_op_us");

@@ -103,7 +103,7 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 
 /// Times `f` (one call = one op) with the budget. CPU ops are synchronous,
 /// so wall time around the call is the op's time.
-pub fn time_calls(budget: &Budget, mut f: impl FnMut() -> Result<(), tch::TchError>) -> Result<Timing, tch::TchError> {
+pub fn time_calls<E>(budget: &Budget, mut f: impl FnMut() -> Result<(), E>) -> Result<Timing, E> {
     let mut one = f64::INFINITY;
     for _ in 0..budget.warmup.max(1) {
         let t = Instant::now();
@@ -407,7 +407,7 @@ pub fn measure_host(budget: &Budget) -> Result<HostMeasurement, CalibrateError> 
         for i in 0..16 {
             drop(flat.f_narrow(0, i * 16, 16)?.f_view([4, 4])?);
         }
-        Ok(())
+        Ok::<(), tch::TchError>(())
     })?;
     let (v1, v16) = (views_backward(budget, &flat, 1)?, views_backward(budget, &flat, 16)?);
     Ok(HostMeasurement {
@@ -864,6 +864,9 @@ pub struct CalibrationReport {
     pub collective_fits: Vec<CollectiveFitReport>,
     /// Ranks the collectives ran over (0 = not measured).
     pub collective_world_size: usize,
+    /// Whole blocks of a recipe's model (`--recipe`), per workload.
+    #[serde(default)]
+    pub blocks: Vec<crate::block_timing::BlockMeasurement>,
 }
 
 impl CalibrationReport {
@@ -929,6 +932,7 @@ impl CalibrationReport {
                 param_view_backward: Seconds(sig(h.param_view_backward_s)),
                 backward_call: Seconds(sig(h.backward_call_s)),
             }),
+            block_times: self.blocks.iter().map(|b| b.to_block_time()).collect(),
         };
         let p = HardwareProfile { hardware: hw, measured };
         p.validate().map_err(|(field, reason)| CalibrateError::Invalid { field, reason })?;
@@ -975,6 +979,16 @@ impl CalibrationReport {
                 f.fit.bus_bandwidth.0 / 1e9,
                 100.0 * f.rms_rel_error,
                 f.points
+            ));
+        }
+        for b in &self.blocks {
+            l.push(format!(
+                "block {}: fwd {:.1} µs ±{:.0} % (no grad {:.1}), bwd {:.1} µs",
+                b.label,
+                b.forward.median_s * 1e6,
+                100.0 * b.forward.noise(),
+                b.forward_no_grad.median_s * 1e6,
+                b.backward_s() * 1e6
             ));
         }
         for s in &self.collectives {
@@ -1125,7 +1139,7 @@ mod tests {
             assert!(f.fit.bus_bandwidth.0 > 1e7 && f.fit.bus_bandwidth.0 < 1e12, "{f:?}");
         }
 
-        let report = CalibrationReport { host: HostInfo::detect(), quick: true, compute: r, collectives: samples, collective_fits: fits, collective_world_size: 2 };
+        let report = CalibrationReport { host: HostInfo::detect(), quick: true, compute: r, collectives: samples, collective_fits: fits, collective_world_size: 2, blocks: Vec::new() };
         let base = cost_models::hardware::builtin_hardware("cpu-local").unwrap();
         let text = report.profile_toml(&base).unwrap();
         let dir = std::env::temp_dir().join(format!("seerscale-calibrate-{}", std::process::id()));

@@ -8,6 +8,7 @@
 //! predicts. It takes the plan file as the single source of decisions.
 
 pub mod augment;
+pub mod block_timing;
 pub mod calibrate;
 pub mod checkpoint;
 pub mod data;

@@ -112,8 +112,12 @@ pub fn forward_backward(
     let reshard = fsdp.options().reshard_after_forward;
     let mut saved: Vec<Saved> = (0..n).map(|_| Saved::Nothing).collect();
     let run = |fsdp: &Fsdp<'_>, bn: &mut BnState, i: usize, xs: &[Tensor], mode: &Mode| -> Result<(Vec<Tensor>, Vec<ParamLeaf>), StepError> {
+        let tp = std::time::Instant::now();
         let params = fsdp.block_params(i)?;
+        crate::phase_timer::add("block_params", tp);
+        let tb = std::time::Instant::now();
         let y = arch.forward_block(&blocks[i], &params.by_name, bn, xs, mode).map_err(|source| StepError::Model { block: blocks[i].clone(), source })?;
+        crate::phase_timer::add("block_fwd", tb);
         Ok((y, params.leaves))
     };
     let cut = |xs: &[Tensor], i: usize| -> Vec<Tensor> {
@@ -125,6 +129,7 @@ pub fn forward_backward(
     let t_fwd = std::time::Instant::now();
     let mut x: Vec<Tensor> = inputs.iter().map(|t| t.shallow_clone()).collect();
     for i in 0..n {
+        let tg = std::time::Instant::now();
         for &u in fsdp.units_of_block(i).to_vec().iter() {
             fsdp.gather(u)?;
         }
@@ -133,6 +138,7 @@ pub fn forward_backward(
                 fsdp.prefetch(u)?;
             }
         }
+        crate::phase_timer::add("fwd_gather", tg);
         let y = match ckpt.segment_of[i] {
             Some(s) => {
                 if ckpt.segments[s].start == i {

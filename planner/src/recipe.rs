@@ -203,6 +203,25 @@ impl Recipe {
     pub fn crop_groups(&self) -> Vec<CropGroup> {
         self.data.crops.iter().map(|c| CropGroup { count: c.count, resolution: c.resolution }).collect()
     }
+
+    /// Resolution of the largest crop group (0 without crops).
+    pub fn largest_crop(&self) -> u64 {
+        self.data.crops.iter().map(|c| c.resolution).max().unwrap_or(0)
+    }
+
+    /// The same crops with the largest group at `px` and the others scaled
+    /// by the same factor (at least 8 px); `None` when there are no crops.
+    pub fn with_largest_crop(&self, px: u64) -> Option<Recipe> {
+        let largest = self.largest_crop();
+        if largest == 0 {
+            return None;
+        }
+        let mut r = self.clone();
+        for c in &mut r.data.crops {
+            c.resolution = ((c.resolution as f64 * px as f64 / largest as f64).round() as u64).max(8);
+        }
+        Some(r)
+    }
 }
 
 #[cfg(test)]

@@ -27,8 +27,18 @@ use std::ops::Range;
 /// Time of one block in each pass on this rank.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct BlockCost {
+    /// Forward recorded by autograd (also what a recompute costs).
     pub forward: Seconds,
+    /// Forward without autograd: the first pass of a checkpointed block.
+    pub forward_no_grad: Seconds,
     pub backward: Seconds,
+}
+
+impl BlockCost {
+    /// A block whose forward costs the same with or without autograd.
+    pub fn new(forward: Seconds, backward: Seconds) -> BlockCost {
+        BlockCost { forward, forward_no_grad: forward, backward }
+    }
 }
 
 /// One FSDP unit: the blocks that use its parameters and its collectives.
@@ -121,10 +131,11 @@ impl StepProfile {
     /// Busy compute time per phase (no waiting on collectives).
     pub fn phases(&self) -> PhaseTimes {
         let l = &self.loss;
+        let in_segment = |b: usize| self.checkpoint.iter().any(|r| r.contains(&b));
         let recompute: f64 = self.checkpoint.iter().flat_map(|r| r.clone()).filter_map(|b| self.blocks.get(b)).map(|b| b.forward.0).sum();
         PhaseTimes {
             prologue_s: self.prologue.0,
-            forward_s: self.blocks.iter().map(|b| b.forward.0).sum(),
+            forward_s: self.blocks.iter().enumerate().map(|(i, b)| if in_segment(i) { b.forward_no_grad.0 } else { b.forward.0 }).sum(),
             loss_s: l.assign_crops as f64 * (l.sinkhorn_init.0 + l.sinkhorn_iterations as f64 * l.sinkhorn_iteration.0) + l.swapped_loss.0,
             backward_s: self.blocks.iter().map(|b| b.backward.0).sum::<f64>() + recompute,
             optimizer_s: self.optimizer.norms.0 + self.optimizer.step.0,
@@ -250,6 +261,12 @@ impl Simulator {
         }
 
         // ---- forward
+        let mut checkpointed = vec![false; nb];
+        for s in &p.checkpoint {
+            for b in s.clone().filter(|&b| b < nb) {
+                checkpointed[b] = true;
+            }
+        }
         let mut next_fwd = 0; // position in fwd_order of the first unit not yet issued
         let mut deps = Vec::new();
         let mut pre = Vec::new();
@@ -270,7 +287,8 @@ impl Simulator {
             if p.prefetch && starts_here && next_fwd < nu {
                 pre.push(fwd_gather[fwd_order[next_fwd]]);
             }
-            self.compute_op(p.blocks[b].forward, false, &deps, &pre, &[]);
+            let f = if checkpointed[b] { p.blocks[b].forward_no_grad } else { p.blocks[b].forward };
+            self.compute_op(f, false, &deps, &pre, &[]);
         }
 
         // ---- loss: Sinkhorn chain per assignment crop, then the loss itself
@@ -468,7 +486,7 @@ mod tests {
     use super::*;
 
     fn profile(blocks: usize, per_block: usize, fwd: f64, gather: f64) -> StepProfile {
-        let blocks_v = vec![BlockCost { forward: Seconds(fwd), backward: Seconds(2.0 * fwd) }; blocks];
+        let blocks_v = vec![BlockCost::new(Seconds(fwd), Seconds(2.0 * fwd)); blocks];
         let units = (0..blocks / per_block)
             .map(|u| UnitCost {
                 blocks: u * per_block..(u + 1) * per_block,
@@ -510,6 +528,25 @@ mod tests {
         assert!((r.compute_time.0 - want).abs() < 1e-12);
         assert!((r.recompute_time.0 - 0.6).abs() < 1e-12, "{}", r.recompute_time.0);
         assert_eq!(r.exposed_comm.0, 0.0);
+    }
+
+    /// A checkpointed block's first forward runs without autograd (its own,
+    /// usually cheaper, time); its recompute in backward pays the full one.
+    #[test]
+    fn checkpointed_blocks_forward_without_grad_and_recompute_with_it() {
+        let mut p = profile(6, 1, 0.1, 0.0);
+        for b in &mut p.blocks {
+            b.forward_no_grad = Seconds(0.04);
+        }
+        p.checkpoint = vec![1..3];
+        let r = simulate(&p);
+        // compute_sum counts every forward at 0.1: blocks 1 and 2 save 0.06 each.
+        let want = compute_sum(&p) - 2.0 * 0.06;
+        assert!((r.step_time.0 - want).abs() < 1e-12, "{} vs {want}", r.step_time.0);
+        assert!((r.recompute_time.0 - 0.2).abs() < 1e-12, "{}", r.recompute_time.0);
+        let ph = p.phases();
+        assert!((ph.forward_s - (4.0 * 0.1 + 2.0 * 0.04)).abs() < 1e-12, "{}", ph.forward_s);
+        assert!((ph.backward_s - (6.0 * 0.2 + 0.2)).abs() < 1e-12, "{}", ph.backward_s);
     }
 
     #[test]

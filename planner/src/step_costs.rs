@@ -12,7 +12,7 @@ use crate::simulator::{BlockCost, LossCost, OptimizerCost, StepProfile, UnitCost
 use crate::wrapping::Unit;
 use cost_models::collectives::CollectiveModel;
 use cost_models::compute::{ComputeError, ComputeModel, OpDesc, OpKind, Pass};
-use cost_models::graph::ModelGraph;
+use cost_models::graph::{Block, BlockKind, LayerKind, ModelGraph};
 use cost_models::hardware::HostCosts;
 use cost_models::topology::GroupLinks;
 use cost_models::{Bytes, DType, Flops, Seconds};
@@ -38,6 +38,9 @@ pub struct GraphCosts {
     pub block_tensors: Vec<usize>,
     /// Host work before forward (zero unless the profile measured host costs).
     pub prologue: Seconds,
+    /// Blocks whose times came from the profile's measured block times
+    /// (the rest are estimated from their layers).
+    pub measured_blocks: usize,
 }
 
 /// Ops the executor launches outside the graph's layers, counted from its
@@ -98,44 +101,21 @@ pub mod host_ops {
 
 impl GraphCosts {
     pub fn new(graph: &ModelGraph, compute: &ComputeModel, recipe: &Recipe) -> Result<GraphCosts, ComputeError> {
-        use cost_models::graph::{BlockKind, LayerKind};
         let groups = graph.workload.crops.len().max(1) as f64;
         let host = compute.host().copied();
         let mut blocks = Vec::with_capacity(graph.blocks.len());
         let mut flops = Flops(0.0);
+        let mut measured_blocks = 0;
         for b in &graph.blocks {
-            let (mut f, mut bw) = (Seconds(0.0), Seconds(0.0));
-            let mut bn_layers = 0.0;
-            let mut extra_elementwise = 0.0;
-            for l in graph.layers_of(b) {
-                f += compute.layer_time(l, Pass::Forward)?;
-                bw += compute.layer_time(l, Pass::Backward)?;
-                match l.kind {
-                    LayerKind::BatchNorm => bn_layers += 1.0,
-                    // L2 normalise is norm + clamp_min + div in the executor.
-                    LayerKind::Normalize => extra_elementwise += 2.0,
-                    _ => {}
+            let cost = match compute.block_time(&graph.block_key(b)) {
+                Some(m) => {
+                    measured_blocks += 1;
+                    BlockCost { forward: m.forward, forward_no_grad: m.forward_no_grad, backward: m.backward }
                 }
-            }
-            if let Some(h) = host {
-                let (inputs, outputs) = match b.kind {
-                    BlockKind::Stem | BlockKind::Residual => (groups, groups),
-                    BlockKind::HeadMlp => (groups, 1.0),
-                    BlockKind::HeadProto => (1.0, 1.0),
-                };
-                let ew = |pass| compute.fixed_cost(OpKind::Elementwise, pass, 1);
-                f += h.small_op * (host_ops::CUT_PER_INPUT * inputs + host_ops::DETACH_PER_OUTPUT * outputs + host_ops::BN_EXTRA * bn_layers);
-                f += ew(Pass::Forward) * extra_elementwise;
-                bw += ew(Pass::Backward) * extra_elementwise;
-                // The engine call and its root (the last block's root is the loss).
-                bw += h.backward_call;
-                if b.kind != BlockKind::HeadProto {
-                    let root = host_ops::ROOT_OPS_PER_OUTPUT * outputs + (outputs - 1.0);
-                    bw += (ew(Pass::Forward) + ew(Pass::Backward)) * root;
-                }
-            }
+                None => estimated_block(graph, b, compute)?,
+            };
             flops += b.fwd_flops + b.bwd_flops;
-            blocks.push(BlockCost { forward: f, backward: bw });
+            blocks.push(cost);
         }
         let images = graph.workload.images as f64;
         let k = graph.blocks.last().and_then(|b| graph.layers_of(b).last()).map_or(1, |l| l.out_shape[1]) as f64;
@@ -204,8 +184,46 @@ impl GraphCosts {
             recompute,
             block_tensors: graph.blocks.iter().map(|b| b.param_tensors.len()).collect(),
             prologue,
+            measured_blocks,
         })
     }
+}
+
+/// A block's time from its layers (the compute model) plus, when host costs
+/// are measured, the executor's per-block bookkeeping around them.
+fn estimated_block(graph: &ModelGraph, b: &Block, compute: &ComputeModel) -> Result<BlockCost, ComputeError> {
+    let groups = graph.workload.crops.len().max(1) as f64;
+    let (mut f, mut bw) = (Seconds(0.0), Seconds(0.0));
+    let mut bn_layers = 0.0;
+    let mut extra_elementwise = 0.0;
+    for l in graph.layers_of(b) {
+        f += compute.layer_time(l, Pass::Forward)?;
+        bw += compute.layer_time(l, Pass::Backward)?;
+        match l.kind {
+            LayerKind::BatchNorm => bn_layers += 1.0,
+            // L2 normalise is norm + clamp_min + div in the executor.
+            LayerKind::Normalize => extra_elementwise += 2.0,
+            _ => {}
+        }
+    }
+    if let Some(h) = compute.host() {
+        let (inputs, outputs) = match b.kind {
+            BlockKind::Stem | BlockKind::Residual => (groups, groups),
+            BlockKind::HeadMlp => (groups, 1.0),
+            BlockKind::HeadProto => (1.0, 1.0),
+        };
+        let ew = |pass| compute.fixed_cost(OpKind::Elementwise, pass, 1);
+        f += h.small_op * (host_ops::CUT_PER_INPUT * inputs + host_ops::DETACH_PER_OUTPUT * outputs + host_ops::BN_EXTRA * bn_layers);
+        f += ew(Pass::Forward) * extra_elementwise;
+        bw += ew(Pass::Backward) * extra_elementwise;
+        // The engine call and its root (the last block's root is the loss).
+        bw += h.backward_call;
+        if b.kind != BlockKind::HeadProto {
+            let root = host_ops::ROOT_OPS_PER_OUTPUT * outputs + (outputs - 1.0);
+            bw += (ew(Pass::Forward) + ew(Pass::Backward)) * root;
+        }
+    }
+    Ok(BlockCost::new(f, bw))
 }
 
 /// The collective and shard-dependent parts for one world group.
@@ -409,5 +427,38 @@ mod tests {
         add_unit_host_costs(&mut blocks, &without.block_tensors, &units, true, &h, &model(None));
         assert!(((blocks[b].forward - without.blocks[b].forward).0 - 16e-6).abs() < 1e-12);
         assert!(((blocks[b].backward - without.blocks[b].backward).0 - 16e-6).abs() < 1e-12);
+    }
+
+    /// A profile's measured block time replaces exactly the block with the
+    /// same key (same ops, shapes, dtype); other blocks and other workloads
+    /// keep the per-op estimate.
+    #[test]
+    fn measured_block_times_replace_the_estimate_for_matching_blocks_only() {
+        use cost_models::hardware::BlockTime;
+        let recipe = Recipe::load("tiny-cpu").unwrap();
+        let m = ModelConfig::load("regnety-tiny").unwrap();
+        let g = ModelGraph::build(&m, &Workload { images: 8, crops: recipe.crop_groups(), dtype: DType::Fp32 });
+        let b = g.blocks.iter().position(|b| b.name == "s2.b0").unwrap();
+        let mut p = HardwareProfile::from_spec(builtin_hardware("cpu-local").unwrap());
+        let before = GraphCosts::new(&g, &ComputeModel::new(&p), &recipe).unwrap();
+        p.measured.block_times.push(BlockTime {
+            key: g.block_key(&g.blocks[b]),
+            label: "s2.b0".into(),
+            forward: Seconds(1e-3),
+            forward_no_grad: Seconds(0.5e-3),
+            backward: Seconds(3e-3),
+        });
+        let after = GraphCosts::new(&g, &ComputeModel::new(&p), &recipe).unwrap();
+        assert_eq!(after.measured_blocks, 1);
+        assert_eq!(after.blocks[b], BlockCost { forward: Seconds(1e-3), forward_no_grad: Seconds(0.5e-3), backward: Seconds(3e-3) });
+        assert_eq!(after.recompute[b], Seconds(1e-3));
+        for (i, (x, y)) in before.blocks.iter().zip(&after.blocks).enumerate() {
+            if i != b {
+                assert_eq!(x, y, "block {i}");
+            }
+        }
+        // Another batch is another shape: nothing matches.
+        let g16 = ModelGraph::build(&m, &Workload { images: 16, crops: recipe.crop_groups(), dtype: DType::Fp32 });
+        assert_eq!(GraphCosts::new(&g16, &ComputeModel::new(&p), &recipe).unwrap().measured_blocks, 0);
     }
 }

@@ -18,7 +18,9 @@ use crate::plan::{Plan, Precision};
 use crate::recipe::{Recipe, Wrapping};
 use crate::search::{BatchPolicy, GpuCount, SearchError, SearchSpace, Searcher};
 use crate::simulator::PhaseTimes;
-use cost_models::graph::{BlockKind, ModelGraph};
+use cost_models::compute::ComputeModel;
+use cost_models::config::ModelConfig;
+use cost_models::graph::{BlockKind, ModelGraph, Workload};
 use cost_models::hardware::HardwareProfile;
 use cost_models::{Bytes, DType};
 use serde::{Deserialize, Serialize};
@@ -182,14 +184,9 @@ impl Variant {
     /// The recipe with this variant's crops: the largest group at
     /// `resolution`, the others scaled by the same factor (at least 8 px).
     pub fn recipe(&self, base: &Recipe) -> Result<Recipe, ValidationError> {
-        let mut r = base.clone();
-        let largest = r.data.crops.iter().map(|c| c.resolution).max().unwrap_or(0);
-        if largest == 0 {
-            return Err(ValidationError::Recipe { name: self.to_string(), why: "the recipe has no crops".into() });
-        }
-        for c in &mut r.data.crops {
-            c.resolution = ((c.resolution as f64 * self.resolution as f64 / largest as f64).round() as u64).max(8);
-        }
+        let mut r = base
+            .with_largest_crop(self.resolution)
+            .ok_or_else(|| ValidationError::Recipe { name: self.to_string(), why: "the recipe has no crops".into() })?;
         r.cluster.gpus = self.world_size;
         r.cluster.batch_per_gpu = self.batch_per_rank;
         r.validate(&format!("variant {self}")).map_err(|e| ValidationError::Recipe { name: self.to_string(), why: e.to_string() })?;
@@ -278,6 +275,16 @@ pub fn variant_phases(base: &Recipe, hardware: &HardwareProfile, v: &Variant) ->
     let recipe = v.recipe(base)?;
     let (mut s, d) = fixed_variant(&recipe, hardware, v)?;
     Ok(s.step_profile(0, &d).map_err(|source| ValidationError::Plan { name: v.to_string(), source })?.phases())
+}
+
+/// How many of `v`'s blocks have a measured time in `hardware`'s profile
+/// (`seerscale calibrate --recipe`), out of all its blocks.
+pub fn measured_blocks(base: &Recipe, hardware: &HardwareProfile, v: &Variant) -> Result<(usize, usize), ValidationError> {
+    let recipe = v.recipe(base)?;
+    let model = ModelConfig::load(&recipe.model).map_err(|e| ValidationError::Recipe { name: v.to_string(), why: e.to_string() })?;
+    let g = ModelGraph::build(&model, &Workload { images: v.batch_per_rank as u64, crops: recipe.crop_groups(), dtype: v.precision });
+    let compute = ComputeModel::new(hardware);
+    Ok((g.blocks.iter().filter(|b| compute.block_time(&g.block_key(b)).is_some()).count(), g.blocks.len()))
 }
 
 /// Median per phase over steps `>= warmup` of rank 0's

@@ -12,7 +12,11 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use cost_models::hardware::load_hardware;
 use cost_models::DType;
+use cost_models::config::ModelConfig;
+use cost_models::graph::Workload;
+use executor::block_timing::{self, BlockMeasurement};
 use executor::calibrate::{self, CalibrationReport, CollectiveOptions, CollectiveSample, ComputeOptions, HostInfo};
+use planner::recipe::Recipe;
 use executor::dist::{Backend, GroupConfig, ProcessGroup};
 use executor::launch::{launch_local, LaunchOptions, RankEnv};
 use std::ffi::OsString;
@@ -41,6 +45,19 @@ pub struct CalibrateArgs {
     /// Dtypes to measure compute in.
     #[arg(long, value_delimiter = ',', default_value = "fp32,bf16", value_parser = super::model::parse_dtype)]
     pub dtypes: Vec<DType>,
+    /// Also time every block of this recipe's model through the executor's
+    /// block code, at the recipe's crops, for each --batch x --largest-crop
+    /// x --dtypes: the planner then uses these block times instead of its
+    /// per-op estimate for blocks with the same shapes.
+    #[arg(long)]
+    pub recipe: Option<String>,
+    /// Per-rank batches to time the blocks at (default: the recipe's).
+    #[arg(long, value_delimiter = ',', requires = "recipe")]
+    pub batch: Vec<usize>,
+    /// Resolutions of the largest crop group to time the blocks at, the
+    /// other groups scaled alike (default: the recipe's crops).
+    #[arg(long, value_delimiter = ',', requires = "recipe")]
+    pub largest_crop: Vec<u64>,
     /// Kill the collective ranks after this many seconds.
     #[arg(long, default_value_t = 120)]
     pub timeout_s: u64,
@@ -73,6 +90,11 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
     eprintln!("calibrate: compute on {} thread(s), {} shapes x {} dtype(s)", threads, copts.cases.len(), copts.dtypes.len());
     let compute = calibrate::measure_compute(&copts, |m| eprintln!("calibrate:   {m}")).context("measuring compute")?;
 
+    let blocks = match &args.recipe {
+        Some(r) => measure_recipe_blocks(args, r, threads)?,
+        None => Vec::new(),
+    };
+
     let (collectives, fits) = if args.nproc >= 2 {
         eprintln!("calibrate: collectives over {} Gloo ranks on 127.0.0.1", args.nproc);
         let samples = launch_collectives(args)?;
@@ -89,6 +111,7 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
         collectives,
         collective_fits: fits,
         collective_world_size: if args.nproc >= 2 { args.nproc } else { 0 },
+        blocks,
     };
 
     let toml = report.profile_toml(&base).context("building the profile")?;
@@ -106,6 +129,35 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
     }
     println!("wrote {} (profile) and {} (all measurements) in {:.1} s", args.out.display(), json_path.display(), start.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// Block timings of `recipe`'s model for every requested workload.
+fn measure_recipe_blocks(args: &CalibrateArgs, recipe: &str, threads: usize) -> Result<Vec<BlockMeasurement>> {
+    let recipe = Recipe::load(recipe).with_context(|| format!("loading recipe `{recipe}`"))?;
+    let model = ModelConfig::load(&recipe.model).with_context(|| format!("loading model `{}` of recipe `{}`", recipe.model, recipe.name))?;
+    let batches = if args.batch.is_empty() { vec![recipe.cluster.batch_per_gpu] } else { args.batch.clone() };
+    let crops = if args.largest_crop.is_empty() { vec![recipe.largest_crop()] } else { args.largest_crop.clone() };
+    if let Some(b) = batches.iter().find(|&&b| b == 0) {
+        bail!("--batch {b}: a batch must be at least 1 image");
+    }
+    if let Some(px) = crops.iter().find(|&&px| !(8..=1024).contains(&px)) {
+        bail!("--largest-crop {px}: must be within 8..=1024 px");
+    }
+    let budget = if args.quick { calibrate::Budget::quick() } else { calibrate::Budget::full() };
+    let mut out = Vec::new();
+    for &px in &crops {
+        let r = recipe.with_largest_crop(px).with_context(|| format!("recipe `{}` has no crops", recipe.name))?;
+        for &images in &batches {
+            for &dtype in &args.dtypes {
+                let w = Workload { images: images as u64, crops: r.crop_groups(), dtype };
+                eprintln!("calibrate: blocks of {} at {}", model.name, block_timing::workload_label(&w));
+                let m = block_timing::measure_blocks(&model, &w, &budget, threads, |m| eprintln!("calibrate:   {m}"))
+                    .with_context(|| format!("timing the blocks of {} at {}", model.name, block_timing::workload_label(&w)))?;
+                out.extend(m);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Starts `--nproc` copies of this program as collective ranks and reads

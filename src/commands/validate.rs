@@ -7,7 +7,7 @@ use clap::Args;
 use cost_models::hardware::load_profile;
 use executor::metrics::metrics_path;
 use planner::recipe::Recipe;
-use planner::validation::{default_variants, parse_phase_times, parse_variants, plan_variant, summarize, variant_phases, Row, StepSample, ValidationReport, Variant};
+use planner::validation::{default_variants, measured_blocks, parse_phase_times, parse_variants, plan_variant, summarize, variant_phases, Row, StepSample, ValidationReport, Variant};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -297,6 +297,18 @@ pub fn run(a: &ValidateArgs) -> Result<()> {
         }
         rows.push(row);
     }
+    let mut coverage = Vec::new();
+    for v in &variants {
+        let (measured, all) = measured_blocks(&recipe, &hw, v)?;
+        if measured < all {
+            coverage.push(format!("`{v}` {measured}/{all}"));
+        }
+    }
+    let block_note = if coverage.is_empty() {
+        "Block compute times come from the profile's measured blocks (`seerscale calibrate --recipe`) for every variant.".to_string()
+    } else {
+        format!("Block compute times: the profile has measured times for only some blocks of {} (blocks measured/all); the rest use the per-op estimate. Run the calibrate command above to measure them.", coverage.join(", "))
+    };
     let mut command = format!("seerscale validate --recipe {}", a.recipe);
     if let Some(vs) = &a.variants {
         command.push_str(&format!(" --variants {vs}"));
@@ -311,7 +323,7 @@ pub fn run(a: &ValidateArgs) -> Result<()> {
         command.push_str(&format!(" --gpu {g}"));
         // A profile path: say how it was made, so one line regenerates everything.
         if g.ends_with(".toml") || g.ends_with(".json") {
-            command = format!("seerscale calibrate --quick --out {g}\n{command}");
+            command = format!("{}\n{command}", calibrate_command(&a.recipe, &variants, g));
         }
     }
     if let Some(d) = &a.data {
@@ -337,6 +349,7 @@ pub fn run(a: &ValidateArgs) -> Result<()> {
             },
             format!("On CPU the data loader's prefetched image batches go through the same counting allocator as the step, so the model counts the loader's full queue ({WORKERS} workers x ({} prefetched + 1 blocked) fp32 batches) besides the batch in use. The queue is full only when the loader keeps up with the step; the runs therefore read {}. With the bundled 512 px photos on 2 shared cores the loader does not keep up, the queue holds 0-6 batches at the peak, and the measured peak moves by whole batches (about 9 % each for b8-r32) from step to step.", planner::memory::LOADER_PREFETCH, match &a.data { Some(d) => format!("`{}`", d.display()), None => format!("{SYNTHETIC_IMAGES} synthetic {SYNTHETIC_SIDE} px PNGs (decoding is then negligible)") }),
             "Peak memory is predicted by `planner::memory` from the plan alone (no measured input); step and communication times come from the step simulator with the hardware above.".into(),
+            block_note,
         ],
     };
     let md_path = out.with_extension("md");
@@ -353,6 +366,27 @@ pub fn run(a: &ValidateArgs) -> Result<()> {
         bail!("peak memory off by more than {:.0}%: {}", a.memory_tolerance * 100.0, failures.join("; "));
     }
     Ok(())
+}
+
+/// The calibration that measures what `variants` need: every block at each
+/// of their per-rank batches, largest-crop resolutions and precisions.
+fn calibrate_command(recipe: &str, variants: &[Variant], out: &str) -> String {
+    let list = |mut v: Vec<String>| {
+        v.dedup();
+        v.join(",")
+    };
+    let mut batches: Vec<usize> = variants.iter().map(|v| v.batch_per_rank).collect();
+    batches.sort_unstable();
+    let mut crops: Vec<u64> = variants.iter().map(|v| v.resolution).collect();
+    crops.sort_unstable();
+    let mut dtypes: Vec<String> = variants.iter().map(|v| v.precision.to_string()).collect();
+    dtypes.sort();
+    format!(
+        "seerscale calibrate --recipe {recipe} --batch {} --largest-crop {} --dtypes {} --out {out}",
+        list(batches.iter().map(|b| b.to_string()).collect()),
+        list(crops.iter().map(|c| c.to_string()).collect()),
+        list(dtypes)
+    )
 }
 
 /// Threads per rank the profile's compute rates were measured with: the
