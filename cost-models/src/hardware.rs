@@ -781,9 +781,16 @@ mod tests {
             },
             op_fixed: vec![OpFixed { kind: OpKind::Conv, forward: Seconds(20e-6), backward: Seconds(40e-6) }],
             host: Some(HostCosts { small_op: Seconds(3e-6), param_view_forward: Seconds(4e-6), param_view_backward: Seconds(9e-6), backward_call: Seconds(30e-6) }),
+            block_times: vec![BlockTime { key: "00ff".into(), label: "tiny s1.b0".into(), forward: Seconds(1e-3), forward_no_grad: Seconds(0.8e-3), backward: Seconds(2.5e-3) }],
         };
         let t = p.to_toml_string().unwrap();
         let back = HardwareProfile::parse_toml(&t, "profile.toml").unwrap();
+        assert_eq!(back.measured.block_times.len(), 1);
+        assert!((back.measured.block_times[0].backward.0 - 2.5e-3).abs() < 1e-12);
+        let neg = t.replace("backward_us = 2500.0", "backward_us = -1.0");
+        assert_ne!(neg, t, "{t}");
+        let e = HardwareProfile::parse_toml(&neg, "profile.toml").unwrap_err();
+        assert!(e.to_string().contains("measured.block_times.backward_us"), "{e}");
         assert_eq!(back.hardware, p.hardware);
         assert_eq!(back.measured.collectives, p.measured.collectives);
         assert!((back.measured.memory_bandwidth.unwrap().0 - 12.5e9).abs() < 1e-3);
