@@ -112,6 +112,11 @@ pub fn rank_measured(hw: &HardwareSpec, measured: &Measured, world: usize) -> Me
         x.forward = Seconds(x.forward.0 / f);
         x.backward = Seconds(x.backward.0 / f);
     }
+    for b in &mut m.block_times {
+        b.forward = Seconds(b.forward.0 / f);
+        b.forward_no_grad = Seconds(b.forward_no_grad.0 / f);
+        b.backward = Seconds(b.backward.0 / f);
+    }
     if let Some(h) = &mut m.host {
         h.small_op = Seconds(h.small_op.0 / f);
         h.param_view_forward = Seconds(h.param_view_forward.0 / f);
@@ -119,6 +124,20 @@ pub fn rank_measured(hw: &HardwareSpec, measured: &Measured, world: usize) -> Me
         h.backward_call = Seconds(h.backward_call.0 / f);
     }
     m
+}
+
+/// Whether a `world`-rank job's collectives run beside its compute. GPUs:
+/// yes (a separate stream). CPU ranks: only while the ranks' intra-op
+/// threads leave a core free for the transport (Gloo's threads copy and
+/// reduce on the CPU); when `world x threads_per_rank` fills the measured
+/// cores, a collective in flight takes a core from the compute it was meant
+/// to hide behind. Unknown threads or cores (older profiles, the catalog):
+/// assumed to overlap.
+pub fn comm_overlaps_compute(hw: &HardwareSpec, measured: &Measured, world: usize) -> bool {
+    match (hw.kind, measured.threads_per_rank, measured.host_cores) {
+        (DeviceKind::Cpu, Some(t), Some(cores)) => world <= 1 || world.max(1) * t.max(1) < cores,
+        _ => true,
+    }
 }
 
 /// Nodes a job of `world` ranks spans on `rank_hw` (from [`rank_hardware`]).
@@ -173,8 +192,22 @@ mod tests {
         // 1 or 2 single-thread ranks fit on 2 cores: the measurement as is.
         assert_eq!(rank_measured(&cpu, &m, 1), m);
         assert_eq!(rank_measured(&cpu, &m, 2), m);
+        // Only a lone rank leaves a core for Gloo's threads on 2 cores.
+        assert!(comm_overlaps_compute(&cpu, &m, 1));
+        assert!(!comm_overlaps_compute(&cpu, &m, 2));
+        assert!(comm_overlaps_compute(&cpu, &Measured { host_cores: Some(16), ..m.clone() }, 4));
+        assert!(comm_overlaps_compute(&builtin_hardware("a100-40gb").unwrap(), &m, 8), "GPUs overlap on their own stream");
+        assert!(comm_overlaps_compute(&cpu, &Measured::default(), 4), "unknown cores: assume overlap");
+        m.block_times.push(cost_models::hardware::BlockTime {
+            key: "k".into(),
+            label: "b".into(),
+            forward: Seconds(1e-3),
+            forward_no_grad: Seconds(1e-3),
+            backward: Seconds(2e-3),
+        });
         // 4 ranks share 2 cores: half the rate, twice the fixed costs.
         let four = rank_measured(&cpu, &m, 4);
+        assert!((four.block_times[0].backward.0 - 4e-3).abs() < 1e-12);
         assert!((four.op_throughput[0].rate.0 - 5e9).abs() < 1.0);
         assert!((four.host.unwrap().small_op.0 - 8e-6).abs() < 1e-12);
         // 2 threads per rank: 2 ranks already oversubscribe.

@@ -355,6 +355,12 @@ impl<'r> Searcher<'r> {
         &self.units[&wrapping]
     }
 
+    /// Whether `world` ranks on hardware `h` can overlap collectives with compute.
+    fn overlap(&self, h: usize, world: usize) -> bool {
+        let p = &self.space.hardware[h];
+        crate::cluster::comm_overlaps_compute(&p.hardware, &p.measured, world)
+    }
+
     /// CPU ranks split the machine, so their op costs depend on the share.
     fn share(&self, h: usize, world: usize) -> usize {
         match self.space.hardware[h].hardware.kind {
@@ -395,7 +401,7 @@ impl<'r> Searcher<'r> {
         let group = self.links.world(&rank_hw, d.world_size)?.clone();
         let gc = &self.costs[&(h, share, d.precision.compute, d.batch_per_rank)];
         let units = &self.units[&d.wrapping];
-        let w = WorldCosts { group: &group, collectives: &self.collectives[h], world_size: d.world_size };
+        let w = WorldCosts { group: &group, collectives: &self.collectives[h], world_size: d.world_size, overlap: self.overlap(h, d.world_size) };
         let uc = unit_costs(units, gc.blocks.len(), d.precision.compute, d.precision.reduce, &w);
         Ok(step_profile(gc, uc, &d.checkpoint, self.recipe, d.precision.compute, d.reshard_after_forward, &compute, &w))
     }
@@ -409,7 +415,7 @@ impl<'r> Searcher<'r> {
         let group = self.links.world(rank_hw, d.world_size)?.clone();
         let gc = &self.costs[&(h, share, d.precision.compute, d.batch_per_rank)];
         let units = &self.units[&d.wrapping];
-        let w = WorldCosts { group: &group, collectives: &self.collectives[h], world_size: d.world_size };
+        let w = WorldCosts { group: &group, collectives: &self.collectives[h], world_size: d.world_size, overlap: self.overlap(h, d.world_size) };
         let uc = unit_costs(units, gc.blocks.len(), d.precision.compute, d.precision.reduce, &w);
         let profile = step_profile(gc, uc, &d.checkpoint, self.recipe, d.precision.compute, d.reshard_after_forward, &compute, &w);
         Ok((self.sim.run(&profile), flops))
@@ -541,7 +547,7 @@ impl<'r> Searcher<'r> {
             d.checkpoint = placement.segments;
             let gc = &self.costs[&(h, share, c.dtype, c.batch)];
             let units = &self.units[&c.wrapping];
-            let w = WorldCosts { group: &group, collectives: &self.collectives[h], world_size: world };
+            let w = WorldCosts { group: &group, collectives: &self.collectives[h], world_size: world, overlap: self.overlap(h, world) };
             let uc = unit_costs(units, gc.blocks.len(), c.dtype, c.dtype, &w);
             let profile = step_profile(gc, uc, &d.checkpoint, self.recipe, c.dtype, c.reshard, &compute, &w);
             let step = self.sim.run(&profile);

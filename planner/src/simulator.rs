@@ -105,6 +105,11 @@ pub struct StepProfile {
     pub reshard_after_forward: bool,
     /// Issue the next unit's all-gather one unit ahead (FSDP prefetch).
     pub prefetch: bool,
+    /// Collectives run beside compute (a GPU's comm stream, or CPU ranks
+    /// with a spare core for the transport threads). When false, every
+    /// collective takes the core its rank computes on, so it adds to the
+    /// step in full.
+    pub overlap: bool,
     /// Host work before the first forward block (prototype normalisation,
     /// zeroing gradients, moving the batch), then a blocking all-reduce
     /// (the prototype row norms) that forward waits for.
@@ -194,6 +199,7 @@ pub struct Simulator {
     after: Vec<u32>,
     queue: VecDeque<u32>,
     scratch: Vec<u32>,
+    overlap: bool,
 }
 
 /// One-off simulation (allocates; use [`Simulator`] in loops).
@@ -231,6 +237,7 @@ impl Simulator {
     }
 
     fn build(&mut self, p: &StepProfile) {
+        self.overlap = p.overlap;
         self.ops.clear();
         self.comm.clear();
         self.deps.clear();
@@ -470,7 +477,7 @@ impl Simulator {
             op.finish = Some(comm_free);
         }
         let comm: f64 = self.comm.iter().map(|c| c.dur).sum();
-        let step = t.max(comm_free);
+        let step = if self.overlap { t.max(comm_free) } else { busy + comm };
         StepResult {
             step_time: Seconds(step),
             compute_time: Seconds(busy),
@@ -505,6 +512,7 @@ mod tests {
             optimizer: OptimizerCost { norms: Seconds(0.01), norm_all_reduce: Some(Seconds(0.0)), step: Seconds(0.05), loss_all_reduce: None },
             reshard_after_forward: true,
             prefetch: true,
+            overlap: true,
             prologue: Seconds(0.0),
             prologue_all_reduce: None,
         }
@@ -547,6 +555,19 @@ mod tests {
         let ph = p.phases();
         assert!((ph.forward_s - (4.0 * 0.1 + 2.0 * 0.04)).abs() < 1e-12, "{}", ph.forward_s);
         assert!((ph.backward_s - (6.0 * 0.2 + 0.2)).abs() < 1e-12, "{}", ph.backward_s);
+    }
+
+    /// Without overlap every collective adds to the step in full.
+    #[test]
+    fn without_overlap_the_step_is_compute_plus_all_comm() {
+        let mut p = profile(8, 2, 0.1, 0.05);
+        let overlapped = simulate(&p);
+        p.overlap = false;
+        let serial = simulate(&p);
+        let want = compute_sum(&p) + serial.comm_time.0;
+        assert!((serial.step_time.0 - want).abs() < 1e-12, "{} vs {want}", serial.step_time.0);
+        assert!((serial.exposed_comm.0 - serial.comm_time.0).abs() < 1e-12);
+        assert!(overlapped.step_time < serial.step_time);
     }
 
     #[test]

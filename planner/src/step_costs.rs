@@ -231,6 +231,8 @@ pub struct WorldCosts<'a> {
     pub group: &'a GroupLinks,
     pub collectives: &'a CollectiveModel,
     pub world_size: usize,
+    /// Collectives overlap compute (see `StepProfile::overlap`).
+    pub overlap: bool,
 }
 
 /// Bytes of one unit's flat parameter (padded to the world size) in a
@@ -295,6 +297,7 @@ pub fn step_profile(
         optimizer,
         reshard_after_forward,
         prefetch: true,
+        overlap: w.overlap,
         prologue,
         prologue_all_reduce,
     }
