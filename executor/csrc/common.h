@@ -12,6 +12,9 @@ struct ssc_pg {
   // Gloo has no AVG reduction; the Rust side emulates it with SUM.
   bool is_gloo;
   std::chrono::milliseconds timeout;
+  // CUDA device of an NCCL group, -1 for Gloo. NCCL's barrier needs a device
+  // and otherwise guesses one (rank % local GPU count) with a warning.
+  int device;
 };
 
 namespace ssc {

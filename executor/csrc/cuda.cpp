@@ -4,9 +4,35 @@
 #include "shim.h"
 #include "common.h"
 
+#include <ATen/Context.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+
+#include <cstdlib>
+
+namespace {
+// Fails with a plain message when `device` is not a usable CUDA device.
+// Without it a CPU-only machine gets the CUDA runtime's error code, or the
+// allocator's "Invalid device argument: did you call init?".
+void check_device(int device) {
+  // 0 (after a one-time warning from c10) when there is no driver or GPU.
+  const int n = c10::cuda::device_count();
+  const char* visible = std::getenv("CUDA_VISIBLE_DEVICES");
+  TORCH_CHECK(n > 0, "no CUDA device is visible to this process (CUDA_VISIBLE_DEVICES=",
+              visible ? visible : "<unset>", ")");
+  TORCH_CHECK(device >= 0 && device < n, "CUDA device ", device, " does not exist (", n,
+              " visible)");
+}
+
+// The caching allocator is created by libtorch's lazy CUDA init (the first
+// CUDA tensor); before that its statistics calls reject every device. Reading
+// or resetting stats ahead of the first allocation must work, so init here.
+void init_cuda(int device) {
+  check_device(device);
+  at::globalContext().lazyInitDevice(c10::DeviceType::CUDA);
+}
+}  // namespace
 
 extern "C" int ssc_has_nccl(void) { return 1; }
 
@@ -14,17 +40,20 @@ extern "C" int ssc_pg_new_nccl(const char* host, uint16_t port, int rank, int wo
                                int64_t timeout_ms, ssc_pg** out) {
   SSC_GUARD({
     auto timeout = std::chrono::milliseconds(timeout_ms);
+    check_device(device);
+    // ProcessGroupNCCL binds its communicators to the current device.
     c10::cuda::set_device(static_cast<c10::DeviceIndex>(device));
     auto store = ssc::make_store(host, port, rank, world, timeout);
     auto opts = c10d::ProcessGroupNCCL::Options::create();
     opts->timeout = timeout;
     auto pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, rank, world, opts);
-    *out = new ssc_pg{store, pg, false, timeout};
+    *out = new ssc_pg{store, pg, false, timeout, device};
   });
 }
 
 extern "C" int ssc_cuda_mem_stats(int device, int64_t* current, int64_t* peak) {
   SSC_GUARD({
+    init_cuda(device);
     auto st = c10::cuda::CUDACachingAllocator::getDeviceStats(static_cast<c10::DeviceIndex>(device));
     auto agg = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
     *current = st.allocated_bytes[agg].current;
@@ -33,5 +62,8 @@ extern "C" int ssc_cuda_mem_stats(int device, int64_t* current, int64_t* peak) {
 }
 
 extern "C" int ssc_cuda_mem_reset_peak(int device) {
-  SSC_GUARD({ c10::cuda::CUDACachingAllocator::resetPeakStats(static_cast<c10::DeviceIndex>(device)); });
+  SSC_GUARD({
+    init_cuda(device);
+    c10::cuda::CUDACachingAllocator::resetPeakStats(static_cast<c10::DeviceIndex>(device));
+  });
 }

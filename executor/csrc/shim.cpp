@@ -88,7 +88,7 @@ extern "C" int ssc_pg_new_gloo(const char* host, uint16_t port, int rank, int wo
       opts->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
     }
     auto pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, opts);
-    *out = new ssc_pg{store, pg, true, timeout};
+    *out = new ssc_pg{store, pg, true, timeout, -1};
   });
 }
 
@@ -171,6 +171,7 @@ extern "C" int ssc_barrier(ssc_pg* pg, ssc_work** w) {
   SSC_GUARD({
     c10d::BarrierOptions o;
     o.timeout = pg->timeout;
+    if (pg->device >= 0) o.device_ids = {pg->device};
     auto work = pg->backend->barrier(o);
     *w = new ssc_work{work, pg->timeout};
   });

@@ -80,6 +80,10 @@ pub enum Backend {
     Nccl { device: usize },
 }
 
+/// Whether the shim's CUDA/NCCL half was compiled, and if not why:
+/// `on`, or `off-<reason>: <detail>` (set by executor/build.rs).
+pub const CUDA_SHIM: &str = env!("SEERSCALE_CUDA_SHIM");
+
 /// Whether the shim was compiled with ProcessGroupNCCL.
 pub fn nccl_available() -> bool {
     // SAFETY: a pure query.
@@ -153,7 +157,18 @@ impl ProcessGroup {
                 Backend::Gloo => ffi::ssc_pg_new_gloo(host.as_ptr(), cfg.master_port, cfg.rank as c_int, cfg.world_size as c_int, ms, &mut out),
                 Backend::Nccl { device } => {
                     if !nccl_available() {
-                        return Err(DistError::Unsupported(last_error_or("this build has no CUDA/NCCL shim")));
+                        return Err(DistError::Unsupported(format!("this build has no CUDA/NCCL shim ({CUDA_SHIM})")));
+                    }
+                    // Checked here too (the shim checks again) so a missing GPU
+                    // is not reported as a failed rendezvous.
+                    let visible = tch::Cuda::device_count().max(0) as usize;
+                    if device >= visible {
+                        let msg = if visible == 0 {
+                            "no CUDA device is visible to this process".to_string()
+                        } else {
+                            format!("CUDA device {device} does not exist ({visible} visible)")
+                        };
+                        return Err(DistError::Invalid { op: "NCCL process group", msg });
                     }
                     ffi::ssc_pg_new_nccl(host.as_ptr(), cfg.master_port, cfg.rank as c_int, cfg.world_size as c_int, device as c_int, ms, &mut out)
                 }
@@ -304,15 +319,6 @@ impl ProcessGroup {
     }
     pub fn broadcast_(&self, t: &Tensor, root: usize) -> Result<(), DistError> {
         self.broadcast(t, root)?.wait()
-    }
-}
-
-fn last_error_or(default: &str) -> String {
-    let e = last_error();
-    if e.is_empty() {
-        default.to_string()
-    } else {
-        e
     }
 }
 

@@ -199,7 +199,7 @@ impl TrainConfig {
                     )));
                 }
                 if !crate::dist::nccl_available() {
-                    return Err(TrainError::Config("the plan targets GPUs but this build has no NCCL shim (no CUDA toolkit headers at build time)".into()));
+                    return Err(TrainError::Config(format!("the plan targets GPUs but this build has no NCCL shim ({})", crate::dist::CUDA_SHIM)));
                 }
                 Device::Cuda(env.local_rank)
             }
