@@ -16,7 +16,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
     println!("cargo:rerun-if-env-changed=SEERSCALE_NO_CUDA");
-    for f in ["csrc/shim.h", "csrc/common.h", "csrc/shim.cpp", "csrc/cuda.cpp"] {
+    for f in ["csrc/shim.h", "csrc/common.h", "csrc/shim.cpp", "csrc/sync_bn.cpp", "csrc/cuda.cpp"] {
         println!("cargo:rerun-if-changed={f}");
     }
     let Some(libtorch) = std::env::var_os("LIBTORCH").map(PathBuf::from) else {
@@ -37,7 +37,8 @@ fn main() {
         .flag_if_supported("-Wno-unused-parameter")
         .flag_if_supported("-Wno-deprecated-declarations")
         .warnings(false)
-        .file("csrc/shim.cpp");
+        .file("csrc/shim.cpp")
+        .file("csrc/sync_bn.cpp");
 
     let cuda = cuda_headers(&libtorch);
     let has_cuda_lib = lib.join("libtorch_cuda.so").exists();
