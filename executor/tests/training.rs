@@ -102,6 +102,47 @@ fn rel_diff(a: &Tensor, b: &Tensor) -> f64 {
     d / n
 }
 
+/// Per-tensor relative differences of `b` from `a`, worst first, split into
+/// the zero-initialised tensors (the BN biases) and the rest.
+///
+/// Why the split: a zero tensor has norm 0, so at step 0 LARC leaves its
+/// update unscaled (apex: a zero norm skips the trust ratio) and momentum
+/// carries that step on; after a few steps a BN bias is almost exactly a
+/// multiple of its first gradient, so its relative error *is* that
+/// gradient's, undiluted. And a BN bias gradient is a badly conditioned
+/// fp32 sum: sum(dy) over the batch, where dy has had its per-channel mean
+/// taken out by the next BN's backward (only ReLU masks and SE put some
+/// back). For `s1.b0.b_bn.bias` on the test batch sum|dy| / |sum dy| is about
+/// 60 (85 per channel in the median), so any change of summation order
+/// moves it by a few 1e-6: one process with the images of each BN group
+/// reversed, the same arithmetic otherwise, differs from itself by 3.7e-6
+/// (BN over 16 images) and 6.0e-6 (groups of 4) on that tensor. Every other
+/// tensor moves by about trust x lr of its norm per step, which dilutes its
+/// gradient's rounding by ~1000x.
+fn tensor_diffs(a: &std::collections::BTreeMap<String, Tensor>, b: &std::collections::BTreeMap<String, Tensor>) -> (Vec<(f64, String)>, Vec<(f64, String)>) {
+    let zero_init: std::collections::HashSet<String> = ModelArch::new(&ModelConfig::load("regnety-tiny").unwrap())
+        .unwrap()
+        .param_specs()
+        .into_iter()
+        .filter(|p| p.init == executor::model::Init::Zeros)
+        .map(|p| p.name)
+        .collect();
+    let (mut zero, mut rest) = (Vec::new(), Vec::new());
+    for (n, t) in a {
+        let d = (rel_diff(t, &b[n]), n.clone());
+        if zero_init.contains(n) {
+            zero.push(d);
+        } else {
+            rest.push(d);
+        }
+    }
+    for v in [&mut zero, &mut rest] {
+        v.sort_by(|x, y| y.0.total_cmp(&x.0));
+    }
+    assert!(!zero.is_empty() && !rest.is_empty());
+    (zero, rest)
+}
+
 // ------------------------------------------------------------ equivalence
 
 #[test]
@@ -177,15 +218,15 @@ fn world_sizes_1_2_4_agree_in_fp32() {
         assert_eq!(p.len(), p1.len());
         let whole = rel_diff(&flat(&p1), &flat(&p));
         assert!(whole < 1e-5, "all parameters: world 1 vs world {world} relative difference {whole}");
-        let mut worst = (0.0, String::new());
-        for (n, a) in &p1 {
-            let r = rel_diff(a, &p[n]);
-            if r > worst.0 {
-                worst = (r, n.clone());
-            }
-        }
-        assert!(worst.0 < 1e-4, "{}: world 1 vs world {world} relative difference {}", worst.1, worst.0);
-        println!("world {world}: losses {l:?}; params rel. diff {whole:.2e} overall, worst tensor {} {:.2e}", worst.1, worst.0);
+        // 1e-5 per tensor, except the zero-initialised BN biases, which
+        // carry their ill-conditioned first gradient (see tensor_diffs).
+        let (zero, rest) = tensor_diffs(&p1, &p);
+        assert!(rest[0].0 < 1e-5, "{}: world 1 vs world {world} relative difference {}", rest[0].1, rest[0].0);
+        assert!(zero[0].0 < 1e-4, "{}: world 1 vs world {world} relative difference {}", zero[0].1, zero[0].0);
+        println!(
+            "world {world}: losses {l:?}; params rel. diff {whole:.2e} overall, worst tensor {} {:.2e}, worst not zero-initialised {} {:.2e}",
+            zero[0].1, zero[0].0, rest[0].1, rest[0].0
+        );
     }
     println!("world 1 losses {l1:?} (= reference)");
 }
@@ -251,14 +292,9 @@ fn sync_bn_over_2_ranks_equals_one_unsplit_process() {
     let flat = |p: &std::collections::BTreeMap<String, Tensor>| Tensor::cat(&p.values().map(|t| t.reshape([-1])).collect::<Vec<_>>(), 0);
     let whole = rel_diff(&flat(&p1), &flat(&p2));
     assert!(whole < 1e-5, "all parameters: world 1 vs world 2 SyncBN relative difference {whole}");
-    let mut worst = (0.0, String::new());
-    for (n, a) in &p1 {
-        let r = rel_diff(a, &p2[n]);
-        if r > worst.0 {
-            worst = (r, n.clone());
-        }
-    }
-    assert!(worst.0 < 1e-4, "{}: world 1 vs world 2 SyncBN relative difference {}", worst.1, worst.0);
+    let (zero, rest) = tensor_diffs(&p1, &p2);
+    assert!(rest[0].0 < 1e-5, "{}: world 1 vs world 2 SyncBN relative difference {}", rest[0].1, rest[0].0);
+    assert!(zero[0].0 < 1e-4, "{}: world 1 vs world 2 SyncBN relative difference {}", zero[0].1, zero[0].0);
     // Running statistics: global on every rank (identical), equal to the
     // unsplit run's, and updated once per step despite the recompute.
     let bn1 = load_tensors(&dir.join("bn_w1_r0.pt"));
@@ -270,8 +306,8 @@ fn sync_bn_over_2_ranks_equals_one_unsplit_process() {
     }
     assert!(worst_bn < 1e-5, "BN running stats: world 1 vs world 2 SyncBN relative difference {worst_bn}");
     println!(
-        "SyncBN world 2 vs world 1: losses {l2:?} vs {l1:?}; params {whole:.2e} overall, worst tensor {} {:.2e}; BN buffers {worst_bn:.2e}; per-rank BN first loss {per_rank}",
-        worst.1, worst.0
+        "SyncBN world 2 vs world 1: losses {l2:?} vs {l1:?}; params {whole:.2e} overall, worst tensor {} {:.2e}, worst not zero-initialised {} {:.2e}; BN buffers {worst_bn:.2e}; per-rank BN first loss {per_rank}",
+        zero[0].1, zero[0].0, rest[0].1, rest[0].0
     );
 }
 
