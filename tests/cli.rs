@@ -1,6 +1,7 @@
 //! The `seerscale` binary end to end: `model`, `plan`, `dry-run` and `sweep`
-//! on built-ins, and the one-line errors bad input must give (naming the
-//! file, line and field; never a panic, never the OS reason twice).
+//! on built-ins, a short `train --sync-bn` run, and the one-line errors bad
+//! input must give (naming the file, line and field; never a panic, never
+//! the OS reason twice).
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -404,4 +405,39 @@ fn malformed_hardware_file_names_file_line_and_field() {
     let f = dir.write("my-a100.toml", &bad);
     let e = one_line_error(&["plan", "--recipe", "tiny-cpu", "--gpu", &f]);
     assert!(e.starts_with(&format!("{f}:{line}: field `interconnect.nic_gbit_s`")), "{e}");
+}
+
+#[test]
+fn train_with_sync_bn_runs_two_ranks_and_records_it() {
+    let dir = TempDir::new("train-sync-bn");
+    let (_, plan) = tiny_plan(&dir);
+    let world = plan["world_size"].as_u64().expect("world_size").to_string();
+    let run = dir.path("run");
+    let out = seerscale(&[
+        "train",
+        "--plan",
+        dir.path("good.json").to_str().unwrap(),
+        "--nproc-per-node",
+        &world,
+        "--steps",
+        "2",
+        "--out",
+        run.to_str().unwrap(),
+        "--threads",
+        "1",
+        "--workers",
+        "1",
+        "--timeout-s",
+        "60",
+        "--sync-bn",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "train --sync-bn failed:\n{stdout}\n{}", text(&out.stderr));
+    assert!(stdout.contains("steps, SyncBN)"), "the summary names the BN mode:\n{stdout}");
+    for rank in 0..world.parse::<usize>().unwrap() {
+        let lines = std::fs::read_to_string(run.join(format!("metrics.rank{rank}.jsonl"))).unwrap();
+        let steps: Vec<Value> = lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(steps.len(), 2, "rank {rank}: {lines}");
+        assert!(steps.iter().all(|s| s["sync_bn"] == Value::Bool(true) && s["loss"].as_f64().is_some_and(f64::is_finite)), "rank {rank}: {lines}");
+    }
 }

@@ -40,6 +40,17 @@ int ssc_barrier(ssc_pg* pg, ssc_work** w);
 int ssc_work_wait(ssc_work* w, int64_t timeout_ms);
 void ssc_work_free(ssc_work* w);
 
+// Synchronized batch norm in training mode (csrc/sync_bn.cpp): batch
+// statistics over every rank of `pg`, as an autograd function whose backward
+// all-reduces too (every rank must run forward and backward in the same
+// order). running_mean/running_var (fp32, updated in place with `momentum`)
+// may both be NULL: then they are left alone, as in a recompute pass.
+// On success *out is a new heap at::Tensor* owned by the caller (tch:
+// Tensor::from_ptr).
+int ssc_sync_batch_norm(ssc_pg* pg, void* input, void* weight, void* bias,
+                        void* running_mean, void* running_var, double momentum,
+                        double eps, void** out);
+
 // Memory statistics.
 int ssc_cpu_mem_install(void);
 int64_t ssc_cpu_mem_current(void);

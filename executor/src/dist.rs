@@ -41,6 +41,17 @@ mod ffi {
         pub fn ssc_barrier(pg: *mut SscPg, w: *mut *mut SscWork) -> c_int;
         pub fn ssc_work_wait(w: *mut SscWork, timeout_ms: i64) -> c_int;
         pub fn ssc_work_free(w: *mut SscWork);
+        pub fn ssc_sync_batch_norm(
+            pg: *mut SscPg,
+            input: *mut c_void,
+            weight: *mut c_void,
+            bias: *mut c_void,
+            running_mean: *mut c_void,
+            running_var: *mut c_void,
+            momentum: f64,
+            eps: f64,
+            out: *mut *mut c_void,
+        ) -> c_int;
     }
 }
 
@@ -304,6 +315,55 @@ impl ProcessGroup {
         // SAFETY: valid group.
         let rc = unsafe { ffi::ssc_barrier(self.pg.as_ptr(), &mut w) };
         self.work("barrier", rc, w, Vec::new(), None)?.wait()
+    }
+
+    /// Training-mode batch norm with statistics over every rank of the
+    /// group (SyncBN, `csrc/sync_bn.cpp`): an autograd function whose
+    /// forward all-reduces per-channel sums and whose backward all-reduces
+    /// per-channel gradient sums, both bounded by the group's timeout (a
+    /// failure in backward comes out of `run_backward` as an error). Every
+    /// rank must call it, and run backward through it, in the same order.
+    /// `running`: `(running_mean, running_var, momentum)` updated in place
+    /// (fp32) with the global statistics, or None to leave them alone.
+    /// Input may be bf16/fp16 with fp32 weight and bias; statistics are fp32
+    /// and the output has the input's dtype.
+    pub fn sync_batch_norm(&self, x: &Tensor, weight: &Tensor, bias: &Tensor, running: Option<(&Tensor, &Tensor, f64)>, eps: f64) -> Result<Tensor, DistError> {
+        const OP: &str = "sync_batch_norm";
+        if let Some((_, _, momentum)) = running {
+            if !(0.0..=1.0).contains(&momentum) {
+                return Err(DistError::Invalid { op: OP, msg: format!("momentum {momentum} is not in [0, 1]") });
+            }
+        }
+        let (rm, rv, momentum) = match running {
+            Some((m, v, k)) => (m.as_ptr() as *mut c_void, v.as_ptr() as *mut c_void, k),
+            None => (std::ptr::null_mut(), std::ptr::null_mut(), 0.0),
+        };
+        let mut out: *mut c_void = std::ptr::null_mut();
+        // SAFETY: tch's C_tensor is an at::Tensor*; every tensor outlives the
+        // call (the autograd graph keeps its own references); the shim
+        // catches all C++ exceptions.
+        let rc = unsafe {
+            ffi::ssc_sync_batch_norm(
+                self.pg.as_ptr(),
+                x.as_ptr() as *mut c_void,
+                weight.as_ptr() as *mut c_void,
+                bias.as_ptr() as *mut c_void,
+                rm,
+                rv,
+                momentum,
+                eps,
+                &mut out,
+            )
+        };
+        if rc != SSC_OK {
+            return Err(self.err(OP, rc));
+        }
+        if out.is_null() {
+            return Err(DistError::Collective { op: OP, rank: self.rank, msg: "shim returned no tensor".into() });
+        }
+        // SAFETY: the shim handed over a fresh heap at::Tensor*, which tch
+        // frees (at_free) when the Tensor drops.
+        Ok(unsafe { Tensor::from_ptr(out.cast()) })
     }
 
     // Blocking conveniences.

@@ -33,6 +33,10 @@ pub struct StepMetrics {
     pub skipped: bool,
     #[serde(deserialize_with = "null_as_nan")]
     pub grad_norm: f64,
+    /// BN statistics were synchronized over all ranks (SyncBN) rather than
+    /// per rank; files from before the option read as per rank.
+    #[serde(default)]
+    pub sync_bn: bool,
 }
 
 /// JSON has no NaN: serde_json writes a diverged loss or norm as `null`;
@@ -197,11 +201,17 @@ mod tests {
             loss_scale: 1.0,
             skipped: true,
             grad_norm: f64::NAN,
+            sync_bn: true,
         };
         let line = serde_json::to_string(&m).unwrap();
         assert!(line.contains("\"loss\":null"), "{line}");
         let back: StepMetrics = serde_json::from_str(&line).unwrap();
         assert!(back.loss.is_nan() && back.grad_norm.is_nan());
         assert_eq!(back.step, 3);
+        assert!(back.sync_bn);
+        // Lines written before SyncBN existed still read (per-rank BN).
+        let old = line.replace(",\"sync_bn\":true", "");
+        assert!(!old.contains("sync_bn"), "{old}");
+        assert!(!serde_json::from_str::<StepMetrics>(&old).unwrap().sync_bn);
     }
 }

@@ -11,6 +11,7 @@
 //! (`img0 crop0, img0 crop1, img1 crop0, ...`), so contiguous batch groups are
 //! contiguous image ranges, i.e. ranks.
 
+use crate::reduce::ReduceError;
 use cost_models::config::ModelConfig;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -36,6 +37,8 @@ pub enum ModelError {
     MissingBuffer(String),
     #[error("bad input to block `{block}`: {reason}")]
     Input { block: String, reason: String },
+    #[error("synchronized BN of layer `{layer}`: {source}")]
+    SyncBn { layer: String, source: ReduceError },
     #[error("libtorch: {0}")]
     Torch(#[from] TchError),
 }
@@ -303,7 +306,7 @@ impl ModelArch {
         params: &dyn ParamSource,
         bn: &mut BnState,
         xs: &[Tensor],
-        mode: &Mode,
+        mode: &Mode<'_>,
     ) -> Result<Vec<Tensor>, ModelError> {
         if xs.is_empty() {
             return Err(ModelError::Input { block: block.into(), reason: "no input tensors".into() });
@@ -327,7 +330,7 @@ impl ModelArch {
 
     /// The whole model, block by block (the non-FSDP reference path):
     /// per-group image batches in, `[rows, K]` fp32 scores out.
-    pub fn forward(&self, params: &dyn ParamSource, bn: &mut BnState, inputs: &[Tensor], mode: &Mode) -> Result<Tensor, ModelError> {
+    pub fn forward(&self, params: &dyn ParamSource, bn: &mut BnState, inputs: &[Tensor], mode: &Mode<'_>) -> Result<Tensor, ModelError> {
         let mut xs: Vec<Tensor> = inputs.iter().map(|t| t.shallow_clone()).collect();
         for name in self.block_names() {
             xs = self.forward_block(&name, params, bn, &xs, mode)?;
@@ -367,9 +370,21 @@ impl<F: Fn(&str) -> Option<Tensor>> ParamSource for FnParams<F> {
     }
 }
 
+/// Batch statistics over every rank (SyncBN). The process group implements
+/// it (`train.rs`), so the model needs no c10d types and tests can supply
+/// their own.
+pub trait SyncBn {
+    /// Training-mode batch norm of `x` (`[N, C, ...]`, any float dtype) with
+    /// fp32 `weight`/`bias` and statistics over all ranks; the result has
+    /// `x`'s dtype. `running`: `(running_mean, running_var, momentum)` to
+    /// update in place, None to leave them alone. Collective: every rank
+    /// calls it, and back-propagates through the result, in the same order.
+    fn batch_norm(&self, x: &Tensor, weight: &Tensor, bias: &Tensor, running: Option<(&Tensor, &Tensor, f64)>, eps: f64) -> Result<Tensor, ReduceError>;
+}
+
 /// How blocks run.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Mode {
+#[derive(Clone, Copy)]
+pub struct Mode<'s> {
     /// Batch statistics (train) or running statistics (eval) in BN.
     pub train: bool,
     /// Running-stat momentum; 0 while recomputing a checkpointed segment so
@@ -378,21 +393,39 @@ pub struct Mode {
     /// BN statistics per this many contiguous groups of each batch: a
     /// world-size-1 run with `bn_groups = N` reproduces per-rank BN of N ranks.
     pub bn_groups: usize,
+    /// Training-mode BN statistics over all ranks through this (SyncBN)
+    /// instead of per rank; excludes `bn_groups > 1`.
+    pub sync_bn: Option<&'s dyn SyncBn>,
 }
 
-impl Mode {
-    pub fn train() -> Mode {
-        Mode { train: true, bn_momentum: BN_MOMENTUM, bn_groups: 1 }
+impl std::fmt::Debug for Mode<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mode")
+            .field("train", &self.train)
+            .field("bn_momentum", &self.bn_momentum)
+            .field("bn_groups", &self.bn_groups)
+            .field("sync_bn", &self.sync_bn.is_some())
+            .finish()
     }
-    pub fn eval() -> Mode {
-        Mode { train: false, bn_momentum: 0.0, bn_groups: 1 }
+}
+
+impl<'s> Mode<'s> {
+    pub fn train() -> Mode<'static> {
+        Mode { train: true, bn_momentum: BN_MOMENTUM, bn_groups: 1, sync_bn: None }
     }
-    /// The same mode for a recompute pass (running stats left alone).
-    pub fn recompute(&self) -> Mode {
-        Mode { bn_momentum: 0.0, ..self.clone() }
+    pub fn eval() -> Mode<'static> {
+        Mode { train: false, bn_momentum: 0.0, bn_groups: 1, sync_bn: None }
     }
-    pub fn with_bn_groups(self, g: usize) -> Mode {
+    /// The same mode for a recompute pass (running stats left alone; SyncBN's
+    /// all-reduce still runs, in the same order on every rank).
+    pub fn recompute(&self) -> Mode<'s> {
+        Mode { bn_momentum: 0.0, ..*self }
+    }
+    pub fn with_bn_groups(self, g: usize) -> Mode<'s> {
         Mode { bn_groups: g, ..self }
+    }
+    pub fn with_sync_bn(self, sync: &'s dyn SyncBn) -> Mode<'s> {
+        Mode { sync_bn: Some(sync), ..self }
     }
 }
 
@@ -449,7 +482,7 @@ impl BnState {
 struct Ctx<'a> {
     params: &'a dyn ParamSource,
     bn: &'a mut BnState,
-    mode: &'a Mode,
+    mode: &'a Mode<'a>,
     block: &'a str,
 }
 
@@ -464,15 +497,27 @@ impl Ctx<'_> {
         Ok(x.f_conv2d(&w, b.as_ref(), [stride, stride], [pad, pad], [1, 1], groups)?)
     }
 
-    /// BN with per-group statistics. Weight and bias are used in fp32 (BN
-    /// kept in fp32 as SEER does); libtorch accepts reduced-precision input
-    /// with fp32 parameters and running stats.
+    /// BN with per-group statistics, or over all ranks with SyncBN. Weight
+    /// and bias are used in fp32 (BN kept in fp32 as SEER does); libtorch
+    /// accepts reduced-precision input with fp32 parameters and running stats.
     fn bn(&mut self, x: &Tensor, layer: &str) -> Result<Tensor, ModelError> {
         let w = self.p(&format!("{layer}.weight"))?.f_to_kind(Kind::Float)?;
         let b = self.p(&format!("{layer}.bias"))?.f_to_kind(Kind::Float)?;
         let (mut rm, mut rv) = self.bn.get(layer)?;
         let m = self.mode;
         let g = m.bn_groups.max(1);
+        if let (true, Some(sync)) = (m.train, m.sync_bn) {
+            if g != 1 {
+                return Err(ModelError::Input {
+                    block: self.block.into(),
+                    reason: format!("SyncBN takes statistics over all ranks; it cannot also split the batch into {g} BN groups"),
+                });
+            }
+            // Momentum 0 (a recompute pass) leaves the running stats alone;
+            // the forward all-reduce still runs so collectives stay matched.
+            let running = (m.bn_momentum > 0.0).then_some((&rm, &rv, m.bn_momentum));
+            return sync.batch_norm(x, &w, &b, running, BN_EPS).map_err(|source| ModelError::SyncBn { layer: layer.into(), source });
+        }
         if !m.train || g == 1 {
             return Ok(x.f_batch_norm(Some(&w), Some(&b), Some(&rm), Some(&rv), m.train, m.bn_momentum, BN_EPS, true)?);
         }
@@ -779,6 +824,37 @@ mod tests {
         assert!(bn_all.get("s2.b0.b_bn").unwrap().0.equal(&before));
         let err = arch.forward(&p, &mut bn_all, &[x.narrow(0, 0, 7)], &Mode::train().with_bn_groups(2)).unwrap_err();
         assert!(err.to_string().contains("does not split"), "{err}");
+    }
+
+    /// Records whether each SyncBN call updates running stats; normalises
+    /// with local statistics (the model only routes the calls).
+    struct RecordingSync(std::cell::RefCell<Vec<bool>>);
+    impl SyncBn for RecordingSync {
+        fn batch_norm(&self, x: &Tensor, w: &Tensor, b: &Tensor, running: Option<(&Tensor, &Tensor, f64)>, eps: f64) -> Result<Tensor, ReduceError> {
+            self.0.borrow_mut().push(running.is_some());
+            x.f_batch_norm(Some(w), Some(b), None::<&Tensor>, None::<&Tensor>, true, 0.0, eps, false).map_err(|e| ReduceError(e.to_string()))
+        }
+    }
+
+    #[test]
+    fn sync_bn_mode_routes_every_training_bn_and_skips_running_stats_when_recomputing() {
+        let arch = ModelArch::new(&cfg("regnety-tiny")).unwrap();
+        let p = params(&arch, 0);
+        let mut bn = BnState::new(&arch, Device::Cpu);
+        let x = Tensor::randn([4, 3, 16, 16], (Kind::Float, Device::Cpu));
+        let sync = RecordingSync(Default::default());
+        let train = Mode::train().with_sync_bn(&sync);
+        let _ = arch.forward(&p, &mut bn, &[x.shallow_clone()], &train).unwrap();
+        let calls = sync.0.take();
+        assert_eq!(calls.len(), arch.bn_layers().len());
+        assert!(calls.iter().all(|&update| update));
+        let _ = arch.forward(&p, &mut bn, &[x.shallow_clone()], &train.recompute()).unwrap();
+        assert!(sync.0.take().iter().all(|&update| !update));
+        // Eval mode uses the running statistics, no collective.
+        let _ = arch.forward(&p, &mut bn, &[x.shallow_clone()], &Mode { sync_bn: Some(&sync), ..Mode::eval() }).unwrap();
+        assert!(sync.0.take().is_empty());
+        let e = arch.forward(&p, &mut bn, &[x], &train.with_bn_groups(2)).unwrap_err();
+        assert!(e.to_string().contains("SyncBN"), "{e}");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::fsdp::{Fsdp, FsdpError, FsdpOptions, UnitSpec};
 use crate::launch::{self, LaunchError, LaunchOptions, RankEnv};
 use crate::memstats::{self, MemDevice, MemError};
 use crate::metrics::{self, MeasuredSummary, MetricsError, MetricsWriter, StepMetrics};
-use crate::model::{BnState, ModelArch, ModelError, Mode};
+use crate::model::{BnState, ModelArch, ModelError, Mode, SyncBn};
 use crate::optim::{Larc, OptimConfig, OptimError, Optimizer};
 use crate::precision::{LossScaler, Precision};
 use crate::reduce::ReduceError;
@@ -98,6 +98,9 @@ pub struct TrainConfig {
     /// BN statistics per this many contiguous groups of the batch: a
     /// world-size-1 run with N reproduces N ranks' per-rank BN exactly.
     pub bn_groups: usize,
+    /// Training-mode BN statistics over all ranks (SyncBN, all-reduced in
+    /// forward and backward) instead of per rank; needs `bn_groups == 1`.
+    pub sync_bn: bool,
     pub device: Device,
     /// Bound on rendezvous and every collective.
     pub timeout: Duration,
@@ -139,6 +142,8 @@ pub struct TrainArgs {
     /// Intra-op threads per rank (default: this machine's cores divided by
     /// the ranks sharing it, so local ranks don't oversubscribe the CPU).
     pub threads: Option<usize>,
+    /// BN statistics over all ranks (SyncBN) instead of per rank as in SEER.
+    pub sync_bn: bool,
 }
 
 impl TrainArgs {
@@ -157,6 +162,7 @@ impl TrainArgs {
             timeout: Duration::from_secs(120),
             force_cpu: false,
             threads: None,
+            sync_bn: false,
         }
     }
 }
@@ -232,6 +238,7 @@ impl TrainConfig {
             checkpoint_every: args.checkpoint_every,
             resume: args.resume,
             bn_groups: 1,
+            sync_bn: args.sync_bn,
             device,
             timeout: args.timeout,
             predicted_peak: Some(Bytes(plan.predicted.peak_memory_bytes)),
@@ -329,6 +336,14 @@ pub fn train_rank(cfg: &TrainConfig, env: &RankEnv) -> Result<TrainReport, Train
     trainer.fit()
 }
 
+/// SyncBN through this group: the model's BN sees only the [`SyncBn`]
+/// trait, the collectives stay in `dist`.
+impl SyncBn for ProcessGroup {
+    fn batch_norm(&self, x: &Tensor, weight: &Tensor, bias: &Tensor, running: Option<(&Tensor, &Tensor, f64)>, eps: f64) -> Result<Tensor, ReduceError> {
+        self.sync_batch_norm(x, weight, bias, running, eps).map_err(|e| ReduceError(e.to_string()))
+    }
+}
+
 /// How the step's optimiser update went.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StepOutcome {
@@ -351,7 +366,7 @@ pub struct Trainer<'pg> {
     schedule: LrSchedule,
     ckpt: Checkpointing,
     scaler: LossScaler,
-    mode: Mode,
+    mode: Mode<'pg>,
     /// Steps completed.
     step: u64,
     data_pos: DataPosition,
@@ -381,6 +396,14 @@ impl<'pg> Trainer<'pg> {
         if !cfg.images_per_rank.is_multiple_of(cfg.bn_groups.max(1)) {
             return Err(TrainError::Config(format!("bn_groups {} does not divide {} images per rank", cfg.bn_groups, cfg.images_per_rank)));
         }
+        if cfg.sync_bn && cfg.bn_groups > 1 {
+            return Err(TrainError::Config(format!(
+                "sync_bn takes BN statistics over all ranks; it cannot be combined with bn_groups {} (per-rank BN emulation)",
+                cfg.bn_groups
+            )));
+        }
+        let mode = Mode::train().with_bn_groups(cfg.bn_groups.max(1));
+        let mode = if cfg.sync_bn { mode.with_sync_bn(pg) } else { mode };
         Ok(Trainer {
             pg,
             arch: arch.clone(),
@@ -389,7 +412,7 @@ impl<'pg> Trainer<'pg> {
             schedule,
             ckpt,
             scaler: LossScaler::for_precision(cfg.precision),
-            mode: Mode::train().with_bn_groups(cfg.bn_groups.max(1)),
+            mode,
             step: 0,
             data_pos: DataPosition::default(),
             blocks,
@@ -610,6 +633,7 @@ impl<'pg> Trainer<'pg> {
                 loss_scale: self.scaler.scale(),
                 skipped: out.skipped,
                 grad_norm: out.grad_norm,
+                sync_bn: self.cfg.sync_bn,
             };
             writer.record(&m)?;
             all.push(m);
@@ -622,7 +646,8 @@ impl<'pg> Trainer<'pg> {
         let comparison = match (&summary, rank) {
             (Some(s), 0) => {
                 let table = metrics::comparison_table(s, self.cfg.predicted_peak, self.cfg.predicted_step_time);
-                println!("measured vs predicted (rank 0, {world} ranks, {} steps):\n{table}", s.steps);
+                let bn = if self.cfg.sync_bn { "SyncBN" } else { "BN per rank" };
+                println!("measured vs predicted (rank 0, {world} ranks, {} steps, {bn}):\n{table}", s.steps);
                 Some(table)
             }
             _ => None,

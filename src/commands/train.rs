@@ -48,6 +48,10 @@ pub struct TrainCliArgs {
     /// Run a GPU plan on CPU ranks (Gloo) anyway.
     #[arg(long)]
     pub cpu: bool,
+    /// Synchronized BN: batch statistics over all ranks (all-reduced in
+    /// forward and backward) instead of per rank as in SEER.
+    #[arg(long)]
+    pub sync_bn: bool,
 }
 
 impl TrainCliArgs {
@@ -68,6 +72,7 @@ impl TrainCliArgs {
         a.threads = self.threads;
         a.timeout = Duration::from_secs(self.timeout_s);
         a.force_cpu = self.cpu;
+        a.sync_bn = self.sync_bn;
         Ok(a)
     }
 }
