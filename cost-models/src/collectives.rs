@@ -78,17 +78,51 @@ pub struct CollectiveFit {
     pub bus_bandwidth: Bandwidth,
 }
 
+/// How much longer a collective takes when every rank computes right up to
+/// it than on idle ranks (CPU ranks that fill the cores), measured by
+/// `seerscale calibrate` over `world_size` ranks after compute segments of
+/// two lengths L and fitted as `extra + skew · L`: a fixed part (the
+/// transport's threads wait for a core) and a part that grows with the
+/// compute since the ranks last synchronised (they drift apart by their
+/// compute noise, and the first to arrive waits for the last).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusyCollective {
+    pub collective: Collective,
+    pub world_size: usize,
+    #[serde(rename = "extra_us", with = "crate::hardware::human::us")]
+    pub extra: Seconds,
+    /// Waiting per second of compute since the last synchronisation.
+    pub skew: f64,
+}
+
+/// Expected maximum of `n` independent standard normal draws (how far the
+/// slowest of `n` ranks lags the mean), exact to 3 digits up to 8 ranks,
+/// the leading asymptotic term beyond.
+pub fn expected_max_normal(n: usize) -> f64 {
+    const TABLE: [f64; 9] = [0.0, 0.0, 0.564, 0.846, 1.029, 1.163, 1.267, 1.352, 1.424];
+    match n {
+        0..=8 => TABLE[n],
+        _ => {
+            let l = (2.0 * (n as f64).ln()).sqrt();
+            l - ((n as f64).ln().ln() + (4.0 * std::f64::consts::PI).ln()) / (2.0 * l)
+        }
+    }
+}
+
 /// Measured overrides written by `seerscale calibrate`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CollectiveProfile {
     #[serde(default)]
     pub fits: Vec<CollectiveFit>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub busy: Vec<BusyCollective>,
 }
 
 impl CollectiveProfile {
     pub fn is_empty(&self) -> bool {
-        self.fits.is_empty()
+        self.fits.is_empty() && self.busy.is_empty()
     }
 
     pub fn get(&self, c: Collective, scope: Scope) -> Option<&CollectiveFit> {
@@ -102,6 +136,17 @@ impl CollectiveProfile {
             }
             if !(f.bus_bandwidth.0.is_finite() && f.bus_bandwidth.0 > 0.0) {
                 return Err(("fits.bus_bandwidth_gb_s".into(), format!("must be positive, got {}", f.bus_bandwidth.0 / 1e9)));
+            }
+        }
+        for b in &self.busy {
+            if !(b.extra.0.is_finite() && b.extra.0 >= 0.0) {
+                return Err(("busy.extra_us".into(), format!("must be >= 0, got {}", b.extra.0 * 1e6)));
+            }
+            if b.world_size < 2 {
+                return Err(("busy.world_size".into(), format!("must be >= 2, got {}", b.world_size)));
+            }
+            if !(b.skew.is_finite() && b.skew >= 0.0) {
+                return Err(("busy.skew".into(), format!("must be >= 0, got {}", b.skew)));
             }
         }
         Ok(())
@@ -126,6 +171,31 @@ impl CollectiveModel {
             Some(h) if h.time < ring.time => h,
             _ => ring,
         }
+    }
+
+    /// The measured extra cost of `op` among busy ranks (zero if not
+    /// measured), scaled from the measured world size by ring steps.
+    pub fn busy_extra(&self, op: Collective, ranks: usize) -> Seconds {
+        if ranks <= 1 {
+            return Seconds(0.0);
+        }
+        match self.profile.busy.iter().find(|b| b.collective == op) {
+            Some(b) => b.extra * ((ranks - 1) as f64 / (b.world_size.max(2) - 1) as f64),
+            None => Seconds(0.0),
+        }
+    }
+
+    /// Waiting per second of compute between synchronisations among `ranks`
+    /// busy ranks: the largest measured skew, scaled from the measured world
+    /// size by how far the slowest of `ranks` noisy ranks lags (0 if not
+    /// measured).
+    pub fn busy_skew(&self, ranks: usize) -> f64 {
+        let Some(b) = self.profile.busy.iter().max_by(|a, b| a.skew.total_cmp(&b.skew)) else { return 0.0 };
+        let at = expected_max_normal(b.world_size.max(2));
+        if ranks <= 1 || at <= 0.0 {
+            return 0.0;
+        }
+        b.skew * expected_max_normal(ranks) / at
     }
 
     pub fn all_gather(&self, group: &GroupLinks, bytes: Bytes) -> CollectiveCost {
@@ -326,6 +396,7 @@ mod tests {
         let g = t.group(&[0, 1]).unwrap();
         let profile = CollectiveProfile {
             fits: vec![CollectiveFit { collective: Collective::AllReduce, scope: Scope::IntraNode, alpha: Seconds(50e-6), bus_bandwidth: Bandwidth(2e9) }],
+            busy: vec![],
         };
         let m = CollectiveModel::new(profile);
         let s = 8e6;
@@ -338,7 +409,32 @@ mod tests {
         assert!(rel(ag.time.0, want_ag) < 1e-12);
         let bad = CollectiveProfile {
             fits: vec![CollectiveFit { collective: Collective::Broadcast, scope: Scope::InterNode, alpha: Seconds(1e-6), bus_bandwidth: Bandwidth(-1.0) }],
+            busy: vec![],
         };
         assert_eq!(bad.validate().unwrap_err().0, "fits.bus_bandwidth_gb_s");
+    }
+
+    #[test]
+    fn busy_costs_scale_with_ring_steps_and_the_slowest_of_n_ranks() {
+        let p = CollectiveProfile {
+            fits: vec![],
+            busy: vec![
+                BusyCollective { collective: Collective::AllGather, world_size: 2, extra: Seconds(100e-6), skew: 0.2 },
+                BusyCollective { collective: Collective::AllReduce, world_size: 2, extra: Seconds(0.0), skew: 0.5 },
+            ],
+        };
+        p.validate().unwrap();
+        let m = CollectiveModel::new(p.clone());
+        assert_eq!(m.busy_extra(Collective::AllGather, 1), Seconds(0.0));
+        assert!((m.busy_extra(Collective::AllGather, 4).0 - 300e-6).abs() < 1e-12, "3 ring steps");
+        assert_eq!(m.busy_extra(Collective::ReduceScatter, 2), Seconds(0.0), "not measured");
+        // The largest skew, scaled by how far the slowest of n lags.
+        assert!((m.busy_skew(2) - 0.5).abs() < 1e-12);
+        assert!((m.busy_skew(4) - 0.5 * 1.029 / 0.564).abs() < 1e-9);
+        assert_eq!(m.busy_skew(1), 0.0);
+        assert!(expected_max_normal(64) > expected_max_normal(8) && expected_max_normal(64) < 3.0);
+        let mut bad = p;
+        bad.busy[0].skew = -0.1;
+        assert!(bad.validate().unwrap_err().0.contains("busy.skew"));
     }
 }

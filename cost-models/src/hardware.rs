@@ -766,7 +766,7 @@ mod tests {
 
     #[test]
     fn profile_round_trips_through_toml_and_json() {
-        use crate::collectives::{Collective, CollectiveFit, CollectiveProfile, Scope};
+        use crate::collectives::{BusyCollective, Collective, CollectiveFit, CollectiveProfile, Scope};
         use crate::compute::OpKind;
         let mut p = HardwareProfile::from_spec(builtin_hardware("cpu-local").unwrap());
         p.measured = Measured {
@@ -778,6 +778,7 @@ mod tests {
             op_throughput: vec![OpThroughput { kind: OpKind::Conv, dtype: DType::Fp32, rate: FlopRate(0.11e12) }],
             collectives: CollectiveProfile {
                 fits: vec![CollectiveFit { collective: Collective::AllGather, scope: Scope::IntraNode, alpha: Seconds(30e-6), bus_bandwidth: Bandwidth(3e9) }],
+                busy: vec![BusyCollective { collective: Collective::AllGather, world_size: 2, extra: Seconds(20e-6), skew: 0.3 }],
             },
             op_fixed: vec![OpFixed { kind: OpKind::Conv, forward: Seconds(20e-6), backward: Seconds(40e-6) }],
             host: Some(HostCosts { small_op: Seconds(3e-6), param_view_forward: Seconds(4e-6), param_view_backward: Seconds(9e-6), backward_call: Seconds(30e-6) }),

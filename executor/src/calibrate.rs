@@ -17,7 +17,7 @@
 //! as noise next to it.
 
 use crate::dist::{DistError, ProcessGroup, ReduceOp};
-use cost_models::collectives::{Collective, CollectiveFit, CollectiveProfile, Scope};
+use cost_models::collectives::{BusyCollective, Collective, CollectiveFit, CollectiveProfile, Scope};
 use cost_models::compute::OpKind;
 use cost_models::hardware::{HardwareError, HardwareProfile, HardwareSpec, HostCosts, Measured, OpFixed, OpThroughput};
 use cost_models::{Bandwidth, Bytes, DType, FlopRate, Seconds};
@@ -714,6 +714,140 @@ pub fn measure_collectives(pg: &ProcessGroup, opts: &CollectiveOptions) -> Resul
     Ok(out)
 }
 
+/// One collective at one size issued right after a fixed compute segment
+/// on every rank, as a training step issues it, with no barrier between
+/// iterations: the ranks drift apart by their compute noise and the
+/// transport's threads compete with compute for the cores.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BusySample {
+    pub collective: Collective,
+    pub bytes: u64,
+    pub world_size: usize,
+    /// The compute segment alone (this length, rank 0's).
+    pub compute: Timing,
+    /// Compute segment + collective, per iteration, slowest rank.
+    pub busy: Timing,
+}
+
+/// Collectives FSDP issues in a step, at sizes like a small model's units.
+const BUSY_COLLECTIVES: [Collective; 3] = [Collective::AllGather, Collective::ReduceScatter, Collective::AllReduce];
+/// Compute segments between collectives, in convs: about one small block's
+/// forward, and four times that.
+const BUSY_SEGMENTS: [usize; 2] = [2, 8];
+
+/// A compute segment of `convs` grouped 3x3 convs (RegNet-Y's `b` conv at a
+/// CPU crop size), about 0.5 ms each on one thread.
+fn busy_work(x: &Tensor, w: &Tensor, convs: usize) -> Result<(), tch::TchError> {
+    for _ in 0..convs {
+        drop(x.f_conv2d::<Tensor>(w, None, [1, 1], [1, 1], [1, 1], 4)?);
+    }
+    Ok(())
+}
+
+/// Every rank calls this with the same options; see [`BusySample`]. Each
+/// iteration times its own compute segment and the whole iteration, so
+/// compute and waiting come from the same moment of a noisy host.
+pub fn measure_busy_collectives(pg: &ProcessGroup, opts: &CollectiveOptions) -> Result<Vec<BusySample>, CalibrateError> {
+    let world = pg.world_size();
+    let opt = (Kind::Float, Device::Cpu);
+    let (x, w) = probe_tensors()?;
+    let iters = opts.iters.max(8) * 2;
+    let sizes: Vec<u64> = opts.sizes.iter().copied().filter(|&b| b <= 64 << 10).collect();
+    // (op, bytes, per-iteration compute, per-iteration total)
+    let mut local: Vec<(Collective, u64, Vec<f64>, Vec<f64>)> = Vec::new();
+    for convs in BUSY_SEGMENTS {
+        for op in BUSY_COLLECTIVES {
+            for &bytes in &sizes {
+                let numel = ((bytes / 4).max(world as u64) / world as u64 * world as u64) as i64;
+                let full = Tensor::f_ones([numel], opt)?;
+                let shard = Tensor::f_ones([numel / world as i64], opt)?;
+                pg.barrier()?;
+                let (mut compute, mut total) = (Vec::with_capacity(iters), Vec::with_capacity(iters));
+                for i in 0..opts.warmup + iters {
+                    let t = Instant::now();
+                    busy_work(&x, &w, convs)?;
+                    let c = t.elapsed().as_secs_f64();
+                    match op {
+                        Collective::AllGather => pg.all_gather_into_tensor(&full, &shard)?,
+                        Collective::ReduceScatter => pg.reduce_scatter_tensor(&shard, &full, ReduceOp::Sum)?,
+                        _ => pg.all_reduce_(&full, ReduceOp::Sum)?,
+                    }
+                    if i >= opts.warmup {
+                        compute.push(c);
+                        total.push(t.elapsed().as_secs_f64());
+                    }
+                }
+                local.push((op, numel as u64 * 4, compute, total));
+            }
+        }
+    }
+    // Mean compute over ranks, slowest total: per iteration.
+    let n: usize = local.iter().map(|l| l.2.len()).sum();
+    let computes: Vec<f64> = local.iter().flat_map(|l| l.2.iter().map(|c| c / world as f64)).collect();
+    let totals: Vec<f64> = local.iter().flat_map(|l| l.3.iter().copied()).collect();
+    let (c_all, t_all) = (Tensor::from_slice(&computes).to_kind(Kind::Double), Tensor::from_slice(&totals).to_kind(Kind::Double));
+    pg.all_reduce_(&c_all, ReduceOp::Sum)?;
+    pg.all_reduce_(&t_all, ReduceOp::Max)?;
+    let (c_all, t_all): (Vec<f64>, Vec<f64>) = (Vec::<f64>::try_from(&c_all)?, Vec::<f64>::try_from(&t_all)?);
+    debug_assert_eq!(c_all.len(), n);
+    let mut at = 0;
+    let mut out = Vec::with_capacity(local.len());
+    for (collective, bytes, c, _) in local {
+        let k = c.len();
+        let compute = Timing::from_samples(c_all[at..at + k].to_vec(), 1);
+        let busy = Timing::from_samples(t_all[at..at + k].to_vec(), 1);
+        at += k;
+        out.push(BusySample { collective, bytes, world_size: world, compute, busy });
+    }
+    Ok(out)
+}
+
+/// The tensors of the busy compute segments.
+fn probe_tensors() -> Result<(Tensor, Tensor), tch::TchError> {
+    let opt = (Kind::Float, Device::Cpu);
+    Ok((Tensor::f_randn([16, 32, 16, 16], opt)?, Tensor::f_randn([32, 8, 3, 3], opt)?))
+}
+
+/// Each collective's busy-rank cost as `extra + skew · L`: per compute
+/// length L, the median over sizes of `busy − compute alone − idle
+/// collective` (medians), then the line through the two lengths (both
+/// parts at least 0).
+pub fn busy_extras(idle: &[CollectiveSample], busy: &[BusySample]) -> Vec<BusyCollective> {
+    let mut out = Vec::new();
+    for op in BUSY_COLLECTIVES {
+        let mut points: Vec<(f64, f64)> = Vec::new();
+        let mut lengths: Vec<f64> = busy.iter().filter(|b| b.collective == op).map(|b| b.compute.median_s).collect();
+        lengths.sort_by(|a, b| a.total_cmp(b));
+        lengths.dedup();
+        for l in lengths {
+            let mut e: Vec<f64> = busy
+                .iter()
+                .filter(|b| b.collective == op && b.compute.median_s == l)
+                .filter_map(|b| {
+                    let i = idle.iter().find(|s| s.collective == op && s.bytes == b.bytes)?;
+                    Some(b.busy.median_s - b.compute.median_s - i.timing.median_s)
+                })
+                .collect();
+            if e.is_empty() {
+                continue;
+            }
+            e.sort_by(|a, b| a.total_cmp(b));
+            points.push((l, quantile(&e, 0.5)));
+        }
+        let (extra, skew) = match points.as_slice() {
+            [] => continue,
+            [(_, e)] => (*e, 0.0),
+            [(l0, e0), .., (l1, e1)] => {
+                let skew = if l1 > l0 { ((e1 - e0) / (l1 - l0)).max(0.0) } else { 0.0 };
+                ((e0 - skew * l0).max(0.0), skew)
+            }
+        };
+        let world_size = busy.iter().find(|b| b.collective == op).map_or(2, |b| b.world_size);
+        out.push(BusyCollective { collective: op, world_size, extra: Seconds(sig(extra)), skew: sig(skew) });
+    }
+    out
+}
+
 /// Alpha/beta of one collective with how well the line fits.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CollectiveFitReport {
@@ -867,6 +1001,9 @@ pub struct CalibrationReport {
     /// Whole blocks of a recipe's model (`--recipe`), per workload.
     #[serde(default)]
     pub blocks: Vec<crate::block_timing::BlockMeasurement>,
+    /// Collectives right after compute on every rank.
+    #[serde(default)]
+    pub busy_collectives: Vec<BusySample>,
 }
 
 impl CalibrationReport {
@@ -920,6 +1057,7 @@ impl CalibrationReport {
                     .iter()
                     .map(|f| CollectiveFit { alpha: Seconds(sig(f.fit.alpha.0)), bus_bandwidth: Bandwidth(sig(f.fit.bus_bandwidth.0)), ..f.fit.clone() })
                     .collect(),
+                busy: busy_extras(&self.collectives, &self.busy_collectives),
             },
             op_fixed: c
                 .fixed
@@ -979,6 +1117,25 @@ impl CalibrationReport {
                 f.fit.bus_bandwidth.0 / 1e9,
                 100.0 * f.rms_rel_error,
                 f.points
+            ));
+        }
+        for b in busy_extras(&self.collectives, &self.busy_collectives) {
+            l.push(format!(
+                "{:?} over {} busy ranks: +{:.1} µs + {:.1} % of the compute since the last collective, over idle ranks",
+                b.collective,
+                b.world_size,
+                b.extra.0 * 1e6,
+                100.0 * b.skew
+            ));
+        }
+        for s in &self.busy_collectives {
+            l.push(format!(
+                "  {:?} {} KiB after {:.0} µs of compute: {:.1} µs ±{:.0} %",
+                s.collective,
+                s.bytes >> 10,
+                s.compute.median_s * 1e6,
+                s.busy.median_s * 1e6,
+                100.0 * s.busy.noise()
             ));
         }
         for b in &self.blocks {
@@ -1044,6 +1201,28 @@ mod tests {
         assert_eq!(t.median_s, 3.0);
         assert!((t.p10_s - 1.4).abs() < 1e-12 && (t.p90_s - 4.6).abs() < 1e-12);
         assert!((t.noise() - 3.2 / 6.0).abs() < 1e-12);
+    }
+
+    /// The busy-rank fit: per compute length, busy − compute − idle; a line
+    /// through the two lengths gives the fixed extra and the skew.
+    #[test]
+    fn busy_collectives_fit_a_fixed_extra_and_a_skew_per_second_of_compute() {
+        let t = |s: f64| Timing { median_s: s, p10_s: s, p90_s: s, samples: 1, calls_per_sample: 1 };
+        let idle = vec![CollectiveSample { collective: Collective::AllReduce, bytes: 4096, world_size: 2, timing: t(100e-6) }];
+        // extra(L) = 50 µs + 0.4 L at L = 1 ms and 4 ms.
+        let busy: Vec<BusySample> = [1e-3, 4e-3]
+            .iter()
+            .map(|&l| BusySample { collective: Collective::AllReduce, bytes: 4096, world_size: 2, compute: t(l), busy: t(l + 100e-6 + 50e-6 + 0.4 * l) })
+            .collect();
+        let fit = busy_extras(&idle, &busy);
+        assert_eq!(fit.len(), 1);
+        assert!((fit[0].extra.0 - 50e-6).abs() < 1e-9, "{:?}", fit[0]);
+        assert!((fit[0].skew - 0.4).abs() < 1e-9, "{:?}", fit[0]);
+        // Noise that makes the longer segment cheaper is no skew, not a negative one.
+        let mut flat = busy.clone();
+        flat[1].busy = t(4e-3 + 100e-6);
+        let fit = busy_extras(&idle, &flat);
+        assert!(fit[0].skew == 0.0 && fit[0].extra.0 >= 0.0, "{:?}", fit[0]);
     }
 
     #[test]
@@ -1139,7 +1318,7 @@ mod tests {
             assert!(f.fit.bus_bandwidth.0 > 1e7 && f.fit.bus_bandwidth.0 < 1e12, "{f:?}");
         }
 
-        let report = CalibrationReport { host: HostInfo::detect(), quick: true, compute: r, collectives: samples, collective_fits: fits, collective_world_size: 2, blocks: Vec::new() };
+        let report = CalibrationReport { host: HostInfo::detect(), quick: true, compute: r, collectives: samples, collective_fits: fits, collective_world_size: 2, blocks: Vec::new(), busy_collectives: Vec::new() };
         let base = cost_models::hardware::builtin_hardware("cpu-local").unwrap();
         let text = report.profile_toml(&base).unwrap();
         let dir = std::env::temp_dir().join(format!("seerscale-calibrate-{}", std::process::id()));

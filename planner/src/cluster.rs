@@ -102,6 +102,13 @@ pub fn rank_measured(hw: &HardwareSpec, measured: &Measured, world: usize) -> Me
     if f >= 1.0 {
         return measured.clone();
     }
+    at_speed(measured, f)
+}
+
+/// The measurements of a host running at `f` times the speed it was
+/// calibrated at (`f < 1`: slower): rates and bandwidth times `f`, every
+/// measured time divided by it (ranks sharing the cores).
+pub fn at_speed(measured: &Measured, f: f64) -> Measured {
     let mut m = measured.clone();
     for r in &mut m.op_throughput {
         r.rate = FlopRate(r.rate.0 * f);
@@ -111,6 +118,9 @@ pub fn rank_measured(hw: &HardwareSpec, measured: &Measured, world: usize) -> Me
     for x in &mut m.op_fixed {
         x.forward = Seconds(x.forward.0 / f);
         x.backward = Seconds(x.backward.0 / f);
+    }
+    for b in &mut m.collectives.busy {
+        b.extra = Seconds(b.extra.0 / f);
     }
     for b in &mut m.block_times {
         b.forward = Seconds(b.forward.0 / f);

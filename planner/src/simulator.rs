@@ -110,6 +110,10 @@ pub struct StepProfile {
     /// collective takes the core its rank computes on, so it adds to the
     /// step in full.
     pub overlap: bool,
+    /// Without overlap: the time ranks spend waiting for the slowest one at
+    /// each synchronisation, per second of compute between them (measured
+    /// busy-rank skew; 0 with overlap).
+    pub skew: f64,
     /// Host work before the first forward block (prototype normalisation,
     /// zeroing gradients, moving the batch), then a blocking all-reduce
     /// (the prototype row norms) that forward waits for.
@@ -200,6 +204,7 @@ pub struct Simulator {
     queue: VecDeque<u32>,
     scratch: Vec<u32>,
     overlap: bool,
+    skew: f64,
 }
 
 /// One-off simulation (allocates; use [`Simulator`] in loops).
@@ -238,6 +243,7 @@ impl Simulator {
 
     fn build(&mut self, p: &StepProfile) {
         self.overlap = p.overlap;
+        self.skew = p.skew;
         self.ops.clear();
         self.comm.clear();
         self.deps.clear();
@@ -477,7 +483,9 @@ impl Simulator {
             op.finish = Some(comm_free);
         }
         let comm: f64 = self.comm.iter().map(|c| c.dur).sum();
-        let step = if self.overlap { t.max(comm_free) } else { busy + comm };
+        // Serial: every compute stretch ends at a synchronising collective,
+        // so the waiting for the slowest rank adds `skew` per second of it.
+        let step = if self.overlap { t.max(comm_free) } else { busy * (1.0 + self.skew) + comm };
         StepResult {
             step_time: Seconds(step),
             compute_time: Seconds(busy),
@@ -513,6 +521,7 @@ mod tests {
             reshard_after_forward: true,
             prefetch: true,
             overlap: true,
+            skew: 0.0,
             prologue: Seconds(0.0),
             prologue_all_reduce: None,
         }
@@ -568,6 +577,11 @@ mod tests {
         assert!((serial.step_time.0 - want).abs() < 1e-12, "{} vs {want}", serial.step_time.0);
         assert!((serial.exposed_comm.0 - serial.comm_time.0).abs() < 1e-12);
         assert!(overlapped.step_time < serial.step_time);
+        // Skew stretches the compute between synchronisations.
+        p.skew = 0.1;
+        let skewed = simulate(&p);
+        let want = compute_sum(&p) * 1.1 + serial.comm_time.0;
+        assert!((skewed.step_time.0 - want).abs() < 1e-12, "{} vs {want}", skewed.step_time.0);
     }
 
     #[test]

@@ -10,7 +10,7 @@
 use crate::recipe::Recipe;
 use crate::simulator::{BlockCost, LossCost, OptimizerCost, StepProfile, UnitCost};
 use crate::wrapping::Unit;
-use cost_models::collectives::CollectiveModel;
+use cost_models::collectives::{Collective, CollectiveModel};
 use cost_models::compute::{ComputeError, ComputeModel, OpDesc, OpKind, Pass};
 use cost_models::graph::{Block, BlockKind, LayerKind, ModelGraph};
 use cost_models::hardware::HostCosts;
@@ -235,6 +235,19 @@ pub struct WorldCosts<'a> {
     pub overlap: bool,
 }
 
+impl WorldCosts<'_> {
+    /// Time of one collective over the world group; among ranks that cannot
+    /// overlap it with compute, plus its measured busy-rank extra.
+    pub fn time(&self, op: Collective, bytes: Bytes) -> Seconds {
+        let t = self.collectives.cost(op, self.group, bytes).time;
+        if self.overlap {
+            t
+        } else {
+            t + self.collectives.busy_extra(op, self.world_size)
+        }
+    }
+}
+
 /// Bytes of one unit's flat parameter (padded to the world size) in a
 /// given dtype; the prototypes' unit moves fp32 (SwAV keeps them in full
 /// precision).
@@ -248,8 +261,8 @@ pub fn unit_costs(units: &[Unit], n_blocks: usize, compute: DType, reduce: DType
         .iter()
         .map(|u| UnitCost {
             blocks: u.blocks.clone(),
-            all_gather: w.collectives.all_gather(w.group, unit_bytes(u, compute, w.world_size)).time,
-            reduce_scatter: w.collectives.reduce_scatter(w.group, unit_bytes(u, reduce, w.world_size)).time,
+            all_gather: w.time(Collective::AllGather, unit_bytes(u, compute, w.world_size)),
+            reduce_scatter: w.time(Collective::ReduceScatter, unit_bytes(u, reduce, w.world_size)),
             // A unit spanning the whole model is FSDP's root: never resharded.
             keep_after_forward: u.blocks.start == 0 && u.blocks.end >= n_blocks,
             tensors: u.tensors,
@@ -271,8 +284,8 @@ pub fn step_profile(
     w: &WorldCosts,
 ) -> StepProfile {
     let mut loss = g.loss;
-    loss.sum_all_reduce = w.collectives.all_reduce(w.group, Bytes(4)).time;
-    loss.row_all_reduce = w.collectives.all_reduce(w.group, g.row_sum_bytes).time;
+    loss.sum_all_reduce = w.time(Collective::AllReduce, Bytes(4));
+    loss.row_all_reduce = w.time(Collective::AllReduce, g.row_sum_bytes);
     let mut blocks = g.blocks.clone();
     let host = compute.host().copied();
     if let Some(h) = host {
@@ -282,8 +295,8 @@ pub fn step_profile(
         Some(h) => (
             g.prologue + h.small_op * (host_ops::ZERO_GRAD_PER_UNIT * units.len() as f64 + host_ops::LOSS_VALUE),
             // The prototype row norms (K fp32) and the loss value (one f64).
-            (w.world_size > 1).then(|| w.collectives.all_reduce(w.group, g.row_sum_bytes).time),
-            (w.world_size > 1).then(|| w.collectives.all_reduce(w.group, Bytes(8)).time),
+            (w.world_size > 1).then(|| w.time(Collective::AllReduce, g.row_sum_bytes)),
+            (w.world_size > 1).then(|| w.time(Collective::AllReduce, Bytes(8))),
         ),
         None => (Seconds(0.0), None, None),
     };
@@ -298,6 +311,7 @@ pub fn step_profile(
         reshard_after_forward,
         prefetch: true,
         overlap: w.overlap,
+        skew: if w.overlap { 0.0 } else { w.collectives.busy_skew(w.world_size) },
         prologue,
         prologue_all_reduce,
     }
@@ -382,7 +396,7 @@ pub fn optimizer_cost(g: &GraphCosts, recipe: &Recipe, compute_dtype: DType, com
     };
     let scaler = compute_dtype == DType::Fp16;
     let reduced = if larc { 2 * g.param_tensors as u64 * 4 } else { 0 } + if scaler { 4 } else { 0 };
-    let norm_all_reduce = (reduced > 0).then(|| w.collectives.all_reduce(w.group, Bytes(reduced)).time);
+    let norm_all_reduce = (reduced > 0).then(|| w.time(Collective::AllReduce, Bytes(reduced)));
     OptimizerCost { norms, norm_all_reduce, step, loss_all_reduce: None }
 }
 

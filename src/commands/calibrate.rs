@@ -15,7 +15,7 @@ use cost_models::DType;
 use cost_models::config::ModelConfig;
 use cost_models::graph::Workload;
 use executor::block_timing::{self, BlockMeasurement};
-use executor::calibrate::{self, CalibrationReport, CollectiveOptions, CollectiveSample, ComputeOptions, HostInfo};
+use executor::calibrate::{self, BusySample, CalibrationReport, CollectiveOptions, CollectiveSample, ComputeOptions, HostInfo};
 use planner::recipe::Recipe;
 use executor::dist::{Backend, GroupConfig, ProcessGroup};
 use executor::launch::{launch_local, LaunchOptions, RankEnv};
@@ -95,14 +95,15 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
         None => Vec::new(),
     };
 
-    let (collectives, fits) = if args.nproc >= 2 {
-        eprintln!("calibrate: collectives over {} Gloo ranks on 127.0.0.1", args.nproc);
+
+    let (collectives, fits, busy) = if args.nproc >= 2 {
+        eprintln!("calibrate: collectives over {} Gloo ranks on 127.0.0.1 (idle, then right after compute)", args.nproc);
         let samples = launch_collectives(args)?;
-        let fits = calibrate::fit_collectives(&samples).context("fitting collective alpha/beta")?;
-        (samples, fits)
+        let fits = calibrate::fit_collectives(&samples.idle).context("fitting collective alpha/beta")?;
+        (samples.idle, fits, samples.busy)
     } else {
         eprintln!("calibrate: --nproc 1, collectives not measured (the profile keeps the catalog's links)");
-        (Vec::new(), Vec::new())
+        (Vec::new(), Vec::new(), Vec::new())
     };
     let report = CalibrationReport {
         host,
@@ -112,6 +113,7 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
         collective_fits: fits,
         collective_world_size: if args.nproc >= 2 { args.nproc } else { 0 },
         blocks,
+        busy_collectives: busy,
     };
 
     let toml = report.profile_toml(&base).context("building the profile")?;
@@ -160,9 +162,16 @@ fn measure_recipe_blocks(args: &CalibrateArgs, recipe: &str, threads: usize) -> 
     Ok(out)
 }
 
+/// What the collective ranks hand back.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CollectiveSamples {
+    idle: Vec<CollectiveSample>,
+    busy: Vec<BusySample>,
+}
+
 /// Starts `--nproc` copies of this program as collective ranks and reads
 /// rank 0's samples back.
-fn launch_collectives(args: &CalibrateArgs) -> Result<Vec<CollectiveSample>> {
+fn launch_collectives(args: &CalibrateArgs) -> Result<CollectiveSamples> {
     let exe = std::env::current_exe().context("cannot find this program's path")?;
     let tmp = args.out.with_extension(format!("collectives-{}.json", std::process::id()));
     if let Some(dir) = tmp.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -198,9 +207,11 @@ fn collectives_rank(args: &CalibrateArgs, path: &Path) -> Result<()> {
         backend: Backend::Gloo,
         timeout: Duration::from_secs(args.timeout_s),
     })?;
-    let samples = calibrate::measure_collectives(&pg, &CollectiveOptions::new(args.quick))?;
+    let opts = CollectiveOptions::new(args.quick);
+    let idle = calibrate::measure_collectives(&pg, &opts)?;
+    let busy = calibrate::measure_busy_collectives(&pg, &opts)?;
     if env.rank == 0 {
-        write_atomic(path, serde_json::to_string(&samples)?.as_bytes())?;
+        write_atomic(path, serde_json::to_string(&CollectiveSamples { idle, busy })?.as_bytes())?;
     }
     Ok(())
 }
