@@ -36,6 +36,18 @@ impl BlockMeasurement {
         (self.forward_backward.median_s - self.forward.median_s).max(0.05 * self.forward_backward.median_s)
     }
 
+    /// One line for people: label, forward (with noise), no-grad forward, backward.
+    pub fn summary(&self) -> String {
+        format!(
+            "{}: fwd {:.1} µs ±{:.0} % (no grad {:.1}), bwd {:.1} µs",
+            self.label,
+            self.forward.median_s * 1e6,
+            100.0 * self.forward.noise(),
+            self.forward_no_grad.median_s * 1e6,
+            self.backward_s() * 1e6
+        )
+    }
+
     pub fn to_block_time(&self) -> BlockTime {
         BlockTime {
             key: self.key.clone(),
@@ -139,14 +151,7 @@ pub fn measure_blocks(
             forward_no_grad,
             forward_backward,
         };
-        progress(&format!(
-            "{}: fwd {:.1} µs ±{:.0} %, no-grad fwd {:.1} µs, bwd {:.1} µs",
-            m.label,
-            m.forward.median_s * 1e6,
-            100.0 * m.forward.noise(),
-            m.forward_no_grad.median_s * 1e6,
-            m.backward_s() * 1e6
-        ));
+        progress(&m.summary());
         out.push(m);
         xs = next.iter().map(|t| t.detach()).collect();
     }

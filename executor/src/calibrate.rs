@@ -1139,14 +1139,7 @@ impl CalibrationReport {
             ));
         }
         for b in &self.blocks {
-            l.push(format!(
-                "block {}: fwd {:.1} µs ±{:.0} % (no grad {:.1}), bwd {:.1} µs",
-                b.label,
-                b.forward.median_s * 1e6,
-                100.0 * b.forward.noise(),
-                b.forward_no_grad.median_s * 1e6,
-                b.backward_s() * 1e6
-            ));
+            l.push(format!("block {}", b.summary()));
         }
         for s in &self.collectives {
             l.push(format!("  {:?} {} KiB: {:.1} µs ±{:.0} %", s.collective, s.bytes >> 10, s.timing.median_s * 1e6, 100.0 * s.timing.noise()));
