@@ -751,7 +751,8 @@ pub fn measure_busy_collectives(pg: &ProcessGroup, opts: &CollectiveOptions) -> 
     let world = pg.world_size();
     let opt = (Kind::Float, Device::Cpu);
     let (x, w) = probe_tensors()?;
-    let iters = opts.iters.max(8) * 2;
+    // Waiting is the noisiest thing measured here: many iterations.
+    let iters = opts.iters.max(8) * 4;
     let sizes: Vec<u64> = opts.sizes.iter().copied().filter(|&b| b <= 64 << 10).collect();
     // (op, bytes, per-iteration compute, per-iteration total)
     let mut local: Vec<(Collective, u64, Vec<f64>, Vec<f64>)> = Vec::new();

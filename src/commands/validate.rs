@@ -23,11 +23,11 @@ pub struct ValidateArgs {
     #[arg(long)]
     pub variants: Option<String>,
     /// Training steps per variant (the first `--warmup` are not measured).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 15)]
     pub steps: u64,
     /// Warm-up steps dropped from the measurement (optimiser state is
     /// allocated in step 0).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 3)]
     pub warmup: u64,
     /// Report path without extension: writes `<out>.md`, `<out>.svg` and
     /// `<out>.json` (default: docs/validate-<recipe>).
@@ -313,10 +313,10 @@ pub fn run(a: &ValidateArgs) -> Result<()> {
     if let Some(vs) = &a.variants {
         command.push_str(&format!(" --variants {vs}"));
     }
-    if a.steps != 5 {
+    if a.steps != 15 {
         command.push_str(&format!(" --steps {}", a.steps));
     }
-    if a.warmup != 2 {
+    if a.warmup != 3 {
         command.push_str(&format!(" --warmup {}", a.warmup));
     }
     if let Some(g) = &a.gpu {
