@@ -281,11 +281,14 @@ pub fn run(a: &ValidateArgs) -> Result<()> {
         let t0 = Instant::now();
         let failure = execute(&plan_path, v, a.steps, threads, &data, &run_dir, Duration::from_secs(a.run_timeout_s.max(1)))?;
         let (ss, missing) = samples(&run_dir, v.world_size);
-        let measured = summarize(&ss, a.warmup);
+        let mut measured = summarize(&ss, a.warmup);
         let mut note = failure.or(missing);
         if let Some(m) = &measured {
             if m.steps == 0 || ss.iter().map(|s| s.step).max().unwrap_or(0) < a.warmup {
-                note = Some(format!("{}only warm-up steps measured", note.map(|n| format!("{n}; ")).unwrap_or_default()));
+                // Warm-up steps are not what the model predicts (optimiser
+                // state appears in step 0): report the variant as unmeasured.
+                note = Some(format!("{}only warm-up steps ran, nothing measured", note.map(|n| format!("{n}; ")).unwrap_or_default()));
+                measured = None;
             }
         }
         let mut row = Row::from_plan(v, &plan, measured, note);
