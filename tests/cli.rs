@@ -408,15 +408,23 @@ fn malformed_hardware_file_names_file_line_and_field() {
 }
 
 #[test]
-fn train_with_sync_bn_runs_two_ranks_and_records_it() {
+fn a_sync_bn_plan_is_charged_for_it_and_trains_with_it() {
     let dir = TempDir::new("train-sync-bn");
-    let (_, plan) = tiny_plan(&dir);
+    let (_, plain) = tiny_plan(&dir);
+    // The planner charges SyncBN's all-reduces and the plan carries it.
+    let synced = dir.path("sync.json");
+    let plan = ok_json(&["plan", "--recipe", "tiny-cpu", "--sync-bn", "--out", synced.to_str().unwrap(), "--json"]);
+    assert_eq!(plan["recipe"]["sync_bn"], Value::Bool(true), "{plan}");
+    assert!(plain["recipe"].get("sync_bn").is_none(), "per-rank BN is the default: {plain}");
+    let step = |p: &Value| p["predicted"]["step_time_s"].as_f64().expect("step_time_s");
+    assert!(step(&plan) > step(&plain), "SyncBN costs time: {} vs {}", step(&plan), step(&plain));
     let world = plan["world_size"].as_u64().expect("world_size").to_string();
     let run = dir.path("run");
+    // No --sync-bn: the plan asks for it.
     let out = seerscale(&[
         "train",
         "--plan",
-        dir.path("good.json").to_str().unwrap(),
+        synced.to_str().unwrap(),
         "--nproc-per-node",
         &world,
         "--steps",
@@ -429,10 +437,9 @@ fn train_with_sync_bn_runs_two_ranks_and_records_it() {
         "1",
         "--timeout-s",
         "60",
-        "--sync-bn",
     ]);
     let stdout = text(&out.stdout);
-    assert!(out.status.success(), "train --sync-bn failed:\n{stdout}\n{}", text(&out.stderr));
+    assert!(out.status.success(), "train of a SyncBN plan failed:\n{stdout}\n{}", text(&out.stderr));
     assert!(stdout.contains("steps, SyncBN)"), "the summary names the BN mode:\n{stdout}");
     for rank in 0..world.parse::<usize>().unwrap() {
         let lines = std::fs::read_to_string(run.join(format!("metrics.rank{rank}.jsonl"))).unwrap();

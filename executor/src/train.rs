@@ -238,7 +238,8 @@ impl TrainConfig {
             checkpoint_every: args.checkpoint_every,
             resume: args.resume,
             bn_groups: 1,
-            sync_bn: args.sync_bn,
+            // The plan's recipe may ask for it; --sync-bn forces it on.
+            sync_bn: args.sync_bn || r.sync_bn,
             device,
             timeout: args.timeout,
             predicted_peak: Some(Bytes(plan.predicted.peak_memory_bytes)),

@@ -19,6 +19,11 @@ pub struct Recipe {
     pub swav: SwavSpec,
     pub optim: OptimSpec,
     pub cluster: ClusterSpec,
+    /// BatchNorm statistics over all ranks (SyncBN) instead of per rank
+    /// (SEER's choice): two small blocking all-reduces per BN call, which
+    /// the step simulator charges and `train` honours.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sync_bn: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference_plan: Option<ReferencePlan>,
 }

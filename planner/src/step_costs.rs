@@ -41,6 +41,9 @@ pub struct GraphCosts {
     /// Blocks whose times came from the profile's measured block times
     /// (the rest are estimated from their layers).
     pub measured_blocks: usize,
+    /// Channels of every BatchNorm call per block (each crop group calls
+    /// each BN once): what SyncBN all-reduces.
+    pub bn_channels: Vec<Vec<u64>>,
 }
 
 /// Ops the executor launches outside the graph's layers, counted from its
@@ -185,6 +188,11 @@ impl GraphCosts {
             block_tensors: graph.blocks.iter().map(|b| b.param_tensors.len()).collect(),
             prologue,
             measured_blocks,
+            bn_channels: graph
+                .blocks
+                .iter()
+                .map(|b| graph.layers_of(b).filter(|l| l.kind == LayerKind::BatchNorm).map(|l| l.out_shape[1]).collect())
+                .collect(),
         })
     }
 }
@@ -287,6 +295,9 @@ pub fn step_profile(
     loss.sum_all_reduce = w.time(Collective::AllReduce, Bytes(4));
     loss.row_all_reduce = w.time(Collective::AllReduce, g.row_sum_bytes);
     let mut blocks = g.blocks.clone();
+    if recipe.sync_bn {
+        add_sync_bn_costs(&mut blocks, &g.bn_channels, w);
+    }
     let host = compute.host().copied();
     if let Some(h) = host {
         add_unit_host_costs(&mut blocks, &g.block_tensors, &units, reshard_after_forward, &h, compute);
@@ -314,6 +325,25 @@ pub fn step_profile(
         skew: if w.overlap { 0.0 } else { w.collectives.busy_skew(w.world_size) },
         prologue,
         prologue_all_reduce,
+    }
+}
+
+/// SyncBN's collectives, inside the blocks that call BN: each call
+/// all-reduces count, sum and sum of squares in forward ((2C + 1) fp64
+/// values) and the two gradient sums in backward (2C fp32 values). They
+/// block the compute that needs their result, so they add to the block's
+/// time even where other collectives overlap; a recompute repeats the
+/// forward one.
+pub fn add_sync_bn_costs(blocks: &mut [BlockCost], bn_channels: &[Vec<u64>], w: &WorldCosts) {
+    if w.world_size <= 1 {
+        return;
+    }
+    for (cost, channels) in blocks.iter_mut().zip(bn_channels) {
+        let fwd: Seconds = channels.iter().map(|&c| w.time(Collective::AllReduce, Bytes((2 * c + 1) * 8))).sum();
+        let bwd: Seconds = channels.iter().map(|&c| w.time(Collective::AllReduce, Bytes(2 * c * 4))).sum();
+        cost.forward += fwd;
+        cost.forward_no_grad += fwd;
+        cost.backward += bwd;
     }
 }
 
@@ -477,5 +507,37 @@ mod tests {
         // Another batch is another shape: nothing matches.
         let g16 = ModelGraph::build(&m, &Workload { images: 16, crops: recipe.crop_groups(), dtype: DType::Fp32 });
         assert_eq!(GraphCosts::new(&g16, &ComputeModel::new(&p), &recipe).unwrap().measured_blocks, 0);
+    }
+
+    /// SyncBN adds, per BN call of a block, one all-reduce of (2C + 1) fp64
+    /// to its forward and one of 2C fp32 to its backward; nothing on 1 rank.
+    #[test]
+    fn sync_bn_charges_two_all_reduces_per_bn_call() {
+        use cost_models::topology::Topology;
+        let recipe = Recipe::load("tiny-cpu").unwrap();
+        let m = ModelConfig::load("regnety-tiny").unwrap();
+        let g = ModelGraph::build(&m, &Workload { images: 8, crops: recipe.crop_groups(), dtype: DType::Fp32 });
+        let gc = GraphCosts::new(&g, &model(None), &recipe).unwrap();
+        let b = g.blocks.iter().position(|b| b.name == "s1.b0").unwrap();
+        // 4 BN layers x 2 crop groups, 8 channels each (width 16 -> 8: proj_bn is 8 too).
+        assert_eq!(gc.bn_channels[b].len(), 8, "{:?}", gc.bn_channels[b]);
+        let hw = builtin_hardware("a100-40gb").unwrap();
+        let topo = Topology::build(&hw, 1).unwrap();
+        let group = topo.group(&[0, 1]).unwrap();
+        let coll = CollectiveModel::default();
+        let w = WorldCosts { group: &group, collectives: &coll, world_size: 2, overlap: true };
+        let mut blocks = gc.blocks.clone();
+        add_sync_bn_costs(&mut blocks, &gc.bn_channels, &w);
+        let ar = |bytes: u64| coll.all_reduce(&group, Bytes(bytes)).time.0;
+        let want_f: f64 = gc.bn_channels[b].iter().map(|&c| ar((2 * c + 1) * 8)).sum();
+        let want_b: f64 = gc.bn_channels[b].iter().map(|&c| ar(2 * c * 4)).sum();
+        assert!(want_f > 0.0);
+        assert!(((blocks[b].forward - gc.blocks[b].forward).0 - want_f).abs() < 1e-15);
+        assert!(((blocks[b].forward_no_grad - gc.blocks[b].forward_no_grad).0 - want_f).abs() < 1e-15);
+        assert!(((blocks[b].backward - gc.blocks[b].backward).0 - want_b).abs() < 1e-15);
+        let one = WorldCosts { world_size: 1, ..w };
+        let mut same = gc.blocks.clone();
+        add_sync_bn_costs(&mut same, &gc.bn_channels, &one);
+        assert_eq!(same, gc.blocks);
     }
 }

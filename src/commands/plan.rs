@@ -84,6 +84,19 @@ pub struct SearchArgs {
     /// Only consider these compute precisions (comma-separated: fp32,bf16,fp16).
     #[arg(long, value_delimiter = ',', value_parser = crate::commands::model::parse_dtype)]
     pub precision: Vec<DType>,
+    /// Plan for SyncBN (BN statistics all-reduced over the ranks), as if the
+    /// recipe said `sync_bn = true`; `train` then runs it.
+    #[arg(long)]
+    pub sync_bn: bool,
+}
+
+impl SearchArgs {
+    /// The recipe with these flags' overrides.
+    pub fn recipe(&self, name: &str) -> Result<Recipe> {
+        let mut r = Recipe::load(name)?;
+        r.sync_bn |= self.sync_bn;
+        Ok(r)
+    }
 }
 
 impl SearchArgs {
@@ -168,7 +181,7 @@ pub fn batch_policy(batch: Option<usize>, global: Option<usize>, max_global: usi
 }
 
 pub fn run(a: &PlanArgs) -> Result<()> {
-    let recipe = Recipe::load(&a.recipe)?;
+    let recipe = a.search.recipe(&a.recipe)?;
     if a.gpus == Some(0) {
         bail!("--gpus must be at least 1");
     }

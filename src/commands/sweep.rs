@@ -26,7 +26,7 @@ pub struct SweepArgs {
 }
 
 pub fn run(a: &SweepArgs) -> Result<()> {
-    let recipe = Recipe::load(&a.recipe)?;
+    let recipe = a.search.recipe(&a.recipe)?;
     let mut s = Searcher::new(&recipe, a.search.space(&recipe, a.search.gpu_range())?)?;
     let outcomes = run_search(&mut s, a.json)?;
     let sweep = rows_of(&s, &recipe, &outcomes);
