@@ -222,6 +222,11 @@ impl ComputeModel {
         self.host.as_ref()
     }
 
+    /// Whether the profile has any measured block times.
+    pub fn has_block_times(&self) -> bool {
+        !self.blocks.is_empty()
+    }
+
     /// The measured time of a block with this `ModelGraph::block_key`, if
     /// the profile has one.
     pub fn block_time(&self, key: &str) -> Option<&BlockTime> {

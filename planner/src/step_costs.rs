@@ -110,7 +110,9 @@ impl GraphCosts {
         let mut flops = Flops(0.0);
         let mut measured_blocks = 0;
         for b in &graph.blocks {
-            let cost = match compute.block_time(&graph.block_key(b)) {
+            // Keys cost a pass over the block's layers: only with measurements.
+            let measured = if compute.has_block_times() { compute.block_time(&graph.block_key(b)) } else { None };
+            let cost = match measured {
                 Some(m) => {
                     measured_blocks += 1;
                     BlockCost { forward: m.forward, forward_no_grad: m.forward_no_grad, backward: m.backward }
