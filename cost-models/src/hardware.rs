@@ -465,6 +465,12 @@ pub struct BlockTime {
     /// including building the root and the autograd engine call.
     #[serde(rename = "backward_us", with = "human::us")]
     pub backward: Seconds,
+    /// Peak bytes the backward allocated above what was held before it
+    /// (input and parameter gradients, the kernels' workspaces), from the
+    /// counting CPU allocator; the memory model takes the block's backward
+    /// transient from it where it exceeds the modelled one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backward_peak_bytes: Option<u64>,
 }
 
 /// Fixed per-op cost of one op kind, forward and backward.
@@ -782,11 +788,19 @@ mod tests {
             },
             op_fixed: vec![OpFixed { kind: OpKind::Conv, forward: Seconds(20e-6), backward: Seconds(40e-6) }],
             host: Some(HostCosts { small_op: Seconds(3e-6), param_view_forward: Seconds(4e-6), param_view_backward: Seconds(9e-6), backward_call: Seconds(30e-6) }),
-            block_times: vec![BlockTime { key: "00ff".into(), label: "tiny s1.b0".into(), forward: Seconds(1e-3), forward_no_grad: Seconds(0.8e-3), backward: Seconds(2.5e-3) }],
+            block_times: vec![BlockTime {
+                key: "00ff".into(),
+                label: "tiny s1.b0".into(),
+                forward: Seconds(1e-3),
+                forward_no_grad: Seconds(0.8e-3),
+                backward: Seconds(2.5e-3),
+                backward_peak_bytes: Some(123_456),
+            }],
         };
         let t = p.to_toml_string().unwrap();
         let back = HardwareProfile::parse_toml(&t, "profile.toml").unwrap();
         assert_eq!(back.measured.block_times.len(), 1);
+        assert_eq!(back.measured.block_times[0].backward_peak_bytes, Some(123_456));
         assert!((back.measured.block_times[0].backward.0 - 2.5e-3).abs() < 1e-12);
         let neg = t.replace("backward_us = 2500.0", "backward_us = -1.0");
         assert_ne!(neg, t, "{t}");

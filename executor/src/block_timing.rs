@@ -8,6 +8,7 @@
 //! which libtorch kernel they land in.
 
 use crate::calibrate::{kind_of, time_calls, Budget, CalibrateError, Timing};
+use crate::memstats::MemDevice;
 use crate::model::{BnState, ModelArch, ModelError, Mode};
 use cost_models::config::ModelConfig;
 use cost_models::graph::{ModelGraph, Workload};
@@ -28,6 +29,9 @@ pub struct BlockMeasurement {
     pub forward_no_grad: Timing,
     /// Forward + backward; backward alone is the difference of medians.
     pub forward_backward: Timing,
+    /// Peak bytes the backward allocated above what was held before it
+    /// (counting CPU allocator; deterministic, measured once).
+    pub backward_peak_bytes: u64,
 }
 
 impl BlockMeasurement {
@@ -39,12 +43,13 @@ impl BlockMeasurement {
     /// One line for people: label, forward (with noise), no-grad forward, backward.
     pub fn summary(&self) -> String {
         format!(
-            "{}: fwd {:.1} µs ±{:.0} % (no grad {:.1}), bwd {:.1} µs",
+            "{}: fwd {:.1} µs ±{:.0} % (no grad {:.1}), bwd {:.1} µs, backward peak +{:.1} KiB",
             self.label,
             self.forward.median_s * 1e6,
             100.0 * self.forward.noise(),
             self.forward_no_grad.median_s * 1e6,
-            self.backward_s() * 1e6
+            self.backward_s() * 1e6,
+            self.backward_peak_bytes as f64 / 1024.0
         )
     }
 
@@ -55,6 +60,7 @@ impl BlockMeasurement {
             forward: Seconds(self.forward.median_s),
             forward_no_grad: Seconds(self.forward_no_grad.median_s),
             backward: Seconds(self.backward_s()),
+            backward_peak_bytes: Some(self.backward_peak_bytes),
         }
     }
 }
@@ -80,6 +86,7 @@ pub fn measure_blocks(
     mut progress: impl FnMut(&str),
 ) -> Result<Vec<BlockMeasurement>, CalibrateError> {
     tch::set_num_threads(threads.max(1) as i32);
+    crate::memstats::install_cpu_counter().map_err(|e| CalibrateError::Degenerate { what: "counting allocator".into(), reason: e.to_string() })?;
     let arch = ModelArch::new(model).map_err(|e| model_err("model", e))?;
     let graph = ModelGraph::build(model, workload);
     let names = arch.block_names();
@@ -124,7 +131,9 @@ pub fn measure_blocks(
         })?;
         let forward_no_grad = tch::no_grad(|| time_calls(budget, || fwd(&xs, &mode).map(drop)))?;
         let seeds: Vec<Tensor> = fwd(&cut(&xs), &mode)?.iter().map(|y| y.f_randn_like()).collect::<Result<_, _>>()?;
-        let forward_backward = time_calls(budget, || {
+        // One forward + backward; returns the backward's peak above what
+        // was held when it started.
+        let mut step = || -> Result<u64, CalibrateError> {
             let xin = cut(&xs);
             let y = fwd(&xin, &mode)?;
             let mut root: Option<Tensor> = None;
@@ -138,9 +147,15 @@ pub fn measure_blocks(
             let root = root.ok_or_else(|| CalibrateError::Degenerate { what: format!("block `{name}`"), reason: "no outputs".into() })?;
             let mut wrt: Vec<&Tensor> = xin.iter().filter(|t| t.requires_grad()).collect();
             wrt.extend(block_leaves.iter());
+            let mem = |e: crate::memstats::MemError| CalibrateError::Degenerate { what: "counting allocator".into(), reason: e.to_string() };
+            let before = crate::memstats::current(MemDevice::Cpu).map_err(mem)?;
+            crate::memstats::reset_peak(MemDevice::Cpu).map_err(mem)?;
             drop(Tensor::f_run_backward(&[&root], &wrt, false, false)?);
-            Ok::<(), CalibrateError>(())
-        })?;
+            let peak = crate::memstats::peak(MemDevice::Cpu).map_err(mem)?;
+            Ok(peak.0.saturating_sub(before.0))
+        };
+        let backward_peak_bytes = step()?;
+        let forward_backward = time_calls(budget, || step().map(drop))?;
         let next = tch::no_grad(|| fwd(&xs, &mode))?;
         let block = graph.block(name).ok_or_else(|| CalibrateError::Degenerate { what: format!("block `{name}`"), reason: "not in the cost model".into() })?;
         let m = BlockMeasurement {
@@ -150,6 +165,7 @@ pub fn measure_blocks(
             forward,
             forward_no_grad,
             forward_backward,
+            backward_peak_bytes,
         };
         progress(&m.summary());
         out.push(m);
@@ -176,6 +192,8 @@ mod tests {
             assert_eq!(m.block, b.name);
             assert_eq!(m.key, g.block_key(b));
             assert!(m.forward.median_s > 0.0 && m.forward_backward.median_s > 0.0, "{m:?}");
+            // Backward allocates at least the input and parameter gradients.
+            assert!(m.backward_peak_bytes > 0, "{m:?}");
             let t = m.to_block_time();
             assert!(t.backward.0 > 0.0 && t.label.contains("b2 2x16+1x8 fp32"), "{t:?}");
         }

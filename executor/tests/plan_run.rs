@@ -33,6 +33,7 @@ fn tiny_plan(world: usize) -> Plan {
         wrapping: Wrapping::PerBlock,
         units: vec![],
         checkpoint_segments: vec![vec!["s1.b0".into()]],
+        measured_backward_bytes: Default::default(),
         predicted: Predicted {
             peak_memory_bytes: 40 << 20,
             peak_breakdown: Default::default(),

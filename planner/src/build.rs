@@ -15,7 +15,8 @@ pub fn build_plan(s: &mut Searcher, e: &Evaluated) -> Result<(Plan, MemoryReport
     let recipe = s.recipe;
     let graph = ModelGraph::build(&s.model, &Workload { images: d.batch_per_rank as u64, crops: recipe.crop_groups(), dtype: d.precision.compute });
     let units = units_for(&graph, d.wrapping);
-    let report = s.memory(&e.rank_hardware, d).report(&d.checkpoint);
+    let report = s.memory(e.hardware, &e.rank_hardware, d).report(&d.checkpoint);
+    let measured_bwd = s.measured_backward(e.hardware, d);
     let names: Vec<String> = graph.blocks.iter().map(|b| b.name.clone()).collect();
     let segments: Vec<Vec<String>> = d.checkpoint.iter().map(|r| names[r.start.min(names.len())..r.end.min(names.len())].to_vec()).collect();
     // The plan's recipe describes the cluster the plan is for.
@@ -53,6 +54,7 @@ pub fn build_plan(s: &mut Searcher, e: &Evaluated) -> Result<(Plan, MemoryReport
         wrapping: d.wrapping,
         units: unit_plans(&units),
         checkpoint_segments: segments,
+        measured_backward_bytes: names.iter().zip(&measured_bwd).filter_map(|(n, m)| m.map(|m| (n.clone(), m))).collect(),
         predicted,
     };
     plan.check("planned").map_err(|e| SearchError::Request(format!("internal: the plan built is inconsistent: {e}")))?;

@@ -214,6 +214,7 @@ mod tests {
             forward: Seconds(1e-3),
             forward_no_grad: Seconds(1e-3),
             backward: Seconds(2e-3),
+            backward_peak_bytes: None,
         });
         // 4 ranks share 2 cores: half the rate, twice the fixed costs.
         let four = rank_measured(&cpu, &m, 4);

@@ -69,7 +69,8 @@ pub fn memory_for_plan(plan: &Plan, origin: &str) -> Result<PlanMemory, DryRunEr
         })
         .collect();
     let d = decisions_for_plan(plan, segments.clone());
-    let model = MemoryModel::new(&graph, &units, &plan.recipe, &d, &plan.hardware);
+    let measured: Vec<Option<u64>> = names.iter().map(|n| plan.measured_backward_bytes.get(n).copied()).collect();
+    let model = MemoryModel::calibrated(&graph, &units, &plan.recipe, &d, &plan.hardware, &measured);
     Ok(PlanMemory { model, segments, block_names: names })
 }
 
@@ -237,6 +238,7 @@ mod tests {
             wrapping,
             units: unit_plans(&units),
             checkpoint_segments: segs.iter().map(|r| names[r.clone()].to_vec()).collect(),
+            measured_backward_bytes: Default::default(),
             predicted: Predicted {
                 peak_memory_bytes: report.peak.0,
                 peak_breakdown: report.breakdown.iter().map(|(k, v)| (k.clone(), v.0)).collect(),

@@ -350,12 +350,21 @@ pub struct MemoryModel {
 impl MemoryModel {
     /// Builds the model from the graph of one rank's step.
     pub fn new(graph: &ModelGraph, units: &[Unit], recipe: &Recipe, d: &Decisions, hw: &HardwareSpec) -> MemoryModel {
-        MemoryModel::from_profile(profile(graph, units, recipe, d, hw, Allocator::for_device(hw.kind)))
+        MemoryModel::calibrated(graph, units, recipe, d, hw, &[])
+    }
+
+    /// Same, with measured backward peaks per block (`BlockTime::
+    /// backward_peak_bytes`, `None` where not measured): a block's backward
+    /// transient is the larger of the modelled one and what was measured
+    /// beyond its parameter gradients (kernel workspaces the storage rule
+    /// does not know, e.g. oneDNN's bf16 conv backward on CPU).
+    pub fn calibrated(graph: &ModelGraph, units: &[Unit], recipe: &Recipe, d: &Decisions, hw: &HardwareSpec, measured_bwd: &[Option<u64>]) -> MemoryModel {
+        MemoryModel::from_profile(profile(graph, units, recipe, d, hw, Allocator::for_device(hw.kind), measured_bwd))
     }
 
     /// Same with an explicit allocator model (e.g. another fragmentation margin).
     pub fn with_allocator(graph: &ModelGraph, units: &[Unit], recipe: &Recipe, d: &Decisions, hw: &HardwareSpec, alloc: Allocator) -> MemoryModel {
-        MemoryModel::from_profile(profile(graph, units, recipe, d, hw, alloc))
+        MemoryModel::from_profile(profile(graph, units, recipe, d, hw, alloc, &[]))
     }
 
     pub fn from_profile(p: MemProfile) -> MemoryModel {
@@ -912,8 +921,24 @@ fn saved_rounded(l: &Layer, a: &Allocator) -> u64 {
     }
 }
 
+/// Measured backward peaks of `graph`'s blocks from a profile's block
+/// times (matched by `ModelGraph::block_key`); empty without any.
+pub fn measured_backward(measured: &cost_models::hardware::Measured, graph: &ModelGraph) -> Vec<Option<u64>> {
+    if measured.block_times.is_empty() {
+        return Vec::new();
+    }
+    graph
+        .blocks
+        .iter()
+        .map(|b| {
+            let key = graph.block_key(b);
+            measured.block_times.iter().find(|t| t.key == key).and_then(|t| t.backward_peak_bytes)
+        })
+        .collect()
+}
+
 /// Builds the rounded profile from the graph.
-pub fn profile(graph: &ModelGraph, units: &[Unit], recipe: &Recipe, d: &Decisions, hw: &HardwareSpec, alloc: Allocator) -> MemProfile {
+pub fn profile(graph: &ModelGraph, units: &[Unit], recipe: &Recipe, d: &Decisions, hw: &HardwareSpec, alloc: Allocator, measured_bwd: &[Option<u64>]) -> MemProfile {
     let a = &alloc;
     let world = d.world_size.max(1);
     let dt = graph.workload.dtype;
@@ -966,6 +991,9 @@ pub fn profile(graph: &ModelGraph, units: &[Unit], recipe: &Recipe, d: &Decision
             kept += output;
         }
         let input_grad = if bi == 0 { 0 } else { blocks[bi - 1].output.0 };
+        let pdt = if b.kind == BlockKind::HeadProto { DType::Fp32 } else { dt };
+        let measured = measured_bwd.get(bi).copied().flatten().map(|p| p.saturating_sub(a.round(b.params * pdt.size()).0));
+        let bwd_transient = (input_grad + bwd_ws).max(measured.unwrap_or(0));
         blocks.push(BlockMem {
             name: b.name.clone(),
             stage: b.stage,
@@ -974,7 +1002,7 @@ pub fn profile(graph: &ModelGraph, units: &[Unit], recipe: &Recipe, d: &Decision
             input_grad: Bytes(input_grad),
             fwd_transient: Bytes(fwd_t),
             nograd_peak: Bytes(nograd.max(output)),
-            bwd_transient: Bytes(input_grad + bwd_ws),
+            bwd_transient: Bytes(bwd_transient),
             checkpointable: b.is_trunk(),
         });
     }
@@ -1195,6 +1223,27 @@ mod tests {
             wrapping: w,
             checkpoint: vec![],
         }
+    }
+
+    /// A measured backward peak raises a block's backward transient to what
+    /// was measured beyond its parameter gradients, never lowers it.
+    #[test]
+    fn measured_backward_peaks_raise_transients_only() {
+        let (g, r) = tiny(8, DType::Bf16);
+        let hw = builtin_hardware("cpu-local").unwrap();
+        let units = units_for(&g, Wrapping::PerBlock);
+        let d = decisions(2, true, DType::Bf16, Wrapping::PerBlock);
+        let plain = MemoryModel::new(&g, &units, &r, &d, &hw);
+        let i = g.blocks.iter().position(|b| b.name == "s4.b0").unwrap();
+        let params = Allocator::for_device(hw.kind).round(g.blocks[i].params * 2).0;
+        let mut measured = vec![None; g.blocks.len()];
+        measured[i] = Some(params + 1_000_000);
+        measured[0] = Some(1);
+        let cal = MemoryModel::calibrated(&g, &units, &r, &d, &hw, &measured);
+        assert_eq!(cal.profile().blocks[i].bwd_transient.0, 1_000_000);
+        assert_eq!(cal.profile().blocks[0].bwd_transient, plain.profile().blocks[0].bwd_transient, "smaller measurements change nothing");
+        assert!(cal.peak(&[]) > plain.peak(&[]));
+        assert_eq!(MemoryModel::calibrated(&g, &units, &r, &d, &hw, &[]).peak(&[]), plain.peak(&[]));
     }
 
     #[test]

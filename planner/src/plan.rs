@@ -37,6 +37,11 @@ pub struct Plan {
     pub units: Vec<UnitPlan>,
     /// Checkpointed segments: runs of consecutive block names.
     pub checkpoint_segments: Vec<Vec<String>>,
+    /// Measured backward peaks (bytes) by block name, from the calibrated
+    /// profile the plan was made with (`calibrate --recipe`), so a dry-run
+    /// of the plan rebuilds the same memory model.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub measured_backward_bytes: std::collections::BTreeMap<String, u64>,
     pub predicted: Predicted,
 }
 

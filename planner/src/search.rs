@@ -422,11 +422,17 @@ impl<'r> Searcher<'r> {
     }
 
     /// Peak memory of one set of decisions (checkpoint segments given).
-    pub fn memory(&mut self, rank_hw: &HardwareSpec, d: &Decisions) -> MemoryModel {
+    pub fn memory(&mut self, h: usize, rank_hw: &HardwareSpec, d: &Decisions) -> MemoryModel {
         self.units(d.wrapping);
-        self.graph(d.precision.compute, d.batch_per_rank);
+        let measured = self.measured_backward(h, d);
         let g = &self.graphs[&(d.precision.compute, d.batch_per_rank)];
-        MemoryModel::new(g, &self.units[&d.wrapping], self.recipe, d, rank_hw)
+        MemoryModel::calibrated(g, &self.units[&d.wrapping], self.recipe, d, rank_hw, &measured)
+    }
+
+    /// The profile's measured backward peaks for `d`'s graph, per block.
+    pub fn measured_backward(&mut self, h: usize, d: &Decisions) -> Vec<Option<u64>> {
+        self.graph(d.precision.compute, d.batch_per_rank);
+        crate::memory::measured_backward(&self.space.hardware[h].measured, &self.graphs[&(d.precision.compute, d.batch_per_rank)])
     }
 
     /// Costs fixed decisions (e.g. a published plan) without searching.
@@ -436,7 +442,7 @@ impl<'r> Searcher<'r> {
         if !rank_hw.supports(d.precision.compute) {
             return Err(SearchError::Request(format!("{} does not support {}", rank_hw.name, d.precision.compute)));
         }
-        let mm = self.memory(&rank_hw, d);
+        let mm = self.memory(h, &rank_hw, d);
         let peak = mm.peak(&d.checkpoint);
         let (step, flops) = self.simulate(h, &rank_hw, d)?;
         let throughput = Throughput::new(self.recipe, &rank_hw, d, &step, flops);
@@ -511,7 +517,7 @@ impl<'r> Searcher<'r> {
             out.evaluated += 1;
             let precision = Precision { compute: c.dtype, reduce: c.dtype };
             let mut d = Decisions { world_size: world, batch_per_rank: c.batch, precision, reshard_after_forward: c.reshard, wrapping: c.wrapping, checkpoint: Vec::new() };
-            let mm = self.memory(&rank_hw, &d);
+            let mm = self.memory(h, &rank_hw, &d);
             let recompute = &self.costs[&(h, share, c.dtype, c.batch)].recompute;
             // Cheapest exact answers first: the larger world's optimum, no
             // checkpointing at all, and only then the DP.
@@ -566,13 +572,16 @@ impl<'r> Searcher<'r> {
 
     /// Why nothing fits: the closest miss, its shortfall and what dominates it.
     pub fn explain_infeasible(&mut self, outcomes: &[PointOutcome]) -> String {
-        let miss = outcomes.iter().filter_map(|o| o.closest.as_ref()).min_by(|a, b| (a.peak.0 as f64 / a.usable.0.max(1) as f64).total_cmp(&(b.peak.0 as f64 / b.usable.0.max(1) as f64)));
-        let Some(m) = miss.cloned() else {
+        let miss = outcomes
+            .iter()
+            .filter_map(|o| o.closest.as_ref().map(|c| (o.hardware, c)))
+            .min_by(|(_, a), (_, b)| (a.peak.0 as f64 / a.usable.0.max(1) as f64).total_cmp(&(b.peak.0 as f64 / b.usable.0.max(1) as f64)));
+        let Some((h, m)) = miss.map(|(h, m)| (h, m.clone())) else {
             let notes: Vec<String> = outcomes.iter().filter_map(|o| o.note.clone()).collect();
             return if notes.is_empty() { "nothing to search".into() } else { notes.join("; ") };
         };
         let singles: Vec<Range<usize>> = (0..self.graph(m.decisions.precision.compute, m.decisions.batch_per_rank).blocks.len()).map(|b| b..b + 1).collect();
-        let mm = self.memory(&m.rank_hardware, &m.decisions);
+        let mm = self.memory(h, &m.rank_hardware, &m.decisions);
         let report = if mm.peak(&singles) <= mm.peak(&[]) { mm.report(&singles) } else { mm.report(&[]) };
         let top = report.dominant();
         let d = &m.decisions;

@@ -496,6 +496,7 @@ mod tests {
             forward: Seconds(1e-3),
             forward_no_grad: Seconds(0.5e-3),
             backward: Seconds(3e-3),
+            backward_peak_bytes: None,
         });
         let after = GraphCosts::new(&g, &ComputeModel::new(&p), &recipe).unwrap();
         assert_eq!(after.measured_blocks, 1);
