@@ -13,7 +13,7 @@ fn calibrate_quick_writes_a_profile_plan_can_load() {
     std::fs::create_dir_all(&dir).unwrap();
     let out = dir.join("cpu-local.toml");
     let run = Command::new(env!("CARGO_BIN_EXE_seerscale"))
-        .args(["calibrate", "--quick", "--threads", "1", "--out"])
+        .args(["calibrate", "--quick", "--threads", "1", "--recipe", "tiny-cpu", "--out"])
         .arg(&out)
         .output()
         .unwrap();
@@ -40,5 +40,39 @@ fn calibrate_quick_writes_a_profile_plan_can_load() {
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("cpu-local.json")).unwrap()).unwrap();
     assert!(report["compute"]["ops"].as_array().unwrap().len() >= 10, "fp32 + bf16 x 5 shapes");
     assert_eq!(report["collectives"].as_array().unwrap().len(), 12, "4 collectives x 3 sizes");
+
+    // --recipe: every block of regnety-tiny at the recipe's workload, per dtype,
+    // with its backward peak; and the busy-rank collective fits.
+    assert_eq!(p.measured.block_times.len(), 2 * 8, "fp32 + bf16 x 8 blocks");
+    assert!(p.measured.block_times.iter().all(|b| b.backward.0 > 0.0 && b.backward_peak_bytes.is_some_and(|x| x > 0)), "{:?}", p.measured.block_times);
+    assert_eq!(p.measured.collectives.busy.len(), 3, "all-gather, reduce-scatter, all-reduce");
+    // A plan made with the profile uses them: measured backward peaks travel with it.
+    let plan_path = dir.join("plan.json");
+    let plan = Command::new(env!("CARGO_BIN_EXE_seerscale"))
+        .args(["plan", "--recipe", "tiny-cpu", "--gpu"])
+        .arg(&out)
+        .arg("--out")
+        .arg(&plan_path)
+        .output()
+        .unwrap();
+    assert!(plan.status.success(), "{}", String::from_utf8_lossy(&plan.stderr));
+    let plan: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&plan_path).unwrap()).unwrap();
+    assert_eq!(plan["measured_backward_bytes"].as_object().map(|m| m.len()), Some(8), "{}", plan["measured_backward_bytes"]);
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Bad --recipe / --batch / --largest-crop fail before anything is measured.
+#[test]
+fn calibrate_refuses_bad_block_flags_up_front() {
+    for (args, want) in [
+        (&["--recipe", "nope"][..], "unknown recipe `nope`"),
+        (&["--recipe", "tiny-cpu", "--batch", "0"][..], "--batch 0"),
+        (&["--recipe", "tiny-cpu", "--largest-crop", "5"][..], "--largest-crop 5"),
+    ] {
+        let run = Command::new(env!("CARGO_BIN_EXE_seerscale")).arg("calibrate").args(args).args(["--out", "/nonexistent/p.toml"]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
+        assert!(!stderr.contains("calibrate: compute"), "{args:?} measured before failing: {stderr}");
+    }
 }

@@ -85,16 +85,17 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
         bail!("--dtypes is empty");
     }
 
+    let block_workloads = args.recipe.as_deref().map(|r| block_workloads(args, r)).transpose()?;
+
     let mut copts = ComputeOptions::new(args.quick, threads);
     copts.dtypes = args.dtypes.clone();
     eprintln!("calibrate: compute on {} thread(s), {} shapes x {} dtype(s)", threads, copts.cases.len(), copts.dtypes.len());
     let compute = calibrate::measure_compute(&copts, |m| eprintln!("calibrate:   {m}")).context("measuring compute")?;
 
-    let blocks = match &args.recipe {
-        Some(r) => measure_recipe_blocks(args, r, threads)?,
+    let blocks = match &block_workloads {
+        Some(b) => measure_blocks(args, b, threads)?,
         None => Vec::new(),
     };
-
 
     let (collectives, fits, busy) = if args.nproc >= 2 {
         eprintln!("calibrate: collectives over {} Gloo ranks on 127.0.0.1 (idle, then right after compute)", args.nproc);
@@ -133,8 +134,15 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
     Ok(())
 }
 
-/// Block timings of `recipe`'s model for every requested workload.
-fn measure_recipe_blocks(args: &CalibrateArgs, recipe: &str, threads: usize) -> Result<Vec<BlockMeasurement>> {
+/// The block workloads `--recipe` asks for: its model and, per largest-crop
+/// resolution x batch x dtype, the workload. Checked before anything is
+/// measured, so a bad flag costs nothing.
+struct BlockWorkloads {
+    model: ModelConfig,
+    workloads: Vec<Workload>,
+}
+
+fn block_workloads(args: &CalibrateArgs, recipe: &str) -> Result<BlockWorkloads> {
     let recipe = Recipe::load(recipe).with_context(|| format!("loading recipe `{recipe}`"))?;
     let model = ModelConfig::load(&recipe.model).with_context(|| format!("loading model `{}` of recipe `{}`", recipe.model, recipe.name))?;
     let batches = if args.batch.is_empty() { vec![recipe.cluster.batch_per_gpu] } else { args.batch.clone() };
@@ -145,19 +153,28 @@ fn measure_recipe_blocks(args: &CalibrateArgs, recipe: &str, threads: usize) -> 
     if let Some(px) = crops.iter().find(|&&px| !(8..=1024).contains(&px)) {
         bail!("--largest-crop {px}: must be within 8..=1024 px");
     }
-    let budget = if args.quick { calibrate::Budget::quick() } else { calibrate::Budget::full() };
-    let mut out = Vec::new();
+    let mut workloads = Vec::new();
     for &px in &crops {
         let r = recipe.with_largest_crop(px).with_context(|| format!("recipe `{}` has no crops", recipe.name))?;
         for &images in &batches {
             for &dtype in &args.dtypes {
-                let w = Workload { images: images as u64, crops: r.crop_groups(), dtype };
-                eprintln!("calibrate: blocks of {} at {}", model.name, block_timing::workload_label(&w));
-                let m = block_timing::measure_blocks(&model, &w, &budget, threads, |m| eprintln!("calibrate:   {m}"))
-                    .with_context(|| format!("timing the blocks of {} at {}", model.name, block_timing::workload_label(&w)))?;
-                out.extend(m);
+                workloads.push(Workload { images: images as u64, crops: r.crop_groups(), dtype });
             }
         }
+    }
+    Ok(BlockWorkloads { model, workloads })
+}
+
+/// Block timings of every workload.
+fn measure_blocks(args: &CalibrateArgs, b: &BlockWorkloads, threads: usize) -> Result<Vec<BlockMeasurement>> {
+    let budget = if args.quick { calibrate::Budget::quick() } else { calibrate::Budget::full() };
+    let mut out = Vec::new();
+    for w in &b.workloads {
+        let label = block_timing::workload_label(w);
+        eprintln!("calibrate: blocks of {} at {label}", b.model.name);
+        let m = block_timing::measure_blocks(&b.model, w, &budget, threads, |m| eprintln!("calibrate:   {m}"))
+            .with_context(|| format!("timing the blocks of {} at {label}", b.model.name))?;
+        out.extend(m);
     }
     Ok(out)
 }
