@@ -673,45 +673,62 @@ pub struct CollectiveSample {
 /// in the same order everywhere); every rank gets the same samples.
 pub fn measure_collectives(pg: &ProcessGroup, opts: &CollectiveOptions) -> Result<Vec<CollectiveSample>, CalibrateError> {
     let world = pg.world_size();
-    let opt = (Kind::Float, Device::Cpu);
     let mut local: Vec<(Collective, u64, Vec<f64>)> = Vec::new();
     for op in COLLECTIVES {
         for &bytes in &opts.sizes {
-            // Whole elements, divisible by the world size (shards are equal).
-            let numel = ((bytes / 4).max(world as u64) / world as u64 * world as u64) as i64;
-            let full = Tensor::f_ones([numel], opt)?;
-            let shard = Tensor::f_ones([numel / world as i64], opt)?;
+            let (full, shard) = collective_buffers(world, bytes)?;
             let mut times = Vec::with_capacity(opts.iters);
             for i in 0..opts.warmup + opts.iters {
                 // Line the ranks up so each timing is the op, not a wait for a late peer.
                 pg.barrier()?;
                 let t = Instant::now();
-                match op {
-                    Collective::AllGather => pg.all_gather_into_tensor(&full, &shard)?,
-                    Collective::ReduceScatter => pg.reduce_scatter_tensor(&shard, &full, ReduceOp::Sum)?,
-                    Collective::AllReduce => pg.all_reduce_(&full, ReduceOp::Sum)?,
-                    Collective::Broadcast => pg.broadcast_(&full, 0)?,
-                }
+                run_collective(pg, op, &full, &shard)?;
                 if i >= opts.warmup {
                     times.push(t.elapsed().as_secs_f64());
                 }
             }
-            local.push((op, numel as u64 * 4, times));
+            local.push((op, full.numel() as u64 * 4, times));
         }
     }
     // The collective took as long as its slowest rank: max over ranks, per iteration.
-    let flat: Vec<f64> = local.iter().flat_map(|(_, _, t)| t.iter().copied()).collect();
-    let all = Tensor::from_slice(&flat).to_kind(Kind::Double);
-    pg.all_reduce_(&all, ReduceOp::Max)?;
-    let maxed: Vec<f64> = Vec::<f64>::try_from(&all)?;
-    let mut out = Vec::with_capacity(local.len());
-    let mut at = 0;
-    for (collective, bytes, t) in local {
-        let s = maxed[at..at + t.len()].to_vec();
-        at += t.len();
-        out.push(CollectiveSample { collective, bytes, world_size: world, timing: Timing::from_samples(s, 1) });
+    let times: Vec<Vec<f64>> = local.iter().map(|l| l.2.clone()).collect();
+    let maxed = across_ranks(pg, &times, ReduceOp::Max)?;
+    Ok(local.into_iter().zip(maxed).map(|((collective, bytes, _), s)| CollectiveSample { collective, bytes, world_size: world, timing: Timing::from_samples(s, 1) }).collect())
+}
+
+/// fp32 buffers for one collective of `bytes`: the full tensor and one
+/// rank's shard (whole elements, divisible by the world size).
+fn collective_buffers(world: usize, bytes: u64) -> Result<(Tensor, Tensor), tch::TchError> {
+    let opt = (Kind::Float, Device::Cpu);
+    let numel = ((bytes / 4).max(world as u64) / world as u64 * world as u64) as i64;
+    Ok((Tensor::f_ones([numel], opt)?, Tensor::f_ones([numel / world as i64], opt)?))
+}
+
+/// One blocking `op` over the group (sum where it reduces).
+fn run_collective(pg: &ProcessGroup, op: Collective, full: &Tensor, shard: &Tensor) -> Result<(), DistError> {
+    match op {
+        Collective::AllGather => pg.all_gather_into_tensor(full, shard),
+        Collective::ReduceScatter => pg.reduce_scatter_tensor(shard, full, ReduceOp::Sum),
+        Collective::AllReduce => pg.all_reduce_(full, ReduceOp::Sum),
+        Collective::Broadcast => pg.broadcast_(full, 0),
     }
-    Ok(out)
+}
+
+/// Each rank's per-iteration series reduced elementwise across ranks (every
+/// rank passes series of the same lengths, in the same order).
+fn across_ranks(pg: &ProcessGroup, series: &[Vec<f64>], op: ReduceOp) -> Result<Vec<Vec<f64>>, CalibrateError> {
+    let flat: Vec<f64> = series.iter().flatten().copied().collect();
+    let all = Tensor::from_slice(&flat).to_kind(Kind::Double);
+    pg.all_reduce_(&all, op)?;
+    let reduced: Vec<f64> = Vec::<f64>::try_from(&all)?;
+    let mut at = 0;
+    Ok(series
+        .iter()
+        .map(|s| {
+            at += s.len();
+            reduced[at - s.len()..at].to_vec()
+        })
+        .collect())
 }
 
 /// One collective at one size issued right after a fixed compute segment
@@ -723,7 +740,7 @@ pub struct BusySample {
     pub collective: Collective,
     pub bytes: u64,
     pub world_size: usize,
-    /// The compute segment alone (this length, rank 0's).
+    /// The compute segment before the collective (mean over ranks).
     pub compute: Timing,
     /// Compute segment + collective, per iteration, slowest rank.
     pub busy: Timing,
@@ -749,8 +766,7 @@ fn busy_work(x: &Tensor, w: &Tensor, convs: usize) -> Result<(), tch::TchError> 
 /// compute and waiting come from the same moment of a noisy host.
 pub fn measure_busy_collectives(pg: &ProcessGroup, opts: &CollectiveOptions) -> Result<Vec<BusySample>, CalibrateError> {
     let world = pg.world_size();
-    let opt = (Kind::Float, Device::Cpu);
-    let (x, w) = probe_tensors()?;
+    let (x, w) = busy_tensors()?;
     // Waiting is the noisiest thing measured here: many iterations.
     let iters = opts.iters.max(8) * 4;
     let sizes: Vec<u64> = opts.sizes.iter().copied().filter(|&b| b <= 64 << 10).collect();
@@ -759,52 +775,43 @@ pub fn measure_busy_collectives(pg: &ProcessGroup, opts: &CollectiveOptions) -> 
     for convs in BUSY_SEGMENTS {
         for op in BUSY_COLLECTIVES {
             for &bytes in &sizes {
-                let numel = ((bytes / 4).max(world as u64) / world as u64 * world as u64) as i64;
-                let full = Tensor::f_ones([numel], opt)?;
-                let shard = Tensor::f_ones([numel / world as i64], opt)?;
+                let (full, shard) = collective_buffers(world, bytes)?;
                 pg.barrier()?;
                 let (mut compute, mut total) = (Vec::with_capacity(iters), Vec::with_capacity(iters));
                 for i in 0..opts.warmup + iters {
                     let t = Instant::now();
                     busy_work(&x, &w, convs)?;
                     let c = t.elapsed().as_secs_f64();
-                    match op {
-                        Collective::AllGather => pg.all_gather_into_tensor(&full, &shard)?,
-                        Collective::ReduceScatter => pg.reduce_scatter_tensor(&shard, &full, ReduceOp::Sum)?,
-                        _ => pg.all_reduce_(&full, ReduceOp::Sum)?,
-                    }
+                    run_collective(pg, op, &full, &shard)?;
                     if i >= opts.warmup {
                         compute.push(c);
                         total.push(t.elapsed().as_secs_f64());
                     }
                 }
-                local.push((op, numel as u64 * 4, compute, total));
+                local.push((op, full.numel() as u64 * 4, compute, total));
             }
         }
     }
     // Mean compute over ranks, slowest total: per iteration.
-    let n: usize = local.iter().map(|l| l.2.len()).sum();
-    let computes: Vec<f64> = local.iter().flat_map(|l| l.2.iter().map(|c| c / world as f64)).collect();
-    let totals: Vec<f64> = local.iter().flat_map(|l| l.3.iter().copied()).collect();
-    let (c_all, t_all) = (Tensor::from_slice(&computes).to_kind(Kind::Double), Tensor::from_slice(&totals).to_kind(Kind::Double));
-    pg.all_reduce_(&c_all, ReduceOp::Sum)?;
-    pg.all_reduce_(&t_all, ReduceOp::Max)?;
-    let (c_all, t_all): (Vec<f64>, Vec<f64>) = (Vec::<f64>::try_from(&c_all)?, Vec::<f64>::try_from(&t_all)?);
-    debug_assert_eq!(c_all.len(), n);
-    let mut at = 0;
-    let mut out = Vec::with_capacity(local.len());
-    for (collective, bytes, c, _) in local {
-        let k = c.len();
-        let compute = Timing::from_samples(c_all[at..at + k].to_vec(), 1);
-        let busy = Timing::from_samples(t_all[at..at + k].to_vec(), 1);
-        at += k;
-        out.push(BusySample { collective, bytes, world_size: world, compute, busy });
-    }
-    Ok(out)
+    let computes: Vec<Vec<f64>> = local.iter().map(|l| l.2.iter().map(|c| c / world as f64).collect()).collect();
+    let totals: Vec<Vec<f64>> = local.iter().map(|l| l.3.clone()).collect();
+    let computes = across_ranks(pg, &computes, ReduceOp::Sum)?;
+    let totals = across_ranks(pg, &totals, ReduceOp::Max)?;
+    Ok(local
+        .into_iter()
+        .zip(computes.into_iter().zip(totals))
+        .map(|((collective, bytes, _, _), (c, t))| BusySample {
+            collective,
+            bytes,
+            world_size: world,
+            compute: Timing::from_samples(c, 1),
+            busy: Timing::from_samples(t, 1),
+        })
+        .collect())
 }
 
 /// The tensors of the busy compute segments.
-fn probe_tensors() -> Result<(Tensor, Tensor), tch::TchError> {
+fn busy_tensors() -> Result<(Tensor, Tensor), tch::TchError> {
     let opt = (Kind::Float, Device::Cpu);
     Ok((Tensor::f_randn([16, 32, 16, 16], opt)?, Tensor::f_randn([32, 8, 3, 3], opt)?))
 }

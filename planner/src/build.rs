@@ -16,7 +16,7 @@ pub fn build_plan(s: &mut Searcher, e: &Evaluated) -> Result<(Plan, MemoryReport
     let graph = ModelGraph::build(&s.model, &Workload { images: d.batch_per_rank as u64, crops: recipe.crop_groups(), dtype: d.precision.compute });
     let units = units_for(&graph, d.wrapping);
     let report = s.memory(e.hardware, &e.rank_hardware, d).report(&d.checkpoint);
-    let measured_bwd = s.measured_backward(e.hardware, d);
+    let measured_bwd = s.measured_backward(e.hardware, d).to_vec();
     let names: Vec<String> = graph.blocks.iter().map(|b| b.name.clone()).collect();
     let segments: Vec<Vec<String>> = d.checkpoint.iter().map(|r| names[r.start.min(names.len())..r.end.min(names.len())].to_vec()).collect();
     // The plan's recipe describes the cluster the plan is for.

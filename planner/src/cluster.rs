@@ -102,13 +102,6 @@ pub fn rank_measured(hw: &HardwareSpec, measured: &Measured, world: usize) -> Me
     if f >= 1.0 {
         return measured.clone();
     }
-    at_speed(measured, f)
-}
-
-/// The measurements of a host running at `f` times the speed it was
-/// calibrated at (`f < 1`: slower): rates and bandwidth times `f`, every
-/// measured time divided by it (ranks sharing the cores).
-pub fn at_speed(measured: &Measured, f: f64) -> Measured {
     let mut m = measured.clone();
     for r in &mut m.op_throughput {
         r.rate = FlopRate(r.rate.0 * f);

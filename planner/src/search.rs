@@ -239,6 +239,8 @@ pub struct Searcher<'r> {
     graphs: HashMap<GraphKey, ModelGraph>,
     costs: HashMap<CostKey, GraphCosts>,
     computes: HashMap<(usize, usize), ComputeModel>,
+    /// Measured backward peaks per (hardware, dtype, batch), per block.
+    measured_bwd: HashMap<(usize, DType, usize), Vec<Option<u64>>>,
     units: HashMap<Wrapping, Vec<Unit>>,
     links: LinkCache,
     collectives: Vec<CollectiveModel>,
@@ -299,6 +301,7 @@ impl<'r> Searcher<'r> {
             graphs,
             costs: HashMap::new(),
             computes: HashMap::new(),
+            measured_bwd: HashMap::new(),
             units: HashMap::new(),
             links: LinkCache::default(),
             collectives,
@@ -424,15 +427,22 @@ impl<'r> Searcher<'r> {
     /// Peak memory of one set of decisions (checkpoint segments given).
     pub fn memory(&mut self, h: usize, rank_hw: &HardwareSpec, d: &Decisions) -> MemoryModel {
         self.units(d.wrapping);
-        let measured = self.measured_backward(h, d);
+        self.measured_backward(h, d);
         let g = &self.graphs[&(d.precision.compute, d.batch_per_rank)];
-        MemoryModel::calibrated(g, &self.units[&d.wrapping], self.recipe, d, rank_hw, &measured)
+        let measured = &self.measured_bwd[&(h, d.precision.compute, d.batch_per_rank)];
+        MemoryModel::calibrated(g, &self.units[&d.wrapping], self.recipe, d, rank_hw, measured)
     }
 
-    /// The profile's measured backward peaks for `d`'s graph, per block.
-    pub fn measured_backward(&mut self, h: usize, d: &Decisions) -> Vec<Option<u64>> {
-        self.graph(d.precision.compute, d.batch_per_rank);
-        crate::memory::measured_backward(&self.space.hardware[h].measured, &self.graphs[&(d.precision.compute, d.batch_per_rank)])
+    /// The profile's measured backward peaks for `d`'s graph, per block
+    /// (matched once per hardware and graph: keys cost a pass over the layers).
+    pub fn measured_backward(&mut self, h: usize, d: &Decisions) -> &[Option<u64>] {
+        let key = (h, d.precision.compute, d.batch_per_rank);
+        if !self.measured_bwd.contains_key(&key) {
+            self.graph(key.1, key.2);
+            let m = crate::memory::measured_backward(&self.space.hardware[h].measured, &self.graphs[&(key.1, key.2)]);
+            self.measured_bwd.insert(key, m);
+        }
+        &self.measured_bwd[&key]
     }
 
     /// Costs fixed decisions (e.g. a published plan) without searching.
