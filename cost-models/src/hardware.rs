@@ -445,6 +445,48 @@ pub struct Measured {
     /// libtorch's kernel choice make them, which no per-kind rate captures.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub block_times: Vec<BlockTime>,
+    /// Time of one call of the host-speed probe (a fixed single-thread
+    /// workload, `executor::speed_probe`) while these numbers were taken;
+    /// the compute times above are normalised to it. A shared machine's
+    /// speed drifts by tens of percent over minutes, so a comparison made
+    /// later re-runs the probe and scales with [`Measured::slowed_by`].
+    #[serde(rename = "speed_probe_us", default, skip_serializing_if = "Option::is_none", with = "human::opt_us")]
+    pub speed_probe: Option<Seconds>,
+}
+
+impl Measured {
+    /// These measurements on a host `factor` times slower (`factor` > 1:
+    /// every compute time longer, every rate lower; < 1: faster). The
+    /// collective fits stay: they time the transport between processes,
+    /// not one process's compute; their extra cost next to busy compute
+    /// does scale.
+    pub fn slowed_by(&self, factor: f64) -> Measured {
+        let f = if factor.is_finite() && factor > 0.0 { factor } else { 1.0 };
+        let mut m = self.clone();
+        for r in &mut m.op_throughput {
+            r.rate = FlopRate(r.rate.0 / f);
+        }
+        m.memory_bandwidth = m.memory_bandwidth.map(|b| Bandwidth(b.0 / f));
+        m.kernel_overhead = m.kernel_overhead.map(|o| Seconds(o.0 * f));
+        for x in &mut m.op_fixed {
+            x.forward = Seconds(x.forward.0 * f);
+            x.backward = Seconds(x.backward.0 * f);
+        }
+        for b in &mut m.collectives.busy {
+            b.extra = Seconds(b.extra.0 * f);
+        }
+        for b in &mut m.block_times {
+            *b = b.slowed_by(f);
+        }
+        if let Some(h) = &mut m.host {
+            h.small_op = Seconds(h.small_op.0 * f);
+            h.param_view_forward = Seconds(h.param_view_forward.0 * f);
+            h.param_view_backward = Seconds(h.param_view_backward.0 * f);
+            h.backward_call = Seconds(h.backward_call.0 * f);
+        }
+        m.speed_probe = m.speed_probe.map(|p| Seconds(p.0 * f));
+        m
+    }
 }
 
 /// Measured time of one block (all its crop groups) in one pass.
@@ -471,6 +513,18 @@ pub struct BlockTime {
     /// transient from it where it exceeds the modelled one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backward_peak_bytes: Option<u64>,
+}
+
+impl BlockTime {
+    /// The same block on a host `factor` times slower.
+    pub fn slowed_by(&self, factor: f64) -> BlockTime {
+        BlockTime {
+            forward: Seconds(self.forward.0 * factor),
+            forward_no_grad: Seconds(self.forward_no_grad.0 * factor),
+            backward: Seconds(self.backward.0 * factor),
+            ..self.clone()
+        }
+    }
 }
 
 /// Fixed per-op cost of one op kind, forward and backward.
@@ -561,6 +615,9 @@ impl HardwareProfile {
         }
         if let Some(o) = m.kernel_overhead {
             v.nonneg(o.0 * 1e6, "measured.kernel_overhead_us");
+        }
+        if let Some(p) = m.speed_probe {
+            v.pos(p.0 * 1e6, "measured.speed_probe_us");
         }
         for t in &m.op_throughput {
             v.pos(t.rate.0 / 1e12, "measured.op_throughput.tflops");
@@ -796,11 +853,35 @@ mod tests {
                 backward: Seconds(2.5e-3),
                 backward_peak_bytes: Some(123_456),
             }],
+            speed_probe: Some(Seconds(1.5e-3)),
         };
         let t = p.to_toml_string().unwrap();
         let back = HardwareProfile::parse_toml(&t, "profile.toml").unwrap();
         assert_eq!(back.measured.block_times.len(), 1);
         assert_eq!(back.measured.block_times[0].backward_peak_bytes, Some(123_456));
+        assert_eq!(back.measured.speed_probe, Some(Seconds(1.5e-3)));
+        let slow = t.replace("speed_probe_us = 1500.0", "speed_probe_us = 0.0");
+        assert_ne!(slow, t, "{t}");
+        let e = HardwareProfile::parse_toml(&slow, "profile.toml").unwrap_err();
+        assert!(e.to_string().contains("measured.speed_probe_us"), "{e}");
+
+        // The same measurements on a host twice as slow: compute times
+        // double, rates halve, the transport's fits stay.
+        let s2 = p.measured.slowed_by(2.0);
+        assert_eq!(s2.op_throughput[0].rate, FlopRate(0.055e12));
+        assert_eq!(s2.memory_bandwidth, Some(Bandwidth(6.25e9)));
+        assert_eq!(s2.kernel_overhead, Some(Seconds(16e-6)));
+        assert_eq!((s2.op_fixed[0].forward, s2.op_fixed[0].backward), (Seconds(40e-6), Seconds(80e-6)));
+        assert_eq!(s2.block_times[0].backward, Seconds(5e-3));
+        assert_eq!(s2.block_times[0].forward_no_grad, Seconds(1.6e-3));
+        assert_eq!(s2.host.unwrap().backward_call, Seconds(60e-6));
+        assert_eq!(s2.collectives.busy[0].extra, Seconds(40e-6));
+        assert_eq!(s2.collectives.fits, p.measured.collectives.fits);
+        assert_eq!(s2.speed_probe, Some(Seconds(3e-3)));
+        assert_eq!(s2.block_times[0].backward_peak_bytes, Some(123_456));
+        // Nonsense factors leave the numbers alone.
+        assert_eq!(p.measured.slowed_by(f64::NAN), p.measured);
+        assert_eq!(p.measured.slowed_by(0.0), p.measured);
         assert!((back.measured.block_times[0].backward.0 - 2.5e-3).abs() < 1e-12);
         let neg = t.replace("backward_us = 2500.0", "backward_us = -1.0");
         assert_ne!(neg, t, "{t}");

@@ -32,6 +32,10 @@ pub struct BlockMeasurement {
     /// Peak bytes the backward allocated above what was held before it
     /// (counting CPU allocator; deterministic, measured once).
     pub backward_peak_bytes: u64,
+    /// Host-speed probe ([`crate::speed_probe`]) around this workload's
+    /// measurements (mean of before and after), seconds per probe call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_s: Option<f64>,
 }
 
 impl BlockMeasurement {
@@ -166,6 +170,7 @@ pub fn measure_blocks(
             forward_no_grad,
             forward_backward,
             backward_peak_bytes,
+            probe_s: None,
         };
         progress(&m.summary());
         out.push(m);

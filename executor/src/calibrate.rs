@@ -1012,6 +1012,37 @@ pub struct CalibrationReport {
     /// Collectives right after compute on every rank.
     #[serde(default)]
     pub busy_collectives: Vec<BusySample>,
+    /// Host-speed probes ([`crate::speed_probe`]) taken around the
+    /// compute measurements and around each block workload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speed: Option<SpeedProbes>,
+}
+
+/// Seconds per host-speed probe call, taken while the calibration ran.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SpeedProbes {
+    /// Mean of the probes just before and just after the op measurements.
+    pub compute_s: f64,
+    /// Every probe reading, in order.
+    pub readings_s: Vec<f64>,
+}
+
+impl SpeedProbes {
+    /// The speed everything is normalised to: the median reading.
+    pub fn reference_s(&self) -> f64 {
+        let mut r: Vec<f64> = self.readings_s.iter().copied().filter(|x| *x > 0.0).collect();
+        r.sort_by(f64::total_cmp);
+        r.get(r.len() / 2).copied().unwrap_or(0.0)
+    }
+
+    /// Factor that puts a time measured while the probe read `local_s` on
+    /// the reference speed (1 when either is unknown).
+    pub fn normaliser(&self, local_s: Option<f64>) -> f64 {
+        match (self.reference_s(), local_s) {
+            (r, Some(l)) if r > 0.0 && l > 0.0 => r / l,
+            _ => 1.0,
+        }
+    }
 }
 
 impl CalibrationReport {
@@ -1047,7 +1078,8 @@ impl CalibrationReport {
             base.id,
             base.source.as_deref().map(|s| format!("; catalog: {s}")).unwrap_or_default()
         ));
-        let measured = Measured {
+        let speed = self.speed.clone().unwrap_or_default();
+        let mut measured = Measured {
             source: Some(format!(
                 "seerscale calibrate{}: {} threads, medians over repeats; collectives over {} Gloo ranks on 127.0.0.1",
                 if self.quick { " --quick" } else { "" },
@@ -1059,14 +1091,7 @@ impl CalibrationReport {
             memory_bandwidth: c.memory_bound_gb_s.map(|g| Bandwidth(sig(g * 1e9))),
             kernel_overhead: Some(Seconds(sig(c.op_overhead.median_s))),
             op_throughput: c.rates.iter().map(|r| OpThroughput { kind: r.kind, dtype: r.dtype, rate: FlopRate(sig(r.tflops * 1e12)) }).collect(),
-            collectives: CollectiveProfile {
-                fits: self
-                    .collective_fits
-                    .iter()
-                    .map(|f| CollectiveFit { alpha: Seconds(sig(f.fit.alpha.0)), bus_bandwidth: Bandwidth(sig(f.fit.bus_bandwidth.0)), ..f.fit.clone() })
-                    .collect(),
-                busy: busy_extras(&self.collectives, &self.busy_collectives),
-            },
+            collectives: CollectiveProfile::default(),
             op_fixed: c
                 .fixed
                 .iter()
@@ -1078,8 +1103,22 @@ impl CalibrationReport {
                 param_view_backward: Seconds(sig(h.param_view_backward_s)),
                 backward_call: Seconds(sig(h.backward_call_s)),
             }),
-            block_times: self.blocks.iter().map(|b| b.to_block_time()).collect(),
+            block_times: Vec::new(),
+            speed_probe: None,
+        }
+        // Op measurements and each block workload were taken at their own
+        // host speed: put them all on the reference speed.
+        .slowed_by(speed.normaliser(Some(speed.compute_s)));
+        measured.block_times = self.blocks.iter().map(|b| b.to_block_time().slowed_by(speed.normaliser(b.probe_s))).collect();
+        measured.collectives = CollectiveProfile {
+            fits: self
+                .collective_fits
+                .iter()
+                .map(|f| CollectiveFit { alpha: Seconds(sig(f.fit.alpha.0)), bus_bandwidth: Bandwidth(sig(f.fit.bus_bandwidth.0)), ..f.fit.clone() })
+                .collect(),
+            busy: busy_extras(&self.collectives, &self.busy_collectives),
         };
+        measured.speed_probe = (speed.reference_s() > 0.0).then(|| Seconds(sig(speed.reference_s())));
         let p = HardwareProfile { hardware: hw, measured };
         p.validate().map_err(|(field, reason)| CalibrateError::Invalid { field, reason })?;
         Ok(p)
@@ -1319,7 +1358,7 @@ mod tests {
             assert!(f.fit.bus_bandwidth.0 > 1e7 && f.fit.bus_bandwidth.0 < 1e12, "{f:?}");
         }
 
-        let report = CalibrationReport { host: HostInfo::detect(), quick: true, compute: r, collectives: samples, collective_fits: fits, collective_world_size: 2, blocks: Vec::new(), busy_collectives: Vec::new() };
+        let report = CalibrationReport { host: HostInfo::detect(), quick: true, compute: r, collectives: samples, collective_fits: fits, collective_world_size: 2, blocks: Vec::new(), busy_collectives: Vec::new(), speed: None };
         let base = cost_models::hardware::builtin_hardware("cpu-local").unwrap();
         let text = report.profile_toml(&base).unwrap();
         let dir = std::env::temp_dir().join(format!("seerscale-calibrate-{}", std::process::id()));
@@ -1337,5 +1376,33 @@ mod tests {
         // The planner's compute model picks the measured rate up.
         let cm = cost_models::compute::ComputeModel::new(&p);
         assert_eq!(cm.rate(OpKind::Conv, DType::Fp32).unwrap(), conv.rate);
+        assert_eq!(p.measured.speed_probe, None);
+
+        // With host-speed probes: the ops ran while the host was 2x slower
+        // than the reference (median reading) and one block workload while
+        // it was 4x faster; both are put on the reference speed.
+        let timing = |s: f64| Timing { median_s: s, p10_s: s, p90_s: s, samples: 1, calls_per_sample: 1 };
+        let block = crate::block_timing::BlockMeasurement {
+            block: "s1.b0".into(),
+            key: "k".into(),
+            label: "tiny s1.b0".into(),
+            forward: timing(1e-3),
+            forward_no_grad: timing(1e-3),
+            forward_backward: timing(3e-3),
+            backward_peak_bytes: 10,
+            probe_s: Some(0.25e-3),
+        };
+        let probed = CalibrationReport {
+            blocks: vec![block],
+            speed: Some(SpeedProbes { compute_s: 2e-3, readings_s: vec![2e-3, 1e-3, 1e-3, 0.25e-3, 1e-3] }),
+            ..report.clone()
+        };
+        let q = probed.to_profile(&base).unwrap();
+        assert_eq!(q.measured.speed_probe, Some(cost_models::Seconds(1e-3)));
+        let conv_q = q.measured.op_throughput.iter().find(|t| t.kind == OpKind::Conv && t.dtype == DType::Fp32).unwrap();
+        assert!((conv_q.rate.0 / conv.rate.0 - 2.0).abs() < 1e-3, "{} vs {}", conv_q.rate.0, conv.rate.0);
+        let b = &q.measured.block_times[0];
+        assert!((b.forward.0 - 4e-3).abs() < 1e-9 && (b.backward.0 - 8e-3).abs() < 1e-9, "{b:?}");
+        assert_eq!(q.measured.collectives, p.measured.collectives);
     }
 }

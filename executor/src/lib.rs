@@ -24,6 +24,7 @@ pub mod precision;
 pub mod reduce;
 pub mod reference;
 pub mod schedule;
+pub mod speed_probe;
 pub mod step;
 pub mod storage;
 pub mod swav;

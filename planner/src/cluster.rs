@@ -5,7 +5,7 @@
 
 use cost_models::hardware::{DeviceKind, HardwareSpec, Measured};
 use cost_models::topology::{GroupLinks, Topology, TopologyError};
-use cost_models::{Bandwidth, Bytes, FlopRate, Seconds};
+use cost_models::{Bandwidth, Bytes, FlopRate};
 use std::collections::HashMap;
 
 /// Most rank processes one CPU machine is split into.
@@ -102,31 +102,7 @@ pub fn rank_measured(hw: &HardwareSpec, measured: &Measured, world: usize) -> Me
     if f >= 1.0 {
         return measured.clone();
     }
-    let mut m = measured.clone();
-    for r in &mut m.op_throughput {
-        r.rate = FlopRate(r.rate.0 * f);
-    }
-    m.memory_bandwidth = m.memory_bandwidth.map(|b| Bandwidth(b.0 * f));
-    m.kernel_overhead = m.kernel_overhead.map(|o| Seconds(o.0 / f));
-    for x in &mut m.op_fixed {
-        x.forward = Seconds(x.forward.0 / f);
-        x.backward = Seconds(x.backward.0 / f);
-    }
-    for b in &mut m.collectives.busy {
-        b.extra = Seconds(b.extra.0 / f);
-    }
-    for b in &mut m.block_times {
-        b.forward = Seconds(b.forward.0 / f);
-        b.forward_no_grad = Seconds(b.forward_no_grad.0 / f);
-        b.backward = Seconds(b.backward.0 / f);
-    }
-    if let Some(h) = &mut m.host {
-        h.small_op = Seconds(h.small_op.0 / f);
-        h.param_view_forward = Seconds(h.param_view_forward.0 / f);
-        h.param_view_backward = Seconds(h.param_view_backward.0 / f);
-        h.backward_call = Seconds(h.backward_call.0 / f);
-    }
-    m
+    measured.slowed_by(1.0 / f)
 }
 
 /// Whether a `world`-rank job's collectives run beside its compute. GPUs:
@@ -187,7 +163,7 @@ mod tests {
     fn measured_cpu_rates_scale_only_when_ranks_oversubscribe_the_cores() {
         use cost_models::compute::OpKind;
         use cost_models::hardware::{HostCosts, OpThroughput};
-        use cost_models::DType;
+        use cost_models::{DType, Seconds};
         let cpu = cost_models::hardware::builtin_hardware("cpu-local").unwrap();
         let mut m = Measured { threads_per_rank: Some(1), host_cores: Some(2), ..Measured::default() };
         m.op_throughput.push(OpThroughput { kind: OpKind::Conv, dtype: DType::Fp32, rate: FlopRate(10e9) });

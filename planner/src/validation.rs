@@ -427,6 +427,15 @@ pub struct Row {
     /// Rank 0's phase timer (median over steady-state steps).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub measured_phases: Option<PhaseTimes>,
+    /// How much slower the host-speed probe ran around this variant's run
+    /// (before and after it) than during the calibration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_slowdown: Option<f64>,
+    /// The step time predicted at the speed `host_slowdown` says the host
+    /// had (a diagnostic: the probe does not track the ranks' speed well
+    /// enough to be the prediction, see the README).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_scaled_step_time_s: Option<f64>,
 }
 
 impl Row {
@@ -445,6 +454,8 @@ impl Row {
             note,
             predicted_phases: None,
             measured_phases: None,
+            host_slowdown: None,
+            probe_scaled_step_time_s: None,
         }
     }
     pub fn memory_error(&self) -> Option<f64> {
@@ -452,6 +463,11 @@ impl Row {
     }
     pub fn step_error(&self) -> Option<f64> {
         self.measured.as_ref().and_then(|m| rel_error(m.step_time_s, self.predicted_step_time_s))
+    }
+    /// The step-time error of the probe-scaled prediction.
+    pub fn probe_scaled_step_error(&self) -> Option<f64> {
+        let p = self.probe_scaled_step_time_s?;
+        self.measured.as_ref().and_then(|m| rel_error(m.step_time_s, p))
     }
 }
 
@@ -474,6 +490,22 @@ pub struct ValidationReport {
 }
 
 impl ValidationReport {
+    /// "k/n within ±t% (max |error| m%, median n%)" for one step-time error.
+    fn step_summary(&self, error: fn(&Row) -> Option<f64>) -> String {
+        let mut errs: Vec<f64> = self.rows.iter().filter_map(error).map(f64::abs).collect();
+        errs.sort_by(f64::total_cmp);
+        let within = errs.iter().filter(|e| **e <= self.step_tolerance).count();
+        let max = errs.last().copied().unwrap_or(0.0);
+        let median = if errs.is_empty() { 0.0 } else { errs[errs.len() / 2] };
+        format!(
+            "{within}/{} within ±{:.0}% (max |error| {:.0}%, median {:.0}%)",
+            self.rows.len(),
+            self.step_tolerance * 100.0,
+            max * 100.0,
+            median * 100.0
+        )
+    }
+
     /// Variants whose measured peak is off by more than the tolerance, or
     /// that were not measured at all.
     pub fn memory_failures(&self) -> Vec<String> {
@@ -499,31 +531,34 @@ impl ValidationReport {
             self.hardware, self.hardware_source, self.steps, self.warmup
         ));
         let within_mem = self.rows.iter().filter(|r| r.memory_error().is_some_and(|e| e.abs() <= self.memory_tolerance)).count();
-        let within_step = self.rows.iter().filter(|r| r.step_error().is_some_and(|e| e.abs() <= self.step_tolerance)).count();
         let mem_errs: Vec<f64> = self.rows.iter().filter_map(|r| r.memory_error()).map(f64::abs).collect();
-        let step_errs: Vec<f64> = self.rows.iter().filter_map(|r| r.step_error()).map(f64::abs).collect();
         let maxf = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
         s.push_str(&format!(
-            "**Peak memory**: {within_mem}/{} variants within ±{:.0}% (max |error| {:.1}%). **Step time**: {within_step}/{} within ±{:.0}% (max |error| {:.0}%).\n\n",
+            "**Peak memory**: {within_mem}/{} variants within ±{:.0}% (max |error| {:.1}%). **Step time**: {}",
             self.rows.len(),
             self.memory_tolerance * 100.0,
             maxf(&mem_errs) * 100.0,
-            self.rows.len(),
-            self.step_tolerance * 100.0,
-            maxf(&step_errs) * 100.0
+            self.step_summary(Row::step_error)
         ));
+        if self.rows.iter().any(|r| r.probe_scaled_step_time_s.is_some()) {
+            s.push_str(&format!(
+                " (scaled by the host-speed probe's slowdown instead: {})",
+                self.step_summary(Row::probe_scaled_step_error)
+            ));
+        }
+        s.push_str(".\n\n");
         if let Some(svg) = svg_name {
             s.push_str(&format!("![predicted vs measured peak memory and step time]({svg})\n\n"));
         }
-        s.push_str("| variant | ranks | peak pred (KiB) | peak meas (KiB) | error | step pred (ms) | step meas (ms) | error | comm exposed pred (ms) | comm meas (ms) |\n");
-        s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+        s.push_str("| variant | ranks | peak pred (KiB) | peak meas (KiB) | error | step pred (ms) | step meas (ms) | error | host slowdown (probe) | comm exposed pred (ms) | comm meas (ms) |\n");
+        s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
         for r in &self.rows {
             let (mp, mt, mc, ranks) = match &r.measured {
                 Some(m) => (kib(m.peak_memory_bytes), ms(m.step_time_s), ms(m.comm_time_s), m.ranks.to_string()),
                 None => ("-".into(), "-".into(), "-".into(), "-".into()),
             };
             s.push_str(&format!(
-                "| `{}` | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| `{}` | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 r.variant,
                 ranks,
                 kib(r.predicted_peak_bytes),
@@ -532,6 +567,7 @@ impl ValidationReport {
                 ms(r.predicted_step_time_s),
                 mt,
                 pct(r.step_error()),
+                r.host_slowdown.map_or("-".to_string(), |f| format!("x{f:.2}")),
                 ms(r.predicted_exposed_comm_s),
                 mc
             ));
@@ -765,9 +801,22 @@ mod tests {
         assert!(f[1].contains("rank 1 failed"));
         let md = rep.markdown(Some("x.svg"));
         assert!(md.contains("seerscale validate --recipe tiny-cpu") && md.contains("+2.0%") && md.contains("+10.0%") && md.contains("x.svg"));
+        assert!(!md.contains("host-speed probe"), "no probe, no correction: {md}");
         let svg = rep.svg();
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert_eq!(svg.matches("<rect").count(), 3 + 2 * (3 + 2));
+
+        // A run the probe found 1.5x slower: the headline stays the
+        // calibration-speed prediction, the probe-scaled one is stated too.
+        let mut slow = Row::from_plan(&v, &plan, Some(Measured { step_time_s: 1.05 * plan.predicted.step_time_s, ..meas(p) }), None);
+        slow.host_slowdown = Some(1.5);
+        slow.probe_scaled_step_time_s = Some(plan.predicted.step_time_s * 1.5);
+        assert!((slow.step_error().unwrap() - 0.05).abs() < 1e-9);
+        assert!((slow.probe_scaled_step_error().unwrap() + 0.3).abs() < 1e-9);
+        rep.rows = vec![slow];
+        let md = rep.markdown(None);
+        assert!(md.contains("**Step time**: 1/1 within ±10% (max |error| 5%, median 5%) (scaled by the host-speed probe's slowdown instead: 0/1 within ±10% (max |error| 30%"), "{md}");
+        assert!(md.contains("| x1.50 |"), "{md}");
     }
 
     #[test]

@@ -15,7 +15,8 @@ use cost_models::DType;
 use cost_models::config::ModelConfig;
 use cost_models::graph::Workload;
 use executor::block_timing::{self, BlockMeasurement};
-use executor::calibrate::{self, BusySample, CalibrationReport, CollectiveOptions, CollectiveSample, ComputeOptions, HostInfo};
+use executor::calibrate::{self, BusySample, CalibrationReport, CollectiveOptions, CollectiveSample, ComputeOptions, HostInfo, SpeedProbes};
+use executor::speed_probe;
 use planner::recipe::Recipe;
 use executor::dist::{Backend, GroupConfig, ProcessGroup};
 use executor::launch::{launch_local, LaunchOptions, RankEnv};
@@ -90,10 +91,13 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
     let mut copts = ComputeOptions::new(args.quick, threads);
     copts.dtypes = args.dtypes.clone();
     eprintln!("calibrate: compute on {} thread(s), {} shapes x {} dtype(s)", threads, copts.cases.len(), copts.dtypes.len());
+    let mut probes = Probes::default();
+    probes.take()?;
     let compute = calibrate::measure_compute(&copts, |m| eprintln!("calibrate:   {m}")).context("measuring compute")?;
+    let compute_probe = probes.take()?;
 
     let blocks = match &block_workloads {
-        Some(b) => measure_blocks(args, b, threads)?,
+        Some(b) => measure_blocks(args, b, threads, &mut probes)?,
         None => Vec::new(),
     };
 
@@ -115,6 +119,7 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
         collective_world_size: if args.nproc >= 2 { args.nproc } else { 0 },
         blocks,
         busy_collectives: busy,
+        speed: Some(SpeedProbes { compute_s: compute_probe, readings_s: probes.readings.clone() }),
     };
 
     let toml = report.profile_toml(&base).context("building the profile")?;
@@ -165,15 +170,38 @@ fn block_workloads(args: &CalibrateArgs, recipe: &str) -> Result<BlockWorkloads>
     Ok(BlockWorkloads { model, workloads })
 }
 
-/// Block timings of every workload.
-fn measure_blocks(args: &CalibrateArgs, b: &BlockWorkloads, threads: usize) -> Result<Vec<BlockMeasurement>> {
+/// Host-speed probe readings, in the order taken.
+#[derive(Default)]
+struct Probes {
+    readings: Vec<f64>,
+}
+
+impl Probes {
+    /// Takes a reading; returns the mean of it and the one before (the
+    /// host's speed over what was measured in between).
+    fn take(&mut self) -> Result<f64> {
+        let now = speed_probe::measure(speed_probe::DURATION).context("running the host-speed probe")?.0;
+        let mean = self.readings.last().map_or(now, |prev| 0.5 * (prev + now));
+        self.readings.push(now);
+        eprintln!("calibrate: host-speed probe {:.1} µs", now * 1e6);
+        Ok(mean)
+    }
+}
+
+
+/// Block timings of every workload, each with the host speed while it ran.
+fn measure_blocks(args: &CalibrateArgs, b: &BlockWorkloads, threads: usize, probes: &mut Probes) -> Result<Vec<BlockMeasurement>> {
     let budget = if args.quick { calibrate::Budget::quick() } else { calibrate::Budget::full() };
     let mut out = Vec::new();
     for w in &b.workloads {
         let label = block_timing::workload_label(w);
         eprintln!("calibrate: blocks of {} at {label}", b.model.name);
-        let m = block_timing::measure_blocks(&b.model, w, &budget, threads, |m| eprintln!("calibrate:   {m}"))
+        let mut m = block_timing::measure_blocks(&b.model, w, &budget, threads, |m| eprintln!("calibrate:   {m}"))
             .with_context(|| format!("timing the blocks of {} at {label}", b.model.name))?;
+        let probe = probes.take()?;
+        for x in &mut m {
+            x.probe_s = Some(probe);
+        }
         out.extend(m);
     }
     Ok(out)

@@ -4,7 +4,9 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use cost_models::hardware::load_profile;
+use cost_models::hardware::{load_profile, HardwareProfile};
+use cost_models::Seconds;
+use executor::speed_probe;
 use executor::metrics::metrics_path;
 use planner::recipe::Recipe;
 use planner::validation::{default_variants, measured_blocks, parse_phase_times, parse_variants, plan_variant, summarize, variant_phases, Row, StepSample, ValidationReport, Variant};
@@ -279,7 +281,19 @@ pub fn run(a: &ValidateArgs) -> Result<()> {
         plan.save(&plan_path)?;
         eprint!("[{}/{}] {name}: ", i + 1, variants.len());
         let t0 = Instant::now();
+        let before = probe(&hw)?;
         let failure = execute(&plan_path, v, a.steps, threads, &data, &run_dir, Duration::from_secs(a.run_timeout_s.max(1)))?;
+        let after = probe(&hw)?;
+        // What the probe says the host's speed was during this run, and
+        // the prediction at that speed (reported beside the plan's own).
+        let slowdown = match (hw.measured.speed_probe, before, after) {
+            (Some(r), Some(b), Some(a)) => Some(speed_probe::slowdown(r, b, a)),
+            _ => None,
+        };
+        let probe_scaled = match slowdown {
+            Some(f) => Some(plan_variant(&recipe, &HardwareProfile { measured: hw.measured.slowed_by(f), ..hw.clone() }, v)?.0.predicted.step_time_s),
+            None => None,
+        };
         let (ss, missing) = samples(&run_dir, v.world_size);
         let mut measured = summarize(&ss, a.warmup);
         let mut note = failure.or(missing);
@@ -292,6 +306,8 @@ pub fn run(a: &ValidateArgs) -> Result<()> {
             }
         }
         let mut row = Row::from_plan(v, &plan, measured, note);
+        row.host_slowdown = slowdown;
+        row.probe_scaled_step_time_s = probe_scaled;
         row.predicted_phases = Some(variant_phases(&recipe, &hw, v)?);
         row.measured_phases = std::fs::read_to_string(run_dir.join("train.log")).ok().and_then(|t| parse_phase_times(&t, a.warmup));
         match (row.memory_error(), row.step_error()) {
@@ -353,7 +369,14 @@ pub fn run(a: &ValidateArgs) -> Result<()> {
             format!("On CPU the data loader's prefetched image batches go through the same counting allocator as the step, so the model counts the loader's full queue ({WORKERS} workers x ({} prefetched + 1 blocked) fp32 batches) besides the batch in use. The queue is full only when the loader keeps up with the step; the runs therefore read {}. With the bundled 512 px photos on 2 shared cores the loader does not keep up, the queue holds 0-6 batches at the peak, and the measured peak moves by whole batches (about 9 % each for b8-r32) from step to step.", planner::memory::LOADER_PREFETCH, match &a.data { Some(d) => format!("`{}`", d.display()), None => format!("{SYNTHETIC_IMAGES} synthetic {SYNTHETIC_SIDE} px PNGs (decoding is then negligible)") }),
             "Peak memory is predicted by `planner::memory` from the plan alone (no measured input); step and communication times come from the step simulator with the hardware above.".into(),
             block_note,
-        ],
+        ]
+        .into_iter()
+        .chain(hw.measured.speed_probe.map(|r| format!(
+            "Host speed: this shared machine's speed drifts by tens of percent from minute to minute. Every run is bracketed by the host-speed probe (`executor::speed_probe`, a fixed single-thread conv/BN workload, {:.1} s each): `host slowdown (probe)` = mean of the two readings / the calibration's reference reading ({:.0} µs), to which `calibrate` normalised its own measurements. The predictions are at the calibration's speed; the probe-scaled alternative in the headline shows how far the probe is from tracking what the ranks see.",
+            speed_probe::DURATION.0,
+            r.0 * 1e6
+        )))
+        .collect(),
     };
     let md_path = out.with_extension("md");
     let svg_path = out.with_extension("svg");
@@ -370,6 +393,16 @@ pub fn run(a: &ValidateArgs) -> Result<()> {
     }
     Ok(())
 }
+
+/// One host-speed probe reading, when the profile has a reference to
+/// compare it with.
+fn probe(hw: &HardwareProfile) -> Result<Option<Seconds>> {
+    if hw.measured.speed_probe.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(speed_probe::measure(speed_probe::DURATION).context("running the host-speed probe")?))
+}
+
 
 /// The calibration that measures what `variants` need: every block at each
 /// of their per-rank batches, largest-crop resolutions and precisions.
