@@ -1028,6 +1028,16 @@ pub struct SpeedProbes {
 }
 
 impl SpeedProbes {
+    /// Takes a reading ([`crate::speed_probe::measure`]); returns the mean
+    /// of it and the one before: the host's speed over what was measured
+    /// in between.
+    pub fn take(&mut self) -> Result<f64, CalibrateError> {
+        let now = crate::speed_probe::measure(crate::speed_probe::DURATION)?.0;
+        let mean = self.readings_s.last().map_or(now, |prev| 0.5 * (prev + now));
+        self.readings_s.push(now);
+        Ok(mean)
+    }
+
     /// The speed everything is normalised to: the median reading.
     pub fn reference_s(&self) -> f64 {
         let mut r: Vec<f64> = self.readings_s.iter().copied().filter(|x| *x > 0.0).collect();

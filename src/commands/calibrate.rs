@@ -16,7 +16,6 @@ use cost_models::config::ModelConfig;
 use cost_models::graph::Workload;
 use executor::block_timing::{self, BlockMeasurement};
 use executor::calibrate::{self, BusySample, CalibrationReport, CollectiveOptions, CollectiveSample, ComputeOptions, HostInfo, SpeedProbes};
-use executor::speed_probe;
 use planner::recipe::Recipe;
 use executor::dist::{Backend, GroupConfig, ProcessGroup};
 use executor::launch::{launch_local, LaunchOptions, RankEnv};
@@ -91,13 +90,13 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
     let mut copts = ComputeOptions::new(args.quick, threads);
     copts.dtypes = args.dtypes.clone();
     eprintln!("calibrate: compute on {} thread(s), {} shapes x {} dtype(s)", threads, copts.cases.len(), copts.dtypes.len());
-    let mut probes = Probes::default();
-    probes.take()?;
+    let mut speed = SpeedProbes::default();
+    take_probe(&mut speed)?;
     let compute = calibrate::measure_compute(&copts, |m| eprintln!("calibrate:   {m}")).context("measuring compute")?;
-    let compute_probe = probes.take()?;
+    speed.compute_s = take_probe(&mut speed)?;
 
     let blocks = match &block_workloads {
-        Some(b) => measure_blocks(args, b, threads, &mut probes)?,
+        Some(b) => measure_blocks(args, b, threads, &mut speed)?,
         None => Vec::new(),
     };
 
@@ -119,7 +118,7 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
         collective_world_size: if args.nproc >= 2 { args.nproc } else { 0 },
         blocks,
         busy_collectives: busy,
-        speed: Some(SpeedProbes { compute_s: compute_probe, readings_s: probes.readings.clone() }),
+        speed: Some(speed),
     };
 
     let toml = report.profile_toml(&base).context("building the profile")?;
@@ -170,27 +169,15 @@ fn block_workloads(args: &CalibrateArgs, recipe: &str) -> Result<BlockWorkloads>
     Ok(BlockWorkloads { model, workloads })
 }
 
-/// Host-speed probe readings, in the order taken.
-#[derive(Default)]
-struct Probes {
-    readings: Vec<f64>,
+/// One host-speed probe reading, logged; the mean with the one before.
+fn take_probe(speed: &mut SpeedProbes) -> Result<f64> {
+    let mean = speed.take().context("running the host-speed probe")?;
+    eprintln!("calibrate: host-speed probe {:.1} µs", speed.readings_s.last().copied().unwrap_or(0.0) * 1e6);
+    Ok(mean)
 }
-
-impl Probes {
-    /// Takes a reading; returns the mean of it and the one before (the
-    /// host's speed over what was measured in between).
-    fn take(&mut self) -> Result<f64> {
-        let now = speed_probe::measure(speed_probe::DURATION).context("running the host-speed probe")?.0;
-        let mean = self.readings.last().map_or(now, |prev| 0.5 * (prev + now));
-        self.readings.push(now);
-        eprintln!("calibrate: host-speed probe {:.1} µs", now * 1e6);
-        Ok(mean)
-    }
-}
-
 
 /// Block timings of every workload, each with the host speed while it ran.
-fn measure_blocks(args: &CalibrateArgs, b: &BlockWorkloads, threads: usize, probes: &mut Probes) -> Result<Vec<BlockMeasurement>> {
+fn measure_blocks(args: &CalibrateArgs, b: &BlockWorkloads, threads: usize, speed: &mut SpeedProbes) -> Result<Vec<BlockMeasurement>> {
     let budget = if args.quick { calibrate::Budget::quick() } else { calibrate::Budget::full() };
     let mut out = Vec::new();
     for w in &b.workloads {
@@ -198,7 +185,7 @@ fn measure_blocks(args: &CalibrateArgs, b: &BlockWorkloads, threads: usize, prob
         eprintln!("calibrate: blocks of {} at {label}", b.model.name);
         let mut m = block_timing::measure_blocks(&b.model, w, &budget, threads, |m| eprintln!("calibrate:   {m}"))
             .with_context(|| format!("timing the blocks of {} at {label}", b.model.name))?;
-        let probe = probes.take()?;
+        let probe = take_probe(speed)?;
         for x in &mut m {
             x.probe_s = Some(probe);
         }

@@ -403,7 +403,6 @@ fn probe(hw: &HardwareProfile) -> Result<Option<Seconds>> {
     Ok(Some(speed_probe::measure(speed_probe::DURATION).context("running the host-speed probe")?))
 }
 
-
 /// The calibration that measures what `variants` need: every block at each
 /// of their per-rank batches, largest-crop resolutions and precisions.
 fn calibrate_command(recipe: &str, variants: &[Variant], out: &str) -> String {
