@@ -13,7 +13,7 @@ fn calibrate_quick_writes_a_profile_plan_can_load() {
     std::fs::create_dir_all(&dir).unwrap();
     let out = dir.join("cpu-local.toml");
     let run = Command::new(env!("CARGO_BIN_EXE_seerscale"))
-        .args(["calibrate", "--quick", "--threads", "1", "--recipe", "tiny-cpu", "--out"])
+        .args(["calibrate", "--quick", "--threads", "1", "--recipe", "tiny-cpu", "--rounds", "2", "--out"])
         .arg(&out)
         .output()
         .unwrap();
@@ -42,8 +42,11 @@ fn calibrate_quick_writes_a_profile_plan_can_load() {
     assert_eq!(report["collectives"].as_array().unwrap().len(), 12, "4 collectives x 3 sizes");
 
     // --recipe: every block of regnety-tiny at the recipe's workload, per dtype,
-    // with its backward peak; and the busy-rank collective fits.
-    assert_eq!(p.measured.block_times.len(), 2 * 8, "fp32 + bf16 x 8 blocks");
+    // with its backward peak; and the busy-rank collective fits. Two rounds
+    // are in the report, one median per block in the profile.
+    assert_eq!(report["blocks"].as_array().unwrap().len(), 2 * 2 * 8, "2 rounds x fp32 + bf16 x 8 blocks");
+    // The prototype head runs in fp32 in both precisions: one key, one time.
+    assert_eq!(p.measured.block_times.len(), 2 * 8 - 1, "fp32 + bf16 x 8 blocks, head.proto shared");
     assert!(p.measured.block_times.iter().all(|b| b.backward.0 > 0.0 && b.backward_peak_bytes.is_some_and(|x| x > 0)), "{:?}", p.measured.block_times);
     assert_eq!(p.measured.collectives.busy.len(), 3, "all-gather, reduce-scatter, all-reduce");
     // A plan made with the profile uses them: measured backward peaks travel with it.
@@ -68,6 +71,7 @@ fn calibrate_refuses_bad_block_flags_up_front() {
         (&["--recipe", "nope"][..], "unknown recipe `nope`"),
         (&["--recipe", "tiny-cpu", "--batch", "0"][..], "--batch 0"),
         (&["--recipe", "tiny-cpu", "--largest-crop", "5"][..], "--largest-crop 5"),
+        (&["--recipe", "tiny-cpu", "--rounds", "0"][..], "--rounds must be at least 1"),
     ] {
         let run = Command::new(env!("CARGO_BIN_EXE_seerscale")).arg("calibrate").args(args).args(["--out", "/nonexistent/p.toml"]).output().unwrap();
         let stderr = String::from_utf8_lossy(&run.stderr);

@@ -25,7 +25,7 @@ fn measured_peak_memory_matches_the_model_within_3_percent() {
     let dir = temp_dir("validate");
     let out = dir.join("report");
     let o = Command::new(env!("CARGO_BIN_EXE_seerscale"))
-        .args(["validate", "--recipe", "tiny-cpu", "--variants", VARIANTS, "--steps", "4", "--warmup", "2", "--memory-tolerance", &TOLERANCE.to_string()])
+        .args(["validate", "--recipe", "tiny-cpu", "--variants", VARIANTS, "--steps", "4", "--warmup", "2", "--repeats", "2", "--memory-tolerance", &TOLERANCE.to_string()])
         .arg("--out")
         .arg(&out)
         .arg("--work-dir")
@@ -47,6 +47,13 @@ fn measured_peak_memory_matches_the_model_within_3_percent() {
             continue;
         };
         assert!(r["measured"]["steps"].as_u64().unwrap() >= 2, "{name}: too few steady-state steps");
+        // Both runs measured, each in its own directory; the step time is their median.
+        let runs: Vec<f64> = r["measured"]["run_step_times_s"].as_array().unwrap().iter().map(|t| t.as_f64().unwrap()).collect();
+        assert_eq!(runs.len(), 2, "{name}: {runs:?}");
+        assert!((r["measured"]["step_time_s"].as_f64().unwrap() - 0.5 * (runs[0] + runs[1])).abs() < 1e-12, "{name}");
+        for k in 1..=2 {
+            assert!(dir.join("work").join(name).join(format!("run-{k}")).join("metrics.rank0.jsonl").exists(), "{name} run {k}");
+        }
         let err = (measured - predicted) / predicted;
         if err.abs() > TOLERANCE {
             bad.push(format!("{name}: measured {measured} B, predicted {predicted} B ({:+.2}%)", err * 100.0));
@@ -56,6 +63,7 @@ fn measured_peak_memory_matches_the_model_within_3_percent() {
     // The report and plot were written next to the JSON.
     let md = std::fs::read_to_string(out.with_extension("md")).unwrap();
     assert!(md.contains("seerscale validate --recipe tiny-cpu") && md.contains("w4-stage-keep-ckptsome-bf16-b8-r48"));
+    assert!(md.contains("ran 2 times, in interleaved rounds") && md.contains("step runs (ms)"), "{md}");
     assert!(std::fs::read_to_string(out.with_extension("svg")).unwrap().starts_with("<svg"));
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -66,4 +74,7 @@ fn bad_variant_names_are_one_line_errors() {
     assert!(!o.status.success());
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("blocky") && e.contains("granularity") && !e.contains("panicked"), "{e}");
+    let o = Command::new(env!("CARGO_BIN_EXE_seerscale")).args(["validate", "--recipe", "tiny-cpu", "--repeats", "0"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--repeats must be at least 1"));
 }

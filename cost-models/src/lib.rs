@@ -15,6 +15,7 @@ pub mod config;
 pub mod graph;
 pub mod hardware;
 pub mod regnet;
+pub mod stats;
 pub mod topology;
 pub mod units;
 

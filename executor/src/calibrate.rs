@@ -19,7 +19,8 @@
 use crate::dist::{DistError, ProcessGroup, ReduceOp};
 use cost_models::collectives::{BusyCollective, Collective, CollectiveFit, CollectiveProfile, Scope};
 use cost_models::compute::OpKind;
-use cost_models::hardware::{HardwareError, HardwareProfile, HardwareSpec, HostCosts, Measured, OpFixed, OpThroughput};
+use cost_models::hardware::{BlockTime, HardwareError, HardwareProfile, HardwareSpec, HostCosts, Measured, OpFixed, OpThroughput};
+use cost_models::stats::{median, quantile};
 use cost_models::{Bandwidth, Bytes, DType, FlopRate, Seconds};
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
@@ -89,16 +90,6 @@ impl Timing {
         s.sort_by(|a, b| a.total_cmp(b));
         Timing { median_s: quantile(&s, 0.5), p10_s: quantile(&s, 0.1), p90_s: quantile(&s, 0.9), samples: s.len(), calls_per_sample }
     }
-}
-
-/// Linear-interpolated quantile of sorted data.
-fn quantile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let pos = q * (sorted.len() - 1) as f64;
-    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-    sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
 }
 
 /// Times `f` (one call = one op) with the budget. CPU ops are synchronous,
@@ -599,7 +590,7 @@ pub fn measure_compute(opts: &ComputeOptions, mut progress: impl FnMut(&str)) ->
         }
         ops.extend(these);
     }
-    let host = measure_host(&opts.budget)?;
+    let (host, fixed) = measure_host_round(&opts.budget, opts.threads)?;
     progress(&format!(
         "host: small op {:.2} µs, backward call {:.1} µs, param view {:.2}/{:.2} µs fwd/bwd",
         host.small_op.median_s * 1e6,
@@ -607,7 +598,6 @@ pub fn measure_compute(opts: &ComputeOptions, mut progress: impl FnMut(&str)) ->
         host.param_view_forward_s * 1e6,
         host.param_view_backward_s * 1e6
     ));
-    let fixed = measure_fixed(&opts.budget, host.backward_call_s)?;
     for f in &fixed {
         progress(&format!("fixed {:?} ({}): fwd {:.1} µs, bwd node {:.1} µs", f.kind, f.label, f.forward.median_s * 1e6, f.backward_node_s * 1e6));
     }
@@ -744,6 +734,13 @@ pub struct BusySample {
     pub compute: Timing,
     /// Compute segment + collective, per iteration, slowest rank.
     pub busy: Timing,
+    /// Grouped 3x3 convs in the compute segment (one of [`BUSY_SEGMENTS`]).
+    #[serde(default)]
+    pub segment_convs: usize,
+    /// Which pass of [`measure_busy_collectives`] (`calibrate --rounds`)
+    /// took it: each pass is fitted on its own.
+    #[serde(default)]
+    pub round: usize,
 }
 
 /// Collectives FSDP issues in a step, at sizes like a small model's units.
@@ -764,14 +761,14 @@ fn busy_work(x: &Tensor, w: &Tensor, convs: usize) -> Result<(), tch::TchError> 
 /// Every rank calls this with the same options; see [`BusySample`]. Each
 /// iteration times its own compute segment and the whole iteration, so
 /// compute and waiting come from the same moment of a noisy host.
-pub fn measure_busy_collectives(pg: &ProcessGroup, opts: &CollectiveOptions) -> Result<Vec<BusySample>, CalibrateError> {
+pub fn measure_busy_collectives(pg: &ProcessGroup, opts: &CollectiveOptions, round: usize) -> Result<Vec<BusySample>, CalibrateError> {
     let world = pg.world_size();
     let (x, w) = busy_tensors()?;
     // Waiting is the noisiest thing measured here: many iterations.
     let iters = opts.iters.max(8) * 4;
     let sizes: Vec<u64> = opts.sizes.iter().copied().filter(|&b| b <= 64 << 10).collect();
-    // (op, bytes, per-iteration compute, per-iteration total)
-    let mut local: Vec<(Collective, u64, Vec<f64>, Vec<f64>)> = Vec::new();
+    // (op, bytes, convs, per-iteration compute, per-iteration total)
+    let mut local: Vec<(Collective, u64, usize, Vec<f64>, Vec<f64>)> = Vec::new();
     for convs in BUSY_SEGMENTS {
         for op in BUSY_COLLECTIVES {
             for &bytes in &sizes {
@@ -788,24 +785,26 @@ pub fn measure_busy_collectives(pg: &ProcessGroup, opts: &CollectiveOptions) -> 
                         total.push(t.elapsed().as_secs_f64());
                     }
                 }
-                local.push((op, full.numel() as u64 * 4, compute, total));
+                local.push((op, full.numel() as u64 * 4, convs, compute, total));
             }
         }
     }
     // Mean compute over ranks, slowest total: per iteration.
-    let computes: Vec<Vec<f64>> = local.iter().map(|l| l.2.iter().map(|c| c / world as f64).collect()).collect();
-    let totals: Vec<Vec<f64>> = local.iter().map(|l| l.3.clone()).collect();
+    let computes: Vec<Vec<f64>> = local.iter().map(|l| l.3.iter().map(|c| c / world as f64).collect()).collect();
+    let totals: Vec<Vec<f64>> = local.iter().map(|l| l.4.clone()).collect();
     let computes = across_ranks(pg, &computes, ReduceOp::Sum)?;
     let totals = across_ranks(pg, &totals, ReduceOp::Max)?;
     Ok(local
         .into_iter()
         .zip(computes.into_iter().zip(totals))
-        .map(|((collective, bytes, _, _), (c, t))| BusySample {
+        .map(|((collective, bytes, segment_convs, _, _), (c, t))| BusySample {
             collective,
             bytes,
+            segment_convs,
             world_size: world,
             compute: Timing::from_samples(c, 1),
             busy: Timing::from_samples(t, 1),
+            round,
         })
         .collect())
 }
@@ -816,44 +815,61 @@ fn busy_tensors() -> Result<(Tensor, Tensor), tch::TchError> {
     Ok((Tensor::f_randn([16, 32, 16, 16], opt)?, Tensor::f_randn([32, 8, 3, 3], opt)?))
 }
 
-/// Each collective's busy-rank cost as `extra + skew · L`: per compute
-/// length L, the median over sizes of `busy − compute alone − idle
+/// Each collective's busy-rank cost as `extra + skew · L`: per round and
+/// compute length L, the median over sizes of `busy − compute alone − idle
 /// collective` (medians), then the line through the two lengths (both
-/// parts at least 0).
+/// parts at least 0); with several rounds, the median of their extras and
+/// of their skews (a two-point line on a noisy host swings between all
+/// extra and all skew from one pass to the next).
 pub fn busy_extras(idle: &[CollectiveSample], busy: &[BusySample]) -> Vec<BusyCollective> {
     let mut out = Vec::new();
+    let mut rounds: Vec<usize> = busy.iter().map(|b| b.round).collect();
+    rounds.sort_unstable();
+    rounds.dedup();
     for op in BUSY_COLLECTIVES {
-        let mut points: Vec<(f64, f64)> = Vec::new();
-        let mut lengths: Vec<f64> = busy.iter().filter(|b| b.collective == op).map(|b| b.compute.median_s).collect();
-        lengths.sort_by(|a, b| a.total_cmp(b));
-        lengths.dedup();
-        for l in lengths {
-            let mut e: Vec<f64> = busy
-                .iter()
-                .filter(|b| b.collective == op && b.compute.median_s == l)
-                .filter_map(|b| {
-                    let i = idle.iter().find(|s| s.collective == op && s.bytes == b.bytes)?;
-                    Some(b.busy.median_s - b.compute.median_s - i.timing.median_s)
-                })
-                .collect();
-            if e.is_empty() {
-                continue;
-            }
-            e.sort_by(|a, b| a.total_cmp(b));
-            points.push((l, quantile(&e, 0.5)));
+        let fits: Vec<(f64, f64)> = rounds.iter().filter_map(|&r| busy_line(idle, busy.iter().filter(|b| b.collective == op && b.round == r))).collect();
+        if fits.is_empty() {
+            continue;
         }
-        let (extra, skew) = match points.as_slice() {
-            [] => continue,
-            [(_, e)] => (*e, 0.0),
-            [(l0, e0), .., (l1, e1)] => {
-                let skew = if l1 > l0 { ((e1 - e0) / (l1 - l0)).max(0.0) } else { 0.0 };
-                ((e0 - skew * l0).max(0.0), skew)
-            }
-        };
+        let extra = median(fits.iter().map(|f| f.0).collect());
+        let skew = median(fits.iter().map(|f| f.1).collect());
         let world_size = busy.iter().find(|b| b.collective == op).map_or(2, |b| b.world_size);
         out.push(BusyCollective { collective: op, world_size, extra: Seconds(sig(extra)), skew: sig(skew) });
     }
     out
+}
+
+/// (extra, skew) of one collective in one round: per compute segment, the
+/// median segment length and the median over sizes of `busy − compute
+/// alone − idle collective`; then the line through the shortest and the
+/// longest segment. None without samples.
+fn busy_line<'a>(idle: &[CollectiveSample], busy: impl Iterator<Item = &'a BusySample> + Clone) -> Option<(f64, f64)> {
+    let mut segments: Vec<usize> = busy.clone().map(|b| b.segment_convs).collect();
+    segments.sort_unstable();
+    segments.dedup();
+    let mut points: Vec<(f64, f64)> = Vec::new();
+    for seg in segments {
+        let in_seg = busy.clone().filter(|b| b.segment_convs == seg);
+        let e: Vec<f64> = in_seg
+            .clone()
+            .filter_map(|b| {
+                let i = idle.iter().find(|s| s.collective == b.collective && s.bytes == b.bytes)?;
+                Some(b.busy.median_s - b.compute.median_s - i.timing.median_s)
+            })
+            .collect();
+        if !e.is_empty() {
+            points.push((median(in_seg.map(|b| b.compute.median_s).collect()), median(e)));
+        }
+    }
+    points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    match points.as_slice() {
+        [] => None,
+        [(_, e)] => Some((*e, 0.0)),
+        [(l0, e0), .., (l1, e1)] => {
+            let skew = if l1 > l0 { ((e1 - e0) / (l1 - l0)).max(0.0) } else { 0.0 };
+            Some(((e0 - skew * l0).max(0.0), skew))
+        }
+    }
 }
 
 /// Alpha/beta of one collective with how well the line fits.
@@ -1016,6 +1032,28 @@ pub struct CalibrationReport {
     /// compute measurements and around each block workload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub speed: Option<SpeedProbes>,
+    /// The host and fixed costs measured again in rounds 2.. (`calibrate
+    /// --rounds`; round 1 is in `compute`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_rounds: Vec<HostRound>,
+}
+
+/// One later round's host and fixed costs, with the host-speed probe
+/// around them.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HostRound {
+    pub host: HostMeasurement,
+    pub fixed: Vec<FixedCost>,
+    pub probe_s: Option<f64>,
+}
+
+/// Host and fixed costs on `threads` intra-op threads (the compute pass,
+/// and again in each later `--rounds` round).
+pub fn measure_host_round(budget: &Budget, threads: usize) -> Result<(HostMeasurement, Vec<FixedCost>), CalibrateError> {
+    tch::set_num_threads(threads.max(1) as i32);
+    let host = measure_host(budget)?;
+    let fixed = measure_fixed(budget, host.backward_call_s)?;
+    Ok((host, fixed))
 }
 
 /// Seconds per host-speed probe call, taken while the calibration ran.
@@ -1053,6 +1091,77 @@ impl SpeedProbes {
             _ => 1.0,
         }
     }
+}
+
+fn op_fixed(fixed: &[FixedCost]) -> Vec<OpFixed> {
+    fixed.iter().map(|f| OpFixed { kind: f.kind, forward: Seconds(sig(f.forward.median_s)), backward: Seconds(sig(f.backward_node_s)) }).collect()
+}
+
+fn host_costs(h: &HostMeasurement) -> HostCosts {
+    HostCosts {
+        small_op: Seconds(sig(h.small_op.median_s)),
+        param_view_forward: Seconds(sig(h.param_view_forward_s)),
+        param_view_backward: Seconds(sig(h.param_view_backward_s)),
+        backward_call: Seconds(sig(h.backward_call_s)),
+    }
+}
+
+/// The median over rounds (each already on the reference speed) of every
+/// host cost and of each kind's fixed costs. These are microseconds timed
+/// in a fraction of a second, and one pass can land on a moment when the
+/// host runs them 3x slower (small op 5.7 vs 2.1 µs in two calibrations
+/// minutes apart on 2026-11-29), while a step pays them thousands of times.
+fn median_host_costs(rounds: &[Measured]) -> (Option<HostCosts>, Vec<OpFixed>) {
+    let hosts: Vec<&HostCosts> = rounds.iter().filter_map(|m| m.host.as_ref()).collect();
+    let of = |f: fn(&HostCosts) -> Seconds| Seconds(sig(median(hosts.iter().map(|h| f(h).0).collect())));
+    let host = (!hosts.is_empty()).then(|| HostCosts {
+        small_op: of(|h| h.small_op),
+        param_view_forward: of(|h| h.param_view_forward),
+        param_view_backward: of(|h| h.param_view_backward),
+        backward_call: of(|h| h.backward_call),
+    });
+    let fixed = rounds
+        .first()
+        .map_or(&[][..], |m| m.op_fixed.as_slice())
+        .iter()
+        .map(|first| {
+            let same: Vec<&OpFixed> = rounds.iter().flat_map(|m| m.op_fixed.iter().filter(|x| x.kind == first.kind)).collect();
+            OpFixed {
+                kind: first.kind,
+                forward: Seconds(sig(median(same.iter().map(|x| x.forward.0).collect()))),
+                backward: Seconds(sig(median(same.iter().map(|x| x.backward.0).collect()))),
+            }
+        })
+        .collect();
+    (host, fixed)
+}
+
+/// One time per block key: the median of its rounds (`calibrate
+/// --rounds`), each already on the reference speed. Rounds measure the same
+/// workloads tens of seconds apart, so the median drops a round that a slow spell
+/// of the host fell on; the backward's peak is deterministic, the max is
+/// kept in case one round's kernels chose a larger workspace.
+fn median_per_block(times: impl Iterator<Item = BlockTime>) -> Vec<BlockTime> {
+    let mut groups: Vec<Vec<BlockTime>> = Vec::new();
+    for t in times {
+        match groups.iter_mut().find(|g| g[0].key == t.key) {
+            Some(g) => g.push(t),
+            None => groups.push(vec![t]),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|g| {
+            let of = |f: fn(&BlockTime) -> Seconds| Seconds(median(g.iter().map(|t| f(t).0).collect()));
+            BlockTime {
+                forward: of(|t| t.forward),
+                forward_no_grad: of(|t| t.forward_no_grad),
+                backward: of(|t| t.backward),
+                backward_peak_bytes: g.iter().filter_map(|t| t.backward_peak_bytes).max(),
+                ..g[0].clone()
+            }
+        })
+        .collect()
 }
 
 impl CalibrationReport {
@@ -1102,24 +1211,23 @@ impl CalibrationReport {
             kernel_overhead: Some(Seconds(sig(c.op_overhead.median_s))),
             op_throughput: c.rates.iter().map(|r| OpThroughput { kind: r.kind, dtype: r.dtype, rate: FlopRate(sig(r.tflops * 1e12)) }).collect(),
             collectives: CollectiveProfile::default(),
-            op_fixed: c
-                .fixed
-                .iter()
-                .map(|f| OpFixed { kind: f.kind, forward: Seconds(sig(f.forward.median_s)), backward: Seconds(sig(f.backward_node_s)) })
-                .collect(),
-            host: c.host.as_ref().map(|h| HostCosts {
-                small_op: Seconds(sig(h.small_op.median_s)),
-                param_view_forward: Seconds(sig(h.param_view_forward_s)),
-                param_view_backward: Seconds(sig(h.param_view_backward_s)),
-                backward_call: Seconds(sig(h.backward_call_s)),
-            }),
+            op_fixed: op_fixed(&c.fixed),
+            host: c.host.as_ref().map(host_costs),
             block_times: Vec::new(),
             speed_probe: None,
         }
         // Op measurements and each block workload were taken at their own
         // host speed: put them all on the reference speed.
         .slowed_by(speed.normaliser(Some(speed.compute_s)));
-        measured.block_times = self.blocks.iter().map(|b| b.to_block_time().slowed_by(speed.normaliser(b.probe_s))).collect();
+        if !self.host_rounds.is_empty() {
+            let rounds: Vec<Measured> = std::iter::once(measured.clone())
+                .chain(self.host_rounds.iter().map(|r| {
+                    Measured { op_fixed: op_fixed(&r.fixed), host: Some(host_costs(&r.host)), ..Measured::default() }.slowed_by(speed.normaliser(r.probe_s))
+                }))
+                .collect();
+            (measured.host, measured.op_fixed) = median_host_costs(&rounds);
+        }
+        measured.block_times = median_per_block(self.blocks.iter().map(|b| b.to_block_time().slowed_by(speed.normaliser(b.probe_s))));
         measured.collectives = CollectiveProfile {
             fits: self
                 .collective_fits
@@ -1260,10 +1368,16 @@ mod tests {
         let t = |s: f64| Timing { median_s: s, p10_s: s, p90_s: s, samples: 1, calls_per_sample: 1 };
         let idle = vec![CollectiveSample { collective: Collective::AllReduce, bytes: 4096, world_size: 2, timing: t(100e-6) }];
         // extra(L) = 50 µs + 0.4 L at L = 1 ms and 4 ms.
-        let busy: Vec<BusySample> = [1e-3, 4e-3]
-            .iter()
-            .map(|&l| BusySample { collective: Collective::AllReduce, bytes: 4096, world_size: 2, compute: t(l), busy: t(l + 100e-6 + 50e-6 + 0.4 * l) })
-            .collect();
+        let sample = |convs: usize, l: f64, extra: f64, skew: f64, round: usize| BusySample {
+            collective: Collective::AllReduce,
+            bytes: 4096,
+            world_size: 2,
+            compute: t(l),
+            busy: t(l + 100e-6 + extra + skew * l),
+            segment_convs: convs,
+            round,
+        };
+        let busy = vec![sample(2, 1e-3, 50e-6, 0.4, 0), sample(8, 4e-3, 50e-6, 0.4, 0)];
         let fit = busy_extras(&idle, &busy);
         assert_eq!(fit.len(), 1);
         assert!((fit[0].extra.0 - 50e-6).abs() < 1e-9, "{:?}", fit[0]);
@@ -1273,6 +1387,15 @@ mod tests {
         flat[1].busy = t(4e-3 + 100e-6);
         let fit = busy_extras(&idle, &flat);
         assert!(fit[0].skew == 0.0 && fit[0].extra.0 >= 0.0, "{:?}", fit[0]);
+        // Three rounds, one of them all extra and no skew: each round is
+        // fitted on its own and the median of the three is kept.
+        let rounds: Vec<BusySample> = [(50e-6, 0.4), (400e-6, 0.0), (60e-6, 0.3)]
+            .iter()
+            .enumerate()
+            .flat_map(|(r, &(e, k))| [sample(2, 1e-3, e, k, r), sample(8, 4e-3, e, k, r)])
+            .collect();
+        let fit = busy_extras(&idle, &rounds);
+        assert!((fit[0].extra.0 - 60e-6).abs() < 1e-9 && (fit[0].skew - 0.3).abs() < 1e-9, "{:?}", fit[0]);
     }
 
     #[test]
@@ -1368,7 +1491,7 @@ mod tests {
             assert!(f.fit.bus_bandwidth.0 > 1e7 && f.fit.bus_bandwidth.0 < 1e12, "{f:?}");
         }
 
-        let report = CalibrationReport { host: HostInfo::detect(), quick: true, compute: r, collectives: samples, collective_fits: fits, collective_world_size: 2, blocks: Vec::new(), busy_collectives: Vec::new(), speed: None };
+        let report = CalibrationReport { host: HostInfo::detect(), quick: true, compute: r, collectives: samples, collective_fits: fits, collective_world_size: 2, blocks: Vec::new(), busy_collectives: Vec::new(), speed: None, host_rounds: Vec::new() };
         let base = cost_models::hardware::builtin_hardware("cpu-local").unwrap();
         let text = report.profile_toml(&base).unwrap();
         let dir = std::env::temp_dir().join(format!("seerscale-calibrate-{}", std::process::id()));
@@ -1403,7 +1526,7 @@ mod tests {
             probe_s: Some(0.25e-3),
         };
         let probed = CalibrationReport {
-            blocks: vec![block],
+            blocks: vec![block.clone()],
             speed: Some(SpeedProbes { compute_s: 2e-3, readings_s: vec![2e-3, 1e-3, 1e-3, 0.25e-3, 1e-3] }),
             ..report.clone()
         };
@@ -1414,5 +1537,33 @@ mod tests {
         let b = &q.measured.block_times[0];
         assert!((b.forward.0 - 4e-3).abs() < 1e-9 && (b.backward.0 - 8e-3).abs() < 1e-9, "{b:?}");
         assert_eq!(q.measured.collectives, p.measured.collectives);
+
+        // Three rounds of the same block (`--rounds 3`): each is put on the
+        // reference speed first, then the profile keeps one time per block,
+        // the median, so the round a slow spell hit (10 ms, probe blind to
+        // it) does not count.
+        let round = |fwd: f64, probe: f64| crate::block_timing::BlockMeasurement { forward: timing(fwd), forward_no_grad: timing(fwd), forward_backward: timing(3.0 * fwd), probe_s: Some(probe), ..block.clone() };
+        let rounds = CalibrationReport { blocks: vec![round(1e-3, 1e-3), round(10e-3, 1e-3), round(0.5e-3, 0.5e-3)], ..probed.clone() };
+        let r = rounds.to_profile(&base).unwrap();
+        assert_eq!(r.measured.block_times.len(), 1, "{:?}", r.measured.block_times);
+        let b = &r.measured.block_times[0];
+        assert!((b.forward.0 - 1e-3).abs() < 1e-9 && (b.backward.0 - 2e-3).abs() < 1e-9, "{b:?}");
+
+        // Host and fixed costs in three rounds: round 1 is the compute pass
+        // (its probe read 2x the reference, so its costs are halved), rounds
+        // 2 and 3 ran at the reference speed with a small op 10x and 2x
+        // round 1's normalised one; the profile keeps the medians.
+        let s0 = q.measured.host.as_ref().unwrap().small_op.0;
+        let h = probed.compute.host.clone().unwrap();
+        let host_round = |small: f64| HostRound { host: HostMeasurement { small_op: timing(small), ..h.clone() }, fixed: probed.compute.fixed.clone(), probe_s: Some(1e-3) };
+        let rounds = CalibrationReport { host_rounds: vec![host_round(10.0 * s0), host_round(2.0 * s0)], ..probed.clone() };
+        let r = rounds.to_profile(&base).unwrap();
+        let small = r.measured.host.as_ref().unwrap().small_op.0;
+        assert!((small / (2.0 * s0) - 1.0).abs() < 1e-3, "{small} vs {}", 2.0 * s0);
+        assert_eq!(r.measured.op_fixed.len(), q.measured.op_fixed.len());
+        for (f, raw) in r.measured.op_fixed.iter().zip(&probed.compute.fixed) {
+            // Normalised {0.5x, x, x}: the median is the later rounds' x.
+            assert!((f.forward.0 / raw.forward.median_s - 1.0).abs() < 1e-3, "{f:?} vs {raw:?}");
+        }
     }
 }

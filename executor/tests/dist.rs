@@ -171,6 +171,37 @@ fn world1_group() -> executor::dist::ProcessGroup {
     .unwrap()
 }
 
+/// One rank: the collectives are done in place of the backend (identity,
+/// or a copy for the out-of-place ones), so they cost no comm time; bad
+/// shapes are still errors.
+#[test]
+fn one_rank_collectives_are_identities() {
+    let pg = world1_group();
+    let x = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0]);
+    let opts = (Kind::Float, tch::Device::Cpu);
+    // Like FSDP's full parameter: a leaf that requires grad, with a view
+    // autograd saved; refilling it (backward's re-gather) is not an
+    // in-place modification that backward would refuse.
+    let gathered = Tensor::zeros([4], opts).set_requires_grad(true);
+    let saved = gathered.view([2, 2]);
+    let loss = (&saved * &saved).sum(Kind::Float);
+    pg.all_gather_into_tensor(&gathered, &x).unwrap();
+    assert_eq!(vals(&gathered), vals(&x));
+    loss.backward();
+    assert_eq!(vals(&gathered.grad()), vec![2.0, 4.0, 6.0, 8.0], "backward reads the refilled storage");
+    let scattered = Tensor::zeros([4], opts);
+    pg.reduce_scatter_tensor(&scattered, &x, ReduceOp::Avg).unwrap();
+    assert_eq!(vals(&scattered), vals(&x));
+    let t = x.copy();
+    pg.all_reduce_(&t, ReduceOp::Sum).unwrap();
+    pg.broadcast_(&t, 0).unwrap();
+    pg.barrier().unwrap();
+    assert_eq!(vals(&t), vals(&x));
+    assert_eq!(pg.take_comm_time(), Duration::ZERO);
+    assert!(matches!(pg.all_gather_into_tensor(&Tensor::zeros([3], opts), &x), Err(DistError::Invalid { .. })));
+    assert!(matches!(pg.broadcast_(&t, 1), Err(DistError::Invalid { .. })));
+}
+
 fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
     (a.to_kind(Kind::Double) - b.to_kind(Kind::Double)).abs().max().double_value(&[])
 }

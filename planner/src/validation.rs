@@ -22,6 +22,7 @@ use cost_models::compute::ComputeModel;
 use cost_models::config::ModelConfig;
 use cost_models::graph::{BlockKind, ModelGraph, Workload};
 use cost_models::hardware::HardwareProfile;
+use cost_models::stats::median;
 use cost_models::{Bytes, DType};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -311,15 +312,15 @@ pub fn parse_phase_times(log: &str, warmup: u64) -> Option<PhaseTimes> {
             optimizer_s: ms("optimizer"),
         });
     }
+    median_phases(&rows)
+}
+
+/// Median of each phase over steps or runs; None when there are none.
+pub fn median_phases(rows: &[PhaseTimes]) -> Option<PhaseTimes> {
     if rows.is_empty() {
         return None;
     }
-    let med = |f: fn(&PhaseTimes) -> f64| {
-        let mut v: Vec<f64> = rows.iter().map(f).collect();
-        v.sort_by(|a, b| a.total_cmp(b));
-        let n = v.len();
-        if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
-    };
+    let med = |f: fn(&PhaseTimes) -> f64| median(rows.iter().map(f).collect());
     Some(PhaseTimes {
         prologue_s: med(|p| p.prologue_s),
         forward_s: med(|p| p.forward_s),
@@ -356,6 +357,26 @@ pub struct Measured {
     /// Median over steady-state steps of the mean over ranks of the time
     /// blocked in collectives.
     pub comm_time_s: f64,
+    /// Each run's own `step_time_s`, in the order they ran (one entry per
+    /// `validate --repeats` run that measured something).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub run_step_times_s: Vec<f64>,
+}
+
+/// One measurement from several runs of the same variant: the worst peak
+/// (as within one run: max over ranks and steps), the median of the runs'
+/// step and communication times. None when no run measured anything.
+pub fn combine_runs(runs: &[Measured]) -> Option<Measured> {
+    let first = runs.first()?;
+    Some(Measured {
+        ranks: first.ranks,
+        steps: runs.iter().map(|m| m.steps).sum(),
+        peak_memory_bytes: runs.iter().map(|m| m.peak_memory_bytes).max()?,
+        peak_memory_min_rank_bytes: runs.iter().map(|m| m.peak_memory_min_rank_bytes).min()?,
+        step_time_s: median(runs.iter().map(|m| m.step_time_s).collect()),
+        comm_time_s: median(runs.iter().map(|m| m.comm_time_s).collect()),
+        run_step_times_s: runs.iter().map(|m| m.step_time_s).collect(),
+    })
 }
 
 /// Steps `0..warmup` are dropped (the first steps allocate optimiser state
@@ -374,16 +395,6 @@ pub fn summarize(samples: &[StepSample], warmup: u64) -> Option<Measured> {
     steps.sort_unstable();
     steps.dedup();
     let per_rank_max = |r: usize| steady.iter().filter(|s| s.rank == r).map(|s| s.peak_memory_bytes).max().unwrap_or(0);
-    let median = |mut v: Vec<f64>| -> f64 {
-        v.sort_by(|a, b| a.total_cmp(b));
-        if v.is_empty() {
-            0.0
-        } else if v.len() % 2 == 1 {
-            v[v.len() / 2]
-        } else {
-            (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
-        }
-    };
     let at = |st: u64| steady.iter().filter(move |s| s.step == st);
     let times: Vec<f64> = steps.iter().map(|&st| at(st).map(|s| s.step_time_s).fold(0.0, f64::max)).collect();
     let comms: Vec<f64> = steps
@@ -398,8 +409,9 @@ pub fn summarize(samples: &[StepSample], warmup: u64) -> Option<Measured> {
         steps: steps.len(),
         peak_memory_bytes: ranks.iter().map(|&r| per_rank_max(r)).max().unwrap_or(0),
         peak_memory_min_rank_bytes: ranks.iter().map(|&r| per_rank_max(r)).min().unwrap_or(0),
-        step_time_s: median(times),
+        step_time_s: median(times.clone()),
         comm_time_s: median(comms),
+        run_step_times_s: vec![median(times)],
     })
 }
 
@@ -480,6 +492,9 @@ pub struct ValidationReport {
     pub hardware_source: String,
     pub steps: u64,
     pub warmup: u64,
+    /// Runs per variant (`validate --repeats`), in interleaved rounds.
+    #[serde(default = "one")]
+    pub repeats: u64,
     pub memory_tolerance: f64,
     pub step_tolerance: f64,
     /// The command that regenerates the report.
@@ -487,6 +502,10 @@ pub struct ValidationReport {
     pub rows: Vec<Row>,
     /// Free-form notes printed under the table (how things were measured).
     pub notes: Vec<String>,
+}
+
+fn one() -> u64 {
+    1
 }
 
 impl ValidationReport {
@@ -526,8 +545,13 @@ impl ValidationReport {
         let mut s = String::new();
         s.push_str(&format!("# Validation: `{}` predicted vs measured\n\n", self.recipe));
         s.push_str(&format!("Regenerate with:\n\n```sh\n{}\n```\n\n", self.command));
+        let runs = if self.repeats > 1 {
+            format!(" Each variant ran {} times, in interleaved rounds (every variant once, then every variant again), so a slow spell of the host falls on different variants in different rounds; the peak is the max over the runs, step and comm times the median of the runs' own (`step runs` lists each run's).", self.repeats)
+        } else {
+            String::new()
+        };
         s.push_str(&format!(
-            "Hardware: {} ({}). Each variant is planned with fixed decisions, executed by `seerscale train` as real ranks for {} steps; steps 0..{} are warm-up and dropped. Measured peak = max over ranks and steady-state steps of the executor's counting-allocator peak; step time = median over steady-state steps of the slowest rank; comm = median time blocked in collectives (mean over ranks), compared with the simulator's *exposed* communication.\n\n",
+            "Hardware: {} ({}). Each variant is planned with fixed decisions, executed by `seerscale train` as real ranks for {} steps; steps 0..{} are warm-up and dropped. Measured peak = max over ranks and steady-state steps of the executor's counting-allocator peak; step time = median over steady-state steps of the slowest rank; comm = median time blocked in collectives (mean over ranks), compared with the simulator's *exposed* communication.{runs}\n\n",
             self.hardware, self.hardware_source, self.steps, self.warmup
         ));
         let within_mem = self.rows.iter().filter(|r| r.memory_error().is_some_and(|e| e.abs() <= self.memory_tolerance)).count();
@@ -550,15 +574,24 @@ impl ValidationReport {
         if let Some(svg) = svg_name {
             s.push_str(&format!("![predicted vs measured peak memory and step time]({svg})\n\n"));
         }
-        s.push_str("| variant | ranks | peak pred (KiB) | peak meas (KiB) | error | step pred (ms) | step meas (ms) | error | host slowdown (probe) | comm exposed pred (ms) | comm meas (ms) |\n");
-        s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+        let per_run = self.rows.iter().any(|r| r.measured.as_ref().is_some_and(|m| m.run_step_times_s.len() > 1));
+        s.push_str(&format!(
+            "| variant | ranks | peak pred (KiB) | peak meas (KiB) | error | step pred (ms) | step meas (ms) | error |{} host slowdown (probe) | comm exposed pred (ms) | comm meas (ms) |\n",
+            if per_run { " step runs (ms) |" } else { "" }
+        ));
+        s.push_str(&format!("|---|---:|---:|---:|---:|---:|---:|---:|{}---:|---:|---:|\n", if per_run { "---:|" } else { "" }));
         for r in &self.rows {
             let (mp, mt, mc, ranks) = match &r.measured {
                 Some(m) => (kib(m.peak_memory_bytes), ms(m.step_time_s), ms(m.comm_time_s), m.ranks.to_string()),
                 None => ("-".into(), "-".into(), "-".into(), "-".into()),
             };
+            let runs = match (&r.measured, per_run) {
+                (_, false) => String::new(),
+                (Some(m), true) => format!(" {} |", m.run_step_times_s.iter().map(|t| ms(*t)).collect::<Vec<_>>().join(", ")),
+                (None, true) => " - |".into(),
+            };
             s.push_str(&format!(
-                "| `{}` | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| `{}` | {} | {} | {} | {} | {} | {} | {} |{runs} {} | {} | {} |\n",
                 r.variant,
                 ranks,
                 kib(r.predicted_peak_bytes),
@@ -780,13 +813,14 @@ mod tests {
         let v = Variant::parse("w1-block-reshard-ckpt0-fp32-b8-r32").unwrap();
         let (plan, _) = plan_variant(&base, &hw, &v).unwrap();
         let p = plan.predicted.peak_memory_bytes;
-        let meas = |peak: u64| Measured { ranks: 1, steps: 3, peak_memory_bytes: peak, peak_memory_min_rank_bytes: peak, step_time_s: 0.1, comm_time_s: 0.0 };
+        let meas = |peak: u64| Measured { ranks: 1, steps: 3, peak_memory_bytes: peak, peak_memory_min_rank_bytes: peak, step_time_s: 0.1, comm_time_s: 0.0, run_step_times_s: Vec::new() };
         let mut rep = ValidationReport {
             recipe: "tiny-cpu".into(),
             hardware: "cpu".into(),
             hardware_source: "catalog".into(),
             steps: 5,
             warmup: 2,
+            repeats: 1,
             memory_tolerance: 0.03,
             step_tolerance: 0.10,
             command: "seerscale validate --recipe tiny-cpu".into(),
@@ -817,6 +851,24 @@ mod tests {
         let md = rep.markdown(None);
         assert!(md.contains("**Step time**: 1/1 within ±10% (max |error| 5%, median 5%) (scaled by the host-speed probe's slowdown instead: 0/1 within ±10% (max |error| 30%"), "{md}");
         assert!(md.contains("| x1.50 |"), "{md}");
+        assert!(!md.contains("step runs") && !md.contains("interleaved"), "one run, no per-run column: {md}");
+
+        // Three runs of the variant: the report says so and lists each run.
+        let runs = [0.2, 0.1, 0.11].map(|t| Measured { step_time_s: t, run_step_times_s: vec![t], ..meas(p) });
+        rep.rows = vec![Row::from_plan(&v, &plan, combine_runs(&runs), None)];
+        rep.repeats = 3;
+        let md = rep.markdown(None);
+        assert!(md.contains("ran 3 times, in interleaved rounds") && md.contains("| step runs (ms) |") && md.contains("| 200.0, 100.0, 110.0 |"), "{md}");
+    }
+
+    #[test]
+    fn runs_combine_to_the_worst_peak_and_the_median_time() {
+        let run = |peak: u64, min: u64, t: f64, c: f64| Measured { ranks: 2, steps: 10, peak_memory_bytes: peak, peak_memory_min_rank_bytes: min, step_time_s: t, comm_time_s: c, run_step_times_s: vec![t] };
+        let m = combine_runs(&[run(100, 90, 0.30, 0.02), run(104, 95, 0.10, 0.01), run(101, 88, 0.12, 0.05)]).unwrap();
+        assert_eq!((m.ranks, m.steps, m.peak_memory_bytes, m.peak_memory_min_rank_bytes), (2, 30, 104, 88));
+        assert_eq!((m.step_time_s, m.comm_time_s), (0.12, 0.02), "the slow spell of run 1 does not count");
+        assert_eq!(m.run_step_times_s, vec![0.30, 0.10, 0.12]);
+        assert!(combine_runs(&[]).is_none());
     }
 
     #[test]

@@ -15,7 +15,7 @@ use cost_models::DType;
 use cost_models::config::ModelConfig;
 use cost_models::graph::Workload;
 use executor::block_timing::{self, BlockMeasurement};
-use executor::calibrate::{self, BusySample, CalibrationReport, CollectiveOptions, CollectiveSample, ComputeOptions, HostInfo, SpeedProbes};
+use executor::calibrate::{self, BusySample, CalibrationReport, CollectiveOptions, CollectiveSample, ComputeOptions, HostInfo, HostRound, SpeedProbes};
 use planner::recipe::Recipe;
 use executor::dist::{Backend, GroupConfig, ProcessGroup};
 use executor::launch::{launch_local, LaunchOptions, RankEnv};
@@ -58,6 +58,15 @@ pub struct CalibrateArgs {
     /// other groups scaled alike (default: the recipe's crops).
     #[arg(long, value_delimiter = ',', requires = "recipe")]
     pub largest_crop: Vec<u64>,
+    /// Time every block workload this many times, in interleaved rounds
+    /// (all workloads, then all again), and keep each block's median: the
+    /// host's speed drifts by tens of percent over tens of seconds, and one
+    /// pass puts a workload wherever that drift happened to be. The host
+    /// and fixed per-op costs are re-measured in each round and the
+    /// busy-rank collectives fitted per round, the medians kept (default 3,
+    /// or 1 with --quick).
+    #[arg(long)]
+    pub rounds: Option<usize>,
     /// Kill the collective ranks after this many seconds.
     #[arg(long, default_value_t = 120)]
     pub timeout_s: u64,
@@ -86,6 +95,7 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
     }
 
     let block_workloads = args.recipe.as_deref().map(|r| block_workloads(args, r)).transpose()?;
+    rounds(args)?;
 
     let mut copts = ComputeOptions::new(args.quick, threads);
     copts.dtypes = args.dtypes.clone();
@@ -95,10 +105,7 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
     let compute = calibrate::measure_compute(&copts, |m| eprintln!("calibrate:   {m}")).context("measuring compute")?;
     speed.compute_s = take_probe(&mut speed)?;
 
-    let blocks = match &block_workloads {
-        Some(b) => measure_blocks(args, b, threads, &mut speed)?,
-        None => Vec::new(),
-    };
+    let (blocks, host_rounds) = measure_rounds(args, block_workloads.as_ref(), threads, &mut speed)?;
 
     let (collectives, fits, busy) = if args.nproc >= 2 {
         eprintln!("calibrate: collectives over {} Gloo ranks on 127.0.0.1 (idle, then right after compute)", args.nproc);
@@ -119,6 +126,7 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
         blocks,
         busy_collectives: busy,
         speed: Some(speed),
+        host_rounds,
     };
 
     let toml = report.profile_toml(&base).context("building the profile")?;
@@ -176,22 +184,43 @@ fn take_probe(speed: &mut SpeedProbes) -> Result<f64> {
     Ok(mean)
 }
 
-/// Block timings of every workload, each with the host speed while it ran.
-fn measure_blocks(args: &CalibrateArgs, b: &BlockWorkloads, threads: usize, speed: &mut SpeedProbes) -> Result<Vec<BlockMeasurement>> {
+/// The `--rounds` rounds after the compute pass: each round times every
+/// block workload, and rounds 2.. first re-measure the host and fixed
+/// costs (round 1's are the compute pass's), each with the host speed
+/// while it ran (the profile keeps the medians over rounds).
+fn measure_rounds(args: &CalibrateArgs, blocks: Option<&BlockWorkloads>, threads: usize, speed: &mut SpeedProbes) -> Result<(Vec<BlockMeasurement>, Vec<HostRound>)> {
     let budget = if args.quick { calibrate::Budget::quick() } else { calibrate::Budget::full() };
-    let mut out = Vec::new();
-    for w in &b.workloads {
-        let label = block_timing::workload_label(w);
-        eprintln!("calibrate: blocks of {} at {label}", b.model.name);
-        let mut m = block_timing::measure_blocks(&b.model, w, &budget, threads, |m| eprintln!("calibrate:   {m}"))
-            .with_context(|| format!("timing the blocks of {} at {label}", b.model.name))?;
-        let probe = take_probe(speed)?;
-        for x in &mut m {
-            x.probe_s = Some(probe);
+    let rounds = rounds(args)?;
+    let (mut out, mut hosts) = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        if round > 1 {
+            eprintln!("calibrate: host and fixed costs (round {round}/{rounds})");
+            let (host, fixed) = calibrate::measure_host_round(&budget, threads).context("measuring host costs")?;
+            let probe = take_probe(speed)?;
+            eprintln!("calibrate:   small op {:.2} µs, backward call {:.1} µs", host.small_op.median_s * 1e6, host.backward_call_s * 1e6);
+            hosts.push(HostRound { host, fixed, probe_s: Some(probe) });
         }
-        out.extend(m);
+        for (b, w) in blocks.iter().flat_map(|b| b.workloads.iter().map(move |w| (b, w))) {
+            let label = block_timing::workload_label(w);
+            eprintln!("calibrate: blocks of {} at {label} (round {round}/{rounds})", b.model.name);
+            let mut m = block_timing::measure_blocks(&b.model, w, &budget, threads, |m| eprintln!("calibrate:   {m}"))
+                .with_context(|| format!("timing the blocks of {} at {label}", b.model.name))?;
+            let probe = take_probe(speed)?;
+            for x in &mut m {
+                x.probe_s = Some(probe);
+            }
+            out.extend(m);
+        }
     }
-    Ok(out)
+    Ok((out, hosts))
+}
+
+fn rounds(args: &CalibrateArgs) -> Result<usize> {
+    match args.rounds {
+        Some(0) => bail!("--rounds must be at least 1"),
+        Some(r) => Ok(r),
+        None => Ok(if args.quick { 1 } else { 3 }),
+    }
 }
 
 /// What the collective ranks hand back.
@@ -213,6 +242,7 @@ fn launch_collectives(args: &CalibrateArgs) -> Result<CollectiveSamples> {
     if args.quick {
         child_args.push("--quick".into());
     }
+    child_args.extend(["--rounds".into(), rounds(args)?.to_string().into()]);
     let timeout = Duration::from_secs(args.timeout_s);
     child_args.extend(["--timeout-s".into(), args.timeout_s.to_string().into()]);
     let opts = LaunchOptions {
@@ -241,7 +271,10 @@ fn collectives_rank(args: &CalibrateArgs, path: &Path) -> Result<()> {
     })?;
     let opts = CollectiveOptions::new(args.quick);
     let idle = calibrate::measure_collectives(&pg, &opts)?;
-    let busy = calibrate::measure_busy_collectives(&pg, &opts)?;
+    let mut busy = Vec::new();
+    for round in 0..rounds(args)? {
+        busy.extend(calibrate::measure_busy_collectives(&pg, &opts, round)?);
+    }
     if env.rank == 0 {
         write_atomic(path, serde_json::to_string(&CollectiveSamples { idle, busy })?.as_bytes())?;
     }

@@ -9,7 +9,8 @@ use cost_models::Seconds;
 use executor::speed_probe;
 use executor::metrics::metrics_path;
 use planner::recipe::Recipe;
-use planner::validation::{default_variants, measured_blocks, parse_phase_times, parse_variants, plan_variant, summarize, variant_phases, Row, StepSample, ValidationReport, Variant};
+use planner::simulator::PhaseTimes;
+use planner::validation::{combine_runs, default_variants, measured_blocks, median_phases, parse_phase_times, parse_variants, plan_variant, summarize, variant_phases, Measured, Row, StepSample, ValidationReport, Variant};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -31,6 +32,12 @@ pub struct ValidateArgs {
     /// allocated in step 0).
     #[arg(long, default_value_t = 3)]
     pub warmup: u64,
+    /// Runs per variant, in interleaved rounds (every variant once, then
+    /// every variant again): the report takes the median of the runs' step
+    /// times, so a slow spell of a shared host hits one run of a variant,
+    /// not its result.
+    #[arg(long, default_value_t = 3)]
+    pub repeats: u64,
     /// Report path without extension: writes `<out>.md`, `<out>.svg` and
     /// `<out>.json` (default: docs/validate-<recipe>).
     #[arg(long)]
@@ -241,6 +248,9 @@ pub fn run(a: &ValidateArgs) -> Result<()> {
     if a.steps == 0 {
         bail!("--steps must be at least 1");
     }
+    if a.repeats == 0 {
+        bail!("--repeats must be at least 1");
+    }
     if !(a.memory_tolerance > 0.0) {
         bail!("--memory-tolerance must be > 0");
     }
@@ -270,50 +280,47 @@ pub fn run(a: &ValidateArgs) -> Result<()> {
     // with (the planner scales them when the ranks oversubscribe the cores).
     let threads = profile_threads(&hw);
     let start = Instant::now();
-    let mut rows = Vec::new();
-    for (i, v) in variants.iter().enumerate() {
-        let name = v.to_string();
+    let mut planned = Vec::with_capacity(variants.len());
+    for v in &variants {
         let (plan, _) = plan_variant(&recipe, &hw, v)?;
-        let dir = work.join(&name);
-        let run_dir = dir.join("run");
+        let dir = work.join(v.to_string());
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let plan_path = dir.join("plan.json");
         plan.save(&plan_path)?;
-        eprint!("[{}/{}] {name}: ", i + 1, variants.len());
-        let t0 = Instant::now();
-        let before = probe(&hw)?;
-        let failure = execute(&plan_path, v, a.steps, threads, &data, &run_dir, Duration::from_secs(a.run_timeout_s.max(1)))?;
-        let after = probe(&hw)?;
-        // What the probe says the host's speed was during this run, and
-        // the prediction at that speed (reported beside the plan's own).
-        let slowdown = match (hw.measured.speed_probe, before, after) {
-            (Some(r), Some(b), Some(a)) => Some(speed_probe::slowdown(r, b, a)),
-            _ => None,
-        };
-        let probe_scaled = match slowdown {
-            Some(f) => Some(plan_variant(&recipe, &HardwareProfile { measured: hw.measured.slowed_by(f), ..hw.clone() }, v)?.0.predicted.step_time_s),
-            None => None,
-        };
-        let (ss, missing) = samples(&run_dir, v.world_size);
-        let mut measured = summarize(&ss, a.warmup);
-        let mut note = failure.or(missing);
-        if let Some(m) = &measured {
-            if m.steps == 0 || ss.iter().map(|s| s.step).max().unwrap_or(0) < a.warmup {
-                // Warm-up steps are not what the model predicts (optimiser
-                // state appears in step 0): report the variant as unmeasured.
-                note = Some(format!("{}only warm-up steps ran, nothing measured", note.map(|n| format!("{n}; ")).unwrap_or_default()));
-                measured = None;
+        planned.push((plan, dir, plan_path));
+    }
+    let mut runs: Vec<Vec<Run>> = variants.iter().map(|_| Vec::new()).collect();
+    for round in 1..=a.repeats {
+        for (i, (v, (_, dir, plan_path))) in variants.iter().zip(&planned).enumerate() {
+            let run_dir = if a.repeats == 1 { dir.join("run") } else { dir.join(format!("run-{round}")) };
+            eprint!("[{}{}/{}] {v}: ", if a.repeats > 1 { format!("round {round}/{}, ", a.repeats) } else { String::new() }, i + 1, variants.len());
+            let t0 = Instant::now();
+            let r = run_once(&recipe, &hw, v, plan_path, &run_dir, threads, &data, a)?;
+            let this_run = Row::from_plan(v, &planned[i].0, r.measured.clone(), None);
+            match (this_run.memory_error(), this_run.step_error()) {
+                (Some(m), Some(s)) => eprintln!("peak {:+.1}%, step {:+.0}% ({:.1} s)", m * 100.0, s * 100.0, t0.elapsed().as_secs_f64()),
+                _ => eprintln!("not measured: {}", r.note.as_deref().unwrap_or("no metrics")),
             }
+            runs[i].push(r);
         }
-        let mut row = Row::from_plan(v, &plan, measured, note);
-        row.host_slowdown = slowdown;
-        row.probe_scaled_step_time_s = probe_scaled;
+    }
+    let mut rows = Vec::with_capacity(variants.len());
+    for ((v, (plan, _, _)), runs) in variants.iter().zip(&planned).zip(runs) {
+        let measured: Vec<Measured> = runs.iter().filter_map(|r| r.measured.clone()).collect();
+        let notes: Vec<String> = runs
+            .iter()
+            .enumerate()
+            .filter_map(|(k, r)| r.note.as_ref().map(|n| if a.repeats > 1 { format!("run {}: {n}", k + 1) } else { n.clone() }))
+            .collect();
+        let median_of = |f: fn(&Run) -> Option<f64>| {
+            let v: Vec<f64> = runs.iter().filter_map(f).collect();
+            (!v.is_empty()).then(|| cost_models::stats::median(v))
+        };
+        let mut row = Row::from_plan(v, plan, combine_runs(&measured), (!notes.is_empty()).then(|| notes.join("; ")));
+        row.host_slowdown = median_of(|r| r.slowdown);
+        row.probe_scaled_step_time_s = median_of(|r| r.probe_scaled_step_time_s);
         row.predicted_phases = Some(variant_phases(&recipe, &hw, v)?);
-        row.measured_phases = std::fs::read_to_string(run_dir.join("train.log")).ok().and_then(|t| parse_phase_times(&t, a.warmup));
-        match (row.memory_error(), row.step_error()) {
-            (Some(m), Some(s)) => eprintln!("peak {:+.1}%, step {:+.0}% ({:.1} s)", m * 100.0, s * 100.0, t0.elapsed().as_secs_f64()),
-            _ => eprintln!("not measured: {}", row.note.as_deref().unwrap_or("no metrics")),
-        }
+        row.measured_phases = median_phases(&runs.iter().filter_map(|r| r.phases).collect::<Vec<_>>());
         rows.push(row);
     }
     let mut coverage = Vec::new();
@@ -338,6 +345,9 @@ pub fn run(a: &ValidateArgs) -> Result<()> {
     if a.warmup != 3 {
         command.push_str(&format!(" --warmup {}", a.warmup));
     }
+    if a.repeats != 3 {
+        command.push_str(&format!(" --repeats {}", a.repeats));
+    }
     if let Some(g) = &a.gpu {
         command.push_str(&format!(" --gpu {g}"));
         // A profile path: say how it was made, so one line regenerates everything.
@@ -357,6 +367,7 @@ pub fn run(a: &ValidateArgs) -> Result<()> {
         hardware_source,
         steps: a.steps,
         warmup: a.warmup,
+        repeats: a.repeats,
         memory_tolerance: a.memory_tolerance,
         step_tolerance: 0.10,
         command,
@@ -392,6 +403,46 @@ pub fn run(a: &ValidateArgs) -> Result<()> {
         bail!("peak memory off by more than {:.0}%: {}", a.memory_tolerance * 100.0, failures.join("; "));
     }
     Ok(())
+}
+
+/// What one run of one variant measured.
+struct Run {
+    measured: Option<Measured>,
+    /// Why the run failed or measured nothing.
+    note: Option<String>,
+    /// The host-speed probe around the run vs the calibration's reference.
+    slowdown: Option<f64>,
+    /// The plan's step time at the speed `slowdown` says the host had.
+    probe_scaled_step_time_s: Option<f64>,
+    phases: Option<PhaseTimes>,
+}
+
+/// Executes one variant's plan once (bracketed by the host-speed probe)
+/// and reads back what its ranks measured.
+#[allow(clippy::too_many_arguments)]
+fn run_once(recipe: &Recipe, hw: &HardwareProfile, v: &Variant, plan_path: &Path, run_dir: &Path, threads: Option<usize>, data: &Path, a: &ValidateArgs) -> Result<Run> {
+    let before = probe(hw)?;
+    let failure = execute(plan_path, v, a.steps, threads, data, run_dir, Duration::from_secs(a.run_timeout_s.max(1)))?;
+    let after = probe(hw)?;
+    let slowdown = match (hw.measured.speed_probe, before, after) {
+        (Some(r), Some(b), Some(a)) => Some(speed_probe::slowdown(r, b, a)),
+        _ => None,
+    };
+    let probe_scaled_step_time_s = match slowdown {
+        Some(f) => Some(plan_variant(recipe, &HardwareProfile { measured: hw.measured.slowed_by(f), ..hw.clone() }, v)?.0.predicted.step_time_s),
+        None => None,
+    };
+    let (ss, missing) = samples(run_dir, v.world_size);
+    let mut measured = summarize(&ss, a.warmup);
+    let mut note = failure.or(missing);
+    if measured.is_some() && (measured.as_ref().is_some_and(|m| m.steps == 0) || ss.iter().map(|s| s.step).max().unwrap_or(0) < a.warmup) {
+        // Warm-up steps are not what the model predicts (optimiser state
+        // appears in step 0): report the run as unmeasured.
+        note = Some(format!("{}only warm-up steps ran, nothing measured", note.map(|n| format!("{n}; ")).unwrap_or_default()));
+        measured = None;
+    }
+    let phases = std::fs::read_to_string(run_dir.join("train.log")).ok().and_then(|t| parse_phase_times(&t, a.warmup));
+    Ok(Run { measured, note, slowdown, probe_scaled_step_time_s, phases })
 }
 
 /// One host-speed probe reading, when the profile has a reference to
