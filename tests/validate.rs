@@ -78,3 +78,35 @@ fn bad_variant_names_are_one_line_errors() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--repeats must be at least 1"));
 }
+
+/// `--recalibrate`: a calibration right before the round, and the round's
+/// prediction made from that profile.
+#[test]
+fn recalibrate_predicts_each_round_from_its_own_profile() {
+    const VARIANT: &str = "w2-block-reshard-ckpt0-fp32-b8-r32";
+    let dir = temp_dir("recalibrate");
+    let out = dir.join("report");
+    let work = dir.join("work");
+    let o = Command::new(env!("CARGO_BIN_EXE_seerscale"))
+        .args(["validate", "--recipe", "tiny-cpu", "--variants", VARIANT, "--steps", "4", "--warmup", "2", "--repeats", "1", "--recalibrate"])
+        .arg("--out")
+        .arg(&out)
+        .arg("--work-dir")
+        .arg(&work)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "validate failed:\n{stderr}");
+    let profile = work.join("calibration-round-1.toml");
+    let hw = cost_models::hardware::load_profile(profile.to_str().unwrap()).unwrap();
+    assert!(!hw.measured.block_times.is_empty(), "the round's calibration timed the variant's blocks");
+    let recipe = planner::recipe::Recipe::load("tiny-cpu").unwrap();
+    let (plan, _) = planner::validation::plan_variant(&recipe, &hw, &planner::validation::Variant::parse(VARIANT).unwrap()).unwrap();
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.with_extension("json")).unwrap()).unwrap();
+    let row = &report["rows"][0];
+    assert_eq!(row["predicted_step_time_s"].as_f64().unwrap(), plan.predicted.step_time_s, "{row}");
+    assert!(row["measured"]["step_time_s"].as_f64().is_some(), "{row}");
+    assert!(report["command"].as_str().unwrap().contains("--recalibrate"));
+    assert!(report["notes"].as_array().unwrap().iter().any(|n| n.as_str().unwrap().starts_with("Recalibrated")));
+    let _ = std::fs::remove_dir_all(&dir);
+}

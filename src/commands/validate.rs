@@ -38,6 +38,13 @@ pub struct ValidateArgs {
     /// not its result.
     #[arg(long, default_value_t = 3)]
     pub repeats: u64,
+    /// Calibrate again right before each round (the calibrate command the
+    /// report's first line gives, with `--rounds 1`) and predict that
+    /// round's runs from that round's profile: on a shared host the
+    /// profile and the runs then come from the same few minutes. The
+    /// step-time prediction is the median over the rounds.
+    #[arg(long)]
+    pub recalibrate: bool,
     /// Report path without extension: writes `<out>.md`, `<out>.svg` and
     /// `<out>.json` (default: docs/validate-<recipe>).
     #[arg(long)]
@@ -291,12 +298,14 @@ pub fn run(a: &ValidateArgs) -> Result<()> {
     }
     let mut runs: Vec<Vec<Run>> = variants.iter().map(|_| Vec::new()).collect();
     for round in 1..=a.repeats {
+        let hw_round = if a.recalibrate { recalibrate(&a.recipe, &variants, threads, &work.join(format!("calibration-round-{round}.toml")))? } else { hw.clone() };
         for (i, (v, (_, dir, plan_path))) in variants.iter().zip(&planned).enumerate() {
             let run_dir = if a.repeats == 1 { dir.join("run") } else { dir.join(format!("run-{round}")) };
             eprint!("[{}{}/{}] {v}: ", if a.repeats > 1 { format!("round {round}/{}, ", a.repeats) } else { String::new() }, i + 1, variants.len());
             let t0 = Instant::now();
-            let r = run_once(&recipe, &hw, v, plan_path, &run_dir, threads, &data, a)?;
-            let this_run = Row::from_plan(v, &planned[i].0, r.measured.clone(), None);
+            let r = run_once(&recipe, &hw_round, v, plan_path, &run_dir, threads, &data, a)?;
+            let mut this_run = Row::from_plan(v, &planned[i].0, r.measured.clone(), None);
+            this_run.predicted_step_time_s = r.predicted_step_time_s;
             match (this_run.memory_error(), this_run.step_error()) {
                 (Some(m), Some(s)) => eprintln!("peak {:+.1}%, step {:+.0}% ({:.1} s)", m * 100.0, s * 100.0, t0.elapsed().as_secs_f64()),
                 _ => eprintln!("not measured: {}", r.note.as_deref().unwrap_or("no metrics")),
@@ -317,9 +326,13 @@ pub fn run(a: &ValidateArgs) -> Result<()> {
             (!v.is_empty()).then(|| cost_models::stats::median(v))
         };
         let mut row = Row::from_plan(v, plan, combine_runs(&measured), (!notes.is_empty()).then(|| notes.join("; ")));
+        // Each run's prediction is its round's profile's: the same as the
+        // plan's unless --recalibrate.
+        row.predicted_step_time_s = median_of(|r| Some(r.predicted_step_time_s)).unwrap_or(row.predicted_step_time_s);
+        row.predicted_exposed_comm_s = median_of(|r| Some(r.predicted_exposed_comm_s)).unwrap_or(row.predicted_exposed_comm_s);
         row.host_slowdown = median_of(|r| r.slowdown);
         row.probe_scaled_step_time_s = median_of(|r| r.probe_scaled_step_time_s);
-        row.predicted_phases = Some(variant_phases(&recipe, &hw, v)?);
+        row.predicted_phases = median_phases(&runs.iter().map(|r| r.predicted_phases).collect::<Vec<_>>());
         row.measured_phases = median_phases(&runs.iter().filter_map(|r| r.phases).collect::<Vec<_>>());
         rows.push(row);
     }
@@ -347,6 +360,9 @@ pub fn run(a: &ValidateArgs) -> Result<()> {
     }
     if a.repeats != 3 {
         command.push_str(&format!(" --repeats {}", a.repeats));
+    }
+    if a.recalibrate {
+        command.push_str(" --recalibrate");
     }
     if let Some(g) = &a.gpu {
         command.push_str(&format!(" --gpu {g}"));
@@ -382,6 +398,10 @@ pub fn run(a: &ValidateArgs) -> Result<()> {
             block_note,
         ]
         .into_iter()
+        .chain(a.recalibrate.then(|| format!(
+            "Recalibrated: before each round `validate --recalibrate` ran the calibrate command above with `--rounds 1` (profiles `{}`), and predicted that round's runs from that round's profile; predicted step and exposed comm are the medians over the rounds, the peak is the plan's.",
+            work.join("calibration-round-N.toml").display()
+        )))
         .chain(hw.measured.speed_probe.map(|r| format!(
             "Host speed: this shared machine's speed drifts by tens of percent from minute to minute. Every run is bracketed by the host-speed probe (`executor::speed_probe`, a fixed single-thread conv/BN workload, {:.1} s each): `host slowdown (probe)` = mean of the two readings / the calibration's reference reading ({:.0} µs), to which `calibrate` normalised its own measurements. The predictions are at the calibration's speed; the probe-scaled alternative in the headline shows how far the probe is from tracking what the ranks see.",
             speed_probe::DURATION.0,
@@ -405,8 +425,12 @@ pub fn run(a: &ValidateArgs) -> Result<()> {
     Ok(())
 }
 
-/// What one run of one variant measured.
+/// What one run of one variant measured, and what its round's profile
+/// predicted.
 struct Run {
+    predicted_step_time_s: f64,
+    predicted_exposed_comm_s: f64,
+    predicted_phases: PhaseTimes,
     measured: Option<Measured>,
     /// Why the run failed or measured nothing.
     note: Option<String>,
@@ -442,7 +466,17 @@ fn run_once(recipe: &Recipe, hw: &HardwareProfile, v: &Variant, plan_path: &Path
         measured = None;
     }
     let phases = std::fs::read_to_string(run_dir.join("train.log")).ok().and_then(|t| parse_phase_times(&t, a.warmup));
-    Ok(Run { measured, note, slowdown, probe_scaled_step_time_s, phases })
+    let predicted = plan_variant(recipe, hw, v)?.0.predicted;
+    Ok(Run {
+        predicted_step_time_s: predicted.step_time_s,
+        predicted_exposed_comm_s: predicted.exposed_comm_s,
+        predicted_phases: variant_phases(recipe, hw, v)?,
+        measured,
+        note,
+        slowdown,
+        probe_scaled_step_time_s,
+        phases,
+    })
 }
 
 /// One host-speed probe reading, when the profile has a reference to
@@ -457,6 +491,10 @@ fn probe(hw: &HardwareProfile) -> Result<Option<Seconds>> {
 /// The calibration that measures what `variants` need: every block at each
 /// of their per-rank batches, largest-crop resolutions and precisions.
 fn calibrate_command(recipe: &str, variants: &[Variant], out: &str) -> String {
+    format!("seerscale {}", calibrate_args(recipe, variants, out).join(" "))
+}
+
+fn calibrate_args(recipe: &str, variants: &[Variant], out: &str) -> Vec<String> {
     let list = |mut v: Vec<String>| {
         v.dedup();
         v.join(",")
@@ -467,12 +505,38 @@ fn calibrate_command(recipe: &str, variants: &[Variant], out: &str) -> String {
     crops.sort_unstable();
     let mut dtypes: Vec<String> = variants.iter().map(|v| v.precision.to_string()).collect();
     dtypes.sort();
-    format!(
-        "seerscale calibrate --recipe {recipe} --batch {} --largest-crop {} --dtypes {} --out {out}",
+    vec![
+        "calibrate".into(),
+        "--recipe".into(),
+        recipe.into(),
+        "--batch".into(),
         list(batches.iter().map(|b| b.to_string()).collect()),
+        "--largest-crop".into(),
         list(crops.iter().map(|c| c.to_string()).collect()),
-        list(dtypes)
-    )
+        "--dtypes".into(),
+        list(dtypes),
+        "--out".into(),
+        out.into(),
+    ]
+}
+
+/// `--recalibrate`: one calibration round (`calibrate --rounds 1`, at the
+/// threads per rank the runs use) into `out`, loaded as this round's profile.
+fn recalibrate(recipe: &str, variants: &[Variant], threads: Option<usize>, out: &Path) -> Result<HardwareProfile> {
+    let exe = std::env::current_exe().context("cannot find this program's path")?;
+    let log_path = out.with_extension("log");
+    let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+    eprintln!("calibrating into {} (log {})", out.display(), log_path.display());
+    let mut cmd = Command::new(exe);
+    cmd.args(calibrate_args(recipe, variants, &out.to_string_lossy())).args(["--rounds", "1"]).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    if let Some(t) = threads {
+        cmd.arg("--threads").arg(t.to_string());
+    }
+    let status = cmd.status().context("starting `seerscale calibrate`")?;
+    if !status.success() {
+        bail!("`seerscale calibrate` for --recalibrate exited with {status}; see {}", log_path.display());
+    }
+    load_profile(&out.to_string_lossy()).with_context(|| format!("loading {}", out.display()))
 }
 
 /// Threads per rank the profile's compute rates were measured with: the
