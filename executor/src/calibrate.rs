@@ -1078,9 +1078,7 @@ impl SpeedProbes {
 
     /// The speed everything is normalised to: the median reading.
     pub fn reference_s(&self) -> f64 {
-        let mut r: Vec<f64> = self.readings_s.iter().copied().filter(|x| *x > 0.0).collect();
-        r.sort_by(f64::total_cmp);
-        r.get(r.len() / 2).copied().unwrap_or(0.0)
+        median(self.readings_s.iter().copied().filter(|x| *x > 0.0).collect())
     }
 
     /// Factor that puts a time measured while the probe read `local_s` on

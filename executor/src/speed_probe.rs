@@ -66,8 +66,7 @@ pub fn measure(duration: Seconds) -> Result<Seconds, TchError> {
             }
             samples.push(t.elapsed().as_secs_f64() / 4.0);
         }
-        samples.sort_by(f64::total_cmp);
-        Ok(Seconds(samples[samples.len() / 2]))
+        Ok(Seconds(cost_models::stats::median(samples)))
     })();
     tch::set_num_threads(threads);
     result

@@ -511,17 +511,16 @@ fn one() -> u64 {
 impl ValidationReport {
     /// "k/n within ±t% (max |error| m%, median n%)" for one step-time error.
     fn step_summary(&self, error: fn(&Row) -> Option<f64>) -> String {
-        let mut errs: Vec<f64> = self.rows.iter().filter_map(error).map(f64::abs).collect();
-        errs.sort_by(f64::total_cmp);
+        let errs: Vec<f64> = self.rows.iter().filter_map(error).map(f64::abs).collect();
         let within = errs.iter().filter(|e| **e <= self.step_tolerance).count();
-        let max = errs.last().copied().unwrap_or(0.0);
-        let median = if errs.is_empty() { 0.0 } else { errs[errs.len() / 2] };
+        let max = errs.iter().copied().fold(0.0, f64::max);
+        let mid = median(errs);
         format!(
             "{within}/{} within ±{:.0}% (max |error| {:.0}%, median {:.0}%)",
             self.rows.len(),
             self.step_tolerance * 100.0,
             max * 100.0,
-            median * 100.0
+            mid * 100.0
         )
     }
 
