@@ -242,7 +242,7 @@ impl TrainConfig {
             sync_bn: args.sync_bn || r.sync_bn,
             device,
             timeout: args.timeout,
-            predicted_peak: Some(Bytes(plan.predicted.peak_memory_bytes)),
+            predicted_peak: Some(Bytes(plan.predicted.allocated_peak_bytes())),
             predicted_step_time: Some(Seconds(plan.predicted.step_time_s)),
             progress: true,
         })
@@ -620,6 +620,11 @@ impl<'pg> Trainer<'pg> {
             let data_wait = t0.elapsed().as_secs_f64();
             let out = self.train_step(&batch)?;
             self.data_pos = loader.position();
+            // CUDA kernels run asynchronously: the optimizer's updates may
+            // still be queued, and they belong to this step's time.
+            if let Device::Cuda(d) = self.cfg.device {
+                tch::Cuda::synchronize(d as i64);
+            }
             let dt = t0.elapsed().as_secs_f64();
             let m = StepMetrics {
                 rank,

@@ -123,6 +123,17 @@ pub struct Predicted {
     pub cost_usd: f64,
 }
 
+impl Predicted {
+    /// The peak an allocator's allocated-bytes counter should read: the
+    /// peak without its fragmentation margin. The margin (GPU only) is what
+    /// the caching allocator reserves beyond its live blocks, headroom for
+    /// the fit check that no allocated-bytes statistic includes.
+    pub fn allocated_peak_bytes(&self) -> u64 {
+        let frag = self.peak_breakdown.get(crate::memory::Category::Fragmentation.name()).copied().unwrap_or(0);
+        self.peak_memory_bytes.saturating_sub(frag)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
     #[error(transparent)]

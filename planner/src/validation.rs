@@ -424,6 +424,8 @@ pub fn rel_error(measured: f64, predicted: f64) -> Option<f64> {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Row {
     pub variant: String,
+    /// The plan's peak as an allocated-bytes counter reads it (without the
+    /// GPU fragmentation margin: [`crate::plan::Predicted::allocated_peak_bytes`]).
     pub predicted_peak_bytes: u64,
     /// Predicted peak by category (bytes).
     pub predicted_breakdown: Vec<(String, u64)>,
@@ -453,11 +455,12 @@ pub struct Row {
 impl Row {
     pub fn from_plan(variant: &Variant, plan: &Plan, measured: Option<Measured>, note: Option<String>) -> Row {
         let p = &plan.predicted;
-        let mut breakdown: Vec<(String, u64)> = p.peak_breakdown.iter().filter(|(_, v)| **v > 0).map(|(k, v)| (k.clone(), *v)).collect();
+        let frag = crate::memory::Category::Fragmentation.name();
+        let mut breakdown: Vec<(String, u64)> = p.peak_breakdown.iter().filter(|(k, v)| **v > 0 && k.as_str() != frag).map(|(k, v)| (k.clone(), *v)).collect();
         breakdown.sort_by_key(|x| std::cmp::Reverse(x.1));
         Row {
             variant: variant.to_string(),
-            predicted_peak_bytes: p.peak_memory_bytes,
+            predicted_peak_bytes: p.allocated_peak_bytes(),
             predicted_breakdown: breakdown,
             predicted_step_time_s: p.step_time_s,
             predicted_comm_time_s: p.comm_time_s,
@@ -524,6 +527,40 @@ impl ValidationReport {
         )
     }
 
+    /// How repeatable the host makes a single run: for every run of a
+    /// variant measured more than once, its deviation from the median of
+    /// the variant's *other* runs. Returns (runs within the step tolerance,
+    /// runs compared, median |deviation|); None with fewer than two runs
+    /// anywhere. A perfect predictor cannot beat this spread, so it is the
+    /// floor under the step-time errors.
+    pub fn run_spread(&self) -> Option<(usize, usize, f64)> {
+        let mut devs = Vec::new();
+        for m in self.rows.iter().filter_map(|r| r.measured.as_ref()) {
+            let runs = &m.run_step_times_s;
+            if runs.len() < 2 {
+                continue;
+            }
+            for (i, &t) in runs.iter().enumerate() {
+                let others: Vec<f64> = runs.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, &o)| o).collect();
+                if let Some(d) = rel_error(t, median(others)) {
+                    devs.push(d.abs());
+                }
+            }
+        }
+        if devs.is_empty() {
+            return None;
+        }
+        let within = devs.iter().filter(|d| **d <= self.step_tolerance).count();
+        Some((within, devs.len(), median(devs.clone())))
+    }
+
+    /// Median of the signed step-time errors: a systematic bias of the
+    /// model shows here, host noise mostly cancels.
+    pub fn step_bias(&self) -> Option<f64> {
+        let errs: Vec<f64> = self.rows.iter().filter_map(Row::step_error).collect();
+        (!errs.is_empty()).then(|| median(errs))
+    }
+
     /// Variants whose measured peak is off by more than the tolerance, or
     /// that were not measured at all.
     pub fn memory_failures(&self) -> Vec<String> {
@@ -550,7 +587,7 @@ impl ValidationReport {
             String::new()
         };
         s.push_str(&format!(
-            "Hardware: {} ({}). Each variant is planned with fixed decisions, executed by `seerscale train` as real ranks for {} steps; steps 0..{} are warm-up and dropped. Measured peak = max over ranks and steady-state steps of the executor's counting-allocator peak; step time = median over steady-state steps of the slowest rank; comm = median time blocked in collectives (mean over ranks), compared with the simulator's *exposed* communication.{runs}\n\n",
+            "Hardware: {} ({}). Each variant is planned with fixed decisions, executed by `seerscale train` as real ranks for {} steps; steps 0..{} are warm-up and dropped. Measured peak = max over ranks and steady-state steps of the allocator's peak allocated bytes (the executor's counting allocator on CPU, the CUDA caching allocator's statistics on GPU); step time = median over steady-state steps of the slowest rank; comm = median time blocked in collectives (mean over ranks), compared with the simulator's *exposed* communication.{runs}\n\n",
             self.hardware, self.hardware_source, self.steps, self.warmup
         ));
         let within_mem = self.rows.iter().filter(|r| r.memory_error().is_some_and(|e| e.abs() <= self.memory_tolerance)).count();
@@ -569,7 +606,18 @@ impl ValidationReport {
                 self.step_summary(Row::probe_scaled_step_error)
             ));
         }
-        s.push_str(".\n\n");
+        s.push('.');
+        if let Some(bias) = self.step_bias() {
+            s.push_str(&format!(" Median signed step error {:+.0}% (measured slower than predicted when positive).", bias * 100.0));
+        }
+        if let Some((within, n, mid)) = self.run_spread() {
+            s.push_str(&format!(
+                " **Run-to-run spread** (the floor under any prediction): {within}/{n} single runs within ±{:.0}% of the median of their variant's other runs (median |deviation| {:.0}%).",
+                self.step_tolerance * 100.0,
+                mid * 100.0
+            ));
+        }
+        s.push_str("\n\n");
         if let Some(svg) = svg_name {
             s.push_str(&format!("![predicted vs measured peak memory and step time]({svg})\n\n"));
         }
@@ -850,7 +898,7 @@ mod tests {
         let md = rep.markdown(None);
         assert!(md.contains("**Step time**: 1/1 within ±10% (max |error| 5%, median 5%) (scaled by the host-speed probe's slowdown instead: 0/1 within ±10% (max |error| 30%"), "{md}");
         assert!(md.contains("| x1.50 |"), "{md}");
-        assert!(!md.contains("step runs") && !md.contains("interleaved"), "one run, no per-run column: {md}");
+        assert!(!md.contains("step runs") && !md.contains("interleaved") && !md.contains("Run-to-run"), "one run, no per-run column: {md}");
 
         // Three runs of the variant: the report says so and lists each run.
         let runs = [0.2, 0.1, 0.11].map(|t| Measured { step_time_s: t, run_step_times_s: vec![t], ..meas(p) });
@@ -858,6 +906,35 @@ mod tests {
         rep.repeats = 3;
         let md = rep.markdown(None);
         assert!(md.contains("ran 3 times, in interleaved rounds") && md.contains("| step runs (ms) |") && md.contains("| 200.0, 100.0, 110.0 |"), "{md}");
+        // 0.2 is +90% off the others' median 0.105; 0.1 is -35% off 0.155;
+        // 0.11 is -27% off 0.15: no run within ±10%, median deviation 35%.
+        let (within, n, mid) = rep.run_spread().unwrap();
+        assert_eq!((within, n), (0, 3));
+        assert!((mid - (0.1_f64 / 0.155 - 1.0).abs()).abs() < 1e-9, "{mid}");
+        assert!(md.contains("**Run-to-run spread** (the floor under any prediction): 0/3 single runs within ±10%"), "{md}");
+        let runs = [0.1, 0.104, 0.099].map(|t| Measured { step_time_s: t, run_step_times_s: vec![t], ..meas(p) });
+        rep.rows = vec![Row::from_plan(&v, &plan, combine_runs(&runs), None)];
+        assert_eq!(rep.run_spread().map(|(w, n, _)| (w, n)), Some((3, 3)), "a quiet host: every run near the others");
+        let bias = rep.step_bias().unwrap();
+        assert!((bias - (0.1 / plan.predicted.step_time_s - 1.0)).abs() < 1e-9);
+    }
+
+    /// Allocated-bytes counters do not see the GPU fragmentation margin, so
+    /// the row compares against the peak without it; on CPU there is none.
+    #[test]
+    fn rows_compare_allocated_bytes_without_the_fragmentation_margin() {
+        let base = Recipe::load("tiny-cpu").unwrap();
+        let v = Variant::parse("w1-block-reshard-ckpt0-bf16-b64-r224").unwrap();
+        let gpu = HardwareProfile::from_spec(builtin_hardware("h200-141gb").unwrap());
+        let (plan, _) = plan_variant(&base, &gpu, &v).unwrap();
+        let frag = plan.predicted.peak_breakdown["fragmentation"];
+        assert!(frag > 0, "GPU plans carry a fragmentation margin");
+        let row = Row::from_plan(&v, &plan, None, None);
+        assert_eq!(row.predicted_peak_bytes, plan.predicted.peak_memory_bytes - frag);
+        assert_eq!(row.predicted_breakdown.iter().map(|(_, b)| b).sum::<u64>(), row.predicted_peak_bytes, "the listed categories add up to the compared peak");
+        let cpu = HardwareProfile::from_spec(builtin_hardware("cpu-local").unwrap());
+        let (plan, _) = plan_variant(&base, &cpu, &v).unwrap();
+        assert_eq!(Row::from_plan(&v, &plan, None, None).predicted_peak_bytes, plan.predicted.peak_memory_bytes);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use cost_models::hardware::{load_profile, HardwareProfile};
+use cost_models::hardware::{load_profile, DeviceKind, HardwareProfile};
 use cost_models::Seconds;
 use executor::speed_probe;
 use executor::metrics::metrics_path;
@@ -377,6 +377,17 @@ pub fn run(a: &ValidateArgs) -> Result<()> {
     if a.out.is_some() {
         command.push_str(&format!(" --out {}", out.display()));
     }
+    let device_notes: Vec<String> = if hw.hardware.kind == DeviceKind::Gpu {
+        vec!["GPU runs: one rank per GPU (NCCL); step time is wall time up to a CUDA synchronize at the step's end; the measured peak is the CUDA caching allocator's peak allocated bytes, reset before every step. The plan's fragmentation margin is left out of the compared prediction: it is headroom for what the caching allocator reserves beyond its live blocks, which no allocated-bytes statistic includes. The data loader's batches stay in host memory and are not counted.".into()]
+    } else {
+        vec![
+            match threads {
+                Some(t) => format!("Ranks are local processes; each runs {t} intra-op thread(s) (`train --threads {t}`, the threads per rank the profile was measured with; when ranks x threads exceeds the cores the planner scales the measured rates by cores / (ranks x threads)) and {WORKERS} data-loading workers (the executor's default)."),
+                None => format!("Ranks are local processes; each gets `cores / ranks` intra-op threads (at least 1) and {WORKERS} data-loading workers (the executor's default)."),
+            },
+            format!("On CPU the data loader's prefetched image batches go through the same counting allocator as the step, so the model counts the loader's full queue ({WORKERS} workers x ({} prefetched + 1 blocked) fp32 batches) besides the batch in use. The queue is full only when the loader keeps up with the step; the runs therefore read {}. With the bundled 512 px photos on 2 shared cores the loader does not keep up, the queue holds 0-6 batches at the peak, and the measured peak moves by whole batches (about 9 % each for b8-r32) from step to step.", planner::memory::LOADER_PREFETCH, match &a.data { Some(d) => format!("`{}`", d.display()), None => format!("{SYNTHETIC_IMAGES} synthetic {SYNTHETIC_SIDE} px PNGs (decoding is then negligible)") }),
+        ]
+    };
     let report = ValidationReport {
         recipe: recipe.name.clone(),
         hardware: hw.hardware.name.clone(),
@@ -388,26 +399,22 @@ pub fn run(a: &ValidateArgs) -> Result<()> {
         step_tolerance: 0.10,
         command,
         rows,
-        notes: vec![
-            match threads {
-                Some(t) => format!("Ranks are local processes; each runs {t} intra-op thread(s) (`train --threads {t}`, the threads per rank the profile was measured with; when ranks x threads exceeds the cores the planner scales the measured rates by cores / (ranks x threads)) and {WORKERS} data-loading workers (the executor's default)."),
-                None => format!("Ranks are local processes; each gets `cores / ranks` intra-op threads (at least 1) and {WORKERS} data-loading workers (the executor's default)."),
-            },
-            format!("On CPU the data loader's prefetched image batches go through the same counting allocator as the step, so the model counts the loader's full queue ({WORKERS} workers x ({} prefetched + 1 blocked) fp32 batches) besides the batch in use. The queue is full only when the loader keeps up with the step; the runs therefore read {}. With the bundled 512 px photos on 2 shared cores the loader does not keep up, the queue holds 0-6 batches at the peak, and the measured peak moves by whole batches (about 9 % each for b8-r32) from step to step.", planner::memory::LOADER_PREFETCH, match &a.data { Some(d) => format!("`{}`", d.display()), None => format!("{SYNTHETIC_IMAGES} synthetic {SYNTHETIC_SIDE} px PNGs (decoding is then negligible)") }),
-            "Peak memory is predicted by `planner::memory` from the plan alone (no measured input); step and communication times come from the step simulator with the hardware above.".into(),
-            block_note,
-        ]
-        .into_iter()
-        .chain(a.recalibrate.then(|| format!(
-            "Recalibrated: before each round `validate --recalibrate` ran the calibrate command above with `--rounds 1` (profiles `{}`), and predicted that round's runs from that round's profile; predicted step and exposed comm are the medians over the rounds, the peak is the plan's.",
-            work.join("calibration-round-N.toml").display()
-        )))
-        .chain(hw.measured.speed_probe.map(|r| format!(
-            "Host speed: this shared machine's speed drifts by tens of percent from minute to minute. Every run is bracketed by the host-speed probe (`executor::speed_probe`, a fixed single-thread conv/BN workload, {:.1} s each): `host slowdown (probe)` = mean of the two readings / the calibration's reference reading ({:.0} µs), to which `calibrate` normalised its own measurements. The predictions are at the calibration's speed; the probe-scaled alternative in the headline shows how far the probe is from tracking what the ranks see.",
-            speed_probe::DURATION.0,
-            r.0 * 1e6
-        )))
-        .collect(),
+        notes: device_notes
+            .into_iter()
+            .chain([
+                "Peak memory is predicted by `planner::memory` from the plan alone (no measured input); step and communication times come from the step simulator with the hardware above.".to_string(),
+                block_note,
+            ])
+            .chain(a.recalibrate.then(|| format!(
+                "Recalibrated: before each round `validate --recalibrate` ran the calibrate command above with `--rounds 1` (profiles `{}`), and predicted that round's runs from that round's profile; predicted step and exposed comm are the medians over the rounds, the peak is the plan's.",
+                work.join("calibration-round-N.toml").display()
+            )))
+            .chain(hw.measured.speed_probe.map(|r| format!(
+                "Host speed: this shared machine's speed drifts by tens of percent from minute to minute. Every run is bracketed by the host-speed probe (`executor::speed_probe`, a fixed single-thread conv/BN workload, {:.1} s each): `host slowdown (probe)` = mean of the two readings / the calibration's reference reading ({:.0} µs), to which `calibrate` normalised its own measurements. The predictions are at the calibration's speed; the probe-scaled alternative in the headline shows how far the probe is from tracking what the ranks see.",
+                speed_probe::DURATION.0,
+                r.0 * 1e6
+            )))
+            .collect(),
     };
     let md_path = out.with_extension("md");
     let svg_path = out.with_extension("svg");
