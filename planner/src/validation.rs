@@ -515,6 +515,9 @@ impl ValidationReport {
     /// "k/n within ±t% (max |error| m%, median n%)" for one step-time error.
     fn step_summary(&self, error: fn(&Row) -> Option<f64>) -> String {
         let errs: Vec<f64> = self.rows.iter().filter_map(error).map(f64::abs).collect();
+        if errs.is_empty() {
+            return format!("0/{} measured", self.rows.len());
+        }
         let within = errs.iter().filter(|e| **e <= self.step_tolerance).count();
         let max = errs.iter().copied().fold(0.0, f64::max);
         let mid = median(errs);
@@ -593,13 +596,12 @@ impl ValidationReport {
         let within_mem = self.rows.iter().filter(|r| r.memory_error().is_some_and(|e| e.abs() <= self.memory_tolerance)).count();
         let mem_errs: Vec<f64> = self.rows.iter().filter_map(|r| r.memory_error()).map(f64::abs).collect();
         let maxf = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
-        s.push_str(&format!(
-            "**Peak memory**: {within_mem}/{} variants within ±{:.0}% (max |error| {:.1}%). **Step time**: {}",
-            self.rows.len(),
-            self.memory_tolerance * 100.0,
-            maxf(&mem_errs) * 100.0,
-            self.step_summary(Row::step_error)
-        ));
+        let memory = if mem_errs.is_empty() {
+            format!("0/{} variants measured", self.rows.len())
+        } else {
+            format!("{within_mem}/{} variants within ±{:.0}% (max |error| {:.1}%)", self.rows.len(), self.memory_tolerance * 100.0, maxf(&mem_errs) * 100.0)
+        };
+        s.push_str(&format!("**Peak memory**: {memory}. **Step time**: {}", self.step_summary(Row::step_error)));
         if self.rows.iter().any(|r| r.probe_scaled_step_time_s.is_some()) {
             s.push_str(&format!(
                 " (scaled by the host-speed probe's slowdown instead: {})",
@@ -879,6 +881,9 @@ mod tests {
         rep.rows.push(Row::from_plan(&v, &plan, None, Some("rank 1 failed".into())));
         let f = rep.memory_failures();
         assert_eq!(f.len(), 2, "{f:?}");
+        let unmeasured = ValidationReport { rows: vec![rep.rows[2].clone()], ..rep.clone() };
+        let md = unmeasured.markdown(None);
+        assert!(md.contains("**Peak memory**: 0/1 variants measured. **Step time**: 0/1 measured."), "no run, no error figures: {md}");
         assert!(f[1].contains("rank 1 failed"));
         let md = rep.markdown(Some("x.svg"));
         assert!(md.contains("seerscale validate --recipe tiny-cpu") && md.contains("+2.0%") && md.contains("+10.0%") && md.contains("x.svg"));
