@@ -20,7 +20,7 @@ use crate::dist::{DistError, ProcessGroup, ReduceOp};
 use cost_models::collectives::{BusyCollective, Collective, CollectiveFit, CollectiveProfile, Scope};
 use cost_models::compute::OpKind;
 use cost_models::hardware::{BlockTime, HardwareError, HardwareProfile, HardwareSpec, HostCosts, Measured, OpFixed, OpThroughput};
-use cost_models::stats::{median, quantile};
+use cost_models::stats::{mean_without_slowest, median, quantile};
 use cost_models::{Bandwidth, Bytes, DType, FlopRate, Seconds};
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
@@ -72,7 +72,7 @@ pub struct Timing {
     pub p90_s: f64,
     /// What one call costs inside a sum of many: the mean of the samples
     /// without the slowest tenth. Collectives here are right-skewed (a Gloo
-    /// all-reduce of 12 KB: median 0.7-0.9 ms, mean 1.4-1.9 ms, p90 4 ms),
+    /// all-reduce of 12 KB: median 0.6-1.0 ms, mean 1.2-1.9 ms, p90 3.9-4.8 ms),
     /// so a step's dozens of them cost their mean each, not their median;
     /// the slowest tenth goes because a rare stall shows in a few steps,
     /// which the step's median skips.
@@ -96,8 +96,7 @@ impl Timing {
     /// From per-call sample times (any order; at least one).
     pub fn from_samples(mut s: Vec<f64>, calls_per_sample: usize) -> Timing {
         s.sort_by(|a, b| a.total_cmp(b));
-        let kept = &s[..s.len() - s.len() / 10];
-        let expected_s = kept.iter().sum::<f64>() / kept.len().max(1) as f64;
+        let expected_s = mean_without_slowest(&s, 0.1);
         Timing { median_s: quantile(&s, 0.5), p10_s: quantile(&s, 0.1), p90_s: quantile(&s, 0.9), expected_s, samples: s.len(), calls_per_sample }
     }
 }
