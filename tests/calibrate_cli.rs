@@ -32,6 +32,12 @@ fn calibrate_quick_writes_a_profile_plan_can_load() {
     assert!(bw > 1e8 && bw < 1e12, "memory-bound bandwidth {bw}");
     let ovh = p.measured.kernel_overhead.unwrap().0;
     assert!(ovh > 1e-8 && ovh < 1e-3, "overhead {ovh}");
+    // The optimiser per shard piece: the executor's own optimiser, timed.
+    let host = p.measured.host.unwrap();
+    for (name, s) in [("norms", host.optimizer_norms_piece), ("sgd", host.optimizer_sgd_piece), ("adam", host.optimizer_adam_piece)] {
+        let s = s.unwrap_or_else(|| panic!("optimizer {name} per piece missing")).0;
+        assert!(s > 1e-8 && s < 1e-2, "optimizer {name} per piece {s} s");
+    }
     assert_eq!(p.measured.collectives.fits.len(), 4);
     for f in &p.measured.collectives.fits {
         assert!(f.alpha.0 < 0.1 && f.bus_bandwidth.0 > 1e7, "{f:?}");
@@ -49,6 +55,14 @@ fn calibrate_quick_writes_a_profile_plan_can_load() {
     assert_eq!(p.measured.block_times.len(), 2 * 8 - 1, "fp32 + bf16 x 8 blocks, head.proto shared");
     assert!(p.measured.block_times.iter().all(|b| b.backward.0 > 0.0 && b.backward_peak_bytes.is_some_and(|x| x > 0)), "{:?}", p.measured.block_times);
     assert_eq!(p.measured.collectives.busy.len(), 3, "all-gather, reduce-scatter, all-reduce");
+    // The data loader per image at the recipe's crops, over the synthetic
+    // images written next to the profile (no --data given).
+    assert_eq!(p.measured.loader.len(), 1, "{:?}", p.measured.loader);
+    let l = &p.measured.loader[0];
+    assert_eq!(l.crops, "2x32+2x16");
+    assert!(l.image.0 > 1e-7 && l.image.0 < 0.1, "{l:?}");
+    assert_eq!(l.data.as_deref(), Some(dir.join("images").to_str().unwrap()));
+    assert!(dir.join("images").join("img000.png").exists());
     // A plan made with the profile uses them: measured backward peaks travel with it.
     let plan_path = dir.join("plan.json");
     let plan = Command::new(env!("CARGO_BIN_EXE_seerscale"))
@@ -72,6 +86,7 @@ fn calibrate_refuses_bad_block_flags_up_front() {
         (&["--recipe", "tiny-cpu", "--batch", "0"][..], "--batch 0"),
         (&["--recipe", "tiny-cpu", "--largest-crop", "5"][..], "--largest-crop 5"),
         (&["--recipe", "tiny-cpu", "--rounds", "0"][..], "--rounds must be at least 1"),
+        (&["--recipe", "tiny-cpu", "--data", "/nonexistent/images"][..], "--data /nonexistent/images"),
     ] {
         let run = Command::new(env!("CARGO_BIN_EXE_seerscale")).arg("calibrate").args(args).args(["--out", "/nonexistent/p.toml"]).output().unwrap();
         let stderr = String::from_utf8_lossy(&run.stderr);

@@ -147,6 +147,8 @@ pub struct ComputeModel {
     host: Option<HostCosts>,
     /// Measured whole-block times by `ModelGraph::block_key`.
     blocks: HashMap<String, BlockTime>,
+    /// Measured data-loader CPU time per image, by crop set.
+    loader: HashMap<String, Seconds>,
 }
 
 const DTYPES: [DType; 3] = [DType::Fp32, DType::Fp16, DType::Bf16];
@@ -196,6 +198,7 @@ impl ComputeModel {
             fixed,
             host: m.host,
             blocks: m.block_times.iter().map(|b| (b.key.clone(), b.clone())).collect(),
+            loader: m.loader.iter().map(|l| (l.crops.clone(), l.image)).collect(),
         }
     }
 
@@ -231,6 +234,12 @@ impl ComputeModel {
     /// the profile has one.
     pub fn block_time(&self, key: &str) -> Option<&BlockTime> {
         self.blocks.get(key)
+    }
+
+    /// The data loader's CPU time per image at this crop set
+    /// (`Workload::crops_label`), if measured.
+    pub fn loader_image(&self, crops: &str) -> Option<Seconds> {
+        self.loader.get(crops).copied()
     }
 
     /// Cost of `n` small bookkeeping ops (zero unless measured: on a GPU the

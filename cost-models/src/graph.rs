@@ -136,6 +136,10 @@ impl Workload {
     pub fn total_crops(&self) -> u64 {
         self.images * self.crops.iter().map(|c| c.count).sum::<u64>()
     }
+    /// The crop groups for people and profile keys, e.g. `2x32+2x16`.
+    pub fn crops_label(&self) -> String {
+        self.crops.iter().map(|c| format!("{}x{}", c.count, c.resolution)).collect::<Vec<_>>().join("+")
+    }
 }
 
 /// The network as a petgraph DAG (edges carry data, residuals included).

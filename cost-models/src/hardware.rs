@@ -452,6 +452,26 @@ pub struct Measured {
     /// later re-runs the probe and scales with [`Measured::slowed_by`].
     #[serde(rename = "speed_probe_us", default, skip_serializing_if = "Option::is_none", with = "human::opt_us")]
     pub speed_probe: Option<Seconds>,
+    /// The data loader's CPU time per image, per crop set (`seerscale
+    /// calibrate --recipe`). On a CPU host whose cores the ranks fill, the
+    /// loader's threads take it from the step.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loader: Vec<LoaderTime>,
+}
+
+/// CPU time one data-loader worker spends per image (decode unless cached,
+/// multi-crop augmentation, batch assembly) at one crop set, over the image
+/// folder it names: decoding and cropping cost what the images make them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoaderTime {
+    /// The crop groups ([`crate::graph::Workload::crops_label`], e.g. `2x32+2x16`).
+    pub crops: String,
+    #[serde(rename = "image_us", with = "human::us")]
+    pub image: Seconds,
+    /// The image folder it was measured on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
 }
 
 impl Measured {
@@ -478,11 +498,9 @@ impl Measured {
         for b in &mut m.block_times {
             *b = b.slowed_by(f);
         }
-        if let Some(h) = &mut m.host {
-            h.small_op = Seconds(h.small_op.0 * f);
-            h.param_view_forward = Seconds(h.param_view_forward.0 * f);
-            h.param_view_backward = Seconds(h.param_view_backward.0 * f);
-            h.backward_call = Seconds(h.backward_call.0 * f);
+        m.host = m.host.map(|h| h.map(|s| s * f));
+        for l in &mut m.loader {
+            l.image = l.image * f;
         }
         m.speed_probe = m.speed_probe.map(|p| Seconds(p.0 * f));
         m
@@ -557,6 +575,54 @@ pub struct HostCosts {
     /// One autograd engine call (`run_backward`), fixed part.
     #[serde(rename = "backward_call_us", with = "human::us")]
     pub backward_call: Seconds,
+    /// The executor's optimiser per parameter piece of a shard (a slice of
+    /// one parameter), timed on many tiny pieces against one: the norms
+    /// pass, and the SGD (momentum, decay, LARC) and Adam updates. Absent
+    /// in profiles from before they were measured; the planner then counts
+    /// the pass's ops as small ops.
+    #[serde(default, rename = "optimizer_norms_piece_us", with = "human::opt_us", skip_serializing_if = "Option::is_none")]
+    pub optimizer_norms_piece: Option<Seconds>,
+    #[serde(default, rename = "optimizer_sgd_piece_us", with = "human::opt_us", skip_serializing_if = "Option::is_none")]
+    pub optimizer_sgd_piece: Option<Seconds>,
+    #[serde(default, rename = "optimizer_adam_piece_us", with = "human::opt_us", skip_serializing_if = "Option::is_none")]
+    pub optimizer_adam_piece: Option<Seconds>,
+}
+
+impl HostCosts {
+    /// Only the always-measured costs; the optimiser's per-piece costs unknown.
+    pub fn new(small_op: Seconds, param_view_forward: Seconds, param_view_backward: Seconds, backward_call: Seconds) -> HostCosts {
+        HostCosts { small_op, param_view_forward, param_view_backward, backward_call, optimizer_norms_piece: None, optimizer_sgd_piece: None, optimizer_adam_piece: None }
+    }
+
+    /// Every cost put through `f` (scaling, or a statistic over rounds).
+    pub fn map(&self, mut f: impl FnMut(Seconds) -> Seconds) -> HostCosts {
+        HostCosts {
+            small_op: f(self.small_op),
+            param_view_forward: f(self.param_view_forward),
+            param_view_backward: f(self.param_view_backward),
+            backward_call: f(self.backward_call),
+            optimizer_norms_piece: self.optimizer_norms_piece.map(&mut f),
+            optimizer_sgd_piece: self.optimizer_sgd_piece.map(&mut f),
+            optimizer_adam_piece: self.optimizer_adam_piece.map(&mut f),
+        }
+    }
+
+    /// Every cost with its profile field name, for validation and reports.
+    pub fn fields(&self) -> Vec<(&'static str, Seconds)> {
+        let mut v = vec![
+            ("small_op_us", self.small_op),
+            ("param_view_forward_us", self.param_view_forward),
+            ("param_view_backward_us", self.param_view_backward),
+            ("backward_call_us", self.backward_call),
+        ];
+        let opt = [
+            ("optimizer_norms_piece_us", self.optimizer_norms_piece),
+            ("optimizer_sgd_piece_us", self.optimizer_sgd_piece),
+            ("optimizer_adam_piece_us", self.optimizer_adam_piece),
+        ];
+        v.extend(opt.into_iter().filter_map(|(n, s)| s.map(|s| (n, s))));
+        v
+    }
 }
 
 /// Achieved rate of one class of op in one dtype.
@@ -632,11 +698,12 @@ impl HardwareProfile {
             v.nonneg(b.forward_no_grad.0 * 1e6, "measured.block_times.forward_no_grad_us");
             v.nonneg(b.backward.0 * 1e6, "measured.block_times.backward_us");
         }
-        if let Some(h) = &m.host {
-            v.nonneg(h.small_op.0 * 1e6, "measured.host.small_op_us");
-            v.nonneg(h.param_view_forward.0 * 1e6, "measured.host.param_view_forward_us");
-            v.nonneg(h.param_view_backward.0 * 1e6, "measured.host.param_view_backward_us");
-            v.nonneg(h.backward_call.0 * 1e6, "measured.host.backward_call_us");
+        for l in &m.loader {
+            v.check(!l.crops.is_empty(), "measured.loader.crops", "must not be empty");
+            v.nonneg(l.image.0 * 1e6, "measured.loader.image_us");
+        }
+        for (name, s) in m.host.iter().flat_map(HostCosts::fields) {
+            v.nonneg(s.0 * 1e6, &format!("measured.host.{name}"));
         }
         v.done()?;
         m.collectives.validate().map_err(|(f, r)| (format!("measured.collectives.{f}"), r))
@@ -844,7 +911,7 @@ mod tests {
                 busy: vec![BusyCollective { collective: Collective::AllGather, world_size: 2, extra: Seconds(20e-6), skew: 0.3 }],
             },
             op_fixed: vec![OpFixed { kind: OpKind::Conv, forward: Seconds(20e-6), backward: Seconds(40e-6) }],
-            host: Some(HostCosts { small_op: Seconds(3e-6), param_view_forward: Seconds(4e-6), param_view_backward: Seconds(9e-6), backward_call: Seconds(30e-6) }),
+            host: Some(HostCosts::new(Seconds(3e-6), Seconds(4e-6), Seconds(9e-6), Seconds(30e-6))),
             block_times: vec![BlockTime {
                 key: "00ff".into(),
                 label: "tiny s1.b0".into(),
@@ -854,6 +921,7 @@ mod tests {
                 backward_peak_bytes: Some(123_456),
             }],
             speed_probe: Some(Seconds(1.5e-3)),
+            loader: vec![LoaderTime { crops: "2x32+2x16".into(), image: Seconds(80e-6), data: Some("images".into()) }],
         };
         let t = p.to_toml_string().unwrap();
         let back = HardwareProfile::parse_toml(&t, "profile.toml").unwrap();
@@ -878,6 +946,10 @@ mod tests {
         assert_eq!(s2.collectives.busy[0].extra, Seconds(40e-6));
         assert_eq!(s2.collectives.fits, p.measured.collectives.fits);
         assert_eq!(s2.speed_probe, Some(Seconds(3e-3)));
+        assert_eq!(s2.loader[0].image, Seconds(160e-6));
+        assert_eq!(back.measured.loader, p.measured.loader);
+        let e = HardwareProfile::parse_toml(&t.replace("image_us = 80.0", "image_us = -80.0"), "profile.toml").unwrap_err();
+        assert!(e.to_string().contains("measured.loader.image_us"), "{e}");
         assert_eq!(s2.block_times[0].backward_peak_bytes, Some(123_456));
         // Nonsense factors leave the numbers alone.
         assert_eq!(p.measured.slowed_by(f64::NAN), p.measured);
@@ -887,6 +959,22 @@ mod tests {
         assert_ne!(neg, t, "{t}");
         let e = HardwareProfile::parse_toml(&neg, "profile.toml").unwrap_err();
         assert!(e.to_string().contains("measured.block_times.backward_us"), "{e}");
+
+        // The optimiser's per-piece costs: optional (older profiles lack
+        // them), round-tripped, scaled with the host, checked by name.
+        assert!(!t.contains("optimizer_"), "{t}");
+        assert_eq!(back.measured.host, p.measured.host);
+        let mut q = p.clone();
+        q.measured.host = q.measured.host.map(|h| HostCosts { optimizer_norms_piece: Some(Seconds(10e-6)), optimizer_sgd_piece: Some(Seconds(20e-6)), ..h });
+        let tq = q.to_toml_string().unwrap();
+        assert!(tq.contains("optimizer_sgd_piece_us = 20.0") && !tq.contains("optimizer_adam"), "{tq}");
+        let hq = HardwareProfile::parse_toml(&tq, "profile.toml").unwrap().measured.host.unwrap();
+        assert_eq!((hq.optimizer_sgd_piece, hq.optimizer_adam_piece), (Some(Seconds(20e-6)), None));
+        assert_eq!(q.measured.slowed_by(2.0).host.unwrap().optimizer_norms_piece, Some(Seconds(20e-6)));
+        let bad = tq.replace("optimizer_norms_piece_us = 10.0", "optimizer_norms_piece_us = -3.0");
+        assert_ne!(bad, tq);
+        let e = HardwareProfile::parse_toml(&bad, "profile.toml").unwrap_err();
+        assert!(e.to_string().contains("measured.host.optimizer_norms_piece_us"), "{e}");
         assert_eq!(back.hardware, p.hardware);
         assert_eq!(back.measured.collectives, p.measured.collectives);
         assert!((back.measured.memory_bandwidth.unwrap().0 - 12.5e9).abs() < 1e-3);

@@ -75,8 +75,7 @@ fn model_err(block: &str, e: ModelError) -> CalibrateError {
 
 /// A short text for the workload, e.g. `b8 2x32+2x16 fp32`.
 pub fn workload_label(w: &Workload) -> String {
-    let crops: Vec<String> = w.crops.iter().map(|c| format!("{}x{}", c.count, c.resolution)).collect();
-    format!("b{} {} {}", w.images, crops.join("+"), w.dtype)
+    format!("b{} {} {}", w.images, w.crops_label(), w.dtype)
 }
 
 /// Times every block of `model` at `workload` on `threads` intra-op

@@ -19,7 +19,7 @@
 use crate::dist::{DistError, ProcessGroup, ReduceOp};
 use cost_models::collectives::{BusyCollective, Collective, CollectiveFit, CollectiveProfile, Scope};
 use cost_models::compute::OpKind;
-use cost_models::hardware::{BlockTime, HardwareError, HardwareProfile, HardwareSpec, HostCosts, Measured, OpFixed, OpThroughput};
+use cost_models::hardware::{BlockTime, HardwareError, HardwareProfile, HardwareSpec, HostCosts, LoaderTime, Measured, OpFixed, OpThroughput};
 use cost_models::stats::{mean_without_slowest, median, quantile};
 use cost_models::{Bandwidth, Bytes, DType, FlopRate, Seconds};
 use serde::{Deserialize, Serialize};
@@ -379,6 +379,59 @@ pub struct HostMeasurement {
     pub param_view_forward_s: f64,
     /// Per view, backward (16 views vs 1 into a 1024-element flat).
     pub param_view_backward_s: f64,
+    /// The optimiser per shard piece (absent in reports from before it was
+    /// measured): see [`measure_optimizer`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optimizer: Option<OptimizerPieces>,
+}
+
+/// Seconds per parameter piece of a shard that the executor's optimiser
+/// spends (`optim::Optimizer`), with pieces so small that their bytes do
+/// not count: what the planner multiplies by a rank's piece count.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OptimizerPieces {
+    /// The per-parameter squared norms of weights and gradients.
+    pub norms_s: f64,
+    /// SEER's update (SGD momentum, weight decay, LARC) after the norms.
+    pub sgd_s: f64,
+    /// Adam's update (L2 decay) after the norms.
+    pub adam_s: f64,
+}
+
+/// Many tiny pieces against one, so the optimiser's fixed per-step work
+/// (norm vector, index list, reading it back) cancels out.
+const OPTIMIZER_PIECES: i64 = 64;
+
+/// Times [`crate::optim::Optimizer`] on one shard of [`OPTIMIZER_PIECES`]
+/// 16-element pieces and on one of a single piece (same parameter count,
+/// so the norm vector is the same size), and returns the extra cost per
+/// piece of the norms pass and of each update.
+pub fn measure_optimizer(budget: &Budget) -> Result<OptimizerPieces, CalibrateError> {
+    use crate::optim::{FlatShard, OptimConfig, Optimizer, Piece};
+    let n = OPTIMIZER_PIECES;
+    let optim_err = |e: crate::optim::OptimError| CalibrateError::Degenerate { what: "optimiser timing".into(), reason: e.to_string() };
+    let shard = |pieces: i64| -> Result<FlatShard, CalibrateError> {
+        Ok(FlatShard {
+            param: Tensor::f_randn([n * 16], (Kind::Float, Device::Cpu))?,
+            grad: Tensor::f_randn([n * 16], (Kind::Float, Device::Cpu))?,
+            pieces: (0..pieces).map(|i| Piece { param: i as usize, start: i * 16, len: 16 }).collect(),
+        })
+    };
+    let (many, one) = (vec![shard(n)?], vec![shard(1)?]);
+    let per_piece = |t_many: &Timing, t_one: &Timing| ((t_many.median_s - t_one.median_s) / (n - 1) as f64).max(0.0);
+    let seer = Optimizer::new(OptimConfig::seer(), n as usize).map_err(optim_err)?;
+    let norms = |shards: &[FlatShard]| time_calls(budget, || seer.global_sq_norms(shards, &crate::reduce::local_sum).map(drop)).map_err(optim_err);
+    let norms_s = per_piece(&norms(&many)?, &norms(&one)?);
+    let step = |cfg: &OptimConfig| -> Result<f64, CalibrateError> {
+        let time = |shards: &[FlatShard]| -> Result<Timing, CalibrateError> {
+            let mut opt = Optimizer::new(cfg.clone(), n as usize).map_err(optim_err)?;
+            time_calls(budget, || opt.step(shards, 1e-4, &crate::reduce::local_sum).map(drop)).map_err(optim_err)
+        };
+        let total = per_piece(&time(&many)?, &time(&one)?);
+        Ok((total - norms_s).max(0.0))
+    };
+    let adam = OptimConfig::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 1e-5 };
+    Ok(OptimizerPieces { norms_s, sgd_s: step(&OptimConfig::seer())?, adam_s: step(&adam)? })
 }
 
 fn relu_chain_backward(budget: &Budget, len: usize) -> Result<Timing, CalibrateError> {
@@ -415,6 +468,7 @@ pub fn measure_host(budget: &Budget) -> Result<HostMeasurement, CalibrateError> 
         backward_call_s,
         param_view_forward_s: fwd.median_s / 16.0,
         param_view_backward_s: ((v16.median_s - v1.median_s) / 15.0).max(0.0),
+        optimizer: Some(measure_optimizer(budget)?),
     })
 }
 
@@ -601,11 +655,17 @@ pub fn measure_compute(opts: &ComputeOptions, mut progress: impl FnMut(&str)) ->
     }
     let (host, fixed) = measure_host_round(&opts.budget, opts.threads)?;
     progress(&format!(
-        "host: small op {:.2} µs, backward call {:.1} µs, param view {:.2}/{:.2} µs fwd/bwd",
+        "host: small op {:.2} µs, backward call {:.1} µs, param view {:.2}/{:.2} µs fwd/bwd{}",
         host.small_op.median_s * 1e6,
         host.backward_call_s * 1e6,
         host.param_view_forward_s * 1e6,
-        host.param_view_backward_s * 1e6
+        host.param_view_backward_s * 1e6,
+        host.optimizer.map_or(String::new(), |o| format!(
+            ", optimiser per piece {:.1} µs norms + {:.1} µs SGD / {:.1} µs Adam",
+            o.norms_s * 1e6,
+            o.sgd_s * 1e6,
+            o.adam_s * 1e6
+        ))
     ));
     for f in &fixed {
         progress(&format!("fixed {:?} ({}): fwd {:.1} µs, bwd node {:.1} µs", f.kind, f.label, f.forward.median_s * 1e6, f.backward_node_s * 1e6));
@@ -1045,6 +1105,41 @@ pub struct CalibrationReport {
     /// --rounds`; round 1 is in `compute`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub host_rounds: Vec<HostRound>,
+    /// The data loader per crop set and round (`--recipe`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loader: Vec<LoaderMeasurement>,
+}
+
+/// The data loader timed at one crop set ([`crate::data::time_batches`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LoaderMeasurement {
+    /// `Workload::crops_label`, e.g. `2x32+2x16`.
+    pub crops: String,
+    pub images_per_batch: usize,
+    /// The image folder read.
+    pub data: String,
+    /// One batch on one worker thread.
+    pub batch: Timing,
+    /// Host-speed probe around it (mean of before and after).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_s: Option<f64>,
+}
+
+impl LoaderMeasurement {
+    pub fn image_s(&self) -> f64 {
+        self.batch.median_s / self.images_per_batch.max(1) as f64
+    }
+}
+
+/// Times `batches` batches of `images` images from `folder` with
+/// `augment`, after the warm-up [`crate::data::time_batches`] chooses.
+pub fn measure_loader(folder: &std::path::Path, augment: crate::augment::AugmentConfig, crops: String, images: usize, batches: usize) -> Result<LoaderMeasurement, CalibrateError> {
+    use crate::data::{time_batches, DataPosition, ImageFolder, LoaderConfig};
+    let err = |e: crate::data::DataError| CalibrateError::Degenerate { what: format!("data loader over {}", folder.display()), reason: e.to_string() };
+    let images_folder = ImageFolder::open(folder).map_err(err)?;
+    let cfg = LoaderConfig { seed: 0, rank: 0, world: 1, images_per_rank: images, augment, workers: 1, prefetch: 1, start: DataPosition::default() };
+    let samples = time_batches(images_folder, cfg, batches.max(1)).map_err(err)?;
+    Ok(LoaderMeasurement { crops, images_per_batch: images, data: folder.display().to_string(), batch: Timing::from_samples(samples, 1), probe_s: None })
 }
 
 /// One later round's host and fixed costs, with the host-speed probe
@@ -1105,11 +1200,12 @@ fn op_fixed(fixed: &[FixedCost]) -> Vec<OpFixed> {
 }
 
 fn host_costs(h: &HostMeasurement) -> HostCosts {
+    let us = |s: f64| Seconds(sig(s));
     HostCosts {
-        small_op: Seconds(sig(h.small_op.median_s)),
-        param_view_forward: Seconds(sig(h.param_view_forward_s)),
-        param_view_backward: Seconds(sig(h.param_view_backward_s)),
-        backward_call: Seconds(sig(h.backward_call_s)),
+        optimizer_norms_piece: h.optimizer.map(|o| us(o.norms_s)),
+        optimizer_sgd_piece: h.optimizer.map(|o| us(o.sgd_s)),
+        optimizer_adam_piece: h.optimizer.map(|o| us(o.adam_s)),
+        ..HostCosts::new(us(h.small_op.median_s), us(h.param_view_forward_s), us(h.param_view_backward_s), us(h.backward_call_s))
     }
 }
 
@@ -1121,11 +1217,19 @@ fn host_costs(h: &HostMeasurement) -> HostCosts {
 fn median_host_costs(rounds: &[Measured]) -> (Option<HostCosts>, Vec<OpFixed>) {
     let hosts: Vec<&HostCosts> = rounds.iter().filter_map(|m| m.host.as_ref()).collect();
     let of = |f: fn(&HostCosts) -> Seconds| Seconds(sig(median(hosts.iter().map(|h| f(h).0).collect())));
+    // Rounds from an older report may lack the optimiser's costs.
+    let of_some = |f: fn(&HostCosts) -> Option<Seconds>| {
+        let v: Vec<f64> = hosts.iter().copied().filter_map(f).map(|s| s.0).collect();
+        (!v.is_empty()).then(|| Seconds(sig(median(v))))
+    };
     let host = (!hosts.is_empty()).then(|| HostCosts {
         small_op: of(|h| h.small_op),
         param_view_forward: of(|h| h.param_view_forward),
         param_view_backward: of(|h| h.param_view_backward),
         backward_call: of(|h| h.backward_call),
+        optimizer_norms_piece: of_some(|h| h.optimizer_norms_piece),
+        optimizer_sgd_piece: of_some(|h| h.optimizer_sgd_piece),
+        optimizer_adam_piece: of_some(|h| h.optimizer_adam_piece),
     });
     let fixed = rounds
         .first()
@@ -1141,6 +1245,20 @@ fn median_host_costs(rounds: &[Measured]) -> (Option<HostCosts>, Vec<OpFixed>) {
         })
         .collect();
     (host, fixed)
+}
+
+/// One loader time per crop set: the median over rounds of the time per
+/// image, each on the reference speed.
+fn median_per_crops(loader: &[LoaderMeasurement], speed: &SpeedProbes) -> Vec<LoaderTime> {
+    let mut out: Vec<LoaderTime> = Vec::new();
+    for m in loader {
+        if out.iter().any(|l| l.crops == m.crops) {
+            continue;
+        }
+        let same: Vec<f64> = loader.iter().filter(|x| x.crops == m.crops).map(|x| x.image_s() * speed.normaliser(x.probe_s)).collect();
+        out.push(LoaderTime { crops: m.crops.clone(), image: Seconds(sig(median(same))), data: Some(m.data.clone()) });
+    }
+    out
 }
 
 /// One time per block key: the median of its rounds (`calibrate
@@ -1222,6 +1340,7 @@ impl CalibrationReport {
             host: c.host.as_ref().map(host_costs),
             block_times: Vec::new(),
             speed_probe: None,
+            loader: Vec::new(),
         }
         // Op measurements and each block workload were taken at their own
         // host speed: put them all on the reference speed.
@@ -1243,6 +1362,7 @@ impl CalibrationReport {
                 .collect(),
             busy: busy_extras(&self.collectives, &self.busy_collectives),
         };
+        measured.loader = median_per_crops(&self.loader, &speed);
         measured.speed_probe = (speed.reference_s() > 0.0).then(|| Seconds(sig(speed.reference_s())));
         let p = HardwareProfile { hardware: hw, measured };
         p.validate().map_err(|(field, reason)| CalibrateError::Invalid { field, reason })?;
@@ -1313,6 +1433,16 @@ impl CalibrationReport {
         for b in &self.blocks {
             l.push(format!("block {}", b.summary()));
         }
+        for m in &self.loader {
+            l.push(format!(
+                "loader {} ({} images a batch, one worker, {}): {:.1} µs per image ±{:.0} %",
+                m.crops,
+                m.images_per_batch,
+                m.data,
+                m.image_s() * 1e6,
+                100.0 * m.batch.noise()
+            ));
+        }
         for s in &self.collectives {
             l.push(format!("  {:?} {} KiB: median {:.1} µs ±{:.0} %, expected {:.1} µs (fitted)", s.collective, s.bytes >> 10, s.timing.median_s * 1e6, 100.0 * s.timing.noise(), s.timing.expected_s * 1e6));
         }
@@ -1358,6 +1488,16 @@ mod tests {
         assert_eq!(bf, ((2 * 8 * 64 + 2 * 16 * 16 + 16 * 4 * 9) * 2) as f64);
         assert_eq!(bb, 2.0 * bf);
         assert_eq!(OpCase::Add { n: 1, c: 2, hw: 3 }.bytes(DType::Fp32).0, 3.0 * 18.0 * 4.0);
+    }
+
+    /// The optimiser's cost per piece is what many pieces cost beyond one:
+    /// positive and microseconds, for the norms and both updates.
+    #[test]
+    fn optimizer_cost_per_piece_is_measured_on_the_executor_optimizer() {
+        let budget = Budget { warmup: 1, min_samples: 5, max_samples: 5, target_sample_s: 2e-3, budget_s: 0.05 };
+        let o = measure_optimizer(&budget).unwrap();
+        assert!(o.norms_s > 1e-8 && o.sgd_s > 1e-8 && o.adam_s > 1e-8, "{o:?}");
+        assert!(o.norms_s < 1e-3 && o.sgd_s < 1e-3 && o.adam_s < 1e-3, "{o:?}");
     }
 
     #[test]
@@ -1504,7 +1644,7 @@ mod tests {
             assert!(f.fit.bus_bandwidth.0 > 1e7 && f.fit.bus_bandwidth.0 < 1e12, "{f:?}");
         }
 
-        let report = CalibrationReport { host: HostInfo::detect(), quick: true, compute: r, collectives: samples, collective_fits: fits, collective_world_size: 2, blocks: Vec::new(), busy_collectives: Vec::new(), speed: None, host_rounds: Vec::new() };
+        let report = CalibrationReport { host: HostInfo::detect(), quick: true, compute: r, collectives: samples, collective_fits: fits, collective_world_size: 2, blocks: Vec::new(), busy_collectives: Vec::new(), speed: None, host_rounds: Vec::new(), loader: Vec::new() };
         let base = cost_models::hardware::builtin_hardware("cpu-local").unwrap();
         let text = report.profile_toml(&base).unwrap();
         let dir = std::env::temp_dir().join(format!("seerscale-calibrate-{}", std::process::id()));
@@ -1580,5 +1720,16 @@ mod tests {
             // Normalised {0.5x, x, x}: the median is the later rounds' x.
             assert!((f.forward.0 / raw.forward.median_s - 1.0).abs() < 1e-3, "{f:?} vs {raw:?}");
         }
+
+        // The loader: per image = batch / images, on the reference speed,
+        // the median over rounds per crop set. 8 images at 800 µs a batch is
+        // 100 µs an image; the 4 ms round (probe at the reference) is the
+        // odd one out; the round whose probe read 2x is halved.
+        let lm = |crops: &str, batch: f64, probe: f64| LoaderMeasurement { crops: crops.into(), images_per_batch: 8, data: "imgs".into(), batch: timing(batch), probe_s: Some(probe) };
+        let with_loader = CalibrationReport { loader: vec![lm("2x32+2x16", 0.8e-3, 1e-3), lm("2x32+2x16", 4e-3, 1e-3), lm("2x32+2x16", 1.6e-3, 2e-3), lm("2x48+2x24", 1.6e-3, 1e-3)], ..probed.clone() };
+        let l = with_loader.to_profile(&base).unwrap().measured.loader;
+        assert_eq!(l.len(), 2, "{l:?}");
+        assert_eq!((l[0].crops.as_str(), l[0].data.as_deref()), ("2x32+2x16", Some("imgs")));
+        assert!((l[0].image.0 - 100e-6).abs() < 1e-12 && (l[1].image.0 - 200e-6).abs() < 1e-12, "{l:?}");
     }
 }

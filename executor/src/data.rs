@@ -228,37 +228,36 @@ pub struct DataLoader {
     failed: bool,
 }
 
+/// Batches [`time_batches`] reads before timing when a whole epoch is no
+/// longer than this: the run's later epochs come from the decode cache.
+const TIMING_WARMUP_EPOCH_MAX: u64 = 32;
+
+/// Seconds one loader worker takes to make each of `batches` batches of
+/// `cfg`, made on this thread: the CPU time the worker threads take from
+/// the cores beside the step. A folder whose epoch is at most
+/// [`TIMING_WARMUP_EPOCH_MAX`] batches is read once first, so the timed
+/// batches come from the decode cache as a run's later epochs do; a larger
+/// one is timed from its first batches, decoding each image.
+pub fn time_batches(folder: ImageFolder, cfg: LoaderConfig, batches: usize) -> Result<Vec<f64>, DataError> {
+    let shared = Shared::new(folder, cfg)?;
+    let warmup = if shared.steps_per_epoch <= TIMING_WARMUP_EPOCH_MAX { shared.steps_per_epoch } else { 1 };
+    let mut out = Vec::with_capacity(batches);
+    for k in 0..warmup + batches as u64 {
+        let t = std::time::Instant::now();
+        drop(shared.make_batch(shared.position_after(shared.cfg.start, k))?);
+        if k >= warmup {
+            out.push(t.elapsed().as_secs_f64());
+        }
+    }
+    Ok(out)
+}
+
 impl DataLoader {
     pub fn new(folder: ImageFolder, cfg: LoaderConfig) -> Result<DataLoader, DataError> {
-        cfg.augment.validate()?;
-        if cfg.world == 0 || cfg.rank >= cfg.world {
-            return Err(DataError::Config { field: "rank", reason: format!("rank {} of world {}", cfg.rank, cfg.world) });
-        }
-        if cfg.images_per_rank == 0 {
-            return Err(DataError::Config { field: "images_per_rank", reason: "must be >= 1".into() });
-        }
-        let global_batch = cfg.images_per_rank * cfg.world;
-        // A folder smaller than one global batch is passed over several times
-        // per epoch, each pass in its own shuffled order.
-        let passes = global_batch.div_ceil(folder.len().max(1));
-        let steps_per_epoch = (folder.len() * passes / global_batch) as u64;
-        if cfg.start.step >= steps_per_epoch {
-            return Err(DataError::Config {
-                field: "start.step",
-                reason: format!("step {} but an epoch has {steps_per_epoch} steps", cfg.start.step),
-            });
-        }
         let workers = cfg.workers.max(1);
         let prefetch = cfg.prefetch.max(1);
         let next = cfg.start;
-        let shared = Arc::new(Shared {
-            folder,
-            cfg,
-            steps_per_epoch,
-            passes,
-            bad: Mutex::new(HashSet::new()),
-            cache: DecodeCache::new(decode_cache_budget()),
-        });
+        let shared = Arc::new(Shared::new(folder, cfg)?);
         let mut rx = Vec::with_capacity(workers);
         let mut handles = Vec::with_capacity(workers);
         for w in 0..workers {
@@ -339,6 +338,28 @@ impl Drop for DataLoader {
 }
 
 impl Shared {
+    fn new(folder: ImageFolder, cfg: LoaderConfig) -> Result<Shared, DataError> {
+        cfg.augment.validate()?;
+        if cfg.world == 0 || cfg.rank >= cfg.world {
+            return Err(DataError::Config { field: "rank", reason: format!("rank {} of world {}", cfg.rank, cfg.world) });
+        }
+        if cfg.images_per_rank == 0 {
+            return Err(DataError::Config { field: "images_per_rank", reason: "must be >= 1".into() });
+        }
+        let global_batch = cfg.images_per_rank * cfg.world;
+        // A folder smaller than one global batch is passed over several times
+        // per epoch, each pass in its own shuffled order.
+        let passes = global_batch.div_ceil(folder.len().max(1));
+        let steps_per_epoch = (folder.len() * passes / global_batch) as u64;
+        if cfg.start.step >= steps_per_epoch {
+            return Err(DataError::Config {
+                field: "start.step",
+                reason: format!("step {} but an epoch has {steps_per_epoch} steps", cfg.start.step),
+            });
+        }
+        Ok(Shared { folder, cfg, steps_per_epoch, passes, bad: Mutex::new(HashSet::new()), cache: DecodeCache::new(decode_cache_budget()) })
+    }
+
     fn position_after(&self, p: DataPosition, k: u64) -> DataPosition {
         let s = p.step + k;
         DataPosition { epoch: p.epoch + s / self.steps_per_epoch, step: s % self.steps_per_epoch }
@@ -500,6 +521,20 @@ mod tests {
         seen.sort_unstable();
         seen.dedup();
         assert!(seen.len() >= 2, "{:?}", b.images);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// The loader's per-batch time, made on the calling thread: one value
+    /// per timed batch, positive, after a warm-up epoch that fills the
+    /// decode cache; and the same checks as a loader (a bad rank is refused).
+    #[test]
+    fn time_batches_times_each_batch_after_an_epoch_of_warm_up() {
+        let dir = temp_folder("timing", 6, &[]);
+        let folder = ImageFolder::open(&dir).unwrap();
+        let t = time_batches(folder.clone(), loader_cfg(0, 1, 2), 4).unwrap();
+        assert_eq!(t.len(), 4);
+        assert!(t.iter().all(|&s| s > 0.0 && s < 5.0), "{t:?}");
+        assert!(matches!(time_batches(folder, loader_cfg(2, 2, 2), 1), Err(DataError::Config { field: "rank", .. })));
         std::fs::remove_dir_all(&dir).ok();
     }
 

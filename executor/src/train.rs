@@ -167,6 +167,15 @@ impl TrainArgs {
     }
 }
 
+/// The multi-crop augmentation a recipe's data section describes.
+pub fn augment_for(r: &planner::recipe::Recipe) -> AugmentConfig {
+    let crops = r.data.crops.iter().map(|c| CropSpec { count: c.count as usize, resolution: c.resolution as u32, scale: (c.scale[0], c.scale[1]) }).collect();
+    let mut augment = AugmentConfig::with_crops(crops);
+    augment.color_strength = r.data.color_strength;
+    augment.blur_p = r.data.blur_p;
+    augment
+}
+
 impl TrainConfig {
     /// The run a plan describes, for a rank of `env`.
     pub fn from_plan(plan: &Plan, args: &TrainArgs, env: &RankEnv) -> Result<TrainConfig, TrainError> {
@@ -177,15 +186,7 @@ impl TrainConfig {
             )));
         }
         let r = &plan.recipe;
-        let crops = r
-            .data
-            .crops
-            .iter()
-            .map(|c| CropSpec { count: c.count as usize, resolution: c.resolution as u32, scale: (c.scale[0], c.scale[1]) })
-            .collect();
-        let mut augment = AugmentConfig::with_crops(crops);
-        augment.color_strength = r.data.color_strength;
-        augment.blur_p = r.data.blur_p;
+        let augment = augment_for(r);
         let optim = match r.optim.kind {
             planner::recipe::OptimKind::Sgd => OptimConfig::Sgd {
                 momentum: r.optim.momentum,

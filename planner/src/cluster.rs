@@ -105,18 +105,24 @@ pub fn rank_measured(hw: &HardwareSpec, measured: &Measured, world: usize) -> Me
     measured.slowed_by(1.0 / f)
 }
 
-/// Whether a `world`-rank job's collectives run beside its compute. GPUs:
-/// yes (a separate stream). CPU ranks: only while the ranks' intra-op
-/// threads leave a core free for the transport (Gloo's threads copy and
-/// reduce on the CPU); when `world x threads_per_rank` fills the measured
-/// cores, a collective in flight takes a core from the compute it was meant
-/// to hide behind. Unknown threads or cores (older profiles, the catalog):
-/// assumed to overlap.
-pub fn comm_overlaps_compute(hw: &HardwareSpec, measured: &Measured, world: usize) -> bool {
+/// Whether a `world`-rank job's compute fills every core of a CPU host
+/// (`world x threads_per_rank >= cores`): then nothing runs beside the
+/// step for free. Gloo's threads copy and reduce on the CPU, so a
+/// collective in flight takes a core from the compute it was meant to hide
+/// behind, and the data loader's threads take their CPU time from the step.
+/// GPUs (their own stream; the loader runs on the host's cores) and unknown
+/// threads or cores (older profiles, the catalog): no.
+pub fn cores_full(hw: &HardwareSpec, measured: &Measured, world: usize) -> bool {
     match (hw.kind, measured.threads_per_rank, measured.host_cores) {
-        (DeviceKind::Cpu, Some(t), Some(cores)) => world <= 1 || world.max(1) * t.max(1) < cores,
-        _ => true,
+        (DeviceKind::Cpu, Some(t), Some(cores)) => world.max(1) * t.max(1) >= cores,
+        _ => false,
     }
+}
+
+/// Whether a `world`-rank job's collectives run beside its compute: unless
+/// the ranks fill the cores ([`cores_full`]); a single rank has none.
+pub fn comm_overlaps_compute(hw: &HardwareSpec, measured: &Measured, world: usize) -> bool {
+    world <= 1 || !cores_full(hw, measured, world)
 }
 
 /// Nodes a job of `world` ranks spans on `rank_hw` (from [`rank_hardware`]).
@@ -167,7 +173,7 @@ mod tests {
         let cpu = cost_models::hardware::builtin_hardware("cpu-local").unwrap();
         let mut m = Measured { threads_per_rank: Some(1), host_cores: Some(2), ..Measured::default() };
         m.op_throughput.push(OpThroughput { kind: OpKind::Conv, dtype: DType::Fp32, rate: FlopRate(10e9) });
-        m.host = Some(HostCosts { small_op: Seconds(4e-6), param_view_forward: Seconds(0.0), param_view_backward: Seconds(0.0), backward_call: Seconds(0.0) });
+        m.host = Some(HostCosts::new(Seconds(4e-6), Seconds(0.0), Seconds(0.0), Seconds(0.0)));
         // 1 or 2 single-thread ranks fit on 2 cores: the measurement as is.
         assert_eq!(rank_measured(&cpu, &m, 1), m);
         assert_eq!(rank_measured(&cpu, &m, 2), m);
@@ -177,6 +183,10 @@ mod tests {
         assert!(comm_overlaps_compute(&cpu, &Measured { host_cores: Some(16), ..m.clone() }, 4));
         assert!(comm_overlaps_compute(&builtin_hardware("a100-40gb").unwrap(), &m, 8), "GPUs overlap on their own stream");
         assert!(comm_overlaps_compute(&cpu, &Measured::default(), 4), "unknown cores: assume overlap");
+        // One single-thread rank leaves a core to the loader; two fill both.
+        assert!(!cores_full(&cpu, &m, 1) && cores_full(&cpu, &m, 2) && cores_full(&cpu, &m, 4));
+        assert!(cores_full(&cpu, &Measured { threads_per_rank: Some(2), ..m.clone() }, 1));
+        assert!(!cores_full(&builtin_hardware("a100-40gb").unwrap(), &m, 8) && !cores_full(&cpu, &Measured::default(), 4));
         m.block_times.push(cost_models::hardware::BlockTime {
             key: "k".into(),
             label: "b".into(),

@@ -34,7 +34,7 @@ use crate::memory::{Decisions, MemoryModel};
 use crate::plan::Precision;
 use crate::recipe::{Recipe, Wrapping};
 use crate::simulator::{Simulator, StepResult};
-use crate::step_costs::{step_profile, unit_costs, GraphCosts, WorldCosts};
+use crate::step_costs::{step_profile, GraphCosts, WorldCosts};
 use crate::wrapping::{units_for, Unit};
 use cost_models::collectives::CollectiveModel;
 use cost_models::compute::{ComputeError, ComputeModel};
@@ -359,9 +359,15 @@ impl<'r> Searcher<'r> {
     }
 
     /// Whether `world` ranks on hardware `h` can overlap collectives with compute.
-    fn overlap(&self, h: usize, world: usize) -> bool {
+    fn world_costs<'a>(&'a self, h: usize, group: &'a cost_models::topology::GroupLinks, world: usize) -> WorldCosts<'a> {
         let p = &self.space.hardware[h];
-        crate::cluster::comm_overlaps_compute(&p.hardware, &p.measured, world)
+        WorldCosts {
+            group,
+            collectives: &self.collectives[h],
+            world_size: world,
+            overlap: crate::cluster::comm_overlaps_compute(&p.hardware, &p.measured, world),
+            cores_full: crate::cluster::cores_full(&p.hardware, &p.measured, world),
+        }
     }
 
     /// CPU ranks split the machine, so their op costs depend on the share.
@@ -404,9 +410,8 @@ impl<'r> Searcher<'r> {
         let group = self.links.world(&rank_hw, d.world_size)?.clone();
         let gc = &self.costs[&(h, share, d.precision.compute, d.batch_per_rank)];
         let units = &self.units[&d.wrapping];
-        let w = WorldCosts { group: &group, collectives: &self.collectives[h], world_size: d.world_size, overlap: self.overlap(h, d.world_size) };
-        let uc = unit_costs(units, gc.blocks.len(), d.precision.compute, d.precision.reduce, &w);
-        Ok(step_profile(gc, uc, &d.checkpoint, self.recipe, d.precision.compute, d.reshard_after_forward, &compute, &w))
+        let w = self.world_costs(h, &group, d.world_size);
+        Ok(step_profile(gc, units, &d.checkpoint, self.recipe, d.precision.compute, d.precision.reduce, d.reshard_after_forward, &compute, &w))
     }
 
     /// Simulates one set of decisions (checkpoint segments given).
@@ -418,9 +423,8 @@ impl<'r> Searcher<'r> {
         let group = self.links.world(rank_hw, d.world_size)?.clone();
         let gc = &self.costs[&(h, share, d.precision.compute, d.batch_per_rank)];
         let units = &self.units[&d.wrapping];
-        let w = WorldCosts { group: &group, collectives: &self.collectives[h], world_size: d.world_size, overlap: self.overlap(h, d.world_size) };
-        let uc = unit_costs(units, gc.blocks.len(), d.precision.compute, d.precision.reduce, &w);
-        let profile = step_profile(gc, uc, &d.checkpoint, self.recipe, d.precision.compute, d.reshard_after_forward, &compute, &w);
+        let w = self.world_costs(h, &group, d.world_size);
+        let profile = step_profile(gc, units, &d.checkpoint, self.recipe, d.precision.compute, d.precision.reduce, d.reshard_after_forward, &compute, &w);
         Ok((self.sim.run(&profile), flops))
     }
 
@@ -563,9 +567,8 @@ impl<'r> Searcher<'r> {
             d.checkpoint = placement.segments;
             let gc = &self.costs[&(h, share, c.dtype, c.batch)];
             let units = &self.units[&c.wrapping];
-            let w = WorldCosts { group: &group, collectives: &self.collectives[h], world_size: world, overlap: self.overlap(h, world) };
-            let uc = unit_costs(units, gc.blocks.len(), c.dtype, c.dtype, &w);
-            let profile = step_profile(gc, uc, &d.checkpoint, self.recipe, c.dtype, c.reshard, &compute, &w);
+            let w = self.world_costs(h, &group, world);
+            let profile = step_profile(gc, units, &d.checkpoint, self.recipe, c.dtype, c.dtype, c.reshard, &compute, &w);
             let step = self.sim.run(&profile);
             let per_image = step.step_time.0 / c.batch as f64;
             if per_image < best_per_image {

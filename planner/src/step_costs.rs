@@ -9,7 +9,7 @@
 
 use crate::recipe::Recipe;
 use crate::simulator::{BlockCost, LossCost, OptimizerCost, StepProfile, UnitCost};
-use crate::wrapping::Unit;
+use crate::wrapping::{max_shard_pieces, Unit};
 use cost_models::collectives::{Collective, CollectiveModel};
 use cost_models::compute::{ComputeError, ComputeModel, OpDesc, OpKind, Pass};
 use cost_models::graph::{Block, BlockKind, LayerKind, ModelGraph};
@@ -38,6 +38,9 @@ pub struct GraphCosts {
     pub block_tensors: Vec<usize>,
     /// Host work before forward (zero unless the profile measured host costs).
     pub prologue: Seconds,
+    /// The data loader's CPU time for one batch (zero unless the profile
+    /// measured it at this crop set).
+    pub loader: Seconds,
     /// Blocks whose times came from the profile's measured block times
     /// (the rest are estimated from their layers).
     pub measured_blocks: usize,
@@ -91,15 +94,15 @@ pub mod host_ops {
     pub const LOSS_PER_ASSIGN: f64 = 2.0;
     pub const LOSS_FINAL: f64 = 4.0;
     /// LARC norms, per parameter piece: (narrow, square, sum) for w and g.
-    pub const NORMS_PER_TENSOR: f64 = 6.0;
+    pub const NORMS_PER_PIECE: f64 = 6.0;
     /// Once: zeros, index list, to_device, stack, index_add, read back.
     pub const NORMS_FIXED: f64 = 6.0;
     /// SGD update per piece: narrow w, g, buf; decay mul + add; LARC scale;
     /// buf mul_ + add_; lr mul + sub_.
-    pub const SGD_PER_TENSOR: f64 = 10.0;
+    pub const SGD_PER_PIECE: f64 = 10.0;
     /// Adam update per piece: 4 narrows, decay mul + add, m: mul_, mul, add_;
     /// v: mul_, square, mul, add_; denom: div, sqrt, add; update: div, mul, sub_.
-    pub const ADAM_PER_TENSOR: f64 = 19.0;
+    pub const ADAM_PER_PIECE: f64 = 19.0;
 }
 
 impl GraphCosts {
@@ -189,6 +192,7 @@ impl GraphCosts {
             recompute,
             block_tensors: graph.blocks.iter().map(|b| b.param_tensors.len()).collect(),
             prologue,
+            loader: compute.loader_image(&graph.workload.crops_label()).map_or(Seconds(0.0), |s| s * graph.workload.images as f64),
             measured_blocks,
             bn_channels: graph
                 .blocks
@@ -243,6 +247,8 @@ pub struct WorldCosts<'a> {
     pub world_size: usize,
     /// Collectives overlap compute (see `StepProfile::overlap`).
     pub overlap: bool,
+    /// The ranks' compute fills every core (`cluster::cores_full`).
+    pub cores_full: bool,
 }
 
 impl WorldCosts<'_> {
@@ -275,24 +281,28 @@ pub fn unit_costs(units: &[Unit], n_blocks: usize, compute: DType, reduce: DType
             reduce_scatter: w.time(Collective::ReduceScatter, unit_bytes(u, reduce, w.world_size)),
             // A unit spanning the whole model is FSDP's root: never resharded.
             keep_after_forward: u.blocks.start == 0 && u.blocks.end >= n_blocks,
-            tensors: u.tensors,
+            tensors: u.tensors(),
             flat_bytes: unit_bytes(u, compute, w.world_size),
         })
         .collect()
 }
 
-/// The full step for one set of decisions.
+/// The full step for one set of decisions: `units` gathered in
+/// `compute_dtype`, their gradients reduced in `reduce_dtype`.
 #[allow(clippy::too_many_arguments)]
 pub fn step_profile(
     g: &GraphCosts,
-    units: Vec<UnitCost>,
+    units: &[Unit],
     checkpoint: &[Range<usize>],
     recipe: &Recipe,
     compute_dtype: DType,
+    reduce_dtype: DType,
     reshard_after_forward: bool,
     compute: &ComputeModel,
     w: &WorldCosts,
 ) -> StepProfile {
+    let shard_pieces = max_shard_pieces(units, w.world_size);
+    let units = unit_costs(units, g.blocks.len(), compute_dtype, reduce_dtype, w);
     let mut loss = g.loss;
     loss.sum_all_reduce = w.time(Collective::AllReduce, Bytes(4));
     loss.row_all_reduce = w.time(Collective::AllReduce, g.row_sum_bytes);
@@ -304,6 +314,9 @@ pub fn step_profile(
     if let Some(h) = host {
         add_unit_host_costs(&mut blocks, &g.block_tensors, &units, reshard_after_forward, &h, compute);
     }
+    // With every core computing, the loader's threads take their CPU time
+    // from the step (spread over it; charged here, before forward).
+    let loader = if w.cores_full { g.loader } else { Seconds(0.0) };
     let (prologue, prologue_all_reduce, loss_all_reduce) = match host {
         Some(h) => (
             g.prologue + h.small_op * (host_ops::ZERO_GRAD_PER_UNIT * units.len() as f64 + host_ops::LOSS_VALUE),
@@ -313,7 +326,7 @@ pub fn step_profile(
         ),
         None => (Seconds(0.0), None, None),
     };
-    let mut optimizer = optimizer_cost(g, recipe, compute_dtype, compute, w);
+    let mut optimizer = optimizer_cost(g, recipe, compute_dtype, compute, w, shard_pieces);
     optimizer.loss_all_reduce = loss_all_reduce;
     StepProfile {
         blocks,
@@ -325,7 +338,7 @@ pub fn step_profile(
         prefetch: true,
         overlap: w.overlap,
         skew: if w.overlap { 0.0 } else { w.collectives.busy_skew(w.world_size) },
-        prologue,
+        prologue: prologue + loader,
         prologue_all_reduce,
     }
 }
@@ -395,35 +408,37 @@ pub fn add_unit_host_costs(blocks: &mut [BlockCost], block_tensors: &[usize], un
 }
 
 /// LARC norms, their all-reduce (with the fp16 scaler's overflow flag) and
-/// the fp32 update of this rank's shard; memory-bound, one kernel per tensor
-/// and pass (PyTorch's foreach kernels batch them, so this is an upper end).
-pub fn optimizer_cost(g: &GraphCosts, recipe: &Recipe, compute_dtype: DType, compute: &ComputeModel, w: &WorldCosts) -> OptimizerCost {
+/// the fp32 update of the slowest rank's shard: `pieces` slices of
+/// parameters (a tensor split between ranks is a piece on each), the unit
+/// the executor's optimiser loops over. Memory-bound plus a per-piece cost:
+/// measured per piece when the profile has it (`calibrate`), otherwise the
+/// executor's op count as small ops, or one kernel per piece and pass on a
+/// catalog device (PyTorch's foreach kernels batch them: an upper end).
+pub fn optimizer_cost(g: &GraphCosts, recipe: &Recipe, compute_dtype: DType, compute: &ComputeModel, w: &WorldCosts, pieces: usize) -> OptimizerCost {
+    use crate::recipe::OptimKind;
     let shard = g.params as f64 / w.world_size.max(1) as f64;
-    let tensors = g.param_tensors as u32;
     let bw = compute.memory_bandwidth().0;
-    let pass = |bytes: f64, kernels: u32| Seconds(bytes / bw) + compute.kernel_overhead() * kernels as f64;
+    let pass = |bytes: f64, kernels: usize| Seconds(bytes / bw) + compute.kernel_overhead() * kernels as f64;
     let larc = recipe.optim.larc_trust.is_some();
     let states = recipe.optim.kind.states_per_param() as f64;
     // fp32 master, grad, states: read all, write param + states.
     let step_bytes = 4.0 * shard * ((2.0 + states) + (1.0 + states));
+    let p = pieces as f64;
     let (norms, step) = match compute.host() {
-        // The executor's op count per parameter piece (optim.rs): the norms
-        // run for SGD and Adam alike (grad norm reported), the update per piece.
+        // The executor runs the norms for SGD and Adam alike (grad norm reported).
         Some(h) => {
-            let t = tensors as f64;
-            let per = match recipe.optim.kind {
-                crate::recipe::OptimKind::Sgd => host_ops::SGD_PER_TENSOR,
-                crate::recipe::OptimKind::Adam => host_ops::ADAM_PER_TENSOR,
+            let counted = |ops: f64| h.small_op * ops;
+            let norms_piece = h.optimizer_norms_piece.unwrap_or_else(|| counted(host_ops::NORMS_PER_PIECE));
+            let update_piece = match recipe.optim.kind {
+                OptimKind::Sgd => h.optimizer_sgd_piece.unwrap_or_else(|| counted(host_ops::SGD_PER_PIECE)),
+                OptimKind::Adam => h.optimizer_adam_piece.unwrap_or_else(|| counted(host_ops::ADAM_PER_PIECE)),
             };
-            (
-                Seconds(8.0 * shard / bw) + h.small_op * (host_ops::NORMS_PER_TENSOR * t + host_ops::NORMS_FIXED),
-                Seconds(step_bytes / bw) + h.small_op * (per * t),
-            )
+            (Seconds(8.0 * shard / bw) + counted(host_ops::NORMS_FIXED) + norms_piece * p, Seconds(step_bytes / bw) + update_piece * p)
         }
         None => {
             // Read param + grad for the two norms.
-            let norms = if larc { pass(8.0 * shard, tensors) } else { Seconds(0.0) };
-            (norms, pass(step_bytes, tensors))
+            let norms = if larc { pass(8.0 * shard, pieces) } else { Seconds(0.0) };
+            (norms, pass(step_bytes, pieces))
         }
     };
     let scaler = compute_dtype == DType::Fp16;
@@ -460,7 +475,7 @@ mod tests {
         let g = ModelGraph::build(&m, &Workload { images: 8, crops: recipe.crop_groups(), dtype: DType::Fp32 });
         let b = g.blocks.iter().position(|b| b.name == "s1.b0").unwrap();
         let us = Seconds(1e-6);
-        let host = HostCosts { small_op: us, param_view_forward: Seconds(0.0), param_view_backward: Seconds(0.0), backward_call: Seconds(0.0) };
+        let host = HostCosts::new(us, Seconds(0.0), Seconds(0.0), Seconds(0.0));
         let with = GraphCosts::new(&g, &model(Some(host)), &recipe).unwrap();
         let without = GraphCosts::new(&g, &model(None), &recipe).unwrap();
         let d = (with.blocks[b].forward - without.blocks[b].forward).0;
@@ -470,7 +485,7 @@ mod tests {
         assert_eq!(with.block_tensors[b], 16);
         // One unit per block: every view costs 1 µs forward; the block's
         // backward pays 16 views (plus their flat-sized traffic).
-        let h = HostCosts { small_op: Seconds(0.0), param_view_forward: us, param_view_backward: us, backward_call: Seconds(0.0) };
+        let h = HostCosts::new(Seconds(0.0), us, us, Seconds(0.0));
         let units = vec![UnitCost { blocks: b..b + 1, all_gather: Seconds(0.0), reduce_scatter: Seconds(0.0), keep_after_forward: false, tensors: 16, flat_bytes: Bytes(0) }];
         let mut blocks = without.blocks.clone();
         add_unit_host_costs(&mut blocks, &without.block_tensors, &units, true, &h, &model(None));
@@ -528,7 +543,7 @@ mod tests {
         let topo = Topology::build(&hw, 1).unwrap();
         let group = topo.group(&[0, 1]).unwrap();
         let coll = CollectiveModel::default();
-        let w = WorldCosts { group: &group, collectives: &coll, world_size: 2, overlap: true };
+        let w = WorldCosts { group: &group, collectives: &coll, world_size: 2, overlap: true, cores_full: false };
         let mut blocks = gc.blocks.clone();
         add_sync_bn_costs(&mut blocks, &gc.bn_channels, &w);
         let ar = |bytes: u64| coll.all_reduce(&group, Bytes(bytes)).time.0;
@@ -542,5 +557,78 @@ mod tests {
         let mut same = gc.blocks.clone();
         add_sync_bn_costs(&mut same, &gc.bn_channels, &one);
         assert_eq!(same, gc.blocks);
+    }
+
+    /// The optimiser pays the profile's measured cost per piece of the
+    /// slowest rank's shards (fewer per rank as ranks are added; a tensor
+    /// cut by a shard boundary is a piece on both sides); without them, its
+    /// op count as small ops.
+    #[test]
+    fn optimizer_pays_measured_cost_per_piece_of_the_slowest_rank() {
+        use cost_models::topology::Topology;
+        let recipe = Recipe::load("tiny-cpu").unwrap();
+        assert_eq!(recipe.optim.kind, crate::recipe::OptimKind::Sgd);
+        let m = ModelConfig::load("regnety-tiny").unwrap();
+        let g = ModelGraph::build(&m, &Workload { images: 8, crops: recipe.crop_groups(), dtype: DType::Fp32 });
+        let units = crate::wrapping::units_for(&g, crate::recipe::Wrapping::PerBlock);
+        let us = Seconds(1e-6);
+        let measured = HostCosts { optimizer_norms_piece: Some(us * 3.0), optimizer_sgd_piece: Some(us * 5.0), optimizer_adam_piece: Some(us * 7.0), ..HostCosts::new(us, us, us, us) };
+        let gc = GraphCosts::new(&g, &model(Some(measured)), &recipe).unwrap();
+        let hw = builtin_hardware("a100-40gb").unwrap();
+        let topo = Topology::build(&hw, 1).unwrap();
+        let coll = CollectiveModel::default();
+        let cost = |host: HostCosts, world: usize| {
+            let group = topo.group(&(0..world).collect::<Vec<_>>()).unwrap();
+            let w = WorldCosts { group: &group, collectives: &coll, world_size: world, overlap: true, cores_full: false };
+            let c = model(Some(host));
+            let pieces = max_shard_pieces(&units, world);
+            let o = optimizer_cost(&gc, &recipe, DType::Fp32, &c, &w, pieces);
+            // Take the memory traffic out: what is left is the per-piece work.
+            let shard = gc.params as f64 / world as f64;
+            let bw = c.memory_bandwidth().0;
+            (pieces, (o.norms.0 - 8.0 * shard / bw) * 1e6, (o.step.0 - 4.0 * shard * 5.0 / bw) * 1e6)
+        };
+        let (p1, norms1, step1) = cost(measured, 1);
+        assert_eq!(p1, gc.param_tensors);
+        assert!((norms1 - (host_ops::NORMS_FIXED + 3.0 * p1 as f64)).abs() < 1e-6, "{norms1}");
+        assert!((step1 - 5.0 * p1 as f64).abs() < 1e-6, "{step1}");
+        let (p2, _, step2) = cost(measured, 2);
+        assert!(p2 < p1 && p2 > p1 / 2, "{p2} of {p1}");
+        assert!((step2 - 5.0 * p2 as f64).abs() < 1e-6, "{step2}");
+        // An older profile without them: the executor's op count.
+        let (_, norms_old, step_old) = cost(HostCosts::new(us, us, us, us), 1);
+        assert!((norms_old - (host_ops::NORMS_FIXED + host_ops::NORMS_PER_PIECE * p1 as f64)).abs() < 1e-6, "{norms_old}");
+        assert!((step_old - host_ops::SGD_PER_PIECE * p1 as f64).abs() < 1e-6, "{step_old}");
+    }
+
+    /// The loader's measured CPU time per image, times the batch, is
+    /// charged before forward only when the ranks fill the cores; a crop
+    /// set it was not measured at costs nothing.
+    #[test]
+    fn the_loader_takes_its_cpu_time_from_the_step_only_when_ranks_fill_the_cores() {
+        use cost_models::hardware::LoaderTime;
+        use cost_models::topology::Topology;
+        let recipe = Recipe::load("tiny-cpu").unwrap();
+        let m = ModelConfig::load("regnety-tiny").unwrap();
+        let g = ModelGraph::build(&m, &Workload { images: 8, crops: recipe.crop_groups(), dtype: DType::Fp32 });
+        assert_eq!(g.workload.crops_label(), "2x32+2x16");
+        let mut p = HardwareProfile::from_spec(builtin_hardware("cpu-local").unwrap());
+        p.measured.loader = vec![LoaderTime { crops: "2x32+2x16".into(), image: Seconds(100e-6), data: None }];
+        let c = ComputeModel::new(&p);
+        let gc = GraphCosts::new(&g, &c, &recipe).unwrap();
+        assert!((gc.loader.0 - 800e-6).abs() < 1e-12, "{:?}", gc.loader);
+        let r48 = recipe.with_largest_crop(48).unwrap();
+        let g48 = ModelGraph::build(&m, &Workload { crops: r48.crop_groups(), ..g.workload.clone() });
+        assert_eq!(GraphCosts::new(&g48, &c, &recipe).unwrap().loader, Seconds(0.0));
+        let units = crate::wrapping::units_for(&g, crate::recipe::Wrapping::PerBlock);
+        let topo = Topology::build(&builtin_hardware("a100-40gb").unwrap(), 1).unwrap();
+        let group = topo.group(&[0, 1]).unwrap();
+        let coll = CollectiveModel::default();
+        let profile = |cores_full: bool| {
+            let w = WorldCosts { group: &group, collectives: &coll, world_size: 2, overlap: !cores_full, cores_full };
+            step_profile(&gc, &units, &[], &recipe, DType::Fp32, DType::Fp32, true, &c, &w)
+        };
+        let extra = (profile(true).prologue - profile(false).prologue).0;
+        assert!((extra - 800e-6).abs() < 1e-12, "{extra}");
     }
 }

@@ -26,8 +26,9 @@ pub struct Unit {
     pub blocks: std::ops::Range<usize>,
     /// Parameters the unit owns (unpadded).
     pub params: u64,
-    /// Parameter tensors the unit owns.
-    pub tensors: usize,
+    /// Elements of each parameter tensor the unit owns, in the order the
+    /// executor lays them out in its flat parameter (`params` is their sum).
+    pub numels: Vec<u64>,
     /// Holds the SwAV prototypes, so it is gathered in fp32 whatever the
     /// compute dtype (as the executor does).
     pub fp32: bool,
@@ -43,6 +44,34 @@ impl Unit {
     pub fn shard_len(&self, world: usize) -> u64 {
         self.padded(world) / world.max(1) as u64
     }
+    /// Parameter tensors the unit owns.
+    pub fn tensors(&self) -> usize {
+        self.numels.len()
+    }
+    /// Per rank, the pieces (slices of one parameter) in its shard: what the
+    /// optimiser loops over. A tensor spans the ranks from the one holding
+    /// its first element to the one holding its last.
+    fn add_shard_pieces(&self, world: usize, per_rank: &mut [usize]) {
+        let shard = self.shard_len(world).max(1);
+        let mut offset = 0u64;
+        for &n in self.numels.iter().filter(|&&n| n > 0) {
+            let (first, last) = ((offset / shard) as usize, ((offset + n - 1) / shard) as usize);
+            for r in &mut per_rank[first..=last.min(world - 1)] {
+                *r += 1;
+            }
+            offset += n;
+        }
+    }
+}
+
+/// The most pieces any rank's shards hold (the slowest rank's optimiser).
+pub fn max_shard_pieces(units: &[Unit], world: usize) -> usize {
+    let world = world.max(1);
+    let mut per_rank = vec![0usize; world];
+    for u in units {
+        u.add_shard_pieces(world, &mut per_rank);
+    }
+    per_rank.into_iter().max().unwrap_or(0)
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -157,7 +186,15 @@ fn resolve(graph: &ModelGraph, specs: Vec<(String, Vec<String>)>) -> Result<Vec<
             }
         }
     }
-    let mut acc: Vec<(u64, Option<Range<usize>>, bool, usize)> = vec![(0, None, false, 0); specs.len() + 1];
+    /// What one unit (the last: `root`) has collected so far.
+    #[derive(Clone, Default)]
+    struct Owned {
+        params: u64,
+        blocks: Option<Range<usize>>,
+        fp32: bool,
+        numels: Vec<u64>,
+    }
+    let mut acc: Vec<Owned> = vec![Owned::default(); specs.len() + 1];
     let mut member_used = vec![vec![false; 0]; specs.len()];
     for (i, (_, m)) in specs.iter().enumerate() {
         member_used[i] = vec![false; m.len()];
@@ -172,13 +209,13 @@ fn resolve(graph: &ModelGraph, specs: Vec<(String, Vec<String>)>) -> Result<Vec<
                 None => specs.len(),
             };
             let e = &mut acc[ui];
-            e.0 += numel;
-            e.1 = Some(match e.1.take() {
+            e.params += numel;
+            e.blocks = Some(match e.blocks.take() {
                 None => bi..bi + 1,
                 Some(r) => r.start.min(bi)..r.end.max(bi + 1),
             });
-            e.2 |= pname.starts_with("head.proto.");
-            e.3 += 1;
+            e.fp32 |= pname.starts_with("head.proto.");
+            e.numels.push(*numel);
         }
     }
     // A member matching only tensors that a longer member took still
@@ -192,10 +229,10 @@ fn resolve(graph: &ModelGraph, specs: Vec<(String, Vec<String>)>) -> Result<Vec<
         }
     }
     let mut out = Vec::new();
-    for (ui, (params, blocks, fp32, tensors)) in acc.into_iter().enumerate() {
+    for (ui, Owned { params, blocks, fp32, numels }) in acc.into_iter().enumerate() {
         let Some(blocks) = blocks else { continue };
         let (name, members) = specs.get(ui).cloned().unwrap_or_else(|| ("root".to_string(), Vec::new()));
-        out.push(Unit { name, members, blocks, params, tensors, fp32 });
+        out.push(Unit { name, members, blocks, params, numels, fp32 });
     }
     Ok(out)
 }
@@ -286,9 +323,25 @@ mod tests {
 
     #[test]
     fn padding_rounds_to_world_size() {
-        let u = Unit { name: "u".into(), members: vec![], blocks: 0..1, params: 10, tensors: 1, fp32: false };
+        let u = Unit { name: "u".into(), members: vec![], blocks: 0..1, params: 10, numels: vec![10], fp32: false };
         assert_eq!(u.padded(4), 12);
         assert_eq!(u.shard_len(4), 3);
         assert_eq!(u.padded(1), 10);
+    }
+
+    #[test]
+    fn shard_pieces_count_each_tensor_on_every_rank_it_spans() {
+        // 3 + 5 + 1 + 3 elements: shards of 3 on 4 ranks are [a a a] [b b b]
+        // [b b c] [d d d]; of 6 on 2 ranks [a a a b b b] [b b c d d d].
+        let u = Unit { name: "u".into(), members: vec![], blocks: 0..1, params: 12, numels: vec![3, 5, 1, 3], fp32: false };
+        assert_eq!(max_shard_pieces(std::slice::from_ref(&u), 1), 4);
+        assert_eq!(max_shard_pieces(std::slice::from_ref(&u), 2), 3);
+        assert_eq!(max_shard_pieces(std::slice::from_ref(&u), 4), 2);
+        // Padding holds no piece. Units add up per rank: v's tensor lies on
+        // ranks 0 and 1, u's busiest rank is 2, so 2 (not 2 + 1).
+        let v = Unit { numels: vec![2], params: 2, ..u.clone() };
+        assert_eq!(max_shard_pieces(&[u.clone(), v.clone()], 4), 2);
+        assert_eq!(max_shard_pieces(&[v], 4), 1);
+        assert_eq!(max_shard_pieces(&[], 4), 0);
     }
 }

@@ -15,7 +15,8 @@ use cost_models::DType;
 use cost_models::config::ModelConfig;
 use cost_models::graph::Workload;
 use executor::block_timing::{self, BlockMeasurement};
-use executor::calibrate::{self, BusySample, CalibrationReport, CollectiveOptions, CollectiveSample, ComputeOptions, HostInfo, HostRound, SpeedProbes};
+use executor::calibrate::{self, BusySample, CalibrationReport, CollectiveOptions, CollectiveSample, ComputeOptions, HostInfo, HostRound, LoaderMeasurement, SpeedProbes};
+use super::synthetic_images::synthetic_images;
 use planner::recipe::Recipe;
 use executor::dist::{Backend, GroupConfig, ProcessGroup};
 use executor::launch::{launch_local, LaunchOptions, RankEnv};
@@ -67,6 +68,13 @@ pub struct CalibrateArgs {
     /// or 1 with --quick).
     #[arg(long)]
     pub rounds: Option<usize>,
+    /// Image folder to time the data loader on (with --recipe): its CPU
+    /// time per image at each crop set, which the planner charges to the
+    /// step when the ranks fill the cores. Decoding and cropping cost what
+    /// the images make them, so point it at the training images. Default:
+    /// validate's synthetic images, written to `images/` next to --out.
+    #[arg(long, requires = "recipe")]
+    pub data: Option<PathBuf>,
     /// Kill the collective ranks after this many seconds.
     #[arg(long, default_value_t = 120)]
     pub timeout_s: u64,
@@ -105,7 +113,7 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
     let compute = calibrate::measure_compute(&copts, |m| eprintln!("calibrate:   {m}")).context("measuring compute")?;
     speed.compute_s = take_probe(&mut speed)?;
 
-    let (blocks, host_rounds) = measure_rounds(args, block_workloads.as_ref(), threads, &mut speed)?;
+    let (blocks, host_rounds, loader) = measure_rounds(args, block_workloads.as_ref(), threads, &mut speed)?;
 
     let (collectives, fits, busy) = if args.nproc >= 2 {
         eprintln!("calibrate: collectives over {} Gloo ranks on 127.0.0.1 (idle, then right after compute)", args.nproc);
@@ -127,6 +135,7 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
         busy_collectives: busy,
         speed: Some(speed),
         host_rounds,
+        loader,
     };
 
     let toml = report.profile_toml(&base).context("building the profile")?;
@@ -152,6 +161,16 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
 struct BlockWorkloads {
     model: ModelConfig,
     workloads: Vec<Workload>,
+    /// One data-loader timing per crop set.
+    loader: Vec<LoaderCase>,
+    /// The folder the loader reads.
+    data: PathBuf,
+}
+
+struct LoaderCase {
+    crops: String,
+    augment: executor::augment::AugmentConfig,
+    images: usize,
 }
 
 fn block_workloads(args: &CalibrateArgs, recipe: &str) -> Result<BlockWorkloads> {
@@ -165,7 +184,15 @@ fn block_workloads(args: &CalibrateArgs, recipe: &str) -> Result<BlockWorkloads>
     if let Some(px) = crops.iter().find(|&&px| !(8..=1024).contains(&px)) {
         bail!("--largest-crop {px}: must be within 8..=1024 px");
     }
+    let data = match &args.data {
+        Some(d) => {
+            executor::data::ImageFolder::open(d).with_context(|| format!("--data {}", d.display()))?;
+            d.clone()
+        }
+        None => args.out.parent().unwrap_or(Path::new(".")).join("images"),
+    };
     let mut workloads = Vec::new();
+    let mut loader = Vec::new();
     for &px in &crops {
         let r = recipe.with_largest_crop(px).with_context(|| format!("recipe `{}` has no crops", recipe.name))?;
         for &images in &batches {
@@ -173,8 +200,10 @@ fn block_workloads(args: &CalibrateArgs, recipe: &str) -> Result<BlockWorkloads>
                 workloads.push(Workload { images: images as u64, crops: r.crop_groups(), dtype });
             }
         }
+        let crops = Workload { images: 1, crops: r.crop_groups(), dtype: DType::Fp32 }.crops_label();
+        loader.push(LoaderCase { crops, augment: executor::train::augment_for(&r), images: batches[0] });
     }
-    Ok(BlockWorkloads { model, workloads })
+    Ok(BlockWorkloads { model, workloads, loader, data })
 }
 
 /// One host-speed probe reading, logged; the mean with the one before.
@@ -188,10 +217,18 @@ fn take_probe(speed: &mut SpeedProbes) -> Result<f64> {
 /// block workload, and rounds 2.. first re-measure the host and fixed
 /// costs (round 1's are the compute pass's), each with the host speed
 /// while it ran (the profile keeps the medians over rounds).
-fn measure_rounds(args: &CalibrateArgs, blocks: Option<&BlockWorkloads>, threads: usize, speed: &mut SpeedProbes) -> Result<(Vec<BlockMeasurement>, Vec<HostRound>)> {
+fn measure_rounds(
+    args: &CalibrateArgs,
+    blocks: Option<&BlockWorkloads>,
+    threads: usize,
+    speed: &mut SpeedProbes,
+) -> Result<(Vec<BlockMeasurement>, Vec<HostRound>, Vec<LoaderMeasurement>)> {
     let budget = if args.quick { calibrate::Budget::quick() } else { calibrate::Budget::full() };
     let rounds = rounds(args)?;
-    let (mut out, mut hosts) = (Vec::new(), Vec::new());
+    if let Some(b) = blocks.filter(|_| args.data.is_none()) {
+        synthetic_images(&b.data)?;
+    }
+    let (mut out, mut hosts, mut loader) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
         if round > 1 {
             eprintln!("calibrate: host and fixed costs (round {round}/{rounds})");
@@ -211,8 +248,17 @@ fn measure_rounds(args: &CalibrateArgs, blocks: Option<&BlockWorkloads>, threads
             }
             out.extend(m);
         }
+        if let Some(b) = blocks {
+            for c in &b.loader {
+                let batches = if args.quick { 6 } else { 24 };
+                let mut m = calibrate::measure_loader(&b.data, c.augment.clone(), c.crops.clone(), c.images, batches).context("timing the data loader")?;
+                m.probe_s = Some(take_probe(speed)?);
+                eprintln!("calibrate:   loader {} over {}: {:.1} µs per image (round {round}/{rounds})", c.crops, b.data.display(), m.image_s() * 1e6);
+                loader.push(m);
+            }
+        }
     }
-    Ok((out, hosts))
+    Ok((out, hosts, loader))
 }
 
 fn rounds(args: &CalibrateArgs) -> Result<usize> {

@@ -7,6 +7,7 @@ use clap::Args;
 use cost_models::hardware::{load_profile, DeviceKind, HardwareProfile};
 use cost_models::Seconds;
 use executor::speed_probe;
+use super::synthetic_images::{synthetic_images, SYNTHETIC_IMAGES, SYNTHETIC_SIDE};
 use executor::metrics::metrics_path;
 use planner::recipe::Recipe;
 use planner::simulator::PhaseTimes;
@@ -77,85 +78,6 @@ pub struct ValidateArgs {
 /// Data-loading workers per rank: the executor's default, which the memory
 /// model assumes ([`planner::memory::LOADER_WORKERS`]).
 const WORKERS: u64 = planner::memory::LOADER_WORKERS;
-const SYNTHETIC_IMAGES: usize = 48;
-const SYNTHETIC_SIDE: u32 = 64;
-
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut c = 0xFFFF_FFFFu32;
-    for &b in bytes {
-        c ^= b as u32;
-        for _ in 0..8 {
-            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
-        }
-    }
-    !c
-}
-
-/// An 8-bit RGB PNG with stored (uncompressed) deflate blocks.
-fn png(w: u32, h: u32, rgb: &[u8]) -> Vec<u8> {
-    let chunk = |out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]| {
-        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        let mut body = kind.to_vec();
-        body.extend_from_slice(data);
-        out.extend_from_slice(&body);
-        out.extend_from_slice(&crc32(&body).to_be_bytes());
-    };
-    let mut raw = Vec::with_capacity((w as usize * 3 + 1) * h as usize);
-    for row in rgb.chunks(w as usize * 3) {
-        raw.push(0);
-        raw.extend_from_slice(row);
-    }
-    let mut z = vec![0x78, 0x01];
-    let blocks: Vec<&[u8]> = raw.chunks(65_535).collect();
-    for (i, b) in blocks.iter().enumerate() {
-        z.push(u8::from(i + 1 == blocks.len()));
-        z.extend_from_slice(&(b.len() as u16).to_le_bytes());
-        z.extend_from_slice(&(!(b.len() as u16)).to_le_bytes());
-        z.extend_from_slice(b);
-    }
-    let (mut a, mut b) = (1u32, 0u32);
-    for &x in &raw {
-        a = (a + x as u32) % 65_521;
-        b = (b + a) % 65_521;
-    }
-    z.extend_from_slice(&((b << 16) | a).to_be_bytes());
-    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
-    let mut ihdr = Vec::new();
-    ihdr.extend_from_slice(&w.to_be_bytes());
-    ihdr.extend_from_slice(&h.to_be_bytes());
-    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
-    chunk(&mut out, b"IHDR", &ihdr);
-    chunk(&mut out, b"IDAT", &z);
-    chunk(&mut out, b"IEND", &[]);
-    out
-}
-
-/// Writes deterministic synthetic images (colour blocks over gradients)
-/// unless the folder already has them all.
-fn synthetic_images(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let side = SYNTHETIC_SIDE;
-    for i in 0..SYNTHETIC_IMAGES {
-        let path = dir.join(format!("img{i:03}.png"));
-        if path.exists() {
-            continue;
-        }
-        let mut rgb = Vec::with_capacity((side * side * 3) as usize);
-        for y in 0..side {
-            for x in 0..side {
-                let cell = ((x / 8) * 31 + (y / 8) * 17 + i as u32 * 101) as u64;
-                let hsh = cell.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
-                for c in 0..3u32 {
-                    let g = (x * (c + 1) * 2 + y * (3 - c) * 2) % 256;
-                    rgb.push(((g + ((hsh >> (8 * c)) & 0xFF) as u32) / 2) as u8);
-                }
-            }
-        }
-        std::fs::write(&path, png(side, side, &rgb)).with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(())
-}
-
 fn slug(s: &str) -> String {
     s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
 }
@@ -298,7 +220,7 @@ pub fn run(a: &ValidateArgs) -> Result<()> {
     }
     let mut runs: Vec<Vec<Run>> = variants.iter().map(|_| Vec::new()).collect();
     for round in 1..=a.repeats {
-        let hw_round = if a.recalibrate { recalibrate(&a.recipe, &variants, threads, &work.join(format!("calibration-round-{round}.toml")))? } else { hw.clone() };
+        let hw_round = if a.recalibrate { recalibrate(&a.recipe, &variants, threads, &data, &work.join(format!("calibration-round-{round}.toml")))? } else { hw.clone() };
         for (i, (v, (_, dir, plan_path))) in variants.iter().zip(&planned).enumerate() {
             let run_dir = if a.repeats == 1 { dir.join("run") } else { dir.join(format!("run-{round}")) };
             eprint!("[{}{}/{}] {v}: ", if a.repeats > 1 { format!("round {round}/{}, ", a.repeats) } else { String::new() }, i + 1, variants.len());
@@ -343,11 +265,18 @@ pub fn run(a: &ValidateArgs) -> Result<()> {
             coverage.push(format!("`{v}` {measured}/{all}"));
         }
     }
-    let block_note = if coverage.is_empty() {
+    let mut block_note = if coverage.is_empty() {
         "Block compute times come from the profile's measured blocks (`seerscale calibrate --recipe`) for every variant.".to_string()
     } else {
         format!("Block compute times: the profile has measured times for only some blocks of {} (blocks measured/all); the rest use the per-op estimate. Run the calibrate command above to measure them.", coverage.join(", "))
     };
+    block_note.push_str(&match hw.measured.loader.as_slice() {
+        [] => " The profile has no data-loader timing, so the loader's CPU time is not charged.".to_string(),
+        l => format!(
+            " The data loader's CPU time per image ({}; calibrate's one-worker timing) is charged to every rank's step, in its prologue, when the ranks fill the cores (2+ single-thread ranks on this host's 2 cores): its threads then take that time from the compute.",
+            l.iter().map(|l| format!("{} {:.0} µs", l.crops, l.image.0 * 1e6)).collect::<Vec<_>>().join(", ")
+        ),
+    });
     let mut command = format!("seerscale validate --recipe {}", a.recipe);
     if let Some(vs) = &a.variants {
         command.push_str(&format!(" --variants {vs}"));
@@ -528,14 +457,15 @@ fn calibrate_args(recipe: &str, variants: &[Variant], out: &str) -> Vec<String> 
 }
 
 /// `--recalibrate`: one calibration round (`calibrate --rounds 1`, at the
-/// threads per rank the runs use) into `out`, loaded as this round's profile.
-fn recalibrate(recipe: &str, variants: &[Variant], threads: Option<usize>, out: &Path) -> Result<HardwareProfile> {
+/// threads per rank the runs use, its loader timed on the runs' images)
+/// into `out`, loaded as this round's profile.
+fn recalibrate(recipe: &str, variants: &[Variant], threads: Option<usize>, data: &Path, out: &Path) -> Result<HardwareProfile> {
     let exe = std::env::current_exe().context("cannot find this program's path")?;
     let log_path = out.with_extension("log");
     let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
     eprintln!("calibrating into {} (log {})", out.display(), log_path.display());
     let mut cmd = Command::new(exe);
-    cmd.args(calibrate_args(recipe, variants, &out.to_string_lossy())).args(["--rounds", "1"]).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    cmd.args(calibrate_args(recipe, variants, &out.to_string_lossy())).args(["--rounds", "1"]).arg("--data").arg(data).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
     if let Some(t) = threads {
         cmd.arg("--threads").arg(t.to_string());
     }
