@@ -1126,8 +1126,10 @@ pub struct LoaderMeasurement {
 }
 
 impl LoaderMeasurement {
+    /// Expected time per image: batches differ by which images they crop
+    /// (photos of different sizes), and a run pays the mean.
     pub fn image_s(&self) -> f64 {
-        self.batch.median_s / self.images_per_batch.max(1) as f64
+        self.batch.expected_s / self.images_per_batch.max(1) as f64
     }
 }
 

@@ -228,19 +228,26 @@ pub struct DataLoader {
     failed: bool,
 }
 
-/// Batches [`time_batches`] reads before timing when a whole epoch is no
-/// longer than this: the run's later epochs come from the decode cache.
-const TIMING_WARMUP_EPOCH_MAX: u64 = 32;
+/// Folders of at most this many images are decoded into the cache before
+/// [`time_batches`] times anything: a run's later epochs read them from it.
+const TIMING_PRELOAD_MAX: usize = 512;
 
 /// Seconds one loader worker takes to make each of `batches` batches of
 /// `cfg`, made on this thread: the CPU time the worker threads take from
-/// the cores beside the step. A folder whose epoch is at most
-/// [`TIMING_WARMUP_EPOCH_MAX`] batches is read once first, so the timed
-/// batches come from the decode cache as a run's later epochs do; a larger
-/// one is timed from its first batches, decoding each image.
+/// the cores beside the step. A folder of at most [`TIMING_PRELOAD_MAX`]
+/// images is decoded first (as far as the decode cache holds it), so the
+/// timed batches read it as a run's later epochs do; a larger one is timed
+/// as it comes after one batch, decoding most images.
 pub fn time_batches(folder: ImageFolder, cfg: LoaderConfig, batches: usize) -> Result<Vec<f64>, DataError> {
     let shared = Shared::new(folder, cfg)?;
-    let warmup = if shared.steps_per_epoch <= TIMING_WARMUP_EPOCH_MAX { shared.steps_per_epoch } else { 1 };
+    let n = shared.folder.len();
+    if n <= TIMING_PRELOAD_MAX {
+        let all: Vec<usize> = (0..n).collect();
+        for i in 0..n {
+            shared.load(&all, i)?;
+        }
+    }
+    let warmup = 1;
     let mut out = Vec::with_capacity(batches);
     for k in 0..warmup + batches as u64 {
         let t = std::time::Instant::now();
@@ -525,10 +532,10 @@ mod tests {
     }
 
     /// The loader's per-batch time, made on the calling thread: one value
-    /// per timed batch, positive, after a warm-up epoch that fills the
-    /// decode cache; and the same checks as a loader (a bad rank is refused).
+    /// per timed batch, positive, after the folder is decoded into the
+    /// cache; and the same checks as a loader (a bad rank is refused).
     #[test]
-    fn time_batches_times_each_batch_after_an_epoch_of_warm_up() {
+    fn time_batches_times_each_batch_from_the_decode_cache() {
         let dir = temp_folder("timing", 6, &[]);
         let folder = ImageFolder::open(&dir).unwrap();
         let t = time_batches(folder.clone(), loader_cfg(0, 1, 2), 4).unwrap();

@@ -119,23 +119,6 @@ pub fn cores_full(hw: &HardwareSpec, measured: &Measured, world: usize) -> bool 
     }
 }
 
-/// How many ranks' data-loader time (at one rank's rate, as
-/// [`rank_measured`] scales it) a step of a `world`-rank job waits for.
-/// While a core is free the loader's threads run there: none. Once the
-/// ranks fill the cores, every time a loader thread preempts a rank the
-/// whole job, synchronised at each collective, waits for it: the step
-/// pays the loader time of every rank on the host. Measured on 2026-11-29
-/// (the same plans on 512 px photos against tiny synthetic images, 11.7 ms
-/// more loader time per rank and step): +24 ms per step on 2 ranks, +43 ms
-/// on 4, on 2 cores; a single rank, +0. Per rank at its scaled rate that is
-/// `world / (world x threads / cores)` = `cores / threads` ranks.
-pub fn loader_ranks(hw: &HardwareSpec, measured: &Measured, world: usize) -> f64 {
-    match (cores_full(hw, measured, world), measured.threads_per_rank, measured.host_cores) {
-        (true, Some(t), Some(cores)) => (world.max(1) as f64).min(cores as f64 / t.max(1) as f64),
-        _ => 0.0,
-    }
-}
-
 /// Whether a `world`-rank job's collectives run beside its compute: unless
 /// the ranks fill the cores ([`cores_full`]); a single rank has none.
 pub fn comm_overlaps_compute(hw: &HardwareSpec, measured: &Measured, world: usize) -> bool {
@@ -204,13 +187,6 @@ mod tests {
         assert!(!cores_full(&cpu, &m, 1) && cores_full(&cpu, &m, 2) && cores_full(&cpu, &m, 4));
         assert!(cores_full(&cpu, &Measured { threads_per_rank: Some(2), ..m.clone() }, 1));
         assert!(!cores_full(&builtin_hardware("a100-40gb").unwrap(), &m, 8) && !cores_full(&cpu, &Measured::default(), 4));
-        // The loader time of every rank on the host, at each rank's scaled
-        // rate: 2 ranks on 2 cores wait for 2 ranks' worth, 4 ranks (each
-        // loader twice as slow) for 2 of those, i.e. 4 ranks' unscaled.
-        assert_eq!(loader_ranks(&cpu, &m, 1), 0.0);
-        assert_eq!(loader_ranks(&cpu, &m, 2), 2.0);
-        assert_eq!(loader_ranks(&cpu, &m, 4), 2.0);
-        assert_eq!(loader_ranks(&builtin_hardware("a100-40gb").unwrap(), &m, 8), 0.0);
         m.block_times.push(cost_models::hardware::BlockTime {
             key: "k".into(),
             label: "b".into(),

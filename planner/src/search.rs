@@ -366,7 +366,7 @@ impl<'r> Searcher<'r> {
             collectives: &self.collectives[h],
             world_size: world,
             overlap: crate::cluster::comm_overlaps_compute(&p.hardware, &p.measured, world),
-            loader_ranks: crate::cluster::loader_ranks(&p.hardware, &p.measured, world),
+            cores_full: crate::cluster::cores_full(&p.hardware, &p.measured, world),
         }
     }
 

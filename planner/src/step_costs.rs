@@ -247,9 +247,9 @@ pub struct WorldCosts<'a> {
     pub world_size: usize,
     /// Collectives overlap compute (see `StepProfile::overlap`).
     pub overlap: bool,
-    /// Ranks' data-loader time a step waits for (`cluster::loader_ranks`:
-    /// 0 while a core is free for the loader's threads).
-    pub loader_ranks: f64,
+    /// The ranks' compute fills every core (`cluster::cores_full`): the
+    /// data loader's threads then take their CPU time from the step.
+    pub cores_full: bool,
 }
 
 impl WorldCosts<'_> {
@@ -317,7 +317,7 @@ pub fn step_profile(
     }
     // With every core computing, the loader's threads take their CPU time
     // from the step (spread over it; charged here, before forward).
-    let loader = g.loader * w.loader_ranks;
+    let loader = if w.cores_full { g.loader } else { Seconds(0.0) };
     let (prologue, prologue_all_reduce, loss_all_reduce) = match host {
         Some(h) => (
             g.prologue + h.small_op * (host_ops::ZERO_GRAD_PER_UNIT * units.len() as f64 + host_ops::LOSS_VALUE),
@@ -544,7 +544,7 @@ mod tests {
         let topo = Topology::build(&hw, 1).unwrap();
         let group = topo.group(&[0, 1]).unwrap();
         let coll = CollectiveModel::default();
-        let w = WorldCosts { group: &group, collectives: &coll, world_size: 2, overlap: true, loader_ranks: 0.0 };
+        let w = WorldCosts { group: &group, collectives: &coll, world_size: 2, overlap: true, cores_full: false };
         let mut blocks = gc.blocks.clone();
         add_sync_bn_costs(&mut blocks, &gc.bn_channels, &w);
         let ar = |bytes: u64| coll.all_reduce(&group, Bytes(bytes)).time.0;
@@ -580,7 +580,7 @@ mod tests {
         let coll = CollectiveModel::default();
         let cost = |host: HostCosts, world: usize| {
             let group = topo.group(&(0..world).collect::<Vec<_>>()).unwrap();
-            let w = WorldCosts { group: &group, collectives: &coll, world_size: world, overlap: true, loader_ranks: 0.0 };
+            let w = WorldCosts { group: &group, collectives: &coll, world_size: world, overlap: true, cores_full: false };
             let c = model(Some(host));
             let pieces = max_shard_pieces(&units, world);
             let o = optimizer_cost(&gc, &recipe, DType::Fp32, &c, &w, pieces);
@@ -602,11 +602,11 @@ mod tests {
         assert!((step_old - host_ops::SGD_PER_PIECE * p1 as f64).abs() < 1e-6, "{step_old}");
     }
 
-    /// The loader's measured CPU time per image, times the batch and the
-    /// ranks whose loaders the step waits for, is charged before forward;
-    /// a crop set it was not measured at costs nothing.
+    /// The loader's measured CPU time per image, times the batch, is
+    /// charged before forward only when the ranks fill the cores; a crop
+    /// set it was not measured at costs nothing.
     #[test]
-    fn the_step_waits_for_the_loader_time_of_the_ranks_cluster_says() {
+    fn the_loader_takes_its_cpu_time_from_the_step_only_when_ranks_fill_the_cores() {
         use cost_models::hardware::LoaderTime;
         use cost_models::topology::Topology;
         let recipe = Recipe::load("tiny-cpu").unwrap();
@@ -625,11 +625,11 @@ mod tests {
         let topo = Topology::build(&builtin_hardware("a100-40gb").unwrap(), 1).unwrap();
         let group = topo.group(&[0, 1]).unwrap();
         let coll = CollectiveModel::default();
-        let profile = |loader_ranks: f64| {
-            let w = WorldCosts { group: &group, collectives: &coll, world_size: 2, overlap: loader_ranks == 0.0, loader_ranks };
+        let profile = |cores_full: bool| {
+            let w = WorldCosts { group: &group, collectives: &coll, world_size: 2, overlap: !cores_full, cores_full };
             step_profile(&gc, &units, &[], &recipe, DType::Fp32, DType::Fp32, true, &c, &w)
         };
-        let extra = (profile(2.0).prologue - profile(0.0).prologue).0;
-        assert!((extra - 1600e-6).abs() < 1e-12, "{extra}");
+        let extra = (profile(true).prologue - profile(false).prologue).0;
+        assert!((extra - 800e-6).abs() < 1e-12, "{extra}");
     }
 }

@@ -250,7 +250,7 @@ fn measure_rounds(
         }
         if let Some(b) = blocks {
             for c in &b.loader {
-                let batches = if args.quick { 6 } else { 24 };
+                let batches = if args.quick { 16 } else { 48 };
                 let mut m = calibrate::measure_loader(&b.data, c.augment.clone(), c.crops.clone(), c.images, batches).context("timing the data loader")?;
                 m.probe_s = Some(take_probe(speed)?);
                 eprintln!("calibrate:   loader {} over {}: {:.1} µs per image (round {round}/{rounds})", c.crops, b.data.display(), m.image_s() * 1e6);

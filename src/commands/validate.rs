@@ -273,7 +273,7 @@ pub fn run(a: &ValidateArgs) -> Result<()> {
     block_note.push_str(&match hw.measured.loader.as_slice() {
         [] => " The profile has no data-loader timing, so the loader's CPU time is not charged.".to_string(),
         l => format!(
-            " The data loader's CPU time per image ({}; calibrate's one-worker timing) is charged, times the batch, in each step's prologue once the ranks fill the cores (2+ single-thread ranks on this host's 2 cores): every loader thread then preempts some rank, and the job, synchronised at each collective, waits for the loader time of every rank on the host (`cluster::loader_ranks`).",
+            " The data loader's CPU time per image ({}; calibrate's one-worker timing) is charged, times the batch, to every rank's step, in its prologue, once the ranks fill the cores (2+ single-thread ranks on this host's 2 cores): its threads then take that time from the compute.",
             l.iter().map(|l| format!("{} {:.0} µs", l.crops, l.image.0 * 1e6)).collect::<Vec<_>>().join(", ")
         ),
     });
