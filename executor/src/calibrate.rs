@@ -430,8 +430,7 @@ pub fn measure_optimizer(budget: &Budget) -> Result<OptimizerPieces, CalibrateEr
         let total = per_piece(&time(&many)?, &time(&one)?);
         Ok((total - norms_s).max(0.0))
     };
-    let adam = OptimConfig::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 1e-5 };
-    Ok(OptimizerPieces { norms_s, sgd_s: step(&OptimConfig::seer())?, adam_s: step(&adam)? })
+    Ok(OptimizerPieces { norms_s, sgd_s: step(&OptimConfig::seer())?, adam_s: step(&OptimConfig::adam(1e-5))? })
 }
 
 fn relu_chain_backward(budget: &Budget, len: usize) -> Result<Timing, CalibrateError> {

@@ -75,6 +75,11 @@ impl OptimConfig {
         OptimConfig::Sgd { momentum: 0.9, weight_decay: 1e-5, larc: Some(Larc::default()) }
     }
 
+    /// torch.optim.Adam's defaults (betas 0.9/0.999, eps 1e-8) with L2 decay.
+    pub fn adam(weight_decay: f64) -> OptimConfig {
+        OptimConfig::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay }
+    }
+
     fn validate(&self) -> Result<(), OptimError> {
         let bad = |field, reason: String| Err(OptimError::Config { field, reason });
         match self {
@@ -455,7 +460,7 @@ mod tests {
 
     #[test]
     fn state_round_trip_continues_identically() {
-        for cfg in [seer(), OptimConfig::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 1e-4 }] {
+        for cfg in [seer(), OptimConfig::adam(1e-4)] {
             let (w0, grads) = problem();
             let (a, mut b) = (w0.copy(), w0.copy());
             let mut opt_a = Optimizer::new(cfg.clone(), 4).unwrap();
@@ -479,7 +484,7 @@ mod tests {
 
     #[test]
     fn frozen_parameters_wait_then_train() {
-        for cfg in [seer(), OptimConfig::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 1e-4 }] {
+        for cfg in [seer(), OptimConfig::adam(1e-4)] {
             let (w0, grads) = problem();
             let w = w0.copy();
             let mut opt = Optimizer::new(cfg.clone(), 4).unwrap();

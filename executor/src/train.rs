@@ -193,7 +193,7 @@ impl TrainConfig {
                 weight_decay: r.optim.weight_decay,
                 larc: r.optim.larc_trust.map(|trust| Larc { trust, ..Larc::default() }),
             },
-            planner::recipe::OptimKind::Adam => OptimConfig::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: r.optim.weight_decay },
+            planner::recipe::OptimKind::Adam => OptimConfig::adam(r.optim.weight_decay),
         };
         let global = (plan.batch_per_rank * plan.world_size) as f64;
         let steps = args.steps.unwrap_or_else(|| (r.data.total_images / global).ceil().max(1.0) as u64);
