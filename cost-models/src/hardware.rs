@@ -564,14 +564,25 @@ pub struct HostCosts {
     /// bookkeeping): dispatch + output allocation.
     #[serde(rename = "small_op_us", with = "human::us")]
     pub small_op: Seconds,
-    /// One parameter view of a gathered flat parameter (narrow + view,
-    /// recorded by autograd).
+    /// One parameter of a gathered flat parameter made an autograd leaf
+    /// that shares its storage (narrow + view + requires_grad), as every
+    /// block's forward does for each parameter of each unit covering it.
     #[serde(rename = "param_view_forward_us", with = "human::us")]
     pub param_view_forward: Seconds,
-    /// Its backward nodes (the gradient scattered into the flat parameter),
-    /// excluding the flat-sized memory traffic, which is counted in bytes.
-    #[serde(rename = "param_view_backward_us", with = "human::us")]
-    pub param_view_backward: Seconds,
+    /// Adding one parameter's gradient into its unit's unsharded gradient
+    /// at its offset, as a block's backward does for each gradient it
+    /// returns: the fixed part (the bytes are counted at memory bandwidth).
+    /// Profiles from before 2026-11-30 call it `param_view_backward_us`
+    /// (then the backward of a view into the flat parameter: about as many
+    /// ops, so it is read as this).
+    #[serde(rename = "param_grad_us", alias = "param_view_backward_us", with = "human::us")]
+    pub param_grad: Seconds,
+    /// Per parameter leaf in a block's backward call whose gradient that
+    /// block does not produce (the other blocks' parameters of a unit that
+    /// spans several): the autograd engine still walks to it. Absent in
+    /// older profiles (then not charged).
+    #[serde(default, rename = "param_leaf_unused_us", with = "human::opt_us", skip_serializing_if = "Option::is_none")]
+    pub param_leaf_unused: Option<Seconds>,
     /// One autograd engine call (`run_backward`), fixed part.
     #[serde(rename = "backward_call_us", with = "human::us")]
     pub backward_call: Seconds,
@@ -590,8 +601,17 @@ pub struct HostCosts {
 
 impl HostCosts {
     /// Only the always-measured costs; the optimiser's per-piece costs unknown.
-    pub fn new(small_op: Seconds, param_view_forward: Seconds, param_view_backward: Seconds, backward_call: Seconds) -> HostCosts {
-        HostCosts { small_op, param_view_forward, param_view_backward, backward_call, optimizer_norms_piece: None, optimizer_sgd_piece: None, optimizer_adam_piece: None }
+    pub fn new(small_op: Seconds, param_view_forward: Seconds, param_grad: Seconds, backward_call: Seconds) -> HostCosts {
+        HostCosts {
+            small_op,
+            param_view_forward,
+            param_grad,
+            param_leaf_unused: None,
+            backward_call,
+            optimizer_norms_piece: None,
+            optimizer_sgd_piece: None,
+            optimizer_adam_piece: None,
+        }
     }
 
     /// Every cost put through `f` (scaling, or a statistic over rounds).
@@ -599,7 +619,8 @@ impl HostCosts {
         HostCosts {
             small_op: f(self.small_op),
             param_view_forward: f(self.param_view_forward),
-            param_view_backward: f(self.param_view_backward),
+            param_grad: f(self.param_grad),
+            param_leaf_unused: self.param_leaf_unused.map(&mut f),
             backward_call: f(self.backward_call),
             optimizer_norms_piece: self.optimizer_norms_piece.map(&mut f),
             optimizer_sgd_piece: self.optimizer_sgd_piece.map(&mut f),
@@ -612,10 +633,11 @@ impl HostCosts {
         let mut v = vec![
             ("small_op_us", self.small_op),
             ("param_view_forward_us", self.param_view_forward),
-            ("param_view_backward_us", self.param_view_backward),
+            ("param_grad_us", self.param_grad),
             ("backward_call_us", self.backward_call),
         ];
         let opt = [
+            ("param_leaf_unused_us", self.param_leaf_unused),
             ("optimizer_norms_piece_us", self.optimizer_norms_piece),
             ("optimizer_sgd_piece_us", self.optimizer_sgd_piece),
             ("optimizer_adam_piece_us", self.optimizer_adam_piece),
@@ -975,6 +997,19 @@ mod tests {
         assert_ne!(bad, tq);
         let e = HardwareProfile::parse_toml(&bad, "profile.toml").unwrap_err();
         assert!(e.to_string().contains("measured.host.optimizer_norms_piece_us"), "{e}");
+        // The unused-leaf cost is optional too; the gradient add was called
+        // `param_view_backward_us` before 2026-11-30 and still loads.
+        assert!(t.contains("param_grad_us") && !t.contains("param_leaf_unused"), "{t}");
+        let old = t.replace("param_grad_us", "param_view_backward_us");
+        assert_eq!(HardwareProfile::parse_toml(&old, "old.toml").unwrap().measured.host, p.measured.host);
+        let mut u = p.clone();
+        u.measured.host = u.measured.host.map(|h| HostCosts { param_leaf_unused: Some(Seconds(0.5e-6)), ..h });
+        let tu = u.to_toml_string().unwrap();
+        assert!(tu.contains("param_leaf_unused_us = 0.5"), "{tu}");
+        assert_eq!(HardwareProfile::parse_toml(&tu, "profile.toml").unwrap().measured.host, u.measured.host);
+        assert_eq!(u.measured.slowed_by(2.0).host.unwrap().param_leaf_unused, Some(Seconds(1e-6)));
+        let e = HardwareProfile::parse_toml(&tu.replace("param_leaf_unused_us = 0.5", "param_leaf_unused_us = -0.5"), "profile.toml").unwrap_err();
+        assert!(e.to_string().contains("measured.host.param_leaf_unused_us"), "{e}");
         assert_eq!(back.hardware, p.hardware);
         assert_eq!(back.measured.collectives, p.measured.collectives);
         assert!((back.measured.memory_bandwidth.unwrap().0 - 12.5e9).abs() < 1e-3);

@@ -375,10 +375,17 @@ pub struct HostMeasurement {
     pub small_op: Timing,
     /// One `run_backward` call: a chain of 1 vs 17 ReLUs, extrapolated to 0.
     pub backward_call_s: f64,
-    /// Per view of a flat parameter (narrow + view with grad), forward.
+    /// Per parameter leaf made from a gathered flat parameter
+    /// ([`crate::fsdp::param_leaf`]), forward.
     pub param_view_forward_s: f64,
-    /// Per view, backward (16 views vs 1 into a 1024-element flat).
-    pub param_view_backward_s: f64,
+    /// Per parameter gradient added into a unit's gradient buffer
+    /// ([`crate::fsdp::add_grad_at`], 16 elements).
+    #[serde(alias = "param_view_backward_s")]
+    pub param_grad_s: f64,
+    /// Per leaf in a backward call's inputs that the graph does not reach
+    /// (16 such leaves vs none). Absent in older reports.
+    #[serde(default)]
+    pub param_leaf_unused_s: Option<f64>,
     /// The optimiser per shard piece (absent in reports from before it was
     /// measured): see [`measure_optimizer`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -442,31 +449,37 @@ fn relu_chain_backward(budget: &Budget, len: usize) -> Result<Timing, CalibrateE
     Ok(time_calls(budget, || Tensor::f_run_backward(&[&y], &[&x], true, false).map(drop))?)
 }
 
-fn views_backward(budget: &Budget, flat: &Tensor, views: i64) -> Result<Timing, CalibrateError> {
-    let vs: Vec<Tensor> = (0..views).map(|i| flat.f_narrow(0, i * 16, 16).and_then(|t| t.f_view([4, 4]))).collect::<Result<_, _>>()?;
-    let refs: Vec<&Tensor> = vs.iter().collect();
-    Ok(time_calls(budget, || Tensor::f_run_backward(&refs, &[flat], true, false).map(drop))?)
+/// A backward call from a root that depends on `x` only, with `unused`
+/// more leaves among its inputs (their gradients come back undefined).
+fn backward_with_unused_leaves(budget: &Budget, unused: usize) -> Result<Timing, CalibrateError> {
+    let x = leaf(&[16], Kind::Float);
+    let root = x.f_relu()?.f_sum(Kind::Float)?;
+    let others: Vec<Tensor> = (0..unused).map(|_| leaf(&[16], Kind::Float)).collect();
+    let inputs: Vec<&Tensor> = std::iter::once(&x).chain(&others).collect();
+    Ok(time_calls(budget, || Tensor::f_run_backward(&[&root], &inputs, true, false).map(drop))?)
 }
 
 pub fn measure_host(budget: &Budget) -> Result<HostMeasurement, CalibrateError> {
+    use crate::fsdp::{add_grad_at, param_leaf, FlatParam};
     let small = Tensor::f_ones([64], (Kind::Float, Device::Cpu))?;
     let small_op = tch::no_grad(|| time_calls(budget, || small.f_mul_scalar(2.0).map(drop)))?;
     let (one, many) = (relu_chain_backward(budget, 1)?, relu_chain_backward(budget, 17)?);
     let node = ((many.median_s - one.median_s) / 16.0).max(0.0);
     let backward_call_s = (one.median_s - node).max(0.0);
-    let flat = leaf(&[1024], Kind::Float);
-    let fwd = time_calls(budget, || {
-        for i in 0..16 {
-            drop(flat.f_narrow(0, i * 16, 16)?.f_view([4, 4])?);
-        }
-        Ok::<(), tch::TchError>(())
-    })?;
-    let (v1, v16) = (views_backward(budget, &flat, 1)?, views_backward(budget, &flat, 16)?);
+    // The executor's own leaf and gradient-add code, on 16-element
+    // parameters of a 1024-element flat parameter.
+    let flat = Tensor::f_randn([1024], (Kind::Float, Device::Cpu))?;
+    let params: Vec<FlatParam> = (0..16).map(|i| FlatParam { index: i, name: String::new(), shape: vec![4, 4], offset: i as i64 * 16, numel: 16 }).collect();
+    let fwd = time_calls(budget, || params.iter().try_for_each(|p| param_leaf(&flat, p).map(drop)))?;
+    let g = Tensor::f_randn([4, 4], (Kind::Float, Device::Cpu))?;
+    let grad = tch::no_grad(|| time_calls(budget, || params.iter().try_for_each(|p| add_grad_at(&flat, p.offset, &g))))?;
+    let (u0, u16) = (backward_with_unused_leaves(budget, 0)?, backward_with_unused_leaves(budget, 16)?);
     Ok(HostMeasurement {
         small_op,
         backward_call_s,
         param_view_forward_s: fwd.median_s / 16.0,
-        param_view_backward_s: ((v16.median_s - v1.median_s) / 15.0).max(0.0),
+        param_grad_s: grad.median_s / 16.0,
+        param_leaf_unused_s: Some(((u16.median_s - u0.median_s) / 16.0).max(0.0)),
         optimizer: Some(measure_optimizer(budget)?),
     })
 }
@@ -654,11 +667,12 @@ pub fn measure_compute(opts: &ComputeOptions, mut progress: impl FnMut(&str)) ->
     }
     let (host, fixed) = measure_host_round(&opts.budget, opts.threads)?;
     progress(&format!(
-        "host: small op {:.2} µs, backward call {:.1} µs, param view {:.2}/{:.2} µs fwd/bwd{}",
+        "host: small op {:.2} µs, backward call {:.1} µs, param leaf {:.2} µs, param grad add {:.2} µs, unused leaf in backward {:.2} µs{}",
         host.small_op.median_s * 1e6,
         host.backward_call_s * 1e6,
         host.param_view_forward_s * 1e6,
-        host.param_view_backward_s * 1e6,
+        host.param_grad_s * 1e6,
+        host.param_leaf_unused_s.unwrap_or(0.0) * 1e6,
         host.optimizer.map_or(String::new(), |o| format!(
             ", optimiser per piece {:.1} µs norms + {:.1} µs SGD / {:.1} µs Adam",
             o.norms_s * 1e6,
@@ -1206,7 +1220,8 @@ fn host_costs(h: &HostMeasurement) -> HostCosts {
         optimizer_norms_piece: h.optimizer.map(|o| us(o.norms_s)),
         optimizer_sgd_piece: h.optimizer.map(|o| us(o.sgd_s)),
         optimizer_adam_piece: h.optimizer.map(|o| us(o.adam_s)),
-        ..HostCosts::new(us(h.small_op.median_s), us(h.param_view_forward_s), us(h.param_view_backward_s), us(h.backward_call_s))
+        param_leaf_unused: h.param_leaf_unused_s.map(us),
+        ..HostCosts::new(us(h.small_op.median_s), us(h.param_view_forward_s), us(h.param_grad_s), us(h.backward_call_s))
     }
 }
 
@@ -1226,7 +1241,8 @@ fn median_host_costs(rounds: &[Measured]) -> (Option<HostCosts>, Vec<OpFixed>) {
     let host = (!hosts.is_empty()).then(|| HostCosts {
         small_op: of(|h| h.small_op),
         param_view_forward: of(|h| h.param_view_forward),
-        param_view_backward: of(|h| h.param_view_backward),
+        param_grad: of(|h| h.param_grad),
+        param_leaf_unused: of_some(|h| h.param_leaf_unused),
         backward_call: of(|h| h.backward_call),
         optimizer_norms_piece: of_some(|h| h.optimizer_norms_piece),
         optimizer_sgd_piece: of_some(|h| h.optimizer_sgd_piece),
@@ -1499,6 +1515,23 @@ mod tests {
         let o = measure_optimizer(&budget).unwrap();
         assert!(o.norms_s > 1e-8 && o.sgd_s > 1e-8 && o.adam_s > 1e-8, "{o:?}");
         assert!(o.norms_s < 1e-3 && o.sgd_s < 1e-3 && o.adam_s < 1e-3, "{o:?}");
+    }
+
+    /// The FSDP bookkeeping per parameter is timed on the executor's own
+    /// leaf and gradient-add code (microseconds each) and reaches the
+    /// profile unchanged.
+    #[test]
+    fn host_costs_per_parameter_are_measured_on_the_executor_fsdp_code() {
+        let budget = Budget { warmup: 1, min_samples: 5, max_samples: 5, target_sample_s: 2e-3, budget_s: 0.05 };
+        let h = measure_host(&budget).unwrap();
+        let unused = h.param_leaf_unused_s.unwrap();
+        for (name, s) in [("leaf", h.param_view_forward_s), ("grad add", h.param_grad_s)] {
+            assert!(s > 1e-8 && s < 1e-3, "{name}: {s}");
+        }
+        assert!(unused < 1e-3, "{unused}");
+        let costs = host_costs(&h);
+        assert_eq!(costs.param_leaf_unused, Some(Seconds(sig(unused))));
+        assert_eq!(costs.param_grad, Seconds(sig(h.param_grad_s)));
     }
 
     #[test]

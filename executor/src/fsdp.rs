@@ -84,6 +84,23 @@ pub struct FlatParam {
     pub numel: i64,
 }
 
+/// `p` as an autograd leaf sharing the storage of `flat` (a gathered flat
+/// parameter, detached), so a refill after resharding is what autograd's
+/// saved tensors see. What every block's forward does per parameter of
+/// each unit covering it (calibrate times it).
+pub fn param_leaf(flat: &Tensor, p: &FlatParam) -> Result<Tensor, TchError> {
+    Ok(flat.f_narrow(0, p.offset, p.numel)?.f_view(p.shape.as_slice())?.set_requires_grad(true))
+}
+
+/// Adds one parameter's gradient `g` into `acc` (a unit's unsharded
+/// gradient, in the reduce dtype) at `offset`: what every block's backward
+/// does per parameter gradient it returns (calibrate times it).
+pub fn add_grad_at(acc: &Tensor, offset: i64, g: &Tensor) -> Result<(), TchError> {
+    let mut slot = acc.f_narrow(0, offset, g.numel() as i64)?;
+    let _ = slot.f_add_(&g.f_reshape([-1])?.f_to_kind(acc.kind())?)?;
+    Ok(())
+}
+
 enum Gather<'pg> {
     Free,
     Pending(Work<'pg>),
@@ -354,7 +371,7 @@ impl<'pg> Fsdp<'pg> {
         for &u in &self.block_units[block] {
             let flat = self.flat(u)?.f_detach()?;
             for p in &self.units[u].params {
-                let leaf = flat.f_narrow(0, p.offset, p.numel)?.f_view(p.shape.as_slice())?.set_requires_grad(true);
+                let leaf = param_leaf(&flat, p)?;
                 by_name.insert(p.name.clone(), leaf.shallow_clone());
                 leaves.push(ParamLeaf { unit: u, offset: p.offset, tensor: leaf });
             }
@@ -374,9 +391,8 @@ impl<'pg> Fsdp<'pg> {
         if unit.grad_acc.is_none() {
             unit.grad_acc = Some(Tensor::f_zeros([unit.padded], (reduce, device))?);
         }
-        if let Some(acc) = &mut unit.grad_acc {
-            let mut slot = acc.f_narrow(0, offset, g.numel() as i64)?;
-            let _ = slot.f_add_(&g.f_reshape([-1])?.f_to_kind(reduce)?)?;
+        if let Some(acc) = &unit.grad_acc {
+            add_grad_at(acc, offset, g)?;
         }
         Ok(())
     }

@@ -54,8 +54,9 @@ pub struct UnitCost {
     pub keep_after_forward: bool,
     /// Parameter tensors the unit holds (one view each per block using it).
     pub tensors: usize,
-    /// Bytes of its gathered flat parameter.
-    pub flat_bytes: cost_models::Bytes,
+    /// Bytes of its unsharded gradient buffer (reduce dtype), zero-filled
+    /// at its first backward block.
+    pub grad_bytes: cost_models::Bytes,
 }
 
 /// The loss: Sinkhorn-Knopp per assignment crop, then the swapped
@@ -509,7 +510,7 @@ mod tests {
                 reduce_scatter: Seconds(gather),
                 keep_after_forward: false,
                 tensors: 0,
-                flat_bytes: cost_models::Bytes(0),
+                grad_bytes: cost_models::Bytes(0),
             })
             .collect();
         StepProfile {

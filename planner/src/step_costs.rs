@@ -34,8 +34,9 @@ pub struct GraphCosts {
     pub params: u64,
     /// Recompute time per block if it is checkpointed (= its forward).
     pub recompute: Vec<Seconds>,
-    /// Parameter tensors each block owns (one view each in its backward).
-    pub block_tensors: Vec<usize>,
+    /// The parameters each block owns: its backward adds one gradient per
+    /// tensor into its unit's gradient buffer.
+    pub block_own: Vec<OwnParams>,
     /// Host work before forward (zero unless the profile measured host costs).
     pub prologue: Seconds,
     /// The data loader's CPU time for one batch (zero unless the profile
@@ -47,6 +48,13 @@ pub struct GraphCosts {
     /// Channels of every BatchNorm call per block (each crop group calls
     /// each BN once): what SyncBN all-reduces.
     pub bn_channels: Vec<Vec<u64>>,
+}
+
+/// A block's own parameters: tensors and elements.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct OwnParams {
+    pub tensors: usize,
+    pub elements: u64,
 }
 
 /// Ops the executor launches outside the graph's layers, counted from its
@@ -190,7 +198,7 @@ impl GraphCosts {
             param_tensors: graph.blocks.iter().map(|b| b.param_tensors.len()).sum(),
             params: graph.blocks.iter().map(|b| b.params).sum(),
             recompute,
-            block_tensors: graph.blocks.iter().map(|b| b.param_tensors.len()).collect(),
+            block_own: graph.blocks.iter().map(|b| OwnParams { tensors: b.param_tensors.len(), elements: b.params }).collect(),
             prologue,
             loader: compute.loader_image(&graph.workload.crops_label()).map_or(Seconds(0.0), |s| s * graph.workload.images as f64),
             measured_blocks,
@@ -283,7 +291,7 @@ pub fn unit_costs(units: &[Unit], n_blocks: usize, compute: DType, reduce: DType
             // A unit spanning the whole model is FSDP's root: never resharded.
             keep_after_forward: u.blocks.start == 0 && u.blocks.end >= n_blocks,
             tensors: u.tensors(),
-            flat_bytes: unit_bytes(u, compute, w.world_size),
+            grad_bytes: unit_bytes(u, reduce, w.world_size),
         })
         .collect()
 }
@@ -313,7 +321,7 @@ pub fn step_profile(
     }
     let host = compute.host().copied();
     if let Some(h) = host {
-        add_unit_host_costs(&mut blocks, &g.block_tensors, &units, reshard_after_forward, &h, compute);
+        add_unit_host_costs(&mut blocks, &g.block_own, &units, reshard_after_forward, reduce_dtype, &h, compute);
     }
     // With every core computing, the loader's threads take their CPU time
     // from the step (spread over it; charged here, before forward).
@@ -363,36 +371,31 @@ pub fn add_sync_bn_costs(blocks: &mut [BlockCost], bn_channels: &[Vec<u64>], w: 
     }
 }
 
-/// The executor's per-unit machinery, charged to the blocks where it runs:
-/// every block takes a view of *every* parameter of each unit it belongs to
-/// (`Fsdp::block_params`), and its backward scatters each of its own
-/// tensors' gradient into a zero-filled flat-sized buffer of its unit
-/// (narrow's backward), which the engine then accumulates: a write and a
-/// read + write of the flat parameter per tensor. A unit's gather work runs
+/// The executor's per-unit machinery, charged to the blocks where it runs
+/// (`Fsdp::block_params`, `step::backward`): every block's forward makes
+/// each parameter of each unit covering it an autograd leaf on the
+/// gathered storage, and its backward asks the engine for the gradients of
+/// all those leaves (the other blocks' come back undefined) and adds each
+/// of its own tensors' gradients into its unit's gradient buffer, cast to
+/// the reduce dtype (read the gradient, read + write the slot). A unit's
+/// buffer is zero-filled at its first backward block, its gather work runs
 /// at its first forward block (and again at its last backward block when
-/// resharding); its gradient cast/accumulate at each of its blocks'
-/// backward and its reduce-scatter bookkeeping at its first block's.
-pub fn add_unit_host_costs(blocks: &mut [BlockCost], block_tensors: &[usize], units: &[UnitCost], reshard: bool, h: &HostCosts, compute: &ComputeModel) {
+/// resharding), its per-block cast/accumulate and reduce-scatter
+/// bookkeeping at its first block's backward.
+pub fn add_unit_host_costs(blocks: &mut [BlockCost], own: &[OwnParams], units: &[UnitCost], reshard: bool, reduce: DType, h: &HostCosts, compute: &ComputeModel) {
     let nb = blocks.len();
     if nb == 0 {
         return;
     }
     let bw = compute.memory_bandwidth();
+    let unused_leaf = h.param_leaf_unused.unwrap_or(Seconds(0.0));
     for (b, cost) in blocks.iter_mut().enumerate() {
-        let covering = units.iter().filter(|u| u.blocks.contains(&b));
-        let mut views = 0usize;
-        // The block's own tensors live (mostly) in the narrowest unit covering it.
-        let mut own: Option<&UnitCost> = None;
-        for u in covering {
-            views += u.tensors;
-            if own.is_none_or(|o| u.blocks.len() < o.blocks.len()) {
-                own = Some(u);
-            }
-        }
+        let views: usize = units.iter().filter(|u| u.blocks.contains(&b)).map(|u| u.tensors).sum();
+        let own = own.get(b).copied().unwrap_or(OwnParams { tensors: 0, elements: 0 });
         cost.forward += h.param_view_forward * views as f64;
-        let tensors = block_tensors.get(b).copied().unwrap_or(0) as f64;
-        let flat = own.map_or(0.0, |u| u.flat_bytes.0 as f64);
-        cost.backward += h.param_view_backward * tensors + Bytes((3.0 * flat * tensors) as u64) / bw;
+        cost.backward += h.param_grad * own.tensors as f64
+            + unused_leaf * views.saturating_sub(own.tensors) as f64
+            + Bytes(3 * own.elements * reduce.size()) / bw;
     }
     for u in units {
         if u.blocks.is_empty() {
@@ -404,6 +407,7 @@ pub fn add_unit_host_costs(blocks: &mut [BlockCost], block_tensors: &[usize], un
         if reshard && !u.keep_after_forward {
             blocks[last].backward += h.small_op * host_ops::GATHER;
         }
+        blocks[last].backward += h.small_op + u.grad_bytes / bw;
         blocks[first].backward += h.small_op * (host_ops::FINISH + host_ops::ACCUMULATE_PER_BLOCK * u.blocks.len() as f64);
     }
 }
@@ -483,15 +487,52 @@ mod tests {
         assert!((d - 22e-6).abs() < 1e-12, "{d}");
         // s1.b0 owns 2 x proj/a/b/c convs? no: params once: proj, proj_bn(2), a, a_bn(2), b, b_bn(2),
         // se.reduce(2), se.expand(2), c, c_bn(2) = 16 tensors.
-        assert_eq!(with.block_tensors[b], 16);
-        // One unit per block: every view costs 1 µs forward; the block's
-        // backward pays 16 views (plus their flat-sized traffic).
+        assert_eq!(with.block_own[b].tensors, 16);
+        // One unit per block: every leaf costs 1 µs forward; the block's
+        // backward adds its 16 gradients (1 µs each plus reading them and
+        // reading + writing their slots in fp32).
         let h = HostCosts::new(Seconds(0.0), us, us, Seconds(0.0));
-        let units = vec![UnitCost { blocks: b..b + 1, all_gather: Seconds(0.0), reduce_scatter: Seconds(0.0), keep_after_forward: false, tensors: 16, flat_bytes: Bytes(0) }];
+        let units = vec![UnitCost { blocks: b..b + 1, all_gather: Seconds(0.0), reduce_scatter: Seconds(0.0), keep_after_forward: false, tensors: 16, grad_bytes: Bytes(0) }];
         let mut blocks = without.blocks.clone();
-        add_unit_host_costs(&mut blocks, &without.block_tensors, &units, true, &h, &model(None));
+        add_unit_host_costs(&mut blocks, &without.block_own, &units, true, DType::Fp32, &h, &model(None));
+        let traffic = Bytes(3 * 4 * with.block_own[b].elements) / model(None).memory_bandwidth();
         assert!(((blocks[b].forward - without.blocks[b].forward).0 - 16e-6).abs() < 1e-12);
-        assert!(((blocks[b].backward - without.blocks[b].backward).0 - 16e-6).abs() < 1e-12);
+        assert!(((blocks[b].backward - without.blocks[b].backward).0 - 16e-6 - traffic.0).abs() < 1e-12);
+    }
+
+    /// A unit over two blocks: each block's forward makes a leaf of every
+    /// tensor of the unit; each block's backward adds only its own
+    /// gradients and walks the other block's leaves as unused inputs; the
+    /// unit's gradient buffer is zero-filled once, at its last block (the
+    /// first in backward). Nothing grows with unit size x tensors (the
+    /// executor before 2026-11-26 paid a flat-sized write per tensor).
+    #[test]
+    fn a_unit_over_two_blocks_charges_each_block_its_own_gradients() {
+        let own = [OwnParams { tensors: 3, elements: 100 }, OwnParams { tensors: 5, elements: 300 }];
+        let zero = BlockCost::new(Seconds(0.0), Seconds(0.0));
+        let (leaf, grad, unused, small) = (Seconds(1e-6), Seconds(2e-6), Seconds(0.5e-6), Seconds(10e-6));
+        let h = HostCosts { param_leaf_unused: Some(unused), ..HostCosts::new(small, leaf, grad, Seconds(0.0)) };
+        let compute = model(None);
+        let bw = compute.memory_bandwidth();
+        let run = |grad_bytes: u64| {
+            let units = vec![UnitCost { blocks: 0..2, all_gather: Seconds(0.0), reduce_scatter: Seconds(0.0), keep_after_forward: true, tensors: 8, grad_bytes: Bytes(grad_bytes) }];
+            let mut blocks = vec![zero; 2];
+            add_unit_host_costs(&mut blocks, &own, &units, true, DType::Bf16, &h, &compute);
+            blocks
+        };
+        let blocks = run(800);
+        let close = |a: Seconds, b: Seconds| assert!((a.0 - b.0).abs() < 1e-12, "{a:?} vs {b:?}");
+        // Forward: 8 leaves each; the gather's small ops at the first block.
+        close(blocks[0].forward, leaf * 8.0 + small * host_ops::GATHER);
+        close(blocks[1].forward, leaf * 8.0);
+        // Backward: own gradients (bf16: 2 bytes x 3 passes) + the other block's leaves.
+        let finish = small * (host_ops::FINISH + host_ops::ACCUMULATE_PER_BLOCK * 2.0);
+        close(blocks[0].backward, grad * 3.0 + unused * 5.0 + Bytes(3 * 2 * 100) / bw + finish);
+        close(blocks[1].backward, grad * 5.0 + unused * 3.0 + Bytes(3 * 2 * 300) / bw + small + Bytes(800) / bw);
+        // A 10x larger buffer costs one more zero-fill of 9x the bytes, once.
+        let big = run(8000);
+        close(big[1].backward - blocks[1].backward, Bytes(7200) / bw);
+        close(big[0].backward, blocks[0].backward);
     }
 
     /// A profile's measured block time replaces exactly the block with the
