@@ -572,9 +572,10 @@ pub struct HostCosts {
     /// Adding one parameter's gradient into its unit's unsharded gradient
     /// at its offset, as a block's backward does for each gradient it
     /// returns: the fixed part (the bytes are counted at memory bandwidth).
-    /// Profiles from before 2026-11-30 call it `param_view_backward_us`
-    /// (then the backward of a view into the flat parameter: about as many
-    /// ops, so it is read as this).
+    /// Older profiles have `param_view_backward_us` instead (the backward
+    /// of a view into the flat parameter, the executor's way before
+    /// 2026-11-26): it loads as this, an overestimate (about 7x here) until
+    /// the profile is recalibrated.
     #[serde(rename = "param_grad_us", alias = "param_view_backward_us", with = "human::us")]
     pub param_grad: Seconds,
     /// Per parameter leaf in a block's backward call whose gradient that
@@ -998,7 +999,7 @@ mod tests {
         let e = HardwareProfile::parse_toml(&bad, "profile.toml").unwrap_err();
         assert!(e.to_string().contains("measured.host.optimizer_norms_piece_us"), "{e}");
         // The unused-leaf cost is optional too; the gradient add was called
-        // `param_view_backward_us` before 2026-11-30 and still loads.
+        // `param_view_backward_us` before and still loads.
         assert!(t.contains("param_grad_us") && !t.contains("param_leaf_unused"), "{t}");
         let old = t.replace("param_grad_us", "param_view_backward_us");
         assert_eq!(HardwareProfile::parse_toml(&old, "old.toml").unwrap().measured.host, p.measured.host);
