@@ -74,8 +74,6 @@ pub mod host_ops {
     /// Per FSDP unit gather: storage refill, shard cast, collective launch,
     /// and later the free.
     pub const GATHER: f64 = 4.0;
-    /// Per unit and block of its backward: gradient cast + accumulate.
-    pub const ACCUMULATE_PER_BLOCK: f64 = 2.0;
     /// Per unit after its backward: output alloc, reduce-scatter launch,
     /// cast + add into the shard gradient.
     pub const FINISH: f64 = 4.0;
@@ -380,8 +378,8 @@ pub fn add_sync_bn_costs(blocks: &mut [BlockCost], bn_channels: &[Vec<u64>], w: 
 /// the reduce dtype (read the gradient, read + write the slot). A unit's
 /// buffer is zero-filled at its first backward block, its gather work runs
 /// at its first forward block (and again at its last backward block when
-/// resharding), its per-block cast/accumulate and reduce-scatter
-/// bookkeeping at its first block's backward.
+/// resharding), its reduce-scatter bookkeeping at its first block's
+/// backward.
 pub fn add_unit_host_costs(blocks: &mut [BlockCost], own: &[OwnParams], units: &[UnitCost], reshard: bool, reduce: DType, h: &HostCosts, compute: &ComputeModel) {
     let nb = blocks.len();
     if nb == 0 {
@@ -408,7 +406,7 @@ pub fn add_unit_host_costs(blocks: &mut [BlockCost], own: &[OwnParams], units: &
             blocks[last].backward += h.small_op * host_ops::GATHER;
         }
         blocks[last].backward += h.small_op + u.grad_bytes / bw;
-        blocks[first].backward += h.small_op * (host_ops::FINISH + host_ops::ACCUMULATE_PER_BLOCK * u.blocks.len() as f64);
+        blocks[first].backward += h.small_op * host_ops::FINISH;
     }
 }
 
@@ -526,7 +524,7 @@ mod tests {
         close(blocks[0].forward, leaf * 8.0 + small * host_ops::GATHER);
         close(blocks[1].forward, leaf * 8.0);
         // Backward: own gradients (bf16: 2 bytes x 3 passes) + the other block's leaves.
-        let finish = small * (host_ops::FINISH + host_ops::ACCUMULATE_PER_BLOCK * 2.0);
+        let finish = small * host_ops::FINISH;
         close(blocks[0].backward, grad * 3.0 + unused * 5.0 + Bytes(3 * 2 * 100) / bw + finish);
         close(blocks[1].backward, grad * 5.0 + unused * 3.0 + Bytes(3 * 2 * 300) / bw + small + Bytes(800) / bw);
         // A 10x larger buffer costs one more zero-fill of 9x the bytes, once.
