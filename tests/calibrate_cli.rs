@@ -65,13 +65,8 @@ fn calibrate_quick_writes_a_profile_plan_can_load() {
     assert!(dir.join("images").join("img000.png").exists());
     // A plan made with the profile uses them: measured backward peaks travel with it.
     let plan_path = dir.join("plan.json");
-    let plan = Command::new(env!("CARGO_BIN_EXE_seerscale"))
-        .args(["plan", "--recipe", "tiny-cpu", "--gpu"])
-        .arg(&out)
-        .arg("--out")
-        .arg(&plan_path)
-        .output()
-        .unwrap();
+    let plan =
+        Command::new(env!("CARGO_BIN_EXE_seerscale")).args(["plan", "--recipe", "tiny-cpu", "--gpu"]).arg(&out).arg("--out").arg(&plan_path).output().unwrap();
     assert!(plan.status.success(), "{}", String::from_utf8_lossy(&plan.stderr));
     let plan: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&plan_path).unwrap()).unwrap();
     assert_eq!(plan["measured_backward_bytes"].as_object().map(|m| m.len()), Some(8), "{}", plan["measured_backward_bytes"]);

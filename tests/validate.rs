@@ -10,7 +10,8 @@ use std::process::Command;
 /// Small variants that together cover 1 rank / several ranks, per-block and
 /// per-stage units, reshard on and off, no / some / all checkpointing and
 /// both precisions, at a few seconds each.
-const VARIANTS: &str = "w2-block-reshard-ckpt0-fp32-b8-r32,w2-stage-reshard-ckpt0-fp32-b8-r32,w2-block-reshard-ckptall-fp32-b8-r32,w4-stage-keep-ckptsome-bf16-b8-r48";
+const VARIANTS: &str =
+    "w2-block-reshard-ckpt0-fp32-b8-r32,w2-stage-reshard-ckpt0-fp32-b8-r32,w2-block-reshard-ckptall-fp32-b8-r32,w4-stage-keep-ckptsome-bf16-b8-r48";
 const TOLERANCE: f64 = 0.03;
 
 fn temp_dir(tag: &str) -> PathBuf {
@@ -25,7 +26,21 @@ fn measured_peak_memory_matches_the_model_within_3_percent() {
     let dir = temp_dir("validate");
     let out = dir.join("report");
     let o = Command::new(env!("CARGO_BIN_EXE_seerscale"))
-        .args(["validate", "--recipe", "tiny-cpu", "--variants", VARIANTS, "--steps", "4", "--warmup", "2", "--repeats", "2", "--memory-tolerance", &TOLERANCE.to_string()])
+        .args([
+            "validate",
+            "--recipe",
+            "tiny-cpu",
+            "--variants",
+            VARIANTS,
+            "--steps",
+            "4",
+            "--warmup",
+            "2",
+            "--repeats",
+            "2",
+            "--memory-tolerance",
+            &TOLERANCE.to_string(),
+        ])
         .arg("--out")
         .arg(&out)
         .arg("--work-dir")
@@ -70,7 +85,10 @@ fn measured_peak_memory_matches_the_model_within_3_percent() {
 
 #[test]
 fn bad_variant_names_are_one_line_errors() {
-    let o = Command::new(env!("CARGO_BIN_EXE_seerscale")).args(["validate", "--recipe", "tiny-cpu", "--variants", "w2-blocky-reshard-ckpt0-fp32-b8-r32"]).output().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_seerscale"))
+        .args(["validate", "--recipe", "tiny-cpu", "--variants", "w2-blocky-reshard-ckpt0-fp32-b8-r32"])
+        .output()
+        .unwrap();
     assert!(!o.status.success());
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("blocky") && e.contains("granularity") && !e.contains("panicked"), "{e}");

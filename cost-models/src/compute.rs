@@ -13,9 +13,9 @@
 
 use crate::graph::{Layer, LayerKind};
 use crate::hardware::{BlockTime, HardwareProfile, HardwareSpec, HostCosts, MathUnit, Measured};
-use std::collections::HashMap;
 use crate::units::{Bandwidth, Bytes, DType, FlopRate, Flops, Seconds};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 
 /// Class of op, as far as speed is concerned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -204,11 +204,11 @@ impl ComputeModel {
 
     /// Achieved FLOP/s for `kind` in `dtype`.
     pub fn rate(&self, kind: OpKind, dtype: DType) -> Result<FlopRate, ComputeError> {
-        self.rates
-            .iter()
-            .find(|(k, d, _)| *k == kind && *d == dtype)
-            .and_then(|(_, _, r)| *r)
-            .ok_or(ComputeError::UnsupportedDType { hardware: self.hardware.clone(), dtype, what: "no peak rate in the hardware spec" })
+        self.rates.iter().find(|(k, d, _)| *k == kind && *d == dtype).and_then(|(_, _, r)| *r).ok_or(ComputeError::UnsupportedDType {
+            hardware: self.hardware.clone(),
+            dtype,
+            what: "no peak rate in the hardware spec",
+        })
     }
 
     /// Achieved memory bandwidth.

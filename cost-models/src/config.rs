@@ -69,9 +69,7 @@ impl ConfigError {
     /// `text` it was read from; other errors are returned unchanged.
     pub fn located(self, text: &str) -> Self {
         match self {
-            ConfigError::Invalid { origin, line: None, field, reason } => {
-                ConfigError::Invalid { origin, line: locate_key(text, &field), field, reason }
-            }
+            ConfigError::Invalid { origin, line: None, field, reason } => ConfigError::Invalid { origin, line: locate_key(text, &field), field, reason },
             e => e,
         }
     }
@@ -279,21 +277,13 @@ pub fn read_file(path: impl AsRef<Path>) -> Result<String, ConfigError> {
 /// Reads `name_or_path` as a file if it looks like a path or exists,
 /// otherwise as the name of a built-in from `builtins` (name, text).
 /// Returns (origin, text): the path, or `builtin:NAME`.
-pub fn resolve_text(
-    kind: &'static str,
-    name_or_path: &str,
-    builtins: &[(&'static str, &'static str)],
-) -> Result<(String, String), ConfigError> {
+pub fn resolve_text(kind: &'static str, name_or_path: &str, builtins: &[(&'static str, &'static str)]) -> Result<(String, String), ConfigError> {
     if looks_like_path(name_or_path) {
         return Ok((name_or_path.to_string(), read_file(name_or_path)?));
     }
     match builtins.iter().find(|(n, _)| *n == name_or_path) {
         Some((n, text)) => Ok((format!("builtin:{n}"), text.to_string())),
-        None => Err(ConfigError::Unknown {
-            kind,
-            name: name_or_path.to_string(),
-            builtins: builtins.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
-        }),
+        None => Err(ConfigError::Unknown { kind, name: name_or_path.to_string(), builtins: builtins.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ") }),
     }
 }
 
@@ -338,10 +328,8 @@ impl ModelConfig {
     }
 
     pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
-        self.regnet
-            .validate()
-            .map_err(|e| ConfigError::invalid(origin, format!("regnet.{}", e.field), e.reason))?;
-        if self.head.mlp_dims.iter().any(|&d| d == 0) {
+        self.regnet.validate().map_err(|e| ConfigError::invalid(origin, format!("regnet.{}", e.field), e.reason))?;
+        if self.head.mlp_dims.contains(&0) {
             return Err(ConfigError::invalid(origin, "head.mlp_dims", "every width must be at least 1"));
         }
         if self.head.prototypes == 0 {

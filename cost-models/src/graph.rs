@@ -17,6 +17,7 @@
 //!   block output and the next block's conv input);
 //! * head: pooled features, each Linear's output (ReLU in place / normalise
 //!   input), the L2 norms, the normalised features; prototypes in fp32.
+//!
 //! Parameters are never counted as activations.
 
 use crate::config::ModelConfig;
@@ -197,17 +198,7 @@ impl ModelGraph {
         // Head over all crops: pool each group's trunk output, then MLP on the rows.
         let rows = workload.total_crops();
         let w = stages.last().map_or(spec.stem_width, |s| s.width) as u64;
-        let pooled = b.layer(
-            mlp_block,
-            "head.pool".into(),
-            LayerKind::AvgPool,
-            [rows, w, 1, 1],
-            [rows, w, 1, 1],
-            vec![],
-            None,
-            true,
-            true,
-        );
+        let pooled = b.layer(mlp_block, "head.pool".into(), LayerKind::AvgPool, [rows, w, 1, 1], [rows, w, 1, 1], vec![], None, true, true);
         for t in &trunk_outputs {
             b.g.add_edge(*t, pooled, ());
         }
@@ -233,7 +224,7 @@ impl ModelGraph {
         }
         // L2 normalise: keeps norms (rows) and the clamped norms (rows) in fp32-or-dtype.
         let norm = b.layer(mlp_block, "head.normalize".into(), LayerKind::Normalize, [rows, d_in, 1, 1], [rows, d_in, 1, 1], vec![], Some(x), true, true);
-        b.g[norm].saved = b.g[norm].saved + Bytes(2 * rows * b.dtype.size());
+        b.g[norm].saved += Bytes(2 * rows * b.dtype.size());
         // Prototypes run in fp32: the cast input is a new saved storage unless already fp32.
         let k = model.head.prototypes as u64;
         let proto = b.layer(
@@ -418,7 +409,7 @@ impl Builder {
         let c = shape[1];
         let params = vec![(format!("{lname}.weight"), c), (format!("{lname}.bias"), c)];
         let idx = self.layer(block, format!("{lname}{sfx}"), LayerKind::BatchNorm, shape, shape, params, Some(src), with_params, out_saved);
-        self.g[idx].saved = self.g[idx].saved + Bytes(2 * c * 4);
+        self.g[idx].saved += Bytes(2 * c * 4);
         idx
     }
 
@@ -472,7 +463,7 @@ impl Builder {
         let add = self.layer(bi, format!("{}{sfx}", p("add")), LayerKind::Add, out_shape, out_shape, vec![], Some(cbn), first, true);
         self.g.add_edge(shortcut, add, ());
         // The add reads two tensors.
-        self.g[add].io_bytes = self.g[add].io_bytes + Bytes(numel(&out_shape) * self.dtype.size());
+        self.g[add].io_bytes += Bytes(numel(&out_shape) * self.dtype.size());
         let relu = self.layer(bi, format!("{}{sfx}", p("relu")), LayerKind::Relu, out_shape, out_shape, vec![], Some(add), first, false);
         relu
     }
@@ -516,7 +507,8 @@ impl Builder {
             }
             // The stem's "input" is the image batch, which is a layer of the stem itself.
             if self.blocks[bi].kind == BlockKind::Stem {
-                input = layers.iter().filter(|&&i| self.g[i].kind == LayerKind::Input).map(|&i| Bytes(numel(&self.g[i].out_shape) * self.g[i].dtype.size())).sum();
+                input =
+                    layers.iter().filter(|&&i| self.g[i].kind == LayerKind::Input).map(|&i| Bytes(numel(&self.g[i].out_shape) * self.g[i].dtype.size())).sum();
             }
             let b = &mut self.blocks[bi];
             b.params = params;

@@ -261,12 +261,7 @@ impl HardwareSpec {
     /// Same hardware at another price (`--price`).
     pub fn with_price(mut self, usd_per_gpu_hour: f64) -> Result<HardwareSpec, HardwareError> {
         self.price_usd_per_gpu_hour = usd_per_gpu_hour;
-        self.validate().map_err(|(field, reason)| HardwareError::Invalid {
-            file: format!("--price for {}", self.id),
-            line: None,
-            field,
-            reason,
-        })?;
+        self.validate().map_err(|(field, reason)| HardwareError::Invalid { file: format!("--price for {}", self.id), line: None, field, reason })?;
         Ok(self)
     }
 
@@ -274,7 +269,11 @@ impl HardwareSpec {
     /// with values shown in the file's units.
     pub fn validate(&self) -> Result<(), (String, String)> {
         let mut v = Checks::default();
-        v.check(!self.id.is_empty() && self.id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)), "id", "must be non-empty, letters, digits, '-', '_' or '.'");
+        v.check(
+            !self.id.is_empty() && self.id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)),
+            "id",
+            "must be non-empty, letters, digits, '-', '_' or '.'",
+        );
         v.check(!self.name.trim().is_empty(), "name", "must not be empty");
         v.nonneg(self.price_usd_per_gpu_hour, "price_usd_per_gpu_hour");
         let c = &self.compute;

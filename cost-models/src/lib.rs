@@ -9,6 +9,9 @@
 //! executor runs anything. It answers "how big / how much work / how long
 //! would this primitive take", never "what should we do".
 
+// Input checks read `!(x > 0.0)` on purpose: NaN fails them too.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
 pub mod collectives;
 pub mod compute;
 pub mod config;

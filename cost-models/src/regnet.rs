@@ -118,12 +118,7 @@ impl RegNetSpec {
                 let w_bot = (w as f64 * b) as usize;
                 let g = self.group_width.min(w_bot).max(1);
                 let w_bot = make_divisible(w_bot as f64, g);
-                StageSpec {
-                    width: (w_bot as f64 / b) as usize,
-                    depth,
-                    group_width: g,
-                    bottleneck_multiplier: b,
-                }
+                StageSpec { width: (w_bot as f64 / b) as usize, depth, group_width: g, bottleneck_multiplier: b }
             })
             .collect()
     }
@@ -144,16 +139,7 @@ mod tests {
     use super::*;
 
     fn spec(depth: usize, w_0: f64, w_a: f64, w_m: f64, g: usize) -> RegNetSpec {
-        RegNetSpec {
-            depth,
-            w_0,
-            w_a,
-            w_m,
-            group_width: g,
-            bottleneck_multiplier: 1.0,
-            se_ratio: 0.25,
-            stem_width: 32,
-        }
+        RegNetSpec { depth, w_0, w_a, w_m, group_width: g, bottleneck_multiplier: 1.0, se_ratio: 0.25, stem_width: 32 }
     }
 
     #[test]

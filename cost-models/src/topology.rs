@@ -269,10 +269,7 @@ impl Topology {
 fn worst(a: Option<LinkCost>, b: LinkCost) -> LinkCost {
     match a {
         None => b,
-        Some(a) => LinkCost {
-            bus_bandwidth: Bandwidth(a.bus_bandwidth.0.min(b.bus_bandwidth.0)),
-            latency: a.latency.max(b.latency),
-        },
+        Some(a) => LinkCost { bus_bandwidth: Bandwidth(a.bus_bandwidth.0.min(b.bus_bandwidth.0)), latency: a.latency.max(b.latency) },
     }
 }
 

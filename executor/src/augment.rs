@@ -48,23 +48,12 @@ pub struct AugmentConfig {
 impl AugmentConfig {
     /// SEER 10B: 2 x 160 px (scale 0.14-1) + 4 x 96 px (scale 0.05-0.14).
     pub fn seer() -> AugmentConfig {
-        AugmentConfig::with_crops(vec![
-            CropSpec { count: 2, resolution: 160, scale: (0.14, 1.0) },
-            CropSpec { count: 4, resolution: 96, scale: (0.05, 0.14) },
-        ])
+        AugmentConfig::with_crops(vec![CropSpec { count: 2, resolution: 160, scale: (0.14, 1.0) }, CropSpec { count: 4, resolution: 96, scale: (0.05, 0.14) }])
     }
 
     /// The SEER pipeline with other crop groups (e.g. 2 x 32 + 2 x 16 for tests).
     pub fn with_crops(crops: Vec<CropSpec>) -> AugmentConfig {
-        AugmentConfig {
-            crops,
-            color_strength: 1.0,
-            flip_p: 0.5,
-            jitter_p: 0.8,
-            gray_p: 0.2,
-            blur_p: 0.5,
-            blur_sigma: (0.1, 2.0),
-        }
+        AugmentConfig { crops, color_strength: 1.0, flip_p: 0.5, jitter_p: 0.8, gray_p: 0.2, blur_p: 0.5, blur_sigma: (0.1, 2.0) }
     }
 
     pub fn num_crops(&self) -> usize {
@@ -99,10 +88,7 @@ impl AugmentConfig {
 /// Every crop of one image: `out[g]` is group g's `count` crops, each
 /// normalised CHW f32 of `3 * R * R` values.
 pub fn multi_crop<R: Rng>(img: &RgbImage, cfg: &AugmentConfig, rng: &mut R) -> Vec<Vec<Vec<f32>>> {
-    cfg.crops
-        .iter()
-        .map(|c| (0..c.count).map(|_| one_crop(img, c, cfg, rng)).collect())
-        .collect()
+    cfg.crops.iter().map(|c| (0..c.count).map(|_| one_crop(img, c, cfg, rng)).collect()).collect()
 }
 
 fn one_crop<R: Rng>(img: &RgbImage, spec: &CropSpec, cfg: &AugmentConfig, rng: &mut R) -> Vec<f32> {

@@ -9,7 +9,7 @@
 
 use crate::calibrate::{kind_of, time_calls, Budget, CalibrateError, Timing};
 use crate::memstats::MemDevice;
-use crate::model::{BnState, ModelArch, ModelError, Mode};
+use crate::model::{BnState, Mode, ModelArch, ModelError};
 use cost_models::config::ModelConfig;
 use cost_models::graph::{ModelGraph, Workload};
 use cost_models::hardware::BlockTime;

@@ -130,18 +130,50 @@ pub fn time_calls<E>(budget: &Budget, mut f: impl FnMut() -> Result<(), E>) -> R
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum OpCase {
     /// k x k conv, padding k/2, no bias (RegNet-Y's `a`, `b`, `c`, `proj`).
-    Conv { n: i64, cin: i64, cout: i64, hw: i64, k: i64, stride: i64, groups: i64 },
+    Conv {
+        n: i64,
+        cin: i64,
+        cout: i64,
+        hw: i64,
+        k: i64,
+        stride: i64,
+        groups: i64,
+    },
     /// `rows x d_in -> d_out` with bias (the SwAV MLP).
-    Linear { rows: i64, d_in: i64, d_out: i64 },
+    Linear {
+        rows: i64,
+        d_in: i64,
+        d_out: i64,
+    },
     /// Training-mode BatchNorm2d with affine parameters.
-    BatchNorm { n: i64, c: i64, hw: i64 },
-    Relu { n: i64, c: i64, hw: i64 },
+    BatchNorm {
+        n: i64,
+        c: i64,
+        hw: i64,
+    },
+    Relu {
+        n: i64,
+        c: i64,
+        hw: i64,
+    },
     /// Residual add of two activations.
-    Add { n: i64, c: i64, hw: i64 },
+    Add {
+        n: i64,
+        c: i64,
+        hw: i64,
+    },
     /// SE gate: activation times a per-channel [n, c, 1, 1] scale.
-    ScaleMul { n: i64, c: i64, hw: i64 },
+    ScaleMul {
+        n: i64,
+        c: i64,
+        hw: i64,
+    },
     /// Global average pool to [n, c, 1, 1].
-    AvgPool { n: i64, c: i64, hw: i64 },
+    AvgPool {
+        n: i64,
+        c: i64,
+        hw: i64,
+    },
 }
 
 impl OpCase {
@@ -276,10 +308,9 @@ fn build(case: &OpCase, kind: Kind) -> (Vec<Tensor>, Forward) {
             vec![leaf(&[n, cin, hw, hw], kind), leaf(&[cout, cin / groups, k, k], kind)],
             Box::new(move |t| t[0].f_conv2d::<Tensor>(&t[1], None, [stride, stride], [k / 2, k / 2], [1, 1], groups)),
         ),
-        OpCase::Linear { rows, d_in, d_out } => (
-            vec![leaf(&[rows, d_in], kind), leaf(&[d_out, d_in], kind), leaf(&[d_out], kind)],
-            Box::new(|t| t[0].f_linear(&t[1], Some(&t[2]))),
-        ),
+        OpCase::Linear { rows, d_in, d_out } => {
+            (vec![leaf(&[rows, d_in], kind), leaf(&[d_out, d_in], kind), leaf(&[d_out], kind)], Box::new(|t| t[0].f_linear(&t[1], Some(&t[2]))))
+        }
         OpCase::BatchNorm { n, c, hw } => (
             vec![leaf(&[n, c, hw, hw], kind), leaf(&[c], kind), leaf(&[c], kind)],
             Box::new(|t| t[0].f_batch_norm(Some(&t[1]), Some(&t[2]), None::<&Tensor>, None::<&Tensor>, true, 0.1, 1e-5, false)),
@@ -765,7 +796,11 @@ pub fn measure_collectives(pg: &ProcessGroup, opts: &CollectiveOptions) -> Resul
     // The collective took as long as its slowest rank: max over ranks, per iteration.
     let times: Vec<Vec<f64>> = local.iter().map(|l| l.2.clone()).collect();
     let maxed = across_ranks(pg, &times, ReduceOp::Max)?;
-    Ok(local.into_iter().zip(maxed).map(|((collective, bytes, _), s)| CollectiveSample { collective, bytes, world_size: world, timing: Timing::from_samples(s, 1) }).collect())
+    Ok(local
+        .into_iter()
+        .zip(maxed)
+        .map(|((collective, bytes, _), s)| CollectiveSample { collective, bytes, world_size: world, timing: Timing::from_samples(s, 1) })
+        .collect())
 }
 
 /// fp32 buffers for one collective of `bytes`: the full tensor and one
@@ -850,7 +885,8 @@ pub fn measure_busy_collectives(pg: &ProcessGroup, opts: &CollectiveOptions, rou
     let iters = opts.iters.max(8) * 4;
     let sizes: Vec<u64> = opts.sizes.iter().copied().filter(|&b| b <= 64 << 10).collect();
     // (op, bytes, convs, per-iteration compute, per-iteration total)
-    let mut local: Vec<(Collective, u64, usize, Vec<f64>, Vec<f64>)> = Vec::new();
+    type BusyTimes = (Collective, u64, usize, Vec<f64>, Vec<f64>);
+    let mut local: Vec<BusyTimes> = Vec::new();
     for convs in BUSY_SEGMENTS {
         for op in BUSY_COLLECTIVES {
             for &bytes in &sizes {
@@ -1148,7 +1184,13 @@ impl LoaderMeasurement {
 
 /// Times `batches` batches of `images` images from `folder` with
 /// `augment`, after the warm-up [`crate::data::time_batches`] chooses.
-pub fn measure_loader(folder: &std::path::Path, augment: crate::augment::AugmentConfig, crops: String, images: usize, batches: usize) -> Result<LoaderMeasurement, CalibrateError> {
+pub fn measure_loader(
+    folder: &std::path::Path,
+    augment: crate::augment::AugmentConfig,
+    crops: String,
+    images: usize,
+    batches: usize,
+) -> Result<LoaderMeasurement, CalibrateError> {
     use crate::data::{time_batches, DataPosition, ImageFolder, LoaderConfig};
     let err = |e: crate::data::DataError| CalibrateError::Degenerate { what: format!("data loader over {}", folder.display()), reason: e.to_string() };
     let images_folder = ImageFolder::open(folder).map_err(err)?;
@@ -1398,7 +1440,14 @@ impl CalibrationReport {
             l.push(format!("memory-bound ops (BN/elementwise/pool, graph byte count): {mb:.1} GB/s"));
         }
         for r in &c.rates {
-            l.push(format!("rate {:?} {}: {:.1} GFLOP/s over {} shape(s), fwd+bwd ({:.0} % of time was per-op overhead)", r.kind, r.dtype, r.tflops * 1e3, r.shapes, 100.0 * r.overhead_share));
+            l.push(format!(
+                "rate {:?} {}: {:.1} GFLOP/s over {} shape(s), fwd+bwd ({:.0} % of time was per-op overhead)",
+                r.kind,
+                r.dtype,
+                r.tflops * 1e3,
+                r.shapes,
+                100.0 * r.overhead_share
+            ));
         }
         for m in &c.ops {
             let (tf, tb) = m.tflops();
@@ -1461,9 +1510,17 @@ impl CalibrationReport {
             ));
         }
         for s in &self.collectives {
-            l.push(format!("  {:?} {} KiB: median {:.1} µs ±{:.0} %, expected {:.1} µs (fitted)", s.collective, s.bytes >> 10, s.timing.median_s * 1e6, 100.0 * s.timing.noise(), s.timing.expected_s * 1e6));
+            l.push(format!(
+                "  {:?} {} KiB: median {:.1} µs ±{:.0} %, expected {:.1} µs (fitted)",
+                s.collective,
+                s.bytes >> 10,
+                s.timing.median_s * 1e6,
+                100.0 * s.timing.noise(),
+                s.timing.expected_s * 1e6
+            ));
         }
-        let noise: Vec<f64> = c.ops.iter().flat_map(|m| [m.forward.noise(), m.backward.noise()]).chain(self.collectives.iter().map(|s| s.timing.noise())).collect();
+        let noise: Vec<f64> =
+            c.ops.iter().flat_map(|m| [m.forward.noise(), m.backward.noise()]).chain(self.collectives.iter().map(|s| s.timing.noise())).collect();
         if !noise.is_empty() {
             let mut n = noise.clone();
             n.sort_by(|a, b| a.total_cmp(b));
@@ -1678,7 +1735,19 @@ mod tests {
             assert!(f.fit.bus_bandwidth.0 > 1e7 && f.fit.bus_bandwidth.0 < 1e12, "{f:?}");
         }
 
-        let report = CalibrationReport { host: HostInfo::detect(), quick: true, compute: r, collectives: samples, collective_fits: fits, collective_world_size: 2, blocks: Vec::new(), busy_collectives: Vec::new(), speed: None, host_rounds: Vec::new(), loader: Vec::new() };
+        let report = CalibrationReport {
+            host: HostInfo::detect(),
+            quick: true,
+            compute: r,
+            collectives: samples,
+            collective_fits: fits,
+            collective_world_size: 2,
+            blocks: Vec::new(),
+            busy_collectives: Vec::new(),
+            speed: None,
+            host_rounds: Vec::new(),
+            loader: Vec::new(),
+        };
         let base = cost_models::hardware::builtin_hardware("cpu-local").unwrap();
         let text = report.profile_toml(&base).unwrap();
         let dir = std::env::temp_dir().join(format!("seerscale-calibrate-{}", std::process::id()));
@@ -1731,7 +1800,13 @@ mod tests {
         // reference speed first, then the profile keeps one time per block,
         // the median, so the round a slow spell hit (10 ms, probe blind to
         // it) does not count.
-        let round = |fwd: f64, probe: f64| crate::block_timing::BlockMeasurement { forward: timing(fwd), forward_no_grad: timing(fwd), forward_backward: timing(3.0 * fwd), probe_s: Some(probe), ..block.clone() };
+        let round = |fwd: f64, probe: f64| crate::block_timing::BlockMeasurement {
+            forward: timing(fwd),
+            forward_no_grad: timing(fwd),
+            forward_backward: timing(3.0 * fwd),
+            probe_s: Some(probe),
+            ..block.clone()
+        };
         let rounds = CalibrationReport { blocks: vec![round(1e-3, 1e-3), round(10e-3, 1e-3), round(0.5e-3, 0.5e-3)], ..probed.clone() };
         let r = rounds.to_profile(&base).unwrap();
         assert_eq!(r.measured.block_times.len(), 1, "{:?}", r.measured.block_times);
@@ -1744,7 +1819,8 @@ mod tests {
         // round 1's normalised one; the profile keeps the medians.
         let s0 = q.measured.host.as_ref().unwrap().small_op.0;
         let h = probed.compute.host.clone().unwrap();
-        let host_round = |small: f64| HostRound { host: HostMeasurement { small_op: timing(small), ..h.clone() }, fixed: probed.compute.fixed.clone(), probe_s: Some(1e-3) };
+        let host_round =
+            |small: f64| HostRound { host: HostMeasurement { small_op: timing(small), ..h.clone() }, fixed: probed.compute.fixed.clone(), probe_s: Some(1e-3) };
         let rounds = CalibrationReport { host_rounds: vec![host_round(10.0 * s0), host_round(2.0 * s0)], ..probed.clone() };
         let r = rounds.to_profile(&base).unwrap();
         let small = r.measured.host.as_ref().unwrap().small_op.0;
@@ -1759,8 +1835,17 @@ mod tests {
         // the median over rounds per crop set. 8 images at 800 µs a batch is
         // 100 µs an image; the 4 ms round (probe at the reference) is the
         // odd one out; the round whose probe read 2x is halved.
-        let lm = |crops: &str, batch: f64, probe: f64| LoaderMeasurement { crops: crops.into(), images_per_batch: 8, data: "imgs".into(), batch: timing(batch), probe_s: Some(probe) };
-        let with_loader = CalibrationReport { loader: vec![lm("2x32+2x16", 0.8e-3, 1e-3), lm("2x32+2x16", 4e-3, 1e-3), lm("2x32+2x16", 1.6e-3, 2e-3), lm("2x48+2x24", 1.6e-3, 1e-3)], ..probed.clone() };
+        let lm = |crops: &str, batch: f64, probe: f64| LoaderMeasurement {
+            crops: crops.into(),
+            images_per_batch: 8,
+            data: "imgs".into(),
+            batch: timing(batch),
+            probe_s: Some(probe),
+        };
+        let with_loader = CalibrationReport {
+            loader: vec![lm("2x32+2x16", 0.8e-3, 1e-3), lm("2x32+2x16", 4e-3, 1e-3), lm("2x32+2x16", 1.6e-3, 2e-3), lm("2x48+2x24", 1.6e-3, 1e-3)],
+            ..probed.clone()
+        };
         let l = with_loader.to_profile(&base).unwrap().measured.loader;
         assert_eq!(l.len(), 2, "{l:?}");
         assert_eq!((l[0].crops.as_str(), l[0].data.as_deref()), ("2x32+2x16", Some("imgs")));

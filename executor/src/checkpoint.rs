@@ -112,11 +112,7 @@ pub fn load_rank(step_dir: &Path, rank: usize, world_size: usize, units: &[Strin
         return Err(CheckpointError::Mismatch { path: js, what: format!("format {}", meta.format_version), here: format!("format {FORMAT_VERSION}") });
     }
     if meta.world_size != world_size || meta.rank != rank {
-        return Err(CheckpointError::Mismatch {
-            path: js,
-            what: format!("rank {}/{}", meta.rank, meta.world_size),
-            here: format!("rank {rank}/{world_size}"),
-        });
+        return Err(CheckpointError::Mismatch { path: js, what: format!("rank {}/{}", meta.rank, meta.world_size), here: format!("rank {rank}/{world_size}") });
     }
     if meta.units != units {
         return Err(CheckpointError::Mismatch { path: js, what: format!("units {:?}", meta.units), here: format!("units {units:?}") });

@@ -18,8 +18,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use tch::Tensor;
@@ -105,10 +105,7 @@ impl ImageFolder {
 }
 
 fn is_image_name(p: &Path) -> bool {
-    matches!(
-        p.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref(),
-        Some("jpg" | "jpeg" | "png")
-    )
+    matches!(p.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref(), Some("jpg" | "jpeg" | "png"))
 }
 
 /// Decodes any JPEG/PNG (gray, RGBA, 16-bit) to 8-bit RGB.
@@ -359,10 +356,7 @@ impl Shared {
         let passes = global_batch.div_ceil(folder.len().max(1));
         let steps_per_epoch = (folder.len() * passes / global_batch) as u64;
         if cfg.start.step >= steps_per_epoch {
-            return Err(DataError::Config {
-                field: "start.step",
-                reason: format!("step {} but an epoch has {steps_per_epoch} steps", cfg.start.step),
-            });
+            return Err(DataError::Config { field: "start.step", reason: format!("step {} but an epoch has {steps_per_epoch} steps", cfg.start.step) });
         }
         Ok(Shared { folder, cfg, steps_per_epoch, passes, bad: Mutex::new(HashSet::new()), cache: DecodeCache::new(decode_cache_budget()) })
     }
@@ -405,10 +399,7 @@ impl Shared {
         let global_batch = cfg.images_per_rank * cfg.world;
         let first = position.step as usize * global_batch + cfg.rank * cfg.images_per_rank;
         let groups = &cfg.augment.crops;
-        let mut data: Vec<Vec<f32>> = groups
-            .iter()
-            .map(|g| Vec::with_capacity(cfg.images_per_rank * g.count * 3 * (g.resolution as usize).pow(2)))
-            .collect();
+        let mut data: Vec<Vec<f32>> = groups.iter().map(|g| Vec::with_capacity(cfg.images_per_rank * g.count * 3 * (g.resolution as usize).pow(2))).collect();
         let mut images = Vec::with_capacity(cfg.images_per_rank);
         for i in 0..cfg.images_per_rank {
             let pos = first + i;
@@ -444,10 +435,7 @@ mod tests {
     use crate::augment::CropSpec;
 
     fn crops() -> AugmentConfig {
-        AugmentConfig::with_crops(vec![
-            CropSpec { count: 2, resolution: 32, scale: (0.14, 1.0) },
-            CropSpec { count: 2, resolution: 16, scale: (0.05, 0.14) },
-        ])
+        AugmentConfig::with_crops(vec![CropSpec { count: 2, resolution: 32, scale: (0.14, 1.0) }, CropSpec { count: 2, resolution: 16, scale: (0.05, 0.14) }])
     }
 
     fn loader_cfg(rank: usize, world: usize, images: usize) -> LoaderConfig {

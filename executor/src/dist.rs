@@ -24,15 +24,7 @@ mod ffi {
         pub fn ssc_last_error() -> *const c_char;
         pub fn ssc_pg_new_gloo(host: *const c_char, port: u16, rank: c_int, world: c_int, timeout_ms: i64, out: *mut *mut SscPg) -> c_int;
         pub fn ssc_has_nccl() -> c_int;
-        pub fn ssc_pg_new_nccl(
-            host: *const c_char,
-            port: u16,
-            rank: c_int,
-            world: c_int,
-            device: c_int,
-            timeout_ms: i64,
-            out: *mut *mut SscPg,
-        ) -> c_int;
+        pub fn ssc_pg_new_nccl(host: *const c_char, port: u16, rank: c_int, world: c_int, device: c_int, timeout_ms: i64, out: *mut *mut SscPg) -> c_int;
         pub fn ssc_pg_free(pg: *mut SscPg);
         pub fn ssc_all_gather_into(pg: *mut SscPg, out: *mut c_void, inp: *mut c_void, w: *mut *mut SscWork) -> c_int;
         pub fn ssc_reduce_scatter(pg: *mut SscPg, out: *mut c_void, inp: *mut c_void, op: c_int, w: *mut *mut SscWork) -> c_int;
@@ -88,7 +80,9 @@ pub enum DistError {
 pub enum Backend {
     Gloo,
     /// NCCL on CUDA device `device` (the local rank).
-    Nccl { device: usize },
+    Nccl {
+        device: usize,
+    },
 }
 
 /// Whether the shim's CUDA/NCCL half was compiled, and if not why:
@@ -149,13 +143,7 @@ unsafe impl Send for ProcessGroup {}
 
 impl ProcessGroup {
     pub fn new(cfg: &GroupConfig) -> Result<ProcessGroup, DistError> {
-        let init_err = |msg: String| DistError::Init {
-            addr: cfg.master_addr.clone(),
-            port: cfg.master_port,
-            rank: cfg.rank,
-            world: cfg.world_size,
-            msg,
-        };
+        let init_err = |msg: String| DistError::Init { addr: cfg.master_addr.clone(), port: cfg.master_port, rank: cfg.rank, world: cfg.world_size, msg };
         if cfg.world_size == 0 || cfg.rank >= cfg.world_size {
             return Err(init_err(format!("rank {} is not in a world of {}", cfg.rank, cfg.world_size)));
         }
@@ -189,14 +177,7 @@ impl ProcessGroup {
             return Err(init_err(last_error()));
         }
         let pg = NonNull::new(out).ok_or_else(|| init_err("shim returned no group".into()))?;
-        Ok(ProcessGroup {
-            pg,
-            rank: cfg.rank,
-            world: cfg.world_size,
-            backend: cfg.backend,
-            timeout: cfg.timeout,
-            comm_wait: Cell::new(Duration::ZERO),
-        })
+        Ok(ProcessGroup { pg, rank: cfg.rank, world: cfg.world_size, backend: cfg.backend, timeout: cfg.timeout, comm_wait: Cell::new(Duration::ZERO) })
     }
 
     pub fn rank(&self) -> usize {
@@ -258,9 +239,7 @@ impl ProcessGroup {
     /// whose views autograd saved; `data()` shares the storage but not the
     /// version counter, so refilling it in backward is not a modification.
     fn copy(&self, op: &'static str, out: &Tensor, input: &Tensor) -> Result<Work<'_>, DistError> {
-        out.f_data()
-            .and_then(|mut raw| raw.f_copy_(input))
-            .map_err(|e| DistError::Collective { op, rank: self.rank, msg: e.to_string() })?;
+        out.f_data().and_then(|mut raw| raw.f_copy_(input)).map_err(|e| DistError::Collective { op, rank: self.rank, msg: e.to_string() })?;
         Ok(self.done(op))
     }
 

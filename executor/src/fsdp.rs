@@ -221,7 +221,8 @@ impl<'pg> Fsdp<'pg> {
             for (pi, p) in specs.iter().enumerate().filter(|(pi, _)| owner[*pi] == ui) {
                 params.push(FlatParam { index: pi, name: p.name.clone(), shape: p.shape.clone(), offset, numel: p.numel() });
                 offset += p.numel();
-                let b = *block_index.get(p.block.as_str()).ok_or_else(|| FsdpError::Init(format!("parameter `{}` names unknown block `{}`", p.name, p.block)))?;
+                let b =
+                    *block_index.get(p.block.as_str()).ok_or_else(|| FsdpError::Init(format!("parameter `{}` names unknown block `{}`", p.name, p.block)))?;
                 if !ublocks.contains(&b) {
                     ublocks.push(b);
                 }
@@ -535,11 +536,11 @@ impl<'pg> Fsdp<'pg> {
     pub fn load_master_shards(&mut self, saved: &[(String, Tensor)]) -> Result<(), FsdpError> {
         let _g = tch::no_grad_guard();
         for u in &mut self.units {
-            let src = saved
-                .iter()
-                .find(|(n, _)| *n == u.name)
-                .map(|(_, t)| t)
-                .ok_or_else(|| FsdpError::ShardShape { unit: u.name.clone(), got: 0, want: u.shard_len })?;
+            let src = saved.iter().find(|(n, _)| *n == u.name).map(|(_, t)| t).ok_or_else(|| FsdpError::ShardShape {
+                unit: u.name.clone(),
+                got: 0,
+                want: u.shard_len,
+            })?;
             if src.numel() as i64 != u.shard_len {
                 return Err(FsdpError::ShardShape { unit: u.name.clone(), got: src.numel() as i64, want: u.shard_len });
             }

@@ -280,9 +280,10 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(e, RankEnv { rank: 3, world_size: 8, local_rank: 1, master_addr: "node0".into(), master_port: 1234 });
-        let s = RankEnv::from_lookup(&env(&[("SLURM_PROCID", "5"), ("SLURM_NTASKS", "16"), ("SLURM_LOCALID", "5"), ("SLURM_NNODES", "2"), ("MASTER_ADDR", "n1")]))
-            .unwrap()
-            .unwrap();
+        let s =
+            RankEnv::from_lookup(&env(&[("SLURM_PROCID", "5"), ("SLURM_NTASKS", "16"), ("SLURM_LOCALID", "5"), ("SLURM_NNODES", "2"), ("MASTER_ADDR", "n1")]))
+                .unwrap()
+                .unwrap();
         assert_eq!((s.rank, s.world_size, s.local_rank, s.master_port), (5, 16, 5, 29500));
         assert!(RankEnv::from_lookup(&env(&[])).unwrap().is_none());
         let err = RankEnv::from_lookup(&env(&[("SLURM_PROCID", "0"), ("SLURM_NTASKS", "16"), ("SLURM_NNODES", "2")])).unwrap_err();

@@ -48,16 +48,24 @@ pub enum ModelError {
 pub enum Init {
     /// Conv weight: normal(0, sqrt(2 / fan_out)), fan_out = k*k*out / groups
     /// (integer division, as torchvision).
-    KaimingNormalFanOut { fan_out: usize },
+    KaimingNormalFanOut {
+        fan_out: usize,
+    },
     /// uniform(-bound, bound), bound = 1/sqrt(fan_in): PyTorch's default for
     /// conv biases (torchvision's RegNet leaves the SE ones so) and for
     /// Linear weights and biases (VISSL's SwAV head keeps it).
-    Uniform { bound: f64 },
+    Uniform {
+        bound: f64,
+    },
     /// normal(0, std).
-    Normal { std: f64 },
+    Normal {
+        std: f64,
+    },
     /// Prototypes: nn.Linear's default uniform(±1/sqrt(d)), then rows
     /// L2-normalised (SwAV normalises them before every step anyway).
-    Prototypes { bound: f64 },
+    Prototypes {
+        bound: f64,
+    },
     Ones,
     Zeros,
 }
@@ -92,9 +100,7 @@ impl ParamSpec {
                 normal(&mut rng, n, std)
             }
             Init::Normal { std } => normal(&mut rng, n, *std),
-            Init::Uniform { bound } | Init::Prototypes { bound } => {
-                (0..n).map(|_| rng.gen_range(-*bound..=*bound) as f32).collect()
-            }
+            Init::Uniform { bound } | Init::Prototypes { bound } => (0..n).map(|_| rng.gen_range(-*bound..=*bound) as f32).collect(),
         };
         let t = Tensor::f_from_slice(&data)?.f_view(self.shape.as_slice())?;
         if let Init::Prototypes { .. } = self.init {
@@ -151,14 +157,9 @@ pub struct ModelArch {
 
 impl ModelArch {
     pub fn new(cfg: &ModelConfig) -> Result<ModelArch, ModelError> {
-        cfg.regnet
-            .validate()
-            .map_err(|e| ModelError::Config { field: format!("regnet.{}", e.field), reason: e.reason })?;
+        cfg.regnet.validate().map_err(|e| ModelError::Config { field: format!("regnet.{}", e.field), reason: e.reason })?;
         if cfg.head.mlp_dims.is_empty() || cfg.head.mlp_dims.contains(&0) {
-            return Err(ModelError::Config {
-                field: "head.mlp_dims".into(),
-                reason: "needs at least one Linear, each of width >= 1".into(),
-            });
+            return Err(ModelError::Config { field: "head.mlp_dims".into(), reason: "needs at least one Linear, each of width >= 1".into() });
         }
         if cfg.head.prototypes == 0 {
             return Err(ModelError::Config { field: "head.prototypes".into(), reason: "must be >= 1".into() });
@@ -261,12 +262,7 @@ impl ModelArch {
             // normal(0, 0.01) head on a narrow trunk makes the pre-normalise
             // features tiny, and the first step's bias update collapses them.
             let bound = 1.0 / (d_in as f64).sqrt();
-            out.push(ParamSpec {
-                name: format!("head.mlp.{k}.weight"),
-                shape: vec![d, d_in],
-                block: "head.mlp".into(),
-                init: Init::Uniform { bound },
-            });
+            out.push(ParamSpec { name: format!("head.mlp.{k}.weight"), shape: vec![d, d_in], block: "head.mlp".into(), init: Init::Uniform { bound } });
             out.push(ParamSpec { name: format!("head.mlp.{k}.bias"), shape: vec![d], block: "head.mlp".into(), init: Init::Uniform { bound } });
             d_in = d;
         }
@@ -300,14 +296,7 @@ impl ModelArch {
 
     /// Runs one block. `xs`: one tensor per resolution group for trunk blocks
     /// and `head.mlp`, the single embedding tensor for `head.proto`.
-    pub fn forward_block(
-        &self,
-        block: &str,
-        params: &dyn ParamSource,
-        bn: &mut BnState,
-        xs: &[Tensor],
-        mode: &Mode<'_>,
-    ) -> Result<Vec<Tensor>, ModelError> {
+    pub fn forward_block(&self, block: &str, params: &dyn ParamSource, bn: &mut BnState, xs: &[Tensor], mode: &Mode<'_>) -> Result<Vec<Tensor>, ModelError> {
         if xs.is_empty() {
             return Err(ModelError::Input { block: block.into(), reason: "no input tensors".into() });
         }
@@ -437,19 +426,13 @@ pub struct BnState {
 impl BnState {
     /// Mean 0, var 1 in fp32 on `device`.
     pub fn new(arch: &ModelArch, device: Device) -> BnState {
-        let stats = arch
-            .bn_layers()
-            .into_iter()
-            .map(|(n, c)| (n, (Tensor::zeros([c], (Kind::Float, device)), Tensor::ones([c], (Kind::Float, device)))))
-            .collect();
+        let stats =
+            arch.bn_layers().into_iter().map(|(n, c)| (n, (Tensor::zeros([c], (Kind::Float, device)), Tensor::ones([c], (Kind::Float, device))))).collect();
         BnState { stats }
     }
 
     fn get(&self, layer: &str) -> Result<(Tensor, Tensor), ModelError> {
-        self.stats
-            .get(layer)
-            .map(|(m, v)| (m.shallow_clone(), v.shallow_clone()))
-            .ok_or_else(|| ModelError::MissingBuffer(layer.into()))
+        self.stats.get(layer).map(|(m, v)| (m.shallow_clone(), v.shallow_clone())).ok_or_else(|| ModelError::MissingBuffer(layer.into()))
     }
 
     /// `(layer.running_mean | layer.running_var, tensor)` for checkpoints.
@@ -523,10 +506,7 @@ impl Ctx<'_> {
         }
         let n = x.size()[0];
         if n % g as i64 != 0 {
-            return Err(ModelError::Input {
-                block: self.block.into(),
-                reason: format!("batch of {n} rows does not split into {g} BN groups"),
-            });
+            return Err(ModelError::Input { block: self.block.into(), reason: format!("batch of {n} rows does not split into {g} BN groups") });
         }
         // Each chunk is what one rank would see: its own batch statistics and
         // its own running-stat update; the running stats kept are the mean of
@@ -558,10 +538,7 @@ impl Ctx<'_> {
     fn check_input(&self, x: &Tensor, channels: i64) -> Result<(), ModelError> {
         let s = x.size();
         if s.len() != 4 || s[1] != channels {
-            return Err(ModelError::Input {
-                block: self.block.into(),
-                reason: format!("expected [N, {channels}, H, W], got {s:?}"),
-            });
+            return Err(ModelError::Input { block: self.block.into(), reason: format!("expected [N, {channels}, H, W], got {s:?}") });
         }
         Ok(())
     }
@@ -608,9 +585,7 @@ impl Ctx<'_> {
             pooled.push(match x.dim() {
                 4 => x.f_adaptive_avg_pool2d([1, 1])?.f_flatten(1, -1)?,
                 2 => x.shallow_clone(),
-                d => {
-                    return Err(ModelError::Input { block: self.block.into(), reason: format!("expected 4-D or 2-D input, got {d}-D") })
-                }
+                d => return Err(ModelError::Input { block: self.block.into(), reason: format!("expected 4-D or 2-D input, got {d}-D") }),
             });
         }
         let mut h = if pooled.len() == 1 { pooled.remove(0) } else { Tensor::f_cat(&pooled, 0)? };
@@ -712,13 +687,9 @@ mod tests {
             let graph_blocks: Vec<String> = graph.blocks.iter().map(|b| b.name.clone()).collect();
             assert_eq!(arch.block_names(), graph_blocks, "{name}");
             // Same tensors, same order, same sizes, same blocks.
-            let ours: Vec<(String, String, u64)> =
-                arch.param_specs().iter().map(|p| (p.block.clone(), p.name.clone(), p.numel() as u64)).collect();
-            let theirs: Vec<(String, String, u64)> = graph
-                .blocks
-                .iter()
-                .flat_map(|b| b.param_tensors.iter().map(move |(n, k)| (b.name.clone(), n.clone(), *k)))
-                .collect();
+            let ours: Vec<(String, String, u64)> = arch.param_specs().iter().map(|p| (p.block.clone(), p.name.clone(), p.numel() as u64)).collect();
+            let theirs: Vec<(String, String, u64)> =
+                graph.blocks.iter().flat_map(|b| b.param_tensors.iter().map(move |(n, k)| (b.name.clone(), n.clone(), *k))).collect();
             assert_eq!(ours, theirs, "{name}");
         }
         let arch = ModelArch::new(&cfg("regnety-400mf")).unwrap();
@@ -880,10 +851,8 @@ mod tests {
         let arch = ModelArch::new(&cfg("regnety-tiny")).unwrap();
         let f32p = params(&arch, 2);
         // What FSDP hands over in bf16: everything but the prototypes cast.
-        let half: HashMap<String, Tensor> = f32p
-            .iter()
-            .map(|(n, t)| (n.clone(), if n == "head.proto.weight" { t.shallow_clone() } else { t.to_kind(Kind::BFloat16) }))
-            .collect();
+        let half: HashMap<String, Tensor> =
+            f32p.iter().map(|(n, t)| (n.clone(), if n == "head.proto.weight" { t.shallow_clone() } else { t.to_kind(Kind::BFloat16) })).collect();
         tch::manual_seed(4);
         let x = Tensor::randn([4, 3, 32, 32], (Kind::Float, Device::Cpu));
         let mut bn32 = BnState::new(&arch, Device::Cpu);

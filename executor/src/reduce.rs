@@ -47,11 +47,13 @@ impl ThreadWorld {
             let mut acc: Option<Tensor> = None;
             for s in slots.iter() {
                 let s = s.as_ref().ok_or_else(|| ReduceError("a rank did not contribute".into()))?;
-                acc = Some(match acc {
-                    None => s.f_detach_copy(),
-                    Some(a) => a.f_add(s),
-                }
-                .map_err(|e| ReduceError(e.to_string()))?);
+                acc = Some(
+                    match acc {
+                        None => s.f_detach_copy(),
+                        Some(a) => a.f_add(s),
+                    }
+                    .map_err(|e| ReduceError(e.to_string()))?,
+                );
             }
             acc
         };

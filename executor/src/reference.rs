@@ -3,7 +3,7 @@
 //! runtime. With `bn_groups = N` and the global batch it reproduces what N
 //! ranks compute, so the engine's equivalence tests compare against it.
 
-use crate::model::{BnState, CropLayout, ModelArch, ModelError, Mode};
+use crate::model::{BnState, CropLayout, Mode, ModelArch, ModelError};
 use crate::optim::{FlatShard, OptimConfig, OptimError, Optimizer, Piece};
 use crate::reduce::local_sum;
 use crate::swav::{normalize_prototypes_, swav_loss, SwavError, SwavLossConfig};
@@ -94,10 +94,7 @@ mod tests {
         let mut t = ReferenceTrainer::new(&cfg, 0, optim, SwavLossConfig::default(), 1, Device::Cpu).unwrap();
         tch::manual_seed(5);
         let layout = CropLayout { images: 8, groups: vec![2, 2] };
-        let groups = [
-            Tensor::randn([16, 3, 32, 32], (Kind::Float, Device::Cpu)),
-            Tensor::randn([16, 3, 16, 16], (Kind::Float, Device::Cpu)),
-        ];
+        let groups = [Tensor::randn([16, 3, 32, 32], (Kind::Float, Device::Cpu)), Tensor::randn([16, 3, 16, 16], (Kind::Float, Device::Cpu))];
         let losses: Vec<f64> = (0..6).map(|_| t.step(&groups, &layout, 0.05).unwrap()).collect();
         assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
         assert!(losses[5] < losses[0] * 0.9, "loss did not go down: {losses:?}");

@@ -29,14 +29,7 @@ pub struct LrSchedule {
 
 impl LrSchedule {
     pub fn seer(global_batch: usize, total_steps: u64) -> LrSchedule {
-        LrSchedule {
-            base_lr_per_256: 0.3,
-            global_batch,
-            total_steps,
-            warmup_fraction: 0.043648,
-            warmup_start_lr: 0.3,
-            final_ratio: 0.001,
-        }
+        LrSchedule { base_lr_per_256: 0.3, global_batch, total_steps, warmup_fraction: 0.043648, warmup_start_lr: 0.3, final_ratio: 0.001 }
     }
 
     pub fn validate(&self) -> Result<(), ScheduleError> {

@@ -9,7 +9,7 @@
 //! its own backward.
 
 use crate::fsdp::{Fsdp, FsdpError, ParamLeaf};
-use crate::model::{BnState, ModelArch, ModelError, Mode};
+use crate::model::{BnState, Mode, ModelArch, ModelError};
 use std::collections::HashMap;
 use std::ops::Range;
 use tch::{Kind, TchError, Tensor};
@@ -78,7 +78,11 @@ impl Checkpointing {
 enum Saved {
     Nothing,
     /// A normal block: its cut input(s) and its output(s), with graph.
-    Block { xin: Vec<Tensor>, y: Vec<Tensor>, params: Vec<ParamLeaf> },
+    Block {
+        xin: Vec<Tensor>,
+        y: Vec<Tensor>,
+        params: Vec<ParamLeaf>,
+    },
     /// First block of a checkpointed segment: only the segment's input.
     SegmentInput(Vec<Tensor>),
 }

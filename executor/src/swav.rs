@@ -44,13 +44,7 @@ impl Default for SwavLossConfig {
 /// Sinkhorn-Knopp codes for one crop's local scores `[n, K]` (any dtype;
 /// computed in fp32 without grad). `global_rows` is the number of rows over
 /// all ranks (n for world size 1). Returns `[n, K]` whose rows sum to 1.
-pub fn sinkhorn(
-    scores: &Tensor,
-    epsilon: f64,
-    iters: usize,
-    global_rows: i64,
-    all_reduce: &AllReduceSum,
-) -> Result<Tensor, SwavError> {
+pub fn sinkhorn(scores: &Tensor, epsilon: f64, iters: usize, global_rows: i64, all_reduce: &AllReduceSum) -> Result<Tensor, SwavError> {
     if !(epsilon > 0.0) {
         return Err(SwavError::Config { field: "epsilon", reason: format!("must be > 0, got {epsilon}") });
     }
@@ -66,13 +60,7 @@ pub fn sinkhorn(
     // embedding and prototypes are unit vectors) so subtracting 1/eps keeps
     // every value in (0, 1] without a max all-reduce, and cancels in the
     // first normalisation.
-    let mut q = scores
-        .f_detach()?
-        .f_to_kind(Kind::Float)?
-        .f_div_scalar(epsilon)?
-        .f_add_scalar(-1.0 / epsilon)?
-        .f_exp()?
-        .f_t_copy()?; // [K, n]
+    let mut q = scores.f_detach()?.f_to_kind(Kind::Float)?.f_div_scalar(epsilon)?.f_add_scalar(-1.0 / epsilon)?.f_exp()?.f_t_copy()?; // [K, n]
     let k = s[1] as f64;
     let mut total = q.f_sum(Kind::Float)?;
     all_reduce(&mut total)?;
@@ -98,13 +86,7 @@ pub fn sinkhorn(
 /// The returned scalar is this rank's share of the *global* mean over
 /// `global_images` images: summing it (and its gradients) over ranks gives
 /// the single-process loss (and gradients) on the whole batch.
-pub fn swav_loss(
-    scores: &Tensor,
-    layout: &CropLayout,
-    cfg: &SwavLossConfig,
-    global_images: i64,
-    all_reduce: &AllReduceSum,
-) -> Result<Tensor, SwavError> {
+pub fn swav_loss(scores: &Tensor, layout: &CropLayout, cfg: &SwavLossConfig, global_images: i64, all_reduce: &AllReduceSum) -> Result<Tensor, SwavError> {
     let crops = layout.num_crops();
     if crops < 2 {
         return Err(SwavError::Config { field: "crops", reason: "SwAV needs at least 2 crops per image".into() });
@@ -119,10 +101,7 @@ pub fn swav_loss(
         return Err(SwavError::Config { field: "temperature", reason: format!("must be > 0, got {}", cfg.temperature) });
     }
     if global_images < layout.images {
-        return Err(SwavError::Config {
-            field: "global_images",
-            reason: format!("{global_images} < this rank's {} images", layout.images),
-        });
+        return Err(SwavError::Config { field: "global_images", reason: format!("{global_images} < this rank's {} images", layout.images) });
     }
     let scores = scores.f_to_kind(Kind::Float)?;
     let mut per_assign = Vec::with_capacity(cfg.crops_for_assign.len());
@@ -154,13 +133,7 @@ pub fn normalize_prototypes_(weight: &Tensor) -> Result<(), SwavError> {
 /// elements `offset .. offset + shard.numel()` of the row-major flattening
 /// (an FSDP shard may cut rows anywhere). Per-row sums of squares are
 /// all-reduced, so every rank scales its elements by the full row norm.
-pub fn normalize_rows_sharded_(
-    shard: &Tensor,
-    offset: i64,
-    rows: i64,
-    cols: i64,
-    all_reduce: &AllReduceSum,
-) -> Result<(), SwavError> {
+pub fn normalize_rows_sharded_(shard: &Tensor, offset: i64, rows: i64, cols: i64, all_reduce: &AllReduceSum) -> Result<(), SwavError> {
     let len = shard.numel() as i64;
     if shard.dim() != 1 || offset < 0 || cols <= 0 || offset + len > rows * cols {
         return Err(SwavError::Config {
@@ -226,7 +199,10 @@ mod tests {
         let split = Tensor::cat(&parts, 0);
         assert!(whole.allclose(&split, 1e-4, 1e-6, false), "max diff {}", (&whole - &split).abs().max().double_value(&[]));
         // Without the all-reduce each half is normalised on its own: different.
-        let alone = Tensor::cat(&[sinkhorn(&s.narrow(0, 0, 20), 0.03, 10, 20, &local_sum).unwrap(), sinkhorn(&s.narrow(0, 20, 20), 0.03, 10, 20, &local_sum).unwrap()], 0);
+        let alone = Tensor::cat(
+            &[sinkhorn(&s.narrow(0, 0, 20), 0.03, 10, 20, &local_sum).unwrap(), sinkhorn(&s.narrow(0, 20, 20), 0.03, 10, 20, &local_sum).unwrap()],
+            0,
+        );
         assert!(!whole.allclose(&alone, 1e-4, 1e-6, false));
     }
 
@@ -253,10 +229,7 @@ mod tests {
         let sum = results[0].0 + results[1].0;
         let f = full.double_value(&[]);
         assert!((sum - f).abs() < 1e-5 * f.abs().max(1.0), "{sum} vs {f}");
-        let g = Tensor::cat(
-            &[results[0].1.narrow(0, 0, 8), results[1].1.narrow(0, 0, 8), results[0].1.narrow(0, 8, 8), results[1].1.narrow(0, 8, 8)],
-            0,
-        );
+        let g = Tensor::cat(&[results[0].1.narrow(0, 0, 8), results[1].1.narrow(0, 0, 8), results[0].1.narrow(0, 8, 8), results[1].1.narrow(0, 8, 8)], 0);
         assert!(g.allclose(&full_grad, 1e-4, 1e-7, false), "max diff {}", (&g - &full_grad).abs().max().double_value(&[]));
         // The loss is a cross-entropy against soft codes: at least 0, at most log K-ish.
         assert!(f > 0.0 && f < 10.0, "{f}");

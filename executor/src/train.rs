@@ -15,7 +15,7 @@ use crate::fsdp::{Fsdp, FsdpError, FsdpOptions, UnitSpec};
 use crate::launch::{self, LaunchError, LaunchOptions, RankEnv};
 use crate::memstats::{self, MemDevice, MemError};
 use crate::metrics::{self, MeasuredSummary, MetricsError, MetricsWriter, StepMetrics};
-use crate::model::{BnState, ModelArch, ModelError, Mode, SyncBn};
+use crate::model::{BnState, Mode, ModelArch, ModelError, SyncBn};
 use crate::optim::{Larc, OptimConfig, OptimError, Optimizer};
 use crate::precision::{LossScaler, Precision};
 use crate::reduce::ReduceError;
@@ -457,26 +457,16 @@ impl<'pg> Trainer<'pg> {
         self.fsdp.zero_grad()?;
         crate::phase_timer::add("zero_grad", t0);
         let kind = self.cfg.precision.compute_kind();
-        let inputs: Vec<Tensor> =
-            batch.groups.iter().map(|t| t.f_to_device(self.cfg.device).and_then(|t| t.f_to_kind(kind))).collect::<Result<_, _>>()?;
+        let inputs: Vec<Tensor> = batch.groups.iter().map(|t| t.f_to_device(self.cfg.device).and_then(|t| t.f_to_kind(kind))).collect::<Result<_, _>>()?;
         let layout = batch.layout.clone();
         let global_images = layout.images * self.pg.world_size() as i64;
         let swav_cfg = self.cfg.swav.clone();
         let mut loss_fn = |scores: &Tensor| swav::swav_loss(scores, &layout, &swav_cfg, global_images, &ar).map_err(|e| e.to_string());
         let step = self.step;
         let t_fb = Instant::now();
-        let pass = step::forward_backward(
-            &mut self.fsdp,
-            &self.arch,
-            &self.blocks,
-            &mut self.bn,
-            &self.ckpt,
-            &self.mode,
-            &inputs,
-            &mut loss_fn,
-            self.scaler.scale(),
-        )
-        .map_err(|source| TrainError::Step { step, source })?;
+        let pass =
+            step::forward_backward(&mut self.fsdp, &self.arch, &self.blocks, &mut self.bn, &self.ckpt, &self.mode, &inputs, &mut loss_fn, self.scaler.scale())
+                .map_err(|source| TrainError::Step { step, source })?;
         crate::phase_timer::add("fwd_bwd", t_fb);
         let t0 = Instant::now();
         let total = Tensor::from_slice(&[pass.loss]).f_to_device(self.cfg.device)?;

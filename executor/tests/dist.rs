@@ -208,13 +208,7 @@ fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
 
 /// `(output, x.grad, weight.grad, bias.grad)` of BN followed by an in-place
 /// ReLU (as the executor applies it) and a fixed linear loss.
-fn bn_then_relu(
-    bn: impl Fn(&Tensor, &Tensor, &Tensor) -> Tensor,
-    x: &Tensor,
-    w: &Tensor,
-    b: &Tensor,
-    dy: &Tensor,
-) -> (Tensor, Tensor, Tensor, Tensor) {
+fn bn_then_relu(bn: impl Fn(&Tensor, &Tensor, &Tensor) -> Tensor, x: &Tensor, w: &Tensor, b: &Tensor, dy: &Tensor) -> (Tensor, Tensor, Tensor, Tensor) {
     let (x, w, b) = (x.detach().set_requires_grad(true), w.detach().set_requires_grad(true), b.detach().set_requires_grad(true));
     let mut y = bn(&x, &w, &b);
     let _ = y.relu_();

@@ -6,7 +6,7 @@
 
 use cost_models::config::ModelConfig;
 use executor::memstats::{self, MemDevice};
-use executor::model::{BnState, ModelArch, Mode, SyncBn};
+use executor::model::{BnState, Mode, ModelArch, SyncBn};
 use std::collections::HashMap;
 use std::time::Duration;
 use tch::{Device, Kind, Tensor};

@@ -119,7 +119,9 @@ fn rel_diff(a: &Tensor, b: &Tensor) -> f64 {
 /// (BN over 16 images) and 6.0e-6 (groups of 4) on that tensor. Every other
 /// tensor moves by about trust x lr of its norm per step, which dilutes its
 /// gradient's rounding by ~1000x.
-fn tensor_diffs(a: &std::collections::BTreeMap<String, Tensor>, b: &std::collections::BTreeMap<String, Tensor>) -> (Vec<(f64, String)>, Vec<(f64, String)>) {
+type Diffs = Vec<(f64, String)>;
+
+fn tensor_diffs(a: &std::collections::BTreeMap<String, Tensor>, b: &std::collections::BTreeMap<String, Tensor>) -> (Diffs, Diffs) {
     let zero_init: std::collections::HashSet<String> = ModelArch::new(&ModelConfig::load("regnety-tiny").unwrap())
         .unwrap()
         .param_specs()
@@ -437,11 +439,8 @@ fn a_killed_rank_stops_the_job_with_an_error() {
     let mut opts = LaunchOptions::local(2);
     opts.grace = Duration::from_secs(20);
     opts.deadline = Some(Duration::from_secs(120));
-    opts.env = vec![
-        ("SEERSCALE_FAULT".into(), "rank=1,step=1".into()),
-        ("SSC_TEST_DIR".into(), dir.display().to_string()),
-        ("OMP_NUM_THREADS".into(), "1".into()),
-    ];
+    opts.env =
+        vec![("SEERSCALE_FAULT".into(), "rank=1,step=1".into()), ("SSC_TEST_DIR".into(), dir.display().to_string()), ("OMP_NUM_THREADS".into(), "1".into())];
     let t = Instant::now();
     let err = launch::launch_local(&exe, &args, &opts).unwrap_err();
     let took = t.elapsed();
@@ -523,7 +522,11 @@ fn worker_precision() {
         let proto = t.fsdp().full_params().unwrap().into_iter().find(|(n, _)| n == "head.proto.weight").unwrap().1;
         assert_eq!(proto.kind(), tch::Kind::Float);
         if rank == 0 {
-            println!("{name}: losses {l:?} scales {:?} skipped {:?}", r.metrics.iter().map(|m| m.loss_scale).collect::<Vec<_>>(), r.metrics.iter().map(|m| m.skipped).collect::<Vec<_>>());
+            println!(
+                "{name}: losses {l:?} scales {:?} skipped {:?}",
+                r.metrics.iter().map(|m| m.loss_scale).collect::<Vec<_>>(),
+                r.metrics.iter().map(|m| m.skipped).collect::<Vec<_>>()
+            );
         }
         firsts.push(l[0]);
     }
@@ -540,4 +543,3 @@ fn bf16_and_fp16_track_fp32() {
     assert_all_ok(&outs);
     println!("{}", String::from_utf8_lossy(&outs[0].stdout));
 }
-

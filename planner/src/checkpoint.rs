@@ -243,10 +243,7 @@ mod tests {
 
     /// Exhaustive optimum: least recompute over all placements within budget.
     fn brute(m: &MemoryModel, all: &[Vec<Range<usize>>], budget: Bytes, rt: &[f64]) -> Option<f64> {
-        all.iter()
-            .filter(|s| m.peak(s) <= budget)
-            .map(|s| s.iter().flat_map(|r| r.clone()).map(|b| rt[b]).sum::<f64>())
-            .min_by(|a, b| a.total_cmp(b))
+        all.iter().filter(|s| m.peak(s) <= budget).map(|s| s.iter().flat_map(|r| r.clone()).map(|b| rt[b]).sum::<f64>()).min_by(|a, b| a.total_cmp(b))
     }
 
     #[test]
@@ -360,7 +357,13 @@ mod tests {
         let p = p.expect("a placement fits");
         assert!(p.peak <= m.usable());
         assert!(p.recompute.0 <= vissl_cost + 1e-12, "optimal {} vs VISSL {vissl_cost}", p.recompute.0);
-        eprintln!("seer-10b: optimal {:?} recompute {} peak {}; VISSL recompute {vissl_cost:.4}s peak {}; {per:?} per call", p.segments, p.recompute, p.peak, m.peak(&segs));
+        eprintln!(
+            "seer-10b: optimal {:?} recompute {} peak {}; VISSL recompute {vissl_cost:.4}s peak {}; {per:?} per call",
+            p.segments,
+            p.recompute,
+            p.peak,
+            m.peak(&segs)
+        );
         // Debug builds are slow; the release bench checks the real budget.
         assert!(per.as_millis() < 200, "{per:?}");
     }

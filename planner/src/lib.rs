@@ -8,6 +8,9 @@
 //! here is computed from `cost-models`; measured numbers come back only
 //! through hardware profiles and metrics files.
 
+// Input checks read `!(x > 0.0)` on purpose: NaN fails them too.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
 pub mod build;
 pub mod checkpoint;
 pub mod cluster;

@@ -687,7 +687,8 @@ impl<'m> Replay<'m> {
         if total > self.peak.0 || self.events.is_empty() {
             let mut by_block = self.act_by_block.clone();
             if let Some(bi) = blk {
-                by_block[bi] += extra.iter().filter(|(k, _)| matches!(k, Category::Activations | Category::Recompute | Category::Transient)).map(|e| e.1).sum::<u64>();
+                by_block[bi] +=
+                    extra.iter().filter(|(k, _)| matches!(k, Category::Activations | Category::Recompute | Category::Transient)).map(|e| e.1).sum::<u64>();
             }
             self.peak = (total, self.events.len(), c, self.unit_live.clone(), by_block);
         }
@@ -938,7 +939,15 @@ pub fn measured_backward(measured: &cost_models::hardware::Measured, graph: &Mod
 }
 
 /// Builds the rounded profile from the graph.
-pub fn profile(graph: &ModelGraph, units: &[Unit], recipe: &Recipe, d: &Decisions, hw: &HardwareSpec, alloc: Allocator, measured_bwd: &[Option<u64>]) -> MemProfile {
+pub fn profile(
+    graph: &ModelGraph,
+    units: &[Unit],
+    recipe: &Recipe,
+    d: &Decisions,
+    hw: &HardwareSpec,
+    alloc: Allocator,
+    measured_bwd: &[Option<u64>],
+) -> MemProfile {
     let a = &alloc;
     let world = d.world_size.max(1);
     let dt = graph.workload.dtype;
@@ -1045,7 +1054,14 @@ pub fn profile(graph: &ModelGraph, units: &[Unit], recipe: &Recipe, d: &Decision
     MemProfile {
         blocks,
         units: unit_mems,
-        statics: StaticMem { optimizer_states: states, input_batch: Bytes(input_batch), host_batches: Bytes(host_batches), bn_buffers: Bytes(bn_buffers), head_loss: Bytes(head_loss), optimizer_transient },
+        statics: StaticMem {
+            optimizer_states: states,
+            input_batch: Bytes(input_batch),
+            host_batches: Bytes(host_batches),
+            bn_buffers: Bytes(bn_buffers),
+            head_loss: Bytes(head_loss),
+            optimizer_transient,
+        },
         reshard_after_forward: d.reshard_after_forward,
         allocator: alloc,
         usable: hw.usable_memory(),
@@ -1364,8 +1380,7 @@ mod tests {
         // Huge budgets do not overflow.
         let r = a.raw_budget(Bytes(u64::MAX));
         assert!(r > 0 && (r as u128 + a.frag(r) as u128) <= u64::MAX as u128);
-        {
-        }
+        {}
     }
 
     #[test]

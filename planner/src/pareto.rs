@@ -45,7 +45,12 @@ pub fn svg(points: &[ParetoPoint], front: &[usize], title: &str) -> String {
     let (l, r, t, b) = (70.0, 170.0, 40.0, 55.0);
     let mut s = String::new();
     let _ = writeln!(s, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#);
-    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/><text x="{}" y="24" font-size="15" text-anchor="middle">{}</text>"#, (l + w - r) / 2.0, esc(title));
+    let _ = writeln!(
+        s,
+        r#"<rect width="100%" height="100%" fill="white"/><text x="{}" y="24" font-size="15" text-anchor="middle">{}</text>"#,
+        (l + w - r) / 2.0,
+        esc(title)
+    );
     let ok: Vec<&ParetoPoint> = points.iter().filter(|p| p.gpus > 0 && p.days.is_finite() && p.days > 0.0).collect();
     if ok.is_empty() {
         let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="middle">no plan fits</text></svg>"#, w / 2.0, h / 2.0);
@@ -65,17 +70,36 @@ pub fn svg(points: &[ParetoPoint], front: &[usize], title: &str) -> String {
     let px = |g: f64| l + (lg(g) - x0) / (x1 - x0) * (w - l - r);
     let py = |d: f64| h - b - (lg(d) - y0) / (y1 - y0) * (h - t - b);
     // Axes with decade ticks.
-    let _ = writeln!(s, r##"<g stroke="#444"><line x1="{l}" y1="{}" x2="{}" y2="{}"/><line x1="{l}" y1="{t}" x2="{l}" y2="{}"/></g>"##, h - b, w - r, h - b, h - b);
+    let _ =
+        writeln!(s, r##"<g stroke="#444"><line x1="{l}" y1="{}" x2="{}" y2="{}"/><line x1="{l}" y1="{t}" x2="{l}" y2="{}"/></g>"##, h - b, w - r, h - b, h - b);
     for e in x0 as i32..=x1 as i32 {
         let x = px(10f64.powi(e));
-        let _ = writeln!(s, r##"<line x1="{x:.1}" y1="{t}" x2="{x:.1}" y2="{}" stroke="#eee"/><text x="{x:.1}" y="{}" text-anchor="middle">{}</text>"##, h - b, h - b + 16.0, 10f64.powi(e));
+        let _ = writeln!(
+            s,
+            r##"<line x1="{x:.1}" y1="{t}" x2="{x:.1}" y2="{}" stroke="#eee"/><text x="{x:.1}" y="{}" text-anchor="middle">{}</text>"##,
+            h - b,
+            h - b + 16.0,
+            10f64.powi(e)
+        );
     }
     for e in y0 as i32..=y1 as i32 {
         let y = py(10f64.powi(e));
-        let _ = writeln!(s, r##"<line x1="{l}" y1="{y:.1}" x2="{}" y2="{y:.1}" stroke="#eee"/><text x="{}" y="{:.1}" text-anchor="end">{}</text>"##, w - r, l - 6.0, y + 4.0, 10f64.powi(e));
+        let _ = writeln!(
+            s,
+            r##"<line x1="{l}" y1="{y:.1}" x2="{}" y2="{y:.1}" stroke="#eee"/><text x="{}" y="{:.1}" text-anchor="end">{}</text>"##,
+            w - r,
+            l - 6.0,
+            y + 4.0,
+            10f64.powi(e)
+        );
     }
     let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="middle">GPUs (log)</text>"#, (l + w - r) / 2.0, h - 15.0);
-    let _ = writeln!(s, r#"<text x="18" y="{}" text-anchor="middle" transform="rotate(-90 18 {})">days to train (log)</text>"#, (t + h - b) / 2.0, (t + h - b) / 2.0);
+    let _ = writeln!(
+        s,
+        r#"<text x="18" y="{}" text-anchor="middle" transform="rotate(-90 18 {})">days to train (log)</text>"#,
+        (t + h - b) / 2.0,
+        (t + h - b) / 2.0
+    );
     let mut types: Vec<&str> = Vec::new();
     for p in &ok {
         if !types.contains(&p.gpu.as_str()) {
@@ -100,7 +124,12 @@ pub fn svg(points: &[ParetoPoint], front: &[usize], title: &str) -> String {
     for p in &ok {
         circle(&mut s, p, r#"r="2.5" opacity="0.6""#, "");
     }
-    let path: Vec<String> = front.iter().filter_map(|&i| points.get(i)).filter(|p| p.days > 0.0 && p.gpus > 0).map(|p| format!("{:.1},{:.1}", px(p.gpus as f64), py(p.days))).collect();
+    let path: Vec<String> = front
+        .iter()
+        .filter_map(|&i| points.get(i))
+        .filter(|p| p.days > 0.0 && p.gpus > 0)
+        .map(|p| format!("{:.1},{:.1}", px(p.gpus as f64), py(p.days)))
+        .collect();
     if path.len() > 1 {
         let _ = writeln!(s, r#"<polyline points="{}" fill="none" stroke="black" stroke-width="1" stroke-dasharray="4 3"/>"#, path.join(" "));
     }
@@ -113,10 +142,17 @@ pub fn svg(points: &[ParetoPoint], front: &[usize], title: &str) -> String {
     }
     for (k, ty) in types.iter().enumerate() {
         let y = t + 10.0 + 18.0 * k as f64;
-        let _ = writeln!(s, r#"<circle cx="{}" cy="{y}" r="5" fill="{}"/><text x="{}" y="{}">{}</text>"#, w - r + 15.0, colour(ty), w - r + 25.0, y + 4.0, esc(ty));
+        let _ =
+            writeln!(s, r#"<circle cx="{}" cy="{y}" r="5" fill="{}"/><text x="{}" y="{}">{}</text>"#, w - r + 15.0, colour(ty), w - r + 25.0, y + 4.0, esc(ty));
     }
     let y = t + 10.0 + 18.0 * types.len() as f64;
-    let _ = writeln!(s, r#"<circle cx="{}" cy="{y}" r="5" fill="none" stroke="black"/><text x="{}" y="{}">Pareto frontier</text>"#, w - r + 15.0, w - r + 25.0, y + 4.0);
+    let _ = writeln!(
+        s,
+        r#"<circle cx="{}" cy="{y}" r="5" fill="none" stroke="black"/><text x="{}" y="{}">Pareto frontier</text>"#,
+        w - r + 15.0,
+        w - r + 25.0,
+        y + 4.0
+    );
     s.push_str("</svg>\n");
     s
 }

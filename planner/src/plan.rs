@@ -55,11 +55,7 @@ pub struct ModelFingerprint {
 
 impl ModelFingerprint {
     pub fn of(graph: &ModelGraph) -> ModelFingerprint {
-        ModelFingerprint {
-            trunk_params: graph.trunk_params(),
-            head_params: graph.head_params(),
-            blocks: graph.blocks.iter().map(|b| b.name.clone()).collect(),
-        }
+        ModelFingerprint { trunk_params: graph.trunk_params(), head_params: graph.head_params(), blocks: graph.blocks.iter().map(|b| b.name.clone()).collect() }
     }
 }
 
@@ -164,11 +160,7 @@ impl Plan {
             Some(v) if v == PLAN_SCHEMA_VERSION as u64 => {}
             Some(v) => return Err(PlanError::Version { origin: origin.into(), found: v as u32 }),
             None => {
-                return Err(PlanError::Invalid {
-                    origin: origin.into(),
-                    field: "schema_version".into(),
-                    why: "missing; is this a seerscale plan file?".into(),
-                })
+                return Err(PlanError::Invalid { origin: origin.into(), field: "schema_version".into(), why: "missing; is this a seerscale plan file?".into() })
             }
         }
         let plan: Plan = parse_json(text, origin)?;
@@ -181,17 +173,12 @@ impl Plan {
         let origin = path.display().to_string();
         let text = serde_json::to_string_pretty(self).expect("plan serialises");
         let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, text + "\n")
-            .and_then(|_| std::fs::rename(&tmp, path))
-            .map_err(|error| PlanError::Write { origin, error })
+        std::fs::write(&tmp, text + "\n").and_then(|_| std::fs::rename(&tmp, path)).map_err(|error| PlanError::Write { origin, error })
     }
 
     /// The model graph for one rank's step under this plan.
     pub fn graph(&self) -> ModelGraph {
-        ModelGraph::build(
-            &self.model,
-            &Workload { images: self.batch_per_rank as u64, crops: self.recipe.crop_groups(), dtype: self.precision.compute },
-        )
+        ModelGraph::build(&self.model, &Workload { images: self.batch_per_rank as u64, crops: self.recipe.crop_groups(), dtype: self.precision.compute })
     }
 
     /// Consistency of the plan with its own model.

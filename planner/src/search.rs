@@ -75,7 +75,10 @@ pub enum SearchError {
 pub enum GpuCount {
     Fixed(usize),
     /// Whole nodes (and slices of one node) in `[min, max]`.
-    Range { min: usize, max: usize },
+    Range {
+        min: usize,
+        max: usize,
+    },
 }
 
 /// How the per-GPU batch is chosen (see the module docs).
@@ -123,7 +126,16 @@ pub struct SearchSpace {
 impl SearchSpace {
     /// Every option, on the given hardware.
     pub fn full(hardware: Vec<HardwareProfile>, gpus: GpuCount, batch: BatchPolicy) -> SearchSpace {
-        SearchSpace { hardware, gpus, batch, wrappings: ALL_WRAPPINGS.to_vec(), precisions: ALL_PRECISIONS.to_vec(), reshard: vec![true, false], exhaustive: false, headroom: 0.0 }
+        SearchSpace {
+            hardware,
+            gpus,
+            batch,
+            wrappings: ALL_WRAPPINGS.to_vec(),
+            precisions: ALL_PRECISIONS.to_vec(),
+            reshard: vec![true, false],
+            exhaustive: false,
+            headroom: 0.0,
+        }
     }
 }
 
@@ -344,9 +356,7 @@ impl<'r> Searcher<'r> {
     /// The layer graph of one rank's step at (dtype, batch), cached.
     pub fn graph(&mut self, dtype: DType, batch: usize) -> &ModelGraph {
         let (model, recipe) = (&self.model, self.recipe);
-        self.graphs
-            .entry((dtype, batch))
-            .or_insert_with(|| ModelGraph::build(model, &Workload { images: batch as u64, crops: recipe.crop_groups(), dtype }))
+        self.graphs.entry((dtype, batch)).or_insert_with(|| ModelGraph::build(model, &Workload { images: batch as u64, crops: recipe.crop_groups(), dtype }))
     }
 
     fn units(&mut self, wrapping: Wrapping) -> &[Unit] {
@@ -530,7 +540,14 @@ impl<'r> Searcher<'r> {
             let previous = memo.and_then(|m| m.placement(world, c.batch)).map(|p| p.2.clone());
             out.evaluated += 1;
             let precision = Precision { compute: c.dtype, reduce: c.dtype };
-            let mut d = Decisions { world_size: world, batch_per_rank: c.batch, precision, reshard_after_forward: c.reshard, wrapping: c.wrapping, checkpoint: Vec::new() };
+            let mut d = Decisions {
+                world_size: world,
+                batch_per_rank: c.batch,
+                precision,
+                reshard_after_forward: c.reshard,
+                wrapping: c.wrapping,
+                checkpoint: Vec::new(),
+            };
             let mm = self.memory(h, &rank_hw, &d);
             let recompute = &self.costs[&(h, share, c.dtype, c.batch)].recompute;
             // Cheapest exact answers first: the larger world's optimum, no
@@ -646,17 +663,25 @@ pub fn choose(outcomes: &[PointOutcome], objective: Objective, c: Constraints) -
         let fastest = feasible.iter().min_by(|a, b| a.throughput.days.total_cmp(&b.throughput.days)).copied();
         let mut why = Vec::new();
         if let (Some(b), Some(e)) = (c.budget_usd, cheapest) {
-            why.push(format!("budget ${b:.0}: the cheapest plan that fits costs ${:.0} ({} GPUs, {:.1} days)", e.throughput.cost_usd, e.decisions.world_size, e.throughput.days));
+            why.push(format!(
+                "budget ${b:.0}: the cheapest plan that fits costs ${:.0} ({} GPUs, {:.1} days)",
+                e.throughput.cost_usd, e.decisions.world_size, e.throughput.days
+            ));
         }
         if let (Some(d), Some(e)) = (c.deadline_days, fastest) {
-            why.push(format!("deadline {d} days: the fastest plan that fits takes {:.1} days ({} GPUs, ${:.0})", e.throughput.days, e.decisions.world_size, e.throughput.cost_usd));
+            why.push(format!(
+                "deadline {d} days: the fastest plan that fits takes {:.1} days ({} GPUs, ${:.0})",
+                e.throughput.days, e.decisions.world_size, e.throughput.cost_usd
+            ));
         }
         return Err(SearchError::Constraint(why.join("; ")));
     }
-    let by = |f: fn(&Evaluated) -> (f64, f64)| ok.iter().copied().min_by(|a, b| {
-        let (x, y) = (f(a), f(b));
-        x.0.total_cmp(&y.0).then(x.1.total_cmp(&y.1))
-    });
+    let by = |f: fn(&Evaluated) -> (f64, f64)| {
+        ok.iter().copied().min_by(|a, b| {
+            let (x, y) = (f(a), f(b));
+            x.0.total_cmp(&y.0).then(x.1.total_cmp(&y.1))
+        })
+    };
     let pick = match objective {
         Objective::Fastest | Objective::FastestUnderBudget => by(|e| (e.throughput.days, e.throughput.cost_usd)),
         Objective::Cheapest => by(|e| (e.throughput.cost_usd, e.throughput.days)),

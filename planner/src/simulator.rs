@@ -284,7 +284,7 @@ impl Simulator {
         let mut next_fwd = 0; // position in fwd_order of the first unit not yet issued
         let mut deps = Vec::new();
         let mut pre = Vec::new();
-        for b in 0..nb {
+        for (b, &ckpt) in checkpointed.iter().enumerate() {
             deps.clear();
             pre.clear();
             for (u, unit) in p.units.iter().enumerate() {
@@ -301,7 +301,7 @@ impl Simulator {
             if p.prefetch && starts_here && next_fwd < nu {
                 pre.push(fwd_gather[fwd_order[next_fwd]]);
             }
-            let f = if checkpointed[b] { p.blocks[b].forward_no_grad } else { p.blocks[b].forward };
+            let f = if ckpt { p.blocks[b].forward_no_grad } else { p.blocks[b].forward };
             self.compute_op(f, false, &deps, &pre, &[]);
         }
 
@@ -341,8 +341,7 @@ impl Simulator {
             bwd_ops.push((b..b + 1, p.blocks[b].backward, false));
         }
         let regather = p.reshard_after_forward;
-        let bwd_gather: Vec<Option<u32>> =
-            p.units.iter().map(|u| (regather && !u.keep_after_forward).then(|| self.comm_op(u.all_gather))).collect();
+        let bwd_gather: Vec<Option<u32>> = p.units.iter().map(|u| (regather && !u.keep_after_forward).then(|| self.comm_op(u.all_gather))).collect();
         let reduce: Vec<u32> = p.units.iter().map(|u| self.comm_op(u.reduce_scatter)).collect();
         // Backward need order: first backward op touching the unit's blocks.
         let touches = |u: &UnitCost, r: &Range<usize>| u.blocks.is_empty() || (u.blocks.start < r.end && r.start < u.blocks.end);
@@ -364,7 +363,11 @@ impl Simulator {
             .enumerate()
             .map(|(u, unit)| {
                 let f = first(unit);
-                let i = if unit.blocks.is_empty() { bwd_ops.len() - 1 } else { bwd_ops.iter().rposition(|(r, _, rc)| !rc && r.start == f).unwrap_or(bwd_ops.len() - 1) };
+                let i = if unit.blocks.is_empty() {
+                    bwd_ops.len() - 1
+                } else {
+                    bwd_ops.iter().rposition(|(r, _, rc)| !rc && r.start == f).unwrap_or(bwd_ops.len() - 1)
+                };
                 (i, reduce[u])
             })
             .collect();
@@ -517,7 +520,15 @@ mod tests {
             blocks: blocks_v,
             units,
             checkpoint: vec![],
-            loss: LossCost { assign_crops: 2, sinkhorn_init: Seconds(0.01), sinkhorn_iterations: 3, sinkhorn_iteration: Seconds(0.01), sum_all_reduce: Seconds(0.0), row_all_reduce: Seconds(0.0), swapped_loss: Seconds(0.02) },
+            loss: LossCost {
+                assign_crops: 2,
+                sinkhorn_init: Seconds(0.01),
+                sinkhorn_iterations: 3,
+                sinkhorn_iteration: Seconds(0.01),
+                sum_all_reduce: Seconds(0.0),
+                row_all_reduce: Seconds(0.0),
+                swapped_loss: Seconds(0.02),
+            },
             optimizer: OptimizerCost { norms: Seconds(0.01), norm_all_reduce: Some(Seconds(0.0)), step: Seconds(0.05), loss_all_reduce: None },
             reshard_after_forward: true,
             prefetch: true,
@@ -556,7 +567,10 @@ mod tests {
         for b in &mut p.blocks {
             b.forward_no_grad = Seconds(0.04);
         }
-        p.checkpoint = vec![1..3];
+        // One checkpointed segment (a list of ranges), not blocks 1 and 2.
+        #[allow(clippy::single_range_in_vec_init)]
+        let segments = vec![1..3];
+        p.checkpoint = segments;
         let r = simulate(&p);
         // compute_sum counts every forward at 0.1: blocks 1 and 2 save 0.06 each.
         let want = compute_sum(&p) - 2.0 * 0.06;

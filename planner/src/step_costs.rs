@@ -200,11 +200,7 @@ impl GraphCosts {
             prologue,
             loader: compute.loader_image(&graph.workload.crops_label()).map_or(Seconds(0.0), |s| s * graph.workload.images as f64),
             measured_blocks,
-            bn_channels: graph
-                .blocks
-                .iter()
-                .map(|b| graph.layers_of(b).filter(|l| l.kind == LayerKind::BatchNorm).map(|l| l.out_shape[1]).collect())
-                .collect(),
+            bn_channels: graph.blocks.iter().map(|b| graph.layers_of(b).filter(|l| l.kind == LayerKind::BatchNorm).map(|l| l.out_shape[1]).collect()).collect(),
         })
     }
 }
@@ -380,7 +376,15 @@ pub fn add_sync_bn_costs(blocks: &mut [BlockCost], bn_channels: &[Vec<u64>], w: 
 /// at its first forward block (and again at its last backward block when
 /// resharding), its reduce-scatter bookkeeping at its first block's
 /// backward.
-pub fn add_unit_host_costs(blocks: &mut [BlockCost], own: &[OwnParams], units: &[UnitCost], reshard: bool, reduce: DType, h: &HostCosts, compute: &ComputeModel) {
+pub fn add_unit_host_costs(
+    blocks: &mut [BlockCost],
+    own: &[OwnParams],
+    units: &[UnitCost],
+    reshard: bool,
+    reduce: DType,
+    h: &HostCosts,
+    compute: &ComputeModel,
+) {
     let nb = blocks.len();
     if nb == 0 {
         return;
@@ -391,9 +395,8 @@ pub fn add_unit_host_costs(blocks: &mut [BlockCost], own: &[OwnParams], units: &
         let views: usize = units.iter().filter(|u| u.blocks.contains(&b)).map(|u| u.tensors).sum();
         let own = own.get(b).copied().unwrap_or(OwnParams { tensors: 0, elements: 0 });
         cost.forward += h.param_view_forward * views as f64;
-        cost.backward += h.param_grad * own.tensors as f64
-            + unused_leaf * views.saturating_sub(own.tensors) as f64
-            + Bytes(3 * own.elements * reduce.size()) / bw;
+        cost.backward +=
+            h.param_grad * own.tensors as f64 + unused_leaf * views.saturating_sub(own.tensors) as f64 + Bytes(3 * own.elements * reduce.size()) / bw;
     }
     for u in units {
         if u.blocks.is_empty() {
@@ -490,7 +493,14 @@ mod tests {
         // backward adds its 16 gradients (1 µs each plus reading them and
         // reading + writing their slots in fp32).
         let h = HostCosts::new(Seconds(0.0), us, us, Seconds(0.0));
-        let units = vec![UnitCost { blocks: b..b + 1, all_gather: Seconds(0.0), reduce_scatter: Seconds(0.0), keep_after_forward: false, tensors: 16, grad_bytes: Bytes(0) }];
+        let units = vec![UnitCost {
+            blocks: b..b + 1,
+            all_gather: Seconds(0.0),
+            reduce_scatter: Seconds(0.0),
+            keep_after_forward: false,
+            tensors: 16,
+            grad_bytes: Bytes(0),
+        }];
         let mut blocks = without.blocks.clone();
         add_unit_host_costs(&mut blocks, &without.block_own, &units, true, DType::Fp32, &h, &model(None));
         let traffic = Bytes(3 * 4 * with.block_own[b].elements) / model(None).memory_bandwidth();
@@ -513,7 +523,14 @@ mod tests {
         let compute = model(None);
         let bw = compute.memory_bandwidth();
         let run = |grad_bytes: u64| {
-            let units = vec![UnitCost { blocks: 0..2, all_gather: Seconds(0.0), reduce_scatter: Seconds(0.0), keep_after_forward: true, tensors: 8, grad_bytes: Bytes(grad_bytes) }];
+            let units = vec![UnitCost {
+                blocks: 0..2,
+                all_gather: Seconds(0.0),
+                reduce_scatter: Seconds(0.0),
+                keep_after_forward: true,
+                tensors: 8,
+                grad_bytes: Bytes(grad_bytes),
+            }];
             let mut blocks = vec![zero; 2];
             add_unit_host_costs(&mut blocks, &own, &units, true, DType::Bf16, &h, &compute);
             blocks
@@ -612,7 +629,12 @@ mod tests {
         let g = ModelGraph::build(&m, &Workload { images: 8, crops: recipe.crop_groups(), dtype: DType::Fp32 });
         let units = crate::wrapping::units_for(&g, crate::recipe::Wrapping::PerBlock);
         let us = Seconds(1e-6);
-        let measured = HostCosts { optimizer_norms_piece: Some(us * 3.0), optimizer_sgd_piece: Some(us * 5.0), optimizer_adam_piece: Some(us * 7.0), ..HostCosts::new(us, us, us, us) };
+        let measured = HostCosts {
+            optimizer_norms_piece: Some(us * 3.0),
+            optimizer_sgd_piece: Some(us * 5.0),
+            optimizer_adam_piece: Some(us * 7.0),
+            ..HostCosts::new(us, us, us, us)
+        };
         let gc = GraphCosts::new(&g, &model(Some(measured)), &recipe).unwrap();
         let hw = builtin_hardware("a100-40gb").unwrap();
         let topo = Topology::build(&hw, 1).unwrap();

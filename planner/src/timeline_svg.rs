@@ -104,22 +104,54 @@ pub fn timeline_svg(report: &MemoryReport, title: &str) -> String {
 
     // Axes and ticks.
     let step = tick_step(ymax, 6.0);
-    let _ = writeln!(s, r##"<g stroke="#333" stroke-width="1"><line x1="{LEFT}" y1="{}" x2="{}" y2="{}"/><line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{}"/></g>"##, TOP + ph, LEFT + pw, TOP + ph, TOP + ph);
+    let _ = writeln!(
+        s,
+        r##"<g stroke="#333" stroke-width="1"><line x1="{LEFT}" y1="{}" x2="{}" y2="{}"/><line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{}"/></g>"##,
+        TOP + ph,
+        LEFT + pw,
+        TOP + ph,
+        TOP + ph
+    );
     let mut t = 0.0;
     while t <= ymax + 1e-9 {
-        let _ = writeln!(s, r##"<line x1="{:.1}" y1="{:.1}" x2="{LEFT}" y2="{:.1}" stroke="#333"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##, LEFT - 5.0, y(t), y(t), LEFT - 8.0, y(t) + 4.0, trim(t));
+        let _ = writeln!(
+            s,
+            r##"<line x1="{:.1}" y1="{:.1}" x2="{LEFT}" y2="{:.1}" stroke="#333"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
+            LEFT - 5.0,
+            y(t),
+            y(t),
+            LEFT - 8.0,
+            y(t) + 4.0,
+            trim(t)
+        );
         t += step;
     }
-    let _ = writeln!(s, r#"<text x="18" y="{:.1}" transform="rotate(-90 18 {:.1})" text-anchor="middle">{unit} per rank</text>"#, TOP + ph / 2.0, TOP + ph / 2.0);
-    let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">event (forward, then backward, then optimiser step)</text>"#, LEFT + pw / 2.0, H - 18.0);
+    let _ =
+        writeln!(s, r#"<text x="18" y="{:.1}" transform="rotate(-90 18 {:.1})" text-anchor="middle">{unit} per rank</text>"#, TOP + ph / 2.0, TOP + ph / 2.0);
+    let _ =
+        writeln!(s, r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">event (forward, then backward, then optimiser step)</text>"#, LEFT + pw / 2.0, H - 18.0);
 
     // Usable memory.
     if usable_on_scale {
         let uy = y(scaled(report.usable.0));
-        let _ = writeln!(s, r##"<line x1="{LEFT}" y1="{uy:.1}" x2="{:.1}" y2="{uy:.1}" stroke="#d62728" stroke-width="2" stroke-dasharray="8 4"/>"##, LEFT + pw);
-        let _ = writeln!(s, r##"<text x="{:.1}" y="{:.1}" fill="#d62728" text-anchor="end">usable {:.2} {unit}</text>"##, LEFT + pw, uy - 6.0, scaled(report.usable.0));
+        let _ =
+            writeln!(s, r##"<line x1="{LEFT}" y1="{uy:.1}" x2="{:.1}" y2="{uy:.1}" stroke="#d62728" stroke-width="2" stroke-dasharray="8 4"/>"##, LEFT + pw);
+        let _ = writeln!(
+            s,
+            r##"<text x="{:.1}" y="{:.1}" fill="#d62728" text-anchor="end">usable {:.2} {unit}</text>"##,
+            LEFT + pw,
+            uy - 6.0,
+            scaled(report.usable.0)
+        );
     } else {
-        let _ = writeln!(s, r##"<text x="{:.1}" y="{:.1}" fill="#d62728" text-anchor="end">usable {} (off scale: {:.0}x the peak)</text>"##, LEFT + pw, TOP - 4.0, report.usable, report.usable.0 as f64 / report.peak.0.max(1) as f64);
+        let _ = writeln!(
+            s,
+            r##"<text x="{:.1}" y="{:.1}" fill="#d62728" text-anchor="end">usable {} (off scale: {:.0}x the peak)</text>"##,
+            LEFT + pw,
+            TOP - 4.0,
+            report.usable,
+            report.usable.0 as f64 / report.peak.0.max(1) as f64
+        );
     }
 
     // Peak.
@@ -128,7 +160,14 @@ pub fn timeline_svg(report: &MemoryReport, title: &str) -> String {
         let _ = writeln!(s, r##"<line x1="{px:.1}" y1="{py:.1}" x2="{px:.1}" y2="{:.1}" stroke="black" stroke-dasharray="3 3"/>"##, TOP + ph);
         let _ = writeln!(s, r##"<circle cx="{px:.1}" cy="{py:.1}" r="4" fill="black"/>"##);
         let anchor = if px > LEFT + pw * 0.7 { "end" } else { "start" };
-        let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}" text-anchor="{anchor}" font-weight="bold">peak {:.2} {unit}: {}</text>"#, px + if anchor == "end" { -6.0 } else { 6.0 }, py - 8.0, scaled(report.peak.0), xml_escape(&pe.label));
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="{anchor}" font-weight="bold">peak {:.2} {unit}: {}</text>"#,
+            px + if anchor == "end" { -6.0 } else { 6.0 },
+            py - 8.0,
+            scaled(report.peak.0),
+            xml_escape(&pe.label)
+        );
     }
 
     // Legend.
@@ -136,7 +175,16 @@ pub fn timeline_svg(report: &MemoryReport, title: &str) -> String {
     for (k, c) in Category::ALL.iter().rev().enumerate() {
         let ly = TOP + 10.0 + k as f64 * 20.0;
         let at_peak = report.breakdown.get(c.name()).map_or(0, |b| b.0);
-        let _ = writeln!(s, r#"<rect x="{lx}" y="{:.1}" width="12" height="12" fill="{}"/><text x="{:.1}" y="{:.1}">{} {:.2}</text>"#, ly, color(*c), lx + 18.0, ly + 10.0, c.name(), scaled(at_peak));
+        let _ = writeln!(
+            s,
+            r#"<rect x="{lx}" y="{:.1}" width="12" height="12" fill="{}"/><text x="{:.1}" y="{:.1}">{} {:.2}</text>"#,
+            ly,
+            color(*c),
+            lx + 18.0,
+            ly + 10.0,
+            c.name(),
+            scaled(at_peak)
+        );
     }
     let _ = writeln!(s, r#"<text x="{lx}" y="{:.1}" font-style="italic">{unit} at peak</text>"#, TOP + 10.0 + 10.0 * 20.0 + 10.0);
     s.push_str("</svg>\n");

@@ -101,7 +101,8 @@ impl CkptLevel {
                 wanted
                     .into_iter()
                     .filter_map(|st| {
-                        let idx: Vec<usize> = graph.blocks.iter().enumerate().filter(|(_, b)| b.kind == BlockKind::Residual && b.stage == Some(st)).map(|(i, _)| i).collect();
+                        let idx: Vec<usize> =
+                            graph.blocks.iter().enumerate().filter(|(_, b)| b.kind == BlockKind::Residual && b.stage == Some(st)).map(|(i, _)| i).collect();
                         Some(*idx.first()?..*idx.last()? + 1)
                     })
                     .collect()
@@ -185,9 +186,8 @@ impl Variant {
     /// The recipe with this variant's crops: the largest group at
     /// `resolution`, the others scaled by the same factor (at least 8 px).
     pub fn recipe(&self, base: &Recipe) -> Result<Recipe, ValidationError> {
-        let mut r = base
-            .with_largest_crop(self.resolution)
-            .ok_or_else(|| ValidationError::Recipe { name: self.to_string(), why: "the recipe has no crops".into() })?;
+        let mut r =
+            base.with_largest_crop(self.resolution).ok_or_else(|| ValidationError::Recipe { name: self.to_string(), why: "the recipe has no crops".into() })?;
         r.cluster.gpus = self.world_size;
         r.cluster.batch_per_gpu = self.batch_per_rank;
         r.validate(&format!("variant {self}")).map_err(|e| ValidationError::Recipe { name: self.to_string(), why: e.to_string() })?;
@@ -521,13 +521,7 @@ impl ValidationReport {
         let within = errs.iter().filter(|e| **e <= self.step_tolerance).count();
         let max = errs.iter().copied().fold(0.0, f64::max);
         let mid = median(errs);
-        format!(
-            "{within}/{} within ±{:.0}% (max |error| {:.0}%, median {:.0}%)",
-            self.rows.len(),
-            self.step_tolerance * 100.0,
-            max * 100.0,
-            mid * 100.0
-        )
+        format!("{within}/{} within ±{:.0}% (max |error| {:.0}%, median {:.0}%)", self.rows.len(), self.step_tolerance * 100.0, max * 100.0, mid * 100.0)
     }
 
     /// How repeatable the host makes a single run: for every run of a
@@ -571,7 +565,13 @@ impl ValidationReport {
             .iter()
             .filter_map(|r| match r.memory_error() {
                 Some(e) if e.abs() <= self.memory_tolerance => None,
-                Some(e) => Some(format!("{}: peak {:+.1}% (measured {}, predicted {})", r.variant, e * 100.0, Bytes(r.measured.as_ref().map_or(0, |m| m.peak_memory_bytes)), Bytes(r.predicted_peak_bytes))),
+                Some(e) => Some(format!(
+                    "{}: peak {:+.1}% (measured {}, predicted {})",
+                    r.variant,
+                    e * 100.0,
+                    Bytes(r.measured.as_ref().map_or(0, |m| m.peak_memory_bytes)),
+                    Bytes(r.predicted_peak_bytes)
+                )),
                 None => Some(format!("{}: not measured ({})", r.variant, r.note.as_deref().unwrap_or("no metrics"))),
             })
             .collect()
@@ -603,10 +603,7 @@ impl ValidationReport {
         };
         s.push_str(&format!("**Peak memory**: {memory}. **Step time**: {}", self.step_summary(Row::step_error)));
         if self.rows.iter().any(|r| r.probe_scaled_step_time_s.is_some()) {
-            s.push_str(&format!(
-                " (scaled by the host-speed probe's slowdown instead: {})",
-                self.step_summary(Row::probe_scaled_step_error)
-            ));
+            s.push_str(&format!(" (scaled by the host-speed probe's slowdown instead: {})", self.step_summary(Row::probe_scaled_step_error)));
         }
         s.push('.');
         if let Some(bias) = self.step_bias() {
@@ -715,12 +712,17 @@ impl ValidationReport {
             width - 100.0,
             width - 86.0
         ));
-        let panels: [(&str, Box<dyn Fn(&Row) -> (f64, Option<f64>)>, f64); 2] = [
-            ("peak memory (KiB)", Box::new(|r: &Row| (r.predicted_peak_bytes as f64 / 1024.0, r.measured.as_ref().map(|m| m.peak_memory_bytes as f64 / 1024.0))), top),
+        type Panel<'a> = (&'a str, Box<dyn Fn(&Row) -> (f64, Option<f64>)>, f64);
+        let panels: [Panel; 2] = [
+            (
+                "peak memory (KiB)",
+                Box::new(|r: &Row| (r.predicted_peak_bytes as f64 / 1024.0, r.measured.as_ref().map(|m| m.peak_memory_bytes as f64 / 1024.0))),
+                top,
+            ),
             ("step time (ms)", Box::new(|r: &Row| (r.predicted_step_time_s * 1e3, r.measured.as_ref().map(|m| m.step_time_s * 1e3))), top + panel_h + 20.0),
         ];
         for (title, f, y0) in &panels {
-            let vals: Vec<(f64, Option<f64>)> = self.rows.iter().map(|r| f(r)).collect();
+            let vals: Vec<(f64, Option<f64>)> = self.rows.iter().map(f).collect();
             let max = vals.iter().flat_map(|(p, m)| [Some(*p), *m]).flatten().filter(|v| v.is_finite()).fold(0.0, f64::max).max(1e-9);
             let base = y0 + panel_h - 14.0;
             let scale = (panel_h - 30.0) / max;
@@ -740,7 +742,11 @@ impl ValidationReport {
             for (i, (p, m)) in vals.iter().enumerate() {
                 let x = left + group_w * i as f64 + 8.0;
                 let hp = (p * scale).max(0.0);
-                s.push_str(&format!("<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"18\" height=\"{hp:.1}\" fill=\"#4e79a7\"><title>predicted {}</title></rect>\n", base - hp, fmt_num(*p)));
+                s.push_str(&format!(
+                    "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"18\" height=\"{hp:.1}\" fill=\"#4e79a7\"><title>predicted {}</title></rect>\n",
+                    base - hp,
+                    fmt_num(*p)
+                ));
                 if let Some(m) = m {
                     let hm = (m * scale).max(0.0);
                     s.push_str(&format!(
@@ -750,7 +756,12 @@ impl ValidationReport {
                         fmt_num(*m)
                     ));
                     if let Some(e) = rel_error(*m, *p) {
-                        s.push_str(&format!("<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"9\">{:+.0}%</text>\n", x + 19.0, base - hp.max(hm) - 3.0, e * 100.0));
+                        s.push_str(&format!(
+                            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"9\">{:+.0}%</text>\n",
+                            x + 19.0,
+                            base - hp.max(hm) - 3.0,
+                            e * 100.0
+                        ));
                     }
                 }
             }
@@ -792,7 +803,17 @@ mod tests {
         let v = Variant::parse("w4-stage-keep-ckptall-bf16-b16-r48").unwrap();
         assert_eq!((v.world_size, v.granularity, v.reshard_after_forward, v.checkpoint), (4, Granularity::Stage, false, CkptLevel::All));
         assert_eq!((v.precision, v.batch_per_rank, v.resolution), (DType::Bf16, 16, 48));
-        for bad in ["", "w2", "w0-block-reshard-ckpt0-fp32-b8-r32", "w2-blocks-reshard-ckpt0-fp32-b8-r32", "w2-block-reshard-ckpt9-fp32-b8-r32", "w2-block-reshard-ckpt0-fp64-b8-r32", "w2-block-reshard-ckpt0-fp32-b0-r32", "w2-block-reshard-ckpt0-fp32-b8-r4", "w99-block-reshard-ckpt0-fp32-b8-r32"] {
+        for bad in [
+            "",
+            "w2",
+            "w0-block-reshard-ckpt0-fp32-b8-r32",
+            "w2-blocks-reshard-ckpt0-fp32-b8-r32",
+            "w2-block-reshard-ckpt9-fp32-b8-r32",
+            "w2-block-reshard-ckpt0-fp64-b8-r32",
+            "w2-block-reshard-ckpt0-fp32-b0-r32",
+            "w2-block-reshard-ckpt0-fp32-b8-r4",
+            "w99-block-reshard-ckpt0-fp32-b8-r32",
+        ] {
             assert!(Variant::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(parse_variants("w1-block-keep-ckpt0-fp32-b8-r32, w1-block-keep-ckpt0-fp32-b8-r32").unwrap().len(), 1);
@@ -844,7 +865,16 @@ mod tests {
 
     #[test]
     fn summary_drops_warmup_and_takes_max_over_ranks() {
-        let s = vec![sample(0, 0, 900, 5.0), sample(1, 0, 900, 5.0), sample(0, 1, 100, 1.0), sample(1, 1, 120, 2.0), sample(0, 2, 110, 1.0), sample(1, 2, 100, 4.0), sample(0, 3, 100, 1.0), sample(1, 3, 100, 3.0)];
+        let s = vec![
+            sample(0, 0, 900, 5.0),
+            sample(1, 0, 900, 5.0),
+            sample(0, 1, 100, 1.0),
+            sample(1, 1, 120, 2.0),
+            sample(0, 2, 110, 1.0),
+            sample(1, 2, 100, 4.0),
+            sample(0, 3, 100, 1.0),
+            sample(1, 3, 100, 3.0),
+        ];
         let m = summarize(&s, 1).unwrap();
         assert_eq!((m.ranks, m.steps, m.peak_memory_bytes, m.peak_memory_min_rank_bytes), (2, 3, 120, 110));
         assert_eq!(m.step_time_s, 3.0);
@@ -862,7 +892,15 @@ mod tests {
         let v = Variant::parse("w1-block-reshard-ckpt0-fp32-b8-r32").unwrap();
         let (plan, _) = plan_variant(&base, &hw, &v).unwrap();
         let p = plan.predicted.peak_memory_bytes;
-        let meas = |peak: u64| Measured { ranks: 1, steps: 3, peak_memory_bytes: peak, peak_memory_min_rank_bytes: peak, step_time_s: 0.1, comm_time_s: 0.0, run_step_times_s: Vec::new() };
+        let meas = |peak: u64| Measured {
+            ranks: 1,
+            steps: 3,
+            peak_memory_bytes: peak,
+            peak_memory_min_rank_bytes: peak,
+            step_time_s: 0.1,
+            comm_time_s: 0.0,
+            run_step_times_s: Vec::new(),
+        };
         let mut rep = ValidationReport {
             recipe: "tiny-cpu".into(),
             hardware: "cpu".into(),
@@ -944,7 +982,15 @@ mod tests {
 
     #[test]
     fn runs_combine_to_the_worst_peak_and_the_median_time() {
-        let run = |peak: u64, min: u64, t: f64, c: f64| Measured { ranks: 2, steps: 10, peak_memory_bytes: peak, peak_memory_min_rank_bytes: min, step_time_s: t, comm_time_s: c, run_step_times_s: vec![t] };
+        let run = |peak: u64, min: u64, t: f64, c: f64| Measured {
+            ranks: 2,
+            steps: 10,
+            peak_memory_bytes: peak,
+            peak_memory_min_rank_bytes: min,
+            step_time_s: t,
+            comm_time_s: c,
+            run_step_times_s: vec![t],
+        };
         let m = combine_runs(&[run(100, 90, 0.30, 0.02), run(104, 95, 0.10, 0.01), run(101, 88, 0.12, 0.05)]).unwrap();
         assert_eq!((m.ranks, m.steps, m.peak_memory_bytes, m.peak_memory_min_rank_bytes), (2, 30, 104, 88));
         assert_eq!((m.step_time_s, m.comm_time_s), (0.12, 0.02), "the slow spell of run 1 does not count");

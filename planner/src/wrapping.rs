@@ -88,7 +88,6 @@ pub enum WrappingError {
     BadGroup(usize),
 }
 
-
 /// Units chosen by a policy (see [`Wrapping`]). Head blocks are always
 /// their own units; under `Whole` everything but the prototypes is one unit,
 /// because the prototypes are gathered in fp32 and the rest in the compute dtype.
@@ -292,7 +291,8 @@ mod tests {
         let blk = units.iter().find(|u| u.name == "s4.b0").unwrap();
         assert_eq!(b.blocks, blk.blocks);
         // What stays in the block unit: BN and the two SE convs, each < 1e8.
-        let left: Vec<&(String, u64)> = g.block("s4.b0").unwrap().param_tensors.iter().filter(|(n, _)| [".a.", ".b.", ".c.", ".proj."].iter().all(|c| !n.contains(c))).collect();
+        let left: Vec<&(String, u64)> =
+            g.block("s4.b0").unwrap().param_tensors.iter().filter(|(n, _)| [".a.", ".b.", ".c.", ".proj."].iter().all(|c| !n.contains(c))).collect();
         assert_eq!(blk.params, left.iter().map(|(_, n)| n).sum::<u64>());
         assert!(left.iter().all(|(_, n)| *n < VISSL_CONV_UNIT_PARAMS));
         assert_eq!(units.iter().map(|u| u.params).sum::<u64>(), g.trunk_params() + g.head_params());

@@ -8,18 +8,20 @@
 //! over 127.0.0.1, the same launcher `train` uses); rank 0 hands its samples
 //! back through a JSON file.
 
+use super::synthetic_images::synthetic_images;
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use cost_models::hardware::load_hardware;
-use cost_models::DType;
 use cost_models::config::ModelConfig;
 use cost_models::graph::Workload;
+use cost_models::hardware::load_hardware;
+use cost_models::DType;
 use executor::block_timing::{self, BlockMeasurement};
-use executor::calibrate::{self, BusySample, CalibrationReport, CollectiveOptions, CollectiveSample, ComputeOptions, HostInfo, HostRound, LoaderMeasurement, SpeedProbes};
-use super::synthetic_images::synthetic_images;
-use planner::recipe::Recipe;
+use executor::calibrate::{
+    self, BusySample, CalibrationReport, CollectiveOptions, CollectiveSample, ComputeOptions, HostInfo, HostRound, LoaderMeasurement, SpeedProbes,
+};
 use executor::dist::{Backend, GroupConfig, ProcessGroup};
 use executor::launch::{launch_local, LaunchOptions, RankEnv};
+use planner::recipe::Recipe;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -1,8 +1,8 @@
 //! One module per subcommand.
 
-pub mod model;
 pub mod calibrate;
 pub mod dry_run;
+pub mod model;
 pub mod plan;
 pub mod sweep;
 pub mod synthetic_images;

@@ -102,18 +102,32 @@ pub fn run(a: &ModelArgs) -> Result<()> {
     }
     println!("{} — {}", model.name, model.description);
     println!("source: {}", model.source);
-    println!(
-        "batch {} at {} px, activations {}\n",
-        a.batch, a.resolution, a.dtype
-    );
+    println!("batch {} at {} px, activations {}\n", a.batch, a.resolution, a.dtype);
     println!("{:<6} {:>6} {:>5} {:>7} {:>6} {:>14} {:>10} {:>14}", "stage", "width", "depth", "g_width", "groups", "params", "GFLOPs/img", "saved act MiB");
     for r in &rows {
         println!(
             "{:<6} {:>6} {:>5} {:>7} {:>6} {:>14} {:>10.3} {:>14.1}",
-            r.name, r.width, r.depth, r.group_width, r.groups, group_digits(r.params), r.flops / 1e9, r.saved.as_mib()
+            r.name,
+            r.width,
+            r.depth,
+            r.group_width,
+            r.groups,
+            group_digits(r.params),
+            r.flops / 1e9,
+            r.saved.as_mib()
         );
     }
-    println!("{:<6} {:>6} {:>5} {:>7} {:>6} {:>14} {:>10.3} {:>14.1}", "head", "", "", "", "", group_digits(g.head_params()), head_flops / 1e9, head_saved.as_mib());
+    println!(
+        "{:<6} {:>6} {:>5} {:>7} {:>6} {:>14} {:>10.3} {:>14.1}",
+        "head",
+        "",
+        "",
+        "",
+        "",
+        group_digits(g.head_params()),
+        head_flops / 1e9,
+        head_saved.as_mib()
+    );
     println!(
         "\ntrunk: {} params, {:.3} GFLOPs/img forward ({:.3} G multiply-adds), {} saved for backward",
         group_digits(g.trunk_params()),
@@ -130,7 +144,7 @@ pub fn group_digits(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

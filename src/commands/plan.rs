@@ -4,6 +4,7 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use cost_models::hardware::{builtin_hardware, list_builtin_hardware, load_profile, DeviceKind, HardwareProfile};
+use cost_models::DType;
 use planner::build::{build_plan, reference_decisions};
 use planner::memory::MemoryReport;
 use planner::plan::Plan;
@@ -12,7 +13,6 @@ use planner::search::{
     choose, wrapping_name, BatchPolicy, Constraints, Evaluated, GpuCount, Objective, PointOutcome, SearchError, SearchSpace, Searcher, ALL_PRECISIONS,
     DEFAULT_BATCHES, DEFAULT_MAX_GLOBAL_BATCH,
 };
-use cost_models::DType;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
@@ -254,7 +254,10 @@ fn progress_bar(len: usize, quiet: bool) -> Option<indicatif::ProgressBar> {
         return None;
     }
     let p = indicatif::ProgressBar::new(len as u64);
-    p.set_style(indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} cluster sizes ({elapsed})").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
+    p.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} cluster sizes ({elapsed})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
     p.set_message("searching");
     Some(p)
 }

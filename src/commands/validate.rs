@@ -2,16 +2,19 @@
 //! with the executor as real ranks (a fresh `seerscale train` process group
 //! per variant), and report predicted vs measured side by side.
 
+use super::synthetic_images::{synthetic_images, SYNTHETIC_IMAGES, SYNTHETIC_SIDE};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use cost_models::hardware::{load_profile, DeviceKind, HardwareProfile};
 use cost_models::Seconds;
-use executor::speed_probe;
-use super::synthetic_images::{synthetic_images, SYNTHETIC_IMAGES, SYNTHETIC_SIDE};
 use executor::metrics::metrics_path;
+use executor::speed_probe;
 use planner::recipe::Recipe;
 use planner::simulator::PhaseTimes;
-use planner::validation::{combine_runs, default_variants, measured_blocks, median_phases, parse_phase_times, parse_variants, plan_variant, summarize, variant_phases, Measured, Row, StepSample, ValidationReport, Variant};
+use planner::validation::{
+    combine_runs, default_variants, measured_blocks, median_phases, parse_phase_times, parse_variants, plan_variant, summarize, variant_phases, Measured, Row,
+    StepSample, ValidationReport, Variant,
+};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -190,7 +193,11 @@ pub fn run(a: &ValidateArgs) -> Result<()> {
     };
     let hw_name = a.gpu.clone().unwrap_or_else(|| recipe.cluster.gpu.clone());
     let hw = load_profile(&hw_name).with_context(|| format!("hardware `{hw_name}`"))?;
-    let hardware_source = if a.gpu.is_some() && hw_name.contains(['/', '.']) { format!("profile {hw_name}") } else { format!("built-in catalog entry `{hw_name}` (not calibrated)") };
+    let hardware_source = if a.gpu.is_some() && hw_name.contains(['/', '.']) {
+        format!("profile {hw_name}")
+    } else {
+        format!("built-in catalog entry `{hw_name}` (not calibrated)")
+    };
     let out = a.out.clone().unwrap_or_else(|| PathBuf::from(format!("docs/validate-{}", slug(&recipe.name))));
     let work = a.work_dir.clone().unwrap_or_else(|| PathBuf::from(format!("runs/validate/{}", slug(&recipe.name))));
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
@@ -220,7 +227,8 @@ pub fn run(a: &ValidateArgs) -> Result<()> {
     }
     let mut runs: Vec<Vec<Run>> = variants.iter().map(|_| Vec::new()).collect();
     for round in 1..=a.repeats {
-        let hw_round = if a.recalibrate { recalibrate(&a.recipe, &variants, threads, &data, &work.join(format!("calibration-round-{round}.toml")))? } else { hw.clone() };
+        let hw_round =
+            if a.recalibrate { recalibrate(&a.recipe, &variants, threads, &data, &work.join(format!("calibration-round-{round}.toml")))? } else { hw.clone() };
         for (i, (v, (_, dir, plan_path))) in variants.iter().zip(&planned).enumerate() {
             let run_dir = if a.repeats == 1 { dir.join("run") } else { dir.join(format!("run-{round}")) };
             eprint!("[{}{}/{}] {v}: ", if a.repeats > 1 { format!("round {round}/{}, ", a.repeats) } else { String::new() }, i + 1, variants.len());
@@ -380,7 +388,16 @@ struct Run {
 /// Executes one variant's plan once (bracketed by the host-speed probe)
 /// and reads back what its ranks measured.
 #[allow(clippy::too_many_arguments)]
-fn run_once(recipe: &Recipe, hw: &HardwareProfile, v: &Variant, plan_path: &Path, run_dir: &Path, threads: Option<usize>, data: &Path, a: &ValidateArgs) -> Result<Run> {
+fn run_once(
+    recipe: &Recipe,
+    hw: &HardwareProfile,
+    v: &Variant,
+    plan_path: &Path,
+    run_dir: &Path,
+    threads: Option<usize>,
+    data: &Path,
+    a: &ValidateArgs,
+) -> Result<Run> {
     let before = probe(hw)?;
     let failure = execute(plan_path, v, a.steps, threads, data, run_dir, Duration::from_secs(a.run_timeout_s.max(1)))?;
     let after = probe(hw)?;
@@ -465,7 +482,13 @@ fn recalibrate(recipe: &str, variants: &[Variant], threads: Option<usize>, data:
     let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
     eprintln!("calibrating into {} (log {})", out.display(), log_path.display());
     let mut cmd = Command::new(exe);
-    cmd.args(calibrate_args(recipe, variants, &out.to_string_lossy())).args(["--rounds", "1"]).arg("--data").arg(data).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    cmd.args(calibrate_args(recipe, variants, &out.to_string_lossy()))
+        .args(["--rounds", "1"])
+        .arg("--data")
+        .arg(data)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
     if let Some(t) = threads {
         cmd.arg("--threads").arg(t.to_string());
     }
