@@ -129,6 +129,11 @@ pub struct Workload {
     pub dtype: DType,
 }
 
+/// Crop groups as people and profile keys name them, e.g. `2x32+2x16`.
+pub fn crops_label(crops: &[CropGroup]) -> String {
+    crops.iter().map(|c| format!("{}x{}", c.count, c.resolution)).collect::<Vec<_>>().join("+")
+}
+
 impl Workload {
     /// A single crop of `resolution` per image.
     pub fn single(images: u64, resolution: u64, dtype: DType) -> Workload {
@@ -139,7 +144,7 @@ impl Workload {
     }
     /// The crop groups for people and profile keys, e.g. `2x32+2x16`.
     pub fn crops_label(&self) -> String {
-        self.crops.iter().map(|c| format!("{}x{}", c.count, c.resolution)).collect::<Vec<_>>().join("+")
+        crops_label(&self.crops)
     }
 }
 

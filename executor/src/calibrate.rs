@@ -1309,15 +1309,27 @@ fn median_host_costs(rounds: &[Measured]) -> (Option<HostCosts>, Vec<OpFixed>) {
 /// One loader time per crop set: the median over rounds of the time per
 /// image, each on the reference speed.
 fn median_per_crops(loader: &[LoaderMeasurement], speed: &SpeedProbes) -> Vec<LoaderTime> {
-    let mut out: Vec<LoaderTime> = Vec::new();
-    for m in loader {
-        if out.iter().any(|l| l.crops == m.crops) {
-            continue;
+    groups_by(loader, |m| m.crops.clone())
+        .into_iter()
+        .map(|g| {
+            let same: Vec<f64> = g.iter().map(|x| x.image_s() * speed.normaliser(x.probe_s)).collect();
+            LoaderTime { crops: g[0].crops.clone(), image: Seconds(sig(median(same))), data: Some(g[0].data.clone()) }
+        })
+        .collect()
+}
+
+/// `items` grouped by `key`, the groups in the order of their first item
+/// (the rounds of one measurement, in the order the first round took them).
+fn groups_by<T, K: PartialEq>(items: impl IntoIterator<Item = T>, key: impl Fn(&T) -> K) -> Vec<Vec<T>> {
+    let mut groups: Vec<(K, Vec<T>)> = Vec::new();
+    for t in items {
+        let k = key(&t);
+        match groups.iter_mut().find(|(gk, _)| *gk == k) {
+            Some((_, g)) => g.push(t),
+            None => groups.push((k, vec![t])),
         }
-        let same: Vec<f64> = loader.iter().filter(|x| x.crops == m.crops).map(|x| x.image_s() * speed.normaliser(x.probe_s)).collect();
-        out.push(LoaderTime { crops: m.crops.clone(), image: Seconds(sig(median(same))), data: Some(m.data.clone()) });
     }
-    out
+    groups.into_iter().map(|(_, g)| g).collect()
 }
 
 /// One time per block key: the median of its rounds (`calibrate
@@ -1326,14 +1338,7 @@ fn median_per_crops(loader: &[LoaderMeasurement], speed: &SpeedProbes) -> Vec<Lo
 /// of the host fell on; the backward's peak is deterministic, the max is
 /// kept in case one round's kernels chose a larger workspace.
 fn median_per_block(times: impl Iterator<Item = BlockTime>) -> Vec<BlockTime> {
-    let mut groups: Vec<Vec<BlockTime>> = Vec::new();
-    for t in times {
-        match groups.iter_mut().find(|g| g[0].key == t.key) {
-            Some(g) => g.push(t),
-            None => groups.push(vec![t]),
-        }
-    }
-    groups
+    groups_by(times, |t| t.key.clone())
         .into_iter()
         .map(|g| {
             let of = |f: fn(&BlockTime) -> Seconds| Seconds(median(g.iter().map(|t| f(t).0).collect()));

@@ -202,7 +202,7 @@ fn block_workloads(args: &CalibrateArgs, recipe: &str) -> Result<BlockWorkloads>
                 workloads.push(Workload { images: images as u64, crops: r.crop_groups(), dtype });
             }
         }
-        let crops = Workload { images: 1, crops: r.crop_groups(), dtype: DType::Fp32 }.crops_label();
+        let crops = cost_models::graph::crops_label(&r.crop_groups());
         loader.push(LoaderCase { crops, augment: executor::train::augment_for(&r), images: batches[0] });
     }
     Ok(BlockWorkloads { model, workloads, loader, data })

@@ -278,10 +278,14 @@ pub fn run(a: &ValidateArgs) -> Result<()> {
     } else {
         format!("Block compute times: the profile has measured times for only some blocks of {} (blocks measured/all); the rest use the per-op estimate. Run the calibrate command above to measure them.", coverage.join(", "))
     };
+    let fill = match (hw.measured.threads_per_rank, hw.measured.host_cores) {
+        (Some(t), Some(c)) => format!(" (ranks x {t} thread(s) >= the profile's {c} cores)"),
+        _ => String::new(),
+    };
     block_note.push_str(&match hw.measured.loader.as_slice() {
         [] => " The profile has no data-loader timing, so the loader's CPU time is not charged.".to_string(),
         l => format!(
-            " The data loader's CPU time per image ({}; calibrate's one-worker timing) is charged, times the batch, to every rank's step, in its prologue, once the ranks fill the cores (2+ single-thread ranks on this host's 2 cores): its threads then take that time from the compute.",
+            " The data loader's CPU time per image ({}; calibrate's one-worker timing) is charged, times the batch, to every rank's step, in its prologue, once the ranks fill the cores{fill}: its threads then take that time from the compute.",
             l.iter().map(|l| format!("{} {:.0} µs", l.crops, l.image.0 * 1e6)).collect::<Vec<_>>().join(", ")
         ),
     });
