@@ -318,6 +318,7 @@ builtin_models!(
     "regnety-64gf",
     "regnety-128gf",
     "regnety-256gf-seer",
+    "regnety-10b-s3-pair",
     "regnety-10b",
 );
 

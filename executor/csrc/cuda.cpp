@@ -5,11 +5,18 @@
 #include "common.h"
 
 #include <ATen/Context.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/detail/CUDAHooksInterface.h>
 #include <c10/cuda/CUDACachingAllocator.h>
+#include <torch/csrc/distributed/c10d/NCCLUtils.hpp>
+#include <torch/headeronly/version.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <string>
 
 namespace {
 // Fails with a plain message when `device` is not a usable CUDA device.
@@ -65,5 +72,22 @@ extern "C" int ssc_cuda_mem_reset_peak(int device) {
   SSC_GUARD({
     init_cuda(device);
     c10::cuda::CUDACachingAllocator::resetPeakStats(static_cast<c10::DeviceIndex>(device));
+  });
+}
+
+extern "C" int ssc_cuda_describe(int device, char* buf, int len) {
+  SSC_GUARD({
+    init_cuda(device);
+    const cudaDeviceProp* p = at::cuda::getDeviceProperties(device);
+    char head[256];
+    std::snprintf(head, sizeof head, "%s (%d SMs, %.1f GiB)", p->name, p->multiProcessorCount,
+                  static_cast<double>(p->totalGlobalMem) / (1024.0 * 1024.0 * 1024.0));
+    std::string s = std::string(head) + "; libtorch " + TORCH_VERSION + ", CUDA " +
+                    std::to_string(CUDART_VERSION / 1000) + "." +
+                    std::to_string((CUDART_VERSION % 1000) / 10) + " (headers), cuDNN " +
+                    std::to_string(at::detail::getCUDAHooks().versionRuntimeCuDNN()) + ", NCCL " +
+                    c10d::getNcclVersion();
+    std::strncpy(buf, s.c_str(), static_cast<size_t>(len > 0 ? len - 1 : 0));
+    if (len > 0) buf[len - 1] = '\0';
   });
 }

@@ -297,4 +297,8 @@ extern "C" int ssc_cuda_mem_reset_peak(int) {
   ssc::set_error("seerscale was built without CUDA headers");
   return SSC_ERR;
 }
+extern "C" int ssc_cuda_describe(int, char*, int) {
+  ssc::set_error("seerscale was built without CUDA headers");
+  return SSC_ERR;
+}
 #endif

@@ -58,6 +58,9 @@ int64_t ssc_cpu_mem_peak(void);
 void ssc_cpu_mem_reset_peak(void);
 int ssc_cuda_mem_stats(int device, int64_t* current, int64_t* peak);
 int ssc_cuda_mem_reset_peak(int device);
+// "GPU name (SMs, memory); torch, CUDA, cuDNN, NCCL versions" of `device`,
+// NUL-terminated into `buf` (truncated to `len`).
+int ssc_cuda_describe(int device, char* buf, int len);
 
 // Storage of a tensor: free it (every view keeps its metadata) and refill
 // it with a fresh allocation from the storage's own allocator.

@@ -7,7 +7,7 @@
 //! well on a CPU: small ops whose cost depends on their exact shapes and on
 //! which libtorch kernel they land in.
 
-use crate::calibrate::{kind_of, time_calls, Budget, CalibrateError, Timing};
+use crate::calibrate::{kind_of, time_calls_on, Budget, CalibrateError, Timing};
 use crate::memstats::MemDevice;
 use crate::model::{BnState, Mode, ModelArch, ModelError};
 use cost_models::config::ModelConfig;
@@ -30,8 +30,14 @@ pub struct BlockMeasurement {
     /// Forward + backward; backward alone is the difference of medians.
     pub forward_backward: Timing,
     /// Peak bytes the backward allocated above what was held before it
-    /// (counting CPU allocator; deterministic, measured once).
+    /// (counting CPU allocator, or the CUDA caching allocator's
+    /// statistics; deterministic, measured once).
     pub backward_peak_bytes: u64,
+    /// Bytes the forward with autograd left allocated besides its outputs'
+    /// first use: what the block saves for backward, outputs included
+    /// (absent in reports from before it was measured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward_saved_bytes: Option<u64>,
     /// Host-speed probe ([`crate::speed_probe`]) around this workload's
     /// measurements (mean of before and after), seconds per probe call.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -78,18 +84,28 @@ pub fn workload_label(w: &Workload) -> String {
     format!("b{} {} {}", w.images, w.crops_label(), w.dtype)
 }
 
-/// Times every block of `model` at `workload` on `threads` intra-op
-/// threads (parameters in the compute dtype except the fp32 prototypes, as
-/// the executor's mixed precision gathers them; BatchNorm in training mode).
+/// Times every block of `model` at `workload` on `device` (`threads`
+/// intra-op threads on CPU; parameters in the compute dtype except the
+/// fp32 prototypes, as the executor's mixed precision gathers them;
+/// BatchNorm in training mode). On CUDA a timing is the mean per call of
+/// calls issued back to back, then waited for, as a step issues them.
 pub fn measure_blocks(
     model: &ModelConfig,
     workload: &Workload,
     budget: &Budget,
     threads: usize,
+    device: Device,
     mut progress: impl FnMut(&str),
 ) -> Result<Vec<BlockMeasurement>, CalibrateError> {
     tch::set_num_threads(threads.max(1) as i32);
-    crate::memstats::install_cpu_counter().map_err(|e| CalibrateError::Degenerate { what: "counting allocator".into(), reason: e.to_string() })?;
+    let mem_dev = MemDevice::of(device);
+    if let Device::Cuda(d) = device {
+        crate::cuda_setup(d);
+    }
+    if device == Device::Cpu {
+        crate::memstats::install_cpu_counter().map_err(|e| CalibrateError::Degenerate { what: "counting allocator".into(), reason: e.to_string() })?;
+    }
+    let time_calls = |budget: &Budget, f: &mut dyn FnMut() -> Result<(), CalibrateError>| time_calls_on(device, budget, f);
     let arch = ModelArch::new(model).map_err(|e| model_err("model", e))?;
     let graph = ModelGraph::build(model, workload);
     let names = arch.block_names();
@@ -105,11 +121,11 @@ pub fn measure_blocks(
     let mut leaves_of: HashMap<String, Vec<Tensor>> = HashMap::new();
     for spec in arch.param_specs() {
         let dtype = if spec.block == "head.proto" { Kind::Float } else { kind };
-        let t = spec.init_tensor(1).map_err(|e| model_err(&spec.block, e))?.f_to_kind(dtype)?.set_requires_grad(true);
+        let t = spec.init_tensor(1).map_err(|e| model_err(&spec.block, e))?.f_to_device(device)?.f_to_kind(dtype)?.set_requires_grad(true);
         leaves_of.entry(spec.block.clone()).or_default().push(t.shallow_clone());
         params.insert(spec.name.clone(), t);
     }
-    let mut bn = BnState::new(&arch, Device::Cpu);
+    let mut bn = BnState::new(&arch, device);
     let mode = Mode::train();
     let mut xs: Vec<Tensor> = workload
         .crops
@@ -117,7 +133,7 @@ pub fn measure_blocks(
         .map(|c| {
             let rows = (workload.images * c.count) as i64;
             let r = c.resolution as i64;
-            Tensor::f_randn([rows, 3, r, r], (Kind::Float, Device::Cpu))?.f_to_kind(kind)
+            Tensor::f_randn([rows, 3, r, r], (Kind::Float, device))?.f_to_kind(kind)
         })
         .collect::<Result<_, _>>()?;
     let label_suffix = workload_label(workload);
@@ -127,16 +143,30 @@ pub fn measure_blocks(
         let cut = |xs: &[Tensor]| -> Vec<Tensor> { xs.iter().map(|t| if i == 0 { t.detach() } else { t.detach().set_requires_grad(true) }).collect() };
         let block_leaves = leaves_of.get(name).map(Vec::as_slice).unwrap_or(&[]);
         let mut fwd = |xin: &[Tensor], mode: &Mode| arch.forward_block(name, &params, &mut bn, xin, mode).map_err(|e| model_err(name, e));
-        let forward = time_calls(budget, || {
+        let forward = time_calls(budget, &mut || {
             let y = fwd(&cut(&xs), &mode)?;
             drop(y.iter().map(|t| t.detach()).collect::<Vec<_>>());
             Ok::<(), CalibrateError>(())
         })?;
-        let forward_no_grad = tch::no_grad(|| time_calls(budget, || fwd(&xs, &mode).map(drop)))?;
+        let forward_no_grad = tch::no_grad(|| time_calls(budget, &mut || fwd(&xs, &mode).map(drop)))?;
+        let mem = |e: crate::memstats::MemError| CalibrateError::Degenerate { what: "memory statistics".into(), reason: e.to_string() };
+        // What a forward with autograd keeps: everything still allocated
+        // while its outputs (and their graph) are held.
+        let forward_saved_bytes = {
+            let xin = cut(&xs);
+            crate::calibrate::sync(device);
+            let before = crate::memstats::current(mem_dev).map_err(mem)?;
+            let y = fwd(&xin, &mode)?;
+            crate::calibrate::sync(device);
+            let held = crate::memstats::current(mem_dev).map_err(mem)?;
+            drop(y);
+            held.0.saturating_sub(before.0)
+        };
         let seeds: Vec<Tensor> = fwd(&cut(&xs), &mode)?.iter().map(|y| y.f_randn_like()).collect::<Result<_, _>>()?;
-        // One forward + backward; returns the backward's peak above what
-        // was held when it started.
-        let mut step = || -> Result<u64, CalibrateError> {
+        // One forward + backward; with `measure`, returns the backward's
+        // peak above what was held when it started (waiting for the device
+        // around it), else 0.
+        let mut step = |measure: bool| -> Result<u64, CalibrateError> {
             let xin = cut(&xs);
             let y = fwd(&xin, &mode)?;
             let mut root: Option<Tensor> = None;
@@ -150,15 +180,20 @@ pub fn measure_blocks(
             let root = root.ok_or_else(|| CalibrateError::Degenerate { what: format!("block `{name}`"), reason: "no outputs".into() })?;
             let mut wrt: Vec<&Tensor> = xin.iter().filter(|t| t.requires_grad()).collect();
             wrt.extend(block_leaves.iter());
-            let mem = |e: crate::memstats::MemError| CalibrateError::Degenerate { what: "counting allocator".into(), reason: e.to_string() };
-            let before = crate::memstats::current(MemDevice::Cpu).map_err(mem)?;
-            crate::memstats::reset_peak(MemDevice::Cpu).map_err(mem)?;
+            if !measure {
+                drop(Tensor::f_run_backward(&[&root], &wrt, false, false)?);
+                return Ok(0);
+            }
+            crate::calibrate::sync(device);
+            let before = crate::memstats::current(mem_dev).map_err(mem)?;
+            crate::memstats::reset_peak(mem_dev).map_err(mem)?;
             drop(Tensor::f_run_backward(&[&root], &wrt, false, false)?);
-            let peak = crate::memstats::peak(MemDevice::Cpu).map_err(mem)?;
+            crate::calibrate::sync(device);
+            let peak = crate::memstats::peak(mem_dev).map_err(mem)?;
             Ok(peak.0.saturating_sub(before.0))
         };
-        let backward_peak_bytes = step()?;
-        let forward_backward = time_calls(budget, || step().map(drop))?;
+        let backward_peak_bytes = step(true)?;
+        let forward_backward = time_calls(budget, &mut || step(false).map(drop))?;
         let next = tch::no_grad(|| fwd(&xs, &mode))?;
         let block = graph.block(name).ok_or_else(|| CalibrateError::Degenerate { what: format!("block `{name}`"), reason: "not in the cost model".into() })?;
         let m = BlockMeasurement {
@@ -169,6 +204,7 @@ pub fn measure_blocks(
             forward_no_grad,
             forward_backward,
             backward_peak_bytes,
+            forward_saved_bytes: Some(forward_saved_bytes),
             probe_s: None,
         };
         progress(&m.summary());
@@ -189,7 +225,7 @@ mod tests {
         let model = ModelConfig::load("regnety-tiny").unwrap();
         let w = Workload { images: 2, crops: vec![CropGroup { count: 2, resolution: 16 }, CropGroup { count: 1, resolution: 8 }], dtype: DType::Fp32 };
         let quick = Budget { warmup: 1, min_samples: 2, max_samples: 2, target_sample_s: 1e-4, budget_s: 0.01 };
-        let got = measure_blocks(&model, &w, &quick, 1, |_| {}).unwrap();
+        let got = measure_blocks(&model, &w, &quick, 1, Device::Cpu, |_| {}).unwrap();
         let g = ModelGraph::build(&model, &w);
         assert_eq!(got.len(), g.blocks.len());
         for (m, b) in got.iter().zip(&g.blocks) {

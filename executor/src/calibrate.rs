@@ -103,11 +103,28 @@ impl Timing {
 
 /// Times `f` (one call = one op) with the budget. CPU ops are synchronous,
 /// so wall time around the call is the op's time.
-pub fn time_calls<E>(budget: &Budget, mut f: impl FnMut() -> Result<(), E>) -> Result<Timing, E> {
+pub fn time_calls<E>(budget: &Budget, f: impl FnMut() -> Result<(), E>) -> Result<Timing, E> {
+    time_calls_on(Device::Cpu, budget, f)
+}
+
+/// Waits for `device`'s queued kernels (nothing to wait for on CPU).
+pub fn sync(device: Device) {
+    if let Device::Cuda(d) = device {
+        tch::Cuda::synchronize(d as i64);
+    }
+}
+
+/// [`time_calls`] for work on `device`. On CUDA each sample loops the call
+/// without synchronising and waits for the device once at its end, as a
+/// training step issues its ops: a sample then lasts max(host issue time,
+/// device time) per call, whichever of the two bounds the loop.
+pub fn time_calls_on<E>(device: Device, budget: &Budget, mut f: impl FnMut() -> Result<(), E>) -> Result<Timing, E> {
     let mut one = f64::INFINITY;
+    sync(device);
     for _ in 0..budget.warmup.max(1) {
         let t = Instant::now();
         f()?;
+        sync(device);
         one = one.min(t.elapsed().as_secs_f64());
     }
     let calls = ((budget.target_sample_s / one.max(1e-9)).ceil() as usize).clamp(1, 100_000);
@@ -118,6 +135,7 @@ pub fn time_calls<E>(budget: &Budget, mut f: impl FnMut() -> Result<(), E>) -> R
         for _ in 0..calls {
             f()?;
         }
+        sync(device);
         samples.push(t.elapsed().as_secs_f64() / calls as f64);
     }
     Ok(Timing::from_samples(samples, calls))
@@ -295,14 +313,15 @@ pub fn kind_of(dtype: DType) -> Kind {
     }
 }
 
-fn leaf(shape: &[i64], kind: Kind) -> Tensor {
-    Tensor::randn(shape, (kind, Device::Cpu)).set_requires_grad(true)
+fn leaf(shape: &[i64], kind: Kind, device: Device) -> Tensor {
+    Tensor::randn(shape, (kind, device)).set_requires_grad(true)
 }
 
 /// Leaves that need gradients, and the forward of the op on them.
 type Forward = Box<dyn Fn(&[Tensor]) -> Result<Tensor, tch::TchError>>;
 
-fn build(case: &OpCase, kind: Kind) -> (Vec<Tensor>, Forward) {
+fn build(case: &OpCase, kind: Kind, device: Device) -> (Vec<Tensor>, Forward) {
+    let leaf = |shape: &[i64], kind| leaf(shape, kind, device);
     match *case {
         OpCase::Conv { n, cin, cout, hw, k, stride, groups } => (
             vec![leaf(&[n, cin, hw, hw], kind), leaf(&[cout, cin / groups, k, k], kind)],
@@ -352,13 +371,13 @@ impl OpMeasurement {
 /// Times the forward (with autograd recording, as in training) and the
 /// backward of one op. Backward re-runs one retained graph; at_run_backward
 /// seeds it with `ones_like(y)`, whose fill is timed and subtracted.
-pub fn measure_op(case: &OpCase, dtype: DType, budget: &Budget) -> Result<OpMeasurement, CalibrateError> {
+pub fn measure_op(case: &OpCase, dtype: DType, budget: &Budget, device: Device) -> Result<OpMeasurement, CalibrateError> {
     let kind = kind_of(dtype);
-    let (inputs, fwd) = build(case, kind);
-    let forward = time_calls(budget, || fwd(&inputs).map(drop))?;
+    let (inputs, fwd) = build(case, kind, device);
+    let forward = time_calls_on(device, budget, || fwd(&inputs).map(drop))?;
     let y = fwd(&inputs)?;
-    let raw = time_calls(budget, || Tensor::f_run_backward(&[&y], &inputs, true, false).map(drop))?;
-    let seed = time_calls(budget, || y.f_ones_like().map(drop))?;
+    let raw = time_calls_on(device, budget, || Tensor::f_run_backward(&[&y], &inputs, true, false).map(drop))?;
+    let seed = time_calls_on(device, budget, || y.f_ones_like().map(drop))?;
     let sub = |x: f64| (x - seed.median_s).max(0.05 * x);
     let backward = Timing { median_s: sub(raw.median_s), p10_s: sub(raw.p10_s), p90_s: sub(raw.p90_s), expected_s: sub(raw.expected_s), ..raw };
     let (flops_fwd, flops_bwd) = case.flops();
@@ -368,9 +387,9 @@ pub fn measure_op(case: &OpCase, dtype: DType, budget: &Budget) -> Result<OpMeas
 
 /// Fixed cost of one op as the training loop pays it: dispatch, allocation
 /// of the output and autograd recording, on a one-element tensor.
-pub fn measure_op_overhead(budget: &Budget) -> Result<Timing, CalibrateError> {
-    let x = leaf(&[1], Kind::Float);
-    Ok(time_calls(budget, || x.f_relu().map(drop))?)
+pub fn measure_op_overhead(budget: &Budget, device: Device) -> Result<Timing, CalibrateError> {
+    let x = leaf(&[1], Kind::Float, device);
+    Ok(time_calls_on(device, budget, || x.f_relu().map(drop))?)
 }
 
 /// A shape per op kind small enough that the op's work is negligible next
@@ -444,26 +463,26 @@ const OPTIMIZER_PIECES: i64 = 64;
 /// 16-element pieces and on one of a single piece (same parameter count,
 /// so the norm vector is the same size), and returns the extra cost per
 /// piece of the norms pass and of each update.
-pub fn measure_optimizer(budget: &Budget) -> Result<OptimizerPieces, CalibrateError> {
+pub fn measure_optimizer(budget: &Budget, device: Device) -> Result<OptimizerPieces, CalibrateError> {
     use crate::optim::{FlatShard, OptimConfig, Optimizer, Piece};
     let n = OPTIMIZER_PIECES;
     let optim_err = |e: crate::optim::OptimError| CalibrateError::Degenerate { what: "optimiser timing".into(), reason: e.to_string() };
     let shard = |pieces: i64| -> Result<FlatShard, CalibrateError> {
         Ok(FlatShard {
-            param: Tensor::f_randn([n * 16], (Kind::Float, Device::Cpu))?,
-            grad: Tensor::f_randn([n * 16], (Kind::Float, Device::Cpu))?,
+            param: Tensor::f_randn([n * 16], (Kind::Float, device))?,
+            grad: Tensor::f_randn([n * 16], (Kind::Float, device))?,
             pieces: (0..pieces).map(|i| Piece { param: i as usize, start: i * 16, len: 16 }).collect(),
         })
     };
     let (many, one) = (vec![shard(n)?], vec![shard(1)?]);
     let per_piece = |t_many: &Timing, t_one: &Timing| ((t_many.median_s - t_one.median_s) / (n - 1) as f64).max(0.0);
     let seer = Optimizer::new(OptimConfig::seer(), n as usize).map_err(optim_err)?;
-    let norms = |shards: &[FlatShard]| time_calls(budget, || seer.global_sq_norms(shards, &crate::reduce::local_sum).map(drop)).map_err(optim_err);
+    let norms = |shards: &[FlatShard]| time_calls_on(device, budget, || seer.global_sq_norms(shards, &crate::reduce::local_sum).map(drop)).map_err(optim_err);
     let norms_s = per_piece(&norms(&many)?, &norms(&one)?);
     let step = |cfg: &OptimConfig| -> Result<f64, CalibrateError> {
         let time = |shards: &[FlatShard]| -> Result<Timing, CalibrateError> {
             let mut opt = Optimizer::new(cfg.clone(), n as usize).map_err(optim_err)?;
-            time_calls(budget, || opt.step(shards, 1e-4, &crate::reduce::local_sum).map(drop)).map_err(optim_err)
+            time_calls_on(device, budget, || opt.step(shards, 1e-4, &crate::reduce::local_sum).map(drop)).map_err(optim_err)
         };
         let total = per_piece(&time(&many)?, &time(&one)?);
         Ok((total - norms_s).max(0.0))
@@ -471,56 +490,58 @@ pub fn measure_optimizer(budget: &Budget) -> Result<OptimizerPieces, CalibrateEr
     Ok(OptimizerPieces { norms_s, sgd_s: step(&OptimConfig::seer())?, adam_s: step(&OptimConfig::adam(1e-5))? })
 }
 
-fn relu_chain_backward(budget: &Budget, len: usize) -> Result<Timing, CalibrateError> {
-    let x = leaf(&[2, 8, 4, 4], Kind::Float);
+fn relu_chain_backward(budget: &Budget, len: usize, device: Device) -> Result<Timing, CalibrateError> {
+    let x = leaf(&[2, 8, 4, 4], Kind::Float, device);
     let mut y = x.shallow_clone();
     for _ in 0..len {
         y = y.f_relu()?;
     }
-    Ok(time_calls(budget, || Tensor::f_run_backward(&[&y], &[&x], true, false).map(drop))?)
+    Ok(time_calls_on(device, budget, || Tensor::f_run_backward(&[&y], &[&x], true, false).map(drop))?)
 }
 
 /// A backward call from a root that depends on `x` only, with `unused`
 /// more leaves among its inputs (their gradients come back undefined).
-fn backward_with_unused_leaves(budget: &Budget, unused: usize) -> Result<Timing, CalibrateError> {
-    let x = leaf(&[16], Kind::Float);
+fn backward_with_unused_leaves(budget: &Budget, unused: usize, device: Device) -> Result<Timing, CalibrateError> {
+    let x = leaf(&[16], Kind::Float, device);
     let root = x.f_relu()?.f_sum(Kind::Float)?;
-    let others: Vec<Tensor> = (0..unused).map(|_| leaf(&[16], Kind::Float)).collect();
+    let others: Vec<Tensor> = (0..unused).map(|_| leaf(&[16], Kind::Float, device)).collect();
     let inputs: Vec<&Tensor> = std::iter::once(&x).chain(&others).collect();
-    Ok(time_calls(budget, || Tensor::f_run_backward(&[&root], &inputs, true, false).map(drop))?)
+    Ok(time_calls_on(device, budget, || Tensor::f_run_backward(&[&root], &inputs, true, false).map(drop))?)
 }
 
-pub fn measure_host(budget: &Budget) -> Result<HostMeasurement, CalibrateError> {
+/// Host-side costs on `device` (on CUDA: what the host spends issuing the
+/// op, the device's part of tiny ops being shorter).
+pub fn measure_host(budget: &Budget, device: Device) -> Result<HostMeasurement, CalibrateError> {
     use crate::fsdp::{add_grad_at, param_leaf, FlatParam};
-    let small = Tensor::f_ones([64], (Kind::Float, Device::Cpu))?;
-    let small_op = tch::no_grad(|| time_calls(budget, || small.f_mul_scalar(2.0).map(drop)))?;
-    let (one, many) = (relu_chain_backward(budget, 1)?, relu_chain_backward(budget, 17)?);
+    let small = Tensor::f_ones([64], (Kind::Float, device))?;
+    let small_op = tch::no_grad(|| time_calls_on(device, budget, || small.f_mul_scalar(2.0).map(drop)))?;
+    let (one, many) = (relu_chain_backward(budget, 1, device)?, relu_chain_backward(budget, 17, device)?);
     let node = ((many.median_s - one.median_s) / 16.0).max(0.0);
     let backward_call_s = (one.median_s - node).max(0.0);
     // The executor's own leaf and gradient-add code, on 16-element
     // parameters of a 1024-element flat parameter.
-    let flat = Tensor::f_randn([1024], (Kind::Float, Device::Cpu))?;
+    let flat = Tensor::f_randn([1024], (Kind::Float, device))?;
     let params: Vec<FlatParam> = (0..16).map(|i| FlatParam { index: i, name: String::new(), shape: vec![4, 4], offset: i as i64 * 16, numel: 16 }).collect();
-    let fwd = time_calls(budget, || params.iter().try_for_each(|p| param_leaf(&flat, p).map(drop)))?;
-    let g = Tensor::f_randn([4, 4], (Kind::Float, Device::Cpu))?;
-    let grad = tch::no_grad(|| time_calls(budget, || params.iter().try_for_each(|p| add_grad_at(&flat, p.offset, &g))))?;
-    let (u0, u16) = (backward_with_unused_leaves(budget, 0)?, backward_with_unused_leaves(budget, 16)?);
+    let fwd = time_calls_on(device, budget, || params.iter().try_for_each(|p| param_leaf(&flat, p).map(drop)))?;
+    let g = Tensor::f_randn([4, 4], (Kind::Float, device))?;
+    let grad = tch::no_grad(|| time_calls_on(device, budget, || params.iter().try_for_each(|p| add_grad_at(&flat, p.offset, &g))))?;
+    let (u0, u16) = (backward_with_unused_leaves(budget, 0, device)?, backward_with_unused_leaves(budget, 16, device)?);
     Ok(HostMeasurement {
         small_op,
         backward_call_s,
         param_view_forward_s: fwd.median_s / 16.0,
         param_grad_s: grad.median_s / 16.0,
         param_leaf_unused_s: Some(((u16.median_s - u0.median_s) / 16.0).max(0.0)),
-        optimizer: Some(measure_optimizer(budget)?),
+        optimizer: Some(measure_optimizer(budget, device)?),
     })
 }
 
 /// Per-kind fixed costs at [`tiny_case`] shapes.
-pub fn measure_fixed(budget: &Budget, backward_call_s: f64) -> Result<Vec<FixedCost>, CalibrateError> {
+pub fn measure_fixed(budget: &Budget, backward_call_s: f64, device: Device) -> Result<Vec<FixedCost>, CalibrateError> {
     OpKind::ALL
         .iter()
         .map(|&kind| {
-            let m = measure_op(&tiny_case(kind), DType::Fp32, budget)?;
+            let m = measure_op(&tiny_case(kind), DType::Fp32, budget, device)?;
             let backward_node_s = (m.backward.median_s - backward_call_s).max(0.0);
             Ok(FixedCost { kind, label: m.label, forward: m.forward, backward: m.backward, backward_node_s })
         })
@@ -565,11 +586,11 @@ pub struct CopyBandwidth {
     pub gb_s: f64,
 }
 
-pub fn measure_copy_bandwidth(bytes: u64, budget: &Budget) -> Result<CopyBandwidth, CalibrateError> {
+pub fn measure_copy_bandwidth(bytes: u64, budget: &Budget, device: Device) -> Result<CopyBandwidth, CalibrateError> {
     let n = (bytes / 4) as i64;
-    let src = Tensor::f_ones([n], (Kind::Float, Device::Cpu))?;
-    let mut dst = Tensor::f_zeros([n], (Kind::Float, Device::Cpu))?;
-    let timing = time_calls(budget, || dst.f_copy_(&src))?;
+    let src = Tensor::f_ones([n], (Kind::Float, device))?;
+    let mut dst = Tensor::f_zeros([n], (Kind::Float, device))?;
+    let timing = time_calls_on(device, budget, || dst.f_copy_(&src))?;
     // The copy reads `bytes` and writes `bytes`.
     let gb_s = 2.0 * (n as f64 * 4.0) / timing.median_s / 1e9;
     Ok(CopyBandwidth { bytes: n as u64 * 4, timing, gb_s })
@@ -631,6 +652,10 @@ pub fn fit_memory_bound(ops: &[OpMeasurement], overhead_s: f64) -> Option<f64> {
 #[derive(Clone, Debug)]
 pub struct ComputeOptions {
     pub threads: usize,
+    /// Where the ops run. On CUDA only the fixed and host costs and the
+    /// copy bandwidth are measured (`cases` is empty): a GPU's kernel times
+    /// come from the catalog's kernel model and from whole blocks.
+    pub device: Device,
     pub dtypes: Vec<DType>,
     pub cases: Vec<OpCase>,
     pub budget: Budget,
@@ -641,6 +666,7 @@ impl ComputeOptions {
     pub fn new(quick: bool, threads: usize) -> ComputeOptions {
         ComputeOptions {
             threads,
+            device: Device::Cpu,
             dtypes: vec![DType::Fp32, DType::Bf16],
             cases: default_cases(quick),
             budget: if quick { Budget::quick() } else { Budget::full() },
@@ -652,6 +678,9 @@ impl ComputeOptions {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ComputeReport {
     pub threads: usize,
+    /// `cpu` or `cuda:N`: where the ops ran.
+    #[serde(default = "cpu_device")]
+    pub device: String,
     pub op_overhead: Timing,
     pub copy: CopyBandwidth,
     pub ops: Vec<OpMeasurement>,
@@ -668,20 +697,32 @@ pub struct ComputeReport {
     pub elapsed_s: f64,
 }
 
+fn cpu_device() -> String {
+    "cpu".into()
+}
+
+/// `cpu` or `cuda:N`.
+pub fn device_label(device: Device) -> String {
+    match device {
+        Device::Cuda(d) => format!("cuda:{d}"),
+        _ => "cpu".into(),
+    }
+}
+
 /// Runs the compute side in this process with `threads` intra-op threads.
 pub fn measure_compute(opts: &ComputeOptions, mut progress: impl FnMut(&str)) -> Result<ComputeReport, CalibrateError> {
     let start = Instant::now();
     tch::set_num_threads(opts.threads.max(1) as i32);
-    let op_overhead = measure_op_overhead(&opts.budget)?;
+    let op_overhead = measure_op_overhead(&opts.budget, opts.device)?;
     progress(&format!("per-op overhead {:.2} µs", op_overhead.median_s * 1e6));
-    let copy = measure_copy_bandwidth(opts.copy_bytes, &opts.budget)?;
+    let copy = measure_copy_bandwidth(opts.copy_bytes, &opts.budget, opts.device)?;
     progress(&format!("copy bandwidth {:.1} GB/s", copy.gb_s));
     let mut ops = Vec::new();
     let mut skipped = Vec::new();
     'dtypes: for &dtype in &opts.dtypes {
         let mut these = Vec::new();
         for case in &opts.cases {
-            match measure_op(case, dtype, &opts.budget) {
+            match measure_op(case, dtype, &opts.budget, opts.device) {
                 Ok(m) => {
                     progress(&format!("{dtype} {}: fwd {:.1} µs, bwd {:.1} µs", m.label, m.forward.median_s * 1e6, m.backward.median_s * 1e6));
                     these.push(m);
@@ -696,7 +737,7 @@ pub fn measure_compute(opts: &ComputeOptions, mut progress: impl FnMut(&str)) ->
         }
         ops.extend(these);
     }
-    let (host, fixed) = measure_host_round(&opts.budget, opts.threads)?;
+    let (host, fixed) = measure_host_round(&opts.budget, opts.threads, opts.device)?;
     progress(&format!(
         "host: small op {:.2} µs, backward call {:.1} µs, param leaf {:.2} µs, param grad add {:.2} µs, unused leaf in backward {:.2} µs{}",
         host.small_op.median_s * 1e6,
@@ -729,6 +770,7 @@ pub fn measure_compute(opts: &ComputeOptions, mut progress: impl FnMut(&str)) ->
     let _ = fit_memory_bound;
     Ok(ComputeReport {
         threads: opts.threads,
+        device: device_label(opts.device),
         op_overhead,
         copy,
         ops,
@@ -1210,10 +1252,10 @@ pub struct HostRound {
 
 /// Host and fixed costs on `threads` intra-op threads (the compute pass,
 /// and again in each later `--rounds` round).
-pub fn measure_host_round(budget: &Budget, threads: usize) -> Result<(HostMeasurement, Vec<FixedCost>), CalibrateError> {
+pub fn measure_host_round(budget: &Budget, threads: usize, device: Device) -> Result<(HostMeasurement, Vec<FixedCost>), CalibrateError> {
     tch::set_num_threads(threads.max(1) as i32);
-    let host = measure_host(budget)?;
-    let fixed = measure_fixed(budget, host.backward_call_s)?;
+    let host = measure_host(budget, device)?;
+    let fixed = measure_fixed(budget, host.backward_call_s, device)?;
     Ok((host, fixed))
 }
 
@@ -1360,9 +1402,11 @@ impl CalibrationReport {
     /// the achieved rates, effective bandwidth and collective fits.
     pub fn to_profile(&self, base: &HardwareSpec) -> Result<HardwareProfile, CalibrateError> {
         let c = &self.compute;
+        let gpu = c.device != "cpu";
         let mut hw = base.clone();
-        hw.name = format!("{} — calibrated, {} thread(s) per rank", base.name, c.threads);
-        if let Some(m) = self.host.memory_bytes {
+        hw.name = if gpu { format!("{} — calibrated on {}", base.name, c.device) } else { format!("{} — calibrated, {} thread(s) per rank", base.name, c.threads) };
+        // A GPU keeps its catalog capacity (the host's RAM is not its memory).
+        if let (Some(m), false) = (self.host.memory_bytes, gpu) {
             hw.memory.capacity = Bytes(m >> 20 << 20);
         }
         hw.memory.bandwidth = Bandwidth(sig(c.copy.gb_s * 1e9));
@@ -1388,12 +1432,20 @@ impl CalibrationReport {
         ));
         let speed = self.speed.clone().unwrap_or_default();
         let mut measured = Measured {
-            source: Some(format!(
-                "seerscale calibrate{}: {} threads, medians over repeats; collectives over {} Gloo ranks on 127.0.0.1",
-                if self.quick { " --quick" } else { "" },
-                c.threads,
-                self.collective_world_size
-            )),
+            source: Some(if gpu {
+                format!(
+                    "seerscale calibrate --device {}{}: host issue and fixed costs of the executor's ops and whole blocks on the GPU, medians over repeats; kernels otherwise from the catalog's kernel model",
+                    c.device,
+                    if self.quick { " --quick" } else { "" }
+                )
+            } else {
+                format!(
+                    "seerscale calibrate{}: {} threads, medians over repeats; collectives over {} Gloo ranks on 127.0.0.1",
+                    if self.quick { " --quick" } else { "" },
+                    c.threads,
+                    self.collective_world_size
+                )
+            }),
             threads_per_rank: Some(c.threads),
             host_cores: Some(self.host.cores),
             memory_bandwidth: c.memory_bound_gb_s.map(|g| Bandwidth(sig(g * 1e9))),
@@ -1574,7 +1626,7 @@ mod tests {
     #[test]
     fn optimizer_cost_per_piece_is_measured_on_the_executor_optimizer() {
         let budget = Budget { warmup: 1, min_samples: 5, max_samples: 5, target_sample_s: 2e-3, budget_s: 0.05 };
-        let o = measure_optimizer(&budget).unwrap();
+        let o = measure_optimizer(&budget, Device::Cpu).unwrap();
         assert!(o.norms_s > 1e-8 && o.sgd_s > 1e-8 && o.adam_s > 1e-8, "{o:?}");
         assert!(o.norms_s < 1e-3 && o.sgd_s < 1e-3 && o.adam_s < 1e-3, "{o:?}");
     }
@@ -1585,7 +1637,7 @@ mod tests {
     #[test]
     fn host_costs_per_parameter_are_measured_on_the_executor_fsdp_code() {
         let budget = Budget { warmup: 1, min_samples: 5, max_samples: 5, target_sample_s: 2e-3, budget_s: 0.05 };
-        let h = measure_host(&budget).unwrap();
+        let h = measure_host(&budget, Device::Cpu).unwrap();
         let unused = h.param_leaf_unused_s.unwrap();
         for (name, s) in [("leaf", h.param_view_forward_s), ("grad add", h.param_grad_s)] {
             assert!(s > 1e-8 && s < 1e-3, "{name}: {s}");
@@ -1784,6 +1836,7 @@ mod tests {
             forward_no_grad: timing(1e-3),
             forward_backward: timing(3e-3),
             backward_peak_bytes: 10,
+            forward_saved_bytes: None,
             probe_s: Some(0.25e-3),
         };
         let probed = CalibrationReport {

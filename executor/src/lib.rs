@@ -29,3 +29,20 @@ pub mod step;
 pub mod storage;
 pub mod swav;
 pub mod train;
+
+/// The device type the executor's entry points take (`cpu`, `cuda:N`).
+pub use tch::Device;
+
+/// CUDA devices this process can see (0 without a GPU or a CUDA libtorch).
+pub fn cuda_device_count() -> usize {
+    tch::Cuda::device_count().max(0) as usize
+}
+
+/// What every CUDA run of the executor sets up on its device: cuDNN picks
+/// each convolution's fastest algorithm by timing the candidates at the
+/// shape's first call (as pycls, timm and VISSL's trainers ask), and the
+/// step's synced phase timers wait for this device.
+pub fn cuda_setup(device: usize) {
+    tch::Cuda::cudnn_set_benchmark(true);
+    phase_timer::set_cuda_device(Some(device));
+}

@@ -14,6 +14,7 @@ mod ffi {
         pub fn ssc_cpu_mem_reset_peak();
         pub fn ssc_cuda_mem_stats(device: c_int, current: *mut i64, peak: *mut i64) -> c_int;
         pub fn ssc_cuda_mem_reset_peak(device: c_int) -> c_int;
+        pub fn ssc_cuda_describe(device: c_int, buf: *mut std::ffi::c_char, len: c_int) -> c_int;
     }
 }
 
@@ -90,4 +91,16 @@ pub fn reset_peak(dev: MemDevice) -> Result<(), MemError> {
         }
     }
     Ok(())
+}
+
+/// The GPU and the libraries it runs with, for reports: name, SMs and
+/// memory; libtorch, CUDA (headers built against), cuDNN and NCCL versions.
+pub fn describe_cuda(device: usize) -> Result<String, MemError> {
+    let mut buf = vec![0u8; 512];
+    // SAFETY: the shim writes at most `len` bytes, NUL-terminated.
+    if unsafe { ffi::ssc_cuda_describe(device as i32, buf.as_mut_ptr().cast(), buf.len() as i32) } != 0 {
+        return Err(MemError::Cuda { device, msg: last_error() });
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    Ok(String::from_utf8_lossy(&buf[..end]).into_owned())
 }

@@ -1,9 +1,37 @@
 //! Opt-in phase timing (`SEERSCALE_PHASE_TIMES=1`): accumulates wall time
 //! per named phase of a step and prints one line per step to stderr.
 //! Instrumentation only; a no-op unless the variable is set.
+//!
+//! On a GPU the host runs ahead of the kernels it queues, so the step's
+//! top-level phases ([`add_synced`]) wait for the device before they read
+//! the clock: each is then the wall time until its kernels finished. That
+//! adds a few synchronisations per step; nested phases ([`add`]) stay
+//! host-side issue times.
 
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Instant;
+
+/// CUDA device the synced phases wait for (-1: none).
+static CUDA_DEVICE: AtomicI64 = AtomicI64::new(-1);
+
+/// Makes [`add_synced`] wait for this CUDA device (`None`: CPU).
+pub fn set_cuda_device(device: Option<usize>) {
+    CUDA_DEVICE.store(device.map_or(-1, |d| d as i64), Ordering::Relaxed);
+}
+
+/// [`add`] after waiting for the GPU's queued kernels (when enabled and a
+/// CUDA device is set).
+pub fn add_synced(phase: &'static str, t0: Instant) {
+    if !enabled() {
+        return;
+    }
+    let d = CUDA_DEVICE.load(Ordering::Relaxed);
+    if d >= 0 {
+        tch::Cuda::synchronize(d);
+    }
+    add(phase, t0);
+}
 
 thread_local! {
     static PHASES: RefCell<Vec<(&'static str, f64)>> = const { RefCell::new(Vec::new()) };

@@ -164,7 +164,7 @@ pub fn forward_backward(
         after_forward(fsdp, i, n, reshard)?;
     }
     drop(x);
-    crate::phase_timer::add("forward", t_fwd);
+    crate::phase_timer::add_synced("forward", t_fwd);
 
     // ---- backward
     let t_bwd = std::time::Instant::now();
@@ -211,7 +211,7 @@ pub fn forward_backward(
                 }
                 let tl = std::time::Instant::now();
                 let l = loss_fn(&y[0]).map_err(StepError::Loss)?;
-                crate::phase_timer::add("loss", tl);
+                crate::phase_timer::add_synced("loss", tl);
                 loss_value = Some(l.f_double_value(&[])?);
                 l.f_mul_scalar(loss_scale)?
             }
@@ -268,7 +268,7 @@ pub fn forward_backward(
     fsdp.drain()?;
     fsdp.free_all()?;
     crate::phase_timer::add("drain", t_dr);
-    crate::phase_timer::add("backward+loss", t_bwd);
+    crate::phase_timer::add_synced("backward+loss", t_bwd);
     let loss = loss_value.ok_or_else(|| StepError::Loss("model has no blocks".into()))?;
     Ok(PassResult { loss })
 }

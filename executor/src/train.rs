@@ -381,6 +381,9 @@ impl<'pg> Trainer<'pg> {
         if cfg.device == Device::Cpu {
             memstats::install_cpu_counter()?;
         }
+        if let Device::Cuda(d) = cfg.device {
+            crate::cuda_setup(d);
+        }
         tch::manual_seed(cfg.seed as i64);
         let arch = ModelArch::new(&cfg.model)?;
         let specs = arch.param_specs();
@@ -452,10 +455,10 @@ impl<'pg> Trainer<'pg> {
             let (k, d) = (self.arch.prototypes, self.arch.embedding_dim());
             swav::normalize_rows_sharded_(&slice, offset, k, d, &ar)?;
         }
-        crate::phase_timer::add("proto_norm", t_proto);
+        crate::phase_timer::add_synced("proto_norm", t_proto);
         let t0 = Instant::now();
         self.fsdp.zero_grad()?;
-        crate::phase_timer::add("zero_grad", t0);
+        crate::phase_timer::add_synced("zero_grad", t0);
         let kind = self.cfg.precision.compute_kind();
         let inputs: Vec<Tensor> = batch.groups.iter().map(|t| t.f_to_device(self.cfg.device).and_then(|t| t.f_to_kind(kind))).collect::<Result<_, _>>()?;
         let layout = batch.layout.clone();
@@ -472,7 +475,7 @@ impl<'pg> Trainer<'pg> {
         let total = Tensor::from_slice(&[pass.loss]).f_to_device(self.cfg.device)?;
         self.pg.all_reduce_(&total, ReduceOp::Sum)?;
         let v = total.f_double_value(&[0])?;
-        crate::phase_timer::add("loss_all_reduce", t0);
+        crate::phase_timer::add_synced("loss_all_reduce", t0);
         Ok(v)
     }
 
@@ -504,7 +507,7 @@ impl<'pg> Trainer<'pg> {
         let loss = self.compute_grads(batch)?;
         let t0 = Instant::now();
         let r = self.apply_grads(loss);
-        crate::phase_timer::add("optimizer", t0);
+        crate::phase_timer::add_synced("optimizer", t0);
         crate::phase_timer::flush(self.pg.rank(), self.step);
         r
     }

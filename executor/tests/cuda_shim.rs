@@ -47,6 +47,8 @@ fn cuda_calls_without_a_gpu_fail_plainly() {
     assert!(e.contains(want), "{e}");
     let e = memstats::reset_peak(MemDevice::Cuda(0)).unwrap_err().to_string();
     assert!(e.contains(want), "{e}");
+    let e = memstats::describe_cuda(0).unwrap_err().to_string();
+    assert!(e.contains(want), "{e}");
     match nccl_group(0) {
         Err(DistError::Invalid { msg, .. }) if cfg!(seerscale_cuda) => assert!(msg.contains(want), "{msg}"),
         Err(DistError::Unsupported(msg)) if !cfg!(seerscale_cuda) => assert!(msg.contains(SHIM), "{msg}"),
@@ -55,7 +57,6 @@ fn cuda_calls_without_a_gpu_fail_plainly() {
     }
 }
 
-/// Not yet run: no GPU was available where this was written.
 #[cfg(seerscale_cuda)]
 #[test]
 fn nccl_single_rank_and_cuda_memory_stats_on_gpu() {
@@ -89,4 +90,33 @@ fn nccl_single_rank_and_cuda_memory_stats_on_gpu() {
     pg.reduce_scatter_tensor(&rs, &x, ReduceOp::Sum).unwrap();
     assert_eq!(vals(&rs), vec![1.0, 2.0]);
     pg.barrier().unwrap();
+    let d = memstats::describe_cuda(0).unwrap();
+    assert!(d.contains("SMs") && d.contains("cuDNN") && d.contains("NCCL"), "{d}");
+}
+
+/// Block timing on the GPU (what `calibrate --device cuda --recipe` runs):
+/// every block timed under its cost-model key, with the forward's saved
+/// bytes and the backward's peak from the caching allocator.
+#[cfg(seerscale_cuda)]
+#[test]
+fn blocks_are_timed_on_the_gpu() {
+    use cost_models::config::ModelConfig;
+    use cost_models::graph::{CropGroup, ModelGraph, Workload};
+    use cost_models::DType;
+    use executor::block_timing::measure_blocks;
+    use executor::calibrate::Budget;
+    if !tch::Cuda::is_available() {
+        eprintln!("skipped: no CUDA device");
+        return;
+    }
+    let model = ModelConfig::load("regnety-tiny").unwrap();
+    let w = Workload { images: 4, crops: vec![CropGroup { count: 2, resolution: 32 }, CropGroup { count: 2, resolution: 16 }], dtype: DType::Bf16 };
+    let got = measure_blocks(&model, &w, &Budget::quick(), 1, tch::Device::Cuda(0), |_| {}).unwrap();
+    let g = ModelGraph::build(&model, &w);
+    assert_eq!(got.len(), g.blocks.len());
+    for (m, b) in got.iter().zip(&g.blocks) {
+        assert_eq!(m.key, g.block_key(b));
+        assert!(m.forward.median_s > 0.0 && m.forward_backward.median_s >= m.forward.median_s * 0.5, "{m:?}");
+        assert!(m.forward_saved_bytes.is_some_and(|s| s > 0) && m.backward_peak_bytes > 0, "{m:?}");
+    }
 }

@@ -153,7 +153,7 @@ macro_rules! builtin_recipes {
         ];
     };
 }
-builtin_recipes!("seer-10b", "seer-256gf", "tiny-cpu");
+builtin_recipes!("seer-10b", "seer-256gf", "tiny-cpu", "gpu-check-400mf", "gpu-check-10b-s3");
 
 impl Recipe {
     pub fn load(name_or_path: &str) -> Result<Recipe, ConfigError> {

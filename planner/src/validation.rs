@@ -450,6 +450,10 @@ pub struct Row {
     /// enough to be the prediction, see the README).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe_scaled_step_time_s: Option<f64>,
+    /// The plan's model FLOPs utilisation (against the device's dense peak
+    /// in the plan's compute dtype).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predicted_mfu: Option<f64>,
 }
 
 impl Row {
@@ -471,7 +475,15 @@ impl Row {
             measured_phases: None,
             host_slowdown: None,
             probe_scaled_step_time_s: None,
+            predicted_mfu: Some(p.mfu),
         }
+    }
+    /// The measured MFU: the same model FLOPs and peak as the prediction,
+    /// over the measured step time.
+    pub fn measured_mfu(&self) -> Option<f64> {
+        let m = self.measured.as_ref()?;
+        let mfu = self.predicted_mfu?;
+        (m.step_time_s > 0.0).then(|| mfu * self.predicted_step_time_s / m.step_time_s)
     }
     pub fn memory_error(&self) -> Option<f64> {
         self.measured.as_ref().and_then(|m| rel_error(m.peak_memory_bytes as f64, self.predicted_peak_bytes as f64))
@@ -505,6 +517,26 @@ pub struct ValidationReport {
     pub rows: Vec<Row>,
     /// Free-form notes printed under the table (how things were measured).
     pub notes: Vec<String>,
+    /// The recipe the variants were derived from, in full (so a report can
+    /// be re-predicted without the file it was read from).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipe_config: Option<crate::recipe::Recipe>,
+    /// The GPU and library versions the runs used (GPU runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// For a report re-predicted from stored measurements (`validate
+    /// --replay`): the command that measured them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measured_with: Option<String>,
+}
+
+/// Memory figures in one unit for a whole table, chosen by the largest.
+fn memory_unit(max_bytes: u64) -> (&'static str, f64) {
+    match max_bytes {
+        b if b >= 64 << 30 => ("GiB", (1u64 << 30) as f64),
+        b if b >= 64 << 20 => ("MiB", (1u64 << 20) as f64),
+        _ => ("KiB", 1024.0),
+    }
 }
 
 fn one() -> u64 {
@@ -579,11 +611,22 @@ impl ValidationReport {
 
     pub fn markdown(&self, svg_name: Option<&str>) -> String {
         let pct = |e: Option<f64>| e.map_or("-".to_string(), |e| format!("{:+.1}%", e * 100.0));
-        let kib = |b: u64| format!("{:.1}", b as f64 / 1024.0);
+        let largest = self.rows.iter().flat_map(|r| std::iter::once(r.predicted_peak_bytes).chain(r.measured.as_ref().map(|m| m.peak_memory_bytes))).max().unwrap_or(0);
+        let (unit, per) = memory_unit(largest);
+        let kib = |b: u64| format!("{:.1}", b as f64 / per);
         let ms = |s: f64| format!("{:.1}", s * 1e3);
         let mut s = String::new();
         s.push_str(&format!("# Validation: `{}` predicted vs measured\n\n", self.recipe));
-        s.push_str(&format!("Regenerate with:\n\n```sh\n{}\n```\n\n", self.command));
+        match &self.measured_with {
+            Some(m) => s.push_str(&format!(
+                "Regenerate the predictions (from the measurements stored in the report's JSON, with this planner) with:\n\n```sh\n{}\n```\n\nThe measurements were taken with:\n\n```sh\n{m}\n```\n\n",
+                self.command
+            )),
+            None => s.push_str(&format!("Regenerate with:\n\n```sh\n{}\n```\n\n", self.command)),
+        }
+        if let Some(d) = &self.device {
+            s.push_str(&format!("Device: {d}.\n\n"));
+        }
         let runs = if self.repeats > 1 {
             format!(" Each variant ran {} times, in interleaved rounds (every variant once, then every variant again), so a slow spell of the host falls on different variants in different rounds; the peak is the max over the runs, step and comm times the median of the runs' own (`step runs` lists each run's).", self.repeats)
         } else {
@@ -621,11 +664,13 @@ impl ValidationReport {
             s.push_str(&format!("![predicted vs measured peak memory and step time]({svg})\n\n"));
         }
         let per_run = self.rows.iter().any(|r| r.measured.as_ref().is_some_and(|m| m.run_step_times_s.len() > 1));
+        let mfu = self.device.is_some();
         s.push_str(&format!(
-            "| variant | ranks | peak pred (KiB) | peak meas (KiB) | error | step pred (ms) | step meas (ms) | error |{} host slowdown (probe) | comm exposed pred (ms) | comm meas (ms) |\n",
-            if per_run { " step runs (ms) |" } else { "" }
+            "| variant | ranks | peak pred ({unit}) | peak meas ({unit}) | error | step pred (ms) | step meas (ms) | error |{}{} host slowdown (probe) | comm exposed pred (ms) | comm meas (ms) |\n",
+            if per_run { " step runs (ms) |" } else { "" },
+            if mfu { " MFU pred / meas |" } else { "" }
         ));
-        s.push_str(&format!("|---|---:|---:|---:|---:|---:|---:|---:|{}---:|---:|---:|\n", if per_run { "---:|" } else { "" }));
+        s.push_str(&format!("|---|---:|---:|---:|---:|---:|---:|---:|{}{}---:|---:|---:|\n", if per_run { "---:|" } else { "" }, if mfu { "---:|" } else { "" }));
         for r in &self.rows {
             let (mp, mt, mc, ranks) = match &r.measured {
                 Some(m) => (kib(m.peak_memory_bytes), ms(m.step_time_s), ms(m.comm_time_s), m.ranks.to_string()),
@@ -635,6 +680,12 @@ impl ValidationReport {
                 (_, false) => String::new(),
                 (Some(m), true) => format!(" {} |", m.run_step_times_s.iter().map(|t| ms(*t)).collect::<Vec<_>>().join(", ")),
                 (None, true) => " - |".into(),
+            };
+            let runs = if mfu {
+                let f = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{:.1}%", x * 100.0));
+                format!("{runs} {} / {} |", f(r.predicted_mfu), f(r.measured_mfu()))
+            } else {
+                runs
             };
             s.push_str(&format!(
                 "| `{}` | {} | {} | {} | {} | {} | {} | {} |{runs} {} | {} | {} |\n",
@@ -675,7 +726,7 @@ impl ValidationReport {
             }
         }
         s.push_str("\n## Predicted peak by category\n\n");
-        s.push_str("The executor's counter has one total per step, so categories are predicted only (KiB at the predicted peak event).\n\n");
+        s.push_str(&format!("The executor's counter has one total per step, so categories are predicted only ({unit} at the predicted peak event).\n\n"));
         for r in &self.rows {
             let parts: Vec<String> = r.predicted_breakdown.iter().map(|(k, v)| format!("{k} {}", kib(*v))).collect();
             s.push_str(&format!("* `{}`: {}\n", r.variant, parts.join(", ")));
@@ -913,6 +964,9 @@ mod tests {
             command: "seerscale validate --recipe tiny-cpu".into(),
             rows: vec![Row::from_plan(&v, &plan, Some(meas(p + p / 50)), None)],
             notes: vec![],
+            recipe_config: None,
+            device: None,
+            measured_with: None,
         };
         assert!(rep.memory_failures().is_empty());
         rep.rows.push(Row::from_plan(&v, &plan, Some(meas(p + p / 10)), None));

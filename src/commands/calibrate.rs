@@ -39,12 +39,19 @@ pub struct CalibrateArgs {
     /// --nproc, what each rank of an --nproc-rank job on this machine gets).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Ranks for the collective measurements (1 = skip collectives).
-    #[arg(long, default_value_t = 2)]
-    pub nproc: usize,
-    /// Catalog entry (or spec file) the measurements are layered on.
-    #[arg(long, default_value = "cpu-local")]
-    pub base: String,
+    /// Ranks for the collective measurements (1 = skip collectives;
+    /// default 2 on CPU, 1 on CUDA, where collectives are not calibrated).
+    #[arg(long)]
+    pub nproc: Option<usize>,
+    /// Where the executor's ops run: `cpu`, or `cuda` / `cuda:N` (one GPU:
+    /// host issue and fixed costs, copy bandwidth and, with --recipe, whole
+    /// blocks; op rates then come from the catalog's kernel model).
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    pub device: executor::Device,
+    /// Catalog entry (or spec file) the measurements are layered on
+    /// (default `cpu-local`; on CUDA, name the GPU's entry, e.g. `h200-141gb`).
+    #[arg(long)]
+    pub base: Option<String>,
     /// Dtypes to measure compute in.
     #[arg(long, value_delimiter = ',', default_value = "fp32,bf16", value_parser = super::model::parse_dtype)]
     pub dtypes: Vec<DType>,
@@ -86,17 +93,49 @@ pub struct CalibrateArgs {
     pub collectives_worker: Option<PathBuf>,
 }
 
+/// `cpu`, `cuda` or `cuda:N`.
+pub fn parse_device(s: &str) -> Result<executor::Device, String> {
+    match s {
+        "cpu" => Ok(executor::Device::Cpu),
+        "cuda" => Ok(executor::Device::Cuda(0)),
+        _ => s
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse().ok())
+            .map(executor::Device::Cuda)
+            .ok_or_else(|| format!("`{s}`: expected cpu, cuda or cuda:N")),
+    }
+}
+
 pub fn run(args: &CalibrateArgs) -> Result<()> {
     if let Some(path) = &args.collectives_worker {
         return collectives_rank(args, path);
     }
     let start = Instant::now();
-    let base = load_hardware(&args.base).with_context(|| format!("loading base hardware `{}`", args.base))?;
-    let host = HostInfo::detect();
-    if args.nproc == 0 {
+    let gpu = args.device != executor::Device::Cpu;
+    let base_name = args.base.clone().unwrap_or_else(|| "cpu-local".into());
+    let base = load_hardware(&base_name).with_context(|| format!("loading base hardware `{base_name}`"))?;
+    match (gpu, base.kind) {
+        (true, cost_models::hardware::DeviceKind::Cpu) => {
+            bail!("--device {}: --base `{base_name}` is a CPU entry; name the GPU's catalog entry (e.g. --base h200-141gb)", calibrate::device_label(args.device))
+        }
+        (false, cost_models::hardware::DeviceKind::Gpu) => bail!("--base `{base_name}` is a GPU entry: add --device cuda to measure on the GPU"),
+        _ => {}
+    }
+    if let executor::Device::Cuda(d) = args.device {
+        let n = executor::cuda_device_count();
+        if d >= n {
+            bail!("--device cuda:{d}: this machine has {n} visible CUDA device(s)");
+        }
+    }
+    let nproc = args.nproc.unwrap_or(if gpu { 1 } else { 2 });
+    if nproc == 0 {
         bail!("--nproc must be >= 1");
     }
-    let threads = args.threads.unwrap_or((host.cores / args.nproc).max(1));
+    if gpu && nproc > 1 {
+        bail!("--nproc {nproc}: collectives are calibrated over Gloo on CPU only; on CUDA use --nproc 1");
+    }
+    let host = HostInfo::detect();
+    let threads = args.threads.unwrap_or((host.cores / nproc).max(1));
     if threads == 0 {
         bail!("--threads must be >= 1");
     }
@@ -109,7 +148,13 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
 
     let mut copts = ComputeOptions::new(args.quick, threads);
     copts.dtypes = args.dtypes.clone();
-    eprintln!("calibrate: compute on {} thread(s), {} shapes x {} dtype(s)", threads, copts.cases.len(), copts.dtypes.len());
+    copts.device = args.device;
+    if gpu {
+        copts.cases.clear();
+        eprintln!("calibrate: host issue and fixed costs on {} ({} host thread(s))", calibrate::device_label(args.device), threads);
+    } else {
+        eprintln!("calibrate: compute on {} thread(s), {} shapes x {} dtype(s)", threads, copts.cases.len(), copts.dtypes.len());
+    }
     let mut speed = SpeedProbes::default();
     take_probe(&mut speed)?;
     let compute = calibrate::measure_compute(&copts, |m| eprintln!("calibrate:   {m}")).context("measuring compute")?;
@@ -117,9 +162,9 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
 
     let (blocks, host_rounds, loader) = measure_rounds(args, block_workloads.as_ref(), threads, &mut speed)?;
 
-    let (collectives, fits, busy) = if args.nproc >= 2 {
-        eprintln!("calibrate: collectives over {} Gloo ranks on 127.0.0.1 (idle, then right after compute)", args.nproc);
-        let samples = launch_collectives(args)?;
+    let (collectives, fits, busy) = if nproc >= 2 {
+        eprintln!("calibrate: collectives over {nproc} Gloo ranks on 127.0.0.1 (idle, then right after compute)");
+        let samples = launch_collectives(args, nproc)?;
         let fits = calibrate::fit_collectives(&samples.idle).context("fitting collective alpha/beta")?;
         (samples.idle, fits, samples.busy)
     } else {
@@ -132,7 +177,7 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
         compute,
         collectives,
         collective_fits: fits,
-        collective_world_size: if args.nproc >= 2 { args.nproc } else { 0 },
+        collective_world_size: if nproc >= 2 { nproc } else { 0 },
         blocks,
         busy_collectives: busy,
         speed: Some(speed),
@@ -234,7 +279,7 @@ fn measure_rounds(
     for round in 1..=rounds {
         if round > 1 {
             eprintln!("calibrate: host and fixed costs (round {round}/{rounds})");
-            let (host, fixed) = calibrate::measure_host_round(&budget, threads).context("measuring host costs")?;
+            let (host, fixed) = calibrate::measure_host_round(&budget, threads, args.device).context("measuring host costs")?;
             let probe = take_probe(speed)?;
             eprintln!("calibrate:   small op {:.2} µs, backward call {:.1} µs", host.small_op.median_s * 1e6, host.backward_call_s * 1e6);
             hosts.push(HostRound { host, fixed, probe_s: Some(probe) });
@@ -242,10 +287,12 @@ fn measure_rounds(
         for (b, w) in blocks.iter().flat_map(|b| b.workloads.iter().map(move |w| (b, w))) {
             let label = block_timing::workload_label(w);
             eprintln!("calibrate: blocks of {} at {label} (round {round}/{rounds})", b.model.name);
-            let mut m = block_timing::measure_blocks(&b.model, w, &budget, threads, |m| eprintln!("calibrate:   {m}"))
+            let mut m = block_timing::measure_blocks(&b.model, w, &budget, threads, args.device, |m| eprintln!("calibrate:   {m}"))
                 .with_context(|| format!("timing the blocks of {} at {label}", b.model.name))?;
             let probe = take_probe(speed)?;
-            for x in &mut m {
+            // GPU kernels do not run at the host's speed: only CPU block
+            // times are put on the probe's scale.
+            for x in m.iter_mut().filter(|_| args.device == executor::Device::Cpu) {
                 x.probe_s = Some(probe);
             }
             out.extend(m);
@@ -280,7 +327,7 @@ struct CollectiveSamples {
 
 /// Starts `--nproc` copies of this program as collective ranks and reads
 /// rank 0's samples back.
-fn launch_collectives(args: &CalibrateArgs) -> Result<CollectiveSamples> {
+fn launch_collectives(args: &CalibrateArgs, nproc: usize) -> Result<CollectiveSamples> {
     let exe = std::env::current_exe().context("cannot find this program's path")?;
     let tmp = args.out.with_extension(format!("collectives-{}.json", std::process::id()));
     if let Some(dir) = tmp.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -298,7 +345,7 @@ fn launch_collectives(args: &CalibrateArgs) -> Result<CollectiveSamples> {
         grace: Duration::from_secs(5),
         // Collectives do not need intra-op threads; keep ranks from spinning.
         env: vec![("OMP_NUM_THREADS".into(), "1".into())],
-        ..LaunchOptions::local(args.nproc)
+        ..LaunchOptions::local(nproc)
     };
     launch_local(&exe, &child_args, &opts).context("collective ranks")?;
     let text = std::fs::read_to_string(&tmp).with_context(|| format!("rank 0 wrote no samples to {}", tmp.display()))?;

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 #[derive(Args, Debug, Clone)]
 pub struct ValidateArgs {
     /// Built-in recipe or path to a recipe TOML.
-    #[arg(long)]
-    pub recipe: String,
+    #[arg(long, required_unless_present = "replay")]
+    pub recipe: Option<String>,
     /// Comma-separated variant names, e.g. `w2-block-reshard-ckpt0-fp32-b8-r32`
     /// (w<ranks>-<block|stage|whole>-<reshard|keep>-<ckpt0|ckptsome|ckptall>-<fp32|bf16>-b<batch>-r<largest crop px>).
     /// Default: a set covering every axis.
@@ -76,6 +76,18 @@ pub struct ValidateArgs {
     /// Seconds one variant's run may take before it is stopped.
     #[arg(long, default_value_t = 300)]
     pub run_timeout_s: u64,
+    /// Re-predict a report from the measurements stored in its JSON (no
+    /// runs): the same variants planned again with this planner and
+    /// `--gpu` (default: the report's recipe hardware), written to `--out`
+    /// (default: the same report). How a GPU report follows the planner
+    /// when no GPU is at hand.
+    #[arg(long, value_name = "REPORT.json", conflicts_with_all = ["variants", "recalibrate", "data"])]
+    pub replay: Option<PathBuf>,
+    /// Run nothing: write the report from the runs already in --work-dir
+    /// (what a validate stopped part-way left there); variants with no run
+    /// are reported as not measured.
+    #[arg(long, conflicts_with_all = ["recalibrate", "replay"])]
+    pub collect: bool,
 }
 
 /// Data-loading workers per rank: the executor's default, which the memory
@@ -177,6 +189,10 @@ fn samples(dir: &Path, world: usize) -> (Vec<StepSample>, Option<String>) {
 }
 
 pub fn run(a: &ValidateArgs) -> Result<()> {
+    if let Some(path) = &a.replay {
+        return replay(a, path);
+    }
+    let recipe_arg = a.recipe.as_deref().context("--recipe is required")?;
     if a.steps == 0 {
         bail!("--steps must be at least 1");
     }
@@ -186,18 +202,12 @@ pub fn run(a: &ValidateArgs) -> Result<()> {
     if !(a.memory_tolerance > 0.0) {
         bail!("--memory-tolerance must be > 0");
     }
-    let recipe = Recipe::load(&a.recipe)?;
+    let recipe = Recipe::load(recipe_arg)?;
     let variants = match &a.variants {
         Some(list) => parse_variants(list)?,
         None => default_variants(),
     };
-    let hw_name = a.gpu.clone().unwrap_or_else(|| recipe.cluster.gpu.clone());
-    let hw = load_profile(&hw_name).with_context(|| format!("hardware `{hw_name}`"))?;
-    let hardware_source = if a.gpu.is_some() && hw_name.contains(['/', '.']) {
-        format!("profile {hw_name}")
-    } else {
-        format!("built-in catalog entry `{hw_name}` (not calibrated)")
-    };
+    let (hw, hardware_source) = hardware(a, &recipe)?;
     let out = a.out.clone().unwrap_or_else(|| PathBuf::from(format!("docs/validate-{}", slug(&recipe.name))));
     let work = a.work_dir.clone().unwrap_or_else(|| PathBuf::from(format!("runs/validate/{}", slug(&recipe.name))));
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
@@ -205,13 +215,12 @@ pub fn run(a: &ValidateArgs) -> Result<()> {
         Some(d) => d.clone(),
         None => {
             let d = work.join("images");
-            synthetic_images(&d)?;
+            if !a.collect {
+                synthetic_images(&d)?;
+            }
             d
         }
     };
-    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    }
     // Run every rank with the threads the profile's rates were measured
     // with (the planner scales them when the ranks oversubscribe the cores).
     let threads = profile_threads(&hw);
@@ -228,7 +237,7 @@ pub fn run(a: &ValidateArgs) -> Result<()> {
     let mut runs: Vec<Vec<Run>> = variants.iter().map(|_| Vec::new()).collect();
     for round in 1..=a.repeats {
         let hw_round =
-            if a.recalibrate { recalibrate(&a.recipe, &variants, threads, &data, &work.join(format!("calibration-round-{round}.toml")))? } else { hw.clone() };
+            if a.recalibrate { recalibrate(recipe_arg, &variants, threads, &data, &work.join(format!("calibration-round-{round}.toml")))? } else { hw.clone() };
         for (i, (v, (_, dir, plan_path))) in variants.iter().zip(&planned).enumerate() {
             let run_dir = if a.repeats == 1 { dir.join("run") } else { dir.join(format!("run-{round}")) };
             eprint!("[{}{}/{}] {v}: ", if a.repeats > 1 { format!("round {round}/{}, ", a.repeats) } else { String::new() }, i + 1, variants.len());
@@ -289,7 +298,7 @@ pub fn run(a: &ValidateArgs) -> Result<()> {
             l.iter().map(|l| format!("{} {:.0} µs", l.crops, l.image.0 * 1e6)).collect::<Vec<_>>().join(", ")
         ),
     });
-    let mut command = format!("seerscale validate --recipe {}", a.recipe);
+    let mut command = format!("seerscale validate --recipe {recipe_arg}");
     if let Some(vs) = &a.variants {
         command.push_str(&format!(" --variants {vs}"));
     }
@@ -305,11 +314,14 @@ pub fn run(a: &ValidateArgs) -> Result<()> {
     if a.recalibrate {
         command.push_str(" --recalibrate");
     }
+    if a.collect {
+        command.push_str(&format!(" --collect --work-dir {}", work.display()));
+    }
     if let Some(g) = &a.gpu {
         command.push_str(&format!(" --gpu {g}"));
         // A profile path: say how it was made, so one line regenerates everything.
         if g.ends_with(".toml") || g.ends_with(".json") {
-            command = format!("{}\n{command}", calibrate_command(&a.recipe, &variants, g));
+            command = format!("{}\n{command}", calibrate_command(recipe_arg, &variants, g));
         }
     }
     if let Some(d) = &a.data {
@@ -319,7 +331,7 @@ pub fn run(a: &ValidateArgs) -> Result<()> {
         command.push_str(&format!(" --out {}", out.display()));
     }
     let device_notes: Vec<String> = if hw.hardware.kind == DeviceKind::Gpu {
-        vec!["GPU runs: one rank per GPU (NCCL); step time is wall time up to a CUDA synchronize at the step's end; the measured peak is the CUDA caching allocator's peak allocated bytes, reset before every step. The plan's fragmentation margin is left out of the compared prediction: it is headroom for what the caching allocator reserves beyond its live blocks, which no allocated-bytes statistic includes. The data loader's batches stay in host memory and are not counted.".into()]
+        gpu_notes()
     } else {
         vec![
             match threads {
@@ -329,7 +341,11 @@ pub fn run(a: &ValidateArgs) -> Result<()> {
             format!("On CPU the data loader's prefetched image batches go through the same counting allocator as the step, so the model counts the loader's full queue ({WORKERS} workers x ({} prefetched + 1 blocked) fp32 batches) besides the batch in use. The queue is full only when the loader keeps up with the step; the runs therefore read {}. With the bundled 512 px photos on 2 shared cores the loader does not keep up, the queue holds 0-6 batches at the peak, and the measured peak moves by whole batches (about 9 % each for b8-r32) from step to step.", planner::memory::LOADER_PREFETCH, match &a.data { Some(d) => format!("`{}`", d.display()), None => format!("{SYNTHETIC_IMAGES} synthetic {SYNTHETIC_SIDE} px PNGs (decoding is then negligible)") }),
         ]
     };
+    let device = (hw.hardware.kind == DeviceKind::Gpu && !a.collect).then(describe_gpu).flatten();
     let report = ValidationReport {
+        recipe_config: Some(recipe.clone()),
+        device,
+        measured_with: None,
         recipe: recipe.name.clone(),
         hardware: hw.hardware.name.clone(),
         hardware_source,
@@ -346,6 +362,10 @@ pub fn run(a: &ValidateArgs) -> Result<()> {
                 "Peak memory is predicted by `planner::memory` from the plan alone (no measured input); step and communication times come from the step simulator with the hardware above.".to_string(),
                 block_note,
             ])
+            .chain(a.collect.then(|| format!(
+                "Collected: the runs are those found in `{}` (a validate stopped before it wrote its report); the predictions are this planner's.",
+                work.display()
+            )))
             .chain(a.recalibrate.then(|| format!(
                 "Recalibrated: before each round `validate --recalibrate` ran the calibrate command above with `--rounds 1` (profiles `{}`), and predicted that round's runs from that round's profile; predicted step and exposed comm are the medians over the rounds, the peak is the plan's.",
                 work.join("calibration-round-N.toml").display()
@@ -357,20 +377,108 @@ pub fn run(a: &ValidateArgs) -> Result<()> {
             )))
             .collect(),
     };
+    write_report(&report, &out, a.check, a.memory_tolerance, start)
+}
+
+/// The hardware `--gpu` names (default: the recipe's), and how the report
+/// describes where its numbers came from.
+fn hardware(a: &ValidateArgs, recipe: &Recipe) -> Result<(HardwareProfile, String)> {
+    let hw_name = a.gpu.clone().unwrap_or_else(|| recipe.cluster.gpu.clone());
+    let hw = load_profile(&hw_name).with_context(|| format!("hardware `{hw_name}`"))?;
+    let source = if a.gpu.is_some() && hw_name.contains(['/', '.']) {
+        format!("profile {hw_name}")
+    } else {
+        format!("built-in catalog entry `{hw_name}` (not calibrated)")
+    };
+    Ok((hw, source))
+}
+
+fn gpu_notes() -> Vec<String> {
+    vec![
+        "GPU runs: one rank per GPU (NCCL), cuDNN autotuning on (`cudnn.benchmark`, each convolution's algorithm timed at its first call; the warm-up steps absorb it); step time is wall time up to a CUDA synchronize at the step's end; the measured peak is the CUDA caching allocator's peak allocated bytes, reset before every step. The plan's fragmentation margin is left out of the compared prediction: it is headroom for what the caching allocator reserves beyond its live blocks, which no allocated-bytes statistic includes. The data loader's batches stay in host memory and are not counted.".into(),
+        "Phases on GPU: the phase timer waits for the device at the end of each top-level phase (a few extra synchronisations per step), so a phase is the wall time until its kernels finished. MFU is the plan's model FLOPs (forward + backward, no recompute) per step over the step time, against the device's dense peak in the plan's compute dtype.".into(),
+    ]
+}
+
+/// The GPU this process sees and its libraries, plus the driver as
+/// `nvidia-smi` reports it; `None` without a GPU.
+fn describe_gpu() -> Option<String> {
+    let mut d = executor::memstats::describe_cuda(0).ok()?;
+    let smi = Command::new("nvidia-smi").args(["--query-gpu=driver_version", "--format=csv,noheader"]).output();
+    if let Some(o) = smi.ok().filter(|o| o.status.success()) {
+        let v = String::from_utf8_lossy(&o.stdout);
+        if let Some(line) = v.lines().next().filter(|l| !l.trim().is_empty()) {
+            d.push_str(&format!(", driver {}", line.trim()));
+        }
+    }
+    Some(d)
+}
+
+fn write_report(report: &ValidationReport, out: &Path, check: bool, memory_tolerance: f64, start: Instant) -> Result<()> {
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
     let md_path = out.with_extension("md");
     let svg_path = out.with_extension("svg");
     let json_path = out.with_extension("json");
     let svg_name = svg_path.file_name().map(|s| s.to_string_lossy().to_string());
     std::fs::write(&svg_path, report.svg()).with_context(|| format!("writing {}", svg_path.display()))?;
     std::fs::write(&md_path, report.markdown(svg_name.as_deref())).with_context(|| format!("writing {}", md_path.display()))?;
-    std::fs::write(&json_path, serde_json::to_string_pretty(&report)? + "\n").with_context(|| format!("writing {}", json_path.display()))?;
+    std::fs::write(&json_path, serde_json::to_string_pretty(report)? + "\n").with_context(|| format!("writing {}", json_path.display()))?;
     println!("{}", report.markdown(None));
     println!("wrote {}, {} and {} in {:.0} s", md_path.display(), svg_path.display(), json_path.display(), start.elapsed().as_secs_f64());
     let failures = report.memory_failures();
-    if a.check && !failures.is_empty() {
-        bail!("peak memory off by more than {:.0}%: {}", a.memory_tolerance * 100.0, failures.join("; "));
+    if check && !failures.is_empty() {
+        bail!("peak memory off by more than {:.0}%: {}", memory_tolerance * 100.0, failures.join("; "));
     }
     Ok(())
+}
+
+/// `validate --replay`: the stored measurements against fresh predictions.
+fn replay(a: &ValidateArgs, path: &Path) -> Result<()> {
+    let start = Instant::now();
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let old: ValidationReport = cost_models::config::parse_json(&text, &path.display().to_string())?;
+    let recipe = match &old.recipe_config {
+        Some(r) => r.clone(),
+        None => Recipe::load(&old.recipe).with_context(|| format!("{}: no stored recipe, and `{}` does not load", path.display(), old.recipe))?,
+    };
+    let (hw, hardware_source) = hardware(a, &recipe)?;
+    let mut rows = Vec::with_capacity(old.rows.len());
+    for r in &old.rows {
+        let v = Variant::parse(&r.variant).with_context(|| format!("{}: row `{}`", path.display(), r.variant))?;
+        let (plan, _) = plan_variant(&recipe, &hw, &v)?;
+        let mut row = Row::from_plan(&v, &plan, r.measured.clone(), r.note.clone());
+        row.predicted_phases = Some(variant_phases(&recipe, &hw, &v)?);
+        row.measured_phases = r.measured_phases;
+        rows.push(row);
+    }
+    let out = a.out.clone().unwrap_or_else(|| path.with_extension(""));
+    let mut command = format!("seerscale validate --replay {}", path.display());
+    if let Some(g) = &a.gpu {
+        command.push_str(&format!(" --gpu {g}"));
+    }
+    if a.out.is_some() {
+        command.push_str(&format!(" --out {}", out.display()));
+    }
+    let mut notes = if hw.hardware.kind == DeviceKind::Gpu { gpu_notes() } else { Vec::new() };
+    notes.push("Peak memory is predicted by `planner::memory` from the plan alone (no measured input); step and communication times come from the step simulator with the hardware above.".into());
+    notes.push(format!(
+        "Replayed: the measurements (peak, step time, phases, notes) are those stored in `{}`; the predictions are this planner's.",
+        path.display()
+    ));
+    let report = ValidationReport {
+        recipe: recipe.name.clone(),
+        hardware: hw.hardware.name.clone(),
+        hardware_source,
+        command,
+        rows,
+        notes,
+        recipe_config: Some(recipe),
+        measured_with: Some(old.measured_with.clone().unwrap_or_else(|| old.command.clone())),
+        ..old
+    };
+    write_report(&report, &out, a.check, a.memory_tolerance, start)
 }
 
 /// What one run of one variant measured, and what its round's profile
@@ -402,9 +510,13 @@ fn run_once(
     data: &Path,
     a: &ValidateArgs,
 ) -> Result<Run> {
-    let before = probe(hw)?;
-    let failure = execute(plan_path, v, a.steps, threads, data, run_dir, Duration::from_secs(a.run_timeout_s.max(1)))?;
-    let after = probe(hw)?;
+    let (before, failure, after) = if a.collect {
+        (None, (!run_dir.is_dir()).then(|| format!("no run in {}", run_dir.display())), None)
+    } else {
+        let before = probe(hw)?;
+        let failure = execute(plan_path, v, a.steps, threads, data, run_dir, Duration::from_secs(a.run_timeout_s.max(1)))?;
+        (before, failure, probe(hw)?)
+    };
     let slowdown = match (hw.measured.speed_probe, before, after) {
         (Some(r), Some(b), Some(a)) => Some(speed_probe::slowdown(r, b, a)),
         _ => None,
