@@ -28,8 +28,9 @@ use crate::recipe::{Recipe, Wrapping};
 use crate::wrapping::Unit;
 use cost_models::graph::{BlockKind, Layer, LayerKind, ModelGraph};
 use cost_models::hardware::{DeviceKind, HardwareSpec};
-use cost_models::units::MIB;
 use cost_models::{Bytes, DType};
+#[cfg(test)]
+use cost_models::units::MIB;
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
 
@@ -95,12 +96,12 @@ impl Category {
 /// How the device allocator rounds each tensor.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Allocator {
-    /// Every allocation is a multiple of this (CUDA caching allocator: 512).
+    /// Every allocation is a multiple of this. The CUDA caching allocator
+    /// rounds every request to 512 bytes and counts the rounded block as
+    /// allocated; its 2 MiB and 20 MiB granularity is that of the segments
+    /// it reserves from the driver, which the allocated-bytes peak does not
+    /// see (that is what the fragmentation margin is for).
     pub quantum: u64,
-    /// Allocations above this size are rounded to `large_quantum` (the
-    /// caching allocator's 2 MiB segment granularity).
-    pub large_threshold: u64,
-    pub large_quantum: u64,
     /// Fraction of live bytes lost to fragmentation, added on top.
     pub fragmentation: f64,
 }
@@ -110,16 +111,14 @@ impl Allocator {
     /// exact byte counts and there is no cache to fragment.
     pub fn for_device(kind: DeviceKind) -> Allocator {
         match kind {
-            DeviceKind::Gpu => Allocator { quantum: 512, large_threshold: MIB, large_quantum: 2 * MIB, fragmentation: 0.03 },
-            DeviceKind::Cpu => Allocator { quantum: 1, large_threshold: u64::MAX, large_quantum: 1, fragmentation: 0.0 },
+            DeviceKind::Gpu => Allocator { quantum: 512, fragmentation: 0.03 },
+            DeviceKind::Cpu => Allocator { quantum: 1, fragmentation: 0.0 },
         }
     }
     /// Bytes the allocator hands out for a tensor of `b` bytes.
     pub fn round(&self, b: u64) -> Bytes {
         if b == 0 {
             Bytes::ZERO
-        } else if b > self.large_threshold {
-            Bytes(b).round_up(self.large_quantum)
         } else {
             Bytes(b).round_up(self.quantum)
         }
@@ -191,6 +190,24 @@ pub struct UnitMem {
     pub rs_cast: Bytes,
     /// Gradient of the flat parameter produced by a block's backward.
     pub param_grad: Bytes,
+    /// The reduce-scatter keeps its input (`grad_acc`) until it completes;
+    /// a group of one rank copies at issue, so the executor frees it then.
+    pub rs_holds_input: bool,
+}
+
+impl UnitMem {
+    /// Unsharded gradient bytes freed when the reduce-scatter is issued.
+    fn acc_freed_at_issue(&self) -> u64 {
+        if self.rs_holds_input {
+            0
+        } else {
+            self.grad_acc.0
+        }
+    }
+    /// Bytes freed when the reduce-scatter completes.
+    fn freed_at_completion(&self) -> u64 {
+        self.rs_out.0 + if self.rs_holds_input { self.grad_acc.0 } else { 0 }
+    }
 }
 
 /// Data-loading workers per rank the executor uses by default
@@ -420,10 +437,11 @@ impl MemoryModel {
                 gs += p.units[u].rs_out.0;
                 pending.push_back(u);
                 ev.push((gs, freed));
+                gs -= p.units[u].acc_freed_at_issue();
                 while pending.len() > 2 {
                     let v = pending.pop_front().unwrap_or(u);
                     ev.push((gs + p.units[v].rs_cast.0, freed));
-                    gs -= p.units[v].grad_acc.0 + p.units[v].rs_out.0;
+                    gs -= p.units[v].freed_at_completion();
                 }
             }
             post_max[i] = ev.iter().map(|&(g, f)| g as i64 - f as i64).max().unwrap_or(i64::MIN);
@@ -434,7 +452,7 @@ impl MemoryModel {
         let mut tail_max = static_base + p.statics.optimizer_transient.0;
         for &v in &pending {
             tail_max = tail_max.max(static_base + gs + p.units[v].rs_cast.0);
-            gs -= p.units[v].grad_acc.0 + p.units[v].rs_out.0;
+            gs -= p.units[v].freed_at_completion();
         }
         MemoryModel { p, n, static_base, units_of, starting_at, q, gs_bwd, pg, post, post_max, tail_max }
     }
@@ -841,6 +859,9 @@ impl<'m> Replay<'m> {
                 self.unit_live[u] += out;
                 pending.push_back(u);
                 self.emit(format!("reduce-scatter {}", m.p.units[u].name), &[], None);
+                let early = m.p.units[u].acc_freed_at_issue();
+                self.sub(Category::GradBuffers, early);
+                self.unit_live[u] -= early;
                 while pending.len() > 2 {
                     if let Some(v) = pending.pop_front() {
                         self.complete(v);
@@ -875,10 +896,10 @@ impl<'m> Replay<'m> {
     /// grad shard, then the unsharded gradient and output are freed.
     fn complete(&mut self, v: usize) {
         let u = &self.m.p.units[v];
-        let (cast, acc, out) = (u.rs_cast.0, u.grad_acc.0, u.rs_out.0);
+        let (cast, freed) = (u.rs_cast.0, u.freed_at_completion());
         self.emit(format!("reduce-scatter {} done", u.name), &[(Category::Transient, cast)], None);
-        self.sub(Category::GradBuffers, acc + out);
-        self.unit_live[v] -= acc + out;
+        self.sub(Category::GradBuffers, freed);
+        self.unit_live[v] -= freed;
     }
 }
 
@@ -1030,6 +1051,7 @@ pub fn profile(
                 rs_out: a.round(shard * reduce),
                 rs_cast: if reduce == 4 { Bytes::ZERO } else { a.round(shard * 4) },
                 param_grad: a.round(padded * pdt),
+                rs_holds_input: world > 1,
             }
         })
         .collect();
@@ -1127,6 +1149,7 @@ pub(crate) mod testgen {
                     grad_acc: rng.bytes(2000),
                     rs_out: rng.bytes(300),
                     rs_cast: rng.bytes(600),
+                    rs_holds_input: rng.below(2) == 0,
                     param_grad: rng.bytes(2000),
                 }
             })
@@ -1143,7 +1166,7 @@ pub(crate) mod testgen {
                 optimizer_transient: rng.bytes(2000),
             },
             reshard_after_forward: rng.below(2) == 0,
-            allocator: Allocator { quantum: 1, large_threshold: u64::MAX, large_quantum: 1, fragmentation: [0.0, 0.03, 0.1][rng.below(3) as usize] },
+            allocator: Allocator { quantum: 1, fragmentation: [0.0, 0.03, 0.1][rng.below(3) as usize] },
             usable: Bytes(20_000),
         }
     }
@@ -1370,8 +1393,10 @@ mod tests {
         let a = Allocator::for_device(DeviceKind::Gpu);
         assert_eq!(a.round(1), Bytes(512));
         assert_eq!(a.round(MIB), Bytes(MIB));
-        assert_eq!(a.round(MIB + 1), Bytes(2 * MIB));
-        assert_eq!(a.round(5 * MIB), Bytes(6 * MIB));
+        // Large blocks too: the allocated-bytes statistic counts 512 B blocks,
+        // whatever segment they were carved from.
+        assert_eq!(a.round(MIB + 1), Bytes(MIB + 512));
+        assert_eq!(a.round(5 * MIB + 600), Bytes(5 * MIB + 1024));
         for b in [0u64, 1, 1000, 10_000_000, 40 << 30] {
             let r = a.raw_budget(Bytes(b));
             assert!(r + a.frag(r) <= b);
