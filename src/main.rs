@@ -18,6 +18,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The GPU time model against measured GPU time (public timings, an H200); fit its parameters.
+    Accuracy(commands::accuracy::AccuracyArgs),
     /// Rebuild a plan's memory model: breakdown, top contributors, headroom, SVG timeline.
     DryRun(commands::dry_run::DryRunArgs),
     /// Per-stage parameters, FLOPs and saved activations of a model.
@@ -43,6 +45,7 @@ fn main() {
     }
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Accuracy(a) => commands::accuracy::run(&a),
         Command::DryRun(a) => commands::dry_run::run(&a),
         Command::Model(a) => commands::model::run(&a),
         Command::Calibrate(a) => commands::calibrate::run(&a),

@@ -191,7 +191,8 @@ impl ModelGraph {
                 for j in 0..st.depth {
                     let stride = if j == 0 { 2 } else { 1 };
                     let name = b.blocks[block_idx].name.clone();
-                    let se_w = (spec.se_ratio * w_in as f64).round() as u64;
+                    // Half to even, as torchvision's `SqueezeExcitation` width (Python `round`).
+                    let se_w = (spec.se_ratio * w_in as f64).round_ties_even() as u64;
                     prev = b.res_block(block_idx, &name, &sfx, prev, w_in, w_out, w_b, groups, stride, se_w, first);
                     w_in = w_out;
                     block_idx += 1;
@@ -453,16 +454,21 @@ impl Builder {
         let a = self.bn_relu(bi, &p("a_bn"), sfx, a, a, first);
         let (bconv, _) = self.conv(bi, &p("b"), sfx, a, w_b, 3, stride, groups, false, true, first, true);
         let bx = self.bn_relu(bi, &p("b_bn"), sfx, bconv, bconv, first);
-        // Squeeze-excitation.
-        let [n, _, _, _] = self.g[bx].out_shape;
-        let pool = self.layer(bi, format!("{}{sfx}", p("se.pool")), LayerKind::AvgPool, self.g[bx].out_shape, [n, w_b, 1, 1], vec![], Some(bx), first, true);
-        let (red, _) = self.conv(bi, &p("se.reduce"), sfx, pool, se_w, 1, 1, 1, true, false, first, true);
-        let relu = self.layer(bi, format!("{}{sfx}", p("se.relu")), LayerKind::Relu, [n, se_w, 1, 1], [n, se_w, 1, 1], vec![], Some(red), first, true);
-        let (exp, _) = self.conv(bi, &p("se.expand"), sfx, relu, w_b, 1, 1, 1, true, false, first, true);
-        let sig = self.layer(bi, format!("{}{sfx}", p("se.sigmoid")), LayerKind::Sigmoid, [n, w_b, 1, 1], [n, w_b, 1, 1], vec![], Some(exp), first, true);
-        let mul = self.layer(bi, format!("{}{sfx}", p("se.mul")), LayerKind::Mul, self.g[bx].out_shape, self.g[bx].out_shape, vec![], Some(bx), first, true);
-        self.g.add_edge(sig, mul, ());
-        let (c, _) = self.conv(bi, &p("c"), sfx, mul, w_out, 1, 1, 1, false, true, first, true);
+        // Squeeze-excitation (RegNet-Y; RegNet-X has none: se_w = 0).
+        let c_in = if se_w == 0 {
+            bx
+        } else {
+            let [n, _, _, _] = self.g[bx].out_shape;
+            let pool = self.layer(bi, format!("{}{sfx}", p("se.pool")), LayerKind::AvgPool, self.g[bx].out_shape, [n, w_b, 1, 1], vec![], Some(bx), first, true);
+            let (red, _) = self.conv(bi, &p("se.reduce"), sfx, pool, se_w, 1, 1, 1, true, false, first, true);
+            let relu = self.layer(bi, format!("{}{sfx}", p("se.relu")), LayerKind::Relu, [n, se_w, 1, 1], [n, se_w, 1, 1], vec![], Some(red), first, true);
+            let (exp, _) = self.conv(bi, &p("se.expand"), sfx, relu, w_b, 1, 1, 1, true, false, first, true);
+            let sig = self.layer(bi, format!("{}{sfx}", p("se.sigmoid")), LayerKind::Sigmoid, [n, w_b, 1, 1], [n, w_b, 1, 1], vec![], Some(exp), first, true);
+            let mul = self.layer(bi, format!("{}{sfx}", p("se.mul")), LayerKind::Mul, self.g[bx].out_shape, self.g[bx].out_shape, vec![], Some(bx), first, true);
+            self.g.add_edge(sig, mul, ());
+            mul
+        };
+        let (c, _) = self.conv(bi, &p("c"), sfx, c_in, w_out, 1, 1, 1, false, true, first, true);
         let cbn = self.bn(bi, &p("c_bn"), sfx, c, false, first);
         let out_shape = self.g[cbn].out_shape;
         let add = self.layer(bi, format!("{}{sfx}", p("add")), LayerKind::Add, out_shape, out_shape, vec![], Some(cbn), first, true);

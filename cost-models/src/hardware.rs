@@ -12,11 +12,13 @@ use serde::{Deserialize, Serialize};
 
 /// Built-in catalog: (id, TOML text). Order = display order.
 const BUILTINS: &[(&str, &str)] = &[
+    ("v100-16gb", include_str!("../../configs/hardware/v100-16gb.toml")),
     ("v100-32gb", include_str!("../../configs/hardware/v100-32gb.toml")),
     ("a100-40gb", include_str!("../../configs/hardware/a100-40gb.toml")),
     ("a100-80gb", include_str!("../../configs/hardware/a100-80gb.toml")),
     ("h100-80gb", include_str!("../../configs/hardware/h100-80gb.toml")),
     ("h200-141gb", include_str!("../../configs/hardware/h200-141gb.toml")),
+    ("rtx-3090", include_str!("../../configs/hardware/rtx-3090.toml")),
     ("cpu-local", include_str!("../../configs/hardware/cpu-local.toml")),
 ];
 
@@ -69,7 +71,13 @@ pub struct HardwareSpec {
     pub compute: ComputeSpec,
     pub memory: MemorySpec,
     pub interconnect: InterconnectSpec,
-    pub efficiency: EfficiencySpec,
+    /// Flat fractions of peak per class of op (a roofline): CPUs, and GPUs
+    /// described without a kernel model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub efficiency: Option<EfficiencySpec>,
+    /// The GPU kernel-time model's parameters ([`crate::kernels`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernels: Option<crate::kernels::KernelSpec>,
     /// Free text: where the numbers come from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
@@ -304,12 +312,21 @@ impl HardwareSpec {
         v.fraction(ic.nic_efficiency, "interconnect.nic_efficiency");
         v.nonneg(ic.fabric_latency.0 * 1e6, "interconnect.fabric_latency_us");
         v.check(ic.fabric_oversubscription.is_finite() && ic.fabric_oversubscription >= 1.0, "interconnect.fabric_oversubscription", "must be >= 1");
-        let e = &self.efficiency;
-        v.fraction(e.matmul, "efficiency.matmul");
-        v.fraction(e.conv, "efficiency.conv");
-        v.fraction(e.grouped_conv, "efficiency.grouped_conv");
-        v.fraction(e.memory_bound, "efficiency.memory_bound");
-        v.nonneg(e.kernel_overhead.0 * 1e6, "efficiency.kernel_overhead_us");
+        match (&self.efficiency, &self.kernels) {
+            (None, None) => v.check(false, "efficiency", "give `[kernels]` (the GPU kernel model) or `[efficiency]` (flat fractions of peak)"),
+            (_, Some(_)) if self.kind == DeviceKind::Cpu => v.check(false, "kernels", "the kernel model is for GPUs; a CPU takes `[efficiency]`"),
+            _ => {}
+        }
+        if let Some(e) = &self.efficiency {
+            v.fraction(e.matmul, "efficiency.matmul");
+            v.fraction(e.conv, "efficiency.conv");
+            v.fraction(e.grouped_conv, "efficiency.grouped_conv");
+            v.fraction(e.memory_bound, "efficiency.memory_bound");
+            v.nonneg(e.kernel_overhead.0 * 1e6, "efficiency.kernel_overhead_us");
+        }
+        if let Some(Err((field, reason))) = self.kernels.as_ref().map(|k| k.validate()) {
+            v.check(false, &field, &reason);
+        }
         v.done()
     }
 }

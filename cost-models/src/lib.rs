@@ -17,6 +17,7 @@ pub mod compute;
 pub mod config;
 pub mod graph;
 pub mod hardware;
+pub mod kernels;
 pub mod regnet;
 pub mod stats;
 pub mod topology;

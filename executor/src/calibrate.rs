@@ -1410,11 +1410,13 @@ impl CalibrationReport {
             hw.memory.capacity = Bytes(m >> 20 << 20);
         }
         hw.memory.bandwidth = Bandwidth(sig(c.copy.gb_s * 1e9));
-        if let Some(mb) = c.memory_bound_gb_s {
-            // Small BN/elementwise tensors live in cache, so this can pass 1.
-            hw.efficiency.memory_bound = sig((mb / c.copy.gb_s).clamp(1e-3, 1.0));
+        if let Some(e) = hw.efficiency.as_mut() {
+            if let Some(mb) = c.memory_bound_gb_s {
+                // Small BN/elementwise tensors live in cache, so this can pass 1.
+                e.memory_bound = sig((mb / c.copy.gb_s).clamp(1e-3, 1.0));
+            }
+            e.kernel_overhead = Seconds(sig(c.op_overhead.median_s));
         }
-        hw.efficiency.kernel_overhead = Seconds(sig(c.op_overhead.median_s));
         // The links as the catalog describes them, made consistent with the
         // all-gather fit (FSDP's main collective), for code that reads the
         // spec rather than the fits.

@@ -11,6 +11,7 @@
 // Input checks read `!(x > 0.0)` on purpose: NaN fails them too.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
+pub mod accuracy;
 pub mod build;
 pub mod checkpoint;
 pub mod cluster;

@@ -207,7 +207,7 @@ impl GraphCosts {
 
 /// A block's time from its layers (the compute model) plus, when host costs
 /// are measured, the executor's per-block bookkeeping around them.
-fn estimated_block(graph: &ModelGraph, b: &Block, compute: &ComputeModel) -> Result<BlockCost, ComputeError> {
+pub fn estimated_block(graph: &ModelGraph, b: &Block, compute: &ComputeModel) -> Result<BlockCost, ComputeError> {
     let groups = graph.workload.crops.len().max(1) as f64;
     let (mut f, mut bw) = (Seconds(0.0), Seconds(0.0));
     let mut bn_layers = 0.0;

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod accuracy;
 pub mod calibrate;
 pub mod dry_run;
 pub mod model;
