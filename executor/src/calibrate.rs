@@ -1450,7 +1450,9 @@ impl CalibrationReport {
             }),
             threads_per_rank: Some(c.threads),
             host_cores: Some(self.host.cores),
-            memory_bandwidth: c.memory_bound_gb_s.map(|g| Bandwidth(sig(g * 1e9))),
+            // On a GPU no op rates are measured: the large copy is what the
+            // optimiser's and the loss's streaming passes reach.
+            memory_bandwidth: if gpu { Some(Bandwidth(sig(c.copy.gb_s * 1e9))) } else { c.memory_bound_gb_s.map(|g| Bandwidth(sig(g * 1e9))) },
             kernel_overhead: Some(Seconds(sig(c.op_overhead.median_s))),
             op_throughput: c.rates.iter().map(|r| OpThroughput { kind: r.kind, dtype: r.dtype, rate: FlopRate(sig(r.tflops * 1e12)) }).collect(),
             collectives: CollectiveProfile::default(),

@@ -413,6 +413,28 @@ pub fn add_unit_host_costs(
     }
 }
 
+/// Bytes per parameter the executor's norms pass moves (`Optimizer::
+/// global_sq_norms`): for weight and gradient, `square` reads and writes,
+/// then `sum` reads the squares.
+pub const NORMS_BYTES_PER_PARAM: f64 = 2.0 * (4.0 + 4.0 + 4.0);
+
+/// Bytes per fp32 parameter one update of the executor's optimiser moves
+/// (executor/src/optim.rs, op by op; `x.op(y)` reads x and y and writes a
+/// new tensor, `x.op_(y)` writes x in place): SGD builds the decayed
+/// gradient `g + w·wd` (20), scales it by LARC's ratio (8), updates the
+/// momentum `b·m` in place then `+ d` (8 + 12) and the weight `w - b·lr`
+/// (20); Adam adds its moment updates, bias corrections and the division.
+pub fn optimizer_bytes_per_param(kind: crate::recipe::OptimKind, decay: bool, larc: bool) -> f64 {
+    use crate::recipe::OptimKind;
+    let decayed = if decay { 20.0 } else { 0.0 };
+    match kind {
+        OptimKind::Sgd => decayed + if larc { 8.0 } else { 0.0 } + 8.0 + 12.0 + 20.0,
+        // m: mul_ 8, mul 8 + add_ 12; v: mul_ 8, square 8 + mul 8 + add_ 12;
+        // denom: div 8, sqrt 8, add 8; w: div 12, mul 8, sub_ 12.
+        OptimKind::Adam => decayed + 8.0 + 20.0 + 8.0 + 28.0 + 24.0 + 32.0,
+    }
+}
+
 /// LARC norms, their all-reduce (with the fp16 scaler's overflow flag) and
 /// the fp32 update of the slowest rank's shard: `pieces` slices of
 /// parameters (a tensor split between ranks is a piece on each), the unit
@@ -426,9 +448,7 @@ pub fn optimizer_cost(g: &GraphCosts, recipe: &Recipe, compute_dtype: DType, com
     let bw = compute.memory_bandwidth().0;
     let pass = |bytes: f64, kernels: usize| Seconds(bytes / bw) + compute.kernel_overhead() * kernels as f64;
     let larc = recipe.optim.larc_trust.is_some();
-    let states = recipe.optim.kind.states_per_param() as f64;
-    // fp32 master, grad, states: read all, write param + states.
-    let step_bytes = 4.0 * shard * ((2.0 + states) + (1.0 + states));
+    let step_bytes = shard * optimizer_bytes_per_param(recipe.optim.kind, recipe.optim.weight_decay != 0.0, larc);
     let p = pieces as f64;
     let (norms, step) = match compute.host() {
         // The executor runs the norms for SGD and Adam alike (grad norm reported).
@@ -439,11 +459,10 @@ pub fn optimizer_cost(g: &GraphCosts, recipe: &Recipe, compute_dtype: DType, com
                 OptimKind::Sgd => h.optimizer_sgd_piece.unwrap_or_else(|| counted(host_ops::SGD_PER_PIECE)),
                 OptimKind::Adam => h.optimizer_adam_piece.unwrap_or_else(|| counted(host_ops::ADAM_PER_PIECE)),
             };
-            (Seconds(8.0 * shard / bw) + counted(host_ops::NORMS_FIXED) + norms_piece * p, Seconds(step_bytes / bw) + update_piece * p)
+            (Seconds(NORMS_BYTES_PER_PARAM * shard / bw) + counted(host_ops::NORMS_FIXED) + norms_piece * p, Seconds(step_bytes / bw) + update_piece * p)
         }
         None => {
-            // Read param + grad for the two norms.
-            let norms = if larc { pass(8.0 * shard, pieces) } else { Seconds(0.0) };
+            let norms = if larc { pass(NORMS_BYTES_PER_PARAM * shard, pieces) } else { Seconds(0.0) };
             (norms, pass(step_bytes, pieces))
         }
     };

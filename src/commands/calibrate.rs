@@ -87,6 +87,11 @@ pub struct CalibrateArgs {
     /// Kill the collective ranks after this many seconds.
     #[arg(long, default_value_t = 120)]
     pub timeout_s: u64,
+    /// Measure nothing: rebuild the profile (`--out`) from the measurements
+    /// a calibration stored next to its profile (its `.json`), with this
+    /// version's profile building, on `--base`.
+    #[arg(long, value_name = "REPORT.json", conflicts_with_all = ["recipe", "collectives_worker"])]
+    pub replay: Option<PathBuf>,
     /// Internal: run as one collective-measuring rank and (rank 0) write the
     /// samples to this JSON file.
     #[arg(long, hide = true)]
@@ -111,6 +116,9 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
         return collectives_rank(args, path);
     }
     let start = Instant::now();
+    if let Some(path) = &args.replay {
+        return replay(args, path, start);
+    }
     let gpu = args.device != executor::Device::Cpu;
     let base_name = args.base.clone().unwrap_or_else(|| "cpu-local".into());
     let base = load_hardware(&base_name).with_context(|| format!("loading base hardware `{base_name}`"))?;
@@ -199,6 +207,19 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
         println!("{l}");
     }
     println!("wrote {} (profile) and {} (all measurements) in {:.1} s", args.out.display(), json_path.display(), start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// `calibrate --replay`: the profile of stored measurements.
+fn replay(args: &CalibrateArgs, path: &Path, start: Instant) -> Result<()> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let report: CalibrationReport = cost_models::config::parse_json(&text, &path.display().to_string())?;
+    let base_name = args.base.clone().unwrap_or_else(|| "cpu-local".into());
+    let base = load_hardware(&base_name).with_context(|| format!("loading base hardware `{base_name}`"))?;
+    let toml = report.profile_toml(&base).context("building the profile")?;
+    write_atomic(&args.out, toml.as_bytes())?;
+    cost_models::hardware::load_profile(&args.out.to_string_lossy()).with_context(|| format!("re-reading {}", args.out.display()))?;
+    println!("wrote {} from {} in {:.1} s", args.out.display(), path.display(), start.elapsed().as_secs_f64());
     Ok(())
 }
 
