@@ -38,9 +38,9 @@ use std::collections::BTreeMap;
 
 const PYCLS: &str = include_str!("../../configs/gpu-timings/pycls-model-timing.json");
 const TIMM: &str = include_str!("../../configs/gpu-timings/timm-train-amp-nchw-pt112-cu113-rtx3090-regnet.csv");
-const H200_PYTORCH: &str = include_str!("../../configs/gpu-timings/h200-pytorch.json");
-const H200_BLOCKS: &str = include_str!("../../configs/gpu-timings/h200-executor-blocks.json");
-const H200_CONVS: &str = include_str!("../../configs/gpu-timings/h200-convs.json");
+const H200_PYTORCH: &str = include_str!("../../configs/gpu-timings/h200-141gb-pytorch.json");
+const H200_BLOCKS: &str = include_str!("../../configs/gpu-timings/h200-141gb-executor-blocks.json");
+const H200_CONVS: &str = include_str!("../../configs/gpu-timings/h200-141gb-convs.json");
 /// The H200 calibrated by `seerscale calibrate --device cuda` (scripts/device-check):
 /// the executor's measured per-op host costs on that machine.
 const H200_PROFILE: &str = include_str!("../../docs/calibration-gpu-10b-s3.toml");
@@ -241,7 +241,7 @@ fn public_cases() -> Result<Vec<Case>, AccuracyError> {
 }
 
 fn h200_cases() -> Result<Vec<Case>, AccuracyError> {
-    const F: &str = "h200-pytorch.json";
+    const F: &str = "h200-141gb-pytorch.json";
     let mut out = Vec::new();
     let d: serde_json::Value = serde_json::from_str(H200_PYTORCH).map_err(|e| data_err(F, e.to_string()))?;
     for r in d.get("rows").and_then(|r| r.as_array()).ok_or_else(|| data_err(F, "no rows"))? {
@@ -261,7 +261,7 @@ fn h200_cases() -> Result<Vec<Case>, AccuracyError> {
             optimizer: None,
         });
     }
-    const B: &str = "h200-executor-blocks.json";
+    const B: &str = "h200-141gb-executor-blocks.json";
     let d: serde_json::Value = serde_json::from_str(H200_BLOCKS).map_err(|e| data_err(B, e.to_string()))?;
     let mut graphs: BTreeMap<String, ModelGraph> = BTreeMap::new();
     for r in d.get("rows").and_then(|r| r.as_array()).ok_or_else(|| data_err(B, "no rows"))? {
@@ -319,7 +319,7 @@ fn conv_layer(r: &serde_json::Value, dtype: DType) -> Option<Layer> {
 }
 
 fn conv_rows(k: &KernelModel) -> Result<Vec<Row>, AccuracyError> {
-    const C: &str = "h200-convs.json";
+    const C: &str = "h200-141gb-convs.json";
     let d: serde_json::Value = serde_json::from_str(H200_CONVS).map_err(|e| data_err(C, e.to_string()))?;
     let mut out = Vec::new();
     for r in d.get("rows").and_then(|r| r.as_array()).ok_or_else(|| data_err(C, "no rows"))? {
