@@ -459,12 +459,14 @@ impl Builder {
             bx
         } else {
             let [n, _, _, _] = self.g[bx].out_shape;
-            let pool = self.layer(bi, format!("{}{sfx}", p("se.pool")), LayerKind::AvgPool, self.g[bx].out_shape, [n, w_b, 1, 1], vec![], Some(bx), first, true);
+            let pool =
+                self.layer(bi, format!("{}{sfx}", p("se.pool")), LayerKind::AvgPool, self.g[bx].out_shape, [n, w_b, 1, 1], vec![], Some(bx), first, true);
             let (red, _) = self.conv(bi, &p("se.reduce"), sfx, pool, se_w, 1, 1, 1, true, false, first, true);
             let relu = self.layer(bi, format!("{}{sfx}", p("se.relu")), LayerKind::Relu, [n, se_w, 1, 1], [n, se_w, 1, 1], vec![], Some(red), first, true);
             let (exp, _) = self.conv(bi, &p("se.expand"), sfx, relu, w_b, 1, 1, 1, true, false, first, true);
             let sig = self.layer(bi, format!("{}{sfx}", p("se.sigmoid")), LayerKind::Sigmoid, [n, w_b, 1, 1], [n, w_b, 1, 1], vec![], Some(exp), first, true);
-            let mul = self.layer(bi, format!("{}{sfx}", p("se.mul")), LayerKind::Mul, self.g[bx].out_shape, self.g[bx].out_shape, vec![], Some(bx), first, true);
+            let mul =
+                self.layer(bi, format!("{}{sfx}", p("se.mul")), LayerKind::Mul, self.g[bx].out_shape, self.g[bx].out_shape, vec![], Some(bx), first, true);
             self.g.add_edge(sig, mul, ());
             mul
         };

@@ -150,6 +150,37 @@ pub struct GemmTime {
     pub memory: Seconds,
 }
 
+/// Where a layer's time goes, for reports: which units its kernels run on,
+/// or whether the host's issue rate bounds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeClass {
+    /// GEMMs on tensor cores with aligned channels.
+    TensorCores,
+    /// GEMMs on tensor cores with channels per group not a multiple of 8 (4 for TF32).
+    TensorCoresUnaligned,
+    /// GEMMs on CUDA cores.
+    CudaCores,
+    /// Memory-bound kernels (BN, ReLU, SE scaling, adds, pooling).
+    MemoryBound,
+    /// Ops whose kernels finish before the host issues the next op.
+    HostIssue,
+}
+
+impl TimeClass {
+    pub const ALL: [TimeClass; 5] =
+        [TimeClass::TensorCores, TimeClass::TensorCoresUnaligned, TimeClass::CudaCores, TimeClass::MemoryBound, TimeClass::HostIssue];
+    pub fn name(self) -> &'static str {
+        match self {
+            TimeClass::TensorCores => "tensor cores",
+            TimeClass::TensorCoresUnaligned => "tensor cores, unaligned",
+            TimeClass::CudaCores => "CUDA cores",
+            TimeClass::MemoryBound => "memory-bound",
+            TimeClass::HostIssue => "host issue",
+        }
+    }
+}
+
 /// The times of a convolution's forward, data-gradient and weight-gradient GEMMs.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ConvTimes {
@@ -277,7 +308,8 @@ impl KernelModel {
         let (cin_g, cout_g) = group_channels;
         let pass = if backward { s.backward_efficiency } else { 1.0 };
         let cuda_speed = if winograd && dtype == DType::Fp32 { s.winograd_speedup } else { 1.0 };
-        let mut options: Vec<(MathPath, f64, f64, &[(u64, u64)])> = vec![(MathPath::CudaCores, self.fp32.0 * cuda_speed, s.cuda_efficiency * pass, &CUDA_TILES)];
+        let mut options: Vec<(MathPath, f64, f64, &[(u64, u64)])> =
+            vec![(MathPath::CudaCores, self.fp32.0 * cuda_speed, s.cuda_efficiency * pass, &CUDA_TILES)];
         if let Some((peak, granule)) = self.tensor_peak(dtype, kind) {
             let narrow = g.groups > 1 && cin_g.min(cout_g) < s.tensor_min_group_channels;
             let aligned = cin_g % granule == 0 && cout_g % granule == 0;
@@ -319,6 +351,44 @@ impl KernelModel {
     /// The device time of the kernels alone (no host floor).
     pub fn device_time(&self, l: &Layer, backward: bool) -> Seconds {
         self.layer(l, backward)
+    }
+
+    /// A layer's time in one pass and what bounds it.
+    pub fn classify(&self, l: &Layer, backward: bool) -> (Seconds, TimeClass) {
+        let device = self.layer(l, backward);
+        let host = if backward { self.spec.host_backward_op } else { self.spec.host_op };
+        if !matches!(l.kind, LayerKind::Input) && host > device {
+            return (host, TimeClass::HostIssue);
+        }
+        let class = match l.kind {
+            LayerKind::Conv { groups, .. } => {
+                let g = groups.max(1);
+                let ch = (l.in_shape[1] / g, l.out_shape[1] / g);
+                let probe = Gemm { m: 1 << 16, n: ch.1, k: ch.0, groups: g, bytes: Bytes(0) };
+                self.path_class(&probe, l.dtype, GemmKind::Conv, ch)
+            }
+            LayerKind::Linear { .. } => {
+                let ch = (l.in_shape[1], l.out_shape[1]);
+                let probe = Gemm { m: 1 << 16, n: ch.1, k: ch.0, groups: 1, bytes: Bytes(0) };
+                self.path_class(&probe, l.dtype, GemmKind::Matmul, ch)
+            }
+            _ => TimeClass::MemoryBound,
+        };
+        (device, class)
+    }
+
+    fn path_class(&self, g: &Gemm, dtype: DType, kind: GemmKind, ch: (u64, u64)) -> TimeClass {
+        match self.gemm(g, dtype, kind, ch, false).path {
+            MathPath::CudaCores => TimeClass::CudaCores,
+            MathPath::TensorCores => {
+                let granule = if dtype == DType::Fp32 { 4 } else { 8 };
+                if ch.0 % granule == 0 && ch.1 % granule == 0 {
+                    TimeClass::TensorCores
+                } else {
+                    TimeClass::TensorCoresUnaligned
+                }
+            }
+        }
     }
 
     fn issued(&self, device: Seconds, l: &Layer, host: Seconds) -> Seconds {

@@ -1404,7 +1404,11 @@ impl CalibrationReport {
         let c = &self.compute;
         let gpu = c.device != "cpu";
         let mut hw = base.clone();
-        hw.name = if gpu { format!("{} — calibrated on {}", base.name, c.device) } else { format!("{} — calibrated, {} thread(s) per rank", base.name, c.threads) };
+        hw.name = if gpu {
+            format!("{} — calibrated on {}", base.name, c.device)
+        } else {
+            format!("{} — calibrated, {} thread(s) per rank", base.name, c.threads)
+        };
         // A GPU keeps its catalog capacity (the host's RAM is not its memory).
         if let (Some(m), false) = (self.host.memory_bytes, gpu) {
             hw.memory.capacity = Bytes(m >> 20 << 20);
@@ -1450,9 +1454,7 @@ impl CalibrationReport {
             }),
             threads_per_rank: Some(c.threads),
             host_cores: Some(self.host.cores),
-            // On a GPU no op rates are measured: the large copy is what the
-            // optimiser's and the loss's streaming passes reach.
-            memory_bandwidth: if gpu { Some(Bandwidth(sig(c.copy.gb_s * 1e9))) } else { c.memory_bound_gb_s.map(|g| Bandwidth(sig(g * 1e9))) },
+            memory_bandwidth: c.memory_bound_gb_s.map(|g| Bandwidth(sig(g * 1e9))),
             kernel_overhead: Some(Seconds(sig(c.op_overhead.median_s))),
             op_throughput: c.rates.iter().map(|r| OpThroughput { kind: r.kind, dtype: r.dtype, rate: FlopRate(sig(r.tflops * 1e12)) }).collect(),
             collectives: CollectiveProfile::default(),
@@ -1465,6 +1467,12 @@ impl CalibrationReport {
         // Op measurements and each block workload were taken at their own
         // host speed: put them all on the reference speed.
         .slowed_by(speed.normaliser(Some(speed.compute_s)));
+        if gpu {
+            // No op rates are measured on a GPU: the large copy is what the
+            // optimiser's and the loss's streaming passes reach, at the
+            // device's speed, not the host's.
+            measured.memory_bandwidth = Some(Bandwidth(sig(c.copy.gb_s * 1e9)));
+        }
         if !self.host_rounds.is_empty() {
             let rounds: Vec<Measured> = std::iter::once(measured.clone())
                 .chain(self.host_rounds.iter().map(|r| {

@@ -246,7 +246,9 @@ fn h200_cases() -> Result<Vec<Case>, AccuracyError> {
     let d: serde_json::Value = serde_json::from_str(H200_PYTORCH).map_err(|e| data_err(F, e.to_string()))?;
     for r in d.get("rows").and_then(|r| r.as_array()).ok_or_else(|| data_err(F, "no rows"))? {
         let name = r.get("model").and_then(|x| x.as_str()).ok_or_else(|| data_err(F, "a row without model"))?;
-        let (Some(fw), Some(bw), Some(batch)) = (r.get("forward_s").and_then(|x| x.as_f64()), r.get("backward_s").and_then(|x| x.as_f64()), r.get("batch").and_then(|x| x.as_u64())) else {
+        let (Some(fw), Some(bw), Some(batch)) =
+            (r.get("forward_s").and_then(|x| x.as_f64()), r.get("backward_s").and_then(|x| x.as_f64()), r.get("batch").and_then(|x| x.as_u64()))
+        else {
             continue;
         };
         let (model, _) = builtin_of(name);
@@ -326,12 +328,24 @@ fn conv_rows(k: &KernelModel) -> Result<Vec<Row>, AccuracyError> {
         let dtype = r.get("dtype").and_then(|x| x.as_str()).and_then(DType::parse).ok_or_else(|| data_err(C, "a row without a dtype"))?;
         let Some(l) = conv_layer(r, dtype) else { continue };
         let Some(c) = k.conv_passes(&l) else { continue };
-        for (part, key, pred) in [(Part::ConvForward, "forward_s", c.forward), (Part::ConvDgrad, "dgrad_s", c.dgrad.unwrap_or_default()), (Part::ConvWgrad, "wgrad_s", c.wgrad)] {
+        for (part, key, pred) in
+            [(Part::ConvForward, "forward_s", c.forward), (Part::ConvDgrad, "dgrad_s", c.dgrad.unwrap_or_default()), (Part::ConvWgrad, "wgrad_s", c.wgrad)]
+        {
             if let Some(m) = r.get(key).and_then(|x| x.as_f64()) {
                 out.push(Row {
                     source: Source::H200Convs,
                     gpu: "h200-141gb".into(),
-                    workload: format!("{} {dtype} ({}x{}→{} g{} k{} s{} @{})", l.name, l.in_shape[0], l.in_shape[1], l.out_shape[1], l.kind_groups(), l.kind_kernel(), l.kind_stride(), l.in_shape[2]),
+                    workload: format!(
+                        "{} {dtype} ({}x{}→{} g{} k{} s{} @{})",
+                        l.name,
+                        l.in_shape[0],
+                        l.in_shape[1],
+                        l.out_shape[1],
+                        l.kind_groups(),
+                        l.kind_kernel(),
+                        l.kind_stride(),
+                        l.in_shape[2]
+                    ),
                     part,
                     measured_s: m,
                     predicted_s: pred.0,
@@ -389,7 +403,9 @@ fn predict(k: &KernelModel, c: &Case) -> Vec<(Part, f64)> {
     }
     // One op per kernel of the step, each at least the host's issue time.
     let per_op = k.launch().0.max(k.spec().host_op.0);
-    let opt = c.optimizer.map_or(0.0, |(tensors, params)| k.memory_bound(Bytes((params as f64 * SGD_AMP_BYTES_PER_PARAM) as u64), 1.0, 0).0 + per_op * (SGD_AMP_KERNELS_PER_TENSOR as usize * tensors) as f64);
+    let opt = c.optimizer.map_or(0.0, |(tensors, params)| {
+        k.memory_bound(Bytes((params as f64 * SGD_AMP_BYTES_PER_PARAM) as u64), 1.0, 0).0 + per_op * (SGD_AMP_KERNELS_PER_TENSOR as usize * tensors) as f64
+    });
     c.measured
         .iter()
         .map(|(p, _)| {
@@ -432,7 +448,15 @@ fn rows_of(k: &KernelModel, c: &Case) -> Vec<Row> {
     predict(k, c)
         .into_iter()
         .zip(&c.measured)
-        .map(|((part, p), (_, m))| Row { source: c.source, gpu: c.gpu.clone(), workload: c.workload.clone(), part, measured_s: *m, predicted_s: p, fitted: c.fitted })
+        .map(|((part, p), (_, m))| Row {
+            source: c.source,
+            gpu: c.gpu.clone(),
+            workload: c.workload.clone(),
+            part,
+            measured_s: *m,
+            predicted_s: p,
+            fitted: c.fitted,
+        })
         .collect()
 }
 
@@ -459,7 +483,10 @@ fn published_rows() -> Result<Vec<Row>, AccuracyError> {
     Ok(vec![Row {
         source: Source::PublishedRun,
         gpu: recipe.cluster.gpu.clone(),
-        workload: format!("SEER 2021: RegNetY-256GF, {} x {} GPUs, 2x224+4x96, fp16, checkpointing (published ~6.1 s/iteration)", recipe.cluster.batch_per_gpu, recipe.cluster.gpus),
+        workload: format!(
+            "SEER 2021: RegNetY-256GF, {} x {} GPUs, 2x224+4x96, fp16, checkpointing (published ~6.1 s/iteration)",
+            recipe.cluster.batch_per_gpu, recipe.cluster.gpus
+        ),
         part: Part::Step,
         measured_s: 6.1,
         predicted_s: plan.predicted.step_time_s,
@@ -499,9 +526,15 @@ pub fn report() -> Result<AccuracyReport, AccuracyError> {
         let k = kernel_model(&hw)?;
         kernels.insert(k.spec().architecture.clone(), k.spec().clone());
         match (c.source, predict_executor_block(&calibrated, c)) {
-            (Source::H200Executor, Some(pred)) => rows.extend(
-                pred.into_iter().zip(&c.measured).map(|((part, p), (_, m))| Row { source: c.source, gpu: c.gpu.clone(), workload: c.workload.clone(), part, measured_s: *m, predicted_s: p, fitted: false }),
-            ),
+            (Source::H200Executor, Some(pred)) => rows.extend(pred.into_iter().zip(&c.measured).map(|((part, p), (_, m))| Row {
+                source: c.source,
+                gpu: c.gpu.clone(),
+                workload: c.workload.clone(),
+                part,
+                measured_s: *m,
+                predicted_s: p,
+                fitted: false,
+            })),
             _ => rows.extend(rows_of(&k, c)),
         }
     }
@@ -539,7 +572,15 @@ impl AccuracyReport {
         let mut out = Vec::new();
         for ((src, part), (_, med, max)) in self.checks() {
             if med > TARGET_MEDIAN || max > TARGET_MAX {
-                out.push(format!("{} {}: median |error| {:.1} %, max {:.1} % (targets {:.0} %, {:.0} %)", src.describe(), part.name(), med * 100.0, max * 100.0, TARGET_MEDIAN * 100.0, TARGET_MAX * 100.0));
+                out.push(format!(
+                    "{} {}: median |error| {:.1} %, max {:.1} % (targets {:.0} %, {:.0} %)",
+                    src.describe(),
+                    part.name(),
+                    med * 100.0,
+                    max * 100.0,
+                    TARGET_MEDIAN * 100.0,
+                    TARGET_MAX * 100.0
+                ));
             }
         }
         for r in self.rows.iter().filter(|r| matches!(r.source, Source::Pycls | Source::Timm) && r.error().abs() > TARGET_MAX) {
@@ -661,7 +702,8 @@ pub fn fit() -> Result<Vec<Fit>, AccuracyError> {
     let volta_cases: Vec<&Case> = cases.iter().filter(|c| c.source == Source::Pycls && c.fitted).collect();
     let start = prior(v100.kernels.clone().ok_or_else(|| AccuracyError::Plan("v100-16gb has no [kernels]".into()))?);
     // pycls's rows give forward and backward; their sum is not a third row.
-    let volta_parts: Vec<Case> = volta_cases.iter().map(|c| Case { measured: c.measured.iter().filter(|(p, _)| *p != Part::Total).copied().collect(), ..clone_case(c) }).collect();
+    let volta_parts: Vec<Case> =
+        volta_cases.iter().map(|c| Case { measured: c.measured.iter().filter(|(p, _)| *p != Part::Total).copied().collect(), ..clone_case(c) }).collect();
     let volta = fit_family(&v100, start, &volta_parts.iter().collect::<Vec<_>>());
     let rtx = hardware_for("rtx-3090", &mut hw_cache)?;
     let mut start = prior(rtx.kernels.clone().ok_or_else(|| AccuracyError::Plan("rtx-3090 has no [kernels]".into()))?);
@@ -670,7 +712,8 @@ pub fn fit() -> Result<Vec<Fit>, AccuracyError> {
 
     let ampere_cases: Vec<&Case> = cases.iter().filter(|c| c.source == Source::Timm && c.fitted).collect();
     let ampere = fit_family(&rtx, start, &ampere_cases);
-    let hopper = Fit { architecture: "hopper".into(), spec: KernelSpec { architecture: "hopper".into(), ..ampere.spec.clone() }, rows: 0, rms_log_error: f64::NAN };
+    let hopper =
+        Fit { architecture: "hopper".into(), spec: KernelSpec { architecture: "hopper".into(), ..ampere.spec.clone() }, rows: 0, rms_log_error: f64::NAN };
     Ok(vec![volta, ampere, hopper])
 }
 
@@ -726,11 +769,7 @@ impl AccuracyReport {
         }
         let failures = self.failures();
         if failures.is_empty() {
-            s.push_str(&format!(
-                "public rows not fitted on: every part within median {:.0} % and max {:.0} %",
-                TARGET_MEDIAN * 100.0,
-                TARGET_MAX * 100.0
-            ));
+            s.push_str(&format!("public rows not fitted on: every part within median {:.0} % and max {:.0} %", TARGET_MEDIAN * 100.0, TARGET_MAX * 100.0));
         } else {
             s.push_str(&format!("outside the targets: {}", failures.join("; ")));
         }
@@ -750,7 +789,14 @@ impl AccuracyReport {
         }
         s.push_str("## Summary\n\n| rows | part | fitted | n | median \\|error\\| | max \\|error\\| |\n|---|---|---|---:|---:|---:|\n");
         for (src, part, fitted, (n, med, max)) in self.groups() {
-            s.push_str(&format!("| {} | {} | {} | {n} | {:.1} % | {:.1} % |\n", src.describe(), part.name(), if fitted { "yes" } else { "no" }, med * 100.0, max * 100.0));
+            s.push_str(&format!(
+                "| {} | {} | {} | {n} | {:.1} % | {:.1} % |\n",
+                src.describe(),
+                part.name(),
+                if fitted { "yes" } else { "no" },
+                med * 100.0,
+                max * 100.0
+            ));
         }
         let failures = self.failures();
         s.push_str(&if failures.is_empty() {
@@ -776,7 +822,10 @@ impl AccuracyReport {
         sources.sort();
         sources.dedup();
         for src in sources {
-            s.push_str(&format!("\n## {}\n\n| workload | GPU | part | measured | predicted | error | fitted |\n|---|---|---|---:|---:|---:|---|\n", src.describe()));
+            s.push_str(&format!(
+                "\n## {}\n\n| workload | GPU | part | measured | predicted | error | fitted |\n|---|---|---|---:|---:|---:|---|\n",
+                src.describe()
+            ));
             for r in self.rows.iter().filter(|r| r.source == src) {
                 s.push_str(&format!(
                     "| {} | {} | {} | {} | {} | {:+.1} % | {} |\n",
@@ -821,7 +870,8 @@ impl AccuracyReport {
         for band in [1.25, 0.8] {
             chart.draw_series(LineSeries::new([(lo, lo * band), (hi, hi * band)], BLACK.mix(0.15)))?;
         }
-        let palette = [RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(44, 160, 44), RGBColor(214, 39, 40), RGBColor(148, 103, 189), RGBColor(140, 86, 75)];
+        let palette =
+            [RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(44, 160, 44), RGBColor(214, 39, 40), RGBColor(148, 103, 189), RGBColor(140, 86, 75)];
         let mut sources: Vec<Source> = self.rows.iter().map(|r| r.source).collect();
         sources.sort();
         sources.dedup();
@@ -831,7 +881,9 @@ impl AccuracyReport {
                 let style = if r.fitted { c.stroke_width(1) } else { c.filled() };
                 Circle::new((r.measured_s, r.predicted_s), 3, style)
             }))?;
-            series.label(format!("{}{}", src.describe(), if matches!(src, Source::Pycls | Source::Timm) { " (hollow: fitted)" } else { "" })).legend(move |(x, y)| Circle::new((x, y), 4, c.filled()));
+            series
+                .label(format!("{}{}", src.describe(), if matches!(src, Source::Pycls | Source::Timm) { " (hollow: fitted)" } else { "" }))
+                .legend(move |(x, y)| Circle::new((x, y), 4, c.filled()));
         }
         chart.configure_series_labels().position(SeriesLabelPosition::UpperLeft).background_style(WHITE.mix(0.8)).border_style(BLACK.mix(0.3)).draw()?;
         root.present()?;

@@ -28,9 +28,9 @@ use crate::recipe::{Recipe, Wrapping};
 use crate::wrapping::Unit;
 use cost_models::graph::{BlockKind, Layer, LayerKind, ModelGraph};
 use cost_models::hardware::{DeviceKind, HardwareSpec};
-use cost_models::{Bytes, DType};
 #[cfg(test)]
 use cost_models::units::MIB;
+use cost_models::{Bytes, DType};
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
 

@@ -667,7 +667,8 @@ mod tests {
             // Take the memory traffic out: what is left is the per-piece work.
             let shard = gc.params as f64 / world as f64;
             let bw = c.memory_bandwidth().0;
-            (pieces, (o.norms.0 - 8.0 * shard / bw) * 1e6, (o.step.0 - 4.0 * shard * 5.0 / bw) * 1e6)
+            let step_bytes = shard * optimizer_bytes_per_param(recipe.optim.kind, recipe.optim.weight_decay != 0.0, true);
+            (pieces, (o.norms.0 - NORMS_BYTES_PER_PARAM * shard / bw) * 1e6, (o.step.0 - step_bytes / bw) * 1e6)
         };
         let (p1, norms1, step1) = cost(measured, 1);
         assert_eq!(p1, gc.param_tensors);

@@ -611,7 +611,8 @@ impl ValidationReport {
 
     pub fn markdown(&self, svg_name: Option<&str>) -> String {
         let pct = |e: Option<f64>| e.map_or("-".to_string(), |e| format!("{:+.1}%", e * 100.0));
-        let largest = self.rows.iter().flat_map(|r| std::iter::once(r.predicted_peak_bytes).chain(r.measured.as_ref().map(|m| m.peak_memory_bytes))).max().unwrap_or(0);
+        let largest =
+            self.rows.iter().flat_map(|r| std::iter::once(r.predicted_peak_bytes).chain(r.measured.as_ref().map(|m| m.peak_memory_bytes))).max().unwrap_or(0);
         let (unit, per) = memory_unit(largest);
         let kib = |b: u64| format!("{:.1}", b as f64 / per);
         let ms = |s: f64| format!("{:.1}", s * 1e3);
@@ -670,7 +671,11 @@ impl ValidationReport {
             if per_run { " step runs (ms) |" } else { "" },
             if mfu { " MFU pred / meas |" } else { "" }
         ));
-        s.push_str(&format!("|---|---:|---:|---:|---:|---:|---:|---:|{}{}---:|---:|---:|\n", if per_run { "---:|" } else { "" }, if mfu { "---:|" } else { "" }));
+        s.push_str(&format!(
+            "|---|---:|---:|---:|---:|---:|---:|---:|{}{}---:|---:|---:|\n",
+            if per_run { "---:|" } else { "" },
+            if mfu { "---:|" } else { "" }
+        ));
         for r in &self.rows {
             let (mp, mt, mc, ranks) = match &r.measured {
                 Some(m) => (kib(m.peak_memory_bytes), ms(m.step_time_s), ms(m.comm_time_s), m.ranks.to_string()),

@@ -103,11 +103,7 @@ pub fn parse_device(s: &str) -> Result<executor::Device, String> {
     match s {
         "cpu" => Ok(executor::Device::Cpu),
         "cuda" => Ok(executor::Device::Cuda(0)),
-        _ => s
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse().ok())
-            .map(executor::Device::Cuda)
-            .ok_or_else(|| format!("`{s}`: expected cpu, cuda or cuda:N")),
+        _ => s.strip_prefix("cuda:").and_then(|n| n.parse().ok()).map(executor::Device::Cuda).ok_or_else(|| format!("`{s}`: expected cpu, cuda or cuda:N")),
     }
 }
 
@@ -124,7 +120,10 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
     let base = load_hardware(&base_name).with_context(|| format!("loading base hardware `{base_name}`"))?;
     match (gpu, base.kind) {
         (true, cost_models::hardware::DeviceKind::Cpu) => {
-            bail!("--device {}: --base `{base_name}` is a CPU entry; name the GPU's catalog entry (e.g. --base h200-141gb)", calibrate::device_label(args.device))
+            bail!(
+                "--device {}: --base `{base_name}` is a CPU entry; name the GPU's catalog entry (e.g. --base h200-141gb)",
+                calibrate::device_label(args.device)
+            )
         }
         (false, cost_models::hardware::DeviceKind::Gpu) => bail!("--base `{base_name}` is a GPU entry: add --device cuda to measure on the GPU"),
         _ => {}

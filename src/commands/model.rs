@@ -20,6 +20,12 @@ pub struct ModelArgs {
     /// Activation dtype: fp32, fp16 or bf16.
     #[arg(long, default_value = "fp32", value_parser = parse_dtype)]
     pub dtype: DType,
+    /// Also predict each stage's forward and backward time on this GPU
+    /// (catalog id or hardware TOML) with the kernel model, and where it
+    /// goes: tensor cores (aligned or not), CUDA cores, memory-bound
+    /// kernels, or the host's issue rate.
+    #[arg(long)]
+    pub gpu: Option<String>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -136,6 +142,59 @@ pub fn run(a: &ModelArgs) -> Result<()> {
         g.trunk_saved()
     );
     println!("head:  {} params (MLP {:?}, {} prototypes)", group_digits(g.head_params()), model.head.mlp_dims, model.head.prototypes);
+    if let Some(gpu) = &a.gpu {
+        print_times(&g, gpu, a)?;
+    }
+    Ok(())
+}
+
+/// Forward and backward time per stage on `gpu`, and the share of each
+/// [`TimeClass`] in the whole model's time.
+fn print_times(g: &ModelGraph, gpu: &str, a: &ModelArgs) -> Result<()> {
+    use cost_models::kernels::{KernelModel, TimeClass};
+    let hw = cost_models::hardware::load_hardware(gpu).with_context(|| format!("--gpu {gpu}"))?;
+    anyhow::ensure!(hw.supports(a.dtype), "{} cannot run {}", hw.name, a.dtype);
+    let k = KernelModel::new(&hw).with_context(|| format!("{} has no [kernels] table (the GPU kernel model)", hw.name))?;
+    let stage_of = |b: &cost_models::graph::Block| match b.stage {
+        Some(s) => format!("s{s}"),
+        None if b.is_trunk() => "stem".into(),
+        None => "head".into(),
+    };
+    let mut stages: Vec<(String, f64, f64)> = Vec::new();
+    let mut by_class = [0.0f64; 5];
+    for b in &g.blocks {
+        let (mut f, mut bw) = (0.0, 0.0);
+        for l in g.layers_of(b) {
+            for (backward, acc) in [(false, &mut f), (true, &mut bw)] {
+                let (t, class) = k.classify(l, backward);
+                *acc += t.0;
+                by_class[TimeClass::ALL.iter().position(|c| *c == class).unwrap_or(0)] += t.0;
+            }
+        }
+        let name = stage_of(b);
+        match stages.last_mut() {
+            Some(s) if s.0 == name => {
+                s.1 += f;
+                s.2 += bw;
+            }
+            _ => stages.push((name, f, bw)),
+        }
+    }
+    let total: f64 = by_class.iter().sum();
+    println!(
+        "
+on {} (kernel model, {}; `seerscale accuracy` says how it does):",
+        hw.name,
+        k.spec().architecture
+    );
+    println!("{:<6} {:>12} {:>12}", "stage", "forward ms", "backward ms");
+    for (name, f, bw) in &stages {
+        println!("{:<6} {:>12.2} {:>12.2}", name, f * 1e3, bw * 1e3);
+    }
+    println!("{:<6} {:>12.2} {:>12.2}", "total", stages.iter().map(|s| s.1).sum::<f64>() * 1e3, stages.iter().map(|s| s.2).sum::<f64>() * 1e3);
+    let shares: Vec<String> =
+        TimeClass::ALL.iter().zip(by_class).filter(|(_, t)| *t > 0.0).map(|(c, t)| format!("{} {:.0} %", c.name(), 100.0 * t / total.max(1e-30))).collect();
+    println!("time by kind: {}", shares.join(", "));
     Ok(())
 }
 
