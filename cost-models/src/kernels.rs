@@ -192,6 +192,9 @@ pub struct ConvTimes {
 /// Tile shapes (rows x columns of the output) cuDNN/cuBLAS choose among.
 const TENSOR_TILES: [(u64, u64); 6] = [(256, 128), (128, 256), (128, 128), (128, 64), (64, 128), (64, 64)];
 const CUDA_TILES: [(u64, u64); 5] = [(128, 128), (128, 64), (64, 64), (64, 32), (32, 32)];
+/// A math path a GEMM may take: the path, its peak (FLOP/s), efficiency and tiles.
+type PathOption = (MathPath, f64, f64, &'static [(u64, u64)]);
+
 /// Split-K never cuts K below this many elements per split.
 const MIN_SPLIT_K: u64 = 256;
 
@@ -308,11 +311,11 @@ impl KernelModel {
         let (cin_g, cout_g) = group_channels;
         let pass = if backward { s.backward_efficiency } else { 1.0 };
         let cuda_speed = if winograd && dtype == DType::Fp32 { s.winograd_speedup } else { 1.0 };
-        let mut options: Vec<(MathPath, f64, f64, &[(u64, u64)])> =
+        let mut options: Vec<PathOption> =
             vec![(MathPath::CudaCores, self.fp32.0 * cuda_speed, s.cuda_efficiency * pass, &CUDA_TILES)];
         if let Some((peak, granule)) = self.tensor_peak(dtype, kind) {
             let narrow = g.groups > 1 && cin_g.min(cout_g) < s.tensor_min_group_channels;
-            let aligned = cin_g % granule == 0 && cout_g % granule == 0;
+            let aligned = cin_g.is_multiple_of(granule) && cout_g.is_multiple_of(granule);
             let eff = if aligned { s.tensor_efficiency } else { s.tensor_efficiency * s.unaligned_tensor_efficiency };
             if !narrow && eff > 0.0 {
                 options.push((MathPath::TensorCores, peak, eff * pass, &TENSOR_TILES));
@@ -382,7 +385,7 @@ impl KernelModel {
             MathPath::CudaCores => TimeClass::CudaCores,
             MathPath::TensorCores => {
                 let granule = if dtype == DType::Fp32 { 4 } else { 8 };
-                if ch.0 % granule == 0 && ch.1 % granule == 0 {
+                if ch.0.is_multiple_of(granule) && ch.1.is_multiple_of(granule) {
                     TimeClass::TensorCores
                 } else {
                     TimeClass::TensorCoresUnaligned

@@ -544,14 +544,24 @@ pub fn report() -> Result<AccuracyReport, AccuracyError> {
     Ok(AccuracyReport { rows, kernels })
 }
 
-/// `(n, median |error|, max |error|)` of some rows.
-pub fn summary<'a>(rows: impl Iterator<Item = &'a Row>) -> Option<(usize, f64, f64)> {
+/// How far some rows' predictions are off.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Summary {
+    pub rows: usize,
+    /// Median |error|.
+    pub median: f64,
+    /// Largest |error|.
+    pub max: f64,
+}
+
+/// The [`Summary`] of some rows; `None` without rows.
+pub fn summary<'a>(rows: impl Iterator<Item = &'a Row>) -> Option<Summary> {
     let errs: Vec<f64> = rows.map(|r| r.error().abs()).collect();
     if errs.is_empty() {
         return None;
     }
     let max = errs.iter().copied().fold(0.0, f64::max);
-    Some((errs.len(), cost_models::stats::median(errs), max))
+    Some(Summary { rows: errs.len(), median: cost_models::stats::median(errs), max })
 }
 
 /// Targets on the public rows not fitted on, per part.
@@ -560,7 +570,7 @@ pub const TARGET_MAX: f64 = 0.25;
 
 impl AccuracyReport {
     /// Public rows not fitted on, by (source, part).
-    pub fn checks(&self) -> Vec<((Source, Part), (usize, f64, f64))> {
+    pub fn checks(&self) -> Vec<((Source, Part), Summary)> {
         let mut keys: Vec<(Source, Part)> = self.rows.iter().filter(|r| matches!(r.source, Source::Pycls | Source::Timm)).map(|r| (r.source, r.part)).collect();
         keys.sort();
         keys.dedup();
@@ -570,7 +580,7 @@ impl AccuracyReport {
     /// Public rows outside their targets, for the test and `--check`.
     pub fn failures(&self) -> Vec<String> {
         let mut out = Vec::new();
-        for ((src, part), (_, med, max)) in self.checks() {
+        for ((src, part), Summary { median: med, max, .. }) in self.checks() {
             if med > TARGET_MEDIAN || max > TARGET_MAX {
                 out.push(format!(
                     "{} {}: median |error| {:.1} %, max {:.1} % (targets {:.0} %, {:.0} %)",
@@ -744,7 +754,7 @@ fn ms(s: f64) -> String {
 
 impl AccuracyReport {
     /// Per (source, part): rows, fitted / not fitted, median and max |error|.
-    fn groups(&self) -> Vec<(Source, Part, bool, (usize, f64, f64))> {
+    fn groups(&self) -> Vec<(Source, Part, bool, Summary)> {
         let mut keys: Vec<(Source, Part, bool)> = self.rows.iter().map(|r| (r.source, r.part, r.fitted)).collect();
         keys.sort();
         keys.dedup();
@@ -756,7 +766,7 @@ impl AccuracyReport {
     /// The summary table as plain text (what the command prints).
     pub fn summary_text(&self) -> String {
         let mut s = format!("{:<62} {:<18} {:>9} {:>5} {:>9} {:>9}\n", "rows", "part", "fitted", "n", "median", "max");
-        for (src, part, fitted, (n, med, max)) in self.groups() {
+        for (src, part, fitted, Summary { rows: n, median: med, max }) in self.groups() {
             s.push_str(&format!(
                 "{:<62} {:<18} {:>9} {:>5} {:>8.1}% {:>8.1}%\n",
                 src.describe(),
@@ -788,7 +798,7 @@ impl AccuracyReport {
             s.push_str(&format!("![predicted vs measured, log-log]({svg})\n\n"));
         }
         s.push_str("## Summary\n\n| rows | part | fitted | n | median \\|error\\| | max \\|error\\| |\n|---|---|---|---:|---:|---:|\n");
-        for (src, part, fitted, (n, med, max)) in self.groups() {
+        for (src, part, fitted, Summary { rows: n, median: med, max }) in self.groups() {
             s.push_str(&format!(
                 "| {} | {} | {} | {n} | {:.1} % | {:.1} % |\n",
                 src.describe(),
