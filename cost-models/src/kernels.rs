@@ -311,8 +311,7 @@ impl KernelModel {
         let (cin_g, cout_g) = group_channels;
         let pass = if backward { s.backward_efficiency } else { 1.0 };
         let cuda_speed = if winograd && dtype == DType::Fp32 { s.winograd_speedup } else { 1.0 };
-        let mut options: Vec<PathOption> =
-            vec![(MathPath::CudaCores, self.fp32.0 * cuda_speed, s.cuda_efficiency * pass, &CUDA_TILES)];
+        let mut options: Vec<PathOption> = vec![(MathPath::CudaCores, self.fp32.0 * cuda_speed, s.cuda_efficiency * pass, &CUDA_TILES)];
         if let Some((peak, granule)) = self.tensor_peak(dtype, kind) {
             let narrow = g.groups > 1 && cin_g.min(cout_g) < s.tensor_min_group_channels;
             let aligned = cin_g.is_multiple_of(granule) && cout_g.is_multiple_of(granule);
