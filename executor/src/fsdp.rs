@@ -14,7 +14,7 @@ use crate::model::ParamSpec;
 use crate::optim::{FlatShard, Piece};
 use crate::storage::{self, StorageError};
 use cost_models::Bytes;
-use planner::plan::{member_prefixes, owning_unit};
+use runspec::plan::{member_prefixes, owning_unit};
 use std::collections::{HashMap, VecDeque};
 use tch::{Device, Kind, TchError, Tensor};
 

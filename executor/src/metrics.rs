@@ -4,62 +4,16 @@
 
 use cost_models::{Bytes, Seconds};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-/// One line of the metrics file.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct StepMetrics {
-    pub rank: usize,
-    pub step: u64,
-    /// Global SwAV loss (sum of the ranks' terms).
-    #[serde(deserialize_with = "null_as_nan")]
-    pub loss: f64,
-    pub lr: f64,
-    pub step_time_s: f64,
-    /// Global images per second (all ranks).
-    pub images_per_s: f64,
-    /// Peak bytes allocated during the step on this rank (memstats).
-    pub peak_memory_bytes: u64,
-    /// Time this rank was blocked in collectives during the step.
-    pub comm_time_s: f64,
-    /// Time this rank waited for its batch (data pipeline falling behind).
-    #[serde(default)]
-    pub data_wait_s: f64,
-    pub loss_scale: f64,
-    /// fp16 overflow: the optimiser step was skipped.
-    pub skipped: bool,
-    #[serde(deserialize_with = "null_as_nan")]
-    pub grad_norm: f64,
-    /// BN statistics were synchronized over all ranks (SyncBN) rather than
-    /// per rank; files from before the option read as per rank.
-    #[serde(default)]
-    pub sync_bn: bool,
-}
-
-/// JSON has no NaN: serde_json writes a diverged loss or norm as `null`;
-/// read it back as NaN so a metrics file always reads its own output.
-fn null_as_nan<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("metrics file {path}: {source}")]
-pub struct MetricsError {
-    pub path: PathBuf,
-    pub source: std::io::Error,
-}
+pub use runspec::metrics::{metrics_path, read_metrics, read_run, summarize, Measured, MetricsError, StepMetrics, DEFAULT_WARMUP};
 
 pub struct MetricsWriter {
     path: PathBuf,
     out: BufWriter<File>,
     bar: Option<ProgressBar>,
-}
-
-pub fn metrics_path(dir: &Path, rank: usize) -> PathBuf {
-    dir.join(format!("metrics.rank{rank}.jsonl"))
 }
 
 impl MetricsWriter {
@@ -120,98 +74,51 @@ impl MetricsWriter {
     }
 }
 
-/// Reads a metrics file back (tests, validation against the planner).
-pub fn read_metrics(path: &Path) -> Result<Vec<StepMetrics>, MetricsError> {
-    let text = std::fs::read_to_string(path).map_err(|source| MetricsError { path: path.to_path_buf(), source })?;
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .enumerate()
-        .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| MetricsError {
-                path: path.to_path_buf(),
-                source: std::io::Error::new(std::io::ErrorKind::InvalidData, format!("line {}: {e}", i + 1)),
-            })
-        })
-        .collect()
-}
-
-/// What a run measured, to set against the plan's predictions.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct MeasuredSummary {
-    pub steps: u64,
-    /// Highest per-step peak over the run (this rank).
-    pub peak_memory: Bytes,
-    /// Median step time, excluding the first (warm-up) step when possible.
-    pub step_time: Seconds,
+/// What a run measured, to set against the plan's predictions: the
+/// steady-state summary `validate` uses too, and the loss at both ends.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunSummary {
+    pub measured: Measured,
+    /// Global images per second at the summary's step time.
     pub images_per_s: f64,
-    pub final_loss: f64,
+    pub first_loss: f64,
+    pub last_loss: f64,
 }
 
-pub fn summarize(ms: &[StepMetrics]) -> Option<MeasuredSummary> {
-    let last = ms.last()?;
-    let mut times: Vec<f64> = ms.iter().skip(usize::from(ms.len() > 1)).map(|m| m.step_time_s).collect();
-    times.sort_by(|a, b| a.total_cmp(b));
-    let median = times[times.len() / 2];
-    let mut ips: Vec<f64> = ms.iter().skip(usize::from(ms.len() > 1)).map(|m| m.images_per_s).collect();
-    ips.sort_by(|a, b| a.total_cmp(b));
-    Some(MeasuredSummary {
-        steps: ms.len() as u64,
-        peak_memory: Bytes(ms.iter().map(|m| m.peak_memory_bytes).max().unwrap_or(0)),
-        step_time: Seconds(median),
-        images_per_s: ips[ips.len() / 2],
-        final_loss: last.loss,
+/// Summarises a run from every rank's records (`all`) and its global
+/// images per step: the same steady state ([`DEFAULT_WARMUP`] steps
+/// dropped, the slowest rank per step) as `seerscale validate` reports.
+pub fn summarize_run(all: &[StepMetrics], global_images: f64) -> Option<RunSummary> {
+    let measured = summarize(all, DEFAULT_WARMUP)?;
+    let by_step = |first: bool| {
+        let step = if first { all.iter().map(|m| m.step).min() } else { all.iter().map(|m| m.step).max() }?;
+        all.iter().find(|m| m.step == step).map(|m| m.loss)
+    };
+    Some(RunSummary {
+        images_per_s: if measured.step_time_s > 0.0 { global_images / measured.step_time_s } else { 0.0 },
+        first_loss: by_step(true)?,
+        last_loss: by_step(false)?,
+        measured,
     })
 }
 
 /// The end-of-run table: measured vs predicted.
-pub fn comparison_table(measured: &MeasuredSummary, predicted_peak: Option<Bytes>, predicted_step: Option<Seconds>) -> String {
+pub fn comparison_table(s: &RunSummary, predicted_peak: Option<Bytes>, predicted_step: Option<Seconds>) -> String {
+    let m = &s.measured;
     let rel = |m: f64, p: f64| if p > 0.0 { format!("{:+.1}%", (m - p) / p * 100.0) } else { "-".into() };
-    let mut s = String::new();
-    s.push_str(&format!("{:<18} {:>14} {:>14} {:>9}\n", "", "measured", "predicted", "error"));
+    let mut t = String::new();
+    t.push_str(&format!("{:<18} {:>14} {:>14} {:>9}\n", "", "measured", "predicted", "error"));
     let (pp, pe) = match predicted_peak {
-        Some(p) => (p.to_string(), rel(measured.peak_memory.0 as f64, p.0 as f64)),
+        Some(p) => (p.to_string(), rel(m.peak_memory_bytes as f64, p.0 as f64)),
         None => ("-".into(), "-".into()),
     };
-    s.push_str(&format!("{:<18} {:>14} {:>14} {:>9}\n", "peak memory/rank", measured.peak_memory.to_string(), pp, pe));
+    t.push_str(&format!("{:<18} {:>14} {:>14} {:>9}\n", "peak memory/rank", Bytes(m.peak_memory_bytes).to_string(), pp, pe));
     let (tp, te) = match predicted_step {
-        Some(p) => (p.to_string(), rel(measured.step_time.0, p.0)),
+        Some(p) => (p.to_string(), rel(m.step_time_s, p.0)),
         None => ("-".into(), "-".into()),
     };
-    s.push_str(&format!("{:<18} {:>14} {:>14} {:>9}\n", "step time", measured.step_time.to_string(), tp, te));
-    s.push_str(&format!("{:<18} {:>14.1}\n", "images/s", measured.images_per_s));
-    s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_diverged_step_round_trips_through_its_own_file() {
-        let m = StepMetrics {
-            rank: 1,
-            step: 3,
-            loss: f64::NAN,
-            lr: 0.1,
-            step_time_s: 0.5,
-            images_per_s: 32.0,
-            peak_memory_bytes: 1 << 20,
-            comm_time_s: 0.01,
-            data_wait_s: 0.0,
-            loss_scale: 1.0,
-            skipped: true,
-            grad_norm: f64::NAN,
-            sync_bn: true,
-        };
-        let line = serde_json::to_string(&m).unwrap();
-        assert!(line.contains("\"loss\":null"), "{line}");
-        let back: StepMetrics = serde_json::from_str(&line).unwrap();
-        assert!(back.loss.is_nan() && back.grad_norm.is_nan());
-        assert_eq!(back.step, 3);
-        assert!(back.sync_bn);
-        // Lines written before SyncBN existed still read (per-rank BN).
-        let old = line.replace(",\"sync_bn\":true", "");
-        assert!(!old.contains("sync_bn"), "{old}");
-        assert!(!serde_json::from_str::<StepMetrics>(&old).unwrap().sync_bn);
-    }
+    t.push_str(&format!("{:<18} {:>14} {:>14} {:>9}\n", "step time", Seconds(m.step_time_s).to_string(), tp, te));
+    t.push_str(&format!("{:<18} {:>14.1}\n", "images/s", s.images_per_s));
+    t.push_str(&format!("{:<18} {:>14.4} -> {:.4}\n", "loss", s.first_loss, s.last_loss));
+    t
 }

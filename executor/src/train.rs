@@ -14,7 +14,7 @@ use crate::dist::{Backend, DistError, GroupConfig, ProcessGroup, ReduceOp};
 use crate::fsdp::{Fsdp, FsdpError, FsdpOptions, UnitSpec};
 use crate::launch::{self, LaunchError, LaunchOptions, RankEnv};
 use crate::memstats::{self, MemDevice, MemError};
-use crate::metrics::{self, MeasuredSummary, MetricsError, MetricsWriter, StepMetrics};
+use crate::metrics::{self, MetricsError, MetricsWriter, RunSummary, StepMetrics};
 use crate::model::{BnState, Mode, ModelArch, ModelError, SyncBn};
 use crate::optim::{Larc, OptimConfig, OptimError, Optimizer};
 use crate::precision::{LossScaler, Precision};
@@ -25,7 +25,7 @@ use crate::swav::{self, SwavError, SwavLossConfig};
 use cost_models::config::ModelConfig;
 use cost_models::hardware::DeviceKind;
 use cost_models::{Bytes, DType, Seconds};
-use planner::plan::Plan;
+use runspec::plan::Plan;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -34,7 +34,7 @@ use tch::{Device, Tensor};
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
     #[error(transparent)]
-    Plan(#[from] planner::plan::PlanError),
+    Plan(#[from] runspec::plan::PlanError),
     #[error("plan/config: {0}")]
     Config(String),
     #[error(transparent)]
@@ -168,7 +168,7 @@ impl TrainArgs {
 }
 
 /// The multi-crop augmentation a recipe's data section describes.
-pub fn augment_for(r: &planner::recipe::Recipe) -> AugmentConfig {
+pub fn augment_for(r: &runspec::recipe::Recipe) -> AugmentConfig {
     let crops = r.data.crops.iter().map(|c| CropSpec { count: c.count as usize, resolution: c.resolution as u32, scale: (c.scale[0], c.scale[1]) }).collect();
     let mut augment = AugmentConfig::with_crops(crops);
     augment.color_strength = r.data.color_strength;
@@ -188,12 +188,12 @@ impl TrainConfig {
         let r = &plan.recipe;
         let augment = augment_for(r);
         let optim = match r.optim.kind {
-            planner::recipe::OptimKind::Sgd => OptimConfig::Sgd {
+            runspec::recipe::OptimKind::Sgd => OptimConfig::Sgd {
                 momentum: r.optim.momentum,
                 weight_decay: r.optim.weight_decay,
                 larc: r.optim.larc_trust.map(|trust| Larc { trust, ..Larc::default() }),
             },
-            planner::recipe::OptimKind::Adam => OptimConfig::adam(r.optim.weight_decay),
+            runspec::recipe::OptimKind::Adam => OptimConfig::adam(r.optim.weight_decay),
         };
         let global = (plan.batch_per_rank * plan.world_size) as f64;
         let steps = args.steps.unwrap_or_else(|| (r.data.total_images / global).ceil().max(1.0) as u64);
@@ -269,7 +269,9 @@ pub struct TrainReport {
     pub world_size: usize,
     /// Steps run by this invocation (after a resume: only the new ones).
     pub metrics: Vec<StepMetrics>,
-    pub summary: Option<MeasuredSummary>,
+    /// The run's steady-state summary (rank 0: over every rank's records
+    /// it can read; other ranks: their own).
+    pub summary: Option<RunSummary>,
     /// Printed by rank 0: measured vs predicted.
     pub comparison: Option<String>,
 }
@@ -642,17 +644,23 @@ impl<'pg> Trainer<'pg> {
             }
         }
         writer.finish();
-        let summary = metrics::summarize(&all);
+        // Every rank's file is complete once all ranks are past this barrier.
+        self.pg.barrier()?;
+        let records = if rank == 0 { metrics::read_run(&self.cfg.out_dir, world).unwrap_or_else(|_| all.clone()) } else { all.clone() };
+        let summary = metrics::summarize_run(&records, global_images);
         let comparison = match (&summary, rank) {
             (Some(s), 0) => {
                 let table = metrics::comparison_table(s, self.cfg.predicted_peak, self.cfg.predicted_step_time);
                 let bn = if self.cfg.sync_bn { "SyncBN" } else { "BN per rank" };
-                println!("measured vs predicted (rank 0, {world} ranks, {} steps, {bn}):\n{table}", s.steps);
+                println!(
+                    "measured vs predicted ({world} ranks, {} steps, steady state after step {}, slowest rank per step, {bn}):\n{table}",
+                    all.len(),
+                    metrics::DEFAULT_WARMUP.min(all.len().saturating_sub(1) as u64)
+                );
                 Some(table)
             }
             _ => None,
         };
-        self.pg.barrier()?;
         Ok(TrainReport { rank, world_size: world, metrics: all, summary, comparison })
     }
 }

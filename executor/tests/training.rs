@@ -468,7 +468,7 @@ fn worker_learn() {
     let report = t.fit().unwrap();
     if rank == 0 {
         write_losses(&dir.join("losses.json"), &report.metrics.iter().map(|m| m.loss).collect::<Vec<_>>());
-        assert!(report.summary.unwrap().peak_memory.0 > 0);
+        assert!(report.summary.unwrap().measured.peak_memory_bytes > 0);
     }
 }
 

@@ -11,6 +11,9 @@
 // Input checks read `!(x > 0.0)` on purpose: NaN fails them too.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
+/// The plan file and the recipe are [`runspec`]'s: the executor reads them too.
+pub use runspec::{plan, recipe};
+
 pub mod accuracy;
 pub mod build;
 pub mod checkpoint;
@@ -18,8 +21,6 @@ pub mod cluster;
 pub mod dryrun;
 pub mod memory;
 pub mod pareto;
-pub mod plan;
-pub mod recipe;
 pub mod search;
 pub mod simulator;
 pub mod step_costs;

@@ -85,7 +85,7 @@ impl Category {
             Category::Recompute => "recompute",
             Category::HeadLoss => "head_loss",
             Category::Transient => "transient",
-            Category::Fragmentation => "fragmentation",
+            Category::Fragmentation => runspec::plan::FRAGMENTATION,
         }
     }
     fn idx(self) -> usize {

@@ -10,7 +10,7 @@
 //! (the other groups scale with it).
 //!
 //! This module never runs anything: the CLI executes the plans and hands the
-//! per-step metrics back as [`StepSample`]s.
+//! per-step metrics back through [`runspec::metrics`].
 
 use crate::build::build_plan;
 use crate::memory::{Decisions, MemoryReport};
@@ -24,6 +24,7 @@ use cost_models::graph::{BlockKind, ModelGraph, Workload};
 use cost_models::hardware::HardwareProfile;
 use cost_models::stats::median;
 use cost_models::{Bytes, DType};
+pub use runspec::metrics::{combine_runs, Measured};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::ops::Range;
@@ -327,91 +328,6 @@ pub fn median_phases(rows: &[PhaseTimes]) -> Option<PhaseTimes> {
         loss_s: med(|p| p.loss_s),
         backward_s: med(|p| p.backward_s),
         optimizer_s: med(|p| p.optimizer_s),
-    })
-}
-
-/// One rank's metrics for one step (the fields of the executor's
-/// `metrics.rank<r>.jsonl` that validation needs).
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct StepSample {
-    pub rank: usize,
-    pub step: u64,
-    pub peak_memory_bytes: u64,
-    pub step_time_s: f64,
-    pub comm_time_s: f64,
-}
-
-/// What the runs measured, steady state only.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Measured {
-    pub ranks: usize,
-    /// Steady-state steps used (after warm-up).
-    pub steps: usize,
-    /// Max over ranks and steady-state steps.
-    pub peak_memory_bytes: u64,
-    /// Min over ranks of their steady-state max (shows rank spread and
-    /// step-to-step noise).
-    pub peak_memory_min_rank_bytes: u64,
-    /// Median over steady-state steps of the slowest rank's step time.
-    pub step_time_s: f64,
-    /// Median over steady-state steps of the mean over ranks of the time
-    /// blocked in collectives.
-    pub comm_time_s: f64,
-    /// Each run's own `step_time_s`, in the order they ran (one entry per
-    /// `validate --repeats` run that measured something).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub run_step_times_s: Vec<f64>,
-}
-
-/// One measurement from several runs of the same variant: the worst peak
-/// (as within one run: max over ranks and steps), the median of the runs'
-/// step and communication times. None when no run measured anything.
-pub fn combine_runs(runs: &[Measured]) -> Option<Measured> {
-    let first = runs.first()?;
-    Some(Measured {
-        ranks: first.ranks,
-        steps: runs.iter().map(|m| m.steps).sum(),
-        peak_memory_bytes: runs.iter().map(|m| m.peak_memory_bytes).max()?,
-        peak_memory_min_rank_bytes: runs.iter().map(|m| m.peak_memory_min_rank_bytes).min()?,
-        step_time_s: median(runs.iter().map(|m| m.step_time_s).collect()),
-        comm_time_s: median(runs.iter().map(|m| m.comm_time_s).collect()),
-        run_step_times_s: runs.iter().map(|m| m.step_time_s).collect(),
-    })
-}
-
-/// Steps `0..warmup` are dropped (the first steps allocate optimiser state
-/// and warm caches); if nothing is left, the last step is used.
-pub fn summarize(samples: &[StepSample], warmup: u64) -> Option<Measured> {
-    if samples.is_empty() {
-        return None;
-    }
-    let last = samples.iter().map(|s| s.step).max()?;
-    let from = if last >= warmup { warmup } else { last };
-    let steady: Vec<&StepSample> = samples.iter().filter(|s| s.step >= from).collect();
-    let mut ranks: Vec<usize> = steady.iter().map(|s| s.rank).collect();
-    ranks.sort_unstable();
-    ranks.dedup();
-    let mut steps: Vec<u64> = steady.iter().map(|s| s.step).collect();
-    steps.sort_unstable();
-    steps.dedup();
-    let per_rank_max = |r: usize| steady.iter().filter(|s| s.rank == r).map(|s| s.peak_memory_bytes).max().unwrap_or(0);
-    let at = |st: u64| steady.iter().filter(move |s| s.step == st);
-    let times: Vec<f64> = steps.iter().map(|&st| at(st).map(|s| s.step_time_s).fold(0.0, f64::max)).collect();
-    let comms: Vec<f64> = steps
-        .iter()
-        .map(|&st| {
-            let v: Vec<f64> = at(st).map(|s| s.comm_time_s).collect();
-            v.iter().sum::<f64>() / v.len().max(1) as f64
-        })
-        .collect();
-    Some(Measured {
-        ranks: ranks.len(),
-        steps: steps.len(),
-        peak_memory_bytes: ranks.iter().map(|&r| per_rank_max(r)).max().unwrap_or(0),
-        peak_memory_min_rank_bytes: ranks.iter().map(|&r| per_rank_max(r)).min().unwrap_or(0),
-        step_time_s: median(times.clone()),
-        comm_time_s: median(comms),
-        run_step_times_s: vec![median(times)],
     })
 }
 
@@ -915,32 +831,6 @@ mod tests {
         assert!(all.predicted.peak_memory_bytes < plan.predicted.peak_memory_bytes || all.predicted.peak_memory_bytes > 0);
     }
 
-    fn sample(rank: usize, step: u64, peak: u64, t: f64) -> StepSample {
-        StepSample { rank, step, peak_memory_bytes: peak, step_time_s: t, comm_time_s: t / 10.0 }
-    }
-
-    #[test]
-    fn summary_drops_warmup_and_takes_max_over_ranks() {
-        let s = vec![
-            sample(0, 0, 900, 5.0),
-            sample(1, 0, 900, 5.0),
-            sample(0, 1, 100, 1.0),
-            sample(1, 1, 120, 2.0),
-            sample(0, 2, 110, 1.0),
-            sample(1, 2, 100, 4.0),
-            sample(0, 3, 100, 1.0),
-            sample(1, 3, 100, 3.0),
-        ];
-        let m = summarize(&s, 1).unwrap();
-        assert_eq!((m.ranks, m.steps, m.peak_memory_bytes, m.peak_memory_min_rank_bytes), (2, 3, 120, 110));
-        assert_eq!(m.step_time_s, 3.0);
-        assert!((m.comm_time_s - 0.2).abs() < 1e-12);
-        // Only warm-up steps: the last one is used.
-        let m = summarize(&s[..2], 1).unwrap();
-        assert_eq!(m.peak_memory_bytes, 900);
-        assert!(summarize(&[], 1).is_none());
-    }
-
     #[test]
     fn report_flags_drift_and_renders() {
         let base = Recipe::load("tiny-cpu").unwrap();
@@ -1037,24 +927,6 @@ mod tests {
         let cpu = HardwareProfile::from_spec(builtin_hardware("cpu-local").unwrap());
         let (plan, _) = plan_variant(&base, &cpu, &v).unwrap();
         assert_eq!(Row::from_plan(&v, &plan, None, None).predicted_peak_bytes, plan.predicted.peak_memory_bytes);
-    }
-
-    #[test]
-    fn runs_combine_to_the_worst_peak_and_the_median_time() {
-        let run = |peak: u64, min: u64, t: f64, c: f64| Measured {
-            ranks: 2,
-            steps: 10,
-            peak_memory_bytes: peak,
-            peak_memory_min_rank_bytes: min,
-            step_time_s: t,
-            comm_time_s: c,
-            run_step_times_s: vec![t],
-        };
-        let m = combine_runs(&[run(100, 90, 0.30, 0.02), run(104, 95, 0.10, 0.01), run(101, 88, 0.12, 0.05)]).unwrap();
-        assert_eq!((m.ranks, m.steps, m.peak_memory_bytes, m.peak_memory_min_rank_bytes), (2, 30, 104, 88));
-        assert_eq!((m.step_time_s, m.comm_time_s), (0.12, 0.02), "the slow spell of run 1 does not count");
-        assert_eq!(m.run_step_times_s, vec![0.30, 0.10, 0.12]);
-        assert!(combine_runs(&[]).is_none());
     }
 
     #[test]

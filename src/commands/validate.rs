@@ -7,14 +7,14 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use cost_models::hardware::{load_profile, DeviceKind, HardwareProfile};
 use cost_models::Seconds;
-use executor::metrics::metrics_path;
 use executor::speed_probe;
 use planner::recipe::Recipe;
 use planner::simulator::PhaseTimes;
 use planner::validation::{
-    combine_runs, default_variants, measured_blocks, median_phases, parse_phase_times, parse_variants, plan_variant, summarize, variant_phases, Measured, Row,
-    StepSample, ValidationReport, Variant,
+    combine_runs, default_variants, measured_blocks, median_phases, parse_phase_times, parse_variants, plan_variant, variant_phases, Measured, Row,
+    ValidationReport, Variant,
 };
+use runspec::metrics::{metrics_path, read_metrics, summarize, StepMetrics};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -34,7 +34,7 @@ pub struct ValidateArgs {
     pub steps: u64,
     /// Warm-up steps dropped from the measurement (optimiser state is
     /// allocated in step 0).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = runspec::metrics::DEFAULT_WARMUP)]
     pub warmup: u64,
     /// Runs per variant, in interleaved rounds (every variant once, then
     /// every variant again): the report takes the median of the runs' step
@@ -153,36 +153,14 @@ fn execute(plan: &Path, v: &Variant, steps: u64, threads: Option<usize>, data: &
     }
 }
 
-/// Reads each rank's metrics. Lines are parsed field by field: the
-/// executor writes a NaN (e.g. `grad_norm` of a diverged step) as `null`,
-/// which its own typed reader rejects.
-fn samples(dir: &Path, world: usize) -> (Vec<StepSample>, Option<String>) {
+/// Every rank's records of one run, and what could not be read.
+fn samples(dir: &Path, world: usize) -> (Vec<StepMetrics>, Option<String>) {
     let mut out = Vec::new();
     let mut problems = Vec::new();
     for r in 0..world {
-        let path = metrics_path(dir, r);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) => {
-                problems.push(format!("{}: {e}", path.display()));
-                continue;
-            }
-        };
-        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-            let v: serde_json::Value = match serde_json::from_str(line) {
-                Ok(v) => v,
-                Err(e) => {
-                    problems.push(format!("{} line {}: {e}", path.display(), i + 1));
-                    continue;
-                }
-            };
-            let num = |k: &str| v.get(k).and_then(|x| x.as_f64());
-            match (num("step"), num("peak_memory_bytes"), num("step_time_s"), num("comm_time_s")) {
-                (Some(step), Some(peak), Some(t), Some(c)) => {
-                    out.push(StepSample { rank: r, step: step as u64, peak_memory_bytes: peak as u64, step_time_s: t, comm_time_s: c })
-                }
-                _ => problems.push(format!("{} line {}: missing step, peak_memory_bytes, step_time_s or comm_time_s", path.display(), i + 1)),
-            }
+        match read_metrics(&metrics_path(dir, r)) {
+            Ok(m) => out.extend(m),
+            Err(e) => problems.push(e.to_string()),
         }
     }
     (out, (!problems.is_empty()).then(|| problems.join("; ")))

@@ -10,6 +10,10 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// The peak-breakdown category of the allocator's fragmentation margin
+/// (headroom beyond live bytes, which no allocated-bytes counter reads).
+pub const FRAGMENTATION: &str = "fragmentation";
+
 /// Bump when a field changes meaning; older/newer files are refused.
 pub const PLAN_SCHEMA_VERSION: u32 = 1;
 
@@ -125,7 +129,7 @@ impl Predicted {
     /// the caching allocator reserves beyond its live blocks, headroom for
     /// the fit check that no allocated-bytes statistic includes.
     pub fn allocated_peak_bytes(&self) -> u64 {
-        let frag = self.peak_breakdown.get(crate::memory::Category::Fragmentation.name()).copied().unwrap_or(0);
+        let frag = self.peak_breakdown.get(FRAGMENTATION).copied().unwrap_or(0);
         self.peak_memory_bytes.saturating_sub(frag)
     }
 }
