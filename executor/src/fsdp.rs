@@ -14,7 +14,6 @@ use crate::model::ParamSpec;
 use crate::optim::{FlatShard, Piece};
 use crate::storage::{self, StorageError};
 use cost_models::Bytes;
-use runspec::plan::{member_prefixes, owning_unit};
 use std::collections::{HashMap, VecDeque};
 use tch::{Device, Kind, TchError, Tensor};
 
@@ -27,12 +26,8 @@ pub struct UnitSpec {
 
 #[derive(Debug, thiserror::Error)]
 pub enum FsdpError {
-    #[error("unit `{unit}`: member `{member}` matches no parameter of the model")]
-    UnknownMember { unit: String, member: String },
-    #[error("member `{member}` is listed by both unit `{first}` and unit `{second}`")]
-    DuplicateMember { member: String, first: String, second: String },
-    #[error("two units are named `{0}`")]
-    DuplicateUnit(String),
+    #[error(transparent)]
+    Units(#[from] runspec::units::UnitError),
     #[error("parameter `{name}`: initial value has shape {got:?}, spec says {want:?}")]
     InitShape { name: String, got: Vec<i64>, want: Vec<i64> },
     #[error("unit `{unit}` is not gathered (internal ordering error)")]
@@ -146,41 +141,14 @@ pub struct Fsdp<'pg> {
     num_params: usize,
 }
 
-/// Maps each parameter to its unit: `(unit names in order, unit of param i)`.
-/// The implicit `root` unit comes last and only if it holds parameters.
+/// Maps each parameter to its unit (`runspec::units`, the plan's rule):
+/// `(unit names in order, unit of param i)`; the implicit `root` unit comes
+/// last and only if it holds parameters.
 pub fn assign_units(specs: &[ParamSpec], units: &[UnitSpec]) -> Result<(Vec<String>, Vec<usize>), FsdpError> {
-    let mut names: Vec<String> = Vec::new();
-    let mut member_owner: HashMap<&str, &str> = HashMap::new();
-    for u in units {
-        if names.contains(&u.name) || u.name == "root" && units.iter().filter(|v| v.name == "root").count() > 1 {
-            return Err(FsdpError::DuplicateUnit(u.name.clone()));
-        }
-        names.push(u.name.clone());
-        for m in &u.members {
-            if let Some(first) = member_owner.insert(m.as_str(), u.name.as_str()) {
-                return Err(FsdpError::DuplicateMember { member: m.clone(), first: first.to_string(), second: u.name.clone() });
-            }
-        }
-    }
-    for u in units {
-        for m in &u.members {
-            if !specs.iter().any(|p| member_prefixes(m, &p.name)) {
-                return Err(FsdpError::UnknownMember { unit: u.name.clone(), member: m.clone() });
-            }
-        }
-    }
-    let mut root: Option<usize> = names.iter().position(|n| n == "root");
-    let mut owner = Vec::with_capacity(specs.len());
-    for p in specs {
-        owner.push(match owning_unit(units.iter().map(|u| u.members.as_slice()), &p.name) {
-            Some((ui, _)) => ui,
-            None => *root.get_or_insert_with(|| {
-                names.push("root".to_string());
-                names.len() - 1
-            }),
-        });
-    }
-    Ok((names, owner))
+    let names: Vec<&str> = specs.iter().map(|p| p.name.as_str()).collect();
+    let plan: Vec<(String, Vec<String>)> = units.iter().map(|u| (u.name.clone(), u.members.clone())).collect();
+    let o = runspec::units::assign(&names, &plan)?;
+    Ok((o.names, o.owner))
 }
 
 /// A block's parameters for one forward: by name for the model, and as
@@ -614,8 +582,8 @@ mod tests {
         let e = assign_units(&specs, &[unit("x", &["s9.b0"])]).unwrap_err();
         assert!(e.to_string().contains("`s9.b0`") && e.to_string().contains("`x`"), "{e}");
         let e = assign_units(&specs, &[unit("x", &["s1.b0"]), unit("y", &["s1.b0"])]).unwrap_err();
-        assert!(matches!(e, FsdpError::DuplicateMember { .. }), "{e}");
+        assert!(matches!(e, FsdpError::Units(runspec::units::UnitError::DuplicateMember { .. })), "{e}");
         let e = assign_units(&specs, &[unit("x", &["s1.b0"]), unit("x", &["s1.b0.a"])]).unwrap_err();
-        assert!(matches!(e, FsdpError::DuplicateUnit(_)), "{e}");
+        assert!(matches!(e, FsdpError::Units(runspec::units::UnitError::DuplicateUnit(_))), "{e}");
     }
 }

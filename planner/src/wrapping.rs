@@ -8,10 +8,9 @@
 //! members; the ownership rule then decides sizes and block spans, so a
 //! policy's units and a plan file's units are measured the same way.
 
-use crate::plan::{member_prefixes, owning_unit, UnitPlan};
+use crate::plan::UnitPlan;
 use crate::recipe::Wrapping;
 use cost_models::graph::{BlockKind, LayerKind, ModelGraph};
-use std::ops::Range;
 
 /// VISSL/FairScale auto-wrap threshold: a conv this large is its own unit.
 pub const VISSL_CONV_UNIT_PARAMS: u64 = 100_000_000;
@@ -76,14 +75,8 @@ pub fn max_shard_pieces(units: &[Unit], world: usize) -> usize {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum WrappingError {
-    #[error("unit `{unit}`: member `{member}` owns no parameter of the model")]
-    UnknownMember { unit: String, member: String },
-    #[error("member `{member}` is listed by both unit `{first}` and unit `{second}`")]
-    DuplicateMember { member: String, first: String, second: String },
-    #[error("two units are named `{0}`")]
-    DuplicateUnit(String),
-    #[error("unit `{0}` has no members")]
-    Empty(String),
+    #[error(transparent)]
+    Units(#[from] runspec::units::UnitError),
     #[error("group size must be >= 1 (got {0})")]
     BadGroup(usize),
 }
@@ -168,70 +161,27 @@ pub fn unit_plans(units: &[Unit]) -> Vec<UnitPlan> {
         .collect()
 }
 
-/// Applies the longest-prefix ownership rule. Units that end up owning
-/// nothing are dropped (a block whose every tensor went to sub-units).
+/// Applies the plan's ownership rule (`runspec::units`) to the graph's
+/// parameters. Units that end up owning nothing are dropped (a block whose
+/// every tensor went to sub-units).
 fn resolve(graph: &ModelGraph, specs: Vec<(String, Vec<String>)>) -> Result<Vec<Unit>, WrappingError> {
-    let mut seen_members: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
-    for (i, (name, members)) in specs.iter().enumerate() {
-        if specs[..i].iter().any(|(n, _)| n == name) {
-            return Err(WrappingError::DuplicateUnit(name.clone()));
-        }
-        if members.is_empty() {
-            return Err(WrappingError::Empty(name.clone()));
-        }
-        for m in members {
-            if let Some(first) = seen_members.insert(m.as_str(), name.as_str()) {
-                return Err(WrappingError::DuplicateMember { member: m.clone(), first: first.to_string(), second: name.clone() });
-            }
-        }
-    }
-    /// What one unit (the last: `root`) has collected so far.
-    #[derive(Clone, Default)]
-    struct Owned {
-        params: u64,
-        blocks: Option<Range<usize>>,
-        fp32: bool,
-        numels: Vec<u64>,
-    }
-    let mut acc: Vec<Owned> = vec![Owned::default(); specs.len() + 1];
-    let mut member_used = vec![vec![false; 0]; specs.len()];
-    for (i, (_, m)) in specs.iter().enumerate() {
-        member_used[i] = vec![false; m.len()];
-    }
-    for (bi, b) in graph.blocks.iter().enumerate() {
-        for (pname, numel) in &b.param_tensors {
-            let ui = match owning_unit(specs.iter().map(|(_, m)| m.as_slice()), pname) {
-                Some((ui, mi)) => {
-                    member_used[ui][mi] = true;
-                    ui
-                }
-                None => specs.len(),
-            };
-            let e = &mut acc[ui];
-            e.params += numel;
-            e.blocks = Some(match e.blocks.take() {
-                None => bi..bi + 1,
-                Some(r) => r.start.min(bi)..r.end.max(bi + 1),
-            });
-            e.fp32 |= pname.starts_with("head.proto.");
-            e.numels.push(*numel);
-        }
-    }
-    // A member matching only tensors that a longer member took still
-    // "owns" nothing; the executor refuses members matching no parameter
-    // at all, so we check prefix matches, not ownership.
-    for (ui, (name, members)) in specs.iter().enumerate() {
-        for (mi, m) in members.iter().enumerate() {
-            if !member_used[ui][mi] && !graph.blocks.iter().any(|b| b.param_tensors.iter().any(|(p, _)| member_prefixes(m, p))) {
-                return Err(WrappingError::UnknownMember { unit: name.clone(), member: m.clone() });
-            }
-        }
-    }
+    let params: Vec<(usize, &str, u64)> =
+        graph.blocks.iter().enumerate().flat_map(|(bi, b)| b.param_tensors.iter().map(move |(n, k)| (bi, n.as_str(), *k))).collect();
+    let names: Vec<&str> = params.iter().map(|p| p.1).collect();
+    let o = runspec::units::assign(&names, &specs)?;
     let mut out = Vec::new();
-    for (ui, Owned { params, blocks, fp32, numels }) in acc.into_iter().enumerate() {
-        let Some(blocks) = blocks else { continue };
-        let (name, members) = specs.get(ui).cloned().unwrap_or_else(|| ("root".to_string(), Vec::new()));
-        out.push(Unit { name, members, blocks, params, numels, fp32 });
+    for (ui, name) in o.names.iter().enumerate() {
+        let mine: Vec<&(usize, &str, u64)> = params.iter().zip(&o.owner).filter(|(_, &u)| u == ui).map(|(p, _)| p).collect();
+        let (Some(first), Some(last)) = (mine.iter().map(|p| p.0).min(), mine.iter().map(|p| p.0).max()) else { continue };
+        let members = specs.get(ui).map(|(_, m)| m.clone()).unwrap_or_default();
+        out.push(Unit {
+            name: name.clone(),
+            members,
+            blocks: first..last + 1,
+            params: mine.iter().map(|p| p.2).sum(),
+            numels: mine.iter().map(|p| p.2).collect(),
+            fp32: mine.iter().any(|p| p.1.starts_with("head.proto.")),
+        });
     }
     Ok(out)
 }
@@ -239,6 +189,7 @@ fn resolve(graph: &ModelGraph, specs: Vec<(String, Vec<String>)>) -> Result<Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::member_prefixes;
     use cost_models::config::ModelConfig;
     use cost_models::graph::{CropGroup, Workload};
     use cost_models::DType;
@@ -313,11 +264,11 @@ mod tests {
         assert_eq!(u[0].params + u[1].params, g.block("s3.b0").unwrap().params);
         assert_eq!(u[2].blocks, 0..g.blocks.len());
         let bad = vec![UnitPlan { name: "x".into(), members: vec!["s9.b0".into()], params: 0 }];
-        assert!(matches!(units_from_plan(&g, &bad), Err(WrappingError::UnknownMember { .. })));
+        assert!(matches!(units_from_plan(&g, &bad), Err(WrappingError::Units(runspec::units::UnitError::UnknownMember { .. }))));
         // `s3.b0.b` must not capture `s3.b0.b_bn` (dot boundary).
         assert!(!member_prefixes("s3.b0.b", "s3.b0.b_bn.weight"));
         let dup = vec![plan[0].clone(), UnitPlan { name: "y".into(), members: vec!["s3.b0".into()], params: 0 }];
-        assert!(matches!(units_from_plan(&g, &dup), Err(WrappingError::DuplicateMember { .. })));
+        assert!(matches!(units_from_plan(&g, &dup), Err(WrappingError::Units(runspec::units::UnitError::DuplicateMember { .. }))));
         assert_eq!(try_units_for(&g, Wrapping::Group(0)), Err(WrappingError::BadGroup(0)));
     }
 
