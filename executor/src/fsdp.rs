@@ -262,6 +262,12 @@ impl<'pg> Fsdp<'pg> {
     pub fn units_of_block(&self, block: usize) -> &[usize] {
         &self.block_units[block]
     }
+    /// Which units each block needs, for compiling the step schedule.
+    pub fn layout(&self) -> runspec::schedule::Layout {
+        let blocks: Vec<Vec<usize>> = self.units.iter().map(|u| u.blocks.clone()).collect();
+        runspec::schedule::Layout::new(self.block_units.len(), &blocks)
+    }
+
     /// First and last block (forward order) using unit `u`.
     pub fn block_span(&self, u: usize) -> (usize, usize) {
         let b = &self.units[u].blocks;

@@ -1,5 +1,8 @@
-//! One forward + backward pass, block by block, over the FSDP runtime, with
-//! activation checkpointing exactly where the plan puts it.
+//! One forward + backward pass over the FSDP runtime, event by event as the
+//! plan's compiled step schedule (`runspec::schedule`) lists them: gathers,
+//! prefetches and reshards, each block's forward (with its graph, or inside
+//! a checkpointed segment without), the loss, recomputes, each block's
+//! backward and the reduce-scatters.
 //!
 //! Every block's input is cut from the previous block's graph
 //! (`x.detach().set_requires_grad(true)`), so backward runs one block at a
@@ -10,8 +13,10 @@
 
 use crate::fsdp::{Fsdp, FsdpError, ParamLeaf};
 use crate::model::{BnState, Mode, ModelArch, ModelError};
+use runspec::schedule::{Event, Keep};
 use std::collections::HashMap;
 use std::ops::Range;
+use std::time::Instant;
 use tch::{Kind, TchError, Tensor};
 
 #[derive(Debug, thiserror::Error)]
@@ -94,32 +99,35 @@ pub struct PassResult {
     pub loss: f64,
 }
 
-/// Runs forward and backward of the whole model on one rank's batch.
-/// `inputs`: one image tensor per crop-resolution group (image-major rows),
-/// already in the compute dtype. `loss_fn` maps the final block's output to
-/// this rank's scalar loss term; backward starts from `loss * loss_scale`.
-/// Shard gradients are *added to* (call `zero_grad` between steps).
-// Blocks, `saved` and the checkpoint map are all indexed by block number.
-#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+/// Runs one forward and backward pass as `events` say (the part of a
+/// compiled [`Schedule`] between its prologue and its drain, drain
+/// included) on one rank's batch. `inputs`: one image tensor per
+/// crop-resolution group (image-major rows), already in the compute dtype.
+/// `loss_fn` maps the final block's output to this rank's scalar loss term;
+/// backward starts from `loss * loss_scale`. Shard gradients are *added to*
+/// (call `zero_grad` between steps). `ran`, when given, receives every
+/// event as it completes.
+// Blocks and `saved` are indexed by block number.
+#[allow(clippy::too_many_arguments)]
 pub fn forward_backward(
     fsdp: &mut Fsdp<'_>,
     arch: &ModelArch,
     blocks: &[String],
     bn: &mut BnState,
-    ckpt: &Checkpointing,
+    events: &[Event],
     mode: &Mode,
     inputs: &[Tensor],
     loss_fn: &mut dyn FnMut(&Tensor) -> Result<Tensor, String>,
     loss_scale: f64,
+    mut ran: Option<&mut Vec<Event>>,
 ) -> Result<PassResult, StepError> {
     let n = blocks.len();
-    let reshard = fsdp.options().reshard_after_forward;
     let mut saved: Vec<Saved> = (0..n).map(|_| Saved::Nothing).collect();
     let run = |fsdp: &Fsdp<'_>, bn: &mut BnState, i: usize, xs: &[Tensor], mode: &Mode| -> Result<(Vec<Tensor>, Vec<ParamLeaf>), StepError> {
-        let tp = std::time::Instant::now();
+        let tp = Instant::now();
         let params = fsdp.block_params(i)?;
         crate::phase_timer::add("block_params", tp);
-        let tb = std::time::Instant::now();
+        let tb = Instant::now();
         let y = arch.forward_block(&blocks[i], &params.by_name, bn, xs, mode).map_err(|source| StepError::Model { block: blocks[i].clone(), source })?;
         crate::phase_timer::add("block_fwd", tb);
         Ok((y, params.leaves))
@@ -128,164 +136,139 @@ pub fn forward_backward(
         // The images need no gradient; every later input does.
         xs.iter().map(|t| if i == 0 { t.detach() } else { t.detach().set_requires_grad(true) }).collect()
     };
-
-    // ---- forward
-    let t_fwd = std::time::Instant::now();
-    let mut x: Vec<Tensor> = inputs.iter().map(|t| t.shallow_clone()).collect();
-    for i in 0..n {
-        let tg = std::time::Instant::now();
-        for &u in fsdp.units_of_block(i).to_vec().iter() {
-            fsdp.gather(u)?;
-        }
-        if i + 1 < n {
-            for &u in fsdp.units_of_block(i + 1).to_vec().iter() {
-                fsdp.prefetch(u)?;
-            }
-        }
-        crate::phase_timer::add("fwd_gather", tg);
-        let y = match ckpt.segment_of[i] {
-            Some(s) => {
-                if ckpt.segments[s].start == i {
-                    saved[i] = Saved::SegmentInput(x.iter().map(|t| t.detach()).collect());
-                }
-                tch::no_grad(|| run(fsdp, bn, i, &x, mode))?.0
-            }
-            None => {
-                let xin = cut(&x, i);
-                let (y, params) = run(fsdp, bn, i, &xin, mode)?;
-                let out: Vec<Tensor> = y.iter().map(|t| t.detach()).collect();
-                saved[i] = Saved::Block { xin, y, params };
-                x = out;
-                after_forward(fsdp, i, n, reshard)?;
-                continue;
-            }
-        };
-        x = y;
-        after_forward(fsdp, i, n, reshard)?;
-    }
-    drop(x);
-    crate::phase_timer::add_synced("forward", t_fwd);
-
-    // ---- backward
-    let t_bwd = std::time::Instant::now();
+    let internal = |what: String| StepError::Loss(format!("internal: {what}"));
     let recompute_mode = mode.recompute();
+    // The forward's running activations, and the input of the segment being recomputed.
+    let mut x: Vec<Tensor> = inputs.iter().map(|t| t.shallow_clone()).collect();
+    let mut recomputing: Option<Vec<Tensor>> = None;
     let mut grad_y: Option<Vec<Tensor>> = None;
+    let mut root: Option<Tensor> = None;
     let mut loss_value = None;
-    for i in (0..n).rev() {
-        if let Some(s) = ckpt.segment_of[i] {
-            let seg = ckpt.segments[s].clone();
-            if seg.end - 1 == i {
-                // Recompute the segment with grad; BN momentum 0 so the
-                // running statistics are updated once per step.
-                for j in seg.clone() {
-                    for &u in fsdp.units_of_block(j).to_vec().iter() {
-                        fsdp.gather(u)?;
+    let (t_step, mut t_bwd) = (Instant::now(), None);
+    for &event in events {
+        match event {
+            Event::Prologue | Event::LossAllReduce | Event::Optimizer => return Err(internal(format!("{event:?} is the trainer's, not the pass's"))),
+            Event::Gather { unit } => {
+                let tg = Instant::now();
+                fsdp.gather(unit)?;
+                crate::phase_timer::add(if t_bwd.is_some() { "bwd_gather" } else { "fwd_gather" }, tg);
+            }
+            Event::Prefetch { unit } => fsdp.prefetch(unit)?,
+            Event::Reshard { unit } => fsdp.free(unit)?,
+            Event::Forward { block: i, keep } => {
+                x = match keep {
+                    Keep::Graph => {
+                        let xin = cut(&x, i);
+                        let (y, params) = run(fsdp, bn, i, &xin, mode)?;
+                        let out: Vec<Tensor> = y.iter().map(|t| t.detach()).collect();
+                        saved[i] = Saved::Block { xin, y, params };
+                        out
                     }
-                }
-                let Saved::SegmentInput(mut xs) = std::mem::replace(&mut saved[seg.start], Saved::Nothing) else {
-                    return Err(StepError::Loss("internal: segment input missing".into()));
+                    Keep::SegmentInput | Keep::Nothing => {
+                        if keep == Keep::SegmentInput {
+                            saved[i] = Saved::SegmentInput(x.iter().map(|t| t.detach()).collect());
+                        }
+                        tch::no_grad(|| run(fsdp, bn, i, &x, mode))?.0
+                    }
                 };
-                for j in seg.clone() {
-                    let xin = cut(&xs, j);
-                    let (y, params) = run(fsdp, bn, j, &xin, &recompute_mode)?;
-                    xs = y.iter().map(|t| t.detach()).collect();
-                    saved[j] = Saved::Block { xin, y, params };
-                }
             }
-        }
-        for &u in fsdp.units_of_block(i).to_vec().iter() {
-            fsdp.gather(u)?;
-        }
-        if i > 0 {
-            for &u in fsdp.units_of_block(i - 1).to_vec().iter() {
-                fsdp.prefetch(u)?;
-            }
-        }
-        let Saved::Block { xin, y, params } = std::mem::replace(&mut saved[i], Saved::Nothing) else {
-            return Err(StepError::Loss(format!("internal: nothing saved for block `{}`", blocks[i])));
-        };
-        let root = match &grad_y {
-            None => {
+            Event::Loss => {
+                drop(std::mem::take(&mut x));
+                crate::phase_timer::add_synced("forward", t_step);
+                t_bwd = Some(Instant::now());
+                let last = n.checked_sub(1).ok_or_else(|| StepError::Loss("model has no blocks".into()))?;
+                let Saved::Block { y, .. } = &saved[last] else { return Err(internal(format!("nothing saved for block `{}`", blocks[last]))) };
                 if y.len() != 1 {
-                    return Err(StepError::Loss(format!("last block `{}` must return one tensor, got {}", blocks[i], y.len())));
+                    return Err(StepError::Loss(format!("last block `{}` must return one tensor, got {}", blocks[last], y.len())));
                 }
-                let tl = std::time::Instant::now();
+                let tl = Instant::now();
                 let l = loss_fn(&y[0]).map_err(StepError::Loss)?;
                 crate::phase_timer::add_synced("loss", tl);
                 loss_value = Some(l.f_double_value(&[])?);
-                l.f_mul_scalar(loss_scale)?
+                root = Some(l.f_mul_scalar(loss_scale)?);
             }
-            Some(g) => {
-                // Sum in fp32: the value is unused, but an fp16 overflow to
-                // inf would be confusing when debugging.
-                let mut acc: Option<Tensor> = None;
-                for (yk, gk) in y.iter().zip(g) {
-                    let t = yk.f_mul(&gk.f_detach()?)?.f_sum(Kind::Float)?;
-                    acc = Some(match acc {
-                        None => t,
-                        Some(a) => a.f_add(&t)?,
-                    });
+            Event::Recompute { block: j } => {
+                // With autograd; BN momentum 0 so the running statistics
+                // are updated once per step.
+                let xs = match recomputing.take() {
+                    Some(xs) => xs,
+                    None => match std::mem::replace(&mut saved[j], Saved::Nothing) {
+                        Saved::SegmentInput(xs) => xs,
+                        _ => return Err(internal(format!("no segment input kept for block `{}`", blocks[j]))),
+                    },
+                };
+                let xin = cut(&xs, j);
+                let (y, params) = run(fsdp, bn, j, &xin, &recompute_mode)?;
+                recomputing = Some(y.iter().map(|t| t.detach()).collect());
+                saved[j] = Saved::Block { xin, y, params };
+            }
+            Event::Backward { block: i } => {
+                recomputing = None;
+                let Saved::Block { xin, y, params } = std::mem::replace(&mut saved[i], Saved::Nothing) else {
+                    return Err(internal(format!("nothing saved for block `{}`", blocks[i])));
+                };
+                let root = match (root.take(), &grad_y) {
+                    (Some(r), _) => r,
+                    (None, Some(g)) => {
+                        // Sum in fp32: the value is unused, but an fp16
+                        // overflow to inf would be confusing when debugging.
+                        let mut acc: Option<Tensor> = None;
+                        for (yk, gk) in y.iter().zip(g) {
+                            let t = yk.f_mul(&gk.f_detach()?)?.f_sum(Kind::Float)?;
+                            acc = Some(match acc {
+                                None => t,
+                                Some(a) => a.f_add(&t)?,
+                            });
+                        }
+                        acc.ok_or_else(|| StepError::Loss(format!("block `{}` has no outputs", blocks[i])))?
+                    }
+                    (None, None) => return Err(internal(format!("backward of `{}` before the loss", blocks[i]))),
+                };
+                let mut wrt: Vec<Tensor> = xin.iter().filter(|t| t.requires_grad()).map(|t| t.shallow_clone()).collect();
+                let n_x = wrt.len();
+                wrt.extend(params.iter().map(|p| p.tensor.shallow_clone()));
+                let t_rb = Instant::now();
+                let grads = Tensor::f_run_backward(&[&root], &wrt, false, false)?;
+                crate::phase_timer::add("run_backward", t_rb);
+                drop(root);
+                drop(y);
+                for (p, g) in params.iter().zip(&grads[n_x..]) {
+                    // Undefined: the parameter did not take part (e.g. a
+                    // unit's tensors that belong to another block).
+                    if g.defined() {
+                        fsdp.accumulate_param_grad(p.unit, p.offset, g)?;
+                    }
                 }
-                acc.ok_or_else(|| StepError::Loss(format!("block `{}` has no outputs", blocks[i])))?
+                drop(params);
+                grad_y = if i > 0 {
+                    // Undefined input grads (an input that did not influence
+                    // the output) become zeros so the next block still
+                    // back-propagates.
+                    let mut gs = Vec::with_capacity(xin.len());
+                    for (k, x) in xin.iter().enumerate() {
+                        let g = &grads[k];
+                        gs.push(if g.defined() { g.shallow_clone() } else { x.f_zeros_like()? });
+                    }
+                    Some(gs)
+                } else {
+                    None
+                };
             }
-        };
-        let units = fsdp.units_of_block(i).to_vec();
-        let mut wrt: Vec<Tensor> = xin.iter().filter(|t| t.requires_grad()).map(|t| t.shallow_clone()).collect();
-        let n_x = wrt.len();
-        wrt.extend(params.iter().map(|p| p.tensor.shallow_clone()));
-        let t_rb = std::time::Instant::now();
-        let grads = Tensor::f_run_backward(&[&root], &wrt, false, false)?;
-        crate::phase_timer::add("run_backward", t_rb);
-        drop(root);
-        drop(y);
-        for (p, g) in params.iter().zip(&grads[n_x..]) {
-            // Undefined: the parameter did not take part (e.g. a unit's
-            // tensors that belong to another block).
-            if g.defined() {
-                fsdp.accumulate_param_grad(p.unit, p.offset, g)?;
+            Event::ReduceScatter { unit } => fsdp.finish_grad(unit)?,
+            Event::Drain => {
+                let t_dr = Instant::now();
+                fsdp.drain()?;
+                fsdp.free_all()?;
+                crate::phase_timer::add("drain", t_dr);
             }
         }
-        drop(params);
-        grad_y = if i > 0 {
-            // Undefined input grads (an input that did not influence the
-            // output) become zeros so the next block still back-propagates.
-            let mut gs = Vec::with_capacity(xin.len());
-            for (k, x) in xin.iter().enumerate() {
-                let g = &grads[k];
-                gs.push(if g.defined() { g.shallow_clone() } else { x.f_zeros_like()? });
-            }
-            Some(gs)
-        } else {
-            None
-        };
-        for &u in &units {
-            if fsdp.block_span(u).0 == i {
-                fsdp.finish_grad(u)?;
-            }
+        if let Some(r) = ran.as_deref_mut() {
+            r.push(event);
         }
     }
-    let t_dr = std::time::Instant::now();
-    fsdp.drain()?;
-    fsdp.free_all()?;
-    crate::phase_timer::add("drain", t_dr);
-    crate::phase_timer::add_synced("backward+loss", t_bwd);
-    let loss = loss_value.ok_or_else(|| StepError::Loss("model has no blocks".into()))?;
+    crate::phase_timer::add_synced("backward+loss", t_bwd.unwrap_or(t_step));
+    let loss = loss_value.ok_or_else(|| StepError::Loss("the schedule has no loss".into()))?;
     Ok(PassResult { loss })
-}
-
-/// Frees units whose last forward use was block `i` (when resharding).
-/// Units of the final block stay: backward needs them immediately.
-fn after_forward(fsdp: &mut Fsdp<'_>, i: usize, n: usize, reshard: bool) -> Result<(), StepError> {
-    if !reshard {
-        return Ok(());
-    }
-    let last_units = fsdp.units_of_block(n - 1).to_vec();
-    for &u in fsdp.units_of_block(i).to_vec().iter() {
-        if fsdp.block_span(u).1 == i && !last_units.contains(&u) {
-            fsdp.free(u)?;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

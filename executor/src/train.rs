@@ -26,6 +26,7 @@ use cost_models::config::ModelConfig;
 use cost_models::hardware::DeviceKind;
 use cost_models::{Bytes, DType, Seconds};
 use runspec::plan::Plan;
+use runspec::schedule::{Event, Schedule as StepSchedule};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -107,6 +108,9 @@ pub struct TrainConfig {
     pub predicted_peak: Option<Bytes>,
     pub predicted_step_time: Option<Seconds>,
     pub progress: bool,
+    /// Write the events the first step ran to `events.rank<r>.json` in
+    /// `out_dir` (to check them against the plan's compiled schedule).
+    pub record_events: bool,
 }
 
 fn dtype_precision(d: DType) -> Precision {
@@ -144,6 +148,8 @@ pub struct TrainArgs {
     pub threads: Option<usize>,
     /// BN statistics over all ranks (SyncBN) instead of per rank as in SEER.
     pub sync_bn: bool,
+    /// Write the events of the first step to `events.rank<r>.json`.
+    pub record_events: bool,
 }
 
 impl TrainArgs {
@@ -163,6 +169,7 @@ impl TrainArgs {
             force_cpu: false,
             threads: None,
             sync_bn: false,
+            record_events: false,
         }
     }
 }
@@ -246,6 +253,7 @@ impl TrainConfig {
             predicted_peak: Some(Bytes(plan.predicted.allocated_peak_bytes())),
             predicted_step_time: Some(Seconds(plan.predicted.step_time_s)),
             progress: true,
+            record_events: args.record_events,
         })
     }
 
@@ -368,7 +376,11 @@ pub struct Trainer<'pg> {
     bn: BnState,
     optimizer: Optimizer,
     schedule: LrSchedule,
-    ckpt: Checkpointing,
+    /// The plan's step, compiled once (`runspec::schedule`).
+    step_events: StepSchedule,
+    /// The events of the step being recorded (`record_events`).
+    recorded: Option<Vec<Event>>,
+    events_written: bool,
     scaler: LossScaler,
     mode: Mode<'pg>,
     /// Steps completed.
@@ -398,6 +410,7 @@ impl<'pg> Trainer<'pg> {
         let seed = cfg.seed;
         let fsdp = Fsdp::new(pg, &specs, &blocks, &cfg.units, opts, &mut |p| p.init_tensor(seed).map_err(|e| e.to_string()))?;
         let ckpt = Checkpointing::new(&blocks, &cfg.checkpoint_segments).map_err(|e| TrainError::Step { step: 0, source: e })?;
+        let step_events = StepSchedule::compile(&fsdp.layout(), ckpt.segments(), cfg.reshard_after_forward);
         let schedule = cfg.schedule(pg.world_size());
         schedule.validate()?;
         if !cfg.images_per_rank.is_multiple_of(cfg.bn_groups.max(1)) {
@@ -417,7 +430,9 @@ impl<'pg> Trainer<'pg> {
             bn: BnState::new(&arch, cfg.device),
             optimizer: Optimizer::new(cfg.optim.clone(), specs.len())?,
             schedule,
-            ckpt,
+            step_events,
+            recorded: None,
+            events_written: false,
             scaler: LossScaler::for_precision(cfg.precision),
             mode,
             step: 0,
@@ -469,15 +484,28 @@ impl<'pg> Trainer<'pg> {
         let mut loss_fn = |scores: &Tensor| swav::swav_loss(scores, &layout, &swav_cfg, global_images, &ar).map_err(|e| e.to_string());
         let step = self.step;
         let t_fb = Instant::now();
-        let pass =
-            step::forward_backward(&mut self.fsdp, &self.arch, &self.blocks, &mut self.bn, &self.ckpt, &self.mode, &inputs, &mut loss_fn, self.scaler.scale())
-                .map_err(|source| TrainError::Step { step, source })?;
+        let pass = step::forward_backward(
+            &mut self.fsdp,
+            &self.arch,
+            &self.blocks,
+            &mut self.bn,
+            self.step_events.pass(),
+            &self.mode,
+            &inputs,
+            &mut loss_fn,
+            self.scaler.scale(),
+            self.recorded.as_mut(),
+        )
+        .map_err(|source| TrainError::Step { step, source })?;
         crate::phase_timer::add("fwd_bwd", t_fb);
         let t0 = Instant::now();
         let total = Tensor::from_slice(&[pass.loss]).f_to_device(self.cfg.device)?;
         self.pg.all_reduce_(&total, ReduceOp::Sum)?;
         let v = total.f_double_value(&[0])?;
         crate::phase_timer::add_synced("loss_all_reduce", t0);
+        if let Some(r) = self.recorded.as_mut() {
+            r.push(Event::LossAllReduce);
+        }
         Ok(v)
     }
 
@@ -506,12 +534,30 @@ impl<'pg> Trainer<'pg> {
 
     /// One full training step on `batch`.
     pub fn train_step(&mut self, batch: &Batch) -> Result<StepOutcome, TrainError> {
+        if self.cfg.record_events && !self.events_written {
+            self.recorded = Some(vec![Event::Prologue]);
+        }
         let loss = self.compute_grads(batch)?;
         let t0 = Instant::now();
         let r = self.apply_grads(loss);
         crate::phase_timer::add_synced("optimizer", t0);
+        if let Some(mut events) = self.recorded.take() {
+            events.push(Event::Optimizer);
+            self.write_events(events)?;
+        }
         crate::phase_timer::flush(self.pg.rank(), self.step);
         r
+    }
+
+    /// Writes the events one step ran (`record_events`).
+    fn write_events(&mut self, events: Vec<Event>) -> Result<(), TrainError> {
+        let path = self.cfg.out_dir.join(format!("events.rank{}.json", self.pg.rank()));
+        let text = serde_json::to_string_pretty(&StepSchedule { events }).map_err(|e| TrainError::Config(e.to_string()))?;
+        std::fs::create_dir_all(&self.cfg.out_dir)
+            .and_then(|_| std::fs::write(&path, text))
+            .map_err(|e| TrainError::Config(format!("writing {}: {e}", path.display())))?;
+        self.events_written = true;
+        Ok(())
     }
 
     fn loader(&self) -> Result<DataLoader, TrainError> {

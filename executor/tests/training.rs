@@ -82,6 +82,7 @@ fn config(world: usize, out: &Path, ckpt: bool, reshard: bool) -> TrainConfig {
         predicted_peak: None,
         predicted_step_time: None,
         progress: false,
+        record_events: false,
     }
 }
 

@@ -1,5 +1,6 @@
-//! Per-rank memory over one training step, event by event, following the
-//! executor's schedule (executor/src/step.rs, fsdp.rs) literally:
+//! Per-rank memory over one training step, event by event: the replay walks
+//! the step schedule the executor runs (`runspec::schedule`, compiled from
+//! the same units, segments and reshard policy):
 //!
 //! * forward, block by block: gather the block's units, prefetch the next
 //!   block's, run the block (with grad: keep its saved tensors; inside a
@@ -31,6 +32,7 @@ use cost_models::hardware::{DeviceKind, HardwareSpec};
 #[cfg(test)]
 use cost_models::units::MIB;
 use cost_models::{Bytes, DType};
+use runspec::schedule::{Event, Keep, Layout, Schedule};
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
 
@@ -347,8 +349,6 @@ pub struct MemoryModel {
     static_base: u64,
     /// Units whose block span contains each block.
     units_of: Vec<Vec<usize>>,
-    /// Units whose first block is each block (finish order).
-    starting_at: Vec<Vec<usize>>,
     /// `q[s * n + e]`: gathered bytes of units with start <= s and last block >= e.
     q: Vec<u64>,
     /// Gradient buffers live during block i's backward (before its own).
@@ -454,7 +454,14 @@ impl MemoryModel {
             tail_max = tail_max.max(static_base + gs + p.units[v].rs_cast.0);
             gs -= p.units[v].freed_at_completion();
         }
-        MemoryModel { p, n, static_base, units_of, starting_at, q, gs_bwd, pg, post, post_max, tail_max }
+        MemoryModel { p, n, static_base, units_of, q, gs_bwd, pg, post, post_max, tail_max }
+    }
+
+    /// Which units each block needs (the units' block spans), for the
+    /// step schedule the replay walks.
+    pub fn layout(&self) -> Layout {
+        let blocks: Vec<Vec<usize>> = self.p.units.iter().map(|u| (u.blocks.start.min(self.n)..u.blocks.end.min(self.n)).collect()).collect();
+        Layout::new(self.n, &blocks)
     }
 
     pub fn profile(&self) -> &MemProfile {
@@ -653,7 +660,6 @@ pub fn normalize_segments(n: usize, segs: &[Range<usize>]) -> Vec<Range<usize>> 
 /// closed form in `piece_local` must equal).
 struct Replay<'m> {
     m: &'m MemoryModel,
-    seg_of: Vec<Option<usize>>,
     segs: &'m [Range<usize>],
     cat: [u64; 10],
     /// Activation bytes attributed to each block.
@@ -667,12 +673,6 @@ struct Replay<'m> {
 
 impl<'m> Replay<'m> {
     fn new(m: &'m MemoryModel, segs: &'m [Range<usize>]) -> Replay<'m> {
-        let mut seg_of = vec![None; m.n];
-        for (si, s) in segs.iter().enumerate() {
-            for b in s.clone() {
-                seg_of[b] = Some(si);
-            }
-        }
         let mut cat = [0u64; 10];
         let shard: u64 = m.p.units.iter().map(|u| u.shard.0).sum();
         cat[Category::ParamsShard.idx()] = shard + m.p.statics.bn_buffers.0;
@@ -681,7 +681,6 @@ impl<'m> Replay<'m> {
         cat[Category::Activations.idx()] = m.p.statics.input_batch.0 + m.p.statics.host_batches.0;
         Replay {
             m,
-            seg_of,
             segs,
             cat,
             act_by_block: vec![0; m.n],
@@ -759,26 +758,32 @@ impl<'m> Replay<'m> {
         let mut loose: Option<(usize, u64)> = None;
         // Input storage kept alive by block i (its xin / the segment input).
         let mut held_by: Vec<Option<(usize, u64)>> = vec![None; n];
-        let last_units = m.units_of.get(n.wrapping_sub(1)).cloned().unwrap_or_default();
-
-        // ---- forward
-        for i in 0..n {
-            for u in m.units_of[i].clone() {
-                self.gather(u, "");
-            }
-            if i + 1 < n {
-                for u in m.units_of[i + 1].clone() {
-                    self.gather(u, " (prefetch)");
+        let mut grad_y = 0u64;
+        let mut has_acc = vec![false; m.p.units.len()];
+        let mut pending: VecDeque<usize> = VecDeque::new();
+        // Which category holds block i's kept bytes right now.
+        let mut kept_in: Vec<Category> = vec![Category::Activations; n];
+        // Block whose input is released once its reduce-scatters are issued.
+        let mut release: Option<usize> = None;
+        let schedule = Schedule::compile(&m.layout(), self.segs, m.p.reshard_after_forward);
+        for &event in &schedule.events {
+            if !matches!(event, Event::ReduceScatter { .. }) {
+                if let Some((pb, b)) = release.take().and_then(|i| held_by[i].take()) {
+                    self.act(Category::Activations, pb, b, false);
                 }
             }
-            match self.seg_of[i] {
-                None => {
+            match event {
+                Event::Prologue | Event::LossAllReduce => {}
+                Event::Gather { unit } => self.gather(unit, ""),
+                Event::Prefetch { unit } => self.gather(unit, " (prefetch)"),
+                Event::Reshard { unit } => self.free(unit),
+                Event::Forward { block: i, keep: Keep::Graph } => {
                     held_by[i] = loose.take();
                     self.act(Category::Activations, i, bl[i].kept.0, true);
                     self.emit(format!("fwd {}", name(i)), &[(Category::Transient, bl[i].fwd_transient.0)], Some(i));
                 }
-                Some(s) => {
-                    if self.segs[s].start == i {
+                Event::Forward { block: i, keep } => {
+                    if keep == Keep::SegmentInput {
                         held_by[i] = loose.take();
                     }
                     self.emit(format!("fwd {} (no grad)", name(i)), &[(Category::Activations, bl[i].nograd_peak.0)], Some(i));
@@ -788,98 +793,67 @@ impl<'m> Replay<'m> {
                     self.act(Category::Activations, i, bl[i].output.0, true);
                     loose = Some((i, bl[i].output.0));
                 }
-            }
-            if m.p.reshard_after_forward {
-                for u in m.units_of[i].clone() {
-                    let r = &m.p.units[u].blocks;
-                    if r.end.min(n) == i + 1 && !last_units.contains(&u) {
+                Event::Loss => {
+                    if let Some((pb, b)) = loose.take() {
+                        self.act(Category::Activations, pb, b, false);
+                    }
+                }
+                Event::Recompute { block: j } => {
+                    self.act(Category::Recompute, j, bl[j].kept.0, true);
+                    kept_in[j] = Category::Recompute;
+                    self.emit(format!("recompute {}", name(j)), &[(Category::Transient, bl[j].fwd_transient.0)], Some(j));
+                }
+                Event::Backward { block: i } => {
+                    let pgrad: u64 = m.units_of[i].iter().map(|&u| m.p.units[u].param_grad.0).sum();
+                    self.emit(
+                        format!("bwd {}", name(i)),
+                        &[(Category::Transient, bl[i].bwd_transient.0), (Category::GradBuffers, pgrad), (Category::HeadLoss, m.head(i))],
+                        Some(i),
+                    );
+                    let k = kept_in[i];
+                    self.act(k, i, bl[i].kept.0, false);
+                    for u in m.units_of[i].clone() {
+                        if !has_acc[u] {
+                            has_acc[u] = true;
+                            let b = m.p.units[u].grad_acc.0;
+                            self.add(Category::GradBuffers, b);
+                            self.unit_live[u] += b;
+                        }
+                    }
+                    self.sub(Category::Transient, grad_y);
+                    grad_y = bl[i].input_grad.0;
+                    self.add(Category::Transient, grad_y);
+                    release = Some(i);
+                }
+                Event::ReduceScatter { unit: u } => {
+                    self.free(u);
+                    let out = m.p.units[u].rs_out.0;
+                    self.add(Category::GradBuffers, out);
+                    self.unit_live[u] += out;
+                    pending.push_back(u);
+                    self.emit(format!("reduce-scatter {}", m.p.units[u].name), &[], None);
+                    let early = m.p.units[u].acc_freed_at_issue();
+                    self.sub(Category::GradBuffers, early);
+                    self.unit_live[u] -= early;
+                    while pending.len() > 2 {
+                        if let Some(v) = pending.pop_front() {
+                            self.complete(v);
+                        }
+                    }
+                }
+                Event::Drain => {
+                    self.sub(Category::Transient, grad_y);
+                    grad_y = 0;
+                    while let Some(v) = pending.pop_front() {
+                        self.complete(v);
+                    }
+                    for u in 0..m.p.units.len() {
                         self.free(u);
                     }
                 }
+                Event::Optimizer => self.emit("optimizer".into(), &[(Category::Transient, m.p.statics.optimizer_transient.0)], None),
             }
         }
-        if let Some((pb, b)) = loose.take() {
-            self.act(Category::Activations, pb, b, false);
-        }
-
-        // ---- backward
-        let mut grad_y = 0u64;
-        let mut has_acc = vec![false; m.p.units.len()];
-        let mut pending: VecDeque<usize> = VecDeque::new();
-        // Which category holds block i's kept bytes right now.
-        let mut kept_in: Vec<Category> = vec![Category::Activations; n];
-        for i in (0..n).rev() {
-            if let Some(s) = self.seg_of[i] {
-                let seg = self.segs[s].clone();
-                if seg.end - 1 == i {
-                    for j in seg.clone() {
-                        for u in m.units_of[j].clone() {
-                            self.gather(u, " (recompute)");
-                        }
-                    }
-                    let sl = format!("{}-{}", name(seg.start), name(seg.end - 1));
-                    for j in seg.clone() {
-                        self.act(Category::Recompute, j, bl[j].kept.0, true);
-                        kept_in[j] = Category::Recompute;
-                        self.emit(format!("recompute {sl}: {}", name(j)), &[(Category::Transient, bl[j].fwd_transient.0)], Some(j));
-                    }
-                }
-            }
-            for u in m.units_of[i].clone() {
-                self.gather(u, "");
-            }
-            if i > 0 {
-                for u in m.units_of[i - 1].clone() {
-                    self.gather(u, " (prefetch)");
-                }
-            }
-            let pgrad: u64 = m.units_of[i].iter().map(|&u| m.p.units[u].param_grad.0).sum();
-            self.emit(
-                format!("bwd {}", name(i)),
-                &[(Category::Transient, bl[i].bwd_transient.0), (Category::GradBuffers, pgrad), (Category::HeadLoss, m.head(i))],
-                Some(i),
-            );
-            let k = kept_in[i];
-            self.act(k, i, bl[i].kept.0, false);
-            for u in m.units_of[i].clone() {
-                if !has_acc[u] {
-                    has_acc[u] = true;
-                    let b = m.p.units[u].grad_acc.0;
-                    self.add(Category::GradBuffers, b);
-                    self.unit_live[u] += b;
-                }
-            }
-            self.sub(Category::Transient, grad_y);
-            grad_y = bl[i].input_grad.0;
-            self.add(Category::Transient, grad_y);
-            for u in m.starting_at[i].clone() {
-                self.free(u);
-                let out = m.p.units[u].rs_out.0;
-                self.add(Category::GradBuffers, out);
-                self.unit_live[u] += out;
-                pending.push_back(u);
-                self.emit(format!("reduce-scatter {}", m.p.units[u].name), &[], None);
-                let early = m.p.units[u].acc_freed_at_issue();
-                self.sub(Category::GradBuffers, early);
-                self.unit_live[u] -= early;
-                while pending.len() > 2 {
-                    if let Some(v) = pending.pop_front() {
-                        self.complete(v);
-                    }
-                }
-            }
-            if let Some((pb, b)) = held_by[i].take() {
-                self.act(Category::Activations, pb, b, false);
-            }
-        }
-        self.sub(Category::Transient, grad_y);
-        while let Some(v) = pending.pop_front() {
-            self.complete(v);
-        }
-        for u in 0..m.p.units.len() {
-            self.free(u);
-        }
-        self.emit("optimizer".into(), &[(Category::Transient, m.p.statics.optimizer_transient.0)], None);
 
         // Breakdown at the peak.
         let (peak, peak_event, c, unit_live, by_block) = self.peak.clone();

@@ -15,4 +15,5 @@
 pub mod metrics;
 pub mod plan;
 pub mod recipe;
+pub mod schedule;
 pub mod units;

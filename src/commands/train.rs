@@ -52,6 +52,12 @@ pub struct TrainCliArgs {
     /// forward and backward) instead of per rank as in SEER.
     #[arg(long)]
     pub sync_bn: bool,
+    /// Write the events each rank's first step ran (gathers, forwards,
+    /// recomputes, backwards, reduce-scatters, ...) to
+    /// `<out>/events.rank<r>.json`, to set against the plan's compiled
+    /// step schedule.
+    #[arg(long)]
+    pub record_events: bool,
 }
 
 impl TrainCliArgs {
@@ -73,6 +79,7 @@ impl TrainCliArgs {
         a.timeout = Duration::from_secs(self.timeout_s);
         a.force_cpu = self.cpu;
         a.sync_bn = self.sync_bn;
+        a.record_events = self.record_events;
         Ok(a)
     }
 }

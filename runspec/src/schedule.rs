@@ -1,0 +1,270 @@
+//! The step schedule: the ordered events one rank runs in a training step,
+//! compiled once from a plan. The executor runs it event by event
+//! (`executor::step`); the planner's memory replay and step simulator cost
+//! the same events, so the two describe one step, not two.
+//!
+//! Rules the compiler follows (FSDP as the executor runs it):
+//! * forward, block by block: gather the block's units, prefetch the next
+//!   block's, run the block (keeping its graph, or inside a checkpointed
+//!   segment only the segment's input), then reshard the units whose last
+//!   block it was (unless they are the last block's, which backward needs
+//!   at once);
+//! * the loss on the last block's output;
+//! * backward, last block first: at the end of a checkpointed segment
+//!   gather all its units and recompute it with autograd; gather the
+//!   block's units, prefetch the previous block's, run its backward, and
+//!   start the reduce-scatter of every unit whose first block it was;
+//! * drain the reduce-scatters, all-reduce the loss value, the optimiser.
+
+use serde::{Deserialize, Serialize};
+use std::ops::Range;
+
+/// What a forward block keeps for its backward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Keep {
+    /// Its autograd graph (a block outside checkpointed segments).
+    Graph,
+    /// Only its input: the first block of a checkpointed segment, run
+    /// without autograd.
+    SegmentInput,
+    /// Nothing: a later block of a checkpointed segment.
+    Nothing,
+}
+
+/// One thing a rank does in a step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// Normalise the prototypes, zero the gradients, move the batch.
+    Prologue,
+    /// All-gather a unit's parameters, or wait for its prefetch.
+    Gather { unit: usize },
+    /// Start a unit's all-gather ahead of the block that needs it.
+    Prefetch { unit: usize },
+    /// A block's forward.
+    Forward { block: usize, keep: Keep },
+    /// Free a unit's gathered parameters after its last forward block.
+    Reshard { unit: usize },
+    /// The SwAV loss on the last block's output (Sinkhorn included).
+    Loss,
+    /// A block of a checkpointed segment run again with autograd, just
+    /// before the segment's backward.
+    Recompute { block: usize },
+    /// A block's backward: gradients of its input and its parameters.
+    Backward { block: usize },
+    /// A unit's gradient is complete: free its parameters and start its
+    /// reduce-scatter (at most two in flight; the oldest is waited for).
+    ReduceScatter { unit: usize },
+    /// Wait for every reduce-scatter in flight; free every unit.
+    Drain,
+    /// All-reduce the step's loss value.
+    LossAllReduce,
+    /// LARC norms and the optimiser's update of the shards.
+    Optimizer,
+}
+
+/// Which units each block needs: what the schedule is compiled from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// For each block (forward order), the units owning its parameters, in
+    /// unit order.
+    pub units_of_block: Vec<Vec<usize>>,
+    /// For each unit, the first and last block it owns parameters of
+    /// (`None`: it owns none).
+    pub span: Vec<Option<(usize, usize)>>,
+}
+
+impl Layout {
+    /// From each unit's blocks (as `Ownership::blocks_of_units` gives them).
+    pub fn new(num_blocks: usize, blocks_of_units: &[Vec<usize>]) -> Layout {
+        let mut units_of_block = vec![Vec::new(); num_blocks];
+        for (u, blocks) in blocks_of_units.iter().enumerate() {
+            for &b in blocks.iter().filter(|&&b| b < num_blocks) {
+                units_of_block[b].push(u);
+            }
+        }
+        let span = blocks_of_units.iter().map(|b| Some((*b.iter().min()?, *b.iter().max()?))).collect();
+        Layout { units_of_block, span }
+    }
+
+    pub fn num_blocks(&self) -> usize {
+        self.units_of_block.len()
+    }
+}
+
+/// The compiled step.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Schedule {
+    pub events: Vec<Event>,
+}
+
+impl Schedule {
+    /// Compiles the step for `layout`, checkpointed `segments` (block
+    /// ranges: in order, disjoint, within the model) and the reshard policy.
+    pub fn compile(layout: &Layout, segments: &[Range<usize>], reshard_after_forward: bool) -> Schedule {
+        let n = layout.num_blocks();
+        let mut seg_of = vec![None; n];
+        for (si, s) in segments.iter().enumerate() {
+            for b in s.clone().filter(|&b| b < n) {
+                seg_of[b] = Some(si);
+            }
+        }
+        let units = |b: usize| layout.units_of_block[b].iter().copied();
+        let last_units: Vec<usize> = if n > 0 { units(n - 1).collect() } else { Vec::new() };
+        let mut ev = vec![Event::Prologue];
+        for b in 0..n {
+            ev.extend(units(b).map(|unit| Event::Gather { unit }));
+            if b + 1 < n {
+                ev.extend(units(b + 1).map(|unit| Event::Prefetch { unit }));
+            }
+            let keep = match seg_of[b] {
+                None => Keep::Graph,
+                Some(s) if segments[s].start == b => Keep::SegmentInput,
+                Some(_) => Keep::Nothing,
+            };
+            ev.push(Event::Forward { block: b, keep });
+            if reshard_after_forward {
+                ev.extend(
+                    units(b).filter(|u| layout.span[*u].is_some_and(|(_, last)| last == b) && !last_units.contains(u)).map(|unit| Event::Reshard { unit }),
+                );
+            }
+        }
+        if n > 0 {
+            ev.push(Event::Loss);
+        }
+        for b in (0..n).rev() {
+            if let Some(s) = seg_of[b].filter(|&s| segments[s].end - 1 == b) {
+                let seg = segments[s].clone();
+                for j in seg.clone() {
+                    ev.extend(units(j).map(|unit| Event::Gather { unit }));
+                }
+                ev.extend(seg.map(|block| Event::Recompute { block }));
+            }
+            ev.extend(units(b).map(|unit| Event::Gather { unit }));
+            if b > 0 {
+                ev.extend(units(b - 1).map(|unit| Event::Prefetch { unit }));
+            }
+            ev.push(Event::Backward { block: b });
+            ev.extend(units(b).filter(|u| layout.span[*u].is_some_and(|(first, _)| first == b)).map(|unit| Event::ReduceScatter { unit }));
+        }
+        ev.extend([Event::Drain, Event::LossAllReduce, Event::Optimizer]);
+        Schedule { events: ev }
+    }
+
+    /// The schedule of `plan` (its units resolved against its model's
+    /// parameters by the ownership rule, its segments, its reshard policy).
+    pub fn from_plan(plan: &crate::plan::Plan) -> Result<Schedule, crate::units::UnitError> {
+        let graph = plan.graph();
+        let mut names = Vec::new();
+        let mut block_of = Vec::new();
+        for (bi, b) in graph.blocks.iter().enumerate() {
+            for (p, _) in &b.param_tensors {
+                names.push(p.as_str());
+                block_of.push(bi);
+            }
+        }
+        let units: Vec<(String, Vec<String>)> = plan.units.iter().map(|u| (u.name.clone(), u.members.clone())).collect();
+        let own = crate::units::assign(&names, &units)?;
+        let layout = Layout::new(graph.blocks.len(), &own.blocks_of_units(&block_of));
+        let index = |name: &String| graph.blocks.iter().position(|b| &b.name == name);
+        let segments: Vec<Range<usize>> = plan.checkpoint_segments.iter().filter_map(|s| Some(index(s.first()?)?..index(s.last()?)? + 1)).collect();
+        Ok(Schedule::compile(&layout, &segments, plan.reshard_after_forward))
+    }
+
+    /// The forward and backward pass: the events after the prologue, up to
+    /// and including the drain (what `executor::step` runs).
+    pub fn pass(&self) -> &[Event] {
+        let start = self.events.iter().position(|e| *e == Event::Prologue).map_or(0, |i| i + 1);
+        let end = self.events.iter().position(|e| *e == Event::Drain).map_or(self.events.len(), |i| i + 1);
+        &self.events[start..end.max(start)]
+    }
+
+    /// The events as one line each, for diffs in tests and reports.
+    pub fn lines(events: &[Event]) -> Vec<String> {
+        events.iter().map(|e| format!("{e:?}")).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Event::*;
+
+    /// Five blocks; unit 0 = blocks 0-1, unit 1 = block 2, unit 2 = blocks 3-4.
+    fn layout() -> Layout {
+        Layout::new(5, &[vec![0, 1], vec![2], vec![3, 4]])
+    }
+
+    #[test]
+    fn forward_gathers_prefetches_and_reshards_after_a_units_last_block() {
+        let s = Schedule::compile(&layout(), &[], true);
+        let fwd: Vec<Event> = s.events.iter().copied().take_while(|e| *e != Loss).collect();
+        assert_eq!(
+            fwd,
+            vec![
+                Prologue,
+                Gather { unit: 0 },
+                Prefetch { unit: 0 },
+                Forward { block: 0, keep: Keep::Graph },
+                Gather { unit: 0 },
+                Prefetch { unit: 1 },
+                Forward { block: 1, keep: Keep::Graph },
+                Reshard { unit: 0 },
+                Gather { unit: 1 },
+                Prefetch { unit: 2 },
+                Forward { block: 2, keep: Keep::Graph },
+                Reshard { unit: 1 },
+                Gather { unit: 2 },
+                Prefetch { unit: 2 },
+                Forward { block: 3, keep: Keep::Graph },
+                Gather { unit: 2 },
+                Forward { block: 4, keep: Keep::Graph },
+            ]
+        );
+        // Without resharding nothing is freed before the drain.
+        assert!(!Schedule::compile(&layout(), &[], false).events.iter().any(|e| matches!(e, Reshard { .. })));
+    }
+
+    #[test]
+    fn a_checkpointed_segment_keeps_its_input_and_is_recomputed_before_its_backward() {
+        let s = Schedule::compile(&layout(), &[1..3], true);
+        let fwd: Vec<Event> = s.events.iter().copied().filter(|e| matches!(e, Forward { .. })).collect();
+        assert_eq!(
+            fwd,
+            vec![
+                Forward { block: 0, keep: Keep::Graph },
+                Forward { block: 1, keep: Keep::SegmentInput },
+                Forward { block: 2, keep: Keep::Nothing },
+                Forward { block: 3, keep: Keep::Graph },
+                Forward { block: 4, keep: Keep::Graph },
+            ]
+        );
+        let at = |e: Event| s.events.iter().position(|x| *x == e).unwrap();
+        // The segment (blocks 1-2) is recomputed right before block 2's backward, after block 3's.
+        assert!(at(Backward { block: 3 }) < at(Recompute { block: 1 }));
+        assert!(at(Recompute { block: 1 }) < at(Recompute { block: 2 }));
+        assert!(at(Recompute { block: 2 }) < at(Backward { block: 2 }));
+        // Its units are gathered first.
+        let r = at(Recompute { block: 1 });
+        assert_eq!(&s.events[r - 2..r], &[Gather { unit: 0 }, Gather { unit: 1 }]);
+    }
+
+    #[test]
+    fn a_units_reduce_scatter_starts_after_the_backward_of_its_first_block() {
+        let s = Schedule::compile(&layout(), &[], true);
+        let at = |e: Event| s.events.iter().position(|x| *x == e).unwrap();
+        assert_eq!(at(ReduceScatter { unit: 2 }), at(Backward { block: 3 }) + 1);
+        assert_eq!(at(ReduceScatter { unit: 1 }), at(Backward { block: 2 }) + 1);
+        assert_eq!(at(ReduceScatter { unit: 0 }), at(Backward { block: 0 }) + 1);
+        assert_eq!(&s.events[s.events.len() - 3..], &[Drain, LossAllReduce, Optimizer]);
+        assert_eq!(s.events.iter().filter(|e| matches!(e, ReduceScatter { .. })).count(), 3);
+    }
+
+    #[test]
+    fn events_read_back_from_json() {
+        let s = Schedule::compile(&layout(), &[1..3], false);
+        let back: Schedule = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+    }
+}
