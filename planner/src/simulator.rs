@@ -7,20 +7,20 @@
 //! gradient reduce-scatters, the LARC-norm and Sinkhorn all-reduces; NCCL
 //! runs one process group's collectives one after another, in issue order).
 //!
-//! A compute op waits for the collectives it depends on; a collective starts
-//! when it has been issued (by a compute op reaching its FSDP pre-hook, or
-//! finishing) and the stream is free. Exposed communication is therefore a
-//! result: `step time - busy compute time`.
+//! The op sequence is the step schedule (`runspec::schedule`), the same
+//! events the executor runs and the memory replay walks: a unit's
+//! all-gather is issued by the pre-hook of the first op that gathers it
+//! (or earlier, by a prefetch one block ahead); resharding drops it, so the
+//! next `Gather` issues a new one; a unit's reduce-scatter is issued when
+//! the backward of its first block ends, and the op after a third one in
+//! flight waits for the oldest; the optimiser waits for every one.
 //!
-//! Issue rules follow FSDP: a unit's all-gather is issued by the pre-forward
-//! hook of its first block at the latest, and with prefetch the next unit's
-//! gather is issued at the same moment (so at most ~2 units are in flight);
-//! with `reshard_after_forward` the unit is gathered again for backward
-//! (prefetched one unit ahead in backward order); a unit's reduce-scatter is
-//! issued when the backward of its first block ends; the optimiser step
-//! waits for every reduce-scatter.
+//! A compute op waits for the collectives it depends on; a collective starts
+//! when it has been issued and the stream is free. Exposed communication is
+//! therefore a result: `step time - busy compute time`.
 
 use cost_models::Seconds;
+use runspec::schedule::{Event, Keep, Layout, Schedule};
 use std::collections::VecDeque;
 use std::ops::Range;
 
@@ -49,14 +49,20 @@ pub struct UnitCost {
     pub blocks: Range<usize>,
     pub all_gather: Seconds,
     pub reduce_scatter: Seconds,
-    /// Stays unsharded from forward to backward even when resharding
-    /// (FSDP's root unit), so it is never gathered twice.
-    pub keep_after_forward: bool,
     /// Parameter tensors the unit holds (one view each per block using it).
     pub tensors: usize,
     /// Bytes of its unsharded gradient buffer (reduce dtype), zero-filled
     /// at its first backward block.
     pub grad_bytes: cost_models::Bytes,
+}
+
+impl UnitCost {
+    /// Whether the model's last block uses the unit: the step schedule
+    /// keeps such a unit gathered from forward into backward, which needs
+    /// it at once, so it is gathered only once even when resharding.
+    pub fn used_by_last_block(&self, num_blocks: usize) -> bool {
+        self.blocks.end >= num_blocks
+    }
 }
 
 /// The loss: Sinkhorn-Knopp per assignment crop, then the swapped
@@ -251,175 +257,113 @@ impl Simulator {
         self.prefetch.clear();
         self.after.clear();
         let nb = p.blocks.len();
-        let nu = p.units.len();
+        let blocks_of_units: Vec<Vec<usize>> = p.units.iter().map(|u| (u.blocks.start.min(nb)..u.blocks.end.min(nb)).collect()).collect();
+        let schedule = Schedule::compile(&Layout::new(nb, &blocks_of_units), &p.checkpoint, p.reshard_after_forward);
 
-        // Units by the block they are first needed at; empty ranges first.
-        let first = |u: &UnitCost| if u.blocks.is_empty() { 0 } else { u.blocks.start.min(nb.saturating_sub(1)) };
-        let fwd_gather: Vec<u32> = p.units.iter().map(|u| self.comm_op(u.all_gather)).collect();
-        let mut fwd_order: Vec<usize> = (0..nu).collect();
-        fwd_order.sort_by_key(|&u| first(&p.units[u]));
-
-        // Per block: units needed (any unit whose range covers it).
-        let covers = |u: &UnitCost, b: usize| u.blocks.is_empty() || u.blocks.contains(&b);
-
-        // ---- prologue
-        if p.prologue.0 > 0.0 || p.prologue_all_reduce.is_some() {
-            match p.prologue_all_reduce {
-                Some(t) => {
-                    let ar = self.comm_op(t);
-                    self.compute_op(p.prologue, false, &[], &[], &[ar]);
-                    self.compute_op(Seconds(0.0), false, &[ar], &[], &[]);
+        // The gather that currently holds each unit's parameters (None: sharded).
+        let mut gathered: Vec<Option<u32>> = vec![None; p.units.len()];
+        // Waited for / prefetched by the next compute op's pre-hook.
+        let mut deps: Vec<u32> = Vec::new();
+        let mut pre: Vec<u32> = Vec::new();
+        let mut in_flight: VecDeque<u32> = VecDeque::new();
+        for event in &schedule.events {
+            match *event {
+                Event::Prologue => match p.prologue_all_reduce {
+                    Some(t) => {
+                        let ar = self.comm_op(t);
+                        self.compute_op(p.prologue, false, &[], &[], &[ar]);
+                        deps.push(ar);
+                    }
+                    None => self.compute_op(p.prologue, false, &[], &[], &[]),
+                },
+                Event::Gather { unit } => {
+                    let g = match gathered[unit] {
+                        Some(g) => g,
+                        None => self.comm_op(p.units[unit].all_gather),
+                    };
+                    gathered[unit] = Some(g);
+                    deps.push(g);
                 }
-                None => self.compute_op(p.prologue, false, &[], &[], &[]),
-            }
-        }
-
-        // ---- forward
-        let mut checkpointed = vec![false; nb];
-        for s in &p.checkpoint {
-            for b in s.clone().filter(|&b| b < nb) {
-                checkpointed[b] = true;
-            }
-        }
-        let mut next_fwd = 0; // position in fwd_order of the first unit not yet issued
-        let mut deps = Vec::new();
-        let mut pre = Vec::new();
-        for (b, &ckpt) in checkpointed.iter().enumerate() {
-            deps.clear();
-            pre.clear();
-            for (u, unit) in p.units.iter().enumerate() {
-                if covers(unit, b) {
-                    deps.push(fwd_gather[u]);
+                Event::Prefetch { unit } => {
+                    if p.prefetch && gathered[unit].is_none() {
+                        let g = self.comm_op(p.units[unit].all_gather);
+                        gathered[unit] = Some(g);
+                        pre.push(g);
+                    }
                 }
-            }
-            // Units starting here have now been issued; prefetch one more.
-            let mut starts_here = false;
-            while next_fwd < nu && first(&p.units[fwd_order[next_fwd]]) <= b {
-                next_fwd += 1;
-                starts_here = true;
-            }
-            if p.prefetch && starts_here && next_fwd < nu {
-                pre.push(fwd_gather[fwd_order[next_fwd]]);
-            }
-            let f = if ckpt { p.blocks[b].forward_no_grad } else { p.blocks[b].forward };
-            self.compute_op(f, false, &deps, &pre, &[]);
-        }
-
-        // ---- loss: Sinkhorn chain per assignment crop, then the loss itself
-        let l = &p.loss;
-        let mut prev: Option<u32> = None;
-        for _ in 0..l.assign_crops {
-            let ar = self.comm_op(l.sum_all_reduce);
-            let d: Vec<u32> = prev.into_iter().collect();
-            self.compute_op(l.sinkhorn_init, false, &d, &[], &[ar]);
-            prev = Some(ar);
-            for _ in 0..l.sinkhorn_iterations {
-                let ar = self.comm_op(l.row_all_reduce);
-                let d: Vec<u32> = prev.into_iter().collect();
-                self.compute_op(l.sinkhorn_iteration, false, &d, &[], &[ar]);
-                prev = Some(ar);
-            }
-        }
-        let d: Vec<u32> = prev.into_iter().collect();
-        self.compute_op(l.swapped_loss, false, &d, &[], &[]);
-
-        // ---- backward: the op sequence first, then which unit each op needs
-        // Segment ending at block b (checkpointed: recompute before backward).
-        let mut seg_ending: Vec<Option<Range<usize>>> = vec![None; nb];
-        for s in &p.checkpoint {
-            if !s.is_empty() && s.end <= nb {
-                seg_ending[s.end - 1] = Some(s.clone());
-            }
-        }
-        // (blocks touched, duration, is recompute)
-        let mut bwd_ops: Vec<(Range<usize>, Seconds, bool)> = Vec::with_capacity(nb + p.checkpoint.len());
-        for b in (0..nb).rev() {
-            if let Some(s) = &seg_ending[b] {
-                let t: Seconds = p.blocks[s.clone()].iter().map(|c| c.forward).sum();
-                bwd_ops.push((s.clone(), t, true));
-            }
-            bwd_ops.push((b..b + 1, p.blocks[b].backward, false));
-        }
-        let regather = p.reshard_after_forward;
-        let bwd_gather: Vec<Option<u32>> = p.units.iter().map(|u| (regather && !u.keep_after_forward).then(|| self.comm_op(u.all_gather))).collect();
-        let reduce: Vec<u32> = p.units.iter().map(|u| self.comm_op(u.reduce_scatter)).collect();
-        // Backward need order: first backward op touching the unit's blocks.
-        let touches = |u: &UnitCost, r: &Range<usize>| u.blocks.is_empty() || (u.blocks.start < r.end && r.start < u.blocks.end);
-        let mut need_op: Vec<usize> = vec![usize::MAX; nu];
-        for (i, (r, _, _)) in bwd_ops.iter().enumerate() {
-            for (u, unit) in p.units.iter().enumerate() {
-                if need_op[u] == usize::MAX && touches(unit, r) {
-                    need_op[u] = i;
+                Event::Forward { block, keep } => {
+                    let b = &p.blocks[block];
+                    let t = if keep == Keep::Graph { b.forward } else { b.forward_no_grad };
+                    self.compute_op(t, false, &deps, &pre, &[]);
+                    deps.clear();
+                    pre.clear();
+                }
+                Event::Reshard { unit } => gathered[unit] = None,
+                Event::Loss => {
+                    // Sinkhorn per assignment crop, each step waiting for the
+                    // previous step's all-reduce; then the swapped loss.
+                    let l = &p.loss;
+                    for _ in 0..l.assign_crops {
+                        for i in 0..=l.sinkhorn_iterations {
+                            let (t, reduce) = if i == 0 { (l.sinkhorn_init, l.sum_all_reduce) } else { (l.sinkhorn_iteration, l.row_all_reduce) };
+                            let ar = self.comm_op(reduce);
+                            self.compute_op(t, false, &deps, &pre, &[ar]);
+                            deps.clear();
+                            pre.clear();
+                            deps.push(ar);
+                        }
+                    }
+                    self.compute_op(l.swapped_loss, false, &deps, &pre, &[]);
+                    deps.clear();
+                    pre.clear();
+                }
+                Event::Recompute { block } => {
+                    self.compute_op(p.blocks[block].forward, true, &deps, &pre, &[]);
+                    deps.clear();
+                    pre.clear();
+                }
+                Event::Backward { block } => {
+                    self.compute_op(p.blocks[block].backward, false, &deps, &pre, &[]);
+                    deps.clear();
+                    pre.clear();
+                }
+                Event::ReduceScatter { unit } => {
+                    gathered[unit] = None;
+                    let rs = self.comm_op(p.units[unit].reduce_scatter);
+                    self.issue_after_last_op(rs);
+                    in_flight.push_back(rs);
+                    if in_flight.len() > 2 {
+                        deps.extend(in_flight.pop_front());
+                    }
+                }
+                Event::Drain => deps.extend(in_flight.drain(..)),
+                Event::LossAllReduce => {
+                    if let Some(t) = p.optimizer.loss_all_reduce {
+                        let ar = self.comm_op(t);
+                        self.compute_op(Seconds(0.0), false, &deps, &pre, &[ar]);
+                        deps.clear();
+                        pre.clear();
+                        deps.push(ar);
+                    }
+                }
+                Event::Optimizer => {
+                    let o = &p.optimizer;
+                    let ar: Vec<u32> = o.norm_all_reduce.map(|t| self.comm_op(t)).into_iter().collect();
+                    self.compute_op(o.norms, false, &deps, &pre, &ar);
+                    self.compute_op(o.step, false, &ar, &[], &[]);
+                    deps.clear();
+                    pre.clear();
                 }
             }
         }
-        let mut bwd_order: Vec<usize> = (0..nu).filter(|&u| bwd_gather[u].is_some()).collect();
-        bwd_order.sort_by_key(|&u| need_op[u]);
-        // Reduce-scatter after the backward of the unit's first block.
-        // (backward op index, reduce-scatter), sorted by op.
-        let mut done_at: Vec<(usize, u32)> = p
-            .units
-            .iter()
-            .enumerate()
-            .map(|(u, unit)| {
-                let f = first(unit);
-                let i = if unit.blocks.is_empty() {
-                    bwd_ops.len() - 1
-                } else {
-                    bwd_ops.iter().rposition(|(r, _, rc)| !rc && r.start == f).unwrap_or(bwd_ops.len() - 1)
-                };
-                (i, reduce[u])
-            })
-            .collect();
-        done_at.sort_by_key(|x| x.0);
-        let mut next_done = 0;
-        let mut after = Vec::new();
-        let mut next_bwd = 0;
-        for (i, (r, t, rc)) in bwd_ops.iter().enumerate() {
-            deps.clear();
-            pre.clear();
-            for (u, unit) in p.units.iter().enumerate() {
-                if touches(unit, r) {
-                    // Kept or never resharded: the forward gather serves.
-                    deps.push(bwd_gather[u].unwrap_or(fwd_gather[u]));
-                }
-            }
-            let mut starts_here = false;
-            while next_bwd < bwd_order.len() && need_op[bwd_order[next_bwd]] <= i {
-                next_bwd += 1;
-                starts_here = true;
-            }
-            if p.prefetch && starts_here && next_bwd < bwd_order.len() {
-                if let Some(g) = bwd_gather[bwd_order[next_bwd]] {
-                    pre.push(g);
-                }
-            }
-            after.clear();
-            while next_done < done_at.len() && done_at[next_done].0 == i {
-                after.push(done_at[next_done].1);
-                next_done += 1;
-            }
-            self.compute_op(*t, *rc, &deps, &pre, &after);
-        }
+    }
 
-        // ---- optimiser: waits for every reduce-scatter (and the loss value)
-        let o = &p.optimizer;
-        let mut reduce = reduce;
-        if let Some(t) = o.loss_all_reduce {
-            let ar = self.comm_op(t);
-            self.compute_op(Seconds(0.0), false, &reduce, &[], &[ar]);
-            reduce.push(ar);
-        }
-        match o.norm_all_reduce {
-            Some(t) => {
-                let ar = self.comm_op(t);
-                self.compute_op(o.norms, false, &reduce, &[], &[ar]);
-                self.compute_op(o.step, false, &[ar], &[], &[]);
-            }
-            None => {
-                self.compute_op(o.norms, false, &reduce, &[], &[]);
-                self.compute_op(o.step, false, &[], &[], &[]);
-            }
+    /// Issues `c` when the last pushed compute op ends.
+    fn issue_after_last_op(&mut self, c: u32) {
+        self.after.push(c);
+        if let Some(op) = self.ops.last_mut() {
+            debug_assert_eq!(op.after.1 as usize + 1, self.after.len());
+            op.after.1 += 1;
         }
     }
 
@@ -511,7 +455,6 @@ mod tests {
                 blocks: u * per_block..(u + 1) * per_block,
                 all_gather: Seconds(gather),
                 reduce_scatter: Seconds(gather),
-                keep_after_forward: false,
                 tensors: 0,
                 grad_bytes: cost_models::Bytes(0),
             })
@@ -603,8 +546,9 @@ mod tests {
     fn huge_comm_is_exposed_except_what_compute_can_hide() {
         let p = profile(8, 2, 0.01, 100.0);
         let r = simulate(&p);
-        // 4 units: 4 forward gathers + 4 backward gathers + 4 reduce-scatters.
-        assert!((r.comm_time.0 - 1200.0).abs() < 1e-9);
+        // 4 units: 4 forward gathers + 3 backward gathers (the last block's
+        // unit stays gathered) + 4 reduce-scatters.
+        assert!((r.comm_time.0 - 1100.0).abs() < 1e-9);
         let compute = compute_sum(&p);
         // Everything but the compute that overlaps a collective is exposed:
         // exposed >= comm - compute, and the step is at least the comm.
@@ -625,8 +569,8 @@ mod tests {
         assert!(with.exposed_comm.0 < without.exposed_comm.0, "with {with:?} without {without:?}");
         assert!(with.step_time < without.step_time);
         assert_eq!(with.comm_time, without.comm_time);
-        // Without prefetch, every gather is exposed: 8 forward + 8 backward gathers.
-        assert!(without.exposed_comm.0 >= 16.0 * 0.05 - 1e-9, "{without:?}");
+        // Without prefetch, every gather is exposed: 8 forward + 7 backward gathers.
+        assert!(without.exposed_comm.0 >= 15.0 * 0.05 - 1e-9, "{without:?}");
     }
 
     #[test]
@@ -635,7 +579,8 @@ mod tests {
         let resharded = simulate(&p);
         p.reshard_after_forward = false;
         let kept = simulate(&p);
-        assert!((resharded.comm_time.0 - kept.comm_time.0 - 4.0 * 0.3).abs() < 1e-9);
+        // Every unit but the last block's is gathered again for backward.
+        assert!((resharded.comm_time.0 - kept.comm_time.0 - 3.0 * 0.3).abs() < 1e-9);
         assert!(kept.step_time <= resharded.step_time);
     }
 
@@ -655,6 +600,29 @@ mod tests {
         p.units[0].reduce_scatter = Seconds(5.0);
         let r = simulate(&p);
         assert!(r.step_time.0 > 5.0 + p.optimizer.step.0 - 1e-9, "{r:?}");
+    }
+
+    /// The executor keeps at most two reduce-scatters in flight: the op
+    /// after a third waits for the oldest to finish.
+    #[test]
+    fn a_third_reduce_scatter_in_flight_makes_the_next_op_wait_for_the_oldest() {
+        let mut p = profile(4, 1, 1e-6, 0.0);
+        for u in &mut p.units {
+            u.reduce_scatter = Seconds(1.0);
+        }
+        p.blocks[0].backward = Seconds(3.0);
+        // No backward gathers queued behind the reduce-scatters.
+        p.reshard_after_forward = false;
+        let r = simulate(&p);
+        // After the loss (at t0), blocks 3, 2, 1 issue their reduce-scatters
+        // (the stream is busy until t0+3); block 0's backward starts when
+        // the first ends (t0+1) and runs to t0+4; its own reduce-scatter
+        // then takes 1 s. Without the bound block 0 would start at once and
+        // the step would end near t0+4.
+        let l = &p.loss;
+        let t0 = l.assign_crops as f64 * (l.sinkhorn_init.0 + l.sinkhorn_iterations as f64 * l.sinkhorn_iteration.0) + l.swapped_loss.0;
+        let tail = p.optimizer.norms.0 + p.optimizer.step.0;
+        assert!((r.step_time.0 - (t0 + 5.0 + tail)).abs() < 1e-3, "{r:?}");
     }
 
     #[test]

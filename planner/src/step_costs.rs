@@ -275,15 +275,13 @@ fn unit_bytes(u: &Unit, dtype: DType, world: usize) -> Bytes {
 }
 
 /// Collective times of every unit (forward order).
-pub fn unit_costs(units: &[Unit], n_blocks: usize, compute: DType, reduce: DType, w: &WorldCosts) -> Vec<UnitCost> {
+pub fn unit_costs(units: &[Unit], compute: DType, reduce: DType, w: &WorldCosts) -> Vec<UnitCost> {
     units
         .iter()
         .map(|u| UnitCost {
             blocks: u.blocks.clone(),
             all_gather: w.time(Collective::AllGather, unit_bytes(u, compute, w.world_size)),
             reduce_scatter: w.time(Collective::ReduceScatter, unit_bytes(u, reduce, w.world_size)),
-            // A unit spanning the whole model is FSDP's root: never resharded.
-            keep_after_forward: u.blocks.start == 0 && u.blocks.end >= n_blocks,
             tensors: u.tensors(),
             grad_bytes: unit_bytes(u, reduce, w.world_size),
         })
@@ -305,7 +303,7 @@ pub fn step_profile(
     w: &WorldCosts,
 ) -> StepProfile {
     let shard_pieces = max_shard_pieces(units, w.world_size);
-    let units = unit_costs(units, g.blocks.len(), compute_dtype, reduce_dtype, w);
+    let units = unit_costs(units, compute_dtype, reduce_dtype, w);
     let mut loss = g.loss;
     loss.sum_all_reduce = w.time(Collective::AllReduce, Bytes(4));
     loss.row_all_reduce = w.time(Collective::AllReduce, g.row_sum_bytes);
@@ -405,7 +403,7 @@ pub fn add_unit_host_costs(
         let first = u.blocks.start.min(nb - 1);
         let last = (u.blocks.end - 1).min(nb - 1);
         blocks[first].forward += h.small_op * host_ops::GATHER;
-        if reshard && !u.keep_after_forward {
+        if reshard && !u.used_by_last_block(nb) {
             blocks[last].backward += h.small_op * host_ops::GATHER;
         }
         blocks[last].backward += h.small_op + u.grad_bytes / bw;
@@ -512,14 +510,7 @@ mod tests {
         // backward adds its 16 gradients (1 µs each plus reading them and
         // reading + writing their slots in fp32).
         let h = HostCosts::new(Seconds(0.0), us, us, Seconds(0.0));
-        let units = vec![UnitCost {
-            blocks: b..b + 1,
-            all_gather: Seconds(0.0),
-            reduce_scatter: Seconds(0.0),
-            keep_after_forward: false,
-            tensors: 16,
-            grad_bytes: Bytes(0),
-        }];
+        let units = vec![UnitCost { blocks: b..b + 1, all_gather: Seconds(0.0), reduce_scatter: Seconds(0.0), tensors: 16, grad_bytes: Bytes(0) }];
         let mut blocks = without.blocks.clone();
         add_unit_host_costs(&mut blocks, &without.block_own, &units, true, DType::Fp32, &h, &model(None));
         let traffic = Bytes(3 * 4 * with.block_own[b].elements) / model(None).memory_bandwidth();
@@ -531,8 +522,7 @@ mod tests {
     /// tensor of the unit; each block's backward adds only its own
     /// gradients and walks the other block's leaves as unused inputs; the
     /// unit's gradient buffer is zero-filled once, at its last block (the
-    /// first in backward). Nothing grows with unit size x tensors (the
-    /// executor before 2026-11-26 paid a flat-sized write per tensor).
+    /// first in backward). Nothing grows with unit size x tensors.
     #[test]
     fn a_unit_over_two_blocks_charges_each_block_its_own_gradients() {
         let own = [OwnParams { tensors: 3, elements: 100 }, OwnParams { tensors: 5, elements: 300 }];
@@ -542,14 +532,7 @@ mod tests {
         let compute = model(None);
         let bw = compute.memory_bandwidth();
         let run = |grad_bytes: u64| {
-            let units = vec![UnitCost {
-                blocks: 0..2,
-                all_gather: Seconds(0.0),
-                reduce_scatter: Seconds(0.0),
-                keep_after_forward: true,
-                tensors: 8,
-                grad_bytes: Bytes(grad_bytes),
-            }];
+            let units = vec![UnitCost { blocks: 0..2, all_gather: Seconds(0.0), reduce_scatter: Seconds(0.0), tensors: 8, grad_bytes: Bytes(grad_bytes) }];
             let mut blocks = vec![zero; 2];
             add_unit_host_costs(&mut blocks, &own, &units, true, DType::Bf16, &h, &compute);
             blocks
