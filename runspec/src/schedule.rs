@@ -113,12 +113,12 @@ impl Schedule {
         let units = |b: usize| layout.units_of_block[b].iter().copied();
         let last_units: Vec<usize> = if n > 0 { units(n - 1).collect() } else { Vec::new() };
         let mut ev = vec![Event::Prologue];
-        for b in 0..n {
+        for (b, &seg) in seg_of.iter().enumerate() {
             ev.extend(units(b).map(|unit| Event::Gather { unit }));
             if b + 1 < n {
                 ev.extend(units(b + 1).map(|unit| Event::Prefetch { unit }));
             }
-            let keep = match seg_of[b] {
+            let keep = match seg {
                 None => Keep::Graph,
                 Some(s) if segments[s].start == b => Keep::SegmentInput,
                 Some(_) => Keep::Nothing,
@@ -187,6 +187,7 @@ impl Schedule {
 }
 
 #[cfg(test)]
+#[allow(clippy::single_range_in_vec_init)] // one checkpointed segment, not a range of blocks
 mod tests {
     use super::*;
     use Event::*;
