@@ -21,6 +21,7 @@
 //! Parameters are never counted as activations.
 
 use crate::config::ModelConfig;
+use crate::regnet::BlockSpec;
 use crate::units::{Bytes, DType, Flops};
 use petgraph::graph::{DiGraph, NodeIndex};
 use serde::Serialize;
@@ -160,13 +161,11 @@ impl ModelGraph {
     pub fn build(model: &ModelConfig, workload: &Workload) -> ModelGraph {
         let mut b = Builder { g: DiGraph::new(), blocks: Vec::new(), dtype: workload.dtype };
         let spec = &model.regnet;
-        let stages = spec.stages();
+        let specs = spec.blocks();
         // Block skeleton first so every crop group's layers land in the same blocks.
         b.block("stem", BlockKind::Stem, None);
-        for (si, st) in stages.iter().enumerate() {
-            for j in 0..st.depth {
-                b.block(&format!("s{}.b{}", si + 1, j), BlockKind::Residual, Some(si + 1));
-            }
+        for bs in &specs {
+            b.block(&bs.name, BlockKind::Residual, Some(bs.stage));
         }
         let mlp_block = b.block("head.mlp", BlockKind::HeadMlp, None);
         let proto_block = b.block("head.proto", BlockKind::HeadProto, None);
@@ -182,28 +181,15 @@ impl ModelGraph {
             let (c, x) = b.conv(0, "stem.conv", &sfx, img, spec.stem_width as u64, 3, 2, 1, false, true, first, true);
             let x = b.bn_relu(0, "stem.bn", &sfx, c, x, first);
             let mut prev = x;
-            let mut w_in = spec.stem_width as u64;
-            let mut block_idx = 1;
-            for st in &stages {
-                let w_out = st.width as u64;
-                let w_b = st.bottleneck_width() as u64;
-                let groups = st.groups() as u64;
-                for j in 0..st.depth {
-                    let stride = if j == 0 { 2 } else { 1 };
-                    let name = b.blocks[block_idx].name.clone();
-                    // Half to even, as torchvision's `SqueezeExcitation` width (Python `round`).
-                    let se_w = (spec.se_ratio * w_in as f64).round_ties_even() as u64;
-                    prev = b.res_block(block_idx, &name, &sfx, prev, w_in, w_out, w_b, groups, stride, se_w, first);
-                    w_in = w_out;
-                    block_idx += 1;
-                }
+            for (i, bs) in specs.iter().enumerate() {
+                prev = b.res_block(i + 1, bs, &sfx, prev, first);
             }
             trunk_outputs.push(prev);
         }
 
         // Head over all crops: pool each group's trunk output, then MLP on the rows.
         let rows = workload.total_crops();
-        let w = stages.last().map_or(spec.stem_width, |s| s.width) as u64;
+        let w = specs.last().map_or(spec.stem_width, |s| s.w_out) as u64;
         let pooled = b.layer(mlp_block, "head.pool".into(), LayerKind::AvgPool, [rows, w, 1, 1], [rows, w, 1, 1], vec![], None, true, true);
         for t in &trunk_outputs {
             b.g.add_edge(*t, pooled, ());
@@ -428,23 +414,11 @@ impl Builder {
         r
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn res_block(
-        &mut self,
-        bi: usize,
-        name: &str,
-        sfx: &str,
-        x: NodeIndex,
-        w_in: u64,
-        w_out: u64,
-        w_b: u64,
-        groups: u64,
-        stride: u64,
-        se_w: u64,
-        first: bool,
-    ) -> NodeIndex {
+    fn res_block(&mut self, bi: usize, bs: &BlockSpec, sfx: &str, x: NodeIndex, first: bool) -> NodeIndex {
+        let name = &bs.name;
+        let (w_out, w_b, groups, stride, se_w) = (bs.w_out as u64, bs.w_b as u64, bs.groups as u64, bs.stride as u64, bs.se as u64);
         let p = |l: &str| format!("{name}.{l}");
-        let shortcut = if w_in != w_out || stride != 1 {
+        let shortcut = if bs.proj {
             let (pc, _) = self.conv(bi, &p("proj"), sfx, x, w_out, 1, stride, 1, false, true, first, true);
             self.bn(bi, &p("proj_bn"), sfx, pc, false, first)
         } else {

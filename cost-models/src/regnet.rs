@@ -43,14 +43,37 @@ pub struct StageSpec {
 }
 
 impl StageSpec {
-    /// Bottleneck (inner) width w_b = width * b.
+    /// Bottleneck (inner) width `int(round(width * b))`, as torchvision's
+    /// `ResBottleneckBlock`.
     pub fn bottleneck_width(&self) -> usize {
-        (self.width as f64 * self.bottleneck_multiplier) as usize
+        (self.width as f64 * self.bottleneck_multiplier).round_ties_even() as usize
     }
     /// Number of groups of the 3x3 conv.
     pub fn groups(&self) -> usize {
         self.bottleneck_width() / self.group_width
     }
+}
+
+/// One residual block of the trunk, as torchvision's `ResBottleneckBlock`
+/// builds it: the single derivation of the network that the cost model's
+/// layer graph and the executor's module both read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockSpec {
+    /// `s{stage}.b{index}`, stage from 1.
+    pub name: String,
+    /// Stage index from 1.
+    pub stage: usize,
+    pub w_in: usize,
+    pub w_out: usize,
+    /// Bottleneck width (channels of the grouped 3x3 conv).
+    pub w_b: usize,
+    pub groups: usize,
+    pub stride: usize,
+    /// Squeeze-excitation channels, `round(se_ratio * w_in)` half to even
+    /// (Python's `round`, as torchvision); 0: no SE (RegNet-X).
+    pub se: usize,
+    /// Projection shortcut (the width or the resolution changes).
+    pub proj: bool,
 }
 
 /// Which field of a [`RegNetSpec`] is invalid, and why.
@@ -90,6 +113,31 @@ impl RegNetSpec {
             return bad("stem_width", "must be at least 1");
         }
         Ok(())
+    }
+
+    /// Every residual block in forward order; the first block of a stage
+    /// has stride 2.
+    pub fn blocks(&self) -> Vec<BlockSpec> {
+        let mut out = Vec::new();
+        let mut w_in = self.stem_width;
+        for (si, st) in self.stages().iter().enumerate() {
+            for j in 0..st.depth {
+                let stride = if j == 0 { 2 } else { 1 };
+                out.push(BlockSpec {
+                    name: format!("s{}.b{}", si + 1, j),
+                    stage: si + 1,
+                    w_in,
+                    w_out: st.width,
+                    w_b: st.bottleneck_width(),
+                    groups: st.groups().max(1),
+                    stride,
+                    se: (self.se_ratio * w_in as f64).round_ties_even() as usize,
+                    proj: w_in != st.width || stride != 1,
+                });
+                w_in = st.width;
+            }
+        }
+        out
     }
 
     /// Per-block widths before grouping into stages.

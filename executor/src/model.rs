@@ -129,7 +129,8 @@ fn param_seed(seed: u64, name: &str) -> u64 {
     z ^ (z >> 31)
 }
 
-/// One residual block after the width/group adjustment.
+/// One residual block: `cost_models::regnet::BlockSpec` (the one derivation
+/// of the network) in the integer type tch takes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ResBlock {
     pub name: String,
@@ -139,7 +140,7 @@ pub struct ResBlock {
     pub w_b: i64,
     pub groups: i64,
     pub stride: i64,
-    /// SE squeeze channels, round(se_ratio * w_in); 0 = no SE (RegNet-X).
+    /// SE squeeze channels; 0 = no SE (RegNet-X).
     pub se: i64,
     /// Projection shortcut (width or stride changes).
     pub proj: bool,
@@ -165,27 +166,20 @@ impl ModelArch {
             return Err(ModelError::Config { field: "head.prototypes".into(), reason: "must be >= 1".into() });
         }
         let spec = &cfg.regnet;
-        let mut blocks = Vec::new();
-        let mut w_in = spec.stem_width as i64;
-        for (si, st) in spec.stages().iter().enumerate() {
-            let w_out = st.width as i64;
-            for j in 0..st.depth {
-                let stride = if j == 0 { 2 } else { 1 };
-                // Python's round() (ties to even), as torchvision's int(round(.)).
-                let se = (spec.se_ratio * w_in as f64).round_ties_even() as i64;
-                blocks.push(ResBlock {
-                    name: format!("s{}.b{}", si + 1, j),
-                    w_in,
-                    w_out,
-                    w_b: st.bottleneck_width() as i64,
-                    groups: st.groups().max(1) as i64,
-                    stride,
-                    se,
-                    proj: w_in != w_out || stride != 1,
-                });
-                w_in = w_out;
-            }
-        }
+        let blocks = spec
+            .blocks()
+            .into_iter()
+            .map(|b| ResBlock {
+                name: b.name,
+                w_in: b.w_in as i64,
+                w_out: b.w_out as i64,
+                w_b: b.w_b as i64,
+                groups: b.groups as i64,
+                stride: b.stride as i64,
+                se: b.se as i64,
+                proj: b.proj,
+            })
+            .collect();
         Ok(ModelArch {
             stem_width: spec.stem_width as i64,
             blocks,
