@@ -588,10 +588,9 @@ pub struct HostCosts {
     /// Adding one parameter's gradient into its unit's unsharded gradient
     /// at its offset, as a block's backward does for each gradient it
     /// returns: the fixed part (the bytes are counted at memory bandwidth).
-    /// Older profiles have `param_view_backward_us` instead (the backward
-    /// of a view into the flat parameter, the executor's way before
-    /// 2026-11-26): it loads as this, an overestimate (about 7x here) until
-    /// the profile is recalibrated.
+    /// Profiles that timed the backward of a view into the flat parameter
+    /// instead call it `param_view_backward_us`: it loads as this, an
+    /// overestimate, until the profile is recalibrated.
     #[serde(rename = "param_grad_us", alias = "param_view_backward_us", with = "human::us")]
     pub param_grad: Seconds,
     /// Per parameter leaf in a block's backward call whose gradient that

@@ -1311,9 +1311,9 @@ fn host_costs(h: &HostMeasurement) -> HostCosts {
 
 /// The median over rounds (each already on the reference speed) of every
 /// host cost and of each kind's fixed costs. These are microseconds timed
-/// in a fraction of a second, and one pass can land on a moment when the
-/// host runs them 3x slower (small op 5.7 vs 2.1 µs in two calibrations
-/// minutes apart on 2026-11-29), while a step pays them thousands of times.
+/// in a fraction of a second, and one pass can land on a moment when a
+/// shared host runs them several times slower, while a step pays them
+/// thousands of times.
 fn median_host_costs(rounds: &[Measured]) -> (Option<HostCosts>, Vec<OpFixed>) {
     let hosts: Vec<&HostCosts> = rounds.iter().filter_map(|m| m.host.as_ref()).collect();
     let of = |f: fn(&HostCosts) -> Seconds| Seconds(sig(median(hosts.iter().map(|h| f(h).0).collect())));

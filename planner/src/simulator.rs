@@ -41,8 +41,9 @@ impl BlockCost {
     }
 }
 
-/// One FSDP unit: the blocks that use its parameters and its collectives.
-#[derive(Clone, Debug, PartialEq)]
+/// One FSDP unit: the blocks that use its parameters, its collectives and
+/// the host work of its events.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct UnitCost {
     /// Blocks whose forward/backward need the unit's parameters (may be
     /// empty: such a unit is gathered at the start and reduced at the end).
@@ -54,6 +55,14 @@ pub struct UnitCost {
     /// Bytes of its unsharded gradient buffer (reduce dtype), zero-filled
     /// at its first backward block.
     pub grad_bytes: cost_models::Bytes,
+    /// Compute-stream work of each gather (and the free that ends it),
+    /// charged to the op whose pre-hook issues it.
+    pub gather_host: Seconds,
+    /// Zero-filling the gradient buffer, at the unit's first backward op.
+    pub grad_init: Seconds,
+    /// Starting the reduce-scatter and adding its result into the shard's
+    /// gradient, charged to the backward op that completes the gradient.
+    pub finish_host: Seconds,
 }
 
 impl UnitCost {
@@ -144,18 +153,22 @@ pub struct PhaseTimes {
 }
 
 impl StepProfile {
-    /// Busy compute time per phase (no waiting on collectives).
+    /// Busy compute time per phase (no waiting on collectives): the same
+    /// ops the simulation runs, summed by phase.
     pub fn phases(&self) -> PhaseTimes {
-        let l = &self.loss;
-        let in_segment = |b: usize| self.checkpoint.iter().any(|r| r.contains(&b));
-        let recompute: f64 = self.checkpoint.iter().flat_map(|r| r.clone()).filter_map(|b| self.blocks.get(b)).map(|b| b.forward.0).sum();
-        PhaseTimes {
-            prologue_s: self.prologue.0,
-            forward_s: self.blocks.iter().enumerate().map(|(i, b)| if in_segment(i) { b.forward_no_grad.0 } else { b.forward.0 }).sum(),
-            loss_s: l.assign_crops as f64 * (l.sinkhorn_init.0 + l.sinkhorn_iterations as f64 * l.sinkhorn_iteration.0) + l.swapped_loss.0,
-            backward_s: self.blocks.iter().map(|b| b.backward.0).sum::<f64>() + recompute,
-            optimizer_s: self.optimizer.norms.0 + self.optimizer.step.0,
+        let mut sim = Simulator::new();
+        sim.build(self);
+        let mut t = PhaseTimes::default();
+        for op in &sim.ops {
+            *match op.kind {
+                OpKind::Prologue => &mut t.prologue_s,
+                OpKind::Forward => &mut t.forward_s,
+                OpKind::Loss => &mut t.loss_s,
+                OpKind::Recompute | OpKind::Backward => &mut t.backward_s,
+                OpKind::Optimizer => &mut t.optimizer_s,
+            } += op.dur;
         }
+        t
     }
 }
 
@@ -183,10 +196,21 @@ impl StepResult {
     }
 }
 
+/// What a compute op is, for the phase split.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OpKind {
+    Prologue,
+    Forward,
+    Loss,
+    Recompute,
+    Backward,
+    Optimizer,
+}
+
 #[derive(Clone, Copy, Debug)]
 struct ComputeOp {
     dur: f64,
-    recompute: bool,
+    kind: OpKind,
     /// Ranges into the flat `deps` / `prefetch` / `after` lists.
     deps: (u32, u32),
     prefetch: (u32, u32),
@@ -198,6 +222,15 @@ struct CommOp {
     dur: f64,
     issued: Option<f64>,
     finish: Option<f64>,
+}
+
+/// What the next compute op's pre-hook does: the collectives it waits for,
+/// those it prefetches, and the host work of the gathers it issues.
+#[derive(Default)]
+struct PreHook {
+    deps: Vec<u32>,
+    prefetch: Vec<u32>,
+    host: Seconds,
 }
 
 /// Reusable buffers: a sweep simulates tens of thousands of steps.
@@ -236,7 +269,7 @@ impl Simulator {
 
     /// Pushes a compute op: the collectives it waits for, those its pre-hook
     /// prefetches, and those it issues when it ends.
-    fn compute_op(&mut self, dur: Seconds, recompute: bool, deps: &[u32], prefetch: &[u32], after: &[u32]) {
+    fn compute_op(&mut self, dur: Seconds, kind: OpKind, deps: &[u32], prefetch: &[u32], after: &[u32]) {
         let push = |v: &mut Vec<u32>, xs: &[u32]| {
             let s = v.len() as u32;
             v.extend_from_slice(xs);
@@ -245,7 +278,7 @@ impl Simulator {
         let deps = push(&mut self.deps, deps);
         let prefetch = push(&mut self.prefetch, prefetch);
         let after = push(&mut self.after, after);
-        self.ops.push(ComputeOp { dur: dur.0.max(0.0), recompute, deps, prefetch, after });
+        self.ops.push(ComputeOp { dur: dur.0.max(0.0), kind, deps, prefetch, after });
     }
 
     fn build(&mut self, p: &StepProfile) {
@@ -258,45 +291,44 @@ impl Simulator {
         self.after.clear();
         let nb = p.blocks.len();
         let blocks_of_units: Vec<Vec<usize>> = p.units.iter().map(|u| (u.blocks.start.min(nb)..u.blocks.end.min(nb)).collect()).collect();
-        let schedule = Schedule::compile(&Layout::new(nb, &blocks_of_units), &p.checkpoint, p.reshard_after_forward);
+        let layout = Layout::new(nb, &blocks_of_units);
+        let schedule = Schedule::compile(&layout, &p.checkpoint, p.reshard_after_forward);
 
         // The gather that currently holds each unit's parameters (None: sharded).
         let mut gathered: Vec<Option<u32>> = vec![None; p.units.len()];
-        // Waited for / prefetched by the next compute op's pre-hook.
-        let mut deps: Vec<u32> = Vec::new();
-        let mut pre: Vec<u32> = Vec::new();
+        let mut has_grad = vec![false; p.units.len()];
+        let mut hook = PreHook::default();
         let mut in_flight: VecDeque<u32> = VecDeque::new();
         for event in &schedule.events {
             match *event {
-                Event::Prologue => match p.prologue_all_reduce {
-                    Some(t) => {
-                        let ar = self.comm_op(t);
-                        self.compute_op(p.prologue, false, &[], &[], &[ar]);
-                        deps.push(ar);
-                    }
-                    None => self.compute_op(p.prologue, false, &[], &[], &[]),
-                },
+                Event::Prologue => {
+                    let ar: Vec<u32> = p.prologue_all_reduce.map(|t| self.comm_op(t)).into_iter().collect();
+                    self.op(&mut hook, p.prologue, OpKind::Prologue, &ar);
+                    hook.deps.extend(ar);
+                }
                 Event::Gather { unit } => {
                     let g = match gathered[unit] {
                         Some(g) => g,
-                        None => self.comm_op(p.units[unit].all_gather),
+                        None => {
+                            hook.host += p.units[unit].gather_host;
+                            self.comm_op(p.units[unit].all_gather)
+                        }
                     };
                     gathered[unit] = Some(g);
-                    deps.push(g);
+                    hook.deps.push(g);
                 }
                 Event::Prefetch { unit } => {
                     if p.prefetch && gathered[unit].is_none() {
+                        hook.host += p.units[unit].gather_host;
                         let g = self.comm_op(p.units[unit].all_gather);
                         gathered[unit] = Some(g);
-                        pre.push(g);
+                        hook.prefetch.push(g);
                     }
                 }
                 Event::Forward { block, keep } => {
                     let b = &p.blocks[block];
                     let t = if keep == Keep::Graph { b.forward } else { b.forward_no_grad };
-                    self.compute_op(t, false, &deps, &pre, &[]);
-                    deps.clear();
-                    pre.clear();
+                    self.op(&mut hook, t, OpKind::Forward, &[]);
                 }
                 Event::Reshard { unit } => gathered[unit] = None,
                 Event::Loss => {
@@ -307,55 +339,59 @@ impl Simulator {
                         for i in 0..=l.sinkhorn_iterations {
                             let (t, reduce) = if i == 0 { (l.sinkhorn_init, l.sum_all_reduce) } else { (l.sinkhorn_iteration, l.row_all_reduce) };
                             let ar = self.comm_op(reduce);
-                            self.compute_op(t, false, &deps, &pre, &[ar]);
-                            deps.clear();
-                            pre.clear();
-                            deps.push(ar);
+                            self.op(&mut hook, t, OpKind::Loss, &[ar]);
+                            hook.deps.push(ar);
                         }
                     }
-                    self.compute_op(l.swapped_loss, false, &deps, &pre, &[]);
-                    deps.clear();
-                    pre.clear();
+                    self.op(&mut hook, l.swapped_loss, OpKind::Loss, &[]);
                 }
-                Event::Recompute { block } => {
-                    self.compute_op(p.blocks[block].forward, true, &deps, &pre, &[]);
-                    deps.clear();
-                    pre.clear();
-                }
+                Event::Recompute { block } => self.op(&mut hook, p.blocks[block].forward, OpKind::Recompute, &[]),
                 Event::Backward { block } => {
-                    self.compute_op(p.blocks[block].backward, false, &deps, &pre, &[]);
-                    deps.clear();
-                    pre.clear();
+                    for &u in &layout.units_of_block[block] {
+                        if !std::mem::replace(&mut has_grad[u], true) {
+                            hook.host += p.units[u].grad_init;
+                        }
+                    }
+                    self.op(&mut hook, p.blocks[block].backward, OpKind::Backward, &[]);
                 }
                 Event::ReduceScatter { unit } => {
                     gathered[unit] = None;
+                    if let Some(last) = self.ops.last_mut() {
+                        last.dur += p.units[unit].finish_host.0.max(0.0);
+                    }
                     let rs = self.comm_op(p.units[unit].reduce_scatter);
                     self.issue_after_last_op(rs);
                     in_flight.push_back(rs);
                     if in_flight.len() > 2 {
-                        deps.extend(in_flight.pop_front());
+                        hook.deps.extend(in_flight.pop_front());
                     }
                 }
-                Event::Drain => deps.extend(in_flight.drain(..)),
+                Event::Drain => hook.deps.extend(in_flight.drain(..)),
                 Event::LossAllReduce => {
                     if let Some(t) = p.optimizer.loss_all_reduce {
                         let ar = self.comm_op(t);
-                        self.compute_op(Seconds(0.0), false, &deps, &pre, &[ar]);
-                        deps.clear();
-                        pre.clear();
-                        deps.push(ar);
+                        self.op(&mut hook, Seconds(0.0), OpKind::Optimizer, &[ar]);
+                        hook.deps.push(ar);
                     }
                 }
                 Event::Optimizer => {
                     let o = &p.optimizer;
                     let ar: Vec<u32> = o.norm_all_reduce.map(|t| self.comm_op(t)).into_iter().collect();
-                    self.compute_op(o.norms, false, &deps, &pre, &ar);
-                    self.compute_op(o.step, false, &ar, &[], &[]);
-                    deps.clear();
-                    pre.clear();
+                    self.op(&mut hook, o.norms, OpKind::Optimizer, &ar);
+                    hook.deps.extend(ar);
+                    self.op(&mut hook, o.step, OpKind::Optimizer, &[]);
                 }
             }
         }
+    }
+
+    /// Pushes a compute op that runs `dur` after its pre-hook (`hook`,
+    /// emptied), issuing `after` when it ends.
+    fn op(&mut self, hook: &mut PreHook, dur: Seconds, kind: OpKind, after: &[u32]) {
+        self.compute_op(dur + hook.host, kind, &hook.deps, &hook.prefetch, after);
+        hook.deps.clear();
+        hook.prefetch.clear();
+        hook.host = Seconds(0.0);
     }
 
     /// Issues `c` when the last pushed compute op ends.
@@ -415,7 +451,7 @@ impl Simulator {
             }
             t = start + op.dur;
             busy += op.dur;
-            if op.recompute {
+            if op.kind == OpKind::Recompute {
                 recompute += op.dur;
             }
             for k in op.after.0..op.after.1 {
@@ -455,8 +491,7 @@ mod tests {
                 blocks: u * per_block..(u + 1) * per_block,
                 all_gather: Seconds(gather),
                 reduce_scatter: Seconds(gather),
-                tensors: 0,
-                grad_bytes: cost_models::Bytes(0),
+                ..UnitCost::default()
             })
             .collect();
         StepProfile {

@@ -284,6 +284,7 @@ pub fn unit_costs(units: &[Unit], compute: DType, reduce: DType, w: &WorldCosts)
             reduce_scatter: w.time(Collective::ReduceScatter, unit_bytes(u, reduce, w.world_size)),
             tensors: u.tensors(),
             grad_bytes: unit_bytes(u, reduce, w.world_size),
+            ..UnitCost::default()
         })
         .collect()
 }
@@ -303,7 +304,7 @@ pub fn step_profile(
     w: &WorldCosts,
 ) -> StepProfile {
     let shard_pieces = max_shard_pieces(units, w.world_size);
-    let units = unit_costs(units, compute_dtype, reduce_dtype, w);
+    let mut units = unit_costs(units, compute_dtype, reduce_dtype, w);
     let mut loss = g.loss;
     loss.sum_all_reduce = w.time(Collective::AllReduce, Bytes(4));
     loss.row_all_reduce = w.time(Collective::AllReduce, g.row_sum_bytes);
@@ -313,7 +314,8 @@ pub fn step_profile(
     }
     let host = compute.host().copied();
     if let Some(h) = host {
-        add_unit_host_costs(&mut blocks, &g.block_own, &units, reshard_after_forward, reduce_dtype, &h, compute);
+        add_block_param_costs(&mut blocks, &g.block_own, &units, reduce_dtype, &h, compute);
+        add_unit_event_costs(&mut units, &h, compute);
     }
     // With every core computing, the loader's threads take their CPU time
     // from the step (spread over it; charged here, before forward).
@@ -363,30 +365,16 @@ pub fn add_sync_bn_costs(blocks: &mut [BlockCost], bn_channels: &[Vec<u64>], w: 
     }
 }
 
-/// The executor's per-unit machinery, charged to the blocks where it runs
-/// (`Fsdp::block_params`, `step::backward`): every block's forward makes
-/// each parameter of each unit covering it an autograd leaf on the
-/// gathered storage, and its backward asks the engine for the gradients of
-/// all those leaves (the other blocks' come back undefined) and adds each
-/// of its own tensors' gradients into its unit's gradient buffer, cast to
-/// the reduce dtype (read the gradient, read + write the slot). A unit's
-/// buffer is zero-filled at its first backward block, its gather work runs
-/// at its first forward block (and again at its last backward block when
-/// resharding), its reduce-scatter bookkeeping at its first block's
-/// backward.
-pub fn add_unit_host_costs(
-    blocks: &mut [BlockCost],
-    own: &[OwnParams],
-    units: &[UnitCost],
-    reshard: bool,
-    reduce: DType,
-    h: &HostCosts,
-    compute: &ComputeModel,
-) {
-    let nb = blocks.len();
-    if nb == 0 {
-        return;
-    }
+/// The executor's per-block parameter machinery (`Fsdp::block_params`,
+/// `step::backward`): every block's forward makes each parameter of each
+/// unit covering it an autograd leaf on the gathered storage, and its
+/// backward asks the engine for the gradients of all those leaves (the
+/// other blocks' come back undefined) and adds each of its own tensors'
+/// gradients into its unit's gradient buffer, cast to the reduce dtype
+/// (read the gradient, read + write the slot). The per-unit work (gather,
+/// gradient buffer, reduce-scatter) is charged by the simulator at the
+/// schedule's events ([`UnitCost`]'s host fields).
+pub fn add_block_param_costs(blocks: &mut [BlockCost], own: &[OwnParams], units: &[UnitCost], reduce: DType, h: &HostCosts, compute: &ComputeModel) {
     let bw = compute.memory_bandwidth();
     let unused_leaf = h.param_leaf_unused.unwrap_or(Seconds(0.0));
     for (b, cost) in blocks.iter_mut().enumerate() {
@@ -396,18 +384,18 @@ pub fn add_unit_host_costs(
         cost.backward +=
             h.param_grad * own.tensors as f64 + unused_leaf * views.saturating_sub(own.tensors) as f64 + Bytes(3 * own.elements * reduce.size()) / bw;
     }
+}
+
+/// The host work of each unit's FSDP events: a gather (storage refill,
+/// shard cast, collective launch, and later the free), the zero-fill of its
+/// gradient buffer at its first backward block, and the reduce-scatter
+/// bookkeeping after its gradient is complete.
+pub fn add_unit_event_costs(units: &mut [UnitCost], h: &HostCosts, compute: &ComputeModel) {
+    let bw = compute.memory_bandwidth();
     for u in units {
-        if u.blocks.is_empty() {
-            continue;
-        }
-        let first = u.blocks.start.min(nb - 1);
-        let last = (u.blocks.end - 1).min(nb - 1);
-        blocks[first].forward += h.small_op * host_ops::GATHER;
-        if reshard && !u.used_by_last_block(nb) {
-            blocks[last].backward += h.small_op * host_ops::GATHER;
-        }
-        blocks[last].backward += h.small_op + u.grad_bytes / bw;
-        blocks[first].backward += h.small_op * host_ops::FINISH;
+        u.gather_host = h.small_op * host_ops::GATHER;
+        u.grad_init = h.small_op + u.grad_bytes / bw;
+        u.finish_host = h.small_op * host_ops::FINISH;
     }
 }
 
@@ -510,9 +498,9 @@ mod tests {
         // backward adds its 16 gradients (1 µs each plus reading them and
         // reading + writing their slots in fp32).
         let h = HostCosts::new(Seconds(0.0), us, us, Seconds(0.0));
-        let units = vec![UnitCost { blocks: b..b + 1, all_gather: Seconds(0.0), reduce_scatter: Seconds(0.0), tensors: 16, grad_bytes: Bytes(0) }];
+        let units = vec![UnitCost { blocks: b..b + 1, tensors: 16, ..UnitCost::default() }];
         let mut blocks = without.blocks.clone();
-        add_unit_host_costs(&mut blocks, &without.block_own, &units, true, DType::Fp32, &h, &model(None));
+        add_block_param_costs(&mut blocks, &without.block_own, &units, DType::Fp32, &h, &model(None));
         let traffic = Bytes(3 * 4 * with.block_own[b].elements) / model(None).memory_bandwidth();
         assert!(((blocks[b].forward - without.blocks[b].forward).0 - 16e-6).abs() < 1e-12);
         assert!(((blocks[b].backward - without.blocks[b].backward).0 - 16e-6 - traffic.0).abs() < 1e-12);
@@ -520,11 +508,14 @@ mod tests {
 
     /// A unit over two blocks: each block's forward makes a leaf of every
     /// tensor of the unit; each block's backward adds only its own
-    /// gradients and walks the other block's leaves as unused inputs; the
-    /// unit's gradient buffer is zero-filled once, at its last block (the
-    /// first in backward). Nothing grows with unit size x tensors.
+    /// gradients and walks the other block's leaves as unused inputs. The
+    /// unit's events cost once each where the schedule puts them: one
+    /// gather (the last block's unit is not gathered again), one zero-fill
+    /// of its gradient buffer, one reduce-scatter's bookkeeping. Nothing
+    /// grows with unit size x tensors.
     #[test]
     fn a_unit_over_two_blocks_charges_each_block_its_own_gradients() {
+        use crate::simulator::StepProfile;
         let own = [OwnParams { tensors: 3, elements: 100 }, OwnParams { tensors: 5, elements: 300 }];
         let zero = BlockCost::new(Seconds(0.0), Seconds(0.0));
         let (leaf, grad, unused, small) = (Seconds(1e-6), Seconds(2e-6), Seconds(0.5e-6), Seconds(10e-6));
@@ -532,24 +523,35 @@ mod tests {
         let compute = model(None);
         let bw = compute.memory_bandwidth();
         let run = |grad_bytes: u64| {
-            let units = vec![UnitCost { blocks: 0..2, all_gather: Seconds(0.0), reduce_scatter: Seconds(0.0), tensors: 8, grad_bytes: Bytes(grad_bytes) }];
+            let mut units = vec![UnitCost { blocks: 0..2, tensors: 8, grad_bytes: Bytes(grad_bytes), ..UnitCost::default() }];
             let mut blocks = vec![zero; 2];
-            add_unit_host_costs(&mut blocks, &own, &units, true, DType::Bf16, &h, &compute);
-            blocks
+            add_block_param_costs(&mut blocks, &own, &units, DType::Bf16, &h, &compute);
+            add_unit_event_costs(&mut units, &h, &compute);
+            StepProfile { blocks, units, reshard_after_forward: true, prefetch: true, overlap: true, ..StepProfile::default() }
         };
-        let blocks = run(800);
+        let p = run(800);
         let close = |a: Seconds, b: Seconds| assert!((a.0 - b.0).abs() < 1e-12, "{a:?} vs {b:?}");
-        // Forward: 8 leaves each; the gather's small ops at the first block.
-        close(blocks[0].forward, leaf * 8.0 + small * host_ops::GATHER);
-        close(blocks[1].forward, leaf * 8.0);
-        // Backward: own gradients (bf16: 2 bytes x 3 passes) + the other block's leaves.
-        let finish = small * host_ops::FINISH;
-        close(blocks[0].backward, grad * 3.0 + unused * 5.0 + Bytes(3 * 2 * 100) / bw + finish);
-        close(blocks[1].backward, grad * 5.0 + unused * 3.0 + Bytes(3 * 2 * 300) / bw + small + Bytes(800) / bw);
+        // Per block: 8 leaves each forward; backward, the own gradients
+        // (bf16: 2 bytes x 3 passes) + the other block's leaves.
+        close(p.blocks[0].forward, leaf * 8.0);
+        close(p.blocks[1].forward, leaf * 8.0);
+        close(p.blocks[0].backward, grad * 3.0 + unused * 5.0 + Bytes(3 * 2 * 100) / bw);
+        close(p.blocks[1].backward, grad * 5.0 + unused * 3.0 + Bytes(3 * 2 * 300) / bw);
+        // The unit's events, from the schedule.
+        let ph = p.phases();
+        close(Seconds(ph.forward_s), leaf * 16.0 + small * host_ops::GATHER);
+        let zero_fill = small + Bytes(800) / bw;
+        close(Seconds(ph.backward_s), p.blocks[0].backward + p.blocks[1].backward + zero_fill + small * host_ops::FINISH);
         // A 10x larger buffer costs one more zero-fill of 9x the bytes, once.
-        let big = run(8000);
-        close(big[1].backward - blocks[1].backward, Bytes(7200) / bw);
-        close(big[0].backward, blocks[0].backward);
+        close(Seconds(run(8000).phases().backward_s - ph.backward_s), Bytes(7200) / bw);
+        // Two units of one block each, resharding: three gathers instead of
+        // one (both units in forward, the first again for backward; the
+        // last block's stays gathered), and one more zero-fill and finish.
+        let mut two = run(800);
+        two.units = vec![UnitCost { blocks: 0..1, ..two.units[0].clone() }, UnitCost { blocks: 1..2, ..two.units[0].clone() }];
+        let gathers = (two.phases().forward_s + two.phases().backward_s - ph.forward_s - ph.backward_s - zero_fill.0 - (small * host_ops::FINISH).0)
+            / (small * host_ops::GATHER).0;
+        assert!((gathers - 2.0).abs() < 1e-6, "{gathers} more gathers");
     }
 
     /// A profile's measured block time replaces exactly the block with the
