@@ -15,6 +15,8 @@ struct ssc_pg {
   // CUDA device of an NCCL group, -1 for Gloo. NCCL's barrier needs a device
   // and otherwise guesses one (rank % local GPU count) with a warning.
   int device;
+  // The rendezvous host, so subgroups bind Gloo where the world did.
+  std::string host;
 };
 
 namespace ssc {
@@ -24,6 +26,10 @@ void set_error(std::string msg);
 // The rendezvous store every process group starts from (rank 0 serves it).
 c10::intrusive_ptr<c10d::Store> make_store(const char* host, uint16_t port, int rank, int world,
                                            std::chrono::milliseconds timeout);
+// An NCCL backend on `store` (cuda.cpp; throws in a build without CUDA).
+c10::intrusive_ptr<c10d::Backend> make_nccl(const c10::intrusive_ptr<c10d::Store>& store, int rank,
+                                            int world, int device,
+                                            std::chrono::milliseconds timeout);
 }  // namespace ssc
 
 // Runs `body`, turning any C++ exception into a status code.

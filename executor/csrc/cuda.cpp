@@ -43,18 +43,25 @@ void init_cuda(int device) {
 
 extern "C" int ssc_has_nccl(void) { return 1; }
 
+c10::intrusive_ptr<c10d::Backend> ssc::make_nccl(const c10::intrusive_ptr<c10d::Store>& store,
+                                                 int rank, int world, int device,
+                                                 std::chrono::milliseconds timeout) {
+  check_device(device);
+  // ProcessGroupNCCL binds its communicators to the current device.
+  c10::cuda::set_device(static_cast<c10::DeviceIndex>(device));
+  auto opts = c10d::ProcessGroupNCCL::Options::create();
+  opts->timeout = timeout;
+  return c10::make_intrusive<c10d::ProcessGroupNCCL>(store, rank, world, opts);
+}
+
 extern "C" int ssc_pg_new_nccl(const char* host, uint16_t port, int rank, int world, int device,
                                int64_t timeout_ms, ssc_pg** out) {
   SSC_GUARD({
     auto timeout = std::chrono::milliseconds(timeout_ms);
     check_device(device);
-    // ProcessGroupNCCL binds its communicators to the current device.
-    c10::cuda::set_device(static_cast<c10::DeviceIndex>(device));
     auto store = ssc::make_store(host, port, rank, world, timeout);
-    auto opts = c10d::ProcessGroupNCCL::Options::create();
-    opts->timeout = timeout;
-    auto pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, rank, world, opts);
-    *out = new ssc_pg{store, pg, false, timeout, device};
+    auto pg = ssc::make_nccl(store, rank, world, device, timeout);
+    *out = new ssc_pg{store, pg, false, timeout, device, host};
   });
 }
 

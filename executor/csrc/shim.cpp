@@ -7,6 +7,7 @@
 #include <c10/core/CPUAllocator.h>
 #include <c10/core/impl/alloc_cpu.h>
 #include <c10/util/Exception.h>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
@@ -70,25 +71,45 @@ static bool is_loopback(const std::string& h) {
   return h == "127.0.0.1" || h == "localhost" || h == "::1";
 }
 
+static c10::intrusive_ptr<c10d::Backend> make_gloo(const c10::intrusive_ptr<c10d::Store>& store,
+                                                    const std::string& host, int rank, int world,
+                                                    std::chrono::milliseconds timeout) {
+  auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
+  // Bind where peers can reach us: loopback for single-node runs, the
+  // interface named by GLOO_SOCKET_IFNAME (as in PyTorch) or the host's
+  // resolved address for multi-node runs.
+  const char* ifname = std::getenv("GLOO_SOCKET_IFNAME");
+  if (ifname && *ifname) {
+    opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
+  } else if (is_loopback(host)) {
+    opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
+  } else {
+    opts->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+  }
+  return c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, opts);
+}
+
 extern "C" int ssc_pg_new_gloo(const char* host, uint16_t port, int rank, int world,
                                int64_t timeout_ms, ssc_pg** out) {
   SSC_GUARD({
     auto timeout = std::chrono::milliseconds(timeout_ms);
     auto store = ssc::make_store(host, port, rank, world, timeout);
-    auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
-    // Bind where peers can reach us: loopback for single-node runs, the
-    // interface named by GLOO_SOCKET_IFNAME (as in PyTorch) or the host's
-    // resolved address for multi-node runs.
-    const char* ifname = std::getenv("GLOO_SOCKET_IFNAME");
-    if (ifname && *ifname) {
-      opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
-    } else if (is_loopback(host)) {
-      opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
-    } else {
-      opts->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
-    }
-    auto pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, opts);
-    *out = new ssc_pg{store, pg, true, timeout, -1};
+    auto pg = make_gloo(store, host, rank, world, timeout);
+    *out = new ssc_pg{store, pg, true, timeout, -1, host};
+  });
+}
+
+extern "C" int ssc_pg_new_sub(ssc_pg* parent, const char* prefix, int rank, int size,
+                              ssc_pg** out) {
+  SSC_GUARD({
+    // As PyTorch's new_group: the parent's store under a prefix the group's
+    // members share, a new backend of the parent's kind over them.
+    c10::intrusive_ptr<c10d::Store> store =
+        c10::make_intrusive<c10d::PrefixStore>(std::string(prefix), parent->store);
+    auto pg = parent->is_gloo
+                  ? make_gloo(store, parent->host, rank, size, parent->timeout)
+                  : ssc::make_nccl(store, rank, size, parent->device, parent->timeout);
+    *out = new ssc_pg{store, pg, parent->is_gloo, parent->timeout, parent->device, parent->host};
   });
 }
 
@@ -284,6 +305,10 @@ extern "C" int64_t ssc_storage_nbytes(void* t) {
 // ---------------------------------------------------------------- no CUDA
 
 #ifndef SSC_WITH_CUDA
+c10::intrusive_ptr<c10d::Backend> ssc::make_nccl(const c10::intrusive_ptr<c10d::Store>&, int, int,
+                                                 int, std::chrono::milliseconds) {
+  TORCH_CHECK(false, "seerscale was built without CUDA/NCCL headers; ProcessGroupNCCL is unavailable");
+}
 extern "C" int ssc_has_nccl(void) { return 0; }
 extern "C" int ssc_pg_new_nccl(const char*, uint16_t, int, int, int, int64_t, ssc_pg**) {
   ssc::set_error("seerscale was built without CUDA/NCCL headers; ProcessGroupNCCL is unavailable");

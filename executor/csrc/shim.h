@@ -28,6 +28,10 @@ int ssc_pg_new_gloo(const char* host, uint16_t port, int rank, int world,
 int ssc_has_nccl(void);
 int ssc_pg_new_nccl(const char* host, uint16_t port, int rank, int world,
                     int device, int64_t timeout_ms, ssc_pg** out);
+// A subgroup of `parent`'s ranks (PyTorch's new_group): a backend of the
+// same kind over the parent's store under `prefix`, which the group's
+// members (and only they) pass alike; `rank` is this rank's index in it.
+int ssc_pg_new_sub(ssc_pg* parent, const char* prefix, int rank, int size, ssc_pg** out);
 void ssc_pg_free(ssc_pg* pg);
 
 // Collectives (asynchronous: each returns a work handle to wait on).

@@ -7,6 +7,7 @@
 
 use crate::data::DataPosition;
 use crate::precision::LossScaler;
+use runspec::sharding::Sharding;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use tch::Tensor;
@@ -39,6 +40,10 @@ pub struct RankMeta {
     pub seed: u64,
     /// Unit names in order (guards against resuming with another plan).
     pub units: Vec<String>,
+    /// How the shards were cut (`fsdp` over the world in checkpoints
+    /// without the field): a shard only resumes under the same sharding.
+    #[serde(default)]
+    pub sharding: Sharding,
 }
 
 /// Everything one rank saves.
@@ -103,8 +108,8 @@ pub fn latest(dir: &Path) -> Result<Option<PathBuf>, CheckpointError> {
 }
 
 /// Loads this rank's state from a step directory, checking it belongs to
-/// a run with the same world size and units.
-pub fn load_rank(step_dir: &Path, rank: usize, world_size: usize, units: &[String]) -> Result<RankState, CheckpointError> {
+/// a run with the same world size, sharding and units.
+pub fn load_rank(step_dir: &Path, rank: usize, world_size: usize, sharding: Sharding, units: &[String]) -> Result<RankState, CheckpointError> {
     let js = step_dir.join(format!("rank{rank}.json"));
     let text = std::fs::read_to_string(&js).map_err(io(&js))?;
     let meta: RankMeta = serde_json::from_str(&text).map_err(|e| CheckpointError::Format { path: js.clone(), msg: e.to_string() })?;
@@ -113,6 +118,10 @@ pub fn load_rank(step_dir: &Path, rank: usize, world_size: usize, units: &[Strin
     }
     if meta.world_size != world_size || meta.rank != rank {
         return Err(CheckpointError::Mismatch { path: js, what: format!("rank {}/{}", meta.rank, meta.world_size), here: format!("rank {rank}/{world_size}") });
+    }
+    let saved = meta.sharding.resolved(meta.world_size);
+    if saved != sharding.resolved(world_size) {
+        return Err(CheckpointError::Mismatch { path: js, what: format!("sharding {saved}"), here: format!("sharding {}", sharding.resolved(world_size)) });
     }
     if meta.units != units {
         return Err(CheckpointError::Mismatch { path: js, what: format!("units {:?}", meta.units), here: format!("units {units:?}") });
@@ -149,6 +158,7 @@ mod tests {
             loss_scaler: LossScaler::disabled(),
             seed: 3,
             units: vec!["s1.b0".into(), "root".into()],
+            sharding: Sharding::fsdp(1),
         }
     }
 
@@ -164,16 +174,18 @@ mod tests {
         assert!(latest(&dir).unwrap().is_none());
         publish(&dir, 5).unwrap();
         let sd = latest(&dir).unwrap().unwrap();
-        let back = load_rank(&sd, 0, 1, &meta(5).units).unwrap();
+        let back = load_rank(&sd, 0, 1, Sharding::fsdp(1), &meta(5).units).unwrap();
         assert_eq!(back.meta, meta(5));
         let m = back.group("master");
         assert_eq!(m[0].0, "s1.b0");
         assert!(m[0].1.equal(&t));
         // No temporary files are left behind.
         assert!(std::fs::read_dir(&sd).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().ends_with(".tmp")));
-        let e = load_rank(&sd, 0, 2, &meta(5).units).err().unwrap();
+        let e = load_rank(&sd, 0, 2, Sharding::fsdp(2), &meta(5).units).err().unwrap();
         assert!(e.to_string().contains("rank 0/1") && e.to_string().contains("rank 0/2"), "{e}");
-        let e = load_rank(&sd, 0, 1, &["other".to_string()]).err().unwrap();
+        let e = load_rank(&sd, 0, 1, Sharding::ddp(), &meta(5).units).err().unwrap();
+        assert!(e.to_string().contains("sharding fsdp") && e.to_string().contains("this run has sharding ddp"), "{e}");
+        let e = load_rank(&sd, 0, 1, Sharding::fsdp(1), &["other".to_string()]).err().unwrap();
         assert!(e.to_string().contains("units"), "{e}");
         std::fs::write(dir.join("latest"), "step_99999999").unwrap();
         assert!(latest(&dir).unwrap_err().to_string().contains("missing directory"));

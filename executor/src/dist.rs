@@ -4,9 +4,10 @@
 //! needs. Every collective is bounded by the group's timeout and reports
 //! failures as [`DistError`]; nothing here panics or waits forever.
 
-use std::cell::Cell;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tch::Tensor;
 
@@ -25,6 +26,7 @@ mod ffi {
         pub fn ssc_pg_new_gloo(host: *const c_char, port: u16, rank: c_int, world: c_int, timeout_ms: i64, out: *mut *mut SscPg) -> c_int;
         pub fn ssc_has_nccl() -> c_int;
         pub fn ssc_pg_new_nccl(host: *const c_char, port: u16, rank: c_int, world: c_int, device: c_int, timeout_ms: i64, out: *mut *mut SscPg) -> c_int;
+        pub fn ssc_pg_new_sub(parent: *mut SscPg, prefix: *const c_char, rank: c_int, size: c_int, out: *mut *mut SscPg) -> c_int;
         pub fn ssc_pg_free(pg: *mut SscPg);
         pub fn ssc_all_gather_into(pg: *mut SscPg, out: *mut c_void, inp: *mut c_void, w: *mut *mut SscWork) -> c_int;
         pub fn ssc_reduce_scatter(pg: *mut SscPg, out: *mut c_void, inp: *mut c_void, op: c_int, w: *mut *mut SscWork) -> c_int;
@@ -129,12 +131,18 @@ pub struct GroupConfig {
 /// (the training loop), as c10d requires the same order on every rank.
 pub struct ProcessGroup {
     pg: NonNull<ffi::SscPg>,
+    /// This rank's index in the group, and the group's size.
     rank: usize,
     world: usize,
+    /// The world ranks of the group, in group order (`0..world` for the world).
+    members: Vec<usize>,
+    /// `world`, or what the subgroup is for (`shard group`, ...), for errors.
+    label: String,
     backend: Backend,
     timeout: Duration,
-    /// Time spent blocked in `Work::wait` (communication not hidden).
-    comm_wait: Cell<Duration>,
+    /// Time spent blocked in `Work::wait` (communication not hidden),
+    /// shared with the group's subgroups so one counter sees them all.
+    comm_wait: Arc<AtomicU64>,
 }
 
 // SAFETY: the c10d objects behind the pointer are heap objects usable from
@@ -177,7 +185,53 @@ impl ProcessGroup {
             return Err(init_err(last_error()));
         }
         let pg = NonNull::new(out).ok_or_else(|| init_err("shim returned no group".into()))?;
-        Ok(ProcessGroup { pg, rank: cfg.rank, world: cfg.world_size, backend: cfg.backend, timeout: cfg.timeout, comm_wait: Cell::new(Duration::ZERO) })
+        Ok(ProcessGroup {
+            pg,
+            rank: cfg.rank,
+            world: cfg.world_size,
+            members: (0..cfg.world_size).collect(),
+            label: "world".into(),
+            backend: cfg.backend,
+            timeout: cfg.timeout,
+            comm_wait: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// A group of some of this group's ranks (PyTorch's `new_group`), made
+    /// by those ranks only, all passing the same `ranks` (in this group's
+    /// numbering) and `label`. Collective over the members.
+    pub fn subgroup(&self, label: &str, ranks: &[usize]) -> Result<ProcessGroup, DistError> {
+        let me = self.members[self.rank];
+        let init_err = |msg: String| DistError::Collective { op: "creating a process subgroup", rank: me, msg: format!("{label} {ranks:?}: {msg}") };
+        let rank = ranks.iter().position(|&r| r == self.rank).ok_or_else(|| init_err(format!("rank {} is not a member", self.rank)))?;
+        if ranks.iter().any(|&r| r >= self.world) {
+            return Err(init_err(format!("ranks must be below {}", self.world)));
+        }
+        let members: Vec<usize> = ranks.iter().map(|&r| self.members[r]).collect();
+        let prefix = format!("{label}/{}", members.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(","));
+        let prefix = CString::new(prefix).map_err(|_| init_err("label contains NUL".into()))?;
+        let mut out: *mut ffi::SscPg = std::ptr::null_mut();
+        // SAFETY: live parent, valid C string and out-pointer; the shim catches all C++ exceptions.
+        let rc = unsafe { ffi::ssc_pg_new_sub(self.pg.as_ptr(), prefix.as_ptr(), rank as c_int, ranks.len() as c_int, &mut out) };
+        if rc != SSC_OK {
+            return Err(init_err(last_error()));
+        }
+        let pg = NonNull::new(out).ok_or_else(|| init_err("shim returned no group".into()))?;
+        Ok(ProcessGroup {
+            pg,
+            rank,
+            world: ranks.len(),
+            label: format!("{label} (ranks {})", members.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(",")),
+            members,
+            backend: self.backend,
+            timeout: self.timeout,
+            comm_wait: self.comm_wait.clone(),
+        })
+    }
+
+    /// This rank in the world (not in the group).
+    pub fn world_rank(&self) -> usize {
+        self.members[self.rank]
     }
 
     pub fn rank(&self) -> usize {
@@ -196,15 +250,16 @@ impl ProcessGroup {
     /// Total time spent blocked waiting for collectives since the last call
     /// (and resets it): the communication that computation did not hide.
     pub fn take_comm_time(&self) -> Duration {
-        self.comm_wait.replace(Duration::ZERO)
+        Duration::from_nanos(self.comm_wait.swap(0, Ordering::Relaxed))
     }
 
     fn err(&self, op: &'static str, rc: c_int) -> DistError {
-        let msg = last_error();
+        let msg = if self.label == "world" { last_error() } else { format!("in the {}: {}", self.label, last_error()) };
+        let rank = self.world_rank();
         match rc {
-            SSC_TIMEOUT => DistError::Timeout { op, rank: self.rank, timeout: self.timeout, msg },
-            SSC_NETWORK => DistError::PeerLost { op, rank: self.rank, msg },
-            _ => DistError::Collective { op, rank: self.rank, msg },
+            SSC_TIMEOUT => DistError::Timeout { op, rank, timeout: self.timeout, msg },
+            SSC_NETWORK => DistError::PeerLost { op, rank, msg },
+            _ => DistError::Collective { op, rank, msg },
         }
     }
 
@@ -439,7 +494,7 @@ impl Work<'_> {
         // SAFETY: a live work handle, freed exactly once below.
         let rc = unsafe { ffi::ssc_work_wait(w.as_ptr(), self.pg.timeout.as_millis().max(1) as i64) };
         unsafe { ffi::ssc_work_free(w.as_ptr()) };
-        self.pg.comm_wait.set(self.pg.comm_wait.get() + start.elapsed());
+        self.pg.comm_wait.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
         if rc != SSC_OK {
             return Err(self.pg.err(self.op, rc));
         }

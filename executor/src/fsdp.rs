@@ -1,20 +1,24 @@
 //! The FSDP runtime: each unit's parameters flattened into one fp32 master
-//! vector, padded to a multiple of the world size and sharded; gathered in
-//! the compute dtype into a persistent flat buffer whose *storage* is freed
-//! and re-filled (see `storage.rs`) so autograd's saved views stay valid;
-//! gradients accumulated unsharded per unit, then reduce-scattered in the
-//! reduce dtype into the fp32 shard gradient.
+//! vector, padded to a multiple of the shard-group size and sharded over the
+//! shard group (`groups.rs`; the whole vector on a rank that shards over
+//! nobody, as under DDP); gathered in the compute dtype into a persistent
+//! flat buffer whose *storage* is freed and re-filled (see `storage.rs`) so
+//! autograd's saved views stay valid; gradients accumulated unsharded per
+//! unit, reduce-scattered within the shard group and all-reduced across
+//! replicas in the reduce dtype, then added into the fp32 shard gradient, as
+//! the step schedule's events say.
 //!
 //! Units follow the naming contract (docs/architecture.md): a parameter
 //! belongs to the unit with the longest member that is a prefix of its name
 //! on `.` boundaries; unmatched parameters form the implicit `root` unit.
 
-use crate::dist::{DistError, ProcessGroup, ReduceOp, Work};
+use crate::dist::{DistError, ReduceOp, Work};
+use crate::groups::RankGroups;
 use crate::model::ParamSpec;
 use crate::optim::{FlatShard, Piece};
 use crate::storage::{self, StorageError};
 use cost_models::Bytes;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use tch::{Device, Kind, TchError, Tensor};
 
 /// One FSDP unit as the plan lists it.
@@ -34,6 +38,8 @@ pub enum FsdpError {
     NotGathered { unit: String },
     #[error("unit `{unit}`: gradient has {got} elements, flat parameter has {want}")]
     GradShape { unit: String, got: i64, want: i64 },
+    #[error("unit `{unit}`: {event} out of order (internal schedule error)")]
+    OutOfOrder { unit: String, event: &'static str },
     #[error("checkpoint shard of unit `{unit}` has {got} elements, this run needs {want} (different plan or world size?)")]
     ShardShape { unit: String, got: i64, want: i64 },
     #[error(transparent)]
@@ -119,25 +125,30 @@ struct Unit<'pg> {
     state: Gather<'pg>,
     /// Unsharded gradient accumulated over the unit's blocks (reduce dtype).
     grad_acc: Option<Tensor>,
+    /// The gradient on its way to the shard gradient: being reduced over
+    /// the ranks, or reduced and waiting to be added.
+    reducing: Option<Reducing<'pg>>,
     /// Block indices using this unit, ascending.
     blocks: Vec<usize>,
 }
 
-/// A reduce-scatter in flight and where its result goes.
-struct PendingReduce<'pg> {
-    work: Work<'pg>,
-    unit: usize,
-    out: Tensor,
+/// A unit's gradient between its backward and its shard: the buffer it is
+/// reduced in (the reduce-scatter's output shard, or the whole gradient
+/// when nothing scatters it) and the collective writing it.
+struct Reducing<'pg> {
+    buf: Tensor,
+    work: Option<Work<'pg>>,
 }
 
 /// Sharded parameters of the whole model on one rank.
 pub struct Fsdp<'pg> {
-    pg: &'pg ProcessGroup,
+    groups: &'pg RankGroups,
+    /// This rank's index in its shard group.
+    shard_rank: i64,
     opts: FsdpOptions,
     units: Vec<Unit<'pg>>,
     /// Units used by each block (block order of the model).
     block_units: Vec<Vec<usize>>,
-    pending: VecDeque<PendingReduce<'pg>>,
     num_params: usize,
 }
 
@@ -165,11 +176,12 @@ pub struct ParamLeaf {
 }
 
 impl<'pg> Fsdp<'pg> {
-    /// Shards the model. `blocks` are the model's block names in forward
-    /// order; `init` gives a parameter's initial fp32 value (every rank must
-    /// produce the same values; only this rank's slice is kept).
+    /// Shards the model over `groups`' shard group. `blocks` are the
+    /// model's block names in forward order; `init` gives a parameter's
+    /// initial fp32 value (every rank must produce the same values; only
+    /// this rank's slice is kept).
     pub fn new(
-        pg: &'pg ProcessGroup,
+        groups: &'pg RankGroups,
         specs: &[ParamSpec],
         blocks: &[String],
         units: &[UnitSpec],
@@ -177,8 +189,8 @@ impl<'pg> Fsdp<'pg> {
         init: &mut dyn FnMut(&ParamSpec) -> Result<Tensor, String>,
     ) -> Result<Fsdp<'pg>, FsdpError> {
         let (names, owner) = assign_units(specs, units)?;
-        let world = pg.world_size() as i64;
-        let rank = pg.rank() as i64;
+        let (rank, world) = groups.shard_rank_and_size();
+        let (rank, world) = (rank as i64, world as i64);
         let block_index: HashMap<&str, usize> = blocks.iter().enumerate().map(|(i, b)| (b.as_str(), i)).collect();
         let mut out_units = Vec::with_capacity(names.len());
         let mut block_units: Vec<Vec<usize>> = vec![Vec::new(); blocks.len()];
@@ -237,17 +249,18 @@ impl<'pg> Fsdp<'pg> {
                 flat,
                 state: Gather::Free,
                 grad_acc: None,
+                reducing: None,
                 blocks: ublocks,
             });
         }
-        Ok(Fsdp { pg, opts, units: out_units, block_units, pending: VecDeque::new(), num_params: specs.len() })
+        Ok(Fsdp { groups, shard_rank: rank, opts, units: out_units, block_units, num_params: specs.len() })
     }
 
     pub fn options(&self) -> &FsdpOptions {
         &self.opts
     }
-    pub fn process_group(&self) -> &'pg ProcessGroup {
-        self.pg
+    pub fn groups(&self) -> &'pg RankGroups {
+        self.groups
     }
     pub fn num_units(&self) -> usize {
         self.units.len()
@@ -294,8 +307,15 @@ impl<'pg> Fsdp<'pg> {
         let bytes = Bytes(unit.padded as u64 * unit.dtype.elt_size_in_bytes() as u64);
         storage::refill(&unit.flat, bytes)?;
         let shard = if unit.dtype == Kind::Float { unit.master.shallow_clone() } else { unit.master.f_to_kind(unit.dtype)? };
-        let work = self.pg.all_gather_into(&unit.flat, &shard)?;
-        unit.state = Gather::Pending(work);
+        unit.state = match self.groups.shard() {
+            Some(g) => Gather::Pending(g.all_gather_into(&unit.flat, &shard)?),
+            None => {
+                // The whole vector is here: a cast into the gathered storage,
+                // as the backend writes it (outside autograd).
+                let _ = unit.flat.f_data()?.f_copy_(&shard)?;
+                Gather::Ready
+            }
+        };
         Ok(())
     }
 
@@ -372,40 +392,82 @@ impl<'pg> Fsdp<'pg> {
         Ok(())
     }
 
-    /// `u`'s gradient is complete: start its reduce-scatter (sum over ranks)
-    /// and free its gathered parameters. At most two reduce-scatters stay in
-    /// flight, bounding the unsharded gradient memory.
-    pub fn finish_grad(&mut self, u: usize) -> Result<(), FsdpError> {
-        self.free(u)?;
+    fn unit_error(&self, u: usize, event: &'static str) -> FsdpError {
+        FsdpError::OutOfOrder { unit: self.units[u].name.clone(), event }
+    }
+
+    /// `u`'s gradient is complete: free its gathered parameters.
+    pub fn grad_ready(&mut self, u: usize) -> Result<(), FsdpError> {
+        self.free(u)
+    }
+
+    /// Starts reduce-scattering `u`'s gradient (sum) within the shard
+    /// group; the backend holds the unsharded gradient until it is done.
+    pub fn reduce_scatter(&mut self, u: usize) -> Result<(), FsdpError> {
+        let g = self.groups.shard().ok_or_else(|| self.unit_error(u, "reduce-scatter without a shard group"))?;
         let reduce = self.opts.precision.reduce;
         let unit = &mut self.units[u];
         let Some(acc) = unit.grad_acc.take() else { return Ok(()) };
-        if unit.padded == 0 {
-            return Ok(());
-        }
-        let out = Tensor::f_empty([unit.shard_len], (reduce, self.opts.device))?;
-        let work = self.pg.reduce_scatter(&out, &acc, ReduceOp::Sum)?;
+        let buf = Tensor::f_empty([unit.shard_len], (reduce, self.opts.device))?;
+        let work = g.reduce_scatter(&buf, &acc, ReduceOp::Sum)?;
         drop(acc); // the Work holds it until done
-        self.pending.push_back(PendingReduce { work, unit: u, out });
-        while self.pending.len() > 2 {
-            self.complete_one()?;
+        unit.reducing = Some(Reducing { buf, work: Some(work) });
+        Ok(())
+    }
+
+    /// Waits for the collective reducing `u`'s gradient (its reduce-scatter
+    /// or its all-reduce).
+    fn wait_reduction(&mut self, u: usize) -> Result<(), FsdpError> {
+        if let Some(w) = self.units[u].reducing.as_mut().and_then(|r| r.work.take()) {
+            w.wait()?;
         }
         Ok(())
     }
 
-    fn complete_one(&mut self) -> Result<(), FsdpError> {
-        if let Some(p) = self.pending.pop_front() {
-            p.work.wait()?;
+    /// Waits for `u`'s reduce-scatter: the unsharded gradient is freed.
+    pub fn wait_reduce_scatter(&mut self, u: usize) -> Result<(), FsdpError> {
+        self.wait_reduction(u)
+    }
+
+    /// Starts all-reducing (sum) `u`'s gradient shard across replicas: the
+    /// scattered shard, or the whole gradient where nothing scattered it.
+    pub fn all_reduce(&mut self, u: usize) -> Result<(), FsdpError> {
+        let g = self.groups.replica().ok_or_else(|| self.unit_error(u, "all-reduce without replicas"))?;
+        let unit = &mut self.units[u];
+        if unit.reducing.is_none() {
+            let Some(acc) = unit.grad_acc.take() else { return Ok(()) };
+            unit.reducing = Some(Reducing { buf: acc, work: None });
+        }
+        let Some(r) = unit.reducing.as_mut() else { return Ok(()) };
+        if r.work.is_some() {
+            return Err(FsdpError::OutOfOrder { unit: unit.name.clone(), event: "all-reduce before its reduce-scatter was waited for" });
+        }
+        r.work = Some(g.all_reduce(&r.buf, ReduceOp::Sum)?);
+        Ok(())
+    }
+
+    /// Waits for `u`'s all-reduce.
+    pub fn wait_all_reduce(&mut self, u: usize) -> Result<(), FsdpError> {
+        self.wait_reduction(u)
+    }
+
+    /// Adds `u`'s reduced gradient into its fp32 shard gradient and frees
+    /// the buffer (every collective on it has been waited for).
+    pub fn shard_grad(&mut self, u: usize) -> Result<(), FsdpError> {
+        let unit = &mut self.units[u];
+        let buf = match unit.reducing.take() {
+            Some(Reducing { work: Some(_), .. }) => {
+                return Err(FsdpError::OutOfOrder { unit: unit.name.clone(), event: "shard gradient before its reduction was waited for" })
+            }
+            Some(Reducing { buf, work: None }) => buf,
+            None => match unit.grad_acc.take() {
+                Some(acc) => acc,
+                None => return Ok(()),
+            },
+        };
+        if unit.shard_len > 0 {
             let _g = tch::no_grad_guard();
-            let _ = self.units[p.unit].grad.f_add_(&p.out.f_to_kind(Kind::Float)?)?;
-        }
-        Ok(())
-    }
-
-    /// Waits for every reduce-scatter in flight (end of backward).
-    pub fn drain(&mut self) -> Result<(), FsdpError> {
-        while !self.pending.is_empty() {
-            self.complete_one()?;
+            let _ = unit.grad.f_add_(&buf.f_to_kind(Kind::Float)?)?;
         }
         Ok(())
     }
@@ -422,6 +484,7 @@ impl<'pg> Fsdp<'pg> {
         for u in &mut self.units {
             let _ = u.grad.f_zero_()?;
             u.grad_acc = None;
+            u.reducing = None;
         }
         Ok(())
     }
@@ -429,7 +492,7 @@ impl<'pg> Fsdp<'pg> {
     /// The shards as the optimiser sees them: each piece of a shard is a
     /// slice of one parameter (padding belongs to none).
     pub fn shards(&self) -> Vec<FlatShard> {
-        let rank = self.pg.rank() as i64;
+        let rank = self.shard_rank;
         self.units
             .iter()
             .map(|u| {
@@ -450,7 +513,7 @@ impl<'pg> Fsdp<'pg> {
     /// This rank's slice of parameter `name`: `(master slice, offset of the
     /// slice within the flattened parameter)`, or None if it owns none of it.
     pub fn local_slice(&self, name: &str) -> Result<Option<(Tensor, i64)>, FsdpError> {
-        let rank = self.pg.rank() as i64;
+        let rank = self.shard_rank;
         for u in &self.units {
             if let Some(p) = u.params.iter().find(|p| p.name == name) {
                 let (lo, hi) = (rank * u.shard_len, (rank + 1) * u.shard_len);
@@ -468,8 +531,8 @@ impl<'pg> Fsdp<'pg> {
         self.num_params
     }
 
-    /// Every parameter in fp32, gathered from all ranks (collective; for
-    /// tests, evaluation and export; needs the whole model in memory).
+    /// Every parameter in fp32, gathered from the shard group (collective;
+    /// for tests, evaluation and export; needs the whole model in memory).
     pub fn full_params(&self) -> Result<Vec<(String, Tensor)>, FsdpError> {
         self.gather_per_param(|u| &u.master)
     }
@@ -484,7 +547,7 @@ impl<'pg> Fsdp<'pg> {
         self.units.iter().map(|u| (u.name.clone(), u.grad.shallow_clone())).collect()
     }
 
-    /// Every parameter's fp32 gradient gathered from all ranks (collective).
+    /// Every parameter's fp32 gradient gathered from the shard group (collective).
     pub fn full_grads(&self) -> Result<Vec<(String, Tensor)>, FsdpError> {
         self.gather_per_param(|u| &u.grad)
     }
@@ -497,8 +560,14 @@ impl<'pg> Fsdp<'pg> {
             if u.padded == 0 {
                 continue;
             }
-            let full = Tensor::f_empty([u.padded], (Kind::Float, self.opts.device))?;
-            self.pg.all_gather_into_tensor(&full, shard(u))?;
+            let full = match self.groups.shard() {
+                Some(g) => {
+                    let full = Tensor::f_empty([u.padded], (Kind::Float, self.opts.device))?;
+                    g.all_gather_into_tensor(&full, shard(u))?;
+                    full
+                }
+                None => shard(u).f_detach_copy()?,
+            };
             for p in &u.params {
                 out.push((p.name.clone(), full.f_narrow(0, p.offset, p.numel)?.f_view(p.shape.as_slice())?.f_to_device(Device::Cpu)?));
             }
@@ -532,7 +601,7 @@ impl<'pg> Fsdp<'pg> {
             }
         }
         let flag = Tensor::from_slice(&[bad]).f_to_device(self.opts.device)?;
-        self.pg.all_reduce_(&flag, ReduceOp::Max)?;
+        self.groups.world_group().all_reduce_(&flag, ReduceOp::Max)?;
         Ok(flag.f_double_value(&[0])? > 0.0)
     }
 

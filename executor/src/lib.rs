@@ -14,6 +14,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod dist;
 pub mod fsdp;
+pub mod groups;
 pub mod launch;
 pub mod memstats;
 pub mod metrics;

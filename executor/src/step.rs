@@ -2,14 +2,14 @@
 //! plan's compiled step schedule (`runspec::schedule`) lists them: gathers,
 //! prefetches and reshards, each block's forward (with its graph, or inside
 //! a checkpointed segment without), the loss, recomputes, each block's
-//! backward and the reduce-scatters.
+//! backward and the collectives that reduce each unit's gradient.
 //!
 //! Every block's input is cut from the previous block's graph
 //! (`x.detach().set_requires_grad(true)`), so backward runs one block at a
 //! time: `run_backward((y * grad_y).sum(), [x, the block's parameter leaves])`.
-//! That is what lets a unit's gradient be reduce-scattered as soon as its
-//! first block is done, and a checkpointed segment be recomputed just before
-//! its own backward.
+//! That is what lets a unit's gradient be reduced as soon as its first
+//! block is done, and a checkpointed segment be recomputed just before its
+//! own backward.
 
 use crate::fsdp::{Fsdp, FsdpError, ParamLeaf};
 use crate::model::{BnState, Mode, ModelArch, ModelError};
@@ -254,10 +254,14 @@ pub fn forward_backward(
                     None
                 };
             }
-            Event::ReduceScatter { unit } => fsdp.finish_grad(unit)?,
+            Event::GradReady { unit } => fsdp.grad_ready(unit)?,
+            Event::ReduceScatter { unit } => fsdp.reduce_scatter(unit)?,
+            Event::WaitReduceScatter { unit } => fsdp.wait_reduce_scatter(unit)?,
+            Event::AllReduce { unit } => fsdp.all_reduce(unit)?,
+            Event::WaitAllReduce { unit } => fsdp.wait_all_reduce(unit)?,
+            Event::ShardGrad { unit } => fsdp.shard_grad(unit)?,
             Event::Drain => {
                 let t_dr = Instant::now();
-                fsdp.drain()?;
                 fsdp.free_all()?;
                 crate::phase_timer::add("drain", t_dr);
             }

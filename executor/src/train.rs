@@ -12,6 +12,7 @@ use crate::checkpoint::{self, CheckpointError, RankMeta, RankState};
 use crate::data::{Batch, DataError, DataLoader, DataPosition, ImageFolder, LoaderConfig};
 use crate::dist::{Backend, DistError, GroupConfig, ProcessGroup, ReduceOp};
 use crate::fsdp::{Fsdp, FsdpError, FsdpOptions, UnitSpec};
+use crate::groups::RankGroups;
 use crate::launch::{self, LaunchError, LaunchOptions, RankEnv};
 use crate::memstats::{self, MemDevice, MemError};
 use crate::metrics::{self, MetricsError, MetricsWriter, RunSummary, StepMetrics};
@@ -27,6 +28,7 @@ use cost_models::hardware::DeviceKind;
 use cost_models::{Bytes, DType, Seconds};
 use runspec::plan::Plan;
 use runspec::schedule::{Event, Schedule as StepSchedule};
+use runspec::sharding::Sharding;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -102,6 +104,10 @@ pub struct TrainConfig {
     /// Training-mode BN statistics over all ranks (SyncBN, all-reduced in
     /// forward and backward) instead of per rank; needs `bn_groups == 1`.
     pub sync_bn: bool,
+    /// SyncBN over groups of this many consecutive ranks instead of all.
+    pub sync_bn_group: Option<usize>,
+    /// DDP, FSDP or hybrid sharding (`runspec::sharding`).
+    pub sharding: Sharding,
     pub device: Device,
     /// Bound on rendezvous and every collective.
     pub timeout: Duration,
@@ -248,6 +254,8 @@ impl TrainConfig {
             bn_groups: 1,
             // The plan's recipe may ask for it; --sync-bn forces it on.
             sync_bn: args.sync_bn || r.sync_bn,
+            sync_bn_group: r.sync_bn_group,
+            sharding: plan.sharding,
             device,
             timeout: args.timeout,
             predicted_peak: Some(Bytes(plan.predicted.allocated_peak_bytes())),
@@ -344,7 +352,8 @@ pub fn train_rank(cfg: &TrainConfig, env: &RankEnv) -> Result<TrainReport, Train
         backend,
         timeout: cfg.timeout,
     })?;
-    let mut trainer = Trainer::new(&pg, cfg)?;
+    let groups = RankGroups::new(pg, cfg.sharding, cfg.sync_bn_group)?;
+    let mut trainer = Trainer::new(&groups, cfg)?;
     trainer.fit()
 }
 
@@ -368,7 +377,9 @@ pub struct StepOutcome {
 
 /// The per-rank engine.
 pub struct Trainer<'pg> {
+    /// The world group (data, loss, checkpoints) and the sharding's subgroups.
     pg: &'pg ProcessGroup,
+    groups: &'pg RankGroups,
     cfg: TrainConfig,
     arch: ModelArch,
     blocks: Vec<String>,
@@ -389,7 +400,15 @@ pub struct Trainer<'pg> {
 }
 
 impl<'pg> Trainer<'pg> {
-    pub fn new(pg: &'pg ProcessGroup, cfg: &TrainConfig) -> Result<Trainer<'pg>, TrainError> {
+    pub fn new(groups: &'pg RankGroups, cfg: &TrainConfig) -> Result<Trainer<'pg>, TrainError> {
+        let pg = groups.world_group();
+        if groups.sharding() != cfg.sharding.resolved(pg.world_size()) {
+            return Err(TrainError::Config(format!(
+                "the process groups are for {} but the run asks for {}",
+                groups.sharding(),
+                cfg.sharding.resolved(pg.world_size())
+            )));
+        }
         // Count CPU memory from here on (before any tensor of the run exists;
         // idempotent).
         if cfg.device == Device::Cpu {
@@ -408,9 +427,10 @@ impl<'pg> Trainer<'pg> {
             device: cfg.device,
         };
         let seed = cfg.seed;
-        let fsdp = Fsdp::new(pg, &specs, &blocks, &cfg.units, opts, &mut |p| p.init_tensor(seed).map_err(|e| e.to_string()))?;
+        let fsdp = Fsdp::new(groups, &specs, &blocks, &cfg.units, opts, &mut |p| p.init_tensor(seed).map_err(|e| e.to_string()))?;
         let ckpt = Checkpointing::new(&blocks, &cfg.checkpoint_segments).map_err(|e| TrainError::Step { step: 0, source: e })?;
-        let step_events = StepSchedule::compile(&fsdp.layout(), ckpt.segments(), cfg.reshard_after_forward);
+        let reduction = groups.sharding().reduction(pg.world_size());
+        let step_events = StepSchedule::compile(&fsdp.layout(), ckpt.segments(), cfg.reshard_after_forward, reduction);
         let schedule = cfg.schedule(pg.world_size());
         schedule.validate()?;
         if !cfg.images_per_rank.is_multiple_of(cfg.bn_groups.max(1)) {
@@ -423,9 +443,10 @@ impl<'pg> Trainer<'pg> {
             )));
         }
         let mode = Mode::train().with_bn_groups(cfg.bn_groups.max(1));
-        let mode = if cfg.sync_bn { mode.with_sync_bn(pg) } else { mode };
+        let mode = if cfg.sync_bn { mode.with_sync_bn(groups.sync_bn()) } else { mode };
         Ok(Trainer {
             pg,
+            groups,
             arch: arch.clone(),
             bn: BnState::new(&arch, cfg.device),
             optimizer: Optimizer::new(cfg.optim.clone(), specs.len())?,
@@ -456,9 +477,20 @@ impl<'pg> Trainer<'pg> {
         &self.bn
     }
 
+    /// Sums a tensor over the world (the loss, Sinkhorn).
     fn all_reduce_sum(&self) -> impl Fn(&mut Tensor) -> Result<(), ReduceError> + 'pg {
         let pg = self.pg;
         move |t: &mut Tensor| pg.all_reduce_(t, ReduceOp::Sum).map_err(|e| ReduceError(e.to_string()))
+    }
+
+    /// Sums a tensor over the shard group (norms of sharded parameters);
+    /// the identity where this rank holds the parameters whole.
+    fn shard_sum(&self) -> impl Fn(&mut Tensor) -> Result<(), ReduceError> + 'pg {
+        let g = self.groups.shard();
+        move |t: &mut Tensor| match g {
+            Some(g) => g.all_reduce_(t, ReduceOp::Sum).map_err(|e| ReduceError(e.to_string())),
+            None => Ok(()),
+        }
     }
 
     /// Forward + backward of one batch: fills the shard gradients (zeroed
@@ -470,7 +502,7 @@ impl<'pg> Trainer<'pg> {
         // of the master weight before each step (norms reduced over shards).
         if let Some((slice, offset)) = self.fsdp.local_slice("head.proto.weight")? {
             let (k, d) = (self.arch.prototypes, self.arch.embedding_dim());
-            swav::normalize_rows_sharded_(&slice, offset, k, d, &ar)?;
+            swav::normalize_rows_sharded_(&slice, offset, k, d, &self.shard_sum())?;
         }
         crate::phase_timer::add_synced("proto_norm", t_proto);
         let t0 = Instant::now();
@@ -521,9 +553,8 @@ impl<'pg> Trainer<'pg> {
             if used != 1.0 {
                 self.fsdp.scale_grads(1.0 / used)?;
             }
-            let ar = self.all_reduce_sum();
             let shards = self.fsdp.shards();
-            grad_norm = self.optimizer.step(&shards, lr, &ar)?.grad_norm;
+            grad_norm = self.optimizer.step(&shards, lr, &self.shard_sum())?.grad_norm;
         }
         if !self.scaler.enabled && !loss.is_finite() {
             return Err(TrainError::Diverged { step: self.step, loss });
@@ -608,6 +639,7 @@ impl<'pg> Trainer<'pg> {
             loss_scaler: self.scaler.clone(),
             seed: self.cfg.seed,
             units: self.unit_names(),
+            sharding: self.groups.sharding(),
         };
         checkpoint::save_rank(&dir, &RankState { meta, tensors })?;
         self.pg.barrier()?;
@@ -621,7 +653,7 @@ impl<'pg> Trainer<'pg> {
     /// Restores the latest published checkpoint, if any; returns its step.
     pub fn restore_latest(&mut self) -> Result<Option<u64>, TrainError> {
         let Some(sd) = checkpoint::latest(&self.checkpoint_dir())? else { return Ok(None) };
-        let st = checkpoint::load_rank(&sd, self.pg.rank(), self.pg.world_size(), &self.unit_names())?;
+        let st = checkpoint::load_rank(&sd, self.pg.rank(), self.pg.world_size(), self.groups.sharding(), &self.unit_names())?;
         if st.meta.seed != self.cfg.seed {
             return Err(TrainError::Config(format!("checkpoint {} used seed {}, this run seed {}", sd.display(), st.meta.seed, self.cfg.seed)));
         }

@@ -30,6 +30,7 @@ fn tiny_plan(world: usize) -> Plan {
         batch_per_rank: 4,
         precision: Precision { compute: DType::Fp32, reduce: DType::Fp32 },
         reshard_after_forward: true,
+        sharding: runspec::sharding::Sharding::fsdp(world),
         wrapping: Wrapping::PerBlock,
         units: vec![],
         checkpoint_segments: vec![vec!["s1.b0".into()]],

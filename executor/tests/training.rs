@@ -8,6 +8,7 @@ use cost_models::config::ModelConfig;
 use executor::augment::{AugmentConfig, CropSpec};
 use executor::data::DataPosition;
 use executor::fsdp::UnitSpec;
+use executor::groups::RankGroups;
 use executor::launch::{self, LaunchError, LaunchOptions, RankEnv};
 use executor::model::ModelArch;
 use executor::optim::{Larc, OptimConfig};
@@ -15,6 +16,7 @@ use executor::precision::Precision;
 use executor::reference::ReferenceTrainer;
 use executor::swav::SwavLossConfig;
 use executor::train::{self, TrainConfig, Trainer};
+use runspec::sharding::Sharding;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tch::{Device, Tensor};
@@ -77,6 +79,8 @@ fn config(world: usize, out: &Path, ckpt: bool, reshard: bool) -> TrainConfig {
         // BN statistics over groups of 4 images, whatever the world size.
         bn_groups: images_per_rank / 4,
         sync_bn: false,
+        sync_bn_group: None,
+        sharding: sharding_from_env(world),
         device: Device::Cpu,
         timeout: Duration::from_secs(60),
         predicted_peak: None,
@@ -84,6 +88,17 @@ fn config(world: usize, out: &Path, ckpt: bool, reshard: bool) -> TrainConfig {
         progress: false,
         record_events: false,
     }
+}
+
+/// The sharding a worker runs (`SSC_SHARDING`: ddp, fsdp, hybrid:S;
+/// default FSDP over the world).
+fn sharding_from_env(world: usize) -> Sharding {
+    std::env::var("SSC_SHARDING").ok().map_or(Sharding::fsdp(world), |s| s.parse::<Sharding>().unwrap().resolved(world))
+}
+
+/// The worker's process groups for its sharding.
+fn groups(cfg: &TrainConfig) -> RankGroups {
+    RankGroups::new(group(Duration::from_secs(60)), cfg.sharding, cfg.sync_bn_group).unwrap()
 }
 
 fn env_of(rank: usize, world: usize, port: u16) -> RankEnv {
@@ -149,13 +164,14 @@ fn tensor_diffs(a: &std::collections::BTreeMap<String, Tensor>, b: &std::collect
 // ------------------------------------------------------------ equivalence
 
 #[test]
-#[ignore = "worker: run by world_sizes_1_2_4_agree_in_fp32"]
+#[ignore = "worker: run by world_sizes_1_2_4_and_every_sharding_agree_in_fp32"]
 fn worker_equivalence() {
     let (rank, world, _, dir) = worker_env();
-    let pg = group(Duration::from_secs(60));
     let mut cfg = config(world, &dir.join(format!("w{world}")), true, true);
     cfg.stop_after = Some(3);
-    let mut t = Trainer::new(&pg, &cfg).unwrap();
+    let groups = groups(&cfg);
+    let label = if cfg.sharding.strategy == runspec::sharding::Strategy::Fsdp { format!("w{world}") } else { format!("w{world}-{}", cfg.sharding) };
+    let mut t = Trainer::new(&groups, &cfg).unwrap();
     let report = t.fit().unwrap();
     let params = t.fsdp().full_params().unwrap();
     if world == 1 {
@@ -174,24 +190,27 @@ fn worker_equivalence() {
     }
     if rank == 0 {
         let losses: Vec<f64> = report.metrics.iter().map(|m| m.loss).collect();
-        write_losses(&dir.join(format!("losses_w{world}.json")), &losses);
-        Tensor::save_multi(&params.iter().map(|(n, t)| (n.replace('.', ":"), t)).collect::<Vec<_>>(), dir.join(format!("params_w{world}.pt"))).unwrap();
+        write_losses(&dir.join(format!("losses_{label}.json")), &losses);
+        Tensor::save_multi(&params.iter().map(|(n, t)| (n.replace('.', ":"), t)).collect::<Vec<_>>(), dir.join(format!("params_{label}.pt"))).unwrap();
     }
 }
 
+/// World sizes 1, 2 and 4 under FSDP, and 4 ranks under hybrid sharding
+/// (2 shard groups of 2) and DDP, on the same global batch.
 #[test]
-fn world_sizes_1_2_4_agree_in_fp32() {
+fn world_sizes_1_2_4_and_every_sharding_agree_in_fp32() {
     let dir = temp_dir("equiv");
-    for world in [1, 2, 4] {
-        let outs = run_ranks("worker_equivalence", world, &dir, &[("OMP_NUM_THREADS", "1".into())], Duration::from_secs(240));
+    for (world, sharding) in [(1, "fsdp"), (2, "fsdp"), (4, "fsdp"), (4, "hybrid:2"), (4, "ddp")] {
+        let env = [("OMP_NUM_THREADS", "1".into()), ("SSC_SHARDING", sharding.to_string())];
+        let outs = run_ranks("worker_equivalence", world, &dir, &env, Duration::from_secs(240));
         assert_all_ok(&outs);
     }
     let l1 = read_losses(&dir.join("losses_w1.json"));
     assert_eq!(l1.len(), 3);
-    let load = |w: usize| -> std::collections::BTreeMap<String, Tensor> {
-        Tensor::load_multi(dir.join(format!("params_w{w}.pt"))).unwrap().into_iter().map(|(n, t)| (n.replace(':', "."), t)).collect()
+    let load = |w: &str| -> std::collections::BTreeMap<String, Tensor> {
+        Tensor::load_multi(dir.join(format!("params_{w}.pt"))).unwrap().into_iter().map(|(n, t)| (n.replace(':', "."), t)).collect()
     };
-    let p1 = load(1);
+    let p1 = load("w1");
     // The initial parameters, to show the 3 steps changed something.
     let init = ModelArch::new(&ModelConfig::load("regnety-tiny").unwrap()).unwrap().init_params(7).unwrap();
     assert_eq!(p1.len(), init.len());
@@ -210,12 +229,12 @@ fn world_sizes_1_2_4_agree_in_fp32() {
         assert!(rel_diff(&pref[n], a) < 1e-7, "{n}: FSDP world 1 vs reference {}", rel_diff(&pref[n], a));
     }
     // Sharded runs sum gradients in another order (per rank, then
-    // reduce-scatter); fp32 rounding is all that may differ.
+    // reduce-scatter and all-reduce); fp32 rounding is all that may differ.
     let flat = |p: &std::collections::BTreeMap<String, Tensor>| Tensor::cat(&p.values().map(|t| t.reshape([-1])).collect::<Vec<_>>(), 0);
-    for world in [2, 4] {
-        let l = read_losses(&dir.join(format!("losses_w{world}.json")));
+    for world in ["w2", "w4", "w4-hybrid:2", "w4-ddp"] {
+        let l = read_losses(&dir.join(format!("losses_{world}.json")));
         for (s, (a, b)) in l1.iter().zip(&l).enumerate() {
-            assert!(((a - b) / a).abs() < 1e-5, "step {s}: loss world 1 {a} vs world {world} {b}");
+            assert!(((a - b) / a).abs() < 1e-5, "step {s}: loss world 1 {a} vs {world} {b}");
         }
         let p = load(world);
         assert_eq!(p.len(), p1.len());
@@ -247,7 +266,6 @@ fn load_tensors(path: &Path) -> std::collections::BTreeMap<String, Tensor> {
 #[ignore = "worker: run by sync_bn_over_2_ranks_equals_one_unsplit_process"]
 fn worker_sync_bn() {
     let (rank, world, _, dir) = worker_env();
-    let pg = group(Duration::from_secs(60));
     // Checkpointed segments and resharding on, so the recompute path (BN
     // forward again, running stats left alone, all-reduce still matched)
     // is part of the comparison.
@@ -255,15 +273,33 @@ fn worker_sync_bn() {
     cfg.bn_groups = 1;
     cfg.sync_bn = world > 1;
     cfg.stop_after = Some(3);
+    // World 4: SyncBN in groups of 2 ranks (8 images, as SEER's groups of 64).
+    let label = if world == 4 {
+        cfg.sync_bn_group = Some(2);
+        "w4-groups2".to_string()
+    } else {
+        format!("w{world}")
+    };
+    let pg = groups(&cfg);
     let mut t = Trainer::new(&pg, &cfg).unwrap();
     let report = t.fit().unwrap();
     assert!(report.metrics.iter().all(|m| m.sync_bn == cfg.sync_bn));
     let params = t.fsdp().full_params().unwrap();
     let bn: Vec<(String, Tensor)> = t.bn().buffers().into_iter().map(|(n, b)| (n, b.copy())).collect();
-    save_tensors(&dir.join(format!("bn_w{world}_r{rank}.pt")), &bn);
+    save_tensors(&dir.join(format!("bn_{label}_r{rank}.pt")), &bn);
     if rank == 0 {
-        write_losses(&dir.join(format!("losses_w{world}.json")), &report.metrics.iter().map(|m| m.loss).collect::<Vec<_>>());
-        save_tensors(&dir.join(format!("params_w{world}.pt")), &params);
+        write_losses(&dir.join(format!("losses_{label}.json")), &report.metrics.iter().map(|m| m.loss).collect::<Vec<_>>());
+        save_tensors(&dir.join(format!("params_{label}.pt")), &params);
+    }
+    if world == 1 {
+        // BN over two groups of 8 images: what SyncBN groups of 2 of 4 ranks compute.
+        let mut halves = config(1, &dir.join("halves"), true, true);
+        halves.bn_groups = 2;
+        halves.stop_after = Some(3);
+        let mut t = Trainer::new(&pg, &halves).unwrap();
+        let r = t.fit().unwrap();
+        write_losses(&dir.join("losses_w1-bn2.json"), &r.metrics.iter().map(|m| m.loss).collect::<Vec<_>>());
+        save_tensors(&dir.join("params_w1-bn2.pt"), &t.fsdp().full_params().unwrap());
     }
     if world == 1 {
         // Per-rank BN of 2 ranks (emulated), first step only: what SyncBN
@@ -279,7 +315,7 @@ fn worker_sync_bn() {
 #[test]
 fn sync_bn_over_2_ranks_equals_one_unsplit_process() {
     let dir = temp_dir("syncbn");
-    for world in [1, 2] {
+    for world in [1, 2, 4] {
         let outs = run_ranks("worker_sync_bn", world, &dir, &[("OMP_NUM_THREADS", "1".into())], Duration::from_secs(240));
         assert_all_ok(&outs);
     }
@@ -308,6 +344,17 @@ fn sync_bn_over_2_ranks_equals_one_unsplit_process() {
         worst_bn = worst_bn.max(rel_diff(a, &bn_r0[n]));
     }
     assert!(worst_bn < 1e-5, "BN running stats: world 1 vs world 2 SyncBN relative difference {worst_bn}");
+    // SyncBN groups of 2 ranks of 4 = BN over two halves of the batch.
+    let (lh, l4) = (read_losses(&dir.join("losses_w1-bn2.json")), read_losses(&dir.join("losses_w4-groups2.json")));
+    for (s, (a, b)) in lh.iter().zip(&l4).enumerate() {
+        assert!(((a - b) / a).abs() < 1e-5, "step {s}: BN over 2 halves {a} vs SyncBN groups of 2 of 4 ranks {b}: {lh:?} vs {l4:?}");
+    }
+    assert!(((lh[0] - l1[0]) / l1[0]).abs() > 1e-4, "BN over halves equals BN over all: vacuous");
+    let groups_diff = rel_diff(&flat(&load_tensors(&dir.join("params_w1-bn2.pt"))), &flat(&load_tensors(&dir.join("params_w4-groups2.pt"))));
+    assert!(groups_diff < 1e-5, "all parameters: BN over halves vs SyncBN groups of 2: {groups_diff}");
+    let (g0, g2) = (load_tensors(&dir.join("bn_w4-groups2_r0.pt")), load_tensors(&dir.join("bn_w4-groups2_r2.pt")));
+    assert!(g0.iter().any(|(n, a)| !a.equal(&g2[n])), "the two SyncBN groups saw the same statistics: vacuous");
+    println!("SyncBN groups of 2 of 4 ranks vs BN over two halves: losses {l4:?} vs {lh:?}; params {groups_diff:.2e}");
     println!(
         "SyncBN world 2 vs world 1: losses {l2:?} vs {l1:?}; params {whole:.2e} overall, worst tensor {} {:.2e}, worst not zero-initialised {} {:.2e}; BN buffers {worst_bn:.2e}; per-rank BN first loss {per_rank}",
         zero[0].1, zero[0].0, rest[0].1, rest[0].0
@@ -320,8 +367,8 @@ fn sync_bn_over_2_ranks_equals_one_unsplit_process() {
 #[ignore = "worker: run by checkpointing_and_resharding_do_not_change_gradients"]
 fn worker_grads() {
     let (rank, world, _, dir) = worker_env();
-    let pg = group(Duration::from_secs(60));
     let base = config(world, &dir, false, false);
+    let pg = groups(&base);
     let batch = train::load_batch(&base.data_dir, &base, rank, world, DataPosition::default()).unwrap();
     // Per-rank BN, then SyncBN (whose recompute pass all-reduces again).
     for sync_bn in [false, true] {
@@ -432,28 +479,45 @@ fn worker_launched() {
     }
 }
 
-#[test]
-fn a_killed_rank_stops_the_job_with_an_error() {
-    let dir = temp_dir("kill");
+/// Kills rank `victim` of a `world`-rank job under `sharding` at step 1.
+fn kill_one_rank(name: &str, world: usize, sharding: &str, victim: usize) {
+    let dir = temp_dir(name);
     let exe = std::env::current_exe().unwrap();
     let args: Vec<std::ffi::OsString> = ["--ignored", "--exact", "worker_launched", "--nocapture", "--test-threads=1"].iter().map(Into::into).collect();
-    let mut opts = LaunchOptions::local(2);
+    let mut opts = LaunchOptions::local(world);
     opts.grace = Duration::from_secs(20);
     opts.deadline = Some(Duration::from_secs(120));
-    opts.env =
-        vec![("SEERSCALE_FAULT".into(), "rank=1,step=1".into()), ("SSC_TEST_DIR".into(), dir.display().to_string()), ("OMP_NUM_THREADS".into(), "1".into())];
+    opts.env = vec![
+        ("SEERSCALE_FAULT".into(), format!("rank={victim},step=1")),
+        ("SSC_TEST_DIR".into(), dir.display().to_string()),
+        ("SSC_SHARDING".into(), sharding.into()),
+        ("OMP_NUM_THREADS".into(), "1".into()),
+    ];
     let t = Instant::now();
     let err = launch::launch_local(&exe, &args, &opts).unwrap_err();
     let took = t.elapsed();
     match &err {
         LaunchError::RankFailed { rank, status, .. } => {
-            assert_eq!(*rank, 1, "{err}");
+            assert_eq!(*rank, victim, "{err}");
             assert!(status.contains("signal 6"), "{err}");
         }
         e => panic!("expected RankFailed, got {e}"),
     }
     assert!(took < Duration::from_secs(60), "took {took:?}");
-    println!("{err} (after {took:?})");
+    println!("{sharding}: {err} (after {took:?})");
+}
+
+#[test]
+fn a_killed_rank_stops_the_job_with_an_error() {
+    kill_one_rank("kill", 2, "fsdp", 1);
+}
+
+/// Rank 3 of hybrid:2 on 4 ranks is in shard group {2, 3} and replica
+/// group {1, 3}: its peers in both subgroups (and the others, in the world
+/// group) must stop.
+#[test]
+fn a_killed_rank_in_a_subgroup_stops_the_job_with_an_error() {
+    kill_one_rank("kill-hybrid", 4, "hybrid:2", 3);
 }
 
 // ------------------------------------------------------------ learning
@@ -462,9 +526,9 @@ fn a_killed_rank_stops_the_job_with_an_error() {
 #[ignore = "worker: run by loss_goes_down_on_the_bundled_photos"]
 fn worker_learn() {
     let (rank, world, _, dir) = worker_env();
-    let pg = group(Duration::from_secs(60));
     let mut cfg = config(world, &dir, true, true);
     cfg.steps = 40;
+    let pg = groups(&cfg);
     let mut t = Trainer::new(&pg, &cfg).unwrap();
     let report = t.fit().unwrap();
     if rank == 0 {
@@ -493,7 +557,7 @@ fn loss_goes_down_on_the_bundled_photos() {
 #[ignore = "worker: run by bf16_and_fp16_track_fp32"]
 fn worker_precision() {
     let (rank, world, _, dir) = worker_env();
-    let pg = group(Duration::from_secs(60));
+    let pg = groups(&config(world, &dir, true, true));
     let mut firsts = Vec::new();
     for (name, p, fp32_reduce) in [("fp32", Precision::Fp32, true), ("bf16", Precision::Bf16, false), ("fp16", Precision::Fp16, false)] {
         let mut cfg = config(world, &dir.join(name), true, true);

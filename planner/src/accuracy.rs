@@ -25,7 +25,7 @@
 use crate::build::build_plan;
 use crate::build::reference_decisions;
 use crate::recipe::Recipe;
-use crate::search::{BatchPolicy, GpuCount, SearchSpace, Searcher};
+use crate::search::{BatchPolicy, GpuCount, SearchSpace, Searcher, ShardingSpace, DEFAULT_BUCKET_MIB};
 use crate::step_costs::estimated_block;
 use cost_models::compute::ComputeModel;
 use cost_models::config::{ModelConfig, SwavHeadSpec};
@@ -470,7 +470,9 @@ fn published_rows() -> Result<Vec<Row>, AccuracyError> {
         hardware: vec![HardwareProfile::from_spec(hw)],
         gpus: GpuCount::Fixed(recipe.cluster.gpus),
         batch: BatchPolicy::PerGpu(rp.batch_per_gpu),
+        shardings: ShardingSpace::Only(rp.sharding.parse().map_err(|e: runspec::sharding::ShardingError| AccuracyError::Plan(e.0))?),
         wrappings: vec![rp.wrapping],
+        bucket_mib: DEFAULT_BUCKET_MIB,
         precisions: vec![rp.precision],
         reshard: vec![rp.reshard_after_forward],
         exhaustive: true,

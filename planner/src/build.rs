@@ -8,6 +8,7 @@ use crate::plan::{ModelFingerprint, Plan, Precision, Predicted, PLAN_SCHEMA_VERS
 use crate::search::{Evaluated, SearchError, Searcher};
 use crate::wrapping::{unit_plans, units_for};
 use cost_models::graph::{ModelGraph, Workload};
+use runspec::sharding::Sharding;
 
 /// The plan for `e`, with the full memory report it predicts.
 pub fn build_plan(s: &mut Searcher, e: &Evaluated) -> Result<(Plan, MemoryReport), SearchError> {
@@ -51,6 +52,7 @@ pub fn build_plan(s: &mut Searcher, e: &Evaluated) -> Result<(Plan, MemoryReport
         batch_per_rank: d.batch_per_rank,
         precision: d.precision,
         reshard_after_forward: d.reshard_after_forward,
+        sharding: d.sharding.resolved(d.world_size),
         wrapping: d.wrapping,
         units: unit_plans(&units),
         checkpoint_segments: segments,
@@ -72,6 +74,7 @@ pub fn reference_decisions(s: &mut Searcher, world: usize) -> Option<Decisions> 
         batch_per_rank: rp.batch_per_gpu,
         precision: Precision { compute: rp.precision, reduce: rp.precision },
         reshard_after_forward: rp.reshard_after_forward,
+        sharding: rp.sharding.parse::<Sharding>().ok()?.resolved(world),
         wrapping: rp.wrapping,
         checkpoint,
     })

@@ -324,6 +324,7 @@ mod tests {
             batch_per_rank: 16,
             precision: Precision { compute: DType::Fp16, reduce: DType::Fp16 },
             reshard_after_forward: reshard,
+            sharding: runspec::sharding::Sharding::fsdp(496),
             wrapping: Wrapping::Vissl,
             checkpoint: vec![],
         };

@@ -6,6 +6,7 @@
 use cost_models::hardware::{DeviceKind, HardwareSpec, Measured};
 use cost_models::topology::{GroupLinks, Topology, TopologyError};
 use cost_models::{Bandwidth, Bytes, FlopRate};
+use runspec::sharding::Sharding;
 use std::collections::HashMap;
 
 /// Most rank processes one CPU machine is split into.
@@ -130,14 +131,53 @@ pub fn nodes_for(rank_hw: &HardwareSpec, world: usize) -> usize {
     world.div_ceil(rank_hw.gpus_per_node().max(1))
 }
 
+/// The links of every group one rank's step uses.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RankLinks {
+    pub world: GroupLinks,
+    /// Its shard group (`s` consecutive ranks).
+    pub shard: GroupLinks,
+    /// Its replica group (the ranks with its index in their shard group).
+    pub replica: GroupLinks,
+    /// Its SyncBN group (`k` consecutive ranks, or the world).
+    pub sync_bn: GroupLinks,
+}
+
 /// World-group links per world size (building a topology of a 1000-GPU
 /// cluster is the expensive part; a sweep needs each one once).
 #[derive(Default)]
 pub struct LinkCache {
     links: HashMap<(String, usize), GroupLinks>,
+    topologies: HashMap<(String, usize), Topology>,
+    groups: HashMap<(String, usize, usize, usize), RankLinks>,
 }
 
 impl LinkCache {
+    /// Rank 0's groups under `sharding` (resolved) and SyncBN groups of
+    /// `sync_bn_group` ranks (`None`: the world). Every rank's groups look
+    /// alike: nodes are identical and groups are aligned to them.
+    pub fn groups(&mut self, rank_hw: &HardwareSpec, world: usize, sharding: Sharding, sync_bn_group: Option<usize>) -> Result<&RankLinks, TopologyError> {
+        let s = sharding.resolved(world).shard_group.clamp(1, world.max(1));
+        let k = sync_bn_group.unwrap_or(world).clamp(1, world.max(1));
+        let hw = format!("{}/{}", rank_hw.id, rank_hw.gpus_per_node());
+        let key = (hw.clone(), world, s, k);
+        if !self.groups.contains_key(&key) {
+            if !self.topologies.contains_key(&(hw.clone(), world)) {
+                self.topologies.insert((hw.clone(), world), Topology::build(rank_hw, nodes_for(rank_hw, world))?);
+            }
+            let topo = &self.topologies[&(hw, world)];
+            let sh = Sharding::hybrid(s);
+            let links = RankLinks {
+                world: topo.group(&(0..world).collect::<Vec<_>>())?,
+                shard: topo.group(&sh.shard_group_of(0))?,
+                replica: topo.group(&sh.replica_group_of(0, world))?,
+                sync_bn: topo.group(&(0..k).collect::<Vec<_>>())?,
+            };
+            self.groups.insert(key.clone(), links);
+        }
+        Ok(&self.groups[&key])
+    }
+
     pub fn world(&mut self, rank_hw: &HardwareSpec, world: usize) -> Result<&GroupLinks, TopologyError> {
         let key = (format!("{}/{}", rank_hw.id, rank_hw.gpus_per_node()), world);
         if !self.links.contains_key(&key) {

@@ -41,6 +41,7 @@ pub fn decisions_for_plan(plan: &Plan, segments: Vec<Range<usize>>) -> Decisions
         batch_per_rank: plan.batch_per_rank,
         precision: plan.precision,
         reshard_after_forward: plan.reshard_after_forward,
+        sharding: plan.sharding,
         wrapping: plan.wrapping,
         checkpoint: segments,
     }
@@ -218,6 +219,7 @@ mod tests {
             batch_per_rank: batch,
             precision: Precision { compute: dt, reduce: dt },
             reshard_after_forward: true,
+            sharding: runspec::sharding::Sharding::fsdp(world),
             wrapping,
             checkpoint: segs.to_vec(),
         };
@@ -235,6 +237,7 @@ mod tests {
             batch_per_rank: batch,
             precision: d.precision,
             reshard_after_forward: true,
+            sharding: d.sharding,
             wrapping,
             units: unit_plans(&units),
             checkpoint_segments: segs.iter().map(|r| names[r.clone()].to_vec()).collect(),

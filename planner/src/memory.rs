@@ -11,8 +11,10 @@
 //!   all its units and recompute it with grad; back-propagate the block
 //!   (gradient of its output in, gradient of its input and flat-parameter
 //!   gradients out); accumulate unit gradients in the reduce dtype; when a
-//!   unit's first block is done, free its parameters and start its
-//!   reduce-scatter (at most two in flight);
+//!   unit's first block is done, free its parameters and reduce its
+//!   gradient as the sharding does (reduce-scatter within the shard group,
+//!   all-reduce across replicas, each at most two in flight), then add it
+//!   into the fp32 shard gradient;
 //! * optimizer step on the fp32 shards.
 //!
 //! Two evaluations of the same model: [`MemoryModel::report`] replays the
@@ -33,7 +35,8 @@ use cost_models::hardware::{DeviceKind, HardwareSpec};
 use cost_models::units::MIB;
 use cost_models::{Bytes, DType};
 use runspec::schedule::{Event, Keep, Layout, Schedule};
-use std::collections::{BTreeMap, VecDeque};
+use runspec::sharding::{Reduction, Sharding};
+use std::collections::BTreeMap;
 use std::ops::Range;
 
 /// What the search decides (checkpointing is evaluated separately).
@@ -43,9 +46,18 @@ pub struct Decisions {
     pub batch_per_rank: usize,
     pub precision: Precision,
     pub reshard_after_forward: bool,
+    /// DDP, FSDP or hybrid (resolved: its shard group is set).
+    pub sharding: Sharding,
     pub wrapping: Wrapping,
     /// Checkpointed segments: block index ranges.
     pub checkpoint: Vec<Range<usize>>,
+}
+
+impl Decisions {
+    /// Ranks a parameter is sharded over.
+    pub fn shard_group(&self) -> usize {
+        self.sharding.resolved(self.world_size).shard_group.max(1)
+    }
 }
 
 /// Memory categories of the breakdown, in display order.
@@ -185,31 +197,25 @@ pub struct UnitMem {
     pub shard: Bytes,
     /// Unsharded gradient accumulated in the reduce dtype.
     pub grad_acc: Bytes,
-    /// Reduce-scatter output shard (reduce dtype).
+    /// Reduce-scatter output shard (reduce dtype); 0 where nothing
+    /// scatters (the whole gradient is then reduced in place).
     pub rs_out: Bytes,
-    /// fp32 copy of `rs_out` made when adding it into the grad shard (0 if
-    /// the reduce dtype is fp32).
+    /// fp32 copy of the reduced gradient made when adding it into the grad
+    /// shard (0 if the reduce dtype is fp32).
     pub rs_cast: Bytes,
     /// Gradient of the flat parameter produced by a block's backward.
     pub param_grad: Bytes,
-    /// The reduce-scatter keeps its input (`grad_acc`) until it completes;
-    /// a group of one rank copies at issue, so the executor frees it then.
-    pub rs_holds_input: bool,
 }
 
-impl UnitMem {
-    /// Unsharded gradient bytes freed when the reduce-scatter is issued.
-    fn acc_freed_at_issue(&self) -> u64 {
-        if self.rs_holds_input {
-            0
-        } else {
-            self.grad_acc.0
-        }
-    }
-    /// Bytes freed when the reduce-scatter completes.
-    fn freed_at_completion(&self) -> u64 {
-        self.rs_out.0 + if self.rs_holds_input { self.grad_acc.0 } else { 0 }
-    }
+/// What one gradient event of the schedule does to memory: the unit's
+/// gathered parameters freed, bytes allocated, then (if it is a point of
+/// the timeline) the bytes live only at that point, then bytes freed.
+struct GradEffect {
+    unit: usize,
+    frees_params: bool,
+    alloc: u64,
+    point: Option<(&'static str, u64)>,
+    free: u64,
 }
 
 /// Data-loading workers per rank the executor uses by default
@@ -252,6 +258,8 @@ pub struct MemProfile {
     pub units: Vec<UnitMem>,
     pub statics: StaticMem,
     pub reshard_after_forward: bool,
+    /// The collectives that reduce a gradient (from the sharding).
+    pub reduction: Reduction,
     pub allocator: Allocator,
     pub usable: Bytes,
 }
@@ -388,15 +396,11 @@ impl MemoryModel {
         let n = p.blocks.len();
         let nu = p.units.len();
         let mut units_of = vec![Vec::new(); n];
-        let mut starting_at = vec![Vec::new(); n];
         // Clamp spans so a malformed profile cannot index out of bounds.
         let spans: Vec<Range<usize>> = p.units.iter().map(|u| u.blocks.start.min(n)..u.blocks.end.min(n)).collect();
         for (ui, r) in spans.iter().enumerate() {
             for b in r.clone() {
                 units_of[b].push(ui);
-            }
-            if r.start < r.end {
-                starting_at[r.start].push(ui);
             }
         }
         // 2-D suffix/prefix sums for gathered bytes by (start <= s, last >= e).
@@ -416,47 +420,72 @@ impl MemoryModel {
                 q[s * n + e] += q[(s - 1) * n + e];
             }
         }
-        // Gradient state over backward: does not depend on checkpointing.
-        let mut gs = 0u64;
-        let mut has_acc = vec![false; nu];
-        let mut pending: VecDeque<usize> = VecDeque::new();
-        let (mut gs_bwd, mut pg, mut post, mut post_max) = (vec![0; n], vec![0; n], vec![Vec::new(); n], vec![0i64; n]);
-        for i in (0..n).rev() {
-            gs_bwd[i] = gs;
-            pg[i] = units_of[i].iter().map(|&u| p.units[u].param_grad.0).sum();
-            for &u in &units_of[i] {
-                if !has_acc[u] {
-                    has_acc[u] = true;
-                    gs += p.units[u].grad_acc.0;
-                }
-            }
-            let mut freed = 0u64;
-            let mut ev = Vec::new();
-            for &u in &starting_at[i] {
-                freed += p.units[u].unsharded.0;
-                gs += p.units[u].rs_out.0;
-                pending.push_back(u);
-                ev.push((gs, freed));
-                gs -= p.units[u].acc_freed_at_issue();
-                while pending.len() > 2 {
-                    let v = pending.pop_front().unwrap_or(u);
-                    ev.push((gs + p.units[v].rs_cast.0, freed));
-                    gs -= p.units[v].freed_at_completion();
-                }
-            }
-            post_max[i] = ev.iter().map(|&(g, f)| g as i64 - f as i64).max().unwrap_or(i64::MIN);
-            post[i] = ev;
-        }
+        // Gradient state over backward: does not depend on checkpointing,
+        // so it is read off the schedule compiled without segments.
         let params_shard: u64 = p.units.iter().map(|u| u.shard.0).sum();
         let static_base = params_shard * (2 + p.statics.optimizer_states) + p.statics.input_batch.0 + p.statics.host_batches.0 + p.statics.bn_buffers.0;
-        let mut tail_max = static_base + p.statics.optimizer_transient.0;
-        for &v in &pending {
-            tail_max = tail_max.max(static_base + gs + p.units[v].rs_cast.0);
-            gs -= p.units[v].freed_at_completion();
+        let tail_max = static_base + p.statics.optimizer_transient.0;
+        let mut m = MemoryModel {
+            n,
+            static_base,
+            units_of,
+            q,
+            gs_bwd: vec![0; n],
+            pg: vec![0; n],
+            post: vec![Vec::new(); n],
+            post_max: vec![i64::MIN; n],
+            tail_max,
+            p,
+        };
+        let mut gs = 0u64;
+        let mut has_acc = vec![false; nu];
+        let mut block: Option<usize> = None;
+        let mut freed = 0u64;
+        let schedule = Schedule::compile(&m.layout(), &[], m.p.reshard_after_forward, m.p.reduction);
+        for &event in &schedule.events {
+            if let Event::Backward { block: i } = event {
+                m.gs_bwd[i] = gs;
+                m.pg[i] = m.units_of[i].iter().map(|&u| m.p.units[u].param_grad.0).sum();
+                for &u in &m.units_of[i] {
+                    if !std::mem::replace(&mut has_acc[u], true) {
+                        gs += m.p.units[u].grad_acc.0;
+                    }
+                }
+                block = Some(i);
+                freed = 0;
+            } else if let (Some(e), Some(i)) = (m.grad_effect(event), block) {
+                if e.frees_params {
+                    freed += m.p.units[e.unit].unsharded.0;
+                }
+                gs += e.alloc;
+                if let Some((_, extra)) = e.point {
+                    m.post[i].push((gs + extra, freed));
+                }
+                gs -= e.free;
+            }
         }
-        MemoryModel { p, n, static_base, units_of, q, gs_bwd, pg, post, post_max, tail_max }
+        for i in 0..n {
+            m.post_max[i] = m.post[i].iter().map(|&(g, f)| g as i64 - f as i64).max().unwrap_or(i64::MIN);
+        }
+        m
     }
 
+    /// The memory effect of a gradient event (`None` for other events).
+    fn grad_effect(&self, event: Event) -> Option<GradEffect> {
+        let none = |unit| GradEffect { unit, frees_params: false, alloc: 0, point: None, free: 0 };
+        Some(match event {
+            Event::GradReady { unit } => GradEffect { frees_params: true, ..none(unit) },
+            Event::ReduceScatter { unit } => GradEffect { alloc: self.p.units[unit].rs_out.0, point: Some(("reduce-scatter", 0)), ..none(unit) },
+            Event::WaitReduceScatter { unit } => GradEffect { free: self.p.units[unit].grad_acc.0, ..none(unit) },
+            Event::AllReduce { unit } | Event::WaitAllReduce { unit } => none(unit),
+            Event::ShardGrad { unit } => {
+                let u = &self.p.units[unit];
+                let buffer = if self.p.reduction.scatter { u.rs_out.0 } else { u.grad_acc.0 };
+                GradEffect { point: Some(("gradient into shard", u.rs_cast.0)), free: buffer, ..none(unit) }
+            }
+            _ => return None,
+        })
+    }
     /// Which units each block needs (the units' block spans), for the
     /// step schedule the replay walks.
     pub fn layout(&self) -> Layout {
@@ -760,17 +789,30 @@ impl<'m> Replay<'m> {
         let mut held_by: Vec<Option<(usize, u64)>> = vec![None; n];
         let mut grad_y = 0u64;
         let mut has_acc = vec![false; m.p.units.len()];
-        let mut pending: VecDeque<usize> = VecDeque::new();
         // Which category holds block i's kept bytes right now.
         let mut kept_in: Vec<Category> = vec![Category::Activations; n];
-        // Block whose input is released once its reduce-scatters are issued.
+        // Block whose input is released once its gradient events are done.
         let mut release: Option<usize> = None;
-        let schedule = Schedule::compile(&m.layout(), self.segs, m.p.reshard_after_forward);
+        let schedule = Schedule::compile(&m.layout(), self.segs, m.p.reshard_after_forward, m.p.reduction);
         for &event in &schedule.events {
-            if !matches!(event, Event::ReduceScatter { .. }) {
+            let effect = m.grad_effect(event);
+            if effect.is_none() {
                 if let Some((pb, b)) = release.take().and_then(|i| held_by[i].take()) {
                     self.act(Category::Activations, pb, b, false);
                 }
+            }
+            if let Some(e) = effect {
+                if e.frees_params {
+                    self.free(e.unit);
+                }
+                self.add(Category::GradBuffers, e.alloc);
+                self.unit_live[e.unit] += e.alloc;
+                if let Some((what, extra)) = e.point {
+                    self.emit(format!("{what} {}", m.p.units[e.unit].name), &[(Category::Transient, extra)], None);
+                }
+                self.sub(Category::GradBuffers, e.free);
+                self.unit_live[e.unit] -= e.free;
+                continue;
             }
             match event {
                 Event::Prologue | Event::LossAllReduce => {}
@@ -825,32 +867,19 @@ impl<'m> Replay<'m> {
                     self.add(Category::Transient, grad_y);
                     release = Some(i);
                 }
-                Event::ReduceScatter { unit: u } => {
-                    self.free(u);
-                    let out = m.p.units[u].rs_out.0;
-                    self.add(Category::GradBuffers, out);
-                    self.unit_live[u] += out;
-                    pending.push_back(u);
-                    self.emit(format!("reduce-scatter {}", m.p.units[u].name), &[], None);
-                    let early = m.p.units[u].acc_freed_at_issue();
-                    self.sub(Category::GradBuffers, early);
-                    self.unit_live[u] -= early;
-                    while pending.len() > 2 {
-                        if let Some(v) = pending.pop_front() {
-                            self.complete(v);
-                        }
-                    }
-                }
                 Event::Drain => {
                     self.sub(Category::Transient, grad_y);
                     grad_y = 0;
-                    while let Some(v) = pending.pop_front() {
-                        self.complete(v);
-                    }
                     for u in 0..m.p.units.len() {
                         self.free(u);
                     }
                 }
+                Event::GradReady { .. }
+                | Event::ReduceScatter { .. }
+                | Event::WaitReduceScatter { .. }
+                | Event::AllReduce { .. }
+                | Event::WaitAllReduce { .. }
+                | Event::ShardGrad { .. } => {}
                 Event::Optimizer => self.emit("optimizer".into(), &[(Category::Transient, m.p.statics.optimizer_transient.0)], None),
             }
         }
@@ -864,16 +893,6 @@ impl<'m> Replay<'m> {
         let mut by_block: Vec<(String, Bytes)> = bl.iter().zip(&by_block).map(|(b, &x)| (b.name.clone(), Bytes(x))).collect();
         by_block.sort_by_key(|x| std::cmp::Reverse(x.1));
         MemoryReport { peak: Bytes(peak), peak_event, breakdown, by_unit, by_block, timeline: self.events, usable: m.p.usable }
-    }
-
-    /// Waits for a reduce-scatter: fp32 copy of its output added into the
-    /// grad shard, then the unsharded gradient and output are freed.
-    fn complete(&mut self, v: usize) {
-        let u = &self.m.p.units[v];
-        let (cast, freed) = (u.rs_cast.0, u.freed_at_completion());
-        self.emit(format!("reduce-scatter {} done", u.name), &[(Category::Transient, cast)], None);
-        self.sub(Category::GradBuffers, freed);
-        self.unit_live[v] -= freed;
     }
 }
 
@@ -944,7 +963,7 @@ pub fn profile(
     measured_bwd: &[Option<u64>],
 ) -> MemProfile {
     let a = &alloc;
-    let world = d.world_size.max(1);
+    let shard_group = d.shard_group();
     let dt = graph.workload.dtype;
     let mut blocks: Vec<BlockMem> = Vec::with_capacity(graph.blocks.len());
     let mut input_batch = 0u64;
@@ -1015,17 +1034,16 @@ pub fn profile(
         .iter()
         .map(|u| {
             let pdt = if u.fp32 { DType::Fp32 } else { d.precision.compute }.size();
-            let (padded, shard) = (u.padded(world), u.shard_len(world));
+            let (padded, shard) = (u.padded(shard_group), u.shard_len(shard_group));
             UnitMem {
                 name: u.name.clone(),
                 blocks: u.blocks.clone(),
                 unsharded: a.round(padded * pdt),
                 shard: a.round(shard * 4),
                 grad_acc: a.round(padded * reduce),
-                rs_out: a.round(shard * reduce),
+                rs_out: if shard_group > 1 { a.round(shard * reduce) } else { Bytes::ZERO },
                 rs_cast: if reduce == 4 { Bytes::ZERO } else { a.round(shard * 4) },
                 param_grad: a.round(padded * pdt),
-                rs_holds_input: world > 1,
             }
         })
         .collect();
@@ -1059,6 +1077,7 @@ pub fn profile(
             optimizer_transient,
         },
         reshard_after_forward: d.reshard_after_forward,
+        reduction: d.sharding.resolved(d.world_size).reduction(d.world_size),
         allocator: alloc,
         usable: hw.usable_memory(),
     }
@@ -1123,7 +1142,6 @@ pub(crate) mod testgen {
                     grad_acc: rng.bytes(2000),
                     rs_out: rng.bytes(300),
                     rs_cast: rng.bytes(600),
-                    rs_holds_input: rng.below(2) == 0,
                     param_grad: rng.bytes(2000),
                 }
             })
@@ -1140,6 +1158,7 @@ pub(crate) mod testgen {
                 optimizer_transient: rng.bytes(2000),
             },
             reshard_after_forward: rng.below(2) == 0,
+            reduction: Reduction { scatter: rng.below(3) != 0, all_reduce: rng.below(2) == 0 },
             allocator: Allocator { quantum: 1, fragmentation: [0.0, 0.03, 0.1][rng.below(3) as usize] },
             usable: Bytes(20_000),
         }
@@ -1233,6 +1252,7 @@ mod tests {
             batch_per_rank: 8,
             precision: Precision { compute: dt, reduce: dt },
             reshard_after_forward: reshard,
+            sharding: Sharding::fsdp(world),
             wrapping: w,
             checkpoint: vec![],
         }

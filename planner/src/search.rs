@@ -1,7 +1,8 @@
 //! The sharding search: for each (GPU type, world size) it finds the fastest
-//! plan that fits, over FSDP wrapping, reshard_after_forward, precision,
-//! per-GPU batch and (optimal) checkpoint placement; objectives then pick
-//! one point among those bests.
+//! plan that fits, over the sharding strategy (DDP, FSDP, hybrid with shard
+//! groups of 1, 2 and 4 nodes' GPUs), unit wrapping, reshard_after_forward,
+//! precision, per-GPU batch and (optimal) checkpoint placement; objectives
+//! then pick one point among those bests.
 //!
 //! Per point, every combination is costed with a compute-only lower bound on
 //! the time per image (no recompute, no exposed communication) and evaluated
@@ -10,9 +11,10 @@
 //! whose bound cannot beat it are skipped (exact: the bound never exceeds
 //! the simulated time); `exhaustive` turns that off.
 //!
-//! Across world sizes, memory is monotone: with the same GPU, wrapping,
-//! precision and reshard choice, every placement's peak can only grow when
-//! the world shrinks (bigger shards) or the batch grows (more activations).
+//! Across world sizes, memory is monotone: with the same GPU, sharding
+//! (FSDP over the world, or a fixed shard group), wrapping, precision and
+//! reshard choice, every placement's peak can only grow when the world
+//! shrinks (bigger shards) or the batch grows (more activations).
 //! So points are searched from the largest world down, and a memo answers
 //! exactly, without the checkpoint DP: a combination that did not fit at a
 //! larger world (or a smaller batch) does not fit; and the optimal placement
@@ -29,7 +31,7 @@
 //! published up to that range).
 
 use crate::checkpoint::{optimal_checkpoints, Placement};
-use crate::cluster::{rank_hardware, world_sizes, LinkCache};
+use crate::cluster::{rank_hardware, world_sizes, LinkCache, RankLinks};
 use crate::memory::{Decisions, MemoryModel};
 use crate::plan::Precision;
 use crate::recipe::{Recipe, Wrapping};
@@ -43,6 +45,7 @@ use cost_models::graph::{ModelGraph, Workload};
 use cost_models::hardware::{HardwareProfile, HardwareSpec, MathUnit};
 use cost_models::topology::TopologyError;
 use cost_models::{Bytes, DType};
+use runspec::sharding::{Sharding, Strategy};
 use std::collections::HashMap;
 use std::ops::Range;
 
@@ -50,8 +53,50 @@ use std::ops::Range;
 pub const DEFAULT_BATCHES: [usize; 6] = [8, 16, 24, 32, 48, 64];
 /// Largest global batch the search accepts by default.
 pub const DEFAULT_MAX_GLOBAL_BATCH: usize = 16_384;
-/// Every wrapping policy the search tries.
+/// Every wrapping policy the search tries under FSDP and hybrid sharding.
 pub const ALL_WRAPPINGS: [Wrapping; 6] = [Wrapping::PerBlock, Wrapping::Group(2), Wrapping::Group(4), Wrapping::PerStage, Wrapping::Vissl, Wrapping::Whole];
+/// DDP's gradient bucket size (PyTorch's `bucket_cap_mb` default).
+pub const DEFAULT_BUCKET_MIB: usize = 25;
+
+/// Which shardings the search tries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShardingSpace {
+    /// DDP, FSDP, and hybrid with shard groups of 1, 2 and 4 nodes' GPUs
+    /// (where they lie strictly inside the world and divide it).
+    Every,
+    /// One strategy (FSDP's group follows the world size).
+    Only(Sharding),
+}
+
+impl ShardingSpace {
+    /// The shardings at `world` ranks with `gpus_per_node` per node; FSDP
+    /// stays unresolved (shard group 0: the world) so memo keys match
+    /// across world sizes.
+    pub fn at(self, world: usize, gpus_per_node: usize) -> Vec<Sharding> {
+        let fits = |s: &Sharding| s.resolved(world).check(world).is_ok();
+        match self {
+            ShardingSpace::Only(s) => {
+                let s = if s.strategy == Strategy::Fsdp { Sharding::default() } else { s };
+                if fits(&s) {
+                    vec![s]
+                } else {
+                    vec![]
+                }
+            }
+            ShardingSpace::Every => {
+                let mut v = vec![Sharding::default(), Sharding::ddp()];
+                for k in [1, 2, 4] {
+                    let h = Sharding::hybrid(gpus_per_node * k);
+                    if fits(&h) && !v.contains(&h) {
+                        v.push(h);
+                    }
+                }
+                v.retain(fits);
+                v
+            }
+        }
+    }
+}
 pub const ALL_PRECISIONS: [DType; 3] = [DType::Fp32, DType::Fp16, DType::Bf16];
 
 #[derive(Debug, thiserror::Error)]
@@ -112,7 +157,12 @@ pub struct SearchSpace {
     pub hardware: Vec<HardwareProfile>,
     pub gpus: GpuCount,
     pub batch: BatchPolicy,
+    pub shardings: ShardingSpace,
+    /// Wrappings tried under FSDP and hybrid sharding.
     pub wrappings: Vec<Wrapping>,
+    /// DDP's units are its gradient buckets of this many MiB (unless
+    /// `ddp_wrappings` names others).
+    pub bucket_mib: usize,
     /// Tried where the hardware supports them.
     pub precisions: Vec<DType>,
     pub reshard: Vec<bool>,
@@ -124,13 +174,25 @@ pub struct SearchSpace {
 }
 
 impl SearchSpace {
+    /// The wrappings tried with `sharding`: DDP buckets its gradients
+    /// unless the wrappings were narrowed to a single one.
+    pub fn wrappings_for(&self, sharding: Sharding) -> Vec<Wrapping> {
+        match (sharding.strategy, self.wrappings.as_slice()) {
+            (Strategy::Ddp, [one]) => vec![*one],
+            (Strategy::Ddp, _) => vec![Wrapping::Buckets(self.bucket_mib)],
+            _ => self.wrappings.clone(),
+        }
+    }
+
     /// Every option, on the given hardware.
     pub fn full(hardware: Vec<HardwareProfile>, gpus: GpuCount, batch: BatchPolicy) -> SearchSpace {
         SearchSpace {
             hardware,
             gpus,
             batch,
+            shardings: ShardingSpace::Every,
             wrappings: ALL_WRAPPINGS.to_vec(),
+            bucket_mib: DEFAULT_BUCKET_MIB,
             precisions: ALL_PRECISIONS.to_vec(),
             reshard: vec![true, false],
             exhaustive: false,
@@ -261,8 +323,8 @@ pub struct Searcher<'r> {
     memo: HashMap<MemoKey, Memo>,
 }
 
-/// (hardware, dtype, wrapping, reshard).
-type MemoKey = (usize, DType, Wrapping, bool);
+/// (hardware, sharding as searched, dtype, wrapping, reshard).
+type MemoKey = (usize, Sharding, DType, Wrapping, bool);
 
 /// What earlier (larger) worlds taught about one combination; only valid
 /// where the rank's device does not change with the world (GPUs).
@@ -285,6 +347,8 @@ impl Memo {
 }
 
 struct Combo {
+    /// As searched (FSDP unresolved: the memo key).
+    sharding: Sharding,
     dtype: DType,
     batch: usize,
     wrapping: Wrapping,
@@ -368,13 +432,14 @@ impl<'r> Searcher<'r> {
         &self.units[&wrapping]
     }
 
-    /// Whether `world` ranks on hardware `h` can overlap collectives with compute.
-    fn world_costs<'a>(&'a self, h: usize, group: &'a cost_models::topology::GroupLinks, world: usize) -> WorldCosts<'a> {
+    /// Collective costs of `world` ranks on hardware `h` under `sharding`.
+    fn world_costs<'a>(&'a self, h: usize, links: &'a RankLinks, world: usize, sharding: Sharding) -> WorldCosts<'a> {
         let p = &self.space.hardware[h];
         WorldCosts {
-            group,
+            links,
             collectives: &self.collectives[h],
             world_size: world,
+            sharding: sharding.resolved(world),
             overlap: crate::cluster::comm_overlaps_compute(&p.hardware, &p.measured, world),
             cores_full: crate::cluster::cores_full(&p.hardware, &p.measured, world),
         }
@@ -417,10 +482,10 @@ impl<'r> Searcher<'r> {
         self.graph_costs(h, share, &rank_hw, d.precision.compute, d.batch_per_rank)?;
         self.units(d.wrapping);
         let compute = self.compute_model(h, share, &rank_hw).clone();
-        let group = self.links.world(&rank_hw, d.world_size)?.clone();
+        let links = self.links.groups(&rank_hw, d.world_size, d.sharding, self.recipe.sync_bn_group)?.clone();
         let gc = &self.costs[&(h, share, d.precision.compute, d.batch_per_rank)];
         let units = &self.units[&d.wrapping];
-        let w = self.world_costs(h, &group, d.world_size);
+        let w = self.world_costs(h, &links, d.world_size, d.sharding);
         Ok(step_profile(gc, units, &d.checkpoint, self.recipe, d.precision.compute, d.precision.reduce, d.reshard_after_forward, &compute, &w))
     }
 
@@ -430,10 +495,10 @@ impl<'r> Searcher<'r> {
         let flops = self.graph_costs(h, share, rank_hw, d.precision.compute, d.batch_per_rank)?.model_flops.0;
         self.units(d.wrapping);
         let compute = self.compute_model(h, share, rank_hw).clone();
-        let group = self.links.world(rank_hw, d.world_size)?.clone();
+        let links = self.links.groups(rank_hw, d.world_size, d.sharding, self.recipe.sync_bn_group)?.clone();
         let gc = &self.costs[&(h, share, d.precision.compute, d.batch_per_rank)];
         let units = &self.units[&d.wrapping];
-        let w = self.world_costs(h, &group, d.world_size);
+        let w = self.world_costs(h, &links, d.world_size, d.sharding);
         let profile = step_profile(gc, units, &d.checkpoint, self.recipe, d.precision.compute, d.precision.reduce, d.reshard_after_forward, &compute, &w);
         Ok((self.sim.run(&profile), flops))
     }
@@ -498,8 +563,12 @@ impl<'r> Searcher<'r> {
         let share = self.share(h, world);
         let usable = rank_hw.usable_memory();
         let budget = Bytes((usable.0 as f64 * (1.0 - self.space.headroom.clamp(0.0, 0.9))) as u64);
-        let group = self.links.world(&rank_hw, world)?.clone();
         let compute = self.compute_model(h, share, &rank_hw).clone();
+        let shardings = self.space.shardings.at(world, rank_hw.gpus_per_node().min(world).max(1));
+        if shardings.is_empty() {
+            out.note = Some(format!("no sharding asked for fits {world} ranks"));
+            return Ok(out);
+        }
 
         // The memo is exact only if the rank's device is the same at every world.
         let use_memo = hw.kind == cost_models::hardware::DeviceKind::Gpu;
@@ -512,13 +581,15 @@ impl<'r> Searcher<'r> {
                 let l = &gc.loss;
                 let loss = l.assign_crops as f64 * (l.sinkhorn_init.0 + l.sinkhorn_iterations as f64 * l.sinkhorn_iteration.0) + l.swapped_loss.0;
                 let compute_s: f64 = gc.blocks.iter().map(|b| b.forward.0 + b.backward.0).sum::<f64>() + loss;
-                for &wrapping in &self.space.wrappings {
-                    for &reshard in &self.space.reshard {
-                        let recompute_lb = match self.memo.get(&(h, dtype, wrapping, reshard)) {
-                            Some(m) if use_memo => m.placement(world, batch).map_or(0.0, |p| p.3),
-                            _ => 0.0,
-                        };
-                        combos.push(Combo { dtype, batch, wrapping, reshard, bound_per_image: (compute_s + recompute_lb) / batch as f64 });
+                for &sharding in &shardings {
+                    for wrapping in self.space.wrappings_for(sharding) {
+                        for &reshard in &self.space.reshard {
+                            let recompute_lb = match self.memo.get(&(h, sharding, dtype, wrapping, reshard)) {
+                                Some(m) if use_memo => m.placement(world, batch).map_or(0.0, |p| p.3),
+                                _ => 0.0,
+                            };
+                            combos.push(Combo { sharding, dtype, batch, wrapping, reshard, bound_per_image: (compute_s + recompute_lb) / batch as f64 });
+                        }
                     }
                 }
             }
@@ -531,7 +602,7 @@ impl<'r> Searcher<'r> {
                 out.skipped += 1;
                 continue;
             }
-            let key = (h, c.dtype, c.wrapping, c.reshard);
+            let key = (h, c.sharding, c.dtype, c.wrapping, c.reshard);
             let memo = if use_memo { self.memo.get(&key) } else { None };
             if memo.is_some_and(|m| m.known_infeasible(world, c.batch)) {
                 out.skipped += 1;
@@ -545,6 +616,7 @@ impl<'r> Searcher<'r> {
                 batch_per_rank: c.batch,
                 precision,
                 reshard_after_forward: c.reshard,
+                sharding: c.sharding.resolved(world),
                 wrapping: c.wrapping,
                 checkpoint: Vec::new(),
             };
@@ -582,9 +654,10 @@ impl<'r> Searcher<'r> {
                 self.memo.entry(key).or_default().placements.push((world, c.batch, placement.segments.clone(), placement.recompute.0));
             }
             d.checkpoint = placement.segments;
+            let links = self.links.groups(&rank_hw, world, c.sharding, self.recipe.sync_bn_group)?.clone();
             let gc = &self.costs[&(h, share, c.dtype, c.batch)];
             let units = &self.units[&c.wrapping];
-            let w = self.world_costs(h, &group, world);
+            let w = self.world_costs(h, &links, world, c.sharding);
             let profile = step_profile(gc, units, &d.checkpoint, self.recipe, c.dtype, c.dtype, c.reshard, &compute, &w);
             let step = self.sim.run(&profile);
             let per_image = step.step_time.0 / c.batch as f64;
@@ -616,12 +689,13 @@ impl<'r> Searcher<'r> {
         let top = report.dominant();
         let d = &m.decisions;
         format!(
-            "needs {:.1} GiB, {} has {:.1} usable: {top} (closest: {} x {}, {} wrapping, {}, {} img/GPU, reshard {}, checkpointing every block)",
+            "needs {:.1} GiB, {} has {:.1} usable: {top} (closest: {} x {}, {}, {} wrapping, {}, {} img/GPU, reshard {}, checkpointing every block)",
             m.peak.as_gib(),
             m.rank_hardware.name,
             m.usable.as_gib(),
             d.world_size,
             m.rank_hardware.id,
+            d.sharding,
             wrapping_name(d.wrapping),
             d.precision.compute,
             d.batch_per_rank,
@@ -638,6 +712,7 @@ pub fn wrapping_name(w: Wrapping) -> String {
         Wrapping::Group(g) => format!("group-{g}"),
         Wrapping::Vissl => "vissl".into(),
         Wrapping::Whole => "whole".into(),
+        Wrapping::Buckets(mib) => format!("buckets-{mib}mib"),
     }
 }
 

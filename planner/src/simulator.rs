@@ -11,9 +11,10 @@
 //! events the executor runs and the memory replay walks: a unit's
 //! all-gather is issued by the pre-hook of the first op that gathers it
 //! (or earlier, by a prefetch one block ahead); resharding drops it, so the
-//! next `Gather` issues a new one; a unit's reduce-scatter is issued when
-//! the backward of its first block ends, and the op after a third one in
-//! flight waits for the oldest; the optimiser waits for every one.
+//! next `Gather` issues a new one; a unit's reduce-scatter and all-reduce
+//! are issued where the schedule starts them (after the backward of its
+//! first block, or once the reduce-scatter it continues has been waited
+//! for), and the op after a `Wait*` event waits for that collective.
 //!
 //! A compute op waits for the collectives it depends on; a collective starts
 //! when it has been issued and the stream is free. Exposed communication is
@@ -21,6 +22,7 @@
 
 use cost_models::Seconds;
 use runspec::schedule::{Event, Keep, Layout, Schedule};
+use runspec::sharding::Reduction;
 use std::collections::VecDeque;
 use std::ops::Range;
 
@@ -48,10 +50,15 @@ pub struct UnitCost {
     /// Blocks whose forward/backward need the unit's parameters (may be
     /// empty: such a unit is gathered at the start and reduced at the end).
     pub blocks: Range<usize>,
+    /// Within the shard group (zero where the rank holds the whole vector).
     pub all_gather: Seconds,
     pub reduce_scatter: Seconds,
+    /// The scattered gradient across replicas (zero without replicas).
+    pub all_reduce: Seconds,
     /// Parameter tensors the unit holds (one view each per block using it).
     pub tensors: usize,
+    /// Bytes of its gathered parameters (compute dtype).
+    pub param_bytes: cost_models::Bytes,
     /// Bytes of its unsharded gradient buffer (reduce dtype), zero-filled
     /// at its first backward block.
     pub grad_bytes: cost_models::Bytes,
@@ -119,6 +126,8 @@ pub struct StepProfile {
     pub loss: LossCost,
     pub optimizer: OptimizerCost,
     pub reshard_after_forward: bool,
+    /// The collectives that reduce a gradient (from the sharding).
+    pub reduction: Reduction,
     /// Issue the next unit's all-gather one unit ahead (FSDP prefetch).
     pub prefetch: bool,
     /// Collectives run beside compute (a GPU's comm stream, or CPU ranks
@@ -292,13 +301,14 @@ impl Simulator {
         let nb = p.blocks.len();
         let blocks_of_units: Vec<Vec<usize>> = p.units.iter().map(|u| (u.blocks.start.min(nb)..u.blocks.end.min(nb)).collect()).collect();
         let layout = Layout::new(nb, &blocks_of_units);
-        let schedule = Schedule::compile(&layout, &p.checkpoint, p.reshard_after_forward);
+        let schedule = Schedule::compile(&layout, &p.checkpoint, p.reshard_after_forward, p.reduction);
 
         // The gather that currently holds each unit's parameters (None: sharded).
         let mut gathered: Vec<Option<u32>> = vec![None; p.units.len()];
         let mut has_grad = vec![false; p.units.len()];
         let mut hook = PreHook::default();
-        let mut in_flight: VecDeque<u32> = VecDeque::new();
+        // The collective reducing each unit's gradient right now.
+        let mut reducing: Vec<Option<u32>> = vec![None; p.units.len()];
         for event in &schedule.events {
             match *event {
                 Event::Prologue => {
@@ -354,19 +364,24 @@ impl Simulator {
                     }
                     self.op(&mut hook, p.blocks[block].backward, OpKind::Backward, &[]);
                 }
-                Event::ReduceScatter { unit } => {
+                Event::GradReady { unit } => {
                     gathered[unit] = None;
                     if let Some(last) = self.ops.last_mut() {
                         last.dur += p.units[unit].finish_host.0.max(0.0);
                     }
-                    let rs = self.comm_op(p.units[unit].reduce_scatter);
-                    self.issue_after_last_op(rs);
-                    in_flight.push_back(rs);
-                    if in_flight.len() > 2 {
-                        hook.deps.extend(in_flight.pop_front());
-                    }
                 }
-                Event::Drain => hook.deps.extend(in_flight.drain(..)),
+                Event::ReduceScatter { unit } => {
+                    let c = self.comm_op(p.units[unit].reduce_scatter);
+                    self.issue_after_last_op(c);
+                    reducing[unit] = Some(c);
+                }
+                Event::AllReduce { unit } => {
+                    let c = self.comm_op(p.units[unit].all_reduce);
+                    self.issue_after_last_op(c);
+                    reducing[unit] = Some(c);
+                }
+                Event::WaitReduceScatter { unit } | Event::WaitAllReduce { unit } => hook.deps.extend(reducing[unit].take()),
+                Event::ShardGrad { .. } | Event::Drain => {}
                 Event::LossAllReduce => {
                     if let Some(t) = p.optimizer.loss_all_reduce {
                         let ar = self.comm_op(t);
@@ -509,6 +524,7 @@ mod tests {
             },
             optimizer: OptimizerCost { norms: Seconds(0.01), norm_all_reduce: Some(Seconds(0.0)), step: Seconds(0.05), loss_all_reduce: None },
             reshard_after_forward: true,
+            reduction: Reduction { scatter: true, all_reduce: false },
             prefetch: true,
             overlap: true,
             skew: 0.0,

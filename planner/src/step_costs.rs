@@ -7,6 +7,7 @@
 //! collective times depend on the world group as well; the optimiser step
 //! on the shard size (world size).
 
+use crate::cluster::RankLinks;
 use crate::recipe::Recipe;
 use crate::simulator::{BlockCost, LossCost, OptimizerCost, StepProfile, UnitCost};
 use crate::wrapping::{max_shard_pieces, Unit};
@@ -16,6 +17,7 @@ use cost_models::graph::{Block, BlockKind, LayerKind, ModelGraph};
 use cost_models::hardware::HostCosts;
 use cost_models::topology::GroupLinks;
 use cost_models::{Bytes, DType, Flops, Seconds};
+use runspec::sharding::Sharding;
 use std::ops::Range;
 
 /// Device-time of the model's ops for one (graph, device): independent of
@@ -244,9 +246,12 @@ pub fn estimated_block(graph: &ModelGraph, b: &Block, compute: &ComputeModel) ->
 
 /// The collective and shard-dependent parts for one world group.
 pub struct WorldCosts<'a> {
-    pub group: &'a GroupLinks,
+    /// The links of the rank's groups: world, shard, replica, SyncBN.
+    pub links: &'a RankLinks,
     pub collectives: &'a CollectiveModel,
     pub world_size: usize,
+    /// DDP, FSDP or hybrid, resolved for `world_size`.
+    pub sharding: Sharding,
     /// Collectives overlap compute (see `StepProfile::overlap`).
     pub overlap: bool,
     /// The ranks' compute fills every core (`cluster::cores_full`): the
@@ -255,36 +260,57 @@ pub struct WorldCosts<'a> {
 }
 
 impl WorldCosts<'_> {
-    /// Time of one collective over the world group; among ranks that cannot
-    /// overlap it with compute, plus its measured busy-rank extra.
+    /// Time of one collective over the world group.
     pub fn time(&self, op: Collective, bytes: Bytes) -> Seconds {
-        let t = self.collectives.cost(op, self.group, bytes).time;
+        self.time_in(&self.links.world, op, bytes)
+    }
+
+    /// Time of one collective over `group` (zero for a group of one);
+    /// among ranks that cannot overlap it with compute, plus its measured
+    /// busy-rank extra.
+    pub fn time_in(&self, group: &GroupLinks, op: Collective, bytes: Bytes) -> Seconds {
+        if group.ranks <= 1 {
+            return Seconds(0.0);
+        }
+        let t = self.collectives.cost(op, group, bytes).time;
         if self.overlap {
             t
         } else {
-            t + self.collectives.busy_extra(op, self.world_size)
+            t + self.collectives.busy_extra(op, group.ranks)
         }
+    }
+
+    /// Ranks a parameter is sharded over.
+    pub fn shard_group(&self) -> usize {
+        self.sharding.shard_group.max(1)
     }
 }
 
-/// Bytes of one unit's flat parameter (padded to the world size) in a
+/// Bytes of one unit's flat parameter (padded to the shard group) in a
 /// given dtype; the prototypes' unit moves fp32 (SwAV keeps them in full
 /// precision).
-fn unit_bytes(u: &Unit, dtype: DType, world: usize) -> Bytes {
-    Bytes(u.padded(world) * if u.fp32 { 4 } else { dtype.size() })
+fn unit_bytes(u: &Unit, dtype: DType, shard_group: usize) -> Bytes {
+    Bytes(u.padded(shard_group) * if u.fp32 { 4 } else { dtype.size() })
 }
 
 /// Collective times of every unit (forward order).
 pub fn unit_costs(units: &[Unit], compute: DType, reduce: DType, w: &WorldCosts) -> Vec<UnitCost> {
+    let (s, links) = (w.shard_group(), w.links);
     units
         .iter()
-        .map(|u| UnitCost {
-            blocks: u.blocks.clone(),
-            all_gather: w.time(Collective::AllGather, unit_bytes(u, compute, w.world_size)),
-            reduce_scatter: w.time(Collective::ReduceScatter, unit_bytes(u, reduce, w.world_size)),
-            tensors: u.tensors(),
-            grad_bytes: unit_bytes(u, reduce, w.world_size),
-            ..UnitCost::default()
+        .map(|u| {
+            let grad = unit_bytes(u, reduce, s);
+            UnitCost {
+                blocks: u.blocks.clone(),
+                all_gather: w.time_in(&links.shard, Collective::AllGather, unit_bytes(u, compute, s)),
+                reduce_scatter: w.time_in(&links.shard, Collective::ReduceScatter, grad),
+                // Across replicas: the scattered shard (all of it under DDP).
+                all_reduce: w.time_in(&links.replica, Collective::AllReduce, Bytes(grad.0 / s as u64)),
+                tensors: u.tensors(),
+                param_bytes: unit_bytes(u, compute, s),
+                grad_bytes: grad,
+                ..UnitCost::default()
+            }
         })
         .collect()
 }
@@ -303,7 +329,7 @@ pub fn step_profile(
     compute: &ComputeModel,
     w: &WorldCosts,
 ) -> StepProfile {
-    let shard_pieces = max_shard_pieces(units, w.world_size);
+    let shard_pieces = max_shard_pieces(units, w.shard_group());
     let mut units = unit_costs(units, compute_dtype, reduce_dtype, w);
     let mut loss = g.loss;
     loss.sum_all_reduce = w.time(Collective::AllReduce, Bytes(4));
@@ -317,14 +343,23 @@ pub fn step_profile(
         add_block_param_costs(&mut blocks, &g.block_own, &units, reduce_dtype, &h, compute);
         add_unit_event_costs(&mut units, &h, compute);
     }
+    if w.shard_group() == 1 {
+        // Nothing to gather: the whole fp32 vector is cast into the
+        // gathered buffer (read 4 bytes, write the compute dtype's).
+        let bw = compute.memory_bandwidth();
+        for u in &mut units {
+            u.gather_host += Bytes(u.param_bytes.0 / compute_dtype.size().max(1) * 4 + u.param_bytes.0) / bw;
+        }
+    }
     // With every core computing, the loader's threads take their CPU time
     // from the step (spread over it; charged here, before forward).
     let loader = if w.cores_full { g.loader } else { Seconds(0.0) };
     let (prologue, prologue_all_reduce, loss_all_reduce) = match host {
         Some(h) => (
             g.prologue + h.small_op * (host_ops::ZERO_GRAD_PER_UNIT * units.len() as f64 + host_ops::LOSS_VALUE),
-            // The prototype row norms (K fp32) and the loss value (one f64).
-            (w.world_size > 1).then(|| w.time(Collective::AllReduce, g.row_sum_bytes)),
+            // The prototype row norms (K fp32, over the shards) and the loss
+            // value (one f64, over the world).
+            (w.shard_group() > 1).then(|| w.time_in(&w.links.shard, Collective::AllReduce, g.row_sum_bytes)),
             (w.world_size > 1).then(|| w.time(Collective::AllReduce, Bytes(8))),
         ),
         None => (Seconds(0.0), None, None),
@@ -338,6 +373,7 @@ pub fn step_profile(
         loss,
         optimizer,
         reshard_after_forward,
+        reduction: w.sharding.reduction(w.world_size),
         prefetch: true,
         overlap: w.overlap,
         skew: if w.overlap { 0.0 } else { w.collectives.busy_skew(w.world_size) },
@@ -346,19 +382,20 @@ pub fn step_profile(
     }
 }
 
-/// SyncBN's collectives, inside the blocks that call BN: each call
-/// all-reduces count, sum and sum of squares in forward ((2C + 1) fp64
-/// values) and the two gradient sums in backward (2C fp32 values). They
-/// block the compute that needs their result, so they add to the block's
-/// time even where other collectives overlap; a recompute repeats the
-/// forward one.
+/// SyncBN's collectives over the SyncBN group, inside the blocks that call
+/// BN: each call all-reduces count, sum and sum of squares in forward
+/// ((2C + 1) fp64 values) and the two gradient sums in backward (2C fp32
+/// values). They block the compute that needs their result, so they add to
+/// the block's time even where other collectives overlap; a recompute
+/// repeats the forward one.
 pub fn add_sync_bn_costs(blocks: &mut [BlockCost], bn_channels: &[Vec<u64>], w: &WorldCosts) {
-    if w.world_size <= 1 {
+    let group = &w.links.sync_bn;
+    if group.ranks <= 1 {
         return;
     }
     for (cost, channels) in blocks.iter_mut().zip(bn_channels) {
-        let fwd: Seconds = channels.iter().map(|&c| w.time(Collective::AllReduce, Bytes((2 * c + 1) * 8))).sum();
-        let bwd: Seconds = channels.iter().map(|&c| w.time(Collective::AllReduce, Bytes(2 * c * 4))).sum();
+        let fwd: Seconds = channels.iter().map(|&c| w.time_in(group, Collective::AllReduce, Bytes((2 * c + 1) * 8))).sum();
+        let bwd: Seconds = channels.iter().map(|&c| w.time_in(group, Collective::AllReduce, Bytes(2 * c * 4))).sum();
         cost.forward += fwd;
         cost.forward_no_grad += fwd;
         cost.backward += bwd;
@@ -430,7 +467,7 @@ pub fn optimizer_bytes_per_param(kind: crate::recipe::OptimKind, decay: bool, la
 /// catalog device (PyTorch's foreach kernels batch them: an upper end).
 pub fn optimizer_cost(g: &GraphCosts, recipe: &Recipe, compute_dtype: DType, compute: &ComputeModel, w: &WorldCosts, pieces: usize) -> OptimizerCost {
     use crate::recipe::OptimKind;
-    let shard = g.params as f64 / w.world_size.max(1) as f64;
+    let shard = g.params as f64 / w.shard_group() as f64;
     let bw = compute.memory_bandwidth().0;
     let pass = |bytes: f64, kernels: usize| Seconds(bytes / bw) + compute.kernel_overhead() * kernels as f64;
     let larc = recipe.optim.larc_trust.is_some();
@@ -452,9 +489,16 @@ pub fn optimizer_cost(g: &GraphCosts, recipe: &Recipe, compute_dtype: DType, com
             (norms, pass(step_bytes, pieces))
         }
     };
+    // LARC's per-tensor norms over the shards; the fp16 scaler's overflow
+    // flag over the world (every rank must skip the same steps).
     let scaler = compute_dtype == DType::Fp16;
-    let reduced = if larc { 2 * g.param_tensors as u64 * 4 } else { 0 } + if scaler { 4 } else { 0 };
-    let norm_all_reduce = (reduced > 0).then(|| w.time(Collective::AllReduce, Bytes(reduced)));
+    let norms_bytes = if larc { 2 * g.param_tensors as u64 * 4 } else { 0 };
+    let norms_reduce = (norms_bytes > 0 && w.shard_group() > 1).then(|| w.time_in(&w.links.shard, Collective::AllReduce, Bytes(norms_bytes)));
+    let flag_reduce = (scaler && w.world_size > 1).then(|| w.time(Collective::AllReduce, Bytes(4)));
+    let norm_all_reduce = match (norms_reduce, flag_reduce) {
+        (None, None) => None,
+        (a, b) => Some(a.unwrap_or(Seconds(0.0)) + b.unwrap_or(Seconds(0.0))),
+    };
     OptimizerCost { norms, norm_all_reduce, step, loss_all_reduce: None }
 }
 
@@ -464,6 +508,12 @@ mod tests {
     use cost_models::config::ModelConfig;
     use cost_models::graph::Workload;
     use cost_models::hardware::{builtin_hardware, HardwareProfile, OpFixed};
+
+    /// The groups of rank 0 under FSDP over `world` ranks of `topo`.
+    fn fsdp_links(topo: &cost_models::topology::Topology, world: usize) -> RankLinks {
+        let g = topo.group(&(0..world).collect::<Vec<_>>()).unwrap();
+        RankLinks { world: g.clone(), shard: g.clone(), replica: topo.group(&[0]).unwrap(), sync_bn: g }
+    }
 
     fn model(host: Option<HostCosts>) -> ComputeModel {
         let mut p = HardwareProfile::from_spec(builtin_hardware("cpu-local").unwrap());
@@ -604,7 +654,8 @@ mod tests {
         let topo = Topology::build(&hw, 1).unwrap();
         let group = topo.group(&[0, 1]).unwrap();
         let coll = CollectiveModel::default();
-        let w = WorldCosts { group: &group, collectives: &coll, world_size: 2, overlap: true, cores_full: false };
+        let links = fsdp_links(&topo, 2);
+        let w = WorldCosts { links: &links, collectives: &coll, world_size: 2, sharding: Sharding::fsdp(2), overlap: true, cores_full: false };
         let mut blocks = gc.blocks.clone();
         add_sync_bn_costs(&mut blocks, &gc.bn_channels, &w);
         let ar = |bytes: u64| coll.all_reduce(&group, Bytes(bytes)).time.0;
@@ -614,7 +665,8 @@ mod tests {
         assert!(((blocks[b].forward - gc.blocks[b].forward).0 - want_f).abs() < 1e-15);
         assert!(((blocks[b].forward_no_grad - gc.blocks[b].forward_no_grad).0 - want_f).abs() < 1e-15);
         assert!(((blocks[b].backward - gc.blocks[b].backward).0 - want_b).abs() < 1e-15);
-        let one = WorldCosts { world_size: 1, ..w };
+        let alone = fsdp_links(&topo, 1);
+        let one = WorldCosts { links: &alone, world_size: 1, sharding: Sharding::fsdp(1), ..w };
         let mut same = gc.blocks.clone();
         add_sync_bn_costs(&mut same, &gc.bn_channels, &one);
         assert_eq!(same, gc.blocks);
@@ -644,8 +696,8 @@ mod tests {
         let topo = Topology::build(&hw, 1).unwrap();
         let coll = CollectiveModel::default();
         let cost = |host: HostCosts, world: usize| {
-            let group = topo.group(&(0..world).collect::<Vec<_>>()).unwrap();
-            let w = WorldCosts { group: &group, collectives: &coll, world_size: world, overlap: true, cores_full: false };
+            let links = fsdp_links(&topo, world);
+            let w = WorldCosts { links: &links, collectives: &coll, world_size: world, sharding: Sharding::fsdp(world), overlap: true, cores_full: false };
             let c = model(Some(host));
             let pieces = max_shard_pieces(&units, world);
             let o = optimizer_cost(&gc, &recipe, DType::Fp32, &c, &w, pieces);
@@ -689,10 +741,10 @@ mod tests {
         assert_eq!(GraphCosts::new(&g48, &c, &recipe).unwrap().loader, Seconds(0.0));
         let units = crate::wrapping::units_for(&g, crate::recipe::Wrapping::PerBlock);
         let topo = Topology::build(&builtin_hardware("a100-40gb").unwrap(), 1).unwrap();
-        let group = topo.group(&[0, 1]).unwrap();
+        let links = fsdp_links(&topo, 2);
         let coll = CollectiveModel::default();
         let profile = |cores_full: bool| {
-            let w = WorldCosts { group: &group, collectives: &coll, world_size: 2, overlap: !cores_full, cores_full };
+            let w = WorldCosts { links: &links, collectives: &coll, world_size: 2, sharding: Sharding::fsdp(2), overlap: !cores_full, cores_full };
             step_profile(&gc, &units, &[], &recipe, DType::Fp32, DType::Fp32, true, &c, &w)
         };
         let extra = (profile(true).prologue - profile(false).prologue).0;

@@ -3,7 +3,9 @@
 //! the report (markdown + hand-written SVG bar plot).
 //!
 //! A variant is named by its decisions, e.g. `w2-block-reshard-ckpt0-fp32-b8-r32`:
-//! world size, FSDP granularity (`block` | `stage` | `whole`), `reshard` or
+//! world size and sharding (`w4` FSDP over the world, `w4h2` hybrid with
+//! shard groups of 2, `w4ddp` DDP), unit granularity (`block` | `stage` |
+//! `whole`), `reshard` or
 //! `keep` after forward, checkpointing (`ckpt0` none, `ckptsome` one segment
 //! per middle stage, `ckptall` every trunk block its own segment), compute
 //! precision, per-rank batch and the resolution of the largest crop group
@@ -16,7 +18,7 @@ use crate::build::build_plan;
 use crate::memory::{Decisions, MemoryReport};
 use crate::plan::{Plan, Precision};
 use crate::recipe::{Recipe, Wrapping};
-use crate::search::{BatchPolicy, GpuCount, SearchError, SearchSpace, Searcher};
+use crate::search::{BatchPolicy, GpuCount, SearchError, SearchSpace, Searcher, ShardingSpace, DEFAULT_BUCKET_MIB};
 use crate::simulator::PhaseTimes;
 use cost_models::compute::ComputeModel;
 use cost_models::config::ModelConfig;
@@ -25,6 +27,7 @@ use cost_models::hardware::HardwareProfile;
 use cost_models::stats::median;
 use cost_models::{Bytes, DType};
 pub use runspec::metrics::{combine_runs, Measured};
+use runspec::sharding::{Sharding, Strategy};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::ops::Range;
@@ -116,6 +119,9 @@ impl CkptLevel {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Variant {
     pub world_size: usize,
+    /// FSDP over the world in reports written before the field existed.
+    #[serde(default)]
+    pub sharding: Sharding,
     pub granularity: Granularity,
     pub reshard_after_forward: bool,
     pub checkpoint: CkptLevel,
@@ -127,9 +133,14 @@ pub struct Variant {
 
 impl fmt::Display for Variant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sharding = match self.sharding.strategy {
+            Strategy::Fsdp => String::new(),
+            Strategy::Ddp => "ddp".into(),
+            Strategy::Hybrid => format!("h{}", self.sharding.shard_group),
+        };
         write!(
             f,
-            "w{}-{}-{}-{}-{}-b{}-r{}",
+            "w{}{sharding}-{}-{}-{}-{}-b{}-r{}",
             self.world_size,
             self.granularity.name(),
             if self.reshard_after_forward { "reshard" } else { "keep" },
@@ -154,10 +165,20 @@ impl Variant {
         let num = |s: &str, prefix: char, what: &str| -> Result<u64, ValidationError> {
             s.strip_prefix(prefix).and_then(|n| n.parse::<u64>().ok()).filter(|&n| n > 0).ok_or_else(|| bad(&format!("`{s}`: {what}")))
         };
-        let world = num(parts[0], 'w', "world size must be w<N>, N >= 1")? as usize;
+        // w<N>, w<N>ddp or w<N>h<S>.
+        let (world_part, sharding) = match parts[0].split_once('h') {
+            Some((w, s)) => (w, Some(Sharding::hybrid(s.parse::<usize>().map_err(|_| bad(&format!("`{}`: hybrid needs h<S>, S the shard group", parts[0])))?))),
+            None => match parts[0].strip_suffix("ddp") {
+                Some(w) => (w, Some(Sharding::ddp())),
+                None => (parts[0], None),
+            },
+        };
+        let world = num(world_part, 'w', "world size must be w<N>, N >= 1 (w<N>ddp, w<N>h<S> for DDP, hybrid)")? as usize;
         if world > MAX_VARIANT_WORLD {
             return Err(bad(&format!("world size {world} is more than {MAX_VARIANT_WORLD} local ranks")));
         }
+        let sharding = sharding.unwrap_or(Sharding::fsdp(world));
+        sharding.check(world).map_err(|e| bad(&e.0))?;
         let granularity = match parts[1] {
             "block" => Granularity::Block,
             "stage" => Granularity::Stage,
@@ -181,7 +202,7 @@ impl Variant {
         if !(8..=1024).contains(&resolution) {
             return Err(bad("resolution must be within 8..=1024 px"));
         }
-        Ok(Variant { world_size: world, granularity, reshard_after_forward: reshard, checkpoint, precision, batch_per_rank: batch, resolution })
+        Ok(Variant { world_size: world, sharding, granularity, reshard_after_forward: reshard, checkpoint, precision, batch_per_rank: batch, resolution })
     }
 
     /// The recipe with this variant's crops: the largest group at
@@ -196,8 +217,9 @@ impl Variant {
     }
 }
 
-/// The default set: every axis of the issue covered, one change at a time
-/// from `w2-block-reshard-ckpt0-fp32-b8-r32`, plus two mixed variants.
+/// The default set: every axis covered, one change at a time from
+/// `w2-block-reshard-ckpt0-fp32-b8-r32`, plus mixed variants and the
+/// sharding strategies at 4 ranks.
 pub fn default_variants() -> Vec<Variant> {
     [
         "w2-block-reshard-ckpt0-fp32-b8-r32",
@@ -213,6 +235,9 @@ pub fn default_variants() -> Vec<Variant> {
         "w2-block-reshard-ckpt0-fp32-b8-r48",
         "w1-stage-keep-ckptall-bf16-b16-r48",
         "w4-stage-keep-ckptsome-bf16-b8-r48",
+        "w4h2-block-reshard-ckpt0-fp32-b8-r32",
+        "w4ddp-block-keep-ckpt0-fp32-b8-r32",
+        "w2ddp-whole-keep-ckptall-bf16-b8-r32",
     ]
     .iter()
     .map(|n| Variant::parse(n).expect("built-in variant names parse"))
@@ -244,6 +269,8 @@ fn fixed_variant<'r>(recipe: &'r Recipe, hardware: &HardwareProfile, v: &Variant
         wrappings: vec![v.granularity.wrapping()],
         precisions: vec![v.precision],
         reshard: vec![v.reshard_after_forward],
+        shardings: ShardingSpace::Only(v.sharding),
+        bucket_mib: DEFAULT_BUCKET_MIB,
         exhaustive: true,
         headroom: 0.0,
     };
@@ -254,6 +281,7 @@ fn fixed_variant<'r>(recipe: &'r Recipe, hardware: &HardwareProfile, v: &Variant
         batch_per_rank: v.batch_per_rank,
         precision: Precision { compute: v.precision, reduce: v.precision },
         reshard_after_forward: v.reshard_after_forward,
+        sharding: v.sharding.resolved(v.world_size),
         wrapping: v.granularity.wrapping(),
         checkpoint,
     };

@@ -136,6 +136,35 @@ pub fn try_units_for(graph: &ModelGraph, wrapping: Wrapping) -> Result<Vec<Unit>
                 }
             }
         }
+        Wrapping::Buckets(mib) => {
+            if mib == 0 {
+                return Err(WrappingError::BadGroup(0));
+            }
+            // As DDP fills its buckets: from the last block backwards, a
+            // bucket closes once it holds `mib` MiB of fp32 parameters. The
+            // prototypes (fp32 whatever the compute dtype) stay their own.
+            let cap = mib as u64 * (1 << 20);
+            let mut buckets: Vec<Vec<String>> = Vec::new();
+            let (mut cur, mut bytes) = (Vec::new(), 0u64);
+            for b in graph.blocks.iter().rev().filter(|b| b.kind != BlockKind::HeadProto) {
+                cur.insert(0, b.name.clone());
+                bytes += b.params * 4;
+                if bytes >= cap {
+                    buckets.push(std::mem::take(&mut cur));
+                    bytes = 0;
+                }
+            }
+            if !cur.is_empty() {
+                buckets.push(cur);
+            }
+            buckets.reverse();
+            for members in buckets {
+                let name = if members.len() == 1 { members[0].clone() } else { format!("{}..{}", members[0], members[members.len() - 1]) };
+                specs.push((name, members));
+            }
+            specs.extend(graph.blocks.iter().filter(|b| b.kind == BlockKind::HeadProto).map(|b| one(&b.name)));
+            return resolve(graph, specs);
+        }
         Wrapping::Whole => {
             let rest = graph.blocks.iter().filter(|b| b.kind != BlockKind::HeadProto).map(|b| b.name.clone()).collect();
             specs.push(("model".to_string(), rest));

@@ -1,7 +1,7 @@
 //! What the planner and the executor share, described once: the plan file
-//! and its versioning, the recipe it was made for, the rule that assigns
-//! parameters to FSDP units, the step schedule compiled from a plan, and the
-//! metrics record every step writes.
+//! and its versioning, the recipe it was made for, the sharding strategy,
+//! the rule that assigns parameters to FSDP units, the step schedule
+//! compiled from a plan, and the metrics record every step writes.
 //!
 //! Owns: the formats and the rules both sides must read alike.
 //!
@@ -16,4 +16,5 @@ pub mod metrics;
 pub mod plan;
 pub mod recipe;
 pub mod schedule;
+pub mod sharding;
 pub mod units;

@@ -2,6 +2,7 @@
 //! planner predicted, so the run can be checked against it. Versioned JSON.
 
 use crate::recipe::{Recipe, Wrapping};
+use crate::sharding::Sharding;
 use cost_models::config::{parse_json, read_file, ConfigError, ModelConfig};
 use cost_models::graph::{ModelGraph, Workload};
 use cost_models::hardware::HardwareSpec;
@@ -35,6 +36,10 @@ pub struct Plan {
     pub batch_per_rank: usize,
     pub precision: Precision,
     pub reshard_after_forward: bool,
+    /// DDP, FSDP or hybrid sharding; a plan without the field is FSDP over
+    /// the world.
+    #[serde(default)]
+    pub sharding: Sharding,
     /// The policy the units came from (for people; `units` is authoritative).
     pub wrapping: Wrapping,
     /// FSDP units in forward order (see docs/architecture.md for the rule).
@@ -167,7 +172,8 @@ impl Plan {
                 return Err(PlanError::Invalid { origin: origin.into(), field: "schema_version".into(), why: "missing; is this a seerscale plan file?".into() })
             }
         }
-        let plan: Plan = parse_json(text, origin)?;
+        let mut plan: Plan = parse_json(text, origin)?;
+        plan.sharding = plan.sharding.resolved(plan.world_size);
         plan.check(origin)?;
         Ok(plan)
     }
@@ -193,6 +199,12 @@ impl Plan {
         self.recipe.validate(origin)?;
         if self.world_size == 0 || self.batch_per_rank == 0 || self.gpus_per_node == 0 {
             return Err(invalid("world_size", "world_size, gpus_per_node and batch_per_rank must be >= 1".into()));
+        }
+        self.sharding.check(self.world_size).map_err(|e| invalid("sharding", e.0))?;
+        if let Some(k) = self.recipe.sync_bn_group {
+            if !self.world_size.is_multiple_of(k) {
+                return Err(invalid("recipe.sync_bn_group", format!("{k} ranks per SyncBN group do not divide the world size {}", self.world_size)));
+            }
         }
         let g = self.graph();
         let fp = ModelFingerprint::of(&g);

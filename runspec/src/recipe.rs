@@ -24,6 +24,10 @@ pub struct Recipe {
     /// the step simulator charges and `train` honours.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sync_bn: bool,
+    /// SyncBN over groups of this many consecutive ranks instead of all of
+    /// them (SEER 2021: 64); must divide the world size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_bn_group: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference_plan: Option<ReferencePlan>,
 }
@@ -118,6 +122,10 @@ pub enum Wrapping {
     PerStage,
     /// Units of consecutive blocks, `group` blocks each.
     Group(usize),
+    /// DDP's gradient buckets: consecutive blocks, from the last, grouped
+    /// until each unit holds at least this many MiB of fp32 parameters
+    /// (PyTorch DDP's `bucket_cap_mb`, 25 by default).
+    Buckets(usize),
     /// VISSL / FairScale auto-wrap for SEER: every block a unit, convs with
     /// >= 1e8 parameters their own unit (BN fp32 units folded into blocks).
     Vissl,
@@ -129,6 +137,9 @@ pub enum Wrapping {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReferencePlan {
+    /// `ddp`, `fsdp` or `hybrid:S` (default fsdp).
+    #[serde(default = "fsdp_label")]
+    pub sharding: String,
     pub wrapping: Wrapping,
     pub precision: DType,
     pub reshard_after_forward: bool,
@@ -140,6 +151,9 @@ pub struct ReferencePlan {
 
 fn one() -> f64 {
     1.0
+}
+fn fsdp_label() -> String {
+    "fsdp".into()
 }
 fn half() -> f64 {
     0.5
@@ -200,6 +214,17 @@ impl Recipe {
         }
         if self.cluster.batch_per_gpu == 0 {
             return bad("cluster.batch_per_gpu", "must be >= 1");
+        }
+        if self.sync_bn_group.is_some_and(|k| k < 2) {
+            return bad("sync_bn_group", "must be >= 2 ranks (1 is per-rank BN: sync_bn = false)");
+        }
+        if self.sync_bn_group.is_some() && !self.sync_bn {
+            return bad("sync_bn_group", "needs sync_bn = true");
+        }
+        if let Some(r) = &self.reference_plan {
+            if let Err(e) = r.sharding.parse::<crate::sharding::Sharding>() {
+                return bad("reference_plan.sharding", &e.0);
+            }
         }
         Ok(())
     }

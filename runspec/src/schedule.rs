@@ -12,12 +12,26 @@
 //! * the loss on the last block's output;
 //! * backward, last block first: at the end of a checkpointed segment
 //!   gather all its units and recompute it with autograd; gather the
-//!   block's units, prefetch the previous block's, run its backward, and
-//!   start the reduce-scatter of every unit whose first block it was;
-//! * drain the reduce-scatters, all-reduce the loss value, the optimiser.
+//!   block's units, prefetch the previous block's, run its backward; every
+//!   unit whose first block it was has its gradient: free its parameters
+//!   and reduce the gradient (see below);
+//! * wait for the reductions still in flight, free every unit, all-reduce
+//!   the loss value, the optimiser.
+//!
+//! A unit's gradient is reduced by the sharding's collectives
+//! (`sharding::Reduction`): a reduce-scatter within the shard group, then
+//! an all-reduce of the shard across replicas, then added into the fp32
+//! shard gradient. Each kind keeps at most [`MAX_IN_FLIGHT`] in flight: the
+//! oldest is waited for when another starts, which bounds the gradient
+//! buffers alive at once.
 
+use crate::sharding::Reduction;
 use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
 use std::ops::Range;
+
+/// Reduce-scatters (and, separately, all-reduces) one rank keeps in flight.
+pub const MAX_IN_FLIGHT: usize = 2;
 
 /// What a forward block keeps for its backward.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,10 +67,20 @@ pub enum Event {
     Recompute { block: usize },
     /// A block's backward: gradients of its input and its parameters.
     Backward { block: usize },
-    /// A unit's gradient is complete: free its parameters and start its
-    /// reduce-scatter (at most two in flight; the oldest is waited for).
+    /// A unit's gradient is complete: free its gathered parameters.
+    GradReady { unit: usize },
+    /// Start reduce-scattering a unit's gradient within the shard group.
     ReduceScatter { unit: usize },
-    /// Wait for every reduce-scatter in flight; free every unit.
+    /// Wait for a unit's reduce-scatter; its unsharded gradient is freed.
+    WaitReduceScatter { unit: usize },
+    /// Start all-reducing a unit's (scattered) gradient across replicas.
+    AllReduce { unit: usize },
+    /// Wait for a unit's all-reduce.
+    WaitAllReduce { unit: usize },
+    /// Add a unit's reduced gradient into its fp32 shard gradient and free
+    /// the buffer it was reduced in.
+    ShardGrad { unit: usize },
+    /// Every reduction has been waited for; free every unit.
     Drain,
     /// All-reduce the step's loss value.
     LossAllReduce,
@@ -101,8 +125,9 @@ pub struct Schedule {
 
 impl Schedule {
     /// Compiles the step for `layout`, checkpointed `segments` (block
-    /// ranges: in order, disjoint, within the model) and the reshard policy.
-    pub fn compile(layout: &Layout, segments: &[Range<usize>], reshard_after_forward: bool) -> Schedule {
+    /// ranges: in order, disjoint, within the model), the reshard policy
+    /// and the collectives that reduce a gradient.
+    pub fn compile(layout: &Layout, segments: &[Range<usize>], reshard_after_forward: bool, reduction: Reduction) -> Schedule {
         let n = layout.num_blocks();
         let mut seg_of = vec![None; n];
         for (si, s) in segments.iter().enumerate() {
@@ -112,6 +137,7 @@ impl Schedule {
         }
         let units = |b: usize| layout.units_of_block[b].iter().copied();
         let last_units: Vec<usize> = if n > 0 { units(n - 1).collect() } else { Vec::new() };
+        let mut reducer = Reducer { reduction, scattering: VecDeque::new(), reducing: VecDeque::new() };
         let mut ev = vec![Event::Prologue];
         for (b, &seg) in seg_of.iter().enumerate() {
             ev.extend(units(b).map(|unit| Event::Gather { unit }));
@@ -146,8 +172,12 @@ impl Schedule {
                 ev.extend(units(b - 1).map(|unit| Event::Prefetch { unit }));
             }
             ev.push(Event::Backward { block: b });
-            ev.extend(units(b).filter(|u| layout.span[*u].is_some_and(|(first, _)| first == b)).map(|unit| Event::ReduceScatter { unit }));
+            for unit in units(b).filter(|u| layout.span[*u].is_some_and(|(first, _)| first == b)) {
+                ev.push(Event::GradReady { unit });
+                reducer.start(&mut ev, unit);
+            }
         }
+        reducer.finish(&mut ev);
         ev.extend([Event::Drain, Event::LossAllReduce, Event::Optimizer]);
         Schedule { events: ev }
     }
@@ -169,7 +199,7 @@ impl Schedule {
         let layout = Layout::new(graph.blocks.len(), &own.blocks_of_units(&block_of));
         let index = |name: &String| graph.blocks.iter().position(|b| &b.name == name);
         let segments: Vec<Range<usize>> = plan.checkpoint_segments.iter().filter_map(|s| Some(index(s.first()?)?..index(s.last()?)? + 1)).collect();
-        Ok(Schedule::compile(&layout, &segments, plan.reshard_after_forward))
+        Ok(Schedule::compile(&layout, &segments, plan.reshard_after_forward, plan.sharding.reduction(plan.world_size)))
     }
 
     /// The forward and backward pass: the events after the prologue, up to
@@ -186,6 +216,58 @@ impl Schedule {
     }
 }
 
+/// The gradient pipeline of [`Schedule::compile`]: each stage keeps at most
+/// [`MAX_IN_FLIGHT`] collectives in flight, oldest waited for first.
+struct Reducer {
+    reduction: Reduction,
+    scattering: VecDeque<usize>,
+    reducing: VecDeque<usize>,
+}
+
+impl Reducer {
+    /// `unit`'s gradient is complete.
+    fn start(&mut self, ev: &mut Vec<Event>, unit: usize) {
+        if self.reduction.scatter {
+            ev.push(Event::ReduceScatter { unit });
+            self.scattering.push_back(unit);
+            while self.scattering.len() > MAX_IN_FLIGHT {
+                let oldest = self.scattering.pop_front().unwrap_or(unit);
+                self.scattered(ev, oldest);
+            }
+        } else {
+            self.across_replicas(ev, unit);
+        }
+    }
+
+    fn scattered(&mut self, ev: &mut Vec<Event>, unit: usize) {
+        ev.push(Event::WaitReduceScatter { unit });
+        self.across_replicas(ev, unit);
+    }
+
+    fn across_replicas(&mut self, ev: &mut Vec<Event>, unit: usize) {
+        if !self.reduction.all_reduce {
+            ev.push(Event::ShardGrad { unit });
+            return;
+        }
+        ev.push(Event::AllReduce { unit });
+        self.reducing.push_back(unit);
+        while self.reducing.len() > MAX_IN_FLIGHT {
+            let oldest = self.reducing.pop_front().unwrap_or(unit);
+            ev.extend([Event::WaitAllReduce { unit: oldest }, Event::ShardGrad { unit: oldest }]);
+        }
+    }
+
+    /// The end of backward: wait for everything still in flight.
+    fn finish(&mut self, ev: &mut Vec<Event>) {
+        while let Some(unit) = self.scattering.pop_front() {
+            self.scattered(ev, unit);
+        }
+        while let Some(unit) = self.reducing.pop_front() {
+            ev.extend([Event::WaitAllReduce { unit }, Event::ShardGrad { unit }]);
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::single_range_in_vec_init)] // one checkpointed segment, not a range of blocks
 mod tests {
@@ -199,7 +281,7 @@ mod tests {
 
     #[test]
     fn forward_gathers_prefetches_and_reshards_after_a_units_last_block() {
-        let s = Schedule::compile(&layout(), &[], true);
+        let s = Schedule::compile(&layout(), &[], true, FSDP);
         let fwd: Vec<Event> = s.events.iter().copied().take_while(|e| *e != Loss).collect();
         assert_eq!(
             fwd,
@@ -224,12 +306,12 @@ mod tests {
             ]
         );
         // Without resharding nothing is freed before the drain.
-        assert!(!Schedule::compile(&layout(), &[], false).events.iter().any(|e| matches!(e, Reshard { .. })));
+        assert!(!Schedule::compile(&layout(), &[], false, FSDP).events.iter().any(|e| matches!(e, Reshard { .. })));
     }
 
     #[test]
     fn a_checkpointed_segment_keeps_its_input_and_is_recomputed_before_its_backward() {
-        let s = Schedule::compile(&layout(), &[1..3], true);
+        let s = Schedule::compile(&layout(), &[1..3], true, FSDP);
         let fwd: Vec<Event> = s.events.iter().copied().filter(|e| matches!(e, Forward { .. })).collect();
         assert_eq!(
             fwd,
@@ -251,20 +333,90 @@ mod tests {
         assert_eq!(&s.events[r - 2..r], &[Gather { unit: 0 }, Gather { unit: 1 }]);
     }
 
+    /// What reduces gradients under FSDP over several ranks.
+    const FSDP: Reduction = Reduction { scatter: true, all_reduce: false };
+
+    /// The gradient events after the last backward, as lines.
+    fn tail(s: &Schedule) -> Vec<Event> {
+        let last = s.events.iter().rposition(|e| matches!(e, Backward { .. })).unwrap();
+        s.events[last + 1..].to_vec()
+    }
+
     #[test]
     fn a_units_reduce_scatter_starts_after_the_backward_of_its_first_block() {
-        let s = Schedule::compile(&layout(), &[], true);
+        let s = Schedule::compile(&layout(), &[], true, FSDP);
         let at = |e: Event| s.events.iter().position(|x| *x == e).unwrap();
-        assert_eq!(at(ReduceScatter { unit: 2 }), at(Backward { block: 3 }) + 1);
-        assert_eq!(at(ReduceScatter { unit: 1 }), at(Backward { block: 2 }) + 1);
-        assert_eq!(at(ReduceScatter { unit: 0 }), at(Backward { block: 0 }) + 1);
-        assert_eq!(&s.events[s.events.len() - 3..], &[Drain, LossAllReduce, Optimizer]);
-        assert_eq!(s.events.iter().filter(|e| matches!(e, ReduceScatter { .. })).count(), 3);
+        assert_eq!(at(GradReady { unit: 2 }), at(Backward { block: 3 }) + 1);
+        assert_eq!(at(ReduceScatter { unit: 2 }), at(Backward { block: 3 }) + 2);
+        assert_eq!(at(ReduceScatter { unit: 1 }), at(Backward { block: 2 }) + 2);
+        // The third in flight waits for the oldest.
+        assert_eq!(at(WaitReduceScatter { unit: 2 }), at(ReduceScatter { unit: 0 }) + 1);
+        assert_eq!(
+            tail(&s),
+            vec![
+                GradReady { unit: 0 },
+                ReduceScatter { unit: 0 },
+                WaitReduceScatter { unit: 2 },
+                ShardGrad { unit: 2 },
+                WaitReduceScatter { unit: 1 },
+                ShardGrad { unit: 1 },
+                WaitReduceScatter { unit: 0 },
+                ShardGrad { unit: 0 },
+                Drain,
+                LossAllReduce,
+                Optimizer
+            ]
+        );
+    }
+
+    /// Hybrid sharding: each scattered shard is all-reduced across
+    /// replicas once its reduce-scatter has been waited for; DDP
+    /// all-reduces the whole gradient; one rank only adds it.
+    #[test]
+    fn hybrid_ddp_and_one_rank_reduce_by_their_collectives() {
+        let hybrid = Schedule::compile(&layout(), &[], true, Reduction { scatter: true, all_reduce: true });
+        assert_eq!(
+            tail(&hybrid),
+            vec![
+                GradReady { unit: 0 },
+                ReduceScatter { unit: 0 },
+                WaitReduceScatter { unit: 2 },
+                AllReduce { unit: 2 },
+                WaitReduceScatter { unit: 1 },
+                AllReduce { unit: 1 },
+                WaitReduceScatter { unit: 0 },
+                AllReduce { unit: 0 },
+                WaitAllReduce { unit: 2 },
+                ShardGrad { unit: 2 },
+                WaitAllReduce { unit: 1 },
+                ShardGrad { unit: 1 },
+                WaitAllReduce { unit: 0 },
+                ShardGrad { unit: 0 },
+                Drain,
+                LossAllReduce,
+                Optimizer
+            ]
+        );
+        let ddp = Schedule::compile(&layout(), &[], true, Reduction { scatter: false, all_reduce: true });
+        let at = |e: Event| ddp.events.iter().position(|x| *x == e).unwrap();
+        assert_eq!(at(AllReduce { unit: 2 }), at(Backward { block: 3 }) + 2);
+        assert_eq!(at(WaitAllReduce { unit: 2 }), at(AllReduce { unit: 0 }) + 1);
+        assert!(!ddp.events.iter().any(|e| matches!(e, ReduceScatter { .. } | WaitReduceScatter { .. })));
+        let one = Schedule::compile(&layout(), &[], true, Reduction::default());
+        let at = |e: Event| one.events.iter().position(|x| *x == e).unwrap();
+        assert_eq!(at(ShardGrad { unit: 1 }), at(GradReady { unit: 1 }) + 1);
+        assert!(!one.events.iter().any(|e| matches!(e, ReduceScatter { .. } | AllReduce { .. })));
+        // Every unit's gradient reaches its shard exactly once, whatever reduces it.
+        for s in [&hybrid, &ddp, &one] {
+            for unit in 0..3 {
+                assert_eq!(s.events.iter().filter(|e| **e == ShardGrad { unit }).count(), 1);
+            }
+        }
     }
 
     #[test]
     fn events_read_back_from_json() {
-        let s = Schedule::compile(&layout(), &[1..3], false);
+        let s = Schedule::compile(&layout(), &[1..3], false, FSDP);
         let back: Schedule = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
         assert_eq!(back, s);
     }
