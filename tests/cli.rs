@@ -345,6 +345,37 @@ fn plan_and_sweep_check_the_shared_search_flags_alike() {
     }
 }
 
+/// `--sharding` fixes the strategy the plan file then carries; a shard
+/// group that cannot divide the cluster is a one-line error; a plan file
+/// whose sharding does not fit its world size is refused on load.
+#[test]
+fn plan_sharding_is_fixed_by_the_flag_and_checked() {
+    let p = ok_json(&["plan", "--recipe", "tiny-cpu", "--gpus", "4", "--sharding", "hybrid:2", "--json"]);
+    assert_eq!(p["sharding"], serde_json::json!({"strategy": "hybrid", "shard_group": 2}));
+    let p = ok_json(&["plan", "--recipe", "tiny-cpu", "--gpus", "2", "--sharding", "ddp", "--json"]);
+    assert_eq!(p["sharding"]["strategy"], "ddp");
+    assert!(p["units"].as_array().unwrap().len() >= 2, "DDP's units are its buckets (and the prototypes)");
+    let e = one_line_error(&["plan", "--recipe", "tiny-cpu", "--gpus", "4", "--sharding", "hybrid:3"]);
+    assert!(e.starts_with("--sharding hybrid:3: hybrid:3 needs a shard group that divides the world size 4"), "{e}");
+    // An unknown name is a usage error (exit 2), naming what is accepted.
+    let out = seerscale(&["plan", "--recipe", "tiny-cpu", "--sharding", "zero3"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("`zero3` is not a sharding: use ddp, fsdp or hybrid:S"), "{stderr}");
+    let dir = TempDir::new("sharding-plan");
+    let path = dir.0.join("p.json");
+    let mut p = ok_json(&["plan", "--recipe", "tiny-cpu", "--gpus", "4", "--json"]);
+    p["sharding"] = serde_json::json!({"strategy": "hybrid", "shard_group": 4});
+    std::fs::write(&path, serde_json::to_string(&p).unwrap()).unwrap();
+    let e = one_line_error(&["dry-run", path.to_str().unwrap()]);
+    assert!(e.contains("field `sharding`") && e.contains("hybrid:4"), "{e}");
+    // A plan file written before the field reads as FSDP over the world.
+    p.as_object_mut().unwrap().remove("sharding");
+    std::fs::write(&path, serde_json::to_string(&p).unwrap()).unwrap();
+    let out = seerscale(&["dry-run", path.to_str().unwrap()]);
+    assert!(out.status.success() && text(&out.stdout).contains(", fsdp,"), "{}", text(&out.stderr));
+}
+
 // ------------------------------------------------------------------ sweep
 
 #[test]
@@ -355,7 +386,10 @@ fn sweep_seer_10b_json_has_rows_and_a_frontier() {
     assert!(!rows.is_empty());
     for r in rows {
         assert!(r["gpu"].is_string() && r["gpus"].as_u64().is_some_and(|n| n >= 1), "{r}");
+        assert!(r.get("sharding").is_some(), "every row says its sharding: {r}");
         if r["fits"].as_bool().unwrap() {
+            let sh = r["sharding"].as_str().unwrap();
+            assert!(sh == "fsdp" || sh == "ddp" || sh.starts_with("hybrid:"), "{r}");
             assert!(r["days"].as_f64().unwrap() > 0.0 && r["cost_usd"].as_f64().unwrap() > 0.0, "{r}");
             assert!(r["peak_gib"].as_f64().unwrap() <= r["usable_gib"].as_f64().unwrap(), "{r}");
         } else {

@@ -7,11 +7,11 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-/// Small variants that together cover 1 rank / several ranks, per-block and
-/// per-stage units, reshard on and off, no / some / all checkpointing and
-/// both precisions, at a few seconds each.
-const VARIANTS: &str =
-    "w2-block-reshard-ckpt0-fp32-b8-r32,w2-stage-reshard-ckpt0-fp32-b8-r32,w2-block-reshard-ckptall-fp32-b8-r32,w4-stage-keep-ckptsome-bf16-b8-r48";
+/// Small variants that together cover 1 rank / several ranks, FSDP, hybrid
+/// and DDP sharding, per-block and per-stage units, reshard on and off, no /
+/// some / all checkpointing and both precisions, at a few seconds each.
+const VARIANTS: &str = "w2-block-reshard-ckpt0-fp32-b8-r32,w2-stage-reshard-ckpt0-fp32-b8-r32,w2-block-reshard-ckptall-fp32-b8-r32,\
+w4-stage-keep-ckptsome-bf16-b8-r48,w4h2-block-reshard-ckpt0-fp32-b8-r32,w2ddp-whole-keep-ckptall-bf16-b8-r32";
 const TOLERANCE: f64 = 0.03;
 
 fn temp_dir(tag: &str) -> PathBuf {

@@ -312,7 +312,7 @@ impl<'pg> Fsdp<'pg> {
             None => {
                 // The whole vector is here: a cast into the gathered storage,
                 // as the backend writes it (outside autograd).
-                let _ = unit.flat.f_data()?.f_copy_(&shard)?;
+                unit.flat.f_data()?.f_copy_(&shard)?;
                 Gather::Ready
             }
         };

@@ -162,10 +162,10 @@ impl LinkCache {
         let hw = format!("{}/{}", rank_hw.id, rank_hw.gpus_per_node());
         let key = (hw.clone(), world, s, k);
         if !self.groups.contains_key(&key) {
-            if !self.topologies.contains_key(&(hw.clone(), world)) {
-                self.topologies.insert((hw.clone(), world), Topology::build(rank_hw, nodes_for(rank_hw, world))?);
-            }
-            let topo = &self.topologies[&(hw, world)];
+            let topo = match self.topologies.entry((hw, world)) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => e.insert(Topology::build(rank_hw, nodes_for(rank_hw, world))?),
+            };
             let sh = Sharding::hybrid(s);
             let links = RankLinks {
                 world: topo.group(&(0..world).collect::<Vec<_>>())?,

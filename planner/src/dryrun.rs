@@ -113,12 +113,13 @@ impl DryRun {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "plan {}: {} on {} x {} ({} per node), {} images/rank, compute {} / reduce {}, reshard_after_forward {}, {} units, {} checkpointed segments",
+            "plan {}: {} on {} x {} ({} per node), {}, {} images/rank, compute {} / reduce {}, reshard_after_forward {}, {} units, {} checkpointed segments",
             self.origin,
             p.model.name,
             p.world_size,
             p.hardware.name,
             p.gpus_per_node,
+            p.sharding,
             p.batch_per_rank,
             p.precision.compute,
             p.precision.reduce,

@@ -12,6 +12,9 @@ pub struct SweepRow {
     pub gpu: String,
     pub gpus: usize,
     pub fits: bool,
+    /// `ddp`, `fsdp` or `hybrid:S` of the best plan (of the closest miss
+    /// when nothing fits; null when nothing was tried).
+    pub sharding: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wrapping: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -84,6 +87,7 @@ pub fn rows_of(s: &Searcher, recipe: &Recipe, outcomes: &[PointOutcome]) -> Swee
                 gpu: hw.id.clone(),
                 gpus: o.world_size,
                 fits: o.best.is_some(),
+                sharding: None,
                 wrapping: None,
                 precision: None,
                 batch_per_gpu: None,
@@ -104,6 +108,7 @@ pub fn rows_of(s: &Searcher, recipe: &Recipe, outcomes: &[PointOutcome]) -> Swee
             };
             if let Some(e) = &o.best {
                 let d = &e.decisions;
+                row.sharding = Some(d.sharding.to_string());
                 row.wrapping = Some(wrapping_name(d.wrapping));
                 row.precision = Some(d.precision.compute.to_string());
                 row.batch_per_gpu = Some(d.batch_per_rank);
@@ -118,6 +123,7 @@ pub fn rows_of(s: &Searcher, recipe: &Recipe, outcomes: &[PointOutcome]) -> Swee
                 row.days = Some(e.throughput.days);
                 row.cost_usd = Some(e.throughput.cost_usd);
             } else if let Some(m) = &o.closest {
+                row.sharding = Some(m.decisions.sharding.to_string());
                 row.peak_gib = Some(m.peak.as_gib());
                 row.usable_gib = m.usable.as_gib();
                 row.why = Some(format!("needs at least {:.1} GiB, {:.1} usable", m.peak.as_gib(), m.usable.as_gib()));

@@ -10,9 +10,10 @@ use planner::memory::MemoryReport;
 use planner::plan::Plan;
 use planner::recipe::Recipe;
 use planner::search::{
-    choose, wrapping_name, BatchPolicy, Constraints, Evaluated, GpuCount, Objective, PointOutcome, SearchError, SearchSpace, Searcher, ALL_PRECISIONS,
-    DEFAULT_BATCHES, DEFAULT_MAX_GLOBAL_BATCH,
+    choose, wrapping_name, BatchPolicy, Constraints, Evaluated, GpuCount, Objective, PointOutcome, SearchError, SearchSpace, Searcher, ShardingSpace,
+    ALL_PRECISIONS, DEFAULT_BATCHES, DEFAULT_BUCKET_MIB, DEFAULT_MAX_GLOBAL_BATCH,
 };
+use runspec::sharding::Sharding;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
@@ -46,6 +47,10 @@ pub struct PlanArgs {
     /// Print the plan file (JSON) instead of the report.
     #[arg(long)]
     pub json: bool,
+    /// Search each sharding strategy on its own and show their best plans
+    /// side by side (the plan written is the winner's).
+    #[arg(long, conflicts_with_all = ["reference", "sharding"])]
+    pub by_sharding: bool,
 }
 
 /// The search flags `plan` and `sweep` share.
@@ -88,6 +93,17 @@ pub struct SearchArgs {
     /// recipe said `sync_bn = true`; `train` then runs it.
     #[arg(long)]
     pub sync_bn: bool,
+    /// Fix the sharding: ddp, fsdp, or hybrid:S (shard groups of S GPUs,
+    /// replicated across the rest). Default: search all of them.
+    #[arg(long, value_parser = parse_sharding)]
+    pub sharding: Option<Sharding>,
+    /// DDP's gradient bucket size in MiB (PyTorch's bucket_cap_mb).
+    #[arg(long, default_value_t = DEFAULT_BUCKET_MIB)]
+    pub bucket_mib: usize,
+}
+
+pub fn parse_sharding(s: &str) -> Result<Sharding, String> {
+    s.parse::<Sharding>().map_err(|e| e.0)
 }
 
 impl SearchArgs {
@@ -113,12 +129,17 @@ impl SearchArgs {
             bail!("--price must be a non-negative number");
         }
         anyhow::ensure!((0.0..0.9).contains(&self.headroom), "--headroom must be in [0, 0.9)");
+        anyhow::ensure!(self.bucket_mib >= 1, "--bucket-mib must be at least 1");
         let hardware = hardware_list(self.gpu.as_deref(), recipe, self.price)?;
         let batch = batch_policy(self.batch, self.global_batch, self.max_global_batch, recipe)?;
         let mut space = SearchSpace::full(hardware, gpus, batch);
         space.precisions = precisions(&self.precision, recipe);
         space.exhaustive = self.exhaustive;
         space.headroom = self.headroom;
+        space.bucket_mib = self.bucket_mib;
+        if let Some(sh) = self.sharding {
+            space.shardings = ShardingSpace::Only(sh);
+        }
         Ok(space)
     }
 
@@ -196,6 +217,9 @@ pub fn run(a: &PlanArgs) -> Result<()> {
         None if a.reference || (a.objective == Objective::Fastest && !constrained) => GpuCount::Fixed(recipe.cluster.gpus),
         None => a.search.gpu_range(),
     };
+    if let (Some(sh), GpuCount::Fixed(n)) = (a.search.sharding, &gpus) {
+        sh.resolved(*n).check(*n).map_err(|e| anyhow::anyhow!("--sharding {sh}: {e}"))?;
+    }
     let mut s = Searcher::new(&recipe, a.search.space(&recipe, gpus.clone())?)?;
 
     if a.reference {
@@ -209,15 +233,18 @@ pub fn run(a: &PlanArgs) -> Result<()> {
         let d = reference_decisions(&mut s, world).with_context(|| format!("recipe `{}` has no [reference_plan]", recipe.name))?;
         let e = s.evaluate(0, &d)?;
         let (plan, report) = build_plan(&mut s, &e)?;
-        emit(a, &plan, &report, &e, None, &s)?;
+        emit(a, &plan, &report, &[("reference".to_string(), &e)], &s)?;
         if !plan.predicted.fits {
             bail!("the reference plan does not fit: {}", report.shortfall(&e.rank_hardware.name));
         }
         return Ok(());
     }
 
-    let outcomes = run_search(&mut s, a.json)?;
     let constraints = Constraints { budget_usd: a.budget_usd, deadline_days: a.deadline_days };
+    if a.by_sharding {
+        return by_sharding(a, &recipe, gpus, constraints);
+    }
+    let outcomes = run_search(&mut s, a.json)?;
     let chosen = match choose(&outcomes, a.objective, constraints) {
         Ok(e) => e.clone(),
         Err(SearchError::Infeasible(_)) => bail!("no plan fits: {}", s.explain_infeasible(&outcomes)),
@@ -232,7 +259,82 @@ pub fn run(a: &PlanArgs) -> Result<()> {
         }
         None => None,
     };
-    emit(a, &plan, &report, &chosen, reference.as_ref(), &s)
+    let mut cols = vec![("planner".to_string(), &chosen)];
+    if let Some(r) = &reference {
+        cols.push(("reference (published)".to_string(), r));
+    }
+    emit(a, &plan, &report, &cols, &s)
+}
+
+/// `--by-sharding`: the best plan of every strategy at the asked cluster
+/// size, fastest first, and why the winner wins.
+fn by_sharding(a: &PlanArgs, recipe: &Recipe, gpus: GpuCount, constraints: Constraints) -> Result<()> {
+    let GpuCount::Fixed(world) = gpus else { bail!("--by-sharding compares strategies at one cluster size: pass --gpus") };
+    let base = a.search.space(recipe, gpus.clone())?;
+    if base.hardware.len() != 1 {
+        bail!("--by-sharding needs one GPU type, not `all`");
+    }
+    let gpn = cost_models::hardware::HardwareSpec::gpus_per_node(&base.hardware[0].hardware).min(world).max(1);
+    let mut best: Vec<(Evaluated, Searcher)> = Vec::new();
+    let mut misses = Vec::new();
+    for sh in ShardingSpace::Every.at(world, gpn) {
+        let mut space = base.clone();
+        space.shardings = ShardingSpace::Only(sh);
+        let mut s = Searcher::new(recipe, space)?;
+        let outcomes = run_search(&mut s, true)?;
+        match choose(&outcomes, a.objective, constraints) {
+            Ok(e) => {
+                let e = e.clone();
+                best.push((e, s));
+            }
+            Err(SearchError::Infeasible(_) | SearchError::Constraint(_)) => misses.push(format!("{}: {}", sh.resolved(world), s.explain_infeasible(&outcomes))),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if best.is_empty() {
+        bail!("no strategy fits: {}", misses.join("; "));
+    }
+    best.sort_by(|x, y| x.0.throughput.days.total_cmp(&y.0.throughput.days));
+    let (winner, rest) = best.split_first_mut().context("no plan")?;
+    let (plan, report) = build_plan(&mut winner.1, &winner.0)?;
+    let mut cols: Vec<(String, &Evaluated)> = vec![(winner.0.decisions.sharding.to_string(), &winner.0)];
+    cols.extend(rest.iter().map(|(e, _)| (e.decisions.sharding.to_string(), e)));
+    emit(a, &plan, &report, &cols, &winner.1)?;
+    if !a.json {
+        println!();
+        for (e, _) in rest.iter() {
+            println!("{}", why_faster(&winner.0, e));
+        }
+        for m in &misses {
+            println!("{m}");
+        }
+    }
+    Ok(())
+}
+
+/// Why `w` beats `o`, from where their steps differ.
+fn why_faster(w: &Evaluated, o: &Evaluated) -> String {
+    let (ws, os) = (w.decisions.sharding, o.decisions.sharding);
+    let per_image = |e: &Evaluated| e.step.step_time.0 / e.decisions.batch_per_rank as f64;
+    let gain = 100.0 * (1.0 - per_image(w) / per_image(o));
+    let exposed = |e: &Evaluated| e.step.exposed_comm.0 / e.decisions.batch_per_rank as f64 * 1e3;
+    let compute = |e: &Evaluated| (e.step.compute_time.0 - e.step.recompute_time.0) / e.decisions.batch_per_rank as f64 * 1e3;
+    let recompute = |e: &Evaluated| e.step.recompute_time.0 / e.decisions.batch_per_rank as f64 * 1e3;
+    let parts = [
+        ("exposed communication", exposed(o) - exposed(w), exposed(w), exposed(o)),
+        ("recompute", recompute(o) - recompute(w), recompute(w), recompute(o)),
+        ("compute", compute(o) - compute(w), compute(w), compute(o)),
+    ];
+    let (what, _, a, b) = parts.iter().copied().max_by(|x, y| x.1.total_cmp(&y.1)).unwrap_or(parts[0]);
+    format!(
+        "{ws} is {gain:.0} % faster per image than {os}: mostly {what}, {a:.1} vs {b:.1} ms per image per GPU ({ws}: {} img/GPU, {} checkpointed segments, peak {}; {os}: {} img/GPU, {} segments, peak {})",
+        w.decisions.batch_per_rank,
+        w.decisions.checkpoint.len(),
+        w.peak,
+        o.decisions.batch_per_rank,
+        o.decisions.checkpoint.len(),
+        o.peak
+    )
 }
 
 /// Runs the search, with a progress bar on a terminal unless `quiet`.
@@ -262,7 +364,10 @@ fn progress_bar(len: usize, quiet: bool) -> Option<indicatif::ProgressBar> {
     Some(p)
 }
 
-fn emit(a: &PlanArgs, plan: &Plan, report: &MemoryReport, e: &Evaluated, reference: Option<&Evaluated>, s: &Searcher) -> Result<()> {
+/// Prints the plan report: one column per plan in `cols` (the first is
+/// the plan written), then the first plan's units, checkpoints and peak.
+fn emit(a: &PlanArgs, plan: &Plan, report: &MemoryReport, cols: &[(String, &Evaluated)], s: &Searcher) -> Result<()> {
+    let e = cols[0].1;
     if let Some(out) = &a.out {
         plan.save(out)?;
     }
@@ -273,22 +378,19 @@ fn emit(a: &PlanArgs, plan: &Plan, report: &MemoryReport, e: &Evaluated, referen
     let names = s.block_names();
     let hw = &e.rank_hardware;
     println!("{} on {} x {}{}", plan.recipe.name, plan.world_size, hw.name, if a.reference { " (reference plan)" } else { "" });
-    let mut cols: Vec<(&str, &Evaluated)> = vec![(if a.reference { "reference" } else { "planner" }, e)];
-    if let Some(r) = reference {
-        cols.push(("reference (published)", r));
-    }
     let row = |label: &str, f: &dyn Fn(&Evaluated) -> String| {
         let mut line = format!("  {label:<24}");
-        for (_, c) in &cols {
+        for (_, c) in cols {
             line.push_str(&format!("{:<34}", f(c)));
         }
         println!("{}", line.trim_end());
     };
     let mut header = format!("  {:<24}", "");
-    for (name, _) in &cols {
+    for (name, _) in cols {
         header.push_str(&format!("{name:<34}"));
     }
     println!("{}", header.trim_end());
+    row("sharding", &|c| c.decisions.sharding.to_string());
     row("wrapping", &|c| wrapping_name(c.decisions.wrapping));
     row("precision (reduce)", &|c| format!("{} ({})", c.decisions.precision.compute, c.decisions.precision.reduce));
     row("batch/GPU (global)", &|c| format!("{} ({})", c.decisions.batch_per_rank, c.throughput.global_batch));

@@ -51,17 +51,18 @@ pub fn run(a: &SweepArgs) -> Result<()> {
 fn print_table(s: &Sweep, recipe: &Recipe) {
     println!("{}: best plan per cluster size ({:.2e} images); * = Pareto frontier (GPUs, days, cost)", recipe.name, recipe.data.total_images);
     println!(
-        "  {:<11} {:>5} {:>4}  {:<10} {:<5} {:>5} {:>7} {:>5}  {:>9} {:>8} {:>8} {:>6} {:>9} {:>11}",
-        "gpu", "GPUs", "fits", "wrapping", "prec", "batch", "reshard", "ckpt", "peak GiB", "step s", "exposed", "MFU %", "days", "cost $"
+        "  {:<11} {:>5} {:>4}  {:<9} {:<10} {:<5} {:>5} {:>7} {:>5}  {:>9} {:>8} {:>8} {:>6} {:>9} {:>11}",
+        "gpu", "GPUs", "fits", "sharding", "wrapping", "prec", "batch", "reshard", "ckpt", "peak GiB", "step s", "exposed", "MFU %", "days", "cost $"
     );
     for r in &s.rows {
         let mark = if r.pareto { "*" } else { " " };
         if r.fits {
             println!(
-                "{mark} {:<11} {:>5} {:>4}  {:<10} {:<5} {:>5} {:>7} {:>5}  {:>9.2} {:>8.3} {:>8.3} {:>6.1} {:>9.2} {:>11.0}",
+                "{mark} {:<11} {:>5} {:>4}  {:<9} {:<10} {:<5} {:>5} {:>7} {:>5}  {:>9.2} {:>8.3} {:>8.3} {:>6.1} {:>9.2} {:>11.0}",
                 r.gpu,
                 r.gpus,
                 "yes",
+                r.sharding.as_deref().unwrap_or("-"),
                 r.wrapping.as_deref().unwrap_or("-"),
                 r.precision.as_deref().unwrap_or("-"),
                 r.batch_per_gpu.unwrap_or(0),

@@ -25,7 +25,7 @@ pub struct ValidateArgs {
     #[arg(long, required_unless_present = "replay")]
     pub recipe: Option<String>,
     /// Comma-separated variant names, e.g. `w2-block-reshard-ckpt0-fp32-b8-r32`
-    /// (w<ranks>-<block|stage|whole>-<reshard|keep>-<ckpt0|ckptsome|ckptall>-<fp32|bf16>-b<batch>-r<largest crop px>).
+    /// (w<ranks>[ddp|h<shard group>]-<block|stage|whole>-<reshard|keep>-<ckpt0|ckptsome|ckptall>-<fp32|bf16>-b<batch>-r<largest crop px>).
     /// Default: a set covering every axis.
     #[arg(long)]
     pub variants: Option<String>,
