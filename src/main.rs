@@ -22,11 +22,17 @@ enum Command {
     Accuracy(commands::accuracy::AccuracyArgs),
     /// Rebuild a plan's memory model: breakdown, top contributors, headroom, SVG timeline.
     DryRun(commands::dry_run::DryRunArgs),
+    /// Pooled trunk features of every image in a folder (safetensors).
+    Embed(commands::embed::EmbedArgs),
+    /// Evaluate trained features: `eval knn`.
+    Eval(commands::eval::EvalArgs),
+    /// A training checkpoint as one safetensors file under torchvision's RegNet names.
+    Export(commands::export::ExportArgs),
     /// Per-stage parameters, FLOPs and saved activations of a model.
     Model(commands::model::ModelArgs),
     /// Measure this machine (op rates, memory bandwidth, collectives) and write a hardware profile.
     Calibrate(commands::calibrate::CalibrateArgs),
-    /// Search wrapping, precision, batch, checkpointing and cluster size; write a plan file.
+    /// Search sharding, wrapping, precision, batch, checkpointing and cluster size; write a plan file.
     Plan(commands::plan::PlanArgs),
     /// Best plan per cluster size, Pareto frontier over (GPUs, days, cost).
     Sweep(commands::sweep::SweepArgs),
@@ -47,6 +53,9 @@ fn main() {
     let result = match cli.command {
         Command::Accuracy(a) => commands::accuracy::run(&a),
         Command::DryRun(a) => commands::dry_run::run(&a),
+        Command::Embed(a) => commands::embed::run(&a),
+        Command::Eval(a) => commands::eval::run(&a),
+        Command::Export(a) => commands::export::run(&a),
         Command::Model(a) => commands::model::run(&a),
         Command::Calibrate(a) => commands::calibrate::run(&a),
         Command::Plan(a) => commands::plan::run(&a),

@@ -7,6 +7,7 @@
 
 use crate::data::DataPosition;
 use crate::precision::LossScaler;
+use cost_models::config::ModelConfig;
 use runspec::sharding::Sharding;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -44,6 +45,13 @@ pub struct RankMeta {
     /// without the field): a shard only resumes under the same sharding.
     #[serde(default)]
     pub sharding: Sharding,
+    /// The model and the plan's unit list (`(name, members)`), so the
+    /// shards can be put back together without the plan (`seerscale
+    /// export`); absent in checkpoints of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelConfig>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unit_specs: Vec<(String, Vec<String>)>,
 }
 
 /// Everything one rank saves.
@@ -107,12 +115,18 @@ pub fn latest(dir: &Path) -> Result<Option<PathBuf>, CheckpointError> {
     }
 }
 
+/// The record rank `rank` wrote in a step directory.
+pub fn read_meta(step_dir: &Path, rank: usize) -> Result<RankMeta, CheckpointError> {
+    let js = step_dir.join(format!("rank{rank}.json"));
+    let text = std::fs::read_to_string(&js).map_err(io(&js))?;
+    serde_json::from_str(&text).map_err(|e| CheckpointError::Format { path: js.clone(), msg: e.to_string() })
+}
+
 /// Loads this rank's state from a step directory, checking it belongs to
 /// a run with the same world size, sharding and units.
 pub fn load_rank(step_dir: &Path, rank: usize, world_size: usize, sharding: Sharding, units: &[String]) -> Result<RankState, CheckpointError> {
     let js = step_dir.join(format!("rank{rank}.json"));
-    let text = std::fs::read_to_string(&js).map_err(io(&js))?;
-    let meta: RankMeta = serde_json::from_str(&text).map_err(|e| CheckpointError::Format { path: js.clone(), msg: e.to_string() })?;
+    let meta = read_meta(step_dir, rank)?;
     if meta.format_version != FORMAT_VERSION {
         return Err(CheckpointError::Mismatch { path: js, what: format!("format {}", meta.format_version), here: format!("format {FORMAT_VERSION}") });
     }
@@ -159,6 +173,8 @@ mod tests {
             seed: 3,
             units: vec!["s1.b0".into(), "root".into()],
             sharding: Sharding::fsdp(1),
+            model: None,
+            unit_specs: vec![],
         }
     }
 

@@ -13,8 +13,10 @@ pub mod calibrate;
 pub mod checkpoint;
 pub mod data;
 pub mod dist;
+pub mod embed;
 pub mod fsdp;
 pub mod groups;
+pub mod knn;
 pub mod launch;
 pub mod memstats;
 pub mod metrics;
@@ -30,6 +32,7 @@ pub mod step;
 pub mod storage;
 pub mod swav;
 pub mod train;
+pub mod weights;
 
 /// The device type the executor's entry points take (`cpu`, `cuda:N`).
 pub use tch::Device;

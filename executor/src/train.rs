@@ -640,6 +640,8 @@ impl<'pg> Trainer<'pg> {
             seed: self.cfg.seed,
             units: self.unit_names(),
             sharding: self.groups.sharding(),
+            model: Some(self.cfg.model.clone()),
+            unit_specs: self.cfg.units.iter().map(|u| (u.name.clone(), u.members.clone())).collect(),
         };
         checkpoint::save_rank(&dir, &RankState { meta, tensors })?;
         self.pg.barrier()?;

@@ -459,6 +459,48 @@ fn resume_reproduces_the_uninterrupted_run() {
     assert_eq!(m.iter().map(|x| x.step).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
 }
 
+// ------------------------------------------------------------ export
+
+#[test]
+#[ignore = "worker: run by a_checkpoint_reassembles_into_the_trained_parameters"]
+fn worker_export() {
+    let (rank, world, _, dir) = worker_env();
+    let mut cfg = config(world, &dir.join("run"), true, true);
+    cfg.stop_after = Some(2);
+    cfg.checkpoint_every = Some(2);
+    let pg = groups(&cfg);
+    let mut t = Trainer::new(&pg, &cfg).unwrap();
+    t.fit().unwrap();
+    let params = t.fsdp().full_params().unwrap();
+    if rank == 0 {
+        save_tensors(&dir.join("trained.pt"), &params);
+        save_tensors(&dir.join("bn.pt"), &t.bn().buffers());
+    }
+}
+
+/// The shards of a hybrid run (4 ranks, shard groups of 2) put back
+/// together are exactly the parameters the trainer holds, and rank 0's BN
+/// statistics come with them.
+#[test]
+fn a_checkpoint_reassembles_into_the_trained_parameters() {
+    let dir = temp_dir("export");
+    let outs = run_ranks("worker_export", 4, &dir, &[("OMP_NUM_THREADS", "1".into()), ("SSC_SHARDING", "hybrid:2".into())], Duration::from_secs(240));
+    assert_all_ok(&outs);
+    let w = executor::weights::from_checkpoint(&dir.join("run").join("checkpoints")).unwrap();
+    assert_eq!(w.step, 2);
+    let trained = load_tensors(&dir.join("trained.pt"));
+    assert_eq!(w.params.len(), trained.len());
+    for (n, t) in &trained {
+        assert!(w.params[n].equal(t), "{n} differs from the trained parameter");
+    }
+    let bn = load_tensors(&dir.join("bn.pt"));
+    for (n, t) in &bn {
+        assert!(w.bn[n].equal(t), "{n} differs from rank 0's BN statistics");
+    }
+    // Every exported name is torchvision's.
+    assert!(w.params.keys().all(|n| executor::weights::torchvision_name(n).is_some()));
+}
+
 // ------------------------------------------------------------ dead rank
 
 #[test]

@@ -3,9 +3,13 @@
 pub mod accuracy;
 pub mod calibrate;
 pub mod dry_run;
+pub mod embed;
+pub mod eval;
+pub mod export;
 pub mod model;
 pub mod plan;
 pub mod sweep;
 pub mod synthetic_images;
 pub mod train;
 pub mod validate;
+pub mod weights_source;

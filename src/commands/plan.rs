@@ -301,7 +301,6 @@ fn by_sharding(a: &PlanArgs, recipe: &Recipe, gpus: GpuCount, constraints: Const
     cols.extend(rest.iter().map(|(e, _)| (e.decisions.sharding.to_string(), e)));
     emit(a, &plan, &report, &cols, &winner.1)?;
     if !a.json {
-        println!();
         for (e, _) in rest.iter() {
             println!("{}", why_faster(&winner.0, e));
         }
@@ -404,6 +403,13 @@ fn emit(a: &PlanArgs, plan: &Plan, report: &MemoryReport, cols: &[(String, &Eval
     row("images/s", &|c| format!("{:.0}", c.throughput.images_per_s));
     row(&format!("days for {:.3e} images", plan.recipe.data.total_images), &|c| format!("{:.2}", c.throughput.days));
     row("cost", &|c| format!("${:.0}", c.throughput.cost_usd));
+    if a.by_sharding {
+        // The comparison only: the winner's units and peak are `plan --sharding`'s.
+        if let Some(out) = &a.out {
+            println!("wrote {} ({})", out.display(), cols[0].0);
+        }
+        return Ok(());
+    }
     println!();
     println!("units ({}): {}", plan.units.len(), plan.units.iter().map(|u| u.name.as_str()).collect::<Vec<_>>().join(", "));
     if e.decisions.checkpoint.is_empty() {
