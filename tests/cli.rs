@@ -164,6 +164,15 @@ fn missing_files_print_the_os_reason_once() {
     let e = one_line_error(&["dry-run", &p]);
     assert!(e.starts_with(&format!("{p}: cannot read")), "{e}");
     assert_eq!(e.matches("os error").count(), 1, "{e}");
+
+    // A library error that names its cause and also chains it.
+    let plan = dir.path("tiny.plan.json").to_str().unwrap().to_string();
+    let out = seerscale(&["plan", "--recipe", "tiny-cpu", "--gpus", "1", "--out", &plan]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let data = dir.path("no-images").to_str().unwrap().to_string();
+    let e = one_line_error(&["train", "--plan", &plan, "--data", &data, "--steps", "1", "--out", dir.path("run").to_str().unwrap()]);
+    assert!(e.contains("cannot read image folder") && e.contains(&data), "{e}");
+    assert_eq!(e.matches("os error").count(), 1, "{e}");
 }
 
 #[test]
