@@ -491,3 +491,76 @@ fn a_sync_bn_plan_is_charged_for_it_and_trains_with_it() {
         assert!(steps.iter().all(|s| s["sync_bn"] == Value::Bool(true) && s["loss"].as_f64().is_some_and(f64::is_finite)), "rank {rank}: {lines}");
     }
 }
+
+// ------------------------------------------------------------ restarts
+
+/// Losses by step from rank 0's metrics file of a run.
+fn losses_by_step(run: &Path) -> Vec<(u64, f64)> {
+    let text = std::fs::read_to_string(run.join("metrics.rank0.jsonl")).unwrap();
+    let mut v: Vec<(u64, f64)> =
+        text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).map(|m| (m["step"].as_u64().unwrap(), m["loss"].as_f64().unwrap())).collect();
+    v.sort_by_key(|x| x.0);
+    v
+}
+
+fn train_with(env: &[(&str, String)], args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_seerscale")).args(args).envs(env.iter().map(|(k, v)| (*k, v.as_str()))).env("OMP_NUM_THREADS", "1").output().unwrap()
+}
+
+/// A rank killed mid-run: `--max-restarts 1` starts the job again from the
+/// latest checkpoint and it ends having trained on the same batches as an
+/// uninterrupted run; with `--elastic` it goes on with one rank fewer,
+/// re-planned, and still matches (SyncBN: BN over the global batch).
+#[test]
+fn a_restarted_job_finishes_the_uninterrupted_run() {
+    let dir = TempDir::new("restarts");
+    for (ranks, elastic) in [(2usize, false), (3, true)] {
+        let plan = dir.path(&format!("p{ranks}.json"));
+        let out = seerscale(&["plan", "--recipe", "tiny-cpu", "--gpus", &ranks.to_string(), "--out", plan.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let (plain, restarted) = (dir.path(&format!("plain{ranks}")), dir.path(&format!("restarted{ranks}")));
+        let common = |run: &Path| {
+            vec![
+                "train",
+                "--plan",
+                plan.to_str().unwrap(),
+                "--nproc-per-node",
+                if ranks == 2 { "2" } else { "3" },
+                "--steps",
+                "6",
+                "--checkpoint-every",
+                "2",
+                "--sync-bn",
+                "--timeout-s",
+                "20",
+                "--out",
+            ]
+            .into_iter()
+            .map(str::to_string)
+            .chain([run.to_str().unwrap().to_string()])
+            .collect::<Vec<_>>()
+        };
+        let args = common(&plain);
+        let out = train_with(&[], &args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let mut args = common(&restarted);
+        args.extend(["--max-restarts".to_string(), "1".to_string()]);
+        if elastic {
+            args.push("--elastic".into());
+        }
+        let fault = format!("rank=1,step=3,once={}", dir.path(&format!("fault{ranks}")).display());
+        let out = train_with(&[("SEERSCALE_FAULT", fault)], &args.iter().map(String::as_str).collect::<Vec<_>>());
+        let stderr = text(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(stderr.contains("rank 1 failed") && stderr.contains("restart 1 of 1"), "{stderr}");
+        if elastic {
+            assert!(stderr.contains("elastic: continuing on 2 ranks"), "{stderr}");
+        }
+        let (a, b) = (losses_by_step(&plain), losses_by_step(&restarted));
+        assert_eq!(a.iter().map(|x| x.0).collect::<Vec<_>>(), (0..6).collect::<Vec<_>>());
+        assert_eq!(b.iter().map(|x| x.0).collect::<Vec<_>>(), (0..6).collect::<Vec<_>>(), "every step once in the restarted run's metrics");
+        for ((s, x), (_, y)) in a.iter().zip(&b) {
+            assert!(((x - y) / x).abs() < 1e-5, "{ranks} ranks, elastic {elastic}, step {s}: uninterrupted {x} vs restarted {y}");
+        }
+    }
+}

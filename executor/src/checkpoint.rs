@@ -2,8 +2,11 @@
 //! optimiser state of those shards, its BN buffers and a JSON record (step,
 //! data position, loss scaler, seed) under `<dir>/step_<N>/`, each file
 //! written to a temporary name and renamed so a crash never leaves a torn
-//! file. After every rank has written (a barrier), rank 0 points
-//! `<dir>/latest` at the new step, again by rename. `--resume` reads `latest`.
+//! file; each rank's record carries the size and CRC-32 of its tensor file.
+//! After every rank has written (a barrier), rank 0 points `<dir>/latest`
+//! at the new step, again by rename. `--resume` takes the newest published
+//! step whose files every rank finds complete ([`verify_rank`]), so a
+//! truncated or corrupt checkpoint falls back to the one before it.
 
 use crate::data::DataPosition;
 use crate::precision::LossScaler;
@@ -52,6 +55,28 @@ pub struct RankMeta {
     pub model: Option<ModelConfig>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unit_specs: Vec<(String, Vec<String>)>,
+    /// Size and CRC-32 of `rank<r>.pt` (absent in older checkpoints,
+    /// which are then taken as they are).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tensors_file: Option<FileCheck>,
+    /// Images per step over all ranks (an elastic resume converts the
+    /// step through it); absent in older checkpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images_per_step: Option<u64>,
+}
+
+/// What a complete file looks like.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileCheck {
+    pub bytes: u64,
+    pub crc32: u32,
+}
+
+impl FileCheck {
+    pub fn of(path: &Path) -> Result<FileCheck, CheckpointError> {
+        let data = std::fs::read(path).map_err(io(path))?;
+        Ok(FileCheck { bytes: data.len() as u64, crc32: crc32fast::hash(&data) })
+    }
 }
 
 /// Everything one rank saves.
@@ -87,8 +112,9 @@ pub fn save_rank(dir: &Path, state: &RankState) -> Result<(), CheckpointError> {
     // Names may contain dots (`s1.b0`); keep the archive flat by escaping.
     let named: Vec<(String, &Tensor)> = state.tensors.iter().map(|(g, n, t)| (format!("{g}/{n}").replace('.', ":"), t)).collect();
     write_atomic(&pt, |tmp| Tensor::save_multi(&named, tmp).map_err(|source| CheckpointError::Torch { path: tmp.to_path_buf(), source }))?;
+    let meta = RankMeta { tensors_file: Some(FileCheck::of(&pt)?), ..state.meta.clone() };
     let js = sd.join(format!("rank{r}.json"));
-    let text = serde_json::to_string_pretty(&state.meta).map_err(|e| CheckpointError::Format { path: js.clone(), msg: e.to_string() })?;
+    let text = serde_json::to_string_pretty(&meta).map_err(|e| CheckpointError::Format { path: js.clone(), msg: e.to_string() })?;
     write_atomic(&js, |tmp| std::fs::write(tmp, text).map_err(io(tmp)))
 }
 
@@ -113,6 +139,39 @@ pub fn latest(dir: &Path) -> Result<Option<PathBuf>, CheckpointError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io(&latest)(e)),
     }
+}
+
+/// Published step directories, newest first (those up to `latest`).
+pub fn published(dir: &Path) -> Result<Vec<PathBuf>, CheckpointError> {
+    let Some(latest) = latest(dir)? else { return Ok(Vec::new()) };
+    let newest = latest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut steps: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io(dir))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir() && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("step_") && n.to_string_lossy().as_ref() <= newest.as_str()))
+        .collect();
+    steps.sort();
+    steps.reverse();
+    Ok(steps)
+}
+
+/// Whether rank `rank`'s files in a step directory are complete: its
+/// record parses and its tensor file has the size and CRC-32 recorded.
+/// The error names the file.
+pub fn verify_rank(step_dir: &Path, rank: usize) -> Result<(), CheckpointError> {
+    let meta = read_meta(step_dir, rank)?;
+    let pt = step_dir.join(format!("rank{rank}.pt"));
+    let Some(want) = meta.tensors_file else {
+        return if pt.is_file() { Ok(()) } else { Err(CheckpointError::Format { path: pt, msg: "missing".into() }) };
+    };
+    let got = FileCheck::of(&pt)?;
+    if got != want {
+        return Err(CheckpointError::Format {
+            path: pt,
+            msg: format!("{} bytes with CRC-32 {:08x}, its record says {} bytes, {:08x} (truncated or corrupt)", got.bytes, got.crc32, want.bytes, want.crc32),
+        });
+    }
+    Ok(())
 }
 
 /// The record rank `rank` wrote in a step directory.
@@ -175,6 +234,8 @@ mod tests {
             sharding: Sharding::fsdp(1),
             model: None,
             unit_specs: vec![],
+            tensors_file: None,
+            images_per_step: None,
         }
     }
 
@@ -191,7 +252,8 @@ mod tests {
         publish(&dir, 5).unwrap();
         let sd = latest(&dir).unwrap().unwrap();
         let back = load_rank(&sd, 0, 1, Sharding::fsdp(1), &meta(5).units).unwrap();
-        assert_eq!(back.meta, meta(5));
+        assert_eq!(back.meta, RankMeta { tensors_file: Some(FileCheck::of(&sd.join("rank0.pt")).unwrap()), ..meta(5) });
+        verify_rank(&sd, 0).unwrap();
         let m = back.group("master");
         assert_eq!(m[0].0, "s1.b0");
         assert!(m[0].1.equal(&t));
@@ -203,6 +265,18 @@ mod tests {
         assert!(e.to_string().contains("sharding fsdp") && e.to_string().contains("this run has sharding ddp"), "{e}");
         let e = load_rank(&sd, 0, 1, Sharding::fsdp(1), &["other".to_string()]).err().unwrap();
         assert!(e.to_string().contains("units"), "{e}");
+        // A second, newer step; then truncate its file: found, named, and
+        // the older step is still there to fall back to.
+        save_rank(&dir, &RankState { meta: meta(7), tensors: vec![("master".into(), "s1.b0".into(), t.shallow_clone())] }).unwrap();
+        publish(&dir, 7).unwrap();
+        let steps = published(&dir).unwrap();
+        assert_eq!(steps, vec![step_dir(&dir, 7), step_dir(&dir, 5)]);
+        let pt = step_dir(&dir, 7).join("rank0.pt");
+        let len = std::fs::metadata(&pt).unwrap().len();
+        std::fs::OpenOptions::new().write(true).open(&pt).unwrap().set_len(len / 2).unwrap();
+        let e = verify_rank(&step_dir(&dir, 7), 0).unwrap_err().to_string();
+        assert!(e.contains("rank0.pt") && e.contains("truncated or corrupt"), "{e}");
+        verify_rank(&step_dir(&dir, 5), 0).unwrap();
         std::fs::write(dir.join("latest"), "step_99999999").unwrap();
         assert!(latest(&dir).unwrap_err().to_string().contains("missing directory"));
         let _ = std::fs::remove_dir_all(&dir);

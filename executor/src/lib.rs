@@ -13,6 +13,7 @@ pub mod calibrate;
 pub mod checkpoint;
 pub mod data;
 pub mod dist;
+pub mod elastic;
 pub mod embed;
 pub mod fsdp;
 pub mod groups;

@@ -11,6 +11,7 @@ use crate::augment::{AugmentConfig, CropSpec};
 use crate::checkpoint::{self, CheckpointError, RankMeta, RankState};
 use crate::data::{Batch, DataError, DataLoader, DataPosition, ImageFolder, LoaderConfig};
 use crate::dist::{Backend, DistError, GroupConfig, ProcessGroup, ReduceOp};
+use crate::elastic;
 use crate::fsdp::{Fsdp, FsdpError, FsdpOptions, UnitSpec};
 use crate::groups::RankGroups;
 use crate::launch::{self, LaunchError, LaunchOptions, RankEnv};
@@ -127,6 +128,24 @@ fn dtype_precision(d: DType) -> Precision {
     }
 }
 
+/// How often `train` saves a checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckpointEvery {
+    Steps(u64),
+    /// The plan's predicted interval (Young/Daly, `predicted.failures`).
+    Auto,
+}
+
+impl std::str::FromStr for CheckpointEvery {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(CheckpointEvery::Auto),
+            _ => s.parse::<u64>().ok().filter(|&n| n > 0).map(CheckpointEvery::Steps).ok_or_else(|| format!("`{s}`: a number of steps (>= 1) or `auto`")),
+        }
+    }
+}
+
 /// Options of `seerscale train` that are not in the plan.
 #[derive(Clone, Debug)]
 pub struct TrainArgs {
@@ -141,7 +160,7 @@ pub struct TrainArgs {
     pub data: Option<PathBuf>,
     pub out: PathBuf,
     pub resume: bool,
-    pub checkpoint_every: Option<u64>,
+    pub checkpoint_every: Option<CheckpointEvery>,
     pub stop_after: Option<u64>,
     pub seed: u64,
     pub workers: usize,
@@ -249,7 +268,13 @@ impl TrainConfig {
             data_dir: args.data.clone().unwrap_or_else(ImageFolder::default_root),
             workers: args.workers,
             out_dir: args.out.clone(),
-            checkpoint_every: args.checkpoint_every,
+            checkpoint_every: match args.checkpoint_every {
+                None => None,
+                Some(CheckpointEvery::Steps(n)) => Some(n),
+                Some(CheckpointEvery::Auto) => Some(plan.predicted.failures.map(|f| f.checkpoint_interval_steps.max(1)).ok_or_else(|| {
+                    TrainError::Config("--checkpoint-every auto: the plan has no predicted checkpoint interval (re-plan with this seerscale)".into())
+                })?),
+            },
             resume: args.resume,
             bn_groups: 1,
             // The plan's recipe may ask for it; --sync-bn forces it on.
@@ -304,12 +329,8 @@ pub fn run(args: &TrainArgs) -> Result<Option<TrainReport>, TrainError> {
         // shell also has SLURM_PROCID, so --nproc-per-node wins over it).
         (Some(env), n) if launched || n.unwrap_or(1) <= 1 => run_rank(args, &env).map(Some),
         (_, Some(n)) if n > 1 => {
-            let program = std::env::current_exe().map_err(|e| TrainError::Config(format!("cannot find this program's path: {e}")))?;
             let forwarded: Vec<OsString> = std::env::args_os().skip(1).collect();
-            // Survivors of a failed rank get the collective timeout plus a
-            // margin to stop on their own before they are killed.
-            let opts = LaunchOptions { grace: args.timeout + Duration::from_secs(10), ..LaunchOptions::local(n) };
-            launch::launch_local(&program, &forwarded, &opts)?;
+            launch_ranks(&forwarded, n, args.timeout)?;
             Ok(None)
         }
         (_, _) => {
@@ -317,6 +338,16 @@ pub fn run(args: &TrainArgs) -> Result<Option<TrainReport>, TrainError> {
             run_rank(args, &RankEnv::single(port)).map(Some)
         }
     }
+}
+
+/// Starts `n` local ranks of this program with `forwarded` arguments and
+/// waits for them; the first failing rank ends the job.
+pub fn launch_ranks(forwarded: &[OsString], n: usize, timeout: Duration) -> Result<(), TrainError> {
+    let program = std::env::current_exe().map_err(|e| TrainError::Config(format!("cannot find this program's path: {e}")))?;
+    // Survivors of a failed rank get the collective timeout plus a margin
+    // to stop on their own before they are killed.
+    let opts = LaunchOptions { grace: timeout + Duration::from_secs(10), ..LaunchOptions::local(n) };
+    Ok(launch::launch_local(&program, forwarded, &opts)?)
 }
 
 /// One rank of a plan's run.
@@ -642,6 +673,8 @@ impl<'pg> Trainer<'pg> {
             sharding: self.groups.sharding(),
             model: Some(self.cfg.model.clone()),
             unit_specs: self.cfg.units.iter().map(|u| (u.name.clone(), u.members.clone())).collect(),
+            tensors_file: None,
+            images_per_step: Some((self.cfg.images_per_rank * self.pg.world_size()) as u64),
         };
         checkpoint::save_rank(&dir, &RankState { meta, tensors })?;
         self.pg.barrier()?;
@@ -654,8 +687,50 @@ impl<'pg> Trainer<'pg> {
 
     /// Restores the latest published checkpoint, if any; returns its step.
     pub fn restore_latest(&mut self) -> Result<Option<u64>, TrainError> {
-        let Some(sd) = checkpoint::latest(&self.checkpoint_dir())? else { return Ok(None) };
-        let st = checkpoint::load_rank(&sd, self.pg.rank(), self.pg.world_size(), self.groups.sharding(), &self.unit_names())?;
+        let (rank, world) = (self.pg.rank(), self.pg.world_size());
+        let sharding = self.groups.sharding();
+        let (shard_rank, shard_size) = self.groups.shard_rank_and_size();
+        let layout = elastic::NewLayout { rank, world, shard_rank, shard_size };
+        // The newest step every rank finds complete (all-reduced, so all
+        // ranks take the same one).
+        let mut chosen = None;
+        for sd in checkpoint::published(&self.checkpoint_dir())? {
+            let old = checkpoint::read_meta(&sd, 0);
+            let same = old.as_ref().is_ok_and(|m| m.world_size == world && m.sharding.resolved(m.world_size) == sharding);
+            let reads: Vec<usize> = match &old {
+                Ok(m) if !same => elastic::old_ranks_read(m, &layout),
+                _ => vec![rank],
+            };
+            let mine = old.map(|_| ()).and_then(|_| reads.iter().try_for_each(|&r| checkpoint::verify_rank(&sd, r)));
+            if let Err(e) = &mine {
+                eprintln!("warning: rank {rank}: {e}; trying the checkpoint before it");
+            }
+            let flag = Tensor::from_slice(&[if mine.is_ok() { 0f32 } else { 1.0 }]).f_to_device(self.cfg.device)?;
+            self.pg.all_reduce_(&flag, ReduceOp::Max)?;
+            if flag.f_double_value(&[0])? == 0.0 {
+                chosen = Some((sd, same));
+                break;
+            }
+        }
+        let Some((sd, same)) = chosen else { return Ok(None) };
+        let st = if same {
+            checkpoint::load_rank(&sd, rank, world, sharding, &self.unit_names())?
+        } else {
+            let old = checkpoint::read_meta(&sd, 0)?;
+            if old.model.as_ref().is_some_and(|m| *m != self.cfg.model) {
+                return Err(TrainError::Config(format!("checkpoint {} is of another model; it cannot resume this run", sd.display())));
+            }
+            let numels: Vec<(String, i64)> = self.fsdp.unit_sizes().into_iter().map(|(n, numel, _)| (n, numel)).collect();
+            let mut st = elastic::load_resharded(&sd, &old, &numels, &layout).map_err(|e| TrainError::Config(e.to_string()))?;
+            let (old_batch, new_batch) = (old.images_per_step.unwrap_or(0), (self.cfg.images_per_rank * world) as u64);
+            let (step, data_step) = elastic::convert_steps(st.meta.step, st.meta.data.step, old_batch, new_batch);
+            st.meta.step = step;
+            st.meta.data.step = data_step;
+            if rank == 0 {
+                println!("resuming a {}-rank {} checkpoint on {world} ranks ({sharding})", old.world_size, old.sharding.resolved(old.world_size));
+            }
+            st
+        };
         if st.meta.seed != self.cfg.seed {
             return Err(TrainError::Config(format!("checkpoint {} used seed {}, this run seed {}", sd.display(), st.meta.seed, self.cfg.seed)));
         }
@@ -745,21 +820,30 @@ impl<'pg> Trainer<'pg> {
     }
 }
 
-/// `SEERSCALE_FAULT=rank=R,step=S` makes rank R abort (as a crash would)
-/// when it reaches step S: how the tests and operators check that a dead
-/// rank stops the whole job with a clear error instead of a hang.
+/// `SEERSCALE_FAULT=rank=R,step=S[,once=FILE]` makes rank R abort (as a
+/// crash would) when it reaches step S: how the tests and operators check
+/// that a dead rank stops the whole job with a clear error instead of a
+/// hang. With `once`, only if FILE does not exist yet (it is created), so a
+/// restarted job runs through.
 fn fault_injection(rank: usize, step: u64) {
     let Ok(spec) = std::env::var("SEERSCALE_FAULT") else { return };
     let mut r = None;
     let mut s = None;
+    let mut once = None;
     for kv in spec.split(',') {
         match kv.split_once('=') {
             Some(("rank", v)) => r = v.trim().parse::<usize>().ok(),
             Some(("step", v)) => s = v.trim().parse::<u64>().ok(),
+            Some(("once", v)) => once = Some(PathBuf::from(v.trim())),
             _ => {}
         }
     }
     if r == Some(rank) && s == Some(step) {
+        if let Some(f) = once {
+            if std::fs::OpenOptions::new().write(true).create_new(true).open(&f).is_err() {
+                return;
+            }
+        }
         eprintln!("rank {rank}: SEERSCALE_FAULT: aborting at step {step}");
         std::process::abort();
     }

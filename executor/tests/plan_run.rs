@@ -48,6 +48,7 @@ fn tiny_plan(world: usize) -> Plan {
             mfu: 0.1,
             days_to_train: 0.0,
             cost_usd: 0.0,
+            failures: None,
         },
     };
     let g = plan.graph();

@@ -501,6 +501,114 @@ fn a_checkpoint_reassembles_into_the_trained_parameters() {
     assert!(w.params.keys().all(|n| executor::weights::torchvision_name(n).is_some()));
 }
 
+// ------------------------------------------------------------ elastic resume
+
+/// 24 images per step over any world size, SyncBN (BN over the whole
+/// global batch, so every world size computes the same step).
+fn elastic_config(world: usize, out: &Path) -> TrainConfig {
+    let mut cfg = config(world, out, true, true);
+    cfg.images_per_rank = 24 / world;
+    cfg.bn_groups = 1;
+    cfg.sync_bn = world > 1;
+    cfg
+}
+
+#[test]
+#[ignore = "worker: run by elastic_resume_4_2_3_ranks_continues_the_run"]
+fn worker_elastic() {
+    let (rank, world, _, dir) = worker_env();
+    let phase: usize = std::env::var("SSC_PHASE").unwrap().parse().unwrap();
+    let out = if world == 1 { dir.join("reference") } else { dir.join("elastic") };
+    let mut cfg = elastic_config(world, &out);
+    cfg.stop_after = Some(if world == 1 { 6 } else { 2 * (phase as u64 + 1) });
+    cfg.checkpoint_every = Some(2);
+    let pg = groups(&cfg);
+    let mut t = Trainer::new(&pg, &cfg).unwrap();
+    if world > 1 && phase > 0 {
+        // Restored on another world size: bit for bit what was saved.
+        assert_eq!(t.restore_latest().unwrap(), Some(2 * phase as u64));
+        let saved = load_tensors(&dir.join(format!("params_after_{}.pt", phase - 1)));
+        for (n, p) in t.fsdp().full_params().unwrap() {
+            assert!(saved[&n].equal(&p), "{n} changed across the resume (phase {phase}, world {world})");
+        }
+    }
+    let report = t.fit().unwrap();
+    let params = t.fsdp().full_params().unwrap();
+    if rank == 0 {
+        let losses: Vec<f64> = report.metrics.iter().map(|m| m.loss).collect();
+        let name = if world == 1 { "losses_reference.json".to_string() } else { format!("losses_phase{phase}.json") };
+        write_losses(&dir.join(name), &losses);
+        if world > 1 {
+            save_tensors(&dir.join(format!("params_after_{phase}.pt")), &params);
+        } else {
+            save_tensors(&dir.join("params_reference.pt"), &params);
+        }
+    }
+}
+
+/// A checkpoint of 4 ranks resumes on 2, whose resumes on 3: the
+/// parameters come back bit for bit, and the six steps match one
+/// uninterrupted process on the same global batch.
+#[test]
+fn elastic_resume_4_2_3_ranks_continues_the_run() {
+    let dir = temp_dir("elastic");
+    for (phase, world) in [(0, 4), (1, 2), (2, 3)] {
+        let env = [("OMP_NUM_THREADS", "1".into()), ("SSC_PHASE", phase.to_string())];
+        let outs = run_ranks("worker_elastic", world, &dir, &env, Duration::from_secs(240));
+        assert_all_ok(&outs);
+    }
+    let outs = run_ranks("worker_elastic", 1, &dir, &[("OMP_NUM_THREADS", "1".into()), ("SSC_PHASE", "0".into())], Duration::from_secs(240));
+    assert_all_ok(&outs);
+    let reference = read_losses(&dir.join("losses_reference.json"));
+    let elastic: Vec<f64> = (0..3).flat_map(|p| read_losses(&dir.join(format!("losses_phase{p}.json")))).collect();
+    assert_eq!((reference.len(), elastic.len()), (6, 6));
+    for (s, (a, b)) in reference.iter().zip(&elastic).enumerate() {
+        assert!(((a - b) / a).abs() < 1e-5, "step {s}: uninterrupted {a} vs 4 -> 2 -> 3 ranks {b}: {reference:?} vs {elastic:?}");
+    }
+    let flat = |p: &std::collections::BTreeMap<String, Tensor>| Tensor::cat(&p.values().map(|t| t.reshape([-1])).collect::<Vec<_>>(), 0);
+    let whole = rel_diff(&flat(&load_tensors(&dir.join("params_reference.pt"))), &flat(&load_tensors(&dir.join("params_after_2.pt"))));
+    assert!(whole < 1e-5, "parameters after 6 steps: uninterrupted vs elastic {whole}");
+    println!("4 -> 2 -> 3 ranks: losses {elastic:?} vs uninterrupted {reference:?}; params {whole:.2e}");
+}
+
+#[test]
+#[ignore = "worker: run by a_truncated_checkpoint_falls_back_to_the_one_before"]
+fn worker_fallback() {
+    let (rank, world, _, dir) = worker_env();
+    let phase = std::env::var("SSC_PHASE").unwrap();
+    let mut cfg = config(world, &dir.join("run"), false, true);
+    cfg.checkpoint_every = Some(2);
+    cfg.stop_after = Some(4);
+    cfg.resume = phase == "resumed";
+    let pg = groups(&cfg);
+    let report = Trainer::new(&pg, &cfg).unwrap().fit().unwrap();
+    if rank == 0 {
+        write_losses(&dir.join(format!("losses_{phase}.json")), &report.metrics.iter().map(|m| m.loss).collect::<Vec<_>>());
+    }
+}
+
+/// Rank 1's file of the newest checkpoint is cut in half: the resume finds
+/// it (naming the file), and every rank takes the checkpoint before it.
+#[test]
+fn a_truncated_checkpoint_falls_back_to_the_one_before() {
+    let dir = temp_dir("fallback");
+    let env = |phase: &str| [("OMP_NUM_THREADS", "1".to_string()), ("SSC_PHASE", phase.to_string())];
+    assert_all_ok(&run_ranks("worker_fallback", 2, &dir, &env("first"), Duration::from_secs(240)));
+    let pt = dir.join("run/checkpoints/step_00000004/rank1.pt");
+    let len = std::fs::metadata(&pt).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&pt).unwrap().set_len(len / 2).unwrap();
+    let outs = run_ranks("worker_fallback", 2, &dir, &env("resumed"), Duration::from_secs(240));
+    assert_all_ok(&outs);
+    let stderr = String::from_utf8_lossy(&outs[1].stderr);
+    assert!(stderr.contains("step_00000004/rank1.pt") && stderr.contains("truncated or corrupt"), "{stderr}");
+    let (first, resumed) = (read_losses(&dir.join("losses_first.json")), read_losses(&dir.join("losses_resumed.json")));
+    // Resumed at step 2: steps 2 and 3 again, as the first run did them.
+    assert_eq!(resumed.len(), 2, "{resumed:?}");
+    for (a, b) in first[2..].iter().zip(&resumed) {
+        assert!(((a - b) / a).abs() < 1e-6, "first run {first:?} vs resumed {resumed:?}");
+    }
+}
+
 // ------------------------------------------------------------ dead rank
 
 #[test]

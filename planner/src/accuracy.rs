@@ -477,6 +477,7 @@ fn published_rows() -> Result<Vec<Row>, AccuracyError> {
         reshard: vec![rp.reshard_after_forward],
         exhaustive: true,
         headroom: 0.0,
+        reliability: crate::failures::Reliability::builtin(),
     };
     let mut s = Searcher::new(&recipe, space).map_err(|e| AccuracyError::Plan(e.to_string()))?;
     let d = reference_decisions(&mut s, recipe.cluster.gpus).ok_or_else(|| AccuracyError::Plan("seer-256gf has no reference plan".into()))?;

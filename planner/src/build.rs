@@ -37,8 +37,9 @@ pub fn build_plan(s: &mut Searcher, e: &Evaluated) -> Result<(Plan, MemoryReport
         exposed_comm_s: e.step.exposed_comm.0,
         images_per_s: t.images_per_s,
         mfu: t.mfu,
-        days_to_train: t.days,
-        cost_usd: t.cost_usd,
+        days_to_train: t.failure_free_days,
+        cost_usd: t.failure_free_cost_usd,
+        failures: Some(t.failures),
     };
     let plan = Plan {
         schema_version: PLAN_SCHEMA_VERSION,

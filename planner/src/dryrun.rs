@@ -256,6 +256,7 @@ mod tests {
                 mfu: 0.0,
                 days_to_train: 0.0,
                 cost_usd: 0.0,
+                failures: None,
             },
         }
     }

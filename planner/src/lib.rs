@@ -1,8 +1,8 @@
 //! The planner: given a model, a recipe and hardware, decide and predict.
 //!
-//! Owns: recipes, the plan file format, the per-rank memory model, the
-//! discrete-event step simulator, the checkpoint-placement and sharding
-//! search, the cluster sweep, reports and SVG plots.
+//! Owns: the per-rank memory model, the discrete-event step simulator, the
+//! checkpoint-placement and sharding search, failures and checkpoint
+//! intervals, the cluster sweep, reports and SVG plots.
 //!
 //! Must not know about: libtorch or how the executor runs a plan. Everything
 //! here is computed from `cost-models`; measured numbers come back only
@@ -19,6 +19,7 @@ pub mod build;
 pub mod checkpoint;
 pub mod cluster;
 pub mod dryrun;
+pub mod failures;
 pub mod memory;
 pub mod pareto;
 pub mod search;

@@ -32,6 +32,7 @@
 
 use crate::checkpoint::{optimal_checkpoints, Placement};
 use crate::cluster::{rank_hardware, world_sizes, LinkCache, RankLinks};
+use crate::failures::{checkpoint_bytes_per_rank, failure_costs, FailureCosts, Reliability};
 use crate::memory::{Decisions, MemoryModel};
 use crate::plan::Precision;
 use crate::recipe::{Recipe, Wrapping};
@@ -171,6 +172,9 @@ pub struct SearchSpace {
     /// Fraction of usable memory the plan must leave free (0 = plan up to
     /// the limit; the memory model already adds a fragmentation margin).
     pub headroom: f64,
+    /// Failure rate, checkpoint bandwidth and restart time: days and cost
+    /// include expected failures.
+    pub reliability: Reliability,
 }
 
 impl SearchSpace {
@@ -197,6 +201,7 @@ impl SearchSpace {
             reshard: vec![true, false],
             exhaustive: false,
             headroom: 0.0,
+            reliability: Reliability::builtin(),
         }
     }
 }
@@ -208,23 +213,43 @@ pub struct Throughput {
     pub global_batch: usize,
     /// Model FLOPs (no recompute) / (step time x peak of the compute dtype).
     pub mfu: f64,
+    /// Days and dollars including expected failures (what objectives use).
     pub days: f64,
     pub cost_usd: f64,
+    /// The same without failures or checkpoints.
+    pub failure_free_days: f64,
+    pub failure_free_cost_usd: f64,
+    pub failures: FailureCosts,
 }
 
 impl Throughput {
-    pub fn new(recipe: &Recipe, hw: &HardwareSpec, d: &Decisions, step: &StepResult, model_flops: f64) -> Throughput {
+    /// `checkpoint_per_rank`: the bytes each rank writes per checkpoint.
+    pub fn new(
+        recipe: &Recipe,
+        hw: &HardwareSpec,
+        d: &Decisions,
+        step: &StepResult,
+        model_flops: f64,
+        checkpoint_per_rank: Bytes,
+        reliability: &Reliability,
+    ) -> Throughput {
         let global = d.world_size * d.batch_per_rank;
         let ips = if step.step_time.0 > 0.0 { global as f64 / step.step_time.0 } else { f64::INFINITY };
         let secs = recipe.data.total_images / ips;
         let peak = hw.peak(d.precision.compute, MathUnit::Conv).map_or(0.0, |p| p.0);
         let mfu = if peak > 0.0 && step.step_time.0 > 0.0 { model_flops / (step.step_time.0 * peak) } else { 0.0 };
+        let usd_per_day = 24.0 * d.world_size as f64 * hw.price_per_gpu_hour();
+        let days = secs / 86_400.0;
+        let failures = failure_costs(reliability, d.world_size, hw.gpus_per_node(), checkpoint_per_rank, step.step_time.0, days, usd_per_day);
         Throughput {
             images_per_s: ips,
             global_batch: global,
             mfu,
-            days: secs / 86_400.0,
-            cost_usd: secs / 3_600.0 * d.world_size as f64 * hw.price_per_gpu_hour(),
+            days: failures.days_to_train,
+            cost_usd: failures.cost_usd,
+            failure_free_days: days,
+            failure_free_cost_usd: days * usd_per_day,
+            failures,
         }
     }
 }
@@ -503,6 +528,15 @@ impl<'r> Searcher<'r> {
         Ok((self.sim.run(&profile), flops))
     }
 
+    /// Bytes one rank writes per checkpoint under `d`.
+    pub fn checkpoint_per_rank(&mut self, d: &Decisions) -> Bytes {
+        self.units(d.wrapping);
+        let s = d.shard_group();
+        let shard: u64 = self.units[&d.wrapping].iter().map(|u| u.shard_len(s)).sum();
+        let states = self.recipe.optim.kind.states_per_param();
+        checkpoint_bytes_per_rank(shard, states, &self.graphs[&(DType::Fp32, 1)])
+    }
+
     /// Peak memory of one set of decisions (checkpoint segments given).
     pub fn memory(&mut self, h: usize, rank_hw: &HardwareSpec, d: &Decisions) -> MemoryModel {
         self.units(d.wrapping);
@@ -534,7 +568,8 @@ impl<'r> Searcher<'r> {
         let mm = self.memory(h, &rank_hw, d);
         let peak = mm.peak(&d.checkpoint);
         let (step, flops) = self.simulate(h, &rank_hw, d)?;
-        let throughput = Throughput::new(self.recipe, &rank_hw, d, &step, flops);
+        let ckpt = self.checkpoint_per_rank(d);
+        let throughput = Throughput::new(self.recipe, &rank_hw, d, &step, flops, ckpt, &self.space.reliability);
         let usable = rank_hw.usable_memory();
         Ok(Evaluated { hardware: h, rank_hardware: rank_hw, decisions: d.clone(), peak, usable, step, throughput })
     }
@@ -663,7 +698,9 @@ impl<'r> Searcher<'r> {
             let per_image = step.step_time.0 / c.batch as f64;
             if per_image < best_per_image {
                 best_per_image = per_image;
-                let throughput = Throughput::new(self.recipe, &rank_hw, &d, &step, gc.model_flops.0);
+                let flops = gc.model_flops.0;
+                let ckpt = self.checkpoint_per_rank(&d);
+                let throughput = Throughput::new(self.recipe, &rank_hw, &d, &step, flops, ckpt, &self.space.reliability);
                 out.best = Some(Evaluated { hardware: h, rank_hardware: rank_hw.clone(), decisions: d, peak: placement.peak, usable, step, throughput });
             }
         }

@@ -38,10 +38,18 @@ pub struct SweepRow {
     pub exposed_comm_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mfu: Option<f64>,
+    /// Days and dollars including checkpoints and expected failures.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub days: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cost_usd: Option<f64>,
+    /// Useful share of wall time under failures, 0..1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub goodput: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint_interval_steps: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_free_days: Option<f64>,
     /// Why nothing fits here.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub why: Option<String>,
@@ -101,6 +109,9 @@ pub fn rows_of(s: &Searcher, recipe: &Recipe, outcomes: &[PointOutcome]) -> Swee
                 mfu: None,
                 days: None,
                 cost_usd: None,
+                goodput: None,
+                checkpoint_interval_steps: None,
+                failure_free_days: None,
                 why: o.note.clone(),
                 pareto: false,
                 evaluated: o.evaluated,
@@ -122,6 +133,9 @@ pub fn rows_of(s: &Searcher, recipe: &Recipe, outcomes: &[PointOutcome]) -> Swee
                 row.mfu = Some(e.throughput.mfu);
                 row.days = Some(e.throughput.days);
                 row.cost_usd = Some(e.throughput.cost_usd);
+                row.goodput = Some(e.throughput.failures.goodput);
+                row.checkpoint_interval_steps = Some(e.throughput.failures.checkpoint_interval_steps);
+                row.failure_free_days = Some(e.throughput.failure_free_days);
             } else if let Some(m) = &o.closest {
                 row.sharding = Some(m.decisions.sharding.to_string());
                 row.peak_gib = Some(m.peak.as_gib());

@@ -273,6 +273,7 @@ fn fixed_variant<'r>(recipe: &'r Recipe, hardware: &HardwareProfile, v: &Variant
         bucket_mib: DEFAULT_BUCKET_MIB,
         exhaustive: true,
         headroom: 0.0,
+        reliability: crate::failures::Reliability::builtin(),
     };
     let mut s = Searcher::new(recipe, space).map_err(|source| ValidationError::Plan { name: v.to_string(), source })?;
     let checkpoint = v.checkpoint.segments(s.graph(v.precision, v.batch_per_rank));

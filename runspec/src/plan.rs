@@ -124,6 +124,35 @@ pub struct Predicted {
     pub exposed_comm_s: f64,
     pub images_per_s: f64,
     pub mfu: f64,
+    /// Without failures or checkpoints.
+    pub days_to_train: f64,
+    pub cost_usd: f64,
+    /// Checkpoints and expected failures (`planner::failures`); absent in
+    /// plans written before they were predicted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failures: Option<PredictedFailures>,
+}
+
+/// What interruptions cost a plan.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PredictedFailures {
+    /// Bytes every rank writes per checkpoint (its fp32 shards, optimiser
+    /// state and BN statistics), and all ranks together.
+    pub checkpoint_bytes_per_rank: u64,
+    pub checkpoint_bytes: u64,
+    /// Seconds one checkpoint takes (a node's ranks share its bandwidth).
+    pub checkpoint_write_s: f64,
+    pub mtbf_job_hours: f64,
+    /// Young/Daly's interval, in steps (at least 1): what `train
+    /// --checkpoint-every auto` uses.
+    pub checkpoint_interval_steps: u64,
+    /// Restart plus the average work redone after a failure.
+    pub expected_lost_s_per_failure: f64,
+    /// Expected failures over the run.
+    pub expected_failures: f64,
+    /// Useful share of wall time, 0..1.
+    pub goodput: f64,
+    /// Including checkpoints and expected failures.
     pub days_to_train: f64,
     pub cost_usd: f64,
 }

@@ -100,6 +100,15 @@ pub struct SearchArgs {
     /// DDP's gradient bucket size in MiB (PyTorch's bucket_cap_mb).
     #[arg(long, default_value_t = DEFAULT_BUCKET_MIB)]
     pub bucket_mib: usize,
+    /// GPU-hours between interruptions, per GPU (default: configs/reliability.toml, from Llama 3's 16k-GPU run).
+    #[arg(long)]
+    pub mtbf_gpu_hours: Option<f64>,
+    /// Checkpoint write bandwidth per node to shared storage, GB/s.
+    #[arg(long)]
+    pub checkpoint_gb_s: Option<f64>,
+    /// Seconds from a failure to training again (relaunch, rendezvous, load).
+    #[arg(long)]
+    pub restart_s: Option<f64>,
 }
 
 pub fn parse_sharding(s: &str) -> Result<Sharding, String> {
@@ -137,6 +146,14 @@ impl SearchArgs {
         space.exhaustive = self.exhaustive;
         space.headroom = self.headroom;
         space.bucket_mib = self.bucket_mib;
+        let r = &mut space.reliability;
+        r.mtbf_gpu_hours = self.mtbf_gpu_hours.unwrap_or(r.mtbf_gpu_hours);
+        r.checkpoint_gb_s_per_node = self.checkpoint_gb_s.unwrap_or(r.checkpoint_gb_s_per_node);
+        r.restart_s = self.restart_s.unwrap_or(r.restart_s);
+        for (v, f) in [(self.mtbf_gpu_hours, "--mtbf-gpu-hours"), (self.checkpoint_gb_s, "--checkpoint-gb-s")] {
+            anyhow::ensure!(v.is_none_or(|x| x.is_finite() && x > 0.0), "{f} must be a positive number");
+        }
+        anyhow::ensure!(self.restart_s.is_none_or(|x| x.is_finite() && x >= 0.0), "--restart-s must be a non-negative number");
         if let Some(sh) = self.sharding {
             space.shardings = ShardingSpace::Only(sh);
         }
@@ -401,8 +418,17 @@ fn emit(a: &PlanArgs, plan: &Plan, report: &MemoryReport, cols: &[(String, &Eval
     row("  comm (exposed)", &|c| format!("{:.3} s ({:.3} s)", c.step.comm_time.0, c.step.exposed_comm.0));
     row("MFU", &|c| format!("{:.1} %", 100.0 * c.throughput.mfu));
     row("images/s", &|c| format!("{:.0}", c.throughput.images_per_s));
-    row(&format!("days for {:.3e} images", plan.recipe.data.total_images), &|c| format!("{:.2}", c.throughput.days));
-    row("cost", &|c| format!("${:.0}", c.throughput.cost_usd));
+    row("checkpoint/rank (write)", &|c| {
+        let f = &c.throughput.failures;
+        format!("{} ({:.1} s)", cost_models::Bytes(f.checkpoint_bytes_per_rank), f.checkpoint_write_s)
+    });
+    row("checkpoint every", &|c| format!("{} steps", c.throughput.failures.checkpoint_interval_steps));
+    row("failures (job MTBF)", &|c| format!("{:.1} ({:.0} h)", c.throughput.failures.expected_failures, c.throughput.failures.mtbf_job_hours));
+    row("goodput", &|c| format!("{:.1} %", 100.0 * c.throughput.failures.goodput));
+    row(&format!("days for {:.3e} images", plan.recipe.data.total_images), &|c| {
+        format!("{:.2} ({:.2} failure-free)", c.throughput.days, c.throughput.failure_free_days)
+    });
+    row("cost", &|c| format!("${:.0} (${:.0})", c.throughput.cost_usd, c.throughput.failure_free_cost_usd));
     if a.by_sharding {
         // The comparison only: the winner's units and peak are `plan --sharding`'s.
         if let Some(out) = &a.out {

@@ -49,16 +49,34 @@ pub fn run(a: &SweepArgs) -> Result<()> {
 }
 
 fn print_table(s: &Sweep, recipe: &Recipe) {
-    println!("{}: best plan per cluster size ({:.2e} images); * = Pareto frontier (GPUs, days, cost)", recipe.name, recipe.data.total_images);
     println!(
-        "  {:<11} {:>5} {:>4}  {:<9} {:<10} {:<5} {:>5} {:>7} {:>5}  {:>9} {:>8} {:>8} {:>6} {:>9} {:>11}",
-        "gpu", "GPUs", "fits", "sharding", "wrapping", "prec", "batch", "reshard", "ckpt", "peak GiB", "step s", "exposed", "MFU %", "days", "cost $"
+        "{}: best plan per cluster size ({:.2e} images; days and cost include checkpoints and expected failures); * = Pareto frontier (GPUs, days, cost)",
+        recipe.name, recipe.data.total_images
+    );
+    println!(
+        "  {:<11} {:>5} {:>4}  {:<9} {:<10} {:<5} {:>5} {:>7} {:>5}  {:>9} {:>8} {:>8} {:>6} {:>8} {:>9} {:>11}",
+        "gpu",
+        "GPUs",
+        "fits",
+        "sharding",
+        "wrapping",
+        "prec",
+        "batch",
+        "reshard",
+        "ckpt",
+        "peak GiB",
+        "step s",
+        "exposed",
+        "MFU %",
+        "goodput",
+        "days",
+        "cost $"
     );
     for r in &s.rows {
         let mark = if r.pareto { "*" } else { " " };
         if r.fits {
             println!(
-                "{mark} {:<11} {:>5} {:>4}  {:<9} {:<10} {:<5} {:>5} {:>7} {:>5}  {:>9.2} {:>8.3} {:>8.3} {:>6.1} {:>9.2} {:>11.0}",
+                "{mark} {:<11} {:>5} {:>4}  {:<9} {:<10} {:<5} {:>5} {:>7} {:>5}  {:>9.2} {:>8.3} {:>8.3} {:>6.1} {:>7.1}% {:>9.2} {:>11.0}",
                 r.gpu,
                 r.gpus,
                 "yes",
@@ -72,6 +90,7 @@ fn print_table(s: &Sweep, recipe: &Recipe) {
                 r.step_s.unwrap_or(0.0),
                 r.exposed_comm_s.unwrap_or(0.0),
                 100.0 * r.mfu.unwrap_or(0.0),
+                100.0 * r.goodput.unwrap_or(0.0),
                 r.days.unwrap_or(0.0),
                 r.cost_usd.unwrap_or(0.0),
             );

@@ -1,10 +1,17 @@
 //! `seerscale train`: execute a plan for real (tch + c10d), as one rank, as
 //! N local ranks, or as a rank of a torchrun / SLURM job.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
-use executor::train::{self, TrainArgs};
-use std::path::PathBuf;
+use cost_models::hardware::load_profile;
+use executor::launch::LaunchError;
+use executor::train::{self, TrainArgs, TrainError};
+use planner::build::build_plan;
+use planner::plan::Plan;
+use planner::search::{choose, BatchPolicy, Constraints, GpuCount, Objective, SearchSpace, Searcher, ShardingSpace};
+use runspec::sharding::{Sharding, Strategy};
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 #[derive(Args)]
@@ -28,9 +35,10 @@ pub struct TrainCliArgs {
     /// Continue from the latest checkpoint in --out.
     #[arg(long)]
     pub resume: bool,
-    /// Save a sharded checkpoint every N steps.
+    /// Save a sharded checkpoint every N steps, or `auto`: the plan's
+    /// interval for its predicted failure rate (Young/Daly).
     #[arg(long)]
-    pub checkpoint_every: Option<u64>,
+    pub checkpoint_every: Option<executor::train::CheckpointEvery>,
     /// Stop after this step (the schedule still assumes --steps).
     #[arg(long)]
     pub stop_after: Option<u64>,
@@ -58,6 +66,14 @@ pub struct TrainCliArgs {
     /// step schedule.
     #[arg(long)]
     pub record_events: bool,
+    /// When a rank dies, start the job again from the latest checkpoint,
+    /// up to this many times (with --nproc-per-node, like torchrun's).
+    #[arg(long, default_value_t = 0)]
+    pub max_restarts: usize,
+    /// With --max-restarts: continue on one rank fewer each time, re-planned
+    /// for the ranks that are left (the checkpoint is re-cut for them).
+    #[arg(long, requires = "max_restarts")]
+    pub elastic: bool,
 }
 
 impl TrainCliArgs {
@@ -85,6 +101,87 @@ impl TrainCliArgs {
 }
 
 pub fn run(a: &TrainCliArgs) -> Result<()> {
-    train::run(&a.to_train_args()?)?;
+    let args = a.to_train_args()?;
+    let n = a.nproc_per_node.unwrap_or(1);
+    let launcher = std::env::var_os("RANK").is_none() && n > 1;
+    if a.max_restarts == 0 || !launcher {
+        train::run(&args)?;
+        return Ok(());
+    }
+    if a.checkpoint_every.is_none() {
+        eprintln!("warning: --max-restarts without --checkpoint-every: a restart starts from step 0");
+    }
+    let (mut plan, mut n, mut resume) = (a.plan.clone(), n, a.resume);
+    for attempt in 0..=a.max_restarts {
+        match train::launch_ranks(&rank_args(&plan, n, resume), n, args.timeout) {
+            Ok(()) => return Ok(()),
+            Err(TrainError::Launch(LaunchError::RankFailed { rank, status, .. })) if attempt < a.max_restarts => {
+                eprintln!("rank {rank} failed ({status}); restart {} of {} from the latest checkpoint in {}", attempt + 1, a.max_restarts, a.out.display());
+                resume = true;
+                if a.elastic && n > 1 {
+                    n -= 1;
+                    plan = replan(&plan, n, &a.out)?;
+                    eprintln!("elastic: continuing on {n} ranks with {}", plan.display());
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
     Ok(())
+}
+
+/// This program's arguments for the ranks of a (re)started job: the plan
+/// and rank count of this attempt, `--resume` after a failure.
+fn rank_args(plan: &Path, n: usize, resume: bool) -> Vec<OsString> {
+    let mut out: Vec<OsString> = Vec::new();
+    let mut args = std::env::args_os().skip(1);
+    while let Some(arg) = args.next() {
+        let s = arg.to_string_lossy();
+        let takes_value = ["--plan", "--nproc-per-node", "--max-restarts"].contains(&s.as_ref());
+        if takes_value {
+            args.next();
+            continue;
+        }
+        if ["--plan=", "--nproc-per-node=", "--max-restarts="].iter().any(|p| s.starts_with(p)) || s == "--resume" || s == "--elastic" {
+            continue;
+        }
+        out.push(arg);
+    }
+    out.extend([OsString::from("--plan"), plan.as_os_str().to_owned(), "--nproc-per-node".into(), n.to_string().into()]);
+    if resume {
+        out.push("--resume".into());
+    }
+    out
+}
+
+/// The plan for `n` ranks with the same decisions as `plan` where they
+/// still apply (wrapping, precision, reshard, the sharding if its group
+/// divides `n`, the global batch if `n` divides it), checkpointing placed
+/// again; written next to the run's output.
+fn replan(plan: &Path, n: usize, out: &Path) -> Result<PathBuf> {
+    let old = Plan::load(plan)?;
+    let recipe = old.recipe.clone();
+    let hw = load_profile(&recipe.cluster.gpu).with_context(|| format!("re-planning for {n} ranks: hardware `{}`", recipe.cluster.gpu))?;
+    let global = old.batch_per_rank * old.world_size;
+    let batch = if global.is_multiple_of(n) { BatchPolicy::Global(global) } else { BatchPolicy::PerGpu(old.batch_per_rank) };
+    let mut space = SearchSpace::full(vec![hw], GpuCount::Fixed(n), batch);
+    space.wrappings = vec![old.wrapping];
+    space.precisions = vec![old.precision.compute];
+    space.reshard = vec![old.reshard_after_forward];
+    let s = old.sharding.shard_group;
+    space.shardings = ShardingSpace::Only(match old.sharding.strategy {
+        Strategy::Hybrid if s < n && n.is_multiple_of(s) => old.sharding,
+        Strategy::Ddp => Sharding::ddp(),
+        _ => Sharding::default(),
+    });
+    let mut searcher = Searcher::new(&recipe, space)?;
+    let outcomes = searcher.run(|_, _| {})?;
+    let e = choose(&outcomes, Objective::Fastest, Constraints::default())
+        .map_err(|e| anyhow::anyhow!("cannot continue on {n} ranks: {e}: {}", searcher.explain_infeasible(&outcomes)))?
+        .clone();
+    let (new, _) = build_plan(&mut searcher, &e)?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let path = out.join(format!("plan.{n}-ranks.json"));
+    new.save(&path)?;
+    Ok(path)
 }
