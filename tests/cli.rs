@@ -399,6 +399,10 @@ fn sweep_seer_10b_json_has_rows_and_a_frontier() {
         if r["fits"].as_bool().unwrap() {
             let sh = r["sharding"].as_str().unwrap();
             assert!(sh == "fsdp" || sh == "ddp" || sh.starts_with("hybrid:"), "{r}");
+            // Days and cost include expected failures: never below the failure-free days.
+            assert!(r["goodput"].as_f64().is_some_and(|g| g > 0.5 && g <= 1.0), "{r}");
+            assert!(r["days"].as_f64().unwrap() >= r["failure_free_days"].as_f64().unwrap(), "{r}");
+            assert!(r["checkpoint_interval_steps"].as_u64().is_some_and(|n| n >= 1), "{r}");
             assert!(r["days"].as_f64().unwrap() > 0.0 && r["cost_usd"].as_f64().unwrap() > 0.0, "{r}");
             assert!(r["peak_gib"].as_f64().unwrap() <= r["usable_gib"].as_f64().unwrap(), "{r}");
         } else {
