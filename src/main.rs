@@ -64,7 +64,12 @@ fn main() {
         Command::Validate(a) => commands::validate::run(&a),
     };
     if let Err(e) = result {
-        eprintln!("error: {}", one_line(&e));
+        let line = one_line(&e);
+        eprintln!("error: {line}");
+        // A rank started by the launcher: tell it this rank's own error.
+        if let Some(f) = std::env::var_os(executor::launch::ERROR_FILE_VAR) {
+            let _ = std::fs::write(f, format!("{line}\n"));
+        }
         std::process::exit(1);
     }
 }
@@ -72,13 +77,38 @@ fn main() {
 /// The error and its causes on one line, each said once: library errors
 /// often put their cause in their own message as well as in the chain.
 fn one_line(e: &anyhow::Error) -> String {
-    let mut msg = e.to_string();
+    let mut msg = without_cpp_frames(&e.to_string());
     for cause in e.chain().skip(1) {
-        let c = cause.to_string();
+        let c = without_cpp_frames(&cause.to_string());
         if !msg.contains(&c) {
             msg.push_str(": ");
             msg.push_str(&c);
         }
     }
     msg
+}
+
+/// libtorch's errors carry "Exception raised from ..." and a C++ backtrace
+/// (`frame #0: c10::Error::Error ...`): keep the message, on one line.
+fn without_cpp_frames(msg: &str) -> String {
+    let msg = msg.split("Exception raised from").next().unwrap_or(msg);
+    msg.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("frame #")).collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libtorch_backtraces_are_cut_to_their_message() {
+        let torch = "Internal torch error: PytorchStreamReader failed reading zip archive: failed finding central directory\n\
+                     Exception raised from valid at /pytorch/caffe2/serialize/inline_container.cc:242 (most recent call first):\n\
+                     frame #0: c10::Error::Error(c10::SourceLocation, std::string) + 0x9d (0x7f in libc10.so)\n\
+                     frame #1: <unknown function> + 0x4222c0 (0x55 in seerscale)\n";
+        let e = anyhow::anyhow!(torch.to_string()).context("checkpoint runs/x/rank1.pt");
+        assert_eq!(
+            one_line(&e),
+            "checkpoint runs/x/rank1.pt: Internal torch error: PytorchStreamReader failed reading zip archive: failed finding central directory"
+        );
+    }
 }

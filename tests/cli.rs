@@ -293,6 +293,49 @@ fn dry_run_on_broken_json_names_file_line_column_and_field() {
     assert_eq!(l, line, "{e}");
     assert!(rest.starts_with("field `world_size`: invalid type"), "{e}");
     assert!(!rest.contains(" at line "), "the position is given once: {e}");
+
+    // A missing field is named as the field, at the top level and nested.
+    let f = dir.write("only-version.json", "{\"schema_version\": 1}");
+    let e = one_line_error(&["dry-run", &f]);
+    assert!(e.ends_with("field `created_by`: missing field `created_by`"), "{e}");
+    let mut v: Value = serde_json::from_str(&good).unwrap();
+    v["precision"].as_object_mut().unwrap().remove("reduce");
+    let f = dir.write("no-reduce.json", &serde_json::to_string_pretty(&v).unwrap());
+    let e = one_line_error(&["dry-run", &f]);
+    assert!(e.ends_with("field `precision.reduce`: missing field `reduce`"), "{e}");
+}
+
+/// `--reference` takes `--batch` (and `--global-batch`) instead of
+/// ignoring them.
+#[test]
+fn reference_plans_take_the_batch_asked_for() {
+    let plan = ok_json(&["plan", "--recipe", "seer-10b", "--reference", "--batch", "4", "--json"]);
+    assert_eq!(plan["batch_per_rank"].as_u64(), Some(4));
+    let plan = ok_json(&["plan", "--recipe", "seer-10b", "--reference", "--global-batch", "3968", "--json"]);
+    assert_eq!(plan["batch_per_rank"].as_u64(), Some(8));
+    let e = one_line_error(&["plan", "--recipe", "seer-10b", "--reference", "--global-batch", "1000"]);
+    assert_eq!(e, "--global-batch 1000 is not a multiple of 496 GPUs");
+}
+
+/// A tiny plan reads in the units of its numbers: milliseconds, seconds,
+/// MiB, cents; and a one-block checkpointed segment is named once.
+#[test]
+fn small_plans_print_units_that_fit_their_numbers() {
+    let out = seerscale(&["plan", "--recipe", "tiny-cpu"]);
+    let s = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for bad in ["0.00 GiB", "0.00 days", " $0 ", "0.000 s"] {
+        assert!(!s.contains(bad), "`{bad}` in:\n{s}");
+    }
+    assert!(s.contains(" ms") && s.contains("GFLOP/s fp32"), "{s}");
+    let dir = TempDir::new("small-units");
+    let mut p = ok_json(&["plan", "--recipe", "tiny-cpu", "--json"]);
+    p["checkpoint_segments"] = serde_json::json!([["s1.b0"]]);
+    let f = dir.write("one-block.json", &serde_json::to_string(&p).unwrap());
+    let out = seerscale(&["dry-run", &f]);
+    let s = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(s.contains("checkpointed: s1.b0\n") && !s.contains("s1.b0..s1.b0") && !s.contains("0.00 GiB"), "{s}");
 }
 
 #[test]
@@ -567,4 +610,100 @@ fn a_restarted_job_finishes_the_uninterrupted_run() {
             assert!(((x - y) / x).abs() < 1e-5, "{ranks} ranks, elastic {elastic}, step {s}: uninterrupted {x} vs restarted {y}");
         }
     }
+}
+
+// ------------------------------------------------------------ rough edges of a run
+
+/// A folder of small PNGs (and whatever else the test adds to it).
+fn image_folder(dir: &TempDir, name: &str, n: u32) -> PathBuf {
+    let d = dir.path(name);
+    std::fs::create_dir_all(&d).unwrap();
+    for i in 0..n {
+        let img = image::RgbImage::from_fn(48, 40, |x, y| image::Rgb([(x * 5 + i * 20) as u8, (y * 6) as u8, (i * 30) as u8]));
+        img.save(d.join(format!("img{i:02}.png"))).unwrap();
+    }
+    d
+}
+
+/// Unreadable images are skipped with a warning naming them, counted in
+/// each step's metrics and in the closing summary; without a terminal the
+/// run prints progress lines with the loss, and the summary has the loss
+/// at both ends.
+#[test]
+fn a_run_counts_and_names_unreadable_images_and_prints_progress_lines() {
+    let dir = TempDir::new("train-skipped");
+    let data = image_folder(&dir, "imgs", 8);
+    std::fs::write(data.join("broken.png"), b"not a png at all").unwrap();
+    std::fs::write(data.join("empty.jpg"), b"").unwrap();
+    let plan = dir.path("plan.json");
+    let out = seerscale(&["plan", "--recipe", "tiny-cpu", "--gpus", "1", "--out", plan.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let run = dir.path("run");
+    let out = seerscale(&[
+        "train",
+        "--plan",
+        plan.to_str().unwrap(),
+        "--steps",
+        "4",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--threads",
+        "1",
+        "--workers",
+        "1",
+    ]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("warning: ") && stderr.contains("unreadable image file(s) skipped"), "{stderr}");
+    assert!(stderr.contains("broken.png") && stderr.contains("empty.jpg"), "the warning names the files: {stderr}");
+    let metrics = std::fs::read_to_string(run.join("metrics.rank0.jsonl")).unwrap();
+    let last: Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+    assert_eq!(last["skipped_images"].as_u64(), Some(2), "{metrics}");
+    assert!(stdout.contains("unreadable image files skipped: 2 on rank 0"), "{stdout}");
+    // Progress lines (stdout is a pipe here): the first and the last step.
+    assert!(stdout.contains("step 1/4: loss ") && stdout.contains("step 4/4: loss "), "{stdout}");
+    let loss_line = stdout.lines().find(|l| l.trim_start().starts_with("loss ")).unwrap_or_else(|| panic!("no loss summary:\n{stdout}"));
+    assert!(loss_line.contains(" -> "), "first -> last loss: {loss_line}");
+}
+
+/// A checkpoint shard that libtorch cannot read on `--resume` fails as one
+/// line (no C++ frames), and the launcher's headline is that rank's own
+/// error rather than a peer's "disconnected".
+#[test]
+fn a_corrupt_shard_fails_in_one_line_headed_by_the_rank_that_read_it() {
+    let dir = TempDir::new("train-corrupt-shard");
+    let plan = dir.path("plan.json");
+    let out = seerscale(&["plan", "--recipe", "tiny-cpu", "--gpus", "2", "--out", plan.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let run = dir.path("run");
+    let train = |steps: &str, resume: bool| {
+        let mut a = vec!["train", "--plan", plan.to_str().unwrap(), "--nproc-per-node", "2", "--steps", steps, "--checkpoint-every", "2"];
+        a.extend(["--out", run.to_str().unwrap(), "--threads", "1", "--workers", "1", "--timeout-s", "20"]);
+        if resume {
+            a.push("--resume");
+        }
+        seerscale(&a)
+    };
+    let out = train("2", false);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // A shard cut short whose record carries no size/CRC (as an older
+    // checkpoint's): only libtorch's reader can find it broken.
+    let step = run.join("checkpoints/step_00000002");
+    let shard = step.join("rank1.pt");
+    let bytes = std::fs::read(&shard).unwrap();
+    std::fs::write(&shard, &bytes[..bytes.len() / 3]).unwrap();
+    let record = step.join("rank1.json");
+    let mut meta: Value = serde_json::from_str(&std::fs::read_to_string(&record).unwrap()).unwrap();
+    meta.as_object_mut().unwrap().remove("tensors_file");
+    std::fs::write(&record, serde_json::to_string(&meta).unwrap()).unwrap();
+
+    let out = train("4", true);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(!stderr.contains("frame #") && !stderr.contains("Exception raised from"), "no C++ frames: {stderr}");
+    let headline = stderr.lines().last().unwrap();
+    assert!(headline.starts_with("error: rank 1 failed"), "{stderr}");
+    assert!(headline.contains("rank1.pt") && !headline.contains("disconnected"), "the headline is rank 1's own error: {headline}");
 }

@@ -103,7 +103,17 @@ pub fn parse_json<T: DeserializeOwned>(text: &str, origin: &str) -> Result<T, Co
         // serde_json appends the position, which the prefix already gives.
         let full = e.to_string();
         let message = full.strip_suffix(&format!(" at line {line} column {column}")).unwrap_or(&full).to_string();
-        ConfigError::Parse { origin: origin.to_string(), line, column, field: json_path_at(text, line, column), message }
+        let at = json_path_at(text, line, column);
+        // A missing field is reported at the end of its object, where the
+        // path is the object's last key: name the missing one instead.
+        let field = match message.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
+            Some(name) => match at.as_deref().and_then(|p| p.rsplit_once('.')) {
+                Some((parent, _)) => Some(format!("{parent}.{name}")),
+                None => Some(name.to_string()),
+            },
+            None => at,
+        };
+        ConfigError::Parse { origin: origin.to_string(), line, column, field, message }
     })
 }
 

@@ -94,12 +94,14 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> CheckpointError + '_ {
     move |source| CheckpointError::Io { path: path.to_path_buf(), source }
 }
 
-/// Writes `bytes` to `path` atomically (temporary file, fsync, rename).
+/// Writes `path` atomically: `write` fills a temporary file beside it,
+/// which is synced and then renamed over `path`.
 fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<(), CheckpointError>) -> Result<(), CheckpointError> {
-    let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
-    write(&tmp)?;
-    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new().suffix(".tmp").tempfile_in(dir).map_err(io(dir))?;
+    write(tmp.path())?;
+    std::fs::File::open(tmp.path()).and_then(|f| f.sync_all()).map_err(io(tmp.path()))?;
+    tmp.persist(path).map(drop).map_err(|e| CheckpointError::Io { path: path.to_path_buf(), source: e.error })
 }
 
 /// Saves this rank's state for `meta.step` (call on every rank, then a

@@ -6,14 +6,19 @@
 //! 0's stderr is passed through untouched so its progress bar draws on the
 //! terminal, other ranks' stderr is prefixed too. When a child fails, the
 //! others get `grace` to stop on their own (their collectives fail fast when
-//! a peer's socket closes, or time out), then are killed; the launcher
-//! reports the first rank that failed.
+//! a peer's socket closes, or time out), then are killed. The launcher
+//! reports the rank that failed first with that rank's own error: each
+//! child writes its one-line error to the file named by [`ERROR_FILE_VAR`],
+//! and the earliest written wins (a peer's "disconnected" comes later).
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+
+/// A child that fails writes its one-line error to the file this names.
+pub const ERROR_FILE_VAR: &str = "SEERSCALE_ERROR_FILE";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
@@ -25,6 +30,8 @@ pub enum LaunchError {
     Spawn { rank: usize, program: PathBuf, source: std::io::Error },
     #[error("rank {rank} failed ({status}); the other ranks were stopped{detail}")]
     RankFailed { rank: usize, status: String, detail: String },
+    #[error("cannot create a temporary folder for the ranks' errors: {0}")]
+    ErrorDir(std::io::Error),
     #[error("ranks did not finish within {0:?}; all were killed")]
     Deadline(Duration),
     #[error("--nproc-per-node must be >= 1")]
@@ -173,12 +180,19 @@ pub fn launch_local(program: &Path, args: &[OsString], opts: &LaunchOptions) -> 
         Some(p) => p,
         None => crate::dist::free_port().map_err(LaunchError::Port)?,
     };
+    let errors = tempfile::Builder::new().prefix("seerscale-errors").tempdir().map_err(LaunchError::ErrorDir)?;
+    let error_file = |rank: usize| errors.path().join(format!("rank{rank}"));
     let mut children: Vec<Option<Child>> = Vec::with_capacity(opts.nproc);
     let mut pipes = Vec::new();
     for rank in 0..opts.nproc {
         let env = RankEnv { rank, world_size: opts.nproc, local_rank: rank, master_addr: "127.0.0.1".into(), master_port: port };
         let mut cmd = Command::new(program);
-        cmd.args(args).envs(env.vars()).envs(opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str()))).stdin(Stdio::null()).stdout(Stdio::piped());
+        cmd.args(args)
+            .envs(env.vars())
+            .env(ERROR_FILE_VAR, error_file(rank))
+            .envs(opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
         cmd.stderr(if rank == 0 { Stdio::inherit() } else { Stdio::piped() });
         let mut child = match cmd.spawn() {
             Ok(c) => c,
@@ -199,6 +213,7 @@ pub fn launch_local(program: &Path, args: &[OsString], opts: &LaunchOptions) -> 
 
     let start = Instant::now();
     let mut first_failure: Option<(usize, String)> = None;
+    let mut failed: Vec<Option<String>> = vec![None; opts.nproc];
     let mut failed_at: Option<Instant> = None;
     let mut running = opts.nproc;
     while running > 0 {
@@ -207,9 +222,12 @@ pub fn launch_local(program: &Path, args: &[OsString], opts: &LaunchOptions) -> 
             if let Ok(Some(status)) = child.try_wait() {
                 *slot = None;
                 running -= 1;
-                if !status.success() && first_failure.is_none() {
-                    first_failure = Some((rank, describe(&status)));
-                    failed_at = Some(Instant::now());
+                if !status.success() {
+                    failed[rank] = Some(describe(&status));
+                    if first_failure.is_none() {
+                        first_failure = Some((rank, describe(&status)));
+                        failed_at = Some(Instant::now());
+                    }
                 }
             }
         }
@@ -240,6 +258,10 @@ pub fn launch_local(program: &Path, args: &[OsString], opts: &LaunchOptions) -> 
             }
         }
     }
+    if let Some((rank, line)) = first_failure.as_ref().and_then(|_| earliest_error(&failed, error_file)) {
+        let status = failed[rank].clone().unwrap_or_default();
+        return Err(LaunchError::RankFailed { rank, status, detail: format!(": {line}") });
+    }
     match first_failure {
         None => Ok(()),
         Some((rank, status)) => {
@@ -255,6 +277,17 @@ pub fn launch_local(program: &Path, args: &[OsString], opts: &LaunchOptions) -> 
             Err(LaunchError::RankFailed { rank, status, detail })
         }
     }
+}
+
+/// The failed rank whose error file was written first, and its error.
+fn earliest_error(failed: &[Option<String>], file: impl Fn(usize) -> PathBuf) -> Option<(usize, String)> {
+    let written = |rank: usize| {
+        let f = file(rank);
+        let when = std::fs::metadata(&f).and_then(|m| m.modified()).ok()?;
+        let line = std::fs::read_to_string(&f).ok()?.trim().to_string();
+        (!line.is_empty()).then_some((when, rank, line))
+    };
+    (0..failed.len()).filter(|&r| failed[r].is_some()).filter_map(written).min_by_key(|(when, rank, _)| (*when, *rank)).map(|(_, rank, line)| (rank, line))
 }
 
 fn kill_all(children: &mut [Option<Child>]) {
@@ -298,7 +331,8 @@ mod tests {
     fn launcher_reports_the_failing_rank() {
         // `sh -c` as the "program": rank 1 fails, rank 0 would sleep for a
         // minute; the launcher must kill it after the grace period.
-        let args: Vec<OsString> = vec!["-c".into(), "if [ \"$RANK\" = 1 ]; then echo 'error: boom' >&2; exit 3; else exec sleep 60; fi".into()];
+        let args: Vec<OsString> =
+            vec!["-c".into(), "if [ \"$RANK\" = 1 ]; then echo 'boom' > \"$SEERSCALE_ERROR_FILE\"; exit 3; else exec sleep 60; fi".into()];
         let opts = LaunchOptions { grace: Duration::from_millis(500), ..LaunchOptions::local(2) };
         let t = Instant::now();
         let err = launch_local(Path::new("/bin/sh"), &args, &opts).unwrap_err();
@@ -308,6 +342,18 @@ mod tests {
                 assert_eq!(rank, 1);
                 assert!(status.contains("exit code 3"), "{status}");
                 assert!(detail.contains("boom"), "{detail}");
+            }
+            e => panic!("unexpected {e}"),
+        }
+        // Rank 1 fails first but exits last; rank 0's error is a consequence
+        // written later: the headline is rank 1's own error.
+        let args: Vec<OsString> = vec![
+            "-c".into(),
+            "if [ \"$RANK\" = 1 ]; then echo 'cause' > \"$SEERSCALE_ERROR_FILE\"; sleep 0.5; exit 3; else sleep 0.2; echo 'peer died' > \"$SEERSCALE_ERROR_FILE\"; exit 1; fi".into(),
+        ];
+        match launch_local(Path::new("/bin/sh"), &args, &LaunchOptions::local(2)).unwrap_err() {
+            LaunchError::RankFailed { rank, status, detail } => {
+                assert_eq!((rank, status.as_str(), detail.as_str()), (1, "exit code 3", ": cause"));
             }
             e => panic!("unexpected {e}"),
         }

@@ -14,6 +14,8 @@ pub struct MetricsWriter {
     path: PathBuf,
     out: BufWriter<File>,
     bar: Option<ProgressBar>,
+    /// Without a terminal (a SLURM log): a progress line every so often.
+    lines: Option<Lines>,
 }
 
 impl MetricsWriter {
@@ -38,6 +40,7 @@ impl MetricsWriter {
         for l in &kept {
             writeln!(f, "{l}").map_err(err)?;
         }
+        let bar_range = bar;
         let bar = bar.map(|(start, total)| {
             let b = ProgressBar::new(total);
             b.set_style(
@@ -48,12 +51,31 @@ impl MetricsWriter {
             b.set_position(start);
             b
         });
-        Ok(MetricsWriter { path, out: BufWriter::new(f), bar })
+        let lines = match &bar {
+            Some(b) if b.is_hidden() => Some(Lines { every: total_of(bar_range) / 20, last: std::time::Instant::now(), total: total_of(bar_range) }),
+            _ => None,
+        };
+        Ok(MetricsWriter { path, out: BufWriter::new(f), bar, lines })
     }
 
     pub fn record(&mut self, m: &StepMetrics) -> Result<(), MetricsError> {
         let line = serde_json::to_string(m).map_err(|e| MetricsError { path: self.path.clone(), source: e.into() })?;
         writeln!(self.out, "{line}").and_then(|_| self.out.flush()).map_err(|source| MetricsError { path: self.path.clone(), source })?;
+        if let Some(l) = &mut self.lines {
+            let done = m.step + 1;
+            if done == 1 || done == l.total || (l.every > 0 && done.is_multiple_of(l.every)) || l.last.elapsed() >= std::time::Duration::from_secs(30) {
+                l.last = std::time::Instant::now();
+                println!(
+                    "step {done}/{}: loss {:.4}, {:.1} img/s, {:.1} ms/step, peak {}{}",
+                    l.total,
+                    m.loss,
+                    m.images_per_s,
+                    m.step_time_s * 1e3,
+                    Bytes(m.peak_memory_bytes),
+                    if m.skipped { " (skipped: fp16 overflow)" } else { "" }
+                );
+            }
+        }
         if let Some(b) = &self.bar {
             b.set_position(m.step + 1);
             b.set_message(format!(
@@ -67,11 +89,27 @@ impl MetricsWriter {
         Ok(())
     }
 
+    /// Whether progress goes to a terminal (a bar) rather than as lines.
+    pub fn has_bar(&self) -> bool {
+        self.bar.as_ref().is_some_and(|b| !b.is_hidden())
+    }
+
     pub fn finish(&mut self) {
         if let Some(b) = self.bar.take() {
             b.finish();
         }
     }
+}
+
+/// Progress as plain lines: about 20 per run, and at least every 30 s.
+struct Lines {
+    every: u64,
+    last: std::time::Instant,
+    total: u64,
+}
+
+fn total_of(bar: Option<(u64, u64)>) -> u64 {
+    bar.map_or(0, |(_, total)| total)
 }
 
 /// What a run measured, to set against the plan's predictions: the

@@ -762,6 +762,7 @@ impl<'pg> Trainer<'pg> {
         let mut writer = MetricsWriter::open(&self.cfg.out_dir, rank, self.cfg.resume.then_some(self.step), bar)?;
         let mut all = Vec::new();
         let global_images = (self.cfg.images_per_rank * world) as f64;
+        let mut warned_skipped = 0u64;
         while self.step < end {
             fault_injection(rank, self.step);
             memstats::reset_peak(mem)?;
@@ -791,7 +792,13 @@ impl<'pg> Trainer<'pg> {
                 skipped: out.skipped,
                 grad_norm: out.grad_norm,
                 sync_bn: self.cfg.sync_bn,
+                skipped_images: loader.skipped_files() as u64,
             };
+            if m.skipped_images > warned_skipped {
+                warned_skipped = m.skipped_images;
+                let paths: Vec<String> = loader.skipped_paths().iter().take(3).map(|p| p.display().to_string()).collect();
+                eprintln!("warning: {} unreadable image file(s) skipped so far on this rank, e.g. {}", m.skipped_images, paths.join(", "));
+            }
             writer.record(&m)?;
             all.push(m);
             if self.cfg.checkpoint_every.is_some_and(|k| k > 0 && self.step.is_multiple_of(k)) || (self.cfg.checkpoint_every.is_some() && self.step == end) {
@@ -812,6 +819,16 @@ impl<'pg> Trainer<'pg> {
                     all.len(),
                     metrics::DEFAULT_WARMUP.min(all.len().saturating_sub(1) as u64)
                 );
+                // Each rank's loader counts its own unreadable files.
+                let mut per_rank: std::collections::BTreeMap<usize, u64> = std::collections::BTreeMap::new();
+                for m in &records {
+                    let e = per_rank.entry(m.rank).or_default();
+                    *e = (*e).max(m.skipped_images);
+                }
+                if per_rank.values().any(|&n| n > 0) {
+                    let counts: Vec<String> = per_rank.iter().map(|(r, n)| format!("{n} on rank {r}")).collect();
+                    println!("unreadable image files skipped: {} (warnings above name them)", counts.join(", "));
+                }
                 Some(table)
             }
             _ => None,

@@ -204,9 +204,10 @@ pub fn save_safetensors(w: &Weights, path: &Path, dtype: ExportDtype) -> Result<
     let model = serde_json::to_string(&w.model).map_err(|e| file_err(e.to_string()))?;
     let metadata: HashMap<String, String> =
         [(META_FORMAT.to_string(), FORMAT.to_string()), (META_MODEL.to_string(), model), (META_STEP.to_string(), w.step.to_string())].into_iter().collect();
-    let tmp = path.with_extension("safetensors.tmp");
-    safetensors::tensor::serialize_to_file(views, &Some(metadata), &tmp).map_err(|e| file_err(format!("cannot write: {e:?}")))?;
-    std::fs::rename(&tmp, path).map_err(|e| file_err(format!("cannot write: {e}")))?;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new().suffix(".tmp").tempfile_in(dir).map_err(|e| file_err(format!("cannot write beside it: {e}")))?;
+    safetensors::tensor::serialize_to_file(views, &Some(metadata), tmp.path()).map_err(|e| file_err(format!("cannot write: {e:?}")))?;
+    tmp.persist(path).map_err(|e| file_err(format!("cannot write: {}", e.error)))?;
     Ok(tensors.len())
 }
 

@@ -82,10 +82,6 @@ pub fn dry_run(plan: &Plan, origin: &str) -> Result<DryRun, DryRunError> {
     Ok(DryRun { origin: origin.to_string(), plan: plan.clone(), segments, report, block_names })
 }
 
-fn gib(b: Bytes) -> f64 {
-    b.0 as f64 / GIB as f64
-}
-
 impl DryRun {
     pub fn fits(&self) -> bool {
         self.report.fits()
@@ -128,22 +124,22 @@ impl DryRun {
             self.segments.len()
         );
         for seg in &self.segments {
-            let _ = writeln!(s, "  checkpointed: {}..{}", self.block_names[seg.start], self.block_names[seg.end - 1]);
+            let _ = writeln!(s, "  checkpointed: {}", crate::sweep::segment_label(&self.block_names, seg));
         }
         let label = r.timeline.get(r.peak_event).map_or("", |e| e.label.as_str());
-        let _ = writeln!(s, "\npeak {} ({:.2} GiB) at event {} of {} ({label})", r.peak, gib(r.peak), r.peak_event, r.timeline.len());
+        let _ = writeln!(s, "\npeak {} at event {} of {} ({label})", r.peak, r.peak_event, r.timeline.len());
         let head = self.headroom();
         let pct = 100.0 * head as f64 / r.usable.0.max(1) as f64;
         if self.fits() {
-            let _ = writeln!(s, "usable {:.2} GiB: fits, {:.2} GiB ({pct:.1} %) to spare", gib(r.usable), head as f64 / GIB as f64);
+            let _ = writeln!(s, "usable {}: fits, {} ({pct:.1} %) to spare", r.usable, Bytes(head as u64));
         } else {
-            let _ = writeln!(s, "usable {:.2} GiB: DOES NOT FIT, {:.2} GiB ({:.1} %) over", gib(r.usable), -head as f64 / GIB as f64, -pct);
+            let _ = writeln!(s, "usable {}: DOES NOT FIT, {} ({:.1} %) over", r.usable, Bytes((-head) as u64), -pct);
         }
         let pred = Bytes(p.predicted.peak_memory_bytes);
         if self.matches_prediction() {
-            let _ = writeln!(s, "plan predicted {:.2} GiB: matches", gib(pred));
+            let _ = writeln!(s, "plan predicted {pred}: matches");
         } else {
-            let _ = writeln!(s, "plan predicted {:.2} GiB, recomputed {:.2} GiB: the plan was made by another planner version", gib(pred), gib(r.peak));
+            let _ = writeln!(s, "plan predicted {pred}, recomputed {}: the plan was made by another planner version", r.peak);
         }
         // Small plans (tiny-cpu) read better in MiB.
         let (unit, div) = if r.peak.0 < GIB { ("MiB", (1u64 << 20) as f64) } else { ("GiB", GIB as f64) };

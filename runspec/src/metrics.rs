@@ -39,6 +39,10 @@ pub struct StepMetrics {
     /// per rank; files from before the option read as per rank.
     #[serde(default)]
     pub sync_bn: bool,
+    /// Image files this rank's loader has found unreadable (and skipped)
+    /// since the run started; 0 in files from before it was recorded.
+    #[serde(default)]
+    pub skipped_images: u64,
 }
 
 /// JSON has no NaN: serde_json writes a diverged loss or norm as `null`;
@@ -178,6 +182,7 @@ mod tests {
             skipped: false,
             grad_norm: 1.0,
             sync_bn: false,
+            skipped_images: 0,
         }
     }
 

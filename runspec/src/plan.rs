@@ -211,8 +211,13 @@ impl Plan {
     pub fn save(&self, path: &Path) -> Result<(), PlanError> {
         let origin = path.display().to_string();
         let text = serde_json::to_string_pretty(self).expect("plan serialises");
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, text + "\n").and_then(|_| std::fs::rename(&tmp, path)).map_err(|error| PlanError::Write { origin, error })
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let write = || -> std::io::Result<()> {
+            let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+            std::io::Write::write_all(&mut tmp, (text + "\n").as_bytes())?;
+            tmp.persist(path).map(drop).map_err(|e| e.error)
+        };
+        write().map_err(|error| PlanError::Write { origin, error })
     }
 
     /// The model graph for one rank's step under this plan.

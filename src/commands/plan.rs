@@ -247,7 +247,16 @@ pub fn run(a: &PlanArgs) -> Result<()> {
             GpuCount::Fixed(n) => n,
             GpuCount::Range { .. } => recipe.cluster.gpus,
         };
-        let d = reference_decisions(&mut s, world).with_context(|| format!("recipe `{}` has no [reference_plan]", recipe.name))?;
+        let mut d = reference_decisions(&mut s, world).with_context(|| format!("recipe `{}` has no [reference_plan]", recipe.name))?;
+        // The published plan at another batch, when asked for.
+        match (a.search.batch, a.search.global_batch) {
+            (Some(b), _) => d.batch_per_rank = b,
+            (None, Some(g)) => {
+                anyhow::ensure!(g.is_multiple_of(world), "--global-batch {g} is not a multiple of {world} GPUs");
+                d.batch_per_rank = g / world;
+            }
+            (None, None) => {}
+        }
         let e = s.evaluate(0, &d)?;
         let (plan, report) = build_plan(&mut s, &e)?;
         emit(a, &plan, &report, &[("reference".to_string(), &e)], &s)?;
@@ -326,6 +335,48 @@ fn by_sharding(a: &PlanArgs, recipe: &Recipe, gpus: GpuCount, constraints: Const
         }
     }
     Ok(())
+}
+
+/// Seconds in the unit that reads best: `3.242 s`, `10.3 ms`, `85 µs`.
+fn secs(s: f64) -> String {
+    if s == 0.0 {
+        "0 s".into()
+    } else if s >= 10.0 {
+        format!("{s:.1} s")
+    } else if s >= 1.0 {
+        format!("{s:.3} s")
+    } else if s >= 1e-3 {
+        format!("{:.1} ms", s * 1e3)
+    } else {
+        format!("{:.0} µs", s * 1e6)
+    }
+}
+
+/// A span given in days, in days, hours, minutes or seconds.
+fn span(days: f64) -> String {
+    let s = days * 86_400.0;
+    if !days.is_finite() {
+        "never".into()
+    } else if days >= 1.0 {
+        format!("{days:.2} days")
+    } else if s >= 3600.0 {
+        format!("{:.1} h", s / 3600.0)
+    } else if s >= 60.0 {
+        format!("{:.1} min", s / 60.0)
+    } else {
+        format!("{s:.1} s")
+    }
+}
+
+/// Dollars with the cents that matter: `$207297`, `$12.34`, `$0.0042`.
+fn usd(x: f64) -> String {
+    if x >= 100.0 {
+        format!("${x:.0}")
+    } else if x >= 0.01 || x == 0.0 {
+        format!("${x:.2}")
+    } else {
+        format!("${x:.1e}")
+    }
 }
 
 /// Why `w` beats `o`, from where their steps differ.
@@ -413,22 +464,34 @@ fn emit(a: &PlanArgs, plan: &Plan, report: &MemoryReport, cols: &[(String, &Eval
     row("reshard after forward", &|c| if c.decisions.reshard_after_forward { "yes".into() } else { "no".into() });
     row("checkpointed segments", &|c| format!("{}", c.decisions.checkpoint.len()));
     row("peak / usable", &|c| format!("{} / {}{}", c.peak, c.usable, if c.fits() { "" } else { "  DOES NOT FIT" }));
-    row("step time", &|c| format!("{:.3} s", c.step.step_time.0));
-    row("  compute (recompute)", &|c| format!("{:.3} s ({:.3} s)", c.step.compute_time.0, c.step.recompute_time.0));
-    row("  comm (exposed)", &|c| format!("{:.3} s ({:.3} s)", c.step.comm_time.0, c.step.exposed_comm.0));
-    row("MFU", &|c| format!("{:.1} %", 100.0 * c.throughput.mfu));
+    row("step time", &|c| secs(c.step.step_time.0));
+    row("  compute (recompute)", &|c| format!("{} ({})", secs(c.step.compute_time.0), secs(c.step.recompute_time.0)));
+    row("  comm (exposed)", &|c| format!("{} ({})", secs(c.step.comm_time.0), secs(c.step.exposed_comm.0)));
+    row("MFU (of dense peak)", &|c| {
+        let dtype = c.decisions.precision.compute;
+        let peak = c.rank_hardware.peak(dtype, cost_models::hardware::MathUnit::Conv).map_or(0.0, |p| p.0);
+        let peak = if peak >= 1e12 { format!("{:.0} TFLOP/s", peak / 1e12) } else { format!("{:.0} GFLOP/s", peak / 1e9) };
+        format!("{:.1} % of {peak} {dtype}", 100.0 * c.throughput.mfu)
+    });
     row("images/s", &|c| format!("{:.0}", c.throughput.images_per_s));
     row("checkpoint/rank (write)", &|c| {
         let f = &c.throughput.failures;
-        format!("{} ({:.1} s)", cost_models::Bytes(f.checkpoint_bytes_per_rank), f.checkpoint_write_s)
+        format!("{} ({})", cost_models::Bytes(f.checkpoint_bytes_per_rank), secs(f.checkpoint_write_s))
     });
-    row("checkpoint every", &|c| format!("{} steps", c.throughput.failures.checkpoint_interval_steps));
+    row("checkpoint every", &|c| {
+        let n = c.throughput.failures.checkpoint_interval_steps;
+        let run = c.throughput.failure_free_days * 86_400.0 / c.step.step_time.0.max(1e-12);
+        if n as f64 >= run {
+            format!("{n} steps (> the run)")
+        } else {
+            format!("{n} steps")
+        }
+    });
     row("failures (job MTBF)", &|c| format!("{:.1} ({:.0} h)", c.throughput.failures.expected_failures, c.throughput.failures.mtbf_job_hours));
     row("goodput", &|c| format!("{:.1} %", 100.0 * c.throughput.failures.goodput));
-    row(&format!("days for {:.3e} images", plan.recipe.data.total_images), &|c| {
-        format!("{:.2} ({:.2} failure-free)", c.throughput.days, c.throughput.failure_free_days)
-    });
-    row("cost", &|c| format!("${:.0} (${:.0})", c.throughput.cost_usd, c.throughput.failure_free_cost_usd));
+    println!("  {:<24}{:.3e} images; failure-free in brackets", "time and cost to train", plan.recipe.data.total_images);
+    row("  time", &|c| format!("{} ({})", span(c.throughput.days), span(c.throughput.failure_free_days)));
+    row("  cost", &|c| format!("{} ({})", usd(c.throughput.cost_usd), usd(c.throughput.failure_free_cost_usd)));
     if a.by_sharding {
         // The comparison only: the winner's units and peak are `plan --sharding`'s.
         if let Some(out) = &a.out {
