@@ -34,7 +34,7 @@ enum Command {
     Calibrate(commands::calibrate::CalibrateArgs),
     /// Search sharding, wrapping, precision, batch, checkpointing and cluster size; write a plan file.
     Plan(commands::plan::PlanArgs),
-    /// Best plan per cluster size, Pareto frontier over (GPUs, days, cost).
+    /// Best plan per cluster size and the frontier of days against cost.
     Sweep(commands::sweep::SweepArgs),
     /// Execute a plan: SwAV training of RegNet-Y under FSDP (tch + c10d).
     Train(commands::train::TrainCliArgs),

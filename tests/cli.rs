@@ -461,6 +461,29 @@ fn sweep_seer_10b_json_has_rows_and_a_frontier() {
     }
 }
 
+/// The table shows the sizes a reader compares, says what the sweep
+/// found, and `--all` lists every row; the SVG plots days against cost.
+#[test]
+fn sweep_table_is_compact_unless_all_rows_are_asked_for() {
+    let args = ["sweep", "--recipe", "seer-10b", "--free-batch", "--min-gpus", "8", "--max-gpus", "512"];
+    let rows = |out: &Output| text(&out.stdout).lines().filter(|l| l.get(2..).is_some_and(|r| r.starts_with("a100-40gb "))).count();
+    let compact = seerscale(&args);
+    assert!(compact.status.success(), "{}", text(&compact.stderr));
+    let s = text(&compact.stdout);
+    let all = seerscale(&[&args[..], &["--all"]].concat());
+    assert_eq!(rows(&all), 64, "one row per whole number of 8-GPU nodes from 8 to 512");
+    assert!(rows(&compact) <= 12, "powers of two, cheapest, fastest:\n{s}");
+    assert!(s.contains("more cluster sizes: --all lists every row"), "{s}");
+    assert!(s.contains("frontier of days against cost") && s.contains("per day saved"), "{s}");
+    assert!(s.contains("global batch varies from"), "freed batches are called out:\n{s}");
+    let dir = TempDir::new("sweep-svg");
+    let svg = dir.path("t.svg");
+    let out = seerscale(&["sweep", "--recipe", "seer-10b", "--svg", svg.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert!(svg.contains("cost to train") && svg.contains("days to train") && svg.contains(">496</text>"), "{svg}");
+}
+
 #[test]
 fn malformed_recipe_names_file_line_and_field() {
     let dir = TempDir::new("recipe-errors");
@@ -706,4 +729,31 @@ fn a_corrupt_shard_fails_in_one_line_headed_by_the_rank_that_read_it() {
     let headline = stderr.lines().last().unwrap();
     assert!(headline.starts_with("error: rank 1 failed"), "{stderr}");
     assert!(headline.contains("rank1.pt") && !headline.contains("disconnected"), "the headline is rank 1's own error: {headline}");
+}
+
+/// Plans hold the recipe's global batch (GPUs x batch per GPU) unless
+/// asked otherwise, and say so whenever a plan's differs from it.
+#[test]
+fn the_recipes_global_batch_is_held_unless_freed() {
+    let plan = ok_json(&["plan", "--recipe", "seer-10b", "--gpu", "h100-80gb", "--json"]);
+    let global = |p: &Value| p["batch_per_rank"].as_u64().unwrap() * p["world_size"].as_u64().unwrap();
+    assert_eq!(global(&plan), 496 * 16, "{plan}");
+    let out = seerscale(&["plan", "--recipe", "seer-10b", "--gpu", "h100-80gb"]);
+    assert!(!text(&out.stdout).contains("note: global batch"), "{}", text(&out.stdout));
+    // Freed: the search picks another per-GPU batch, and the output says
+    // the run is not the recipe's.
+    let free = ok_json(&["plan", "--recipe", "seer-10b", "--gpu", "h100-80gb", "--free-batch", "--json"]);
+    assert_ne!(global(&free), 7936, "an 80 GB GPU fits more than 16 images: {free}");
+    let out = seerscale(&["plan", "--recipe", "seer-10b", "--gpu", "h100-80gb", "--free-batch"]);
+    let s = text(&out.stdout);
+    assert!(s.contains(&format!("note: global batch {} is not the recipe's 7936 (496 GPUs x 16)", global(&free))), "{s}");
+    // A cluster that cannot hold it is refused, naming the way out.
+    let e = one_line_error(&["plan", "--recipe", "seer-10b", "--gpus", "500"]);
+    assert!(e.contains("global batch 7936 is not a multiple of 500 GPUs") && e.contains("--free-batch"), "{e}");
+    // The sweep holds it on every row that fits, and says so.
+    let sweep = ok_json(&["sweep", "--recipe", "seer-10b", "--min-gpus", "200", "--max-gpus", "1000", "--json"]);
+    let fits: Vec<&Value> = sweep["rows"].as_array().unwrap().iter().filter(|r| r["fits"] == Value::Bool(true)).collect();
+    assert!(fits.len() >= 3 && fits.iter().all(|r| r["global_batch"].as_u64() == Some(7936)), "{sweep}");
+    let out = seerscale(&["sweep", "--recipe", "seer-10b", "--min-gpus", "200", "--max-gpus", "1000"]);
+    assert!(text(&out.stdout).contains("every row trains with a global batch of 7936"), "{}", text(&out.stdout));
 }

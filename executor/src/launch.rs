@@ -258,9 +258,15 @@ pub fn launch_local(program: &Path, args: &[OsString], opts: &LaunchOptions) -> 
             }
         }
     }
-    if let Some((rank, line)) = first_failure.as_ref().and_then(|_| earliest_error(&failed, error_file)) {
+    // A rank killed by a signal (a crash, the OOM killer) said nothing and
+    // is the cause; otherwise the error written first is.
+    let killed = (0..opts.nproc).find(|&r| failed[r].as_deref().is_some_and(|s| s.starts_with("killed")) && !error_file(r).exists());
+    if let Some((rank, line)) = first_failure.as_ref().filter(|_| killed.is_none()).and_then(|_| earliest_error(&failed, error_file)) {
         let status = failed[rank].clone().unwrap_or_default();
         return Err(LaunchError::RankFailed { rank, status, detail: format!(": {line}") });
+    }
+    if let Some(rank) = killed {
+        first_failure = failed[rank].clone().map(|status| (rank, status));
     }
     match first_failure {
         None => Ok(()),
@@ -355,6 +361,13 @@ mod tests {
             LaunchError::RankFailed { rank, status, detail } => {
                 assert_eq!((rank, status.as_str(), detail.as_str()), (1, "exit code 3", ": cause"));
             }
+            e => panic!("unexpected {e}"),
+        }
+        // A rank that crashed (a signal, no error of its own) is the cause.
+        let args: Vec<OsString> =
+            vec!["-c".into(), "if [ \"$RANK\" = 1 ]; then kill -ABRT $$; else echo 'peer died' > \"$SEERSCALE_ERROR_FILE\"; exit 1; fi".into()];
+        match launch_local(Path::new("/bin/sh"), &args, &LaunchOptions::local(2)).unwrap_err() {
+            LaunchError::RankFailed { rank, status, .. } => assert_eq!((rank, status.as_str()), (1, "killed by signal 6 (SIGABRT)")),
             e => panic!("unexpected {e}"),
         }
         let ok: Vec<OsString> = vec!["-c".into(), "test \"$WORLD_SIZE\" = 2".into()];

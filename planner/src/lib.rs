@@ -25,6 +25,7 @@ pub mod pareto;
 pub mod search;
 pub mod simulator;
 pub mod step_costs;
+pub mod svg;
 pub mod sweep;
 pub mod timeline_svg;
 pub mod validation;

@@ -585,7 +585,7 @@ impl<'r> Searcher<'r> {
         let batches = self.space.batch.per_gpu(world);
         if batches.is_empty() {
             out.note = Some(match &self.space.batch {
-                BatchPolicy::Global(g) => format!("global batch {g} is not a multiple of {world} GPUs"),
+                BatchPolicy::Global(g) => format!("global batch {g} is not a multiple of {world} GPUs (--free-batch searches others)"),
                 _ => format!("no per-GPU batch keeps the global batch within the limit at {world} GPUs"),
             });
             return Ok(out);

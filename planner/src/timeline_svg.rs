@@ -3,6 +3,7 @@
 //! marked with its event.
 
 use crate::memory::{Category, MemoryReport};
+use crate::svg::xml_escape;
 use cost_models::units::GIB;
 use std::fmt::Write as _;
 
@@ -26,23 +27,6 @@ fn color(c: Category) -> &'static str {
         Category::Transient => "#9c755f",
         Category::Fragmentation => "#bab0ac",
     }
-}
-
-/// Text safe inside SVG elements and attribute values.
-pub fn xml_escape(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for ch in s.chars() {
-        match ch {
-            '&' => o.push_str("&amp;"),
-            '<' => o.push_str("&lt;"),
-            '>' => o.push_str("&gt;"),
-            '"' => o.push_str("&quot;"),
-            '\'' => o.push_str("&apos;"),
-            c if (c as u32) < 0x20 && c != '\n' && c != '\t' => o.push(' '),
-            c => o.push(c),
-        }
-    }
-    o
 }
 
 /// A "nice" tick step (1, 2 or 5 times a power of ten) for `max` over ~`n` ticks.

@@ -20,6 +20,7 @@ use crate::plan::{Plan, Precision};
 use crate::recipe::{Recipe, Wrapping};
 use crate::search::{BatchPolicy, GpuCount, SearchError, SearchSpace, Searcher, ShardingSpace, DEFAULT_BUCKET_MIB};
 use crate::simulator::PhaseTimes;
+use crate::svg::xml_escape;
 use cost_models::compute::ComputeModel;
 use cost_models::config::ModelConfig;
 use cost_models::graph::{BlockKind, ModelGraph, Workload};
@@ -704,7 +705,7 @@ impl ValidationReport {
         let height = top + 2.0 * panel_h + 40.0 + label_h;
         let mut s = format!(
             "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width:.0}\" height=\"{height:.0}\" viewBox=\"0 0 {width:.0} {height:.0}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{left}\" y=\"18\" font-size=\"14\">{} — predicted vs measured (per rank)</text>\n",
-            xml(&self.recipe)
+            xml_escape(&self.recipe)
         );
         s.push_str(&format!(
             "<rect x=\"{:.0}\" y=\"24\" width=\"10\" height=\"10\" fill=\"#4e79a7\"/><text x=\"{:.0}\" y=\"33\">predicted</text><rect x=\"{:.0}\" y=\"24\" width=\"10\" height=\"10\" fill=\"#f28e2b\"/><text x=\"{:.0}\" y=\"33\">measured</text>\n",
@@ -727,7 +728,7 @@ impl ValidationReport {
             let max = vals.iter().flat_map(|(p, m)| [Some(*p), *m]).flatten().filter(|v| v.is_finite()).fold(0.0, f64::max).max(1e-9);
             let base = y0 + panel_h - 14.0;
             let scale = (panel_h - 30.0) / max;
-            s.push_str(&format!("<text x=\"4\" y=\"{:.0}\" font-size=\"12\">{}</text>\n", y0 + 12.0, xml(title)));
+            s.push_str(&format!("<text x=\"4\" y=\"{:.0}\" font-size=\"12\">{}</text>\n", y0 + 12.0, xml_escape(title)));
             s.push_str(&format!("<line x1=\"{left}\" y1=\"{base:.1}\" x2=\"{:.1}\" y2=\"{base:.1}\" stroke=\"black\"/>\n", width - right));
             for k in 0..=4 {
                 let v = max * k as f64 / 4.0;
@@ -770,7 +771,10 @@ impl ValidationReport {
         let ly = top + 2.0 * panel_h + 30.0;
         for (i, r) in self.rows.iter().enumerate() {
             let x = left + group_w * i as f64 + 27.0;
-            s.push_str(&format!("<text x=\"{x:.1}\" y=\"{ly:.1}\" transform=\"rotate(60 {x:.1} {ly:.1})\" font-size=\"10\">{}</text>\n", xml(&r.variant)));
+            s.push_str(&format!(
+                "<text x=\"{x:.1}\" y=\"{ly:.1}\" transform=\"rotate(60 {x:.1} {ly:.1})\" font-size=\"10\">{}</text>\n",
+                xml_escape(&r.variant)
+            ));
         }
         s.push_str("</svg>\n");
         s
@@ -785,10 +789,6 @@ fn fmt_num(v: f64) -> String {
     } else {
         format!("{v:.2}")
     }
-}
-
-fn xml(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 #[cfg(test)]

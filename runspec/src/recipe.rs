@@ -170,6 +170,13 @@ macro_rules! builtin_recipes {
 builtin_recipes!("seer-10b", "seer-256gf", "tiny-cpu", "gpu-check-400mf", "gpu-check-10b-s3");
 
 impl Recipe {
+    /// Images per optimiser step of the run the recipe describes (its GPUs
+    /// times its per-GPU batch): SwAV's learning rate, Sinkhorn and the
+    /// optimisation itself are tuned for it, so plans hold it by default.
+    pub fn global_batch(&self) -> usize {
+        self.cluster.gpus * self.cluster.batch_per_gpu
+    }
+
     pub fn load(name_or_path: &str) -> Result<Recipe, ConfigError> {
         load_toml("recipe", name_or_path, BUILTIN_RECIPES, Recipe::validate)
     }

@@ -73,8 +73,13 @@ pub struct SearchArgs {
     /// cluster sizes that do not divide it are skipped).
     #[arg(long)]
     pub global_batch: Option<usize>,
-    /// When the per-GPU batch is searched, the largest global batch allowed.
-    #[arg(long, default_value_t = DEFAULT_MAX_GLOBAL_BATCH)]
+    /// Search the per-GPU batch, and so the global batch, instead of
+    /// holding the recipe's global batch (its GPUs x batch per GPU). SwAV's
+    /// learning-rate schedule and optimisation change with the global batch.
+    #[arg(long, conflicts_with_all = ["batch", "global_batch"])]
+    pub free_batch: bool,
+    /// With --free-batch: the largest global batch allowed.
+    #[arg(long, default_value_t = DEFAULT_MAX_GLOBAL_BATCH, requires = "free_batch")]
     pub max_global_batch: usize,
     /// Override the price of one GPU-hour (USD).
     #[arg(long)]
@@ -140,7 +145,7 @@ impl SearchArgs {
         anyhow::ensure!((0.0..0.9).contains(&self.headroom), "--headroom must be in [0, 0.9)");
         anyhow::ensure!(self.bucket_mib >= 1, "--bucket-mib must be at least 1");
         let hardware = hardware_list(self.gpu.as_deref(), recipe, self.price)?;
-        let batch = batch_policy(self.batch, self.global_batch, self.max_global_batch, recipe)?;
+        let batch = self.batch_policy(recipe)?;
         let mut space = SearchSpace::full(hardware, gpus, batch);
         space.precisions = precisions(&self.precision, recipe);
         space.exhaustive = self.exhaustive;
@@ -200,21 +205,37 @@ pub fn precisions(flag: &[DType], recipe: &Recipe) -> Vec<DType> {
     recipe.cluster.precisions.clone().unwrap_or_else(|| ALL_PRECISIONS.to_vec())
 }
 
-/// Batch policy from the flags and the recipe (see `planner::search`).
-pub fn batch_policy(batch: Option<usize>, global: Option<usize>, max_global: usize, recipe: &Recipe) -> Result<BatchPolicy> {
-    Ok(match (batch, global) {
-        (Some(0), _) | (_, Some(0)) => bail!("--batch and --global-batch must be at least 1"),
-        (Some(b), _) => BatchPolicy::PerGpu(b),
-        (None, Some(g)) => BatchPolicy::Global(g),
-        (None, None) if recipe.cluster.fixed_batch => BatchPolicy::PerGpu(recipe.cluster.batch_per_gpu),
-        (None, None) => {
-            let mut c = DEFAULT_BATCHES.to_vec();
-            if !c.contains(&recipe.cluster.batch_per_gpu) {
-                c.push(recipe.cluster.batch_per_gpu);
-                c.sort_unstable();
+impl SearchArgs {
+    /// Batch policy from the flags and the recipe (see `planner::search`):
+    /// the recipe's global batch unless a flag sets or frees it.
+    pub fn batch_policy(&self, recipe: &Recipe) -> Result<BatchPolicy> {
+        Ok(match (self.batch, self.global_batch) {
+            (Some(0), _) | (_, Some(0)) => bail!("--batch and --global-batch must be at least 1"),
+            (Some(b), _) => BatchPolicy::PerGpu(b),
+            (None, Some(g)) => BatchPolicy::Global(g),
+            (None, None) if recipe.cluster.fixed_batch => BatchPolicy::PerGpu(recipe.cluster.batch_per_gpu),
+            (None, None) if !self.free_batch => BatchPolicy::Global(recipe.global_batch()),
+            (None, None) => {
+                let mut c = DEFAULT_BATCHES.to_vec();
+                if !c.contains(&recipe.cluster.batch_per_gpu) {
+                    c.push(recipe.cluster.batch_per_gpu);
+                    c.sort_unstable();
+                }
+                BatchPolicy::Search { candidates: c, max_global: self.max_global_batch }
             }
-            BatchPolicy::Search { candidates: c, max_global }
-        }
+        })
+    }
+}
+
+/// A line for a plan whose global batch is not the recipe's, else nothing.
+pub fn global_batch_note(global: usize, recipe: &Recipe) -> Option<String> {
+    (global != recipe.global_batch()).then(|| {
+        format!(
+            "note: global batch {global} is not the recipe's {} ({} GPUs x {}): SwAV's learning-rate schedule and optimisation change with it, so days and cost are for a different training run",
+            recipe.global_batch(),
+            recipe.cluster.gpus,
+            recipe.cluster.batch_per_gpu
+        )
     })
 }
 
@@ -492,6 +513,12 @@ fn emit(a: &PlanArgs, plan: &Plan, report: &MemoryReport, cols: &[(String, &Eval
     println!("  {:<24}{:.3e} images; failure-free in brackets", "time and cost to train", plan.recipe.data.total_images);
     row("  time", &|c| format!("{} ({})", span(c.throughput.days), span(c.throughput.failure_free_days)));
     row("  cost", &|c| format!("{} ({})", usd(c.throughput.cost_usd), usd(c.throughput.failure_free_cost_usd)));
+    let mut noted = std::collections::BTreeSet::new();
+    for (_, c) in cols {
+        if let Some(note) = global_batch_note(c.throughput.global_batch, s.recipe).filter(|n| noted.insert(n.clone())) {
+            println!("{note}");
+        }
+    }
     if a.by_sharding {
         // The comparison only: the winner's units and peak are `plan --sharding`'s.
         if let Some(out) = &a.out {

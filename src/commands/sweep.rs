@@ -1,5 +1,7 @@
 //! `seerscale sweep`: the best plan at every cluster size (and GPU type),
-//! the Pareto frontier over (GPUs, days, cost), optionally as an SVG.
+//! the frontier over (days, cost), optionally as an SVG. The table shows
+//! the sizes a reader compares (powers of two, the frontier, the cheapest
+//! and the fastest) unless `--all` asks for every row.
 
 use crate::commands::plan::{run_search, SearchArgs};
 use anyhow::{Context, Result};
@@ -20,9 +22,14 @@ pub struct SweepArgs {
     /// Print JSON (rows and frontier) instead of the table.
     #[arg(long)]
     pub json: bool,
-    /// Write the Pareto plot (days against GPUs) here.
+    /// Write the trade-off plot here (days against cost, frontier marked,
+    /// points labelled with their GPU count).
     #[arg(long)]
     pub svg: Option<PathBuf>,
+    /// Print every cluster size, not only powers of two, the frontier, the
+    /// cheapest and the fastest (`--json` always has every row).
+    #[arg(long)]
+    pub all: bool,
 }
 
 pub fn run(a: &SweepArgs) -> Result<()> {
@@ -31,13 +38,13 @@ pub fn run(a: &SweepArgs) -> Result<()> {
     let outcomes = run_search(&mut s, a.json)?;
     let sweep = rows_of(&s, &recipe, &outcomes);
     if let Some(path) = &a.svg {
-        let title = format!("{}: days to train {:.2e} images vs GPUs", recipe.name, recipe.data.total_images);
+        let title = format!("{}: days against cost to train {:.2e} images (labels: GPUs)", recipe.name, recipe.data.total_images);
         std::fs::write(path, svg(&sweep.pareto_points(), &sweep.frontier, &title)).with_context(|| format!("cannot write {}", path.display()))?;
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&sweep)?);
     } else {
-        print_table(&sweep, &recipe);
+        print_table(&sweep, &recipe, a.all);
         if let Some(path) = &a.svg {
             println!("wrote {}", path.display());
         }
@@ -48,9 +55,24 @@ pub fn run(a: &SweepArgs) -> Result<()> {
     Ok(())
 }
 
-fn print_table(s: &Sweep, recipe: &Recipe) {
+/// Rows worth a reader's eye: powers of two, the frontier, the cheapest
+/// and the fastest plan; the rest only with `--all`.
+fn shown(s: &Sweep, all: bool) -> Vec<usize> {
+    let fitting = || s.rows.iter().enumerate().filter(|(_, r)| r.fits);
+    let cheapest = fitting().min_by(|a, b| a.1.cost_usd.unwrap_or(f64::INFINITY).total_cmp(&b.1.cost_usd.unwrap_or(f64::INFINITY))).map(|x| x.0);
+    let fastest = fitting().min_by(|a, b| a.1.days.unwrap_or(f64::INFINITY).total_cmp(&b.1.days.unwrap_or(f64::INFINITY))).map(|x| x.0);
+    let few = fitting().count() <= 24;
+    (0..s.rows.len())
+        .filter(|&i| {
+            let r = &s.rows[i];
+            all || (r.fits && few) || r.gpus.is_power_of_two() || (r.pareto && s.frontier.len() <= 8) || Some(i) == cheapest || Some(i) == fastest
+        })
+        .collect()
+}
+
+fn print_table(s: &Sweep, recipe: &Recipe, all: bool) {
     println!(
-        "{}: best plan per cluster size ({:.2e} images; days and cost include checkpoints and expected failures); * = Pareto frontier (GPUs, days, cost)",
+        "{}: best plan per cluster size ({:.2e} images; days and cost include checkpoints and expected failures); * = on the frontier of days against cost",
         recipe.name, recipe.data.total_images
     );
     println!(
@@ -72,7 +94,9 @@ fn print_table(s: &Sweep, recipe: &Recipe) {
         "days",
         "cost $"
     );
-    for r in &s.rows {
+    let rows = shown(s, all);
+    for &i in &rows {
+        let r = &s.rows[i];
         let mark = if r.pareto { "*" } else { " " };
         if r.fits {
             println!(
@@ -98,9 +122,64 @@ fn print_table(s: &Sweep, recipe: &Recipe) {
             println!("{mark} {:<11} {:>5} {:>4}  {}", r.gpu, r.gpus, "no", r.why.as_deref().unwrap_or(""));
         }
     }
-    println!("Pareto frontier:");
-    for &i in &s.frontier {
-        let r = &s.rows[i];
-        println!("  {} x {}: {:.2} days, ${:.0}", r.gpus, r.gpu, r.days.unwrap_or(0.0), r.cost_usd.unwrap_or(0.0));
+    let hidden = s.rows.len() - rows.len();
+    if hidden > 0 {
+        println!("  ({hidden} more cluster sizes: --all lists every row)");
     }
+    for line in findings(s) {
+        println!("{line}");
+    }
+}
+
+/// What the sweep says, in words: the frontier from cheapest to fastest,
+/// how much cost varies over the sizes that fit, and the global batch.
+fn findings(s: &Sweep) -> Vec<String> {
+    let fit: Vec<&planner::sweep::SweepRow> = s.rows.iter().filter(|r| r.fits).collect();
+    if fit.is_empty() {
+        return Vec::new();
+    }
+    let usd = |v: Option<f64>| format!("${:.0}k", v.unwrap_or(0.0) / 1e3);
+    let label = |r: &planner::sweep::SweepRow| format!("{} x {} ({:.2} days, {})", r.gpus, r.gpu, r.days.unwrap_or(0.0), usd(r.cost_usd));
+    let mut out = Vec::new();
+    let ends = (s.frontier.first().map(|&i| &s.rows[i]), s.frontier.last().map(|&i| &s.rows[i]));
+    if s.frontier.len() <= 8 {
+        let front: Vec<String> = s.frontier.iter().map(|&i| label(&s.rows[i])).collect();
+        out.push(format!("frontier of days against cost, cheapest first: {}", front.join("; ")));
+    } else if let (Some(a), Some(b)) = ends {
+        out.push(format!("frontier of days against cost: {} plans, from {} to {}", s.frontier.len(), label(a), label(b)));
+    }
+    if let (Some(a), Some(b)) = ends {
+        if s.frontier.len() > 1 {
+            let (dc, dd) = (b.cost_usd.unwrap_or(0.0) - a.cost_usd.unwrap_or(0.0), a.days.unwrap_or(0.0) - b.days.unwrap_or(0.0));
+            out.push(format!(
+                "the fastest plan costs {} more than the cheapest ({:+.1} %) and finishes {:.2} days sooner: ${:.0} per day saved",
+                usd(Some(dc)),
+                100.0 * dc / a.cost_usd.unwrap_or(1.0),
+                dd,
+                dc / dd.max(1e-9)
+            ));
+        }
+    }
+    let costs: Vec<f64> = fit.iter().filter_map(|r| r.cost_usd).collect();
+    let (lo, hi) = costs.iter().fold((f64::MAX, f64::MIN), |(a, b), &c| (a.min(c), b.max(c)));
+    let days: Vec<f64> = fit.iter().filter_map(|r| r.days).collect();
+    let (dlo, dhi) = days.iter().fold((f64::MAX, f64::MIN), |(a, b), &c| (a.min(c), b.max(c)));
+    out.push(format!(
+        "over the {} sizes that fit, cost runs {} to {} ({:+.0} %) while days run {:.2} to {:.2}",
+        fit.len(),
+        usd(Some(lo)),
+        usd(Some(hi)),
+        100.0 * (hi / lo - 1.0),
+        dlo,
+        dhi
+    ));
+    let mut batches: Vec<usize> = fit.iter().filter_map(|r| r.global_batch).collect();
+    batches.sort_unstable();
+    batches.dedup();
+    if let [one] = batches[..] {
+        out.push(format!("every row trains with a global batch of {one}"));
+    } else if let (Some(a), Some(b)) = (batches.first(), batches.last()) {
+        out.push(format!("global batch varies from {a} to {b} across rows (--free-batch): SwAV's optimisation differs between them"));
+    }
+    out
 }
