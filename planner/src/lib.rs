@@ -18,7 +18,7 @@ pub mod accuracy;
 pub mod build;
 pub mod checkpoint;
 pub mod cluster;
-pub mod dryrun;
+pub mod memory_budget;
 pub mod failures;
 pub mod memory;
 pub mod pareto;

@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context};
 use clap::Args;
-use planner::dryrun::dry_run;
+use planner::memory_budget::dry_run;
 use planner::plan::Plan;
 use planner::timeline_svg::timeline_svg;
 use std::io::Write;
