@@ -19,7 +19,8 @@ fn calibrate_quick_writes_a_profile_plan_can_load() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(run.status.success(), "calibrate failed:\n{stdout}\n{}", String::from_utf8_lossy(&run.stderr));
-    assert!(stdout.contains("AllGather over 2 ranks"), "{stdout}");
+    assert!(stdout.contains("collectives over 2 ranks fitted: AllGather"), "{stdout}");
+    assert!(stdout.lines().count() <= 10, "a short summary without --verbose:\n{stdout}");
 
     let p = load_profile(out.to_str().unwrap()).unwrap();
     assert_eq!(p.hardware.id, "cpu-local");

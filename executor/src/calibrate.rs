@@ -1497,6 +1497,35 @@ impl CalibrationReport {
         Ok(p)
     }
 
+    /// What was measured, in a few lines: the host, the compute rates, the
+    /// collectives, the blocks and the loader (`summary` has every number).
+    pub fn brief(&self) -> Vec<String> {
+        let c = &self.compute;
+        let mut l = vec![format!(
+            "host: {} ({} cores), {} intra-op thread(s); per-op overhead {:.2} µs, copies {:.1} GB/s",
+            self.host.cpu,
+            self.host.cores,
+            c.threads,
+            c.op_overhead.median_s * 1e6,
+            c.copy.gb_s
+        )];
+        if !c.rates.is_empty() {
+            let rates: Vec<String> = c.rates.iter().map(|r| format!("{:?} {:.1} ({})", r.kind, r.tflops * 1e3, r.dtype)).collect();
+            l.push(format!("compute, GFLOP/s: {}", rates.join(", ")));
+        }
+        if !self.collective_fits.is_empty() {
+            let kinds: Vec<String> = self.collective_fits.iter().map(|f| format!("{:?}", f.fit.collective)).collect();
+            l.push(format!("collectives over {} ranks fitted: {}", self.collective_world_size, kinds.join(", ")));
+        }
+        if !self.blocks.is_empty() {
+            l.push(format!("{} block workload(s) timed through the executor's block code", self.blocks.len()));
+        }
+        for m in &self.loader {
+            l.push(format!("data loader at {}: {:.1} µs per image", m.crops, m.image_s() * 1e6));
+        }
+        l
+    }
+
     /// Human summary, also written as comments at the top of the TOML.
     pub fn summary(&self) -> Vec<String> {
         let c = &self.compute;

@@ -35,6 +35,10 @@ pub struct CalibrateArgs {
     /// A few seconds instead of about a minute: fewer shapes, sizes, repeats.
     #[arg(long)]
     pub quick: bool,
+    /// Print every measurement as it is taken and every number at the end
+    /// (they are in the `.json` next to the profile either way).
+    #[arg(long)]
+    pub verbose: bool,
     /// Intra-op threads for the compute measurements (default: cores /
     /// --nproc, what each rank of an --nproc-rank job on this machine gets).
     #[arg(long)]
@@ -163,9 +167,10 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
         eprintln!("calibrate: compute on {} thread(s), {} shapes x {} dtype(s)", threads, copts.cases.len(), copts.dtypes.len());
     }
     let mut speed = SpeedProbes::default();
-    take_probe(&mut speed)?;
-    let compute = calibrate::measure_compute(&copts, |m| eprintln!("calibrate:   {m}")).context("measuring compute")?;
-    speed.compute_s = take_probe(&mut speed)?;
+    take_probe(&mut speed, args.verbose)?;
+    let verbose = args.verbose;
+    let compute = calibrate::measure_compute(&copts, |m| detail(verbose, &m)).context("measuring compute")?;
+    speed.compute_s = take_probe(&mut speed, args.verbose)?;
 
     let (blocks, host_rounds, loader) = measure_rounds(args, block_workloads.as_ref(), threads, &mut speed)?;
 
@@ -202,10 +207,13 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
     // Prove the file is what plan/validate will read.
     cost_models::hardware::load_profile(&args.out.to_string_lossy()).with_context(|| format!("re-reading {}", args.out.display()))?;
 
-    for l in report.summary() {
+    for l in if args.verbose { report.summary() } else { report.brief() } {
         println!("{l}");
     }
     println!("wrote {} (profile) and {} (all measurements) in {:.1} s", args.out.display(), json_path.display(), start.elapsed().as_secs_f64());
+    if !args.verbose {
+        println!("(--verbose prints every measurement)");
+    }
     Ok(())
 }
 
@@ -274,9 +282,9 @@ fn block_workloads(args: &CalibrateArgs, recipe: &str) -> Result<BlockWorkloads>
 }
 
 /// One host-speed probe reading, logged; the mean with the one before.
-fn take_probe(speed: &mut SpeedProbes) -> Result<f64> {
+fn take_probe(speed: &mut SpeedProbes, verbose: bool) -> Result<f64> {
     let mean = speed.take().context("running the host-speed probe")?;
-    eprintln!("calibrate: host-speed probe {:.1} µs", speed.readings_s.last().copied().unwrap_or(0.0) * 1e6);
+    detail(verbose, &format!("host-speed probe {:.1} µs", speed.readings_s.last().copied().unwrap_or(0.0) * 1e6));
     Ok(mean)
 }
 
@@ -300,16 +308,16 @@ fn measure_rounds(
         if round > 1 {
             eprintln!("calibrate: host and fixed costs (round {round}/{rounds})");
             let (host, fixed) = calibrate::measure_host_round(&budget, threads, args.device).context("measuring host costs")?;
-            let probe = take_probe(speed)?;
-            eprintln!("calibrate:   small op {:.2} µs, backward call {:.1} µs", host.small_op.median_s * 1e6, host.backward_call_s * 1e6);
+            let probe = take_probe(speed, args.verbose)?;
+            detail(args.verbose, &format!("small op {:.2} µs, backward call {:.1} µs", host.small_op.median_s * 1e6, host.backward_call_s * 1e6));
             hosts.push(HostRound { host, fixed, probe_s: Some(probe) });
         }
         for (b, w) in blocks.iter().flat_map(|b| b.workloads.iter().map(move |w| (b, w))) {
             let label = block_timing::workload_label(w);
             eprintln!("calibrate: blocks of {} at {label} (round {round}/{rounds})", b.model.name);
-            let mut m = block_timing::measure_blocks(&b.model, w, &budget, threads, args.device, |m| eprintln!("calibrate:   {m}"))
+            let mut m = block_timing::measure_blocks(&b.model, w, &budget, threads, args.device, |m| detail(args.verbose, &m))
                 .with_context(|| format!("timing the blocks of {} at {label}", b.model.name))?;
-            let probe = take_probe(speed)?;
+            let probe = take_probe(speed, args.verbose)?;
             // GPU kernels do not run at the host's speed: only CPU block
             // times are put on the probe's scale.
             for x in m.iter_mut().filter(|_| args.device == executor::Device::Cpu) {
@@ -321,8 +329,8 @@ fn measure_rounds(
             for c in &b.loader {
                 let batches = if args.quick { 16 } else { 48 };
                 let mut m = calibrate::measure_loader(&b.data, c.augment.clone(), c.crops.clone(), c.images, batches).context("timing the data loader")?;
-                m.probe_s = Some(take_probe(speed)?);
-                eprintln!("calibrate:   loader {} over {}: {:.1} µs per image (round {round}/{rounds})", c.crops, b.data.display(), m.image_s() * 1e6);
+                m.probe_s = Some(take_probe(speed, args.verbose)?);
+                detail(args.verbose, &format!("loader {} over {}: {:.1} µs per image (round {round}/{rounds})", c.crops, b.data.display(), m.image_s() * 1e6));
                 loader.push(m);
             }
         }
@@ -397,9 +405,17 @@ fn collectives_rank(args: &CalibrateArgs, path: &Path) -> Result<()> {
 }
 
 /// Write then rename, so a reader never sees half a file.
+/// One measurement as it is taken, with `--verbose`.
+fn detail(verbose: bool, what: &str) {
+    if verbose {
+        eprintln!("calibrate:   {what}");
+    }
+}
+
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("writing beside {}", path.display()))?;
+    std::io::Write::write_all(&mut tmp, bytes).with_context(|| format!("writing {}", tmp.path().display()))?;
+    tmp.persist(path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
