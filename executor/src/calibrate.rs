@@ -71,9 +71,9 @@ pub struct Timing {
     pub p10_s: f64,
     pub p90_s: f64,
     /// What one call costs inside a sum of many: the mean of the samples
-    /// without the slowest tenth. Collectives here are right-skewed (a Gloo
-    /// all-reduce of 12 KB: median 0.6-1.0 ms, mean 1.2-1.9 ms, p90 3.9-4.8 ms),
-    /// so a step's dozens of them cost their mean each, not their median;
+    /// without the slowest tenth. Collectives on a shared host are
+    /// right-skewed (the mean well above the median, a long tail), so a
+    /// step's dozens of them cost their mean each, not their median;
     /// the slowest tenth goes because a rare stall shows in a few steps,
     /// which the step's median skips.
     #[serde(default)]

@@ -12,7 +12,7 @@ const H: f64 = 560.0;
 const LEFT: f64 = 70.0;
 const RIGHT: f64 = 200.0;
 const TOP: f64 = 50.0;
-const BOTTOM: f64 = 60.0;
+const BOTTOM: f64 = 80.0;
 
 fn color(c: Category) -> &'static str {
     match c {
@@ -112,8 +112,32 @@ pub fn timeline_svg(report: &MemoryReport, title: &str) -> String {
     }
     let _ =
         writeln!(s, r#"<text x="18" y="{:.1}" transform="rotate(-90 18 {:.1})" text-anchor="middle">{unit} per rank</text>"#, TOP + ph / 2.0, TOP + ph / 2.0);
-    let _ =
-        writeln!(s, r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">event (forward, then backward, then optimiser step)</text>"#, LEFT + pw / 2.0, H - 18.0);
+    // The x axis in the step's terms: a tick where each stage starts in
+    // forward and in backward, and a bracket per phase.
+    let labels: Vec<&str> = ev.iter().map(|e| e.label.as_str()).collect();
+    for (i, stage) in stage_starts(&labels) {
+        let xi = x(i as f64);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{xi:.1}" y1="{:.1}" x2="{xi:.1}" y2="{:.1}" stroke="#333"/><text x="{xi:.1}" y="{:.1}" text-anchor="middle" font-size="10">{}</text>"##,
+            TOP + ph,
+            TOP + ph + 5.0,
+            TOP + ph + 16.0,
+            xml_escape(&stage)
+        );
+    }
+    for (name, first, last) in phases(&labels) {
+        let (x0, x1, yb) = (x(first as f64), x(last as f64), TOP + ph + 30.0);
+        let _ = writeln!(
+            s,
+            r##"<path d="M{x0:.1},{:.1} V{yb:.1} H{x1:.1} V{:.1}" fill="none" stroke="#777"/><text x="{:.1}" y="{:.1}" text-anchor="middle">{name}</text>"##,
+            yb - 4.0,
+            yb - 4.0,
+            (x0 + x1) / 2.0,
+            yb + 15.0
+        );
+    }
+    let _ = writeln!(s, r##"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="11" fill="#555">events of one step</text>"##, LEFT + pw / 2.0, H - 10.0);
 
     // Usable memory.
     if usable_on_scale {
@@ -173,6 +197,57 @@ pub fn timeline_svg(report: &MemoryReport, title: &str) -> String {
     let _ = writeln!(s, r#"<text x="{lx}" y="{:.1}" font-style="italic">{unit} at peak</text>"#, TOP + 10.0 + 10.0 * 20.0 + 10.0);
     s.push_str("</svg>\n");
     s
+}
+
+/// The stage a block event runs (`fwd s2.b3` -> `s2`, `bwd head.mlp` ->
+/// `head`) and whether it is forward.
+fn block_stage(label: &str) -> Option<(bool, String)> {
+    let (forward, rest) = if let Some(r) = label.strip_prefix("fwd ") {
+        (true, r)
+    } else if let Some(r) = label.strip_prefix("bwd ").or_else(|| label.strip_prefix("recompute ")) {
+        (false, r)
+    } else {
+        return None;
+    };
+    let name = rest.split_whitespace().next()?;
+    let stage = if name.starts_with("head") { "head" } else { name.split('.').next()? };
+    Some((forward, stage.to_string()))
+}
+
+/// Events where a stage starts, in forward and again in backward.
+fn stage_starts(labels: &[&str]) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let mut last: Option<(bool, String)> = None;
+    for (i, l) in labels.iter().enumerate() {
+        if let Some(cur) = block_stage(l) {
+            if last.as_ref() != Some(&cur) {
+                out.push((i, cur.1.clone()));
+                last = Some(cur);
+            }
+        }
+    }
+    out
+}
+
+/// Forward, backward (recompute included) and the optimiser step, as
+/// first..=last event.
+fn phases(labels: &[&str]) -> Vec<(&'static str, usize, usize)> {
+    let span = |pred: &dyn Fn(&str) -> bool| {
+        let first = labels.iter().position(|l| pred(l))?;
+        let last = labels.iter().rposition(|l| pred(l))?;
+        Some((first, last))
+    };
+    let mut out = Vec::new();
+    if let Some((a, b)) = span(&|l| block_stage(l).is_some_and(|s| s.0)) {
+        out.push(("forward", a, b));
+    }
+    if let Some((a, b)) = span(&|l| block_stage(l).is_some_and(|s| !s.0)) {
+        out.push(("backward", a, b));
+    }
+    if let Some((a, b)) = span(&|l| l.starts_with("optimizer")) {
+        out.push(("optimiser", a, b));
+    }
+    out
 }
 
 fn trim(v: f64) -> String {
@@ -269,6 +344,16 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_x_axis_reads_in_phases_and_stages() {
+        let labels =
+            ["all-gather stem", "fwd stem", "fwd s1.b0", "fwd s1.b1", "fwd head.mlp", "bwd head.mlp", "recompute s1.b1", "bwd s1.b1", "bwd stem", "optimizer"];
+        let starts: Vec<(usize, String)> = stage_starts(&labels);
+        let names: Vec<&str> = starts.iter().map(|(_, s)| s.as_str()).collect();
+        assert_eq!(names, ["stem", "s1", "head", "head", "s1", "stem"]);
+        assert_eq!(phases(&labels), vec![("forward", 1, 4), ("backward", 5, 8), ("optimiser", 9, 9)]);
+    }
+
+    #[test]
     fn checker_rejects_broken_documents() {
         assert!(check_well_formed("<svg><g></svg>").is_err());
         assert!(check_well_formed("<svg a=1/>").is_err());
@@ -288,6 +373,10 @@ pub(crate) mod tests {
         assert!(svg.contains(&format!("peak {:.2} {unit}", r.peak.0 as f64 / div)), "{svg}");
         assert!(svg.contains("tiny &lt;test&gt; &amp; &quot;quotes&quot;"));
         assert!(svg.matches("<polygon").count() >= 3);
+        for label in [">forward</text>", ">backward</text>"] {
+            assert!(svg.contains(label), "the x axis names the phases: {label}");
+        }
+        assert!(svg.matches(r#"font-size="10""#).count() >= 2, "stage ticks");
         // Degenerate: a one-event report still renders.
         let mut one = r.clone();
         one.timeline.truncate(1);
