@@ -12,7 +12,7 @@
 //! and the earliest written wins (a peer's "disconnected" comes later).
 
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -156,10 +156,12 @@ fn forward(src: impl Read + Send + 'static, prefix: String, to_stderr: bool) -> 
         let mut tail: Vec<String> = Vec::new();
         for line in BufReader::new(src).lines() {
             let Ok(line) = line else { break };
+            // The print macros, not raw handles: a test harness that
+            // captures this thread's output then captures the ranks' too.
             if to_stderr {
-                let _ = writeln!(std::io::stderr().lock(), "{prefix}{line}");
+                eprintln!("{prefix}{line}");
             } else {
-                let _ = writeln!(std::io::stdout().lock(), "{prefix}{line}");
+                println!("{prefix}{line}");
             }
             tail.push(line);
             if tail.len() > 5 {

@@ -167,7 +167,7 @@ macro_rules! builtin_recipes {
         ];
     };
 }
-builtin_recipes!("seer-10b", "seer-256gf", "tiny-cpu", "gpu-check-400mf", "gpu-check-10b-s3");
+builtin_recipes!("seer-10b", "seer-256gf", "tiny-cpu", "cpu-400mf", "gpu-check-400mf", "gpu-check-10b-s3");
 
 impl Recipe {
     /// Images per optimiser step of the run the recipe describes (its GPUs
