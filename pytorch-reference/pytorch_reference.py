@@ -12,10 +12,21 @@ with Sinkhorn-Knopp in fp32 whose sums are all-reduced over ranks. Optimiser:
 SGD + momentum with LARC (norms of whole parameters, reduced across shards).
 FSDP2: one `fully_shard` unit per RegNet block, plus the root.
 
-Prints ONE JSON line on rank 0: images/s, median step time, peak RSS.
+Optionally every block is activation-checkpointed (`--checkpoint all`:
+non-reentrant `torch.utils.checkpoint` inside each block's forward, under
+its `fully_shard`, as torchtitan applies AC before FSDP).
+
+Memory: live tensor bytes counted by a dispatch mode (every storage an op
+creates, resized, or frees, from before the model is built; the DataLoader
+workers' batches live in shared memory outside it), and the process's peak
+RSS.
+
+Prints ONE JSON line on rank 0: images/s, median step time, peak live
+tensor bytes (max over ranks and timed steps), peak RSS.
 """
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -31,6 +42,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
 import torch.nn.functional as F
+import weakref
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -175,7 +189,58 @@ class PhotoCrops(torch.utils.data.Dataset):
         return [t(img) for t in self.tf]
 
 
+class LiveTensorBytes(TorchDispatchMode):
+    """Bytes of the storages alive right now, and their peak: every storage
+    an op returns is counted once, until it is freed; `resize_` (FSDP2
+    frees and refills unsharded parameters that way) changes its size."""
+
+    def __init__(self):
+        super().__init__()
+        self.sizes = {}
+        self.current = 0
+        self.peak = 0
+
+    def _free(self, key):
+        self.current -= self.sizes.pop(key, 0)
+
+    def _track(self, t):
+        if not isinstance(t, torch.Tensor):
+            return
+        local = getattr(t, "_local_tensor", None)
+        if local is not None:
+            t = local
+        if t.device.type != "cpu":
+            return
+        try:
+            st = t.untyped_storage()
+        except (RuntimeError, NotImplementedError):
+            return  # a wrapper without storage of its own
+        key = id(st)
+        n = st.nbytes()
+        if key in self.sizes:
+            self.current += n - self.sizes[key]
+            self.sizes[key] = n
+        else:
+            self.sizes[key] = n
+            self.current += n
+            weakref.finalize(st, self._free, key)
+        self.peak = max(self.peak, self.current)
+
+    def reset_peak(self):
+        self.peak = self.current
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            self._track(t)
+        if func is torch.ops.aten.resize_.default or func is torch.ops.aten.set_.source_Storage:
+            self._track(args[0])
+        return out
+
+
 def rank_main(rank, world, port, a, out_q):
+    mem = LiveTensorBytes()
+    mem.__enter__()
     os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed + rank)
@@ -191,6 +256,11 @@ def rank_main(rank, world, port, a, out_q):
     bs = a.batch_per_rank
 
     model = build_model(model_cfg)
+    if a.checkpoint == "all":
+        from torch.utils.checkpoint import checkpoint
+
+        for blk in blocks_of(model):
+            blk.forward = functools.partial(checkpoint, blk.forward, use_reentrant=False)
     mp_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if a.precision == "bf16" else MixedPrecisionPolicy()
     for blk in blocks_of(model):
         fully_shard(blk, mp_policy=mp_policy, reshard_after_forward=a.reshard_after_forward)
@@ -219,7 +289,9 @@ def rank_main(rank, world, port, a, out_q):
 
     # Unit-norm prototypes from the start (then every step, as SwAV).
     times, losses = [], []
+    peaks = []
     for step in range(a.warmup + a.steps):
+        mem.reset_peak()
         t0 = time.perf_counter()
         batch = next_batch()
         with torch.no_grad():
@@ -236,10 +308,14 @@ def rank_main(rank, world, port, a, out_q):
         if step >= a.warmup:
             times.append(dt)
             losses.append(float(loss.detach()))
+            peaks.append(mem.peak)
+    mem.__exit__(None, None, None)
+    peak_live = torch.tensor([max(peaks)], dtype=torch.float64)
     peak_kib = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss], dtype=torch.float64)
     t = torch.tensor([statistics.median(times), sum(times)], dtype=torch.float64)
     if world > 1:
         dist.all_reduce(peak_kib, op=dist.ReduceOp.MAX)
+        dist.all_reduce(peak_live, op=dist.ReduceOp.MAX)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
     if rank == 0:
         global_images = bs * world
@@ -260,6 +336,8 @@ def rank_main(rank, world, port, a, out_q):
             "images_per_s": global_images / float(t[0]),
             "images_per_s_mean": global_images * a.steps / float(t[1]),
             "peak_rss_bytes": int(peak_kib.item()) * 1024,
+            "peak_tensor_bytes": int(peak_live.item()),
+            "checkpoint": a.checkpoint,
             "loss_first": losses[0],
             "loss_last": losses[-1],
         })
@@ -277,6 +355,7 @@ def main():
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     ap.add_argument("--no-reshard-after-forward", dest="reshard_after_forward", action="store_false")
+    ap.add_argument("--checkpoint", choices=["none", "all"], default="none", help="activation checkpointing of every block")
     ap.add_argument("--data", choices=["synthetic", "photos"], default="photos")
     ap.add_argument("--photos", default=str(REPO / ".photos"))
     ap.add_argument("--workers", type=int, default=2, help="DataLoader worker processes per rank (photos)")

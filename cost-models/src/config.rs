@@ -78,43 +78,50 @@ impl ConfigError {
 /// Parses TOML text; errors carry `origin` (a path or `builtin:NAME`), the
 /// line and column, the field and serde's message.
 pub fn parse_toml<T: DeserializeOwned>(text: &str, origin: &str) -> Result<T, ConfigError> {
-    toml::from_str(text).map_err(|e| toml_error(&e, text, origin))
+    serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(|e| {
+        let field = field_of(e.path(), e.inner().message());
+        let e = e.into_inner();
+        let message = e.message().trim().replace('\n', " ");
+        let (line, column) = e.span().map_or((1, 1), |span| line_col(text, span.start));
+        ConfigError::Parse { origin: origin.to_string(), line, column, field, message }
+    })
 }
 
-/// Turns a toml error into file:line:column plus the offending field.
-pub fn toml_error(e: &toml::de::Error, text: &str, origin: &str) -> ConfigError {
-    let message = e.message().trim().replace('\n', " ");
-    let (line, column, offset) = match e.span() {
-        Some(span) => {
-            let (l, c) = line_col(text, span.start);
-            (l, c, Some(span.start))
-        }
-        None => (1, 1, None),
-    };
-    let field = toml_field_of_error(&message, text, offset);
-    ConfigError::Parse { origin: origin.to_string(), line, column, field, message }
+/// The dotted path (`units[3].members`) serde was at when it failed, as
+/// `serde_path_to_error` tracks it; a missing field is named itself (the
+/// path is then its parent's).
+fn field_of(path: &serde_path_to_error::Path, message: &str) -> Option<String> {
+    let at = path.to_string();
+    let at = (at != "." && !at.is_empty()).then_some(at);
+    let quoted = ["missing field `", "unknown field `"].iter().find_map(|p| {
+        let rest = &message[message.find(p)? + p.len()..];
+        Some(rest[..rest.find('`')?].to_string())
+    });
+    match (at, quoted) {
+        (Some(parent), Some(name)) if message.contains("missing field") => Some(format!("{parent}.{name}")),
+        (None, Some(name)) if message.contains("missing field") => Some(name),
+        (Some(p), _) => Some(p),
+        (None, name) => name,
+    }
 }
 
 /// Parses JSON text with the same error shape as [`parse_toml`]: the field
 /// is the JSON path (`units[3].members`) of the value the error is in.
 pub fn parse_json<T: DeserializeOwned>(text: &str, origin: &str) -> Result<T, ConfigError> {
-    serde_json::from_str(text).map_err(|e| {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let error = |e: serde_json::Error, field: Option<String>| {
         let (line, column) = (e.line(), e.column());
         // serde_json appends the position, which the prefix already gives.
         let full = e.to_string();
         let message = full.strip_suffix(&format!(" at line {line} column {column}")).unwrap_or(&full).to_string();
-        let at = json_path_at(text, line, column);
-        // A missing field is reported at the end of its object, where the
-        // path is the object's last key: name the missing one instead.
-        let field = match message.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
-            Some(name) => match at.as_deref().and_then(|p| p.rsplit_once('.')) {
-                Some((parent, _)) => Some(format!("{parent}.{name}")),
-                None => Some(name.to_string()),
-            },
-            None => at,
-        };
         ConfigError::Parse { origin: origin.to_string(), line, column, field, message }
-    })
+    };
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let field = field_of(e.path(), &e.inner().to_string());
+        error(e.into_inner(), field)
+    })?;
+    de.end().map_err(|e| error(e, None))?;
+    Ok(value)
 }
 
 /// 1-based line and column of a byte offset.
@@ -123,43 +130,6 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let line = before.matches('\n').count() + 1;
     let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
     (line, column)
-}
-
-/// Best-effort dotted field name for a toml error: the key named in serde's
-/// message (unknown/missing field) or the key on the error's line, prefixed
-/// with the enclosing `[table]`.
-fn toml_field_of_error(message: &str, text: &str, offset: Option<usize>) -> Option<String> {
-    let quoted = ["unknown field `", "missing field `", "duplicate key `"].iter().find_map(|p| {
-        let rest = &message[message.find(p)? + p.len()..];
-        Some(rest[..rest.find('`')?].to_string())
-    });
-    let off = offset?;
-    let line_start = text[..off.min(text.len())].rfind('\n').map_or(0, |i| i + 1);
-    let line_text = text[line_start..].lines().next().unwrap_or("");
-    let table = enclosing_table(&text[..line_start]);
-    let key = quoted.or_else(|| {
-        let (k, _) = line_text.split_once('=')?;
-        let k = k.trim();
-        (!k.is_empty() && !k.starts_with('[')).then(|| k.to_string())
-    });
-    // A `missing field` error points at the table header itself.
-    let header = line_text.trim().strip_prefix('[').and_then(|h| h.strip_suffix(']')).map(str::trim);
-    let table = if message.contains("missing field") { header.map(str::to_string).or(table) } else { table };
-    match (table, key) {
-        (Some(t), Some(k)) => Some(format!("{t}.{k}")),
-        (None, Some(k)) => Some(k),
-        (Some(t), None) => Some(t),
-        (None, None) => None,
-    }
-}
-
-/// Name of the last `[table]` header in `before`, if any.
-fn enclosing_table(before: &str) -> Option<String> {
-    before.lines().rev().find_map(|l| {
-        let l = l.trim();
-        let inner = l.strip_prefix("[[").and_then(|x| x.strip_suffix("]]")).or_else(|| l.strip_prefix('[').and_then(|x| x.strip_suffix(']')))?;
-        Some(inner.trim().to_string())
-    })
 }
 
 /// 1-based line of `a.b.c = ...` in a hand-written TOML file: the key `c`
@@ -184,88 +154,6 @@ pub fn locate_key(text: &str, dotted: &str) -> Option<usize> {
         }
     }
     None
-}
-
-/// The JSON path (`units[3].members`) of the value at a 1-based line and
-/// column, found by scanning the text up to there. Good enough for error
-/// messages; `None` at the top level.
-pub fn json_path_at(text: &str, line: usize, column: usize) -> Option<String> {
-    enum Frame {
-        Obj(Option<String>),
-        Arr(usize),
-    }
-    let mut stack: Vec<Frame> = Vec::new();
-    let (mut l, mut c) = (1usize, 0usize);
-    let mut chars = text.chars().peekable();
-    let mut expecting_key = false;
-    while let Some(ch) = chars.next() {
-        if ch == '\n' {
-            l += 1;
-            c = 0;
-        } else {
-            c += 1;
-        }
-        if l > line || (l == line && c >= column) {
-            break;
-        }
-        match ch {
-            '{' => {
-                stack.push(Frame::Obj(None));
-                expecting_key = true;
-            }
-            '[' => stack.push(Frame::Arr(0)),
-            '}' | ']' => {
-                stack.pop();
-                expecting_key = false;
-            }
-            ',' => match stack.last_mut() {
-                Some(Frame::Arr(i)) => *i += 1,
-                Some(Frame::Obj(_)) => expecting_key = true,
-                None => {}
-            },
-            '"' => {
-                let mut s = String::new();
-                while let Some(x) = chars.next() {
-                    c += 1;
-                    match x {
-                        '\\' => {
-                            chars.next();
-                            c += 1;
-                        }
-                        '"' => break,
-                        '\n' => {
-                            l += 1;
-                            c = 0;
-                        }
-                        _ => s.push(x),
-                    }
-                }
-                if expecting_key {
-                    if let Some(Frame::Obj(k)) = stack.last_mut() {
-                        *k = Some(s);
-                    }
-                    expecting_key = false;
-                }
-            }
-            _ => {}
-        }
-    }
-    let mut path = String::new();
-    for f in &stack {
-        match f {
-            Frame::Obj(Some(k)) => {
-                if !path.is_empty() {
-                    path.push('.');
-                }
-                path.push_str(k);
-            }
-            Frame::Obj(None) => {}
-            Frame::Arr(i) => {
-                path.push_str(&format!("[{i}]"));
-            }
-        }
-    }
-    (!path.is_empty()).then_some(path)
 }
 
 /// Whether a name given for a config is a file path rather than a built-in:
@@ -409,13 +297,5 @@ mod tests {
         let err = ModelConfig::load("regnety-999gf").unwrap_err().to_string();
         assert!(err.contains("unknown model `regnety-999gf`") && err.contains("regnety-10b"), "{err}");
         std::fs::remove_dir_all(&dir).ok();
-    }
-
-    #[test]
-    fn json_paths_from_positions() {
-        let t = "{\n  \"a\": 1,\n  \"b\": [ {\"c\": 2}, {\"d\": x} ]\n}";
-        let (line, col) = (3, t.lines().nth(2).unwrap().find('x').unwrap() + 1);
-        assert_eq!(json_path_at(t, line, col).as_deref(), Some("b[1].d"));
-        assert_eq!(json_path_at(t, 1, 1), None);
     }
 }

@@ -231,7 +231,7 @@ mod tests {
     // A one-segment placement is a placement, not a mistaken range-to-vec.
     #![allow(clippy::single_range_in_vec_init)]
     use super::*;
-    use crate::memory::testgen::{all_placements, random_profile, Rng};
+    use crate::memory::testgen::{all_placements, below, random_profile, seeded};
     use crate::memory::{Decisions, MemoryModel};
     use crate::plan::Precision;
     use crate::recipe::{Recipe, Wrapping};
@@ -246,44 +246,45 @@ mod tests {
         all.iter().filter(|s| m.peak(s) <= budget).map(|s| s.iter().flat_map(|r| r.clone()).map(|b| rt[b]).sum::<f64>()).min_by(|a, b| a.total_cmp(b))
     }
 
-    #[test]
-    fn dp_is_optimal_against_brute_force_on_random_instances() {
-        let mut rng = Rng(0xD1B5_4A32_D192_ED03);
-        let (mut feasible, mut infeasible) = (0, 0);
-        for case in 0..400 {
-            let n = 1 + case % 10;
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(400))]
+        /// The DP finds the least recompute of all placements within every
+        /// budget, from just below the least peak (nothing fits) to the
+        /// largest (everything fits).
+        #[test]
+        fn dp_is_optimal_against_brute_force_on_random_instances(seed in proptest::prelude::any::<u64>(), n in 1usize..11) {
+            let mut rng = seeded(seed);
             let p = random_profile(&mut rng, n);
             let m = MemoryModel::from_profile(p.clone());
             let all = all_placements(&p);
-            let rt: Vec<f64> = (0..n).map(|_| (1 + rng.below(50)) as f64 * 0.25).collect();
+            let rt: Vec<f64> = (0..n).map(|_| (1 + below(&mut rng, 50)) as f64 * 0.25).collect();
             let times: Vec<Seconds> = rt.iter().map(|&t| Seconds(t)).collect();
             let peaks: Vec<Bytes> = all.iter().map(|s| m.peak(s)).collect();
             let (lo, hi) = (peaks.iter().min().unwrap().0, peaks.iter().max().unwrap().0);
-            // Budgets across the whole range, including both ends and just below the minimum.
-            for budget in [lo.saturating_sub(1), lo, hi, lo + rng.below(hi - lo + 1), lo + rng.below(hi - lo + 1)] {
+            let (r1, r2) = (below(&mut rng, hi - lo + 1), below(&mut rng, hi - lo + 1));
+            for budget in [lo.saturating_sub(1), lo, hi, lo + r1, lo + r2] {
                 let budget = Bytes(budget);
                 let want = brute(&m, &all, budget, &rt);
                 let got = optimal_checkpoints(&m, budget, &times);
+                proptest::prop_assert_eq!(want.is_some(), budget.0 >= lo, "brute force: something fits from the least peak on");
                 match (want, &got) {
-                    (None, None) => infeasible += 1,
+                    (None, None) => {}
                     (Some(w), Some(pl)) => {
-                        feasible += 1;
-                        assert!((pl.recompute.0 - w).abs() < 1e-9, "case {case}: dp {} vs brute {w} ({pl:?})", pl.recompute.0);
-                        assert!(pl.peak <= budget && pl.peak == m.peak(&pl.segments));
+                        proptest::prop_assert!((pl.recompute.0 - w).abs() < 1e-9, "dp {} vs brute {} ({:?})", pl.recompute.0, w, pl);
+                        proptest::prop_assert!(pl.peak <= budget && pl.peak == m.peak(&pl.segments));
                         let cost: f64 = pl.segments.iter().flat_map(|r| r.clone()).map(|b| rt[b]).sum();
-                        assert!((cost - pl.recompute.0).abs() < 1e-9);
-                        assert!(pl.segments.iter().flat_map(|r| r.clone()).all(|b| p.blocks[b].checkpointable));
+                        proptest::prop_assert!((cost - pl.recompute.0).abs() < 1e-9);
+                        proptest::prop_assert!(pl.segments.iter().flat_map(|r| r.clone()).all(|b| p.blocks[b].checkpointable));
                     }
-                    _ => panic!("case {case}: feasibility differs: brute {want:?}, dp {got:?}"),
+                    _ => proptest::prop_assert!(false, "feasibility differs: brute {:?}, dp {:?}", want, got),
                 }
             }
         }
-        assert!(feasible > 1000 && infeasible > 300, "{feasible} feasible, {infeasible} infeasible");
     }
 
     #[test]
     fn dp_rejects_wrong_time_vector_instead_of_panicking() {
-        let m = MemoryModel::from_profile(random_profile(&mut Rng(5), 4));
+        let m = MemoryModel::from_profile(random_profile(&mut seeded(5), 4));
         assert!(optimal_checkpoints(&m, Bytes(u64::MAX), &[Seconds(1.0)]).is_none());
         let p = optimal_checkpoints(&m, Bytes(u64::MAX), &[Seconds(f64::NAN); 4]).unwrap();
         assert_eq!(p.recompute, Seconds(0.0));

@@ -259,7 +259,7 @@ fn trim(v: f64) -> String {
 pub(crate) mod tests {
     #![allow(clippy::single_range_in_vec_init)]
     use super::*;
-    use crate::memory::testgen::{random_profile, Rng};
+    use crate::memory::testgen::{random_profile, seeded};
     use crate::memory::MemoryModel;
 
     /// Minimal XML well-formedness: balanced tags, quoted attributes,
@@ -364,7 +364,7 @@ pub(crate) mod tests {
 
     #[test]
     fn timeline_svg_is_well_formed_and_marks_peak_and_limit() {
-        let m = MemoryModel::from_profile(random_profile(&mut Rng(42), 8));
+        let m = MemoryModel::from_profile(random_profile(&mut seeded(42), 8));
         let r = m.report(&[2..4]);
         let svg = timeline_svg(&r, "tiny <test> & \"quotes\"");
         check_well_formed(&svg).unwrap();
