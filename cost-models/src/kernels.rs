@@ -350,11 +350,6 @@ impl KernelModel {
         self.issued(self.layer(l, true), l, self.spec.host_backward_op)
     }
 
-    /// The device time of the kernels alone (no host floor).
-    pub fn device_time(&self, l: &Layer, backward: bool) -> Seconds {
-        self.layer(l, backward)
-    }
-
     /// A layer's time in one pass and what bounds it.
     pub fn classify(&self, l: &Layer, backward: bool) -> (Seconds, TimeClass) {
         let device = self.layer(l, backward);

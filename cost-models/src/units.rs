@@ -26,9 +26,6 @@ pub const GIB: u64 = 1 << 30;
 
 impl Bytes {
     pub const ZERO: Bytes = Bytes(0);
-    pub fn gib(g: f64) -> Bytes {
-        Bytes((g * GIB as f64).round() as u64)
-    }
     pub fn as_gib(self) -> f64 {
         self.0 as f64 / GIB as f64
     }
@@ -47,14 +44,7 @@ impl Bytes {
     }
 }
 
-impl Flops {
-    pub fn tera(self) -> f64 {
-        self.0 / 1e12
-    }
-    pub fn giga(self) -> f64 {
-        self.0 / 1e9
-    }
-}
+impl Flops {}
 
 impl Seconds {
     pub fn ms(self) -> f64 {

@@ -149,7 +149,6 @@ pub struct Fsdp<'pg> {
     units: Vec<Unit<'pg>>,
     /// Units used by each block (block order of the model).
     block_units: Vec<Vec<usize>>,
-    num_params: usize,
 }
 
 /// Maps each parameter to its unit (`runspec::units`, the plan's rule):
@@ -253,7 +252,7 @@ impl<'pg> Fsdp<'pg> {
                 blocks: ublocks,
             });
         }
-        Ok(Fsdp { groups, shard_rank: rank, opts, units: out_units, block_units, num_params: specs.len() })
+        Ok(Fsdp { groups, shard_rank: rank, opts, units: out_units, block_units })
     }
 
     pub fn options(&self) -> &FsdpOptions {
@@ -261,15 +260,6 @@ impl<'pg> Fsdp<'pg> {
     }
     pub fn groups(&self) -> &'pg RankGroups {
         self.groups
-    }
-    pub fn num_units(&self) -> usize {
-        self.units.len()
-    }
-    pub fn unit_name(&self, u: usize) -> &str {
-        &self.units[u].name
-    }
-    pub fn unit_params(&self, u: usize) -> &[FlatParam] {
-        &self.units[u].params
     }
     /// Units whose parameters `block` uses.
     pub fn units_of_block(&self, block: usize) -> &[usize] {
@@ -279,20 +269,6 @@ impl<'pg> Fsdp<'pg> {
     pub fn layout(&self) -> runspec::schedule::Layout {
         let blocks: Vec<Vec<usize>> = self.units.iter().map(|u| u.blocks.clone()).collect();
         runspec::schedule::Layout::new(self.block_units.len(), &blocks)
-    }
-
-    /// First and last block (forward order) using unit `u`.
-    pub fn block_span(&self, u: usize) -> (usize, usize) {
-        let b = &self.units[u].blocks;
-        (b.first().copied().unwrap_or(0), b.last().copied().unwrap_or(0))
-    }
-    pub fn is_gathered(&self, u: usize) -> bool {
-        !matches!(self.units[u].state, Gather::Free)
-    }
-
-    /// Bytes of this rank's fp32 shards (parameters only).
-    pub fn shard_bytes(&self) -> Bytes {
-        Bytes(self.units.iter().map(|u| u.shard_len as u64 * 4).sum())
     }
 
     /// Starts gathering `u` (no-op if gathered or in flight).
@@ -527,10 +503,6 @@ impl<'pg> Fsdp<'pg> {
         Ok(None)
     }
 
-    pub fn num_model_params(&self) -> usize {
-        self.num_params
-    }
-
     /// Every parameter in fp32, gathered from the shard group (collective;
     /// for tests, evaluation and export; needs the whole model in memory).
     pub fn full_params(&self) -> Result<Vec<(String, Tensor)>, FsdpError> {
@@ -540,11 +512,6 @@ impl<'pg> Fsdp<'pg> {
     /// Master shards (name = unit name) for checkpoints.
     pub fn master_shards(&self) -> Vec<(String, Tensor)> {
         self.units.iter().map(|u| (u.name.clone(), u.master.shallow_clone())).collect()
-    }
-
-    /// fp32 shard gradients (name = unit name), e.g. to compare runs.
-    pub fn grad_shards(&self) -> Vec<(String, Tensor)> {
-        self.units.iter().map(|u| (u.name.clone(), u.grad.shallow_clone())).collect()
     }
 
     /// Every parameter's fp32 gradient gathered from the shard group (collective).

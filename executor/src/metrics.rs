@@ -89,11 +89,6 @@ impl MetricsWriter {
         Ok(())
     }
 
-    /// Whether progress goes to a terminal (a bar) rather than as lines.
-    pub fn has_bar(&self) -> bool {
-        self.bar.as_ref().is_some_and(|b| !b.is_hidden())
-    }
-
     pub fn finish(&mut self) {
         if let Some(b) = self.bar.take() {
             b.finish();

@@ -649,15 +649,6 @@ impl CropLayout {
     }
 }
 
-/// Interleaves per-crop batches `[n, 3, R, R]` (same resolution) into the
-/// image-major layout `[n * crops, 3, R, R]`.
-pub fn image_major(crops: &[Tensor]) -> Result<Tensor, ModelError> {
-    if crops.is_empty() {
-        return Err(ModelError::Input { block: "input".into(), reason: "no crops".into() });
-    }
-    Ok(Tensor::f_stack(crops, 1)?.f_flatten(0, 1)?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

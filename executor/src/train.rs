@@ -498,9 +498,6 @@ impl<'pg> Trainer<'pg> {
     pub fn fsdp(&self) -> &Fsdp<'pg> {
         &self.fsdp
     }
-    pub fn steps_done(&self) -> u64 {
-        self.step
-    }
     pub fn loss_scaler(&self) -> &LossScaler {
         &self.scaler
     }

@@ -387,11 +387,6 @@ impl MemoryModel {
         MemoryModel::from_profile(profile(graph, units, recipe, d, hw, Allocator::for_device(hw.kind), measured_bwd))
     }
 
-    /// Same with an explicit allocator model (e.g. another fragmentation margin).
-    pub fn with_allocator(graph: &ModelGraph, units: &[Unit], recipe: &Recipe, d: &Decisions, hw: &HardwareSpec, alloc: Allocator) -> MemoryModel {
-        MemoryModel::from_profile(profile(graph, units, recipe, d, hw, alloc, &[]))
-    }
-
     pub fn from_profile(p: MemProfile) -> MemoryModel {
         let n = p.blocks.len();
         let nu = p.units.len();

@@ -72,14 +72,7 @@ pub struct UnitCost {
     pub finish_host: Seconds,
 }
 
-impl UnitCost {
-    /// Whether the model's last block uses the unit: the step schedule
-    /// keeps such a unit gathered from forward into backward, which needs
-    /// it at once, so it is gathered only once even when resharding.
-    pub fn used_by_last_block(&self, num_blocks: usize) -> bool {
-        self.blocks.end >= num_blocks
-    }
-}
+impl UnitCost {}
 
 /// The loss: Sinkhorn-Knopp per assignment crop, then the swapped
 /// prediction loss (forward and backward together).

@@ -169,7 +169,7 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
     let mut speed = SpeedProbes::default();
     take_probe(&mut speed, args.verbose)?;
     let verbose = args.verbose;
-    let compute = calibrate::measure_compute(&copts, |m| detail(verbose, &m)).context("measuring compute")?;
+    let compute = calibrate::measure_compute(&copts, |m| detail(verbose, m)).context("measuring compute")?;
     speed.compute_s = take_probe(&mut speed, args.verbose)?;
 
     let (blocks, host_rounds, loader) = measure_rounds(args, block_workloads.as_ref(), threads, &mut speed)?;
@@ -315,7 +315,7 @@ fn measure_rounds(
         for (b, w) in blocks.iter().flat_map(|b| b.workloads.iter().map(move |w| (b, w))) {
             let label = block_timing::workload_label(w);
             eprintln!("calibrate: blocks of {} at {label} (round {round}/{rounds})", b.model.name);
-            let mut m = block_timing::measure_blocks(&b.model, w, &budget, threads, args.device, |m| detail(args.verbose, &m))
+            let mut m = block_timing::measure_blocks(&b.model, w, &budget, threads, args.device, |m| detail(args.verbose, m))
                 .with_context(|| format!("timing the blocks of {} at {label}", b.model.name))?;
             let probe = take_probe(speed, args.verbose)?;
             // GPU kernels do not run at the host's speed: only CPU block
