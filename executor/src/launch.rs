@@ -2,17 +2,17 @@
 //! program with RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT)
 //! and reading those variables (or SLURM's) inside a rank.
 //!
-//! The launcher forwards each child's stdout prefixed with `[rank r]`; rank
-//! 0's stderr is passed through untouched so its progress bar draws on the
-//! terminal, other ranks' stderr is prefixed too. When a child fails, the
-//! others get `grace` to stop on their own (their collectives fail fast when
+//! The launcher forwards each child's stdout prefixed with `[rank r]`; on a
+//! terminal rank 0's stderr is passed through untouched so its progress bar
+//! draws there, other ranks' stderr (and rank 0's elsewhere) is prefixed
+//! too. When a child fails, the others get `grace` to stop on their own (their collectives fail fast when
 //! a peer's socket closes, or time out), then are killed. The launcher
 //! reports the rank that failed first with that rank's own error: each
 //! child writes its one-line error to the file named by [`ERROR_FILE_VAR`],
 //! and the earliest written wins (a peer's "disconnected" comes later).
 
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -195,7 +195,9 @@ pub fn launch_local(program: &Path, args: &[OsString], opts: &LaunchOptions) -> 
             .envs(opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped());
-        cmd.stderr(if rank == 0 { Stdio::inherit() } else { Stdio::piped() });
+        // Rank 0 draws its progress bar on a terminal; anywhere else (a log,
+        // a test harness) its stderr is forwarded like the others'.
+        cmd.stderr(if rank == 0 && std::io::stderr().is_terminal() { Stdio::inherit() } else { Stdio::piped() });
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(source) => {
