@@ -197,8 +197,9 @@ pub struct UnitMem {
     pub shard: Bytes,
     /// Unsharded gradient accumulated in the reduce dtype.
     pub grad_acc: Bytes,
-    /// Reduce-scatter output shard (reduce dtype); 0 where nothing
-    /// scatters (the whole gradient is then reduced in place).
+    /// What a reduce-scatter holds from its start to its wait: the output
+    /// shard (reduce dtype), and on CPU Gloo's flat copy of its input; 0
+    /// where nothing scatters (the whole gradient is then reduced in place).
     pub rs_out: Bytes,
     /// fp32 copy of the reduced gradient made when adding it into the grad
     /// shard (0 if the reduce dtype is fp32).
@@ -1098,7 +1099,13 @@ pub fn profile(
                 unsharded: a.round(padded * pdt),
                 shard: a.round(shard * 4),
                 grad_acc: a.round(padded * reduce),
-                rs_out: if shard_group > 1 { a.round(shard * reduce) } else { Bytes::ZERO },
+                rs_out: match (shard_group > 1, hw.kind) {
+                    (false, _) => Bytes::ZERO,
+                    (true, DeviceKind::Gpu) => a.round(shard * reduce),
+                    // Gloo's reduce-scatter flattens its input into a copy
+                    // of the unsharded gradient and holds it until waited.
+                    (true, DeviceKind::Cpu) => a.round(shard * reduce) + a.round(padded * reduce),
+                },
                 rs_cast: if reduce == 4 { Bytes::ZERO } else { a.round(shard * 4) },
                 param_grad: a.round(padded * pdt),
             }
