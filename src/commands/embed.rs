@@ -17,6 +17,13 @@ pub struct EmbedArgs {
     /// Write the features here (safetensors: `features` [images, width] fp32, file list in the metadata).
     #[arg(long)]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub features: FeatureArgs,
+}
+
+/// How images become features: what `embed` and `eval knn` share.
+#[derive(Args, Debug, Clone)]
+pub struct FeatureArgs {
     /// Centre-crop side the trunk sees (after resizing the shorter side to resolution x 256/224).
     #[arg(long, default_value_t = 224)]
     pub resolution: u32,
@@ -26,6 +33,12 @@ pub struct EmbedArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+}
+
+impl FeatureArgs {
+    pub fn config(&self) -> Result<EmbedConfig> {
+        Ok(EmbedConfig { resolution: self.resolution, batch: self.batch, device: embed::parse_device(&self.device)? })
+    }
 }
 
 /// Features of a folder, with a progress bar on a terminal and a warning
@@ -58,12 +71,11 @@ pub fn features_of(w: &executor::weights::Weights, dir: &Path, cfg: &EmbedConfig
 }
 
 pub fn run(a: &EmbedArgs) -> Result<()> {
-    let device = embed::parse_device(&a.device)?;
+    let cfg = a.features.config()?;
     let w = a.weights.load()?;
-    let cfg = EmbedConfig { resolution: a.resolution, batch: a.batch, device };
     let f = features_of(&w, &a.data, &cfg)?;
-    f.save(&a.out, &w.model.name, a.resolution)?;
+    f.save(&a.out, &w.model.name, cfg.resolution)?;
     let (n, width) = f.shape();
-    println!("{}: {} images -> features [{n}, {width}] at {} px; wrote {}", w.model.name, f.files.len(), a.resolution, a.out.display());
+    println!("{}: {} images -> features [{n}, {width}] at {} px; wrote {}", w.model.name, f.files.len(), cfg.resolution, a.out.display());
     Ok(())
 }

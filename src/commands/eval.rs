@@ -1,10 +1,9 @@
 //! `seerscale eval knn`: a kNN classifier on frozen trunk features.
 
-use crate::commands::embed::features_of;
+use crate::commands::embed::{features_of, FeatureArgs};
 use crate::commands::weights_source::WeightsArgs;
 use anyhow::{ensure, Result};
 use clap::{Args, Subcommand};
-use executor::embed::EmbedConfig;
 use executor::knn::{knn, labels_of};
 use std::path::PathBuf;
 
@@ -34,13 +33,8 @@ pub struct KnnArgs {
     pub k: usize,
     #[arg(long, default_value_t = 0.07)]
     pub temperature: f64,
-    #[arg(long, default_value_t = 224)]
-    pub resolution: u32,
-    #[arg(long, default_value_t = 64)]
-    pub batch: usize,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[command(flatten)]
+    pub features: FeatureArgs,
     /// Print JSON instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -55,9 +49,8 @@ pub fn run(a: &EvalArgs) -> Result<()> {
 fn run_knn(a: &KnnArgs) -> Result<()> {
     ensure!(a.k >= 1, "--k must be at least 1");
     ensure!(a.temperature > 0.0, "--temperature must be > 0");
-    let device = executor::embed::parse_device(&a.device)?;
+    let cfg = a.features.config()?;
     let w = a.weights.load()?;
-    let cfg = EmbedConfig { resolution: a.resolution, batch: a.batch, device };
     let train = features_of(&w, &a.train, &cfg)?;
     let val = features_of(&w, &a.val, &cfg)?;
     let (train_labels, classes) = labels_of(&a.train, &train.files)?;
@@ -82,7 +75,7 @@ fn run_knn(a: &KnnArgs) -> Result<()> {
         r.k,
         r.temperature,
         w.model.name,
-        a.resolution,
+        cfg.resolution,
         r.train_images,
         r.val_images,
         classes.len()
