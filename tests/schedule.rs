@@ -1,12 +1,13 @@
 //! The executor runs the step the plan describes: for every default
 //! `validate` variant (1, 2 and 4 ranks; every wrapping, reshard and
-//! checkpointing choice), the events each rank's first step ran
+//! checkpointing choice) and the crop groups one after the other in
+//! backward (with and without resharding, FSDP and hybrid), the events each rank's first step ran
 //! (`train --record-events`) equal the plan's compiled schedule
 //! (`runspec::schedule::Schedule::from_plan`), the one the planner costs.
 
 use cost_models::hardware::load_profile;
 use planner::recipe::Recipe;
-use planner::validation::{default_variants, plan_variant};
+use planner::validation::{default_variants, plan_variant, Variant};
 use runspec::schedule::Schedule;
 use std::process::Command;
 
@@ -16,7 +17,8 @@ fn every_validate_variant_runs_its_compiled_schedule() {
     let hw = load_profile(&recipe.cluster.gpu).unwrap();
     let dir = std::env::temp_dir().join(format!("seerscale-schedule-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    for v in default_variants() {
+    let by_group = ["w2-block-reshard-ckptsome-fp32-b8-r32-bygroup", "w4h2-block-keep-ckptall-fp32-b8-r32-bygroup"].map(|n| Variant::parse(n).unwrap());
+    for v in default_variants().into_iter().chain(by_group) {
         let (plan, _) = plan_variant(&recipe, &hw, &v).unwrap();
         let want = Schedule::from_plan(&plan).unwrap();
         let vdir = dir.join(v.to_string());

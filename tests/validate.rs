@@ -11,7 +11,8 @@ use std::process::Command;
 /// and DDP sharding, per-block and per-stage units, reshard on and off, no /
 /// some / all checkpointing and both precisions, at a few seconds each.
 const VARIANTS: &str = "w2-block-reshard-ckpt0-fp32-b8-r32,w2-stage-reshard-ckpt0-fp32-b8-r32,w2-block-reshard-ckptall-fp32-b8-r32,\
-w4-stage-keep-ckptsome-bf16-b8-r48,w4h2-block-reshard-ckpt0-fp32-b8-r32,w2ddp-whole-keep-ckptall-bf16-b8-r32";
+w4-stage-keep-ckptsome-bf16-b8-r48,w4h2-block-reshard-ckpt0-fp32-b8-r32,w2ddp-whole-keep-ckptall-bf16-b8-r32,\
+w2-block-reshard-ckptsome-fp32-b8-r32-bygroup,w4h2-block-keep-ckptall-fp32-b8-r32-bygroup";
 const TOLERANCE: f64 = 0.03;
 
 fn temp_dir(tag: &str) -> PathBuf {
@@ -24,7 +25,7 @@ fn temp_dir(tag: &str) -> PathBuf {
 /// Realistic sizes: regnety-400mf at SEER's crops (2x160 + 4x96), 4 images
 /// per rank, 2 ranks, per-block units, with and without checkpointing every
 /// block, on the built-in (uncalibrated) CPU profile.
-const REALISTIC: &str = "w2-block-reshard-ckpt0-fp32-b4-r160,w2-block-reshard-ckptall-fp32-b4-r160";
+const REALISTIC: &str = "w2-block-reshard-ckpt0-fp32-b4-r160,w2-block-reshard-ckptall-fp32-b4-r160,w2-block-reshard-ckptall-fp32-b4-r160-bygroup";
 
 /// Runs `validate` on `variants` and returns the rows whose peak is off by
 /// more than the tolerance (and the report's rows).

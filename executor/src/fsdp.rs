@@ -174,6 +174,13 @@ pub struct ParamLeaf {
     pub tensor: Tensor,
 }
 
+impl ParamLeaf {
+    /// The same leaf (shares the tensor and its autograd identity).
+    pub fn shallow_clone(&self) -> ParamLeaf {
+        ParamLeaf { unit: self.unit, offset: self.offset, tensor: self.tensor.shallow_clone() }
+    }
+}
+
 impl<'pg> Fsdp<'pg> {
     /// Shards the model over `groups`' shard group. `blocks` are the
     /// model's block names in forward order; `init` gives a parameter's

@@ -79,17 +79,39 @@ impl Checkpointing {
     }
 }
 
-/// What forward kept for block i's backward.
-enum Saved {
-    Nothing,
-    /// A normal block: its cut input(s) and its output(s), with graph.
-    Block {
-        xin: Vec<Tensor>,
-        y: Vec<Tensor>,
-        params: Vec<ParamLeaf>,
-    },
-    /// First block of a checkpointed segment: only the segment's input.
-    SegmentInput(Vec<Tensor>),
+/// What forward (or a recompute) kept for block i's backward, per crop
+/// group where the block runs each group separately.
+#[derive(Default)]
+struct Saved {
+    /// The first block of a checkpointed segment: the segment's input,
+    /// one slot per group, taken when the group is recomputed.
+    segment_input: Vec<Option<Tensor>>,
+    graph: Option<Graph>,
+}
+
+/// A block run with autograd: its cut inputs and its outputs (one slot per
+/// group, emptied as each group's backward runs) and its parameter leaves.
+struct Graph {
+    xin: Vec<Option<Tensor>>,
+    y: Vec<Option<Tensor>>,
+    params: Vec<ParamLeaf>,
+}
+
+impl Graph {
+    /// One group's graph, in slot `group` of `groups`.
+    fn of_group(groups: usize, group: Option<usize>, xin: Vec<Tensor>, y: Vec<Tensor>, params: Vec<ParamLeaf>) -> Graph {
+        let slots = |v: Vec<Tensor>| -> Vec<Option<Tensor>> {
+            match group {
+                None => v.into_iter().map(Some).collect(),
+                Some(g) => {
+                    let mut out: Vec<Option<Tensor>> = (0..groups.max(g + 1)).map(|_| None).collect();
+                    out[g] = v.into_iter().next();
+                    out
+                }
+            }
+        };
+        Graph { xin: slots(xin), y: slots(y), params }
+    }
 }
 
 /// What one pass returns.
@@ -122,7 +144,8 @@ pub fn forward_backward(
     mut ran: Option<&mut Vec<Event>>,
 ) -> Result<PassResult, StepError> {
     let n = blocks.len();
-    let mut saved: Vec<Saved> = (0..n).map(|_| Saved::Nothing).collect();
+    let groups = inputs.len();
+    let mut saved: Vec<Saved> = (0..n).map(|_| Saved::default()).collect();
     let run = |fsdp: &Fsdp<'_>, bn: &mut BnState, i: usize, xs: &[Tensor], mode: &Mode| -> Result<(Vec<Tensor>, Vec<ParamLeaf>), StepError> {
         let tp = Instant::now();
         let params = fsdp.block_params(i)?;
@@ -141,7 +164,8 @@ pub fn forward_backward(
     // The forward's running activations, and the input of the segment being recomputed.
     let mut x: Vec<Tensor> = inputs.iter().map(|t| t.shallow_clone()).collect();
     let mut recomputing: Option<Vec<Tensor>> = None;
-    let mut grad_y: Option<Vec<Tensor>> = None;
+    // The gradient of the last back-propagated block's input, per group.
+    let mut grad_y: Vec<Option<Tensor>> = Vec::new();
     let mut root: Option<Tensor> = None;
     let mut loss_value = None;
     let (t_step, mut t_bwd) = (Instant::now(), None);
@@ -161,12 +185,12 @@ pub fn forward_backward(
                         let xin = cut(&x, i);
                         let (y, params) = run(fsdp, bn, i, &xin, mode)?;
                         let out: Vec<Tensor> = y.iter().map(|t| t.detach()).collect();
-                        saved[i] = Saved::Block { xin, y, params };
+                        saved[i].graph = Some(Graph::of_group(groups, None, xin, y, params));
                         out
                     }
                     Keep::SegmentInput | Keep::Nothing => {
                         if keep == Keep::SegmentInput {
-                            saved[i] = Saved::SegmentInput(x.iter().map(|t| t.detach()).collect());
+                            saved[i].segment_input = x.iter().map(|t| Some(t.detach())).collect();
                         }
                         tch::no_grad(|| run(fsdp, bn, i, &x, mode))?.0
                     }
@@ -177,44 +201,67 @@ pub fn forward_backward(
                 crate::phase_timer::add_synced("forward", t_step);
                 t_bwd = Some(Instant::now());
                 let last = n.checked_sub(1).ok_or_else(|| StepError::Loss("model has no blocks".into()))?;
-                let Saved::Block { y, .. } = &saved[last] else { return Err(internal(format!("nothing saved for block `{}`", blocks[last]))) };
-                if y.len() != 1 {
+                let Some(Graph { y, .. }) = &saved[last].graph else { return Err(internal(format!("nothing saved for block `{}`", blocks[last]))) };
+                let [Some(y)] = y.as_slice() else {
                     return Err(StepError::Loss(format!("last block `{}` must return one tensor, got {}", blocks[last], y.len())));
-                }
+                };
                 let tl = Instant::now();
-                let l = loss_fn(&y[0]).map_err(StepError::Loss)?;
+                let l = loss_fn(y).map_err(StepError::Loss)?;
                 crate::phase_timer::add_synced("loss", tl);
                 loss_value = Some(l.f_double_value(&[])?);
                 root = Some(l.f_mul_scalar(loss_scale)?);
             }
-            Event::Recompute { block: j } => {
+            Event::Recompute { block: j, group } => {
                 // With autograd; BN momentum 0 so the running statistics
                 // are updated once per step.
                 let xs = match recomputing.take() {
                     Some(xs) => xs,
-                    None => match std::mem::replace(&mut saved[j], Saved::Nothing) {
-                        Saved::SegmentInput(xs) => xs,
-                        _ => return Err(internal(format!("no segment input kept for block `{}`", blocks[j]))),
-                    },
+                    None => {
+                        let slots = &mut saved[j].segment_input;
+                        let taken: Option<Vec<Tensor>> = match group {
+                            None => slots.drain(..).collect(),
+                            Some(g) => slots.get_mut(g).and_then(Option::take).map(|t| vec![t]),
+                        };
+                        taken.ok_or_else(|| internal(format!("no segment input kept for block `{}`", blocks[j])))?
+                    }
                 };
                 let xin = cut(&xs, j);
                 let (y, params) = run(fsdp, bn, j, &xin, &recompute_mode)?;
                 recomputing = Some(y.iter().map(|t| t.detach()).collect());
-                saved[j] = Saved::Block { xin, y, params };
+                saved[j].graph = Some(Graph::of_group(groups, group, xin, y, params));
             }
-            Event::Backward { block: i } => {
+            Event::Backward { block: i, group } => {
                 recomputing = None;
-                let Saved::Block { xin, y, params } = std::mem::replace(&mut saved[i], Saved::Nothing) else {
+                let Some(graph) = saved[i].graph.as_mut() else {
                     return Err(internal(format!("nothing saved for block `{}`", blocks[i])));
                 };
-                let root = match (root.take(), &grad_y) {
-                    (Some(r), _) => r,
-                    (None, Some(g)) => {
+                // The slots this backward runs: one group's, or all.
+                let slots: Vec<usize> = match group {
+                    Some(g) => vec![g],
+                    None => (0..graph.y.len()).collect(),
+                };
+                let missing = || internal(format!("block `{}`: no graph kept for crop group {group:?}", blocks[i]));
+                let y: Vec<Tensor> = slots.iter().map(|&k| graph.y.get_mut(k).and_then(Option::take).ok_or_else(missing)).collect::<Result<_, _>>()?;
+                let xin: Vec<Tensor> = match group {
+                    Some(g) => vec![graph.xin.get_mut(g).and_then(Option::take).ok_or_else(missing)?],
+                    None => graph.xin.iter_mut().map(|t| t.take().ok_or_else(missing)).collect::<Result<_, _>>()?,
+                };
+                // Other groups still to run keep the shared graph (and parameters).
+                let others = graph.y.iter().any(Option::is_some);
+                let params: Vec<ParamLeaf> =
+                    if others { graph.params.iter().map(ParamLeaf::shallow_clone).collect() } else { std::mem::take(&mut graph.params) };
+                if !others {
+                    saved[i].graph = None;
+                }
+                let root = match root.take() {
+                    Some(r) => r,
+                    None => {
                         // Sum in fp32: the value is unused, but an fp16
                         // overflow to inf would be confusing when debugging.
                         let mut acc: Option<Tensor> = None;
-                        for (yk, gk) in y.iter().zip(g) {
-                            let t = yk.f_mul(&gk.f_detach()?)?.f_sum(Kind::Float)?;
+                        for (yk, &k) in y.iter().zip(&slots) {
+                            let g = grad_y.get(k).and_then(Option::as_ref).ok_or_else(|| internal(format!("backward of `{}` before the loss", blocks[i])))?;
+                            let t = yk.f_mul(&g.f_detach()?)?.f_sum(Kind::Float)?;
                             acc = Some(match acc {
                                 None => t,
                                 Some(a) => a.f_add(&t)?,
@@ -222,13 +269,12 @@ pub fn forward_backward(
                         }
                         acc.ok_or_else(|| StepError::Loss(format!("block `{}` has no outputs", blocks[i])))?
                     }
-                    (None, None) => return Err(internal(format!("backward of `{}` before the loss", blocks[i]))),
                 };
                 let mut wrt: Vec<Tensor> = xin.iter().filter(|t| t.requires_grad()).map(|t| t.shallow_clone()).collect();
                 let n_x = wrt.len();
                 wrt.extend(params.iter().map(|p| p.tensor.shallow_clone()));
                 let t_rb = Instant::now();
-                let grads = Tensor::f_run_backward(&[&root], &wrt, false, false)?;
+                let grads = Tensor::f_run_backward(&[&root], &wrt, others, false)?;
                 crate::phase_timer::add("run_backward", t_rb);
                 drop(root);
                 drop(y);
@@ -240,19 +286,26 @@ pub fn forward_backward(
                     }
                 }
                 drop(params);
-                grad_y = if i > 0 {
-                    // Undefined input grads (an input that did not influence
-                    // the output) become zeros so the next block still
-                    // back-propagates.
-                    let mut gs = Vec::with_capacity(xin.len());
-                    for (k, x) in xin.iter().enumerate() {
-                        let g = &grads[k];
-                        gs.push(if g.defined() { g.shallow_clone() } else { x.f_zeros_like()? });
+                // Undefined input grads (an input that did not influence
+                // the output) become zeros so the next block still
+                // back-propagates; the images (block 0) need none.
+                let mut gs = Vec::with_capacity(xin.len());
+                for (k, x) in xin.iter().enumerate() {
+                    gs.push(match (i, grads.get(k)) {
+                        (0, _) => None,
+                        (_, Some(g)) if g.defined() => Some(g.shallow_clone()),
+                        _ => Some(x.f_zeros_like()?),
+                    });
+                }
+                match group {
+                    Some(g) => {
+                        if grad_y.len() <= g {
+                            grad_y.resize_with(g + 1, || None);
+                        }
+                        grad_y[g] = gs.pop().flatten();
                     }
-                    Some(gs)
-                } else {
-                    None
-                };
+                    None => grad_y = gs,
+                }
             }
             Event::GradReady { unit } => fsdp.grad_ready(unit)?,
             Event::ReduceScatter { unit } => fsdp.reduce_scatter(unit)?,

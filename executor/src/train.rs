@@ -28,7 +28,7 @@ use cost_models::config::ModelConfig;
 use cost_models::hardware::DeviceKind;
 use cost_models::{Bytes, DType, Seconds};
 use runspec::plan::Plan;
-use runspec::schedule::{Event, Schedule as StepSchedule};
+use runspec::schedule::{BackwardOrder, Event, Schedule as StepSchedule};
 use runspec::sharding::Sharding;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -78,6 +78,8 @@ pub struct TrainConfig {
     pub units: Vec<UnitSpec>,
     pub checkpoint_segments: Vec<Vec<String>>,
     pub reshard_after_forward: bool,
+    /// The crop groups' order in backward (`runspec::schedule`).
+    pub backward_order: BackwardOrder,
     pub precision: Precision,
     /// Reduce-scatter gradients in fp32 instead of the compute dtype.
     pub fp32_reduce: bool,
@@ -249,6 +251,7 @@ impl TrainConfig {
             units: plan.units.iter().map(|u| UnitSpec { name: u.name.clone(), members: u.members.clone() }).collect(),
             checkpoint_segments: plan.checkpoint_segments.clone(),
             reshard_after_forward: plan.reshard_after_forward,
+            backward_order: plan.backward_order,
             precision: dtype_precision(plan.precision.compute),
             fp32_reduce: plan.precision.reduce == DType::Fp32 && plan.precision.compute != DType::Fp32,
             images_per_rank: plan.batch_per_rank,
@@ -461,7 +464,10 @@ impl<'pg> Trainer<'pg> {
         let fsdp = Fsdp::new(groups, &specs, &blocks, &cfg.units, opts, &mut |p| p.init_tensor(seed).map_err(|e| e.to_string()))?;
         let ckpt = Checkpointing::new(&blocks, &cfg.checkpoint_segments).map_err(|e| TrainError::Step { step: 0, source: e })?;
         let reduction = groups.sharding().reduction(pg.world_size());
-        let step_events = StepSchedule::compile(&fsdp.layout(), ckpt.segments(), cfg.reshard_after_forward, reduction);
+        // Trunk blocks run each resolution group separately; `head.mlp` joins them.
+        let trunk = blocks.iter().take_while(|b| !b.starts_with("head.")).count();
+        let layout = fsdp.layout().with_crop_groups(cfg.augment.crops.len(), trunk);
+        let step_events = StepSchedule::compile(&layout, ckpt.segments(), cfg.reshard_after_forward, reduction, cfg.backward_order);
         let schedule = cfg.schedule(pg.world_size());
         schedule.validate()?;
         if !cfg.images_per_rank.is_multiple_of(cfg.bn_groups.max(1)) {

@@ -30,6 +30,7 @@ fn tiny_plan(world: usize) -> Plan {
         batch_per_rank: 4,
         precision: Precision { compute: DType::Fp32, reduce: DType::Fp32 },
         reshard_after_forward: true,
+        backward_order: runspec::schedule::BackwardOrder::Together,
         sharding: runspec::sharding::Sharding::fsdp(world),
         wrapping: Wrapping::PerBlock,
         units: vec![],

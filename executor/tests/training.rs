@@ -16,6 +16,7 @@ use executor::precision::Precision;
 use executor::reference::ReferenceTrainer;
 use executor::swav::SwavLossConfig;
 use executor::train::{self, TrainConfig, Trainer};
+use runspec::schedule::BackwardOrder;
 use runspec::sharding::Sharding;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -57,6 +58,7 @@ fn config(world: usize, out: &Path, ckpt: bool, reshard: bool) -> TrainConfig {
         model,
         checkpoint_segments: segments,
         reshard_after_forward: reshard,
+        backward_order: BackwardOrder::Together,
         precision: Precision::Fp32,
         fp32_reduce: true,
         images_per_rank,
@@ -373,8 +375,14 @@ fn worker_grads() {
     // Per-rank BN, then SyncBN (whose recompute pass all-reduces again).
     for sync_bn in [false, true] {
         let mut results = Vec::new();
-        for (ckpt, reshard) in [(false, false), (true, false), (false, true), (true, true)] {
+        // (checkpointing, reshard, the crop groups one after the other in backward)
+        for (ckpt, reshard, by_group) in
+            [(false, false, false), (true, false, false), (false, true, false), (true, true, false), (true, true, true), (false, false, true)]
+        {
             let mut cfg = config(world, &dir, ckpt, reshard);
+            if by_group {
+                cfg.backward_order = BackwardOrder::ByCropGroup;
+            }
             if sync_bn {
                 cfg.sync_bn = true;
                 cfg.bn_groups = 1;
@@ -383,23 +391,24 @@ fn worker_grads() {
             let loss = t.compute_grads(&batch).unwrap();
             let grads = t.fsdp().full_grads().unwrap();
             let bn: Vec<Tensor> = t.bn().buffers().into_iter().map(|(_, b)| b.copy()).collect();
-            results.push((ckpt, reshard, loss, grads, bn));
+            results.push(((ckpt, reshard, by_group), loss, grads, bn));
         }
-        let (_, _, l0, g0, bn0) = &results[0];
+        let (_, l0, g0, bn0) = &results[0];
         let gnorm: f64 = g0.iter().map(|(_, g)| g.norm().double_value(&[]).powi(2)).sum::<f64>().sqrt();
         assert!(gnorm > 0.0);
-        for (ckpt, reshard, l, g, bn) in &results[1..] {
-            assert_eq!(l, l0, "loss with checkpointing={ckpt} reshard={reshard} sync_bn={sync_bn}");
+        for ((ckpt, reshard, by_group), l, g, bn) in &results[1..] {
+            let what = format!("checkpointing={ckpt} reshard={reshard} by_crop_group={by_group} sync_bn={sync_bn}");
+            assert_eq!(l, l0, "loss with {what}");
             for ((n, a), (_, b)) in g0.iter().zip(g) {
                 let d = (a - b).abs().max().double_value(&[]);
-                assert!(d <= 1e-6 * gnorm.max(1.0), "{n}: gradient differs by {d} (checkpointing={ckpt}, reshard={reshard}, sync_bn={sync_bn})");
+                assert!(d <= 1e-6 * gnorm.max(1.0), "{n}: gradient differs by {d} ({what})");
             }
             // Recompute must not update the BN running statistics twice.
             for (a, b) in bn0.iter().zip(bn) {
-                assert!((a - b).abs().max().double_value(&[]) < 1e-6, "BN running stats differ (checkpointing={ckpt}, sync_bn={sync_bn})");
+                assert!((a - b).abs().max().double_value(&[]) < 1e-6, "BN running stats differ ({what})");
             }
         }
-        println!("rank {rank}: grads equal over 4 configurations (sync_bn={sync_bn}), loss {l0}");
+        println!("rank {rank}: grads equal over {} configurations (sync_bn={sync_bn}), loss {l0}", results.len());
     }
 }
 

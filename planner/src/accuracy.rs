@@ -475,6 +475,7 @@ fn published_rows() -> Result<Vec<Row>, AccuracyError> {
         bucket_mib: DEFAULT_BUCKET_MIB,
         precisions: vec![rp.precision],
         reshard: vec![rp.reshard_after_forward],
+        backward_orders: vec![runspec::schedule::BackwardOrder::Together],
         exhaustive: true,
         headroom: 0.0,
         reliability: crate::failures::Reliability::builtin(),

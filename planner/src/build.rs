@@ -53,6 +53,7 @@ pub fn build_plan(s: &mut Searcher, e: &Evaluated) -> Result<(Plan, MemoryReport
         batch_per_rank: d.batch_per_rank,
         precision: d.precision,
         reshard_after_forward: d.reshard_after_forward,
+        backward_order: d.backward_order,
         sharding: d.sharding.resolved(d.world_size),
         wrapping: d.wrapping,
         units: unit_plans(&units),
@@ -78,5 +79,6 @@ pub fn reference_decisions(s: &mut Searcher, world: usize) -> Option<Decisions> 
         sharding: rp.sharding.parse::<Sharding>().ok()?.resolved(world),
         wrapping: rp.wrapping,
         checkpoint,
+        backward_order: runspec::schedule::BackwardOrder::Together,
     })
 }

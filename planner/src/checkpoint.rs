@@ -328,6 +328,7 @@ mod tests {
             sharding: runspec::sharding::Sharding::fsdp(496),
             wrapping: Wrapping::Vissl,
             checkpoint: vec![],
+            backward_order: runspec::schedule::BackwardOrder::Together,
         };
         let segs = vissl_stage_checkpoints(&g, &reference.stage_checkpoints);
         let m = MemoryModel::new(&g, &units, &r, &d, &hw);

@@ -25,6 +25,12 @@
 //! backward and `local` depends only on the piece itself. Tests check the
 //! two agree on random instances; the checkpoint DP (checkpoint.rs) is exact
 //! with respect to `peak` because it searches over exactly this form.
+//!
+//! The closed form is the crop groups' `Together` backward order. With
+//! `ByCropGroup` (one crop group's whole trunk backward after the other's)
+//! what an event holds depends on every group's placement at once, so
+//! `peak` replays the schedule; the replay costs each group's share of a
+//! block ([`GroupMem`]).
 
 use crate::plan::Precision;
 use crate::recipe::{Recipe, Wrapping};
@@ -34,7 +40,7 @@ use cost_models::hardware::{DeviceKind, HardwareSpec};
 #[cfg(test)]
 use cost_models::units::MIB;
 use cost_models::{Bytes, DType};
-use runspec::schedule::{Event, Keep, Layout, Schedule};
+use runspec::schedule::{BackwardOrder, Event, Keep, Layout, Schedule};
 use runspec::sharding::{Reduction, Sharding};
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -51,6 +57,8 @@ pub struct Decisions {
     pub wrapping: Wrapping,
     /// Checkpointed segments: block index ranges.
     pub checkpoint: Vec<Range<usize>>,
+    /// The crop groups' order in backward.
+    pub backward_order: BackwardOrder,
 }
 
 impl Decisions {
@@ -184,6 +192,43 @@ pub struct BlockMem {
     pub bwd_transient: Bytes,
     /// May be inside a checkpointed segment (trunk blocks).
     pub checkpointable: bool,
+    /// Each crop group's share, in the order the executor runs them (a
+    /// trunk block runs each group separately); one entry, the whole
+    /// block, for the head.
+    pub groups: Vec<GroupMem>,
+}
+
+/// One crop group's part of a block: what a backward that runs the group
+/// alone (`BackwardOrder::ByCropGroup`) holds and frees.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroupMem {
+    pub kept: Bytes,
+    pub output: Bytes,
+    pub fwd_transient: Bytes,
+    /// Backward working set of this group alone, its input gradient included.
+    pub bwd_transient: Bytes,
+}
+
+impl BlockMem {
+    /// One group holding the whole block (head blocks, single-group runs).
+    pub fn whole(&self) -> GroupMem {
+        GroupMem { kept: self.kept, output: self.output, fwd_transient: self.fwd_transient, bwd_transient: self.bwd_transient }
+    }
+    /// Group `g`'s share (the whole block if it has no such group).
+    fn group(&self, g: Option<usize>) -> GroupMem {
+        match g.and_then(|g| self.groups.get(g)) {
+            Some(x) => x.clone(),
+            None => self.whole(),
+        }
+    }
+    /// Output bytes per group (what the next block's backward hands back).
+    fn outputs(&self) -> Vec<u64> {
+        if self.groups.is_empty() {
+            vec![self.output.0]
+        } else {
+            self.groups.iter().map(|g| g.output.0).collect()
+        }
+    }
 }
 
 /// One unit's memory on one rank.
@@ -261,6 +306,10 @@ pub struct MemProfile {
     pub reshard_after_forward: bool,
     /// The collectives that reduce a gradient (from the sharding).
     pub reduction: Reduction,
+    pub backward_order: BackwardOrder,
+    /// Crop groups the trunk runs separately, and the trunk's blocks (`0..trunk`).
+    pub crop_groups: usize,
+    pub trunk: usize,
     pub allocator: Allocator,
     pub usable: Bytes,
 }
@@ -437,9 +486,9 @@ impl MemoryModel {
         let mut has_acc = vec![false; nu];
         let mut block: Option<usize> = None;
         let mut freed = 0u64;
-        let schedule = Schedule::compile(&m.layout(), &[], m.p.reshard_after_forward, m.p.reduction);
+        let schedule = Schedule::compile(&m.layout(), &[], m.p.reshard_after_forward, m.p.reduction, BackwardOrder::Together);
         for &event in &schedule.events {
-            if let Event::Backward { block: i } = event {
+            if let Event::Backward { block: i, .. } = event {
                 m.gs_bwd[i] = gs;
                 m.pg[i] = m.units_of[i].iter().map(|&u| m.p.units[u].param_grad.0).sum();
                 for &u in &m.units_of[i] {
@@ -486,7 +535,13 @@ impl MemoryModel {
     /// step schedule the replay walks.
     pub fn layout(&self) -> Layout {
         let blocks: Vec<Vec<usize>> = self.p.units.iter().map(|u| (u.blocks.start.min(self.n)..u.blocks.end.min(self.n)).collect()).collect();
-        Layout::new(self.n, &blocks)
+        Layout::new(self.n, &blocks).with_crop_groups(self.p.crop_groups, self.p.trunk)
+    }
+
+    /// Whether `peak` replays the schedule (the crop groups run one after
+    /// the other) rather than evaluating the closed form.
+    pub fn replays(&self) -> bool {
+        self.p.backward_order == BackwardOrder::ByCropGroup && self.p.crop_groups > 1
     }
 
     pub fn profile(&self) -> &MemProfile {
@@ -634,6 +689,9 @@ impl MemoryModel {
 
     /// Peak bytes for a checkpoint placement (closed form; fast path for the search).
     pub fn peak(&self, checkpoint: &[Range<usize>]) -> Bytes {
+        if self.replays() {
+            return Replay::new(self, &normalize_segments(self.n, checkpoint)).peak();
+        }
         self.total(self.peak_raw(&normalize_segments(self.n, checkpoint)))
     }
 
@@ -694,6 +752,9 @@ struct Replay<'m> {
     gathered: Vec<bool>,
     events: Vec<MemEvent>,
     peak: (u64, usize, [u64; 10], Vec<u64>, Vec<u64>),
+    /// Record every event and the breakdown at the peak (false: the peak
+    /// total only, for the search).
+    timeline: bool,
 }
 
 impl<'m> Replay<'m> {
@@ -713,12 +774,13 @@ impl<'m> Replay<'m> {
             gathered: vec![false; m.p.units.len()],
             events: Vec::new(),
             peak: (0, 0, [0; 10], Vec::new(), Vec::new()),
+            timeline: true,
         }
     }
 
     /// Records an event: the ledger plus `extra` bytes live only now,
     /// attributed to block `blk` when they are activations.
-    fn emit(&mut self, label: String, extra: &[(Category, u64)], blk: Option<usize>) {
+    fn emit(&mut self, label: impl FnOnce() -> String, extra: &[(Category, u64)], blk: Option<usize>) {
         let mut c = self.cat;
         for &(k, b) in extra {
             c[k.idx()] += b;
@@ -726,6 +788,11 @@ impl<'m> Replay<'m> {
         let raw: u64 = c.iter().sum();
         c[Category::Fragmentation.idx()] = self.m.p.allocator.frag(raw);
         let total = raw + c[Category::Fragmentation.idx()];
+        if !self.timeline {
+            self.peak.0 = self.peak.0.max(total);
+            return;
+        }
+        let label = label();
         if total > self.peak.0 || self.events.is_empty() {
             let mut by_block = self.act_by_block.clone();
             if let Some(bi) = blk {
@@ -753,8 +820,8 @@ impl<'m> Replay<'m> {
         let b = self.m.p.units[u].unsharded.0;
         self.add(Category::UnshardedParams, b);
         self.unit_live[u] += b;
-        let label = format!("all-gather {}{why}", self.m.p.units[u].name);
-        self.emit(label, &[], None);
+        let m = self.m;
+        self.emit(|| format!("all-gather {}{why}", m.p.units[u].name), &[], None);
     }
     fn free(&mut self, u: usize) {
         if self.gathered[u] {
@@ -774,37 +841,66 @@ impl<'m> Replay<'m> {
         }
     }
 
+    /// The peak total alone.
+    fn peak(mut self) -> Bytes {
+        self.timeline = false;
+        self.walk();
+        Bytes(self.peak.0)
+    }
+
     fn run(mut self) -> MemoryReport {
+        self.walk();
+        self.breakdown()
+    }
+
+    /// Walks the schedule, event by event.
+    fn walk(&mut self) {
         let m = self.m;
         let n = m.n;
         let bl = &m.p.blocks;
         let name = |i: usize| bl[i].name.clone();
-        // Output of a checkpointed block not yet held by anyone: (producer, bytes).
-        let mut loose: Option<(usize, u64)> = None;
-        // Input storage kept alive by block i (its xin / the segment input).
-        let mut held_by: Vec<Option<(usize, u64)>> = vec![None; n];
-        let mut grad_y = 0u64;
+        // Output of a checkpointed block not yet held by anyone: (producer, bytes per group).
+        let mut loose: Option<(usize, Vec<u64>)> = None;
+        // Input storage kept alive by block i (its xin / the segment input), per group.
+        let mut held_by: Vec<Option<(usize, Vec<u64>)>> = vec![None; n];
+        // Gradient of the last back-propagated block's input, per group.
+        let mut grad_y: Vec<u64> = Vec::new();
         let mut has_acc = vec![false; m.p.units.len()];
         // Which category holds block i's kept bytes right now.
         let mut kept_in: Vec<Category> = vec![Category::Activations; n];
-        // Block whose input is released once its gradient events are done.
-        let mut release: Option<usize> = None;
-        let schedule = Schedule::compile(&m.layout(), self.segs, m.p.reshard_after_forward, m.p.reduction);
+        // Block (and group) whose input is released once its gradient events are done.
+        let mut release: Option<(usize, Option<usize>)> = None;
+        let schedule = Schedule::compile(&m.layout(), self.segs, m.p.reshard_after_forward, m.p.reduction, m.p.backward_order);
         for &event in &schedule.events {
             let effect = m.grad_effect(event);
             if effect.is_none() {
-                if let Some((pb, b)) = release.take().and_then(|i| held_by[i].take()) {
-                    self.act(Category::Activations, pb, b, false);
+                if let Some((i, group)) = release.take() {
+                    if let Some((pb, parts)) = held_by[i].as_mut() {
+                        let b: u64 = match group {
+                            Some(g) if g < parts.len() => std::mem::take(&mut parts[g]),
+                            _ => parts.drain(..).sum(),
+                        };
+                        let pb = *pb;
+                        if parts.iter().all(|&x| x == 0) {
+                            held_by[i] = None;
+                        }
+                        self.act(Category::Activations, pb, b, false);
+                    }
                 }
             }
             if let Some(e) = effect {
+                // The executor hands the unit's gradient buffer to its first
+                // reduction; a later crop-group pass starts a new one.
+                if matches!(event, Event::ReduceScatter { .. } | Event::AllReduce { .. } | Event::ShardGrad { .. }) {
+                    has_acc[e.unit] = false;
+                }
                 if e.frees_params {
                     self.free(e.unit);
                 }
                 self.add(Category::GradBuffers, e.alloc);
                 self.unit_live[e.unit] += e.alloc;
                 if let Some((what, extra)) = e.point {
-                    self.emit(format!("{what} {}", m.p.units[e.unit].name), &[(Category::Transient, extra)], None);
+                    self.emit(|| format!("{what} {}", m.p.units[e.unit].name), &[(Category::Transient, extra)], None);
                 }
                 self.sub(Category::GradBuffers, e.free);
                 self.unit_live[e.unit] -= e.free;
@@ -818,38 +914,40 @@ impl<'m> Replay<'m> {
                 Event::Forward { block: i, keep: Keep::Graph } => {
                     held_by[i] = loose.take();
                     self.act(Category::Activations, i, bl[i].kept.0, true);
-                    self.emit(format!("fwd {}", name(i)), &[(Category::Transient, bl[i].fwd_transient.0)], Some(i));
+                    self.emit(|| format!("fwd {}", name(i)), &[(Category::Transient, bl[i].fwd_transient.0)], Some(i));
                 }
                 Event::Forward { block: i, keep } => {
                     if keep == Keep::SegmentInput {
                         held_by[i] = loose.take();
                     }
-                    self.emit(format!("fwd {} (no grad)", name(i)), &[(Category::Activations, bl[i].nograd_peak.0)], Some(i));
-                    if let Some((pb, b)) = loose.take() {
-                        self.act(Category::Activations, pb, b, false);
+                    self.emit(|| format!("fwd {} (no grad)", name(i)), &[(Category::Activations, bl[i].nograd_peak.0)], Some(i));
+                    if let Some((pb, parts)) = loose.take() {
+                        self.act(Category::Activations, pb, parts.iter().sum(), false);
                     }
                     self.act(Category::Activations, i, bl[i].output.0, true);
-                    loose = Some((i, bl[i].output.0));
+                    loose = Some((i, bl[i].outputs()));
                 }
                 Event::Loss => {
-                    if let Some((pb, b)) = loose.take() {
-                        self.act(Category::Activations, pb, b, false);
+                    if let Some((pb, parts)) = loose.take() {
+                        self.act(Category::Activations, pb, parts.iter().sum(), false);
                     }
                 }
-                Event::Recompute { block: j } => {
-                    self.act(Category::Recompute, j, bl[j].kept.0, true);
+                Event::Recompute { block: j, group } => {
+                    let g = bl[j].group(group);
+                    self.act(Category::Recompute, j, g.kept.0, true);
                     kept_in[j] = Category::Recompute;
-                    self.emit(format!("recompute {}", name(j)), &[(Category::Transient, bl[j].fwd_transient.0)], Some(j));
+                    self.emit(|| format!("recompute {}{}", name(j), crop(group)), &[(Category::Transient, g.fwd_transient.0)], Some(j));
                 }
-                Event::Backward { block: i } => {
+                Event::Backward { block: i, group } => {
                     let pgrad: u64 = m.units_of[i].iter().map(|&u| m.p.units[u].param_grad.0).sum();
+                    let g = bl[i].group(group);
                     self.emit(
-                        format!("bwd {}", name(i)),
-                        &[(Category::Transient, bl[i].bwd_transient.0), (Category::GradBuffers, pgrad), (Category::HeadLoss, m.head(i))],
+                        || format!("bwd {}{}", name(i), crop(group)),
+                        &[(Category::Transient, g.bwd_transient.0), (Category::GradBuffers, pgrad), (Category::HeadLoss, m.head(i))],
                         Some(i),
                     );
                     let k = kept_in[i];
-                    self.act(k, i, bl[i].kept.0, false);
+                    self.act(k, i, g.kept.0, false);
                     for u in m.units_of[i].clone() {
                         if !has_acc[u] {
                             has_acc[u] = true;
@@ -858,14 +956,28 @@ impl<'m> Replay<'m> {
                             self.unit_live[u] += b;
                         }
                     }
-                    self.sub(Category::Transient, grad_y);
-                    grad_y = bl[i].input_grad.0;
-                    self.add(Category::Transient, grad_y);
-                    release = Some(i);
+                    // The gradient of this block's input replaces its output's.
+                    let input_grads = if i > 0 { bl[i - 1].outputs() } else { Vec::new() };
+                    match group {
+                        Some(g) => {
+                            if grad_y.len() <= g {
+                                grad_y.resize(g + 1, 0);
+                            }
+                            self.sub(Category::Transient, grad_y[g]);
+                            grad_y[g] = input_grads.get(g).copied().unwrap_or(0);
+                            self.add(Category::Transient, grad_y[g]);
+                        }
+                        None => {
+                            self.sub(Category::Transient, grad_y.iter().sum());
+                            grad_y = input_grads;
+                            self.add(Category::Transient, grad_y.iter().sum());
+                        }
+                    }
+                    release = Some((i, group));
                 }
                 Event::Drain => {
-                    self.sub(Category::Transient, grad_y);
-                    grad_y = 0;
+                    self.sub(Category::Transient, grad_y.iter().sum());
+                    grad_y.clear();
                     for u in 0..m.p.units.len() {
                         self.free(u);
                     }
@@ -876,11 +988,15 @@ impl<'m> Replay<'m> {
                 | Event::AllReduce { .. }
                 | Event::WaitAllReduce { .. }
                 | Event::ShardGrad { .. } => {}
-                Event::Optimizer => self.emit("optimizer".into(), &[(Category::Transient, m.p.statics.optimizer_transient.0)], None),
+                Event::Optimizer => self.emit(|| "optimizer".into(), &[(Category::Transient, m.p.statics.optimizer_transient.0)], None),
             }
         }
+    }
 
-        // Breakdown at the peak.
+    /// The report: the timeline and what is alive at its peak.
+    fn breakdown(self) -> MemoryReport {
+        let m = self.m;
+        let bl = &m.p.blocks;
         let (peak, peak_event, c, unit_live, by_block) = self.peak.clone();
         let breakdown = Category::ALL.iter().map(|k| (k.name().to_string(), Bytes(c[k.idx()]))).collect();
         let per_unit_static = |u: &UnitMem| u.shard.0 * (2 + m.p.statics.optimizer_states);
@@ -890,6 +1006,11 @@ impl<'m> Replay<'m> {
         by_block.sort_by_key(|x| std::cmp::Reverse(x.1));
         MemoryReport { peak: Bytes(peak), peak_event, breakdown, by_unit, by_block, timeline: self.events, usable: m.p.usable }
     }
+}
+
+/// A timeline label's crop-group suffix.
+fn crop(group: Option<usize>) -> String {
+    group.map_or(String::new(), |g| format!(" (crop group {g})"))
 }
 
 // ------------------------------------------------------------- from graph
@@ -1030,7 +1151,10 @@ pub fn profile(
         let mut output = 0u64;
         let (mut fwd_t, mut nograd, mut bwd_ws) = (0u64, 0u64, 0u64);
         let mut outs_before = 0u64;
+        // Per group: kept, output, forward transient, backward working set.
+        let mut parts: Vec<(u64, u64, u64, u64)> = Vec::with_capacity(groups.len());
         for (_, ls) in &groups {
+            let kept_before = kept;
             for l in ls {
                 // Running mean and var of the first crop group's copy (the one with params).
                 if l.kind == LayerKind::BatchNorm && !l.params.is_empty() {
@@ -1051,10 +1175,12 @@ pub fn profile(
             // Non-saved outputs alive together (projection BN and c BN before the add).
             let mut unsaved: Vec<u64> = ls.iter().filter(|l| out_storage(l) > 0 && l.saved.0 < out_storage(l)).map(|l| a.round(out_storage(l)).0).collect();
             unsaved.sort_unstable_by(|x, y| y.cmp(x));
-            fwd_t = fwd_t.max(unsaved.iter().take(2).sum());
+            let fwd_g: u64 = unsaved.iter().take(2).sum();
+            fwd_t = fwd_t.max(fwd_g);
             nograd = nograd.max(outs_before + out_g + 2 * largest);
             bwd_ws = bwd_ws.max(out_g + 2 * largest);
             outs_before += out_g;
+            parts.push((kept - kept_before, out_g, fwd_g, out_g + 2 * largest));
         }
         // The prototypes' Linear does not save its output, but the executor keeps it.
         if b.kind == BlockKind::HeadProto {
@@ -1075,6 +1201,38 @@ pub fn profile(
             DeviceKind::Gpu => working_set.max(measured.unwrap_or(0)),
             DeviceKind::Cpu => measured.unwrap_or_else(|| if bi == 0 { working_set } else { backward_walk(&groups, a) }),
         };
+        // Each group alone, by the same rules; a measured block peak (all
+        // groups) is shared in proportion to the modelled ones.
+        let group_mems: Vec<GroupMem> = if b.is_trunk() && parts.len() > 1 {
+            let prev = if bi == 0 { Vec::new() } else { blocks[bi - 1].outputs() };
+            let modelled: Vec<u64> = parts
+                .iter()
+                .enumerate()
+                .map(|(g, &(_, _, _, ws))| {
+                    let input_g = prev.get(g).copied().unwrap_or(0);
+                    match hw.kind {
+                        DeviceKind::Cpu if bi > 0 => backward_walk(&groups[g..=g], a),
+                        _ => input_g + ws,
+                    }
+                })
+                .collect();
+            // What the block's figure would be without a measurement.
+            let unmeasured = match hw.kind {
+                DeviceKind::Cpu if bi > 0 => backward_walk(&groups, a),
+                _ => working_set,
+            };
+            let scale = bwd_transient as f64 / unmeasured.max(1) as f64;
+            parts
+                .iter()
+                .zip(&modelled)
+                .map(|(&(kept_g, out_g, fwd_g, _), &m)| {
+                    let bwd = (m as f64 * scale).round() as u64;
+                    GroupMem { kept: Bytes(kept_g), output: Bytes(out_g), fwd_transient: Bytes(fwd_g), bwd_transient: Bytes(bwd) }
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         blocks.push(BlockMem {
             name: b.name.clone(),
             stage: b.stage,
@@ -1085,6 +1243,7 @@ pub fn profile(
             nograd_peak: Bytes(nograd.max(output)),
             bwd_transient: Bytes(bwd_transient),
             checkpointable: b.is_trunk(),
+            groups: group_mems,
         });
     }
     let reduce = d.precision.reduce.size();
@@ -1142,6 +1301,9 @@ pub fn profile(
         },
         reshard_after_forward: d.reshard_after_forward,
         reduction: d.sharding.resolved(d.world_size).reduction(d.world_size),
+        backward_order: d.backward_order,
+        crop_groups: graph.workload.crops.len().max(1),
+        trunk: graph.blocks.iter().take_while(|b| b.is_trunk()).count(),
         allocator: alloc,
         usable: hw.usable_memory(),
     }
@@ -1186,6 +1348,7 @@ pub(crate) mod testgen {
                     nograd_peak: output + bytes(rng, 1500),
                     bwd_transient: bytes(rng, 2000),
                     checkpointable: below(rng, 6) != 0,
+                    groups: Vec::new(),
                 }
             })
             .collect::<Vec<_>>();
@@ -1223,6 +1386,9 @@ pub(crate) mod testgen {
             },
             reshard_after_forward: below(rng, 2) == 0,
             reduction: Reduction { scatter: below(rng, 3) != 0, all_reduce: below(rng, 2) == 0 },
+            backward_order: BackwardOrder::Together,
+            crop_groups: 1,
+            trunk: n,
             allocator: Allocator { quantum: 1, fragmentation: [0.0, 0.03, 0.1][below(rng, 3) as usize] },
             usable: Bytes(20_000),
         }
@@ -1318,7 +1484,47 @@ mod tests {
             sharding: Sharding::fsdp(world),
             wrapping: w,
             checkpoint: vec![],
+            backward_order: BackwardOrder::Together,
         }
+    }
+
+    /// The crop groups one after the other: a trunk block's groups add up
+    /// to the block; every kept and recomputed byte is freed by the end of
+    /// backward; with every block checkpointed the peak drops (one group's
+    /// recompute at a time), and with one crop group it is the same step.
+    #[test]
+    fn by_crop_group_replays_one_groups_recompute_at_a_time() {
+        let (g, r) = tiny(8, DType::Fp32);
+        let hw = builtin_hardware("cpu-local").unwrap();
+        let units = units_for(&g, Wrapping::PerBlock);
+        let d = decisions(2, true, DType::Fp32, Wrapping::PerBlock);
+        let together = MemoryModel::new(&g, &units, &r, &d, &hw);
+        let by_group = MemoryModel::new(&g, &units, &r, &Decisions { backward_order: BackwardOrder::ByCropGroup, ..d.clone() }, &hw);
+        assert!(by_group.replays() && !together.replays());
+        for b in by_group.profile().blocks.iter().filter(|b| b.checkpointable) {
+            assert_eq!(b.groups.len(), 2, "{}", b.name);
+            assert_eq!(b.groups.iter().map(|x| x.kept.0).sum::<u64>(), b.kept.0, "{}", b.name);
+            assert_eq!(b.groups.iter().map(|x| x.output.0).sum::<u64>(), b.output.0, "{}", b.name);
+        }
+        let singles: Vec<Range<usize>> = (0..together.profile().trunk).map(|b| b..b + 1).collect();
+        for segs in [vec![], singles.clone(), vec![1..4]] {
+            let rep = by_group.report(&segs);
+            assert_eq!(by_group.peak(&segs), rep.peak, "{segs:?}");
+            // Back to the static bytes after the drain.
+            let drain = rep.timeline.iter().rposition(|e| e.label == "optimizer").unwrap();
+            let acts: u64 = ["activations", "recompute", "grad_buffers", "unsharded_params"]
+                .iter()
+                .map(|k| rep.timeline[drain].by_category.iter().find(|(n, _)| n == k).unwrap().1 .0)
+                .sum();
+            assert_eq!(acts, by_group.profile().statics.input_batch.0 + by_group.profile().statics.host_batches.0, "{segs:?}");
+        }
+        assert!(by_group.peak(&singles) < together.peak(&singles), "{} vs {}", by_group.peak(&singles), together.peak(&singles));
+        assert!(by_group.report(&singles).timeline.iter().any(|e| e.label == "recompute s1.b0 (crop group 1)"));
+        let mut one = by_group.profile().clone();
+        one.crop_groups = 1;
+        let mut one_together = together.profile().clone();
+        one_together.crop_groups = 1;
+        assert_eq!(MemoryModel::from_profile(one).report(&singles), MemoryModel::from_profile(one_together).report(&singles));
     }
 
     /// A measured backward peak replaces the walk's estimate of a block's

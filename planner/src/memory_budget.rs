@@ -44,6 +44,7 @@ pub fn decisions_for_plan(plan: &Plan, segments: Vec<Range<usize>>) -> Decisions
         sharding: plan.sharding,
         wrapping: plan.wrapping,
         checkpoint: segments,
+        backward_order: plan.backward_order,
     }
 }
 
@@ -125,6 +126,9 @@ impl DryRun {
         );
         for seg in &self.segments {
             let _ = writeln!(s, "  checkpointed: {}", crate::sweep::segment_label(&self.block_names, seg));
+        }
+        if p.backward_order == runspec::schedule::BackwardOrder::ByCropGroup {
+            let _ = writeln!(s, "  backward: one crop group after the other (each trunk unit reduced once per group)");
         }
         let label = r.timeline.get(r.peak_event).map_or("", |e| e.label.as_str());
         let _ = writeln!(s, "\npeak {} at event {} of {} ({label})", r.peak, r.peak_event, r.timeline.len());
@@ -219,6 +223,7 @@ mod tests {
             sharding: runspec::sharding::Sharding::fsdp(world),
             wrapping,
             checkpoint: segs.to_vec(),
+            backward_order: runspec::schedule::BackwardOrder::Together,
         };
         let report = MemoryModel::new(&graph, &units, &recipe, &d, &hw).report(segs);
         let names: Vec<String> = graph.blocks.iter().map(|b| b.name.clone()).collect();
@@ -234,6 +239,7 @@ mod tests {
             batch_per_rank: batch,
             precision: d.precision,
             reshard_after_forward: true,
+            backward_order: runspec::schedule::BackwardOrder::Together,
             sharding: d.sharding,
             wrapping,
             units: unit_plans(&units),

@@ -46,6 +46,7 @@ use cost_models::graph::{ModelGraph, Workload};
 use cost_models::hardware::{HardwareProfile, HardwareSpec, MathUnit};
 use cost_models::topology::TopologyError;
 use cost_models::{Bytes, DType};
+use runspec::schedule::BackwardOrder;
 use runspec::sharding::{Sharding, Strategy};
 use std::collections::HashMap;
 use std::ops::Range;
@@ -167,6 +168,10 @@ pub struct SearchSpace {
     /// Tried where the hardware supports them.
     pub precisions: Vec<DType>,
     pub reshard: Vec<bool>,
+    /// The crop groups' backward orders tried (`ByCropGroup` only where
+    /// `Together` needs checkpointing or does not fit: it reduces each
+    /// trunk unit once per crop group, so it pays only where it holds less).
+    pub backward_orders: Vec<BackwardOrder>,
     /// Evaluate every combination (no bound-based skipping).
     pub exhaustive: bool,
     /// Fraction of usable memory the plan must leave free (0 = plan up to
@@ -199,6 +204,7 @@ impl SearchSpace {
             bucket_mib: DEFAULT_BUCKET_MIB,
             precisions: ALL_PRECISIONS.to_vec(),
             reshard: vec![true, false],
+            backward_orders: vec![BackwardOrder::Together, BackwardOrder::ByCropGroup],
             exhaustive: false,
             headroom: 0.0,
             reliability: Reliability::builtin(),
@@ -357,8 +363,11 @@ type MemoKey = (usize, Sharding, DType, Wrapping, bool);
 struct Memo {
     /// (world, batch) that did not fit.
     infeasible: Vec<(usize, usize)>,
-    /// (world, batch, optimal segments, their recompute time).
+    /// (world, batch, optimal segments, their recompute time), the crop
+    /// groups together.
     placements: Vec<(usize, usize, Vec<Range<usize>>, f64)>,
+    /// (world, batch, least recompute time of any backward order).
+    least_recompute: Vec<(usize, usize, f64)>,
 }
 
 impl Memo {
@@ -368,6 +377,11 @@ impl Memo {
     /// The placement from the smallest world >= `world` at this batch.
     fn placement(&self, world: usize, batch: usize) -> Option<&(usize, usize, Vec<Range<usize>>, f64)> {
         self.placements.iter().filter(|p| p.0 >= world && p.1 == batch).min_by_key(|p| p.0)
+    }
+    /// A lower bound on the recompute at (`world`, `batch`): what the
+    /// smallest world >= `world` needed at this batch (fewer ranks hold more).
+    fn recompute_bound(&self, world: usize, batch: usize) -> f64 {
+        self.least_recompute.iter().filter(|p| p.0 >= world && p.1 == batch).min_by_key(|p| p.0).map_or(0.0, |p| p.2)
     }
 }
 
@@ -503,28 +517,28 @@ impl<'r> Searcher<'r> {
     pub fn step_profile(&mut self, h: usize, d: &Decisions) -> Result<crate::simulator::StepProfile, SearchError> {
         let rank_hw = rank_hardware(&self.space.hardware[h].hardware, d.world_size)
             .ok_or_else(|| SearchError::Request(format!("{} cannot host {} ranks", self.space.hardware[h].hardware.name, d.world_size)))?;
-        let share = self.share(h, d.world_size);
-        self.graph_costs(h, share, &rank_hw, d.precision.compute, d.batch_per_rank)?;
-        self.units(d.wrapping);
-        let compute = self.compute_model(h, share, &rank_hw).clone();
-        let links = self.links.groups(&rank_hw, d.world_size, d.sharding, self.recipe.sync_bn_group)?.clone();
-        let gc = &self.costs[&(h, share, d.precision.compute, d.batch_per_rank)];
-        let units = &self.units[&d.wrapping];
-        let w = self.world_costs(h, &links, d.world_size, d.sharding);
-        Ok(step_profile(gc, units, &d.checkpoint, self.recipe, d.precision.compute, d.precision.reduce, d.reshard_after_forward, &compute, &w))
+        self.step_profile_on(h, &rank_hw, d)
     }
 
-    /// Simulates one set of decisions (checkpoint segments given).
-    pub fn simulate(&mut self, h: usize, rank_hw: &HardwareSpec, d: &Decisions) -> Result<(StepResult, f64), SearchError> {
+    /// [`Searcher::step_profile`] on one rank's device.
+    fn step_profile_on(&mut self, h: usize, rank_hw: &HardwareSpec, d: &Decisions) -> Result<crate::simulator::StepProfile, SearchError> {
         let share = self.share(h, d.world_size);
-        let flops = self.graph_costs(h, share, rank_hw, d.precision.compute, d.batch_per_rank)?.model_flops.0;
+        self.graph_costs(h, share, rank_hw, d.precision.compute, d.batch_per_rank)?;
         self.units(d.wrapping);
         let compute = self.compute_model(h, share, rank_hw).clone();
         let links = self.links.groups(rank_hw, d.world_size, d.sharding, self.recipe.sync_bn_group)?.clone();
         let gc = &self.costs[&(h, share, d.precision.compute, d.batch_per_rank)];
         let units = &self.units[&d.wrapping];
         let w = self.world_costs(h, &links, d.world_size, d.sharding);
-        let profile = step_profile(gc, units, &d.checkpoint, self.recipe, d.precision.compute, d.precision.reduce, d.reshard_after_forward, &compute, &w);
+        let p = &d.precision;
+        Ok(step_profile(gc, units, &d.checkpoint, self.recipe, p.compute, p.reduce, d.reshard_after_forward, d.backward_order, &compute, &w))
+    }
+
+    /// Simulates one set of decisions (checkpoint segments given).
+    pub fn simulate(&mut self, h: usize, rank_hw: &HardwareSpec, d: &Decisions) -> Result<(StepResult, f64), SearchError> {
+        let profile = self.step_profile_on(h, rank_hw, d)?;
+        let share = self.share(h, d.world_size);
+        let flops = self.costs[&(h, share, d.precision.compute, d.batch_per_rank)].model_flops.0;
         Ok((self.sim.run(&profile), flops))
     }
 
@@ -620,7 +634,7 @@ impl<'r> Searcher<'r> {
                     for wrapping in self.space.wrappings_for(sharding) {
                         for &reshard in &self.space.reshard {
                             let recompute_lb = match self.memo.get(&(h, sharding, dtype, wrapping, reshard)) {
-                                Some(m) if use_memo => m.placement(world, batch).map_or(0.0, |p| p.3),
+                                Some(m) if use_memo => m.recompute_bound(world, batch),
                                 _ => 0.0,
                             };
                             combos.push(Combo { sharding, dtype, batch, wrapping, reshard, bound_per_image: (compute_s + recompute_lb) / batch as f64 });
@@ -646,7 +660,7 @@ impl<'r> Searcher<'r> {
             let previous = memo.and_then(|m| m.placement(world, c.batch)).map(|p| p.2.clone());
             out.evaluated += 1;
             let precision = Precision { compute: c.dtype, reduce: c.dtype };
-            let mut d = Decisions {
+            let d = Decisions {
                 world_size: world,
                 batch_per_rank: c.batch,
                 precision,
@@ -654,9 +668,11 @@ impl<'r> Searcher<'r> {
                 sharding: c.sharding.resolved(world),
                 wrapping: c.wrapping,
                 checkpoint: Vec::new(),
+                backward_order: BackwardOrder::Together,
             };
             let mm = self.memory(h, &rank_hw, &d);
-            let recompute = &self.costs[&(h, share, c.dtype, c.batch)].recompute;
+            let recompute = self.costs[&(h, share, c.dtype, c.batch)].recompute.clone();
+            let recompute = &recompute;
             // Cheapest exact answers first: the larger world's optimum, no
             // checkpointing at all, and only then the DP.
             let placement = match previous.map(|segs| (mm.peak(&segs), segs)) {
@@ -673,7 +689,20 @@ impl<'r> Searcher<'r> {
                     }
                 }
             };
-            let Some(placement) = placement else {
+            // The crop groups one after the other, where together needs
+            // recompute or does not fit.
+            let orders = &self.space.backward_orders;
+            let by_group = match orders.contains(&BackwardOrder::ByCropGroup) && mm.profile().crop_groups > 1 {
+                true if !orders.contains(&BackwardOrder::Together) || placement.as_ref().is_none_or(|p| !p.segments.is_empty()) => {
+                    let mm_bg = self.memory(h, &rank_hw, &Decisions { backward_order: BackwardOrder::ByCropGroup, ..d.clone() });
+                    by_crop_group_placement(&mm, &mm_bg, budget, recompute)
+                }
+                _ => None,
+            };
+            let together = if self.space.backward_orders.contains(&BackwardOrder::Together) { placement } else { None };
+            let candidates: Vec<(BackwardOrder, Placement)> =
+                together.map(|p| (BackwardOrder::Together, p)).into_iter().chain(by_group.map(|p| (BackwardOrder::ByCropGroup, p))).collect();
+            if candidates.is_empty() {
                 // Least memory this combination could need: every checkpointable block alone.
                 let singles: Vec<Range<usize>> = mm.profile().blocks.iter().enumerate().filter(|(_, b)| b.checkpointable).map(|(i, _)| i..i + 1).collect();
                 let peak = mm.peak(&singles).min(mm.peak(&[]));
@@ -686,22 +715,29 @@ impl<'r> Searcher<'r> {
                 continue;
             };
             if use_memo {
-                self.memo.entry(key).or_default().placements.push((world, c.batch, placement.segments.clone(), placement.recompute.0));
+                let memo = self.memo.entry(key).or_default();
+                if let Some((BackwardOrder::Together, p)) = candidates.first() {
+                    memo.placements.push((world, c.batch, p.segments.clone(), p.recompute.0));
+                }
+                let least = candidates.iter().map(|(_, p)| p.recompute.0).fold(f64::INFINITY, f64::min);
+                memo.least_recompute.push((world, c.batch, least));
             }
-            d.checkpoint = placement.segments;
             let links = self.links.groups(&rank_hw, world, c.sharding, self.recipe.sync_bn_group)?.clone();
-            let gc = &self.costs[&(h, share, c.dtype, c.batch)];
-            let units = &self.units[&c.wrapping];
-            let w = self.world_costs(h, &links, world, c.sharding);
-            let profile = step_profile(gc, units, &d.checkpoint, self.recipe, c.dtype, c.dtype, c.reshard, &compute, &w);
-            let step = self.sim.run(&profile);
-            let per_image = step.step_time.0 / c.batch as f64;
-            if per_image < best_per_image {
-                best_per_image = per_image;
-                let flops = gc.model_flops.0;
-                let ckpt = self.checkpoint_per_rank(&d);
-                let throughput = Throughput::new(self.recipe, &rank_hw, &d, &step, flops, ckpt, &self.space.reliability);
-                out.best = Some(Evaluated { hardware: h, rank_hardware: rank_hw.clone(), decisions: d, peak: placement.peak, usable, step, throughput });
+            for (order, placement) in candidates {
+                let d = Decisions { checkpoint: placement.segments, backward_order: order, ..d.clone() };
+                let gc = &self.costs[&(h, share, c.dtype, c.batch)];
+                let units = &self.units[&c.wrapping];
+                let w = self.world_costs(h, &links, world, c.sharding);
+                let profile = step_profile(gc, units, &d.checkpoint, self.recipe, c.dtype, c.dtype, c.reshard, order, &compute, &w);
+                let step = self.sim.run(&profile);
+                let per_image = step.step_time.0 / c.batch as f64;
+                if per_image < best_per_image {
+                    best_per_image = per_image;
+                    let flops = gc.model_flops.0;
+                    let ckpt = self.checkpoint_per_rank(&d);
+                    let throughput = Throughput::new(self.recipe, &rank_hw, &d, &step, flops, ckpt, &self.space.reliability);
+                    out.best = Some(Evaluated { hardware: h, rank_hardware: rank_hw.clone(), decisions: d, peak: placement.peak, usable, step, throughput });
+                }
             }
         }
         if out.best.is_none() && out.closest.is_none() {
@@ -742,6 +778,26 @@ impl<'r> Searcher<'r> {
 }
 
 /// Display name of a wrapping policy.
+/// The placement with the least recompute whose peak, the crop groups run
+/// one after the other (`by_group`), is within `budget`. The checkpoint DP
+/// is exact for the crop groups together (`together`), so its optima at
+/// budgets up to 3x are the candidates, with no checkpointing and every
+/// checkpointable block alone.
+fn by_crop_group_placement(together: &MemoryModel, by_group: &MemoryModel, budget: Bytes, recompute: &[cost_models::Seconds]) -> Option<Placement> {
+    let singles: Vec<Range<usize>> = together.profile().blocks.iter().enumerate().filter(|(_, b)| b.checkpointable).map(|(i, _)| i..i + 1).collect();
+    let relaxed = [1.1, 1.25, 1.5, 2.0, 3.0].into_iter().filter_map(|f| optimal_checkpoints(together, Bytes((budget.0 as f64 * f) as u64), recompute));
+    let mut candidates: Vec<Vec<Range<usize>>> = vec![Vec::new()];
+    candidates.extend(relaxed.map(|p| p.segments));
+    candidates.push(singles);
+    let cost = |segs: &[Range<usize>]| segs.iter().flat_map(|r| recompute.get(r.clone()).unwrap_or(&[])).map(|t| t.0.max(0.0)).sum::<f64>();
+    candidates.sort_by(|a, b| cost(a).total_cmp(&cost(b)));
+    candidates.dedup();
+    candidates.into_iter().find_map(|segs| {
+        let peak = by_group.peak(&segs);
+        (peak <= budget).then(|| Placement { recompute: cost_models::Seconds(cost(&segs)), segments: segs, peak })
+    })
+}
+
 pub fn wrapping_name(w: Wrapping) -> String {
     match w {
         Wrapping::PerBlock => "per-block".into(),

@@ -21,7 +21,7 @@
 //! therefore a result: `step time - busy compute time`.
 
 use cost_models::Seconds;
-use runspec::schedule::{Event, Keep, Layout, Schedule};
+use runspec::schedule::{BackwardOrder, Event, Keep, Layout, Schedule};
 use runspec::sharding::Reduction;
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -121,6 +121,12 @@ pub struct StepProfile {
     pub reshard_after_forward: bool,
     /// The collectives that reduce a gradient (from the sharding).
     pub reduction: Reduction,
+    /// The crop groups' order in backward; with `ByCropGroup` a trunk
+    /// block's recompute and backward run per group, each costing the
+    /// group's share of the block (`crop_shares`, over blocks `0..trunk`).
+    pub backward_order: BackwardOrder,
+    pub crop_shares: Vec<f64>,
+    pub trunk: usize,
     /// Issue the next unit's all-gather one unit ahead (FSDP prefetch).
     pub prefetch: bool,
     /// Collectives run beside compute (a GPU's comm stream, or CPU ranks
@@ -293,8 +299,9 @@ impl Simulator {
         self.after.clear();
         let nb = p.blocks.len();
         let blocks_of_units: Vec<Vec<usize>> = p.units.iter().map(|u| (u.blocks.start.min(nb)..u.blocks.end.min(nb)).collect()).collect();
-        let layout = Layout::new(nb, &blocks_of_units);
-        let schedule = Schedule::compile(&layout, &p.checkpoint, p.reshard_after_forward, p.reduction);
+        let layout = Layout::new(nb, &blocks_of_units).with_crop_groups(p.crop_shares.len(), p.trunk);
+        let schedule = Schedule::compile(&layout, &p.checkpoint, p.reshard_after_forward, p.reduction, p.backward_order);
+        let share = |group: Option<usize>| group.and_then(|g| p.crop_shares.get(g)).copied().unwrap_or(1.0);
 
         // The gather that currently holds each unit's parameters (None: sharded).
         let mut gathered: Vec<Option<u32>> = vec![None; p.units.len()];
@@ -348,14 +355,14 @@ impl Simulator {
                     }
                     self.op(&mut hook, l.swapped_loss, OpKind::Loss, &[]);
                 }
-                Event::Recompute { block } => self.op(&mut hook, p.blocks[block].forward, OpKind::Recompute, &[]),
-                Event::Backward { block } => {
+                Event::Recompute { block, group } => self.op(&mut hook, p.blocks[block].forward * share(group), OpKind::Recompute, &[]),
+                Event::Backward { block, group } => {
                     for &u in &layout.units_of_block[block] {
                         if !std::mem::replace(&mut has_grad[u], true) {
                             hook.host += p.units[u].grad_init;
                         }
                     }
-                    self.op(&mut hook, p.blocks[block].backward, OpKind::Backward, &[]);
+                    self.op(&mut hook, p.blocks[block].backward * share(group), OpKind::Backward, &[]);
                 }
                 Event::GradReady { unit } => {
                     gathered[unit] = None;
@@ -523,6 +530,7 @@ mod tests {
             skew: 0.0,
             prologue: Seconds(0.0),
             prologue_all_reduce: None,
+            ..StepProfile::default()
         }
     }
 

@@ -17,6 +17,7 @@ use cost_models::graph::{Block, BlockKind, LayerKind, ModelGraph};
 use cost_models::hardware::HostCosts;
 use cost_models::topology::GroupLinks;
 use cost_models::{Bytes, DType, Flops, Seconds};
+use runspec::schedule::BackwardOrder;
 use runspec::sharding::Sharding;
 use std::ops::Range;
 
@@ -50,6 +51,11 @@ pub struct GraphCosts {
     /// Channels of every BatchNorm call per block (each crop group calls
     /// each BN once): what SyncBN all-reduces.
     pub bn_channels: Vec<Vec<u64>>,
+    /// Each crop group's share of a trunk block's work (its pixels), in
+    /// the order the trunk runs them.
+    pub crop_shares: Vec<f64>,
+    /// Trunk blocks (`0..trunk`) run each crop group separately.
+    pub trunk: usize,
 }
 
 /// A block's own parameters: tensors and elements.
@@ -203,8 +209,18 @@ impl GraphCosts {
             loader: compute.loader_image(&graph.workload.crops_label()).map_or(Seconds(0.0), |s| s * graph.workload.images as f64),
             measured_blocks,
             bn_channels: graph.blocks.iter().map(|b| graph.layers_of(b).filter(|l| l.kind == LayerKind::BatchNorm).map(|l| l.out_shape[1]).collect()).collect(),
+            crop_shares: crop_shares(&graph.workload.crops),
+            trunk: graph.blocks.iter().take_while(|b| b.is_trunk()).count(),
         })
     }
+}
+
+/// Each crop group's share of the trunk's pixels (every trunk layer's work
+/// scales with them).
+pub fn crop_shares(crops: &[cost_models::graph::CropGroup]) -> Vec<f64> {
+    let px: Vec<f64> = crops.iter().map(|c| (c.count * c.resolution * c.resolution) as f64).collect();
+    let total: f64 = px.iter().sum();
+    px.iter().map(|p| if total > 0.0 { p / total } else { 0.0 }).collect()
 }
 
 /// A block's time from its layers (the compute model) plus, when host costs
@@ -326,6 +342,7 @@ pub fn step_profile(
     compute_dtype: DType,
     reduce_dtype: DType,
     reshard_after_forward: bool,
+    backward_order: BackwardOrder,
     compute: &ComputeModel,
     w: &WorldCosts,
 ) -> StepProfile {
@@ -374,6 +391,9 @@ pub fn step_profile(
         optimizer,
         reshard_after_forward,
         reduction: w.sharding.reduction(w.world_size),
+        backward_order,
+        crop_shares: g.crop_shares.clone(),
+        trunk: g.trunk,
         prefetch: true,
         overlap: w.overlap,
         skew: if w.overlap { 0.0 } else { w.collectives.busy_skew(w.world_size) },
@@ -745,7 +765,7 @@ mod tests {
         let coll = CollectiveModel::default();
         let profile = |cores_full: bool| {
             let w = WorldCosts { links: &links, collectives: &coll, world_size: 2, sharding: Sharding::fsdp(2), overlap: !cores_full, cores_full };
-            step_profile(&gc, &units, &[], &recipe, DType::Fp32, DType::Fp32, true, &c, &w)
+            step_profile(&gc, &units, &[], &recipe, DType::Fp32, DType::Fp32, true, BackwardOrder::Together, &c, &w)
         };
         let extra = (profile(true).prologue - profile(false).prologue).0;
         assert!((extra - 800e-6).abs() < 1e-12, "{extra}");

@@ -140,3 +140,60 @@ fn one_rank_has_no_communication() {
     assert_eq!(best.step.exposed_comm.0, 0.0);
     assert!((best.step.step_time.0 - best.step.compute_time.0).abs() < 1e-12);
 }
+
+/// Where the crop groups together do not fit even with every block
+/// checkpointed, running backward one crop group after the other does: the
+/// search finds it, and only when that order is allowed.
+#[test]
+fn the_search_runs_crop_groups_one_after_the_other_where_only_that_fits() {
+    use cost_models::DType;
+    use planner::memory::Decisions;
+    use planner::plan::Precision;
+    use planner::recipe::Wrapping;
+    use runspec::schedule::BackwardOrder;
+    use runspec::sharding::Sharding;
+    let recipe = Recipe::load("cpu-400mf").unwrap();
+    let narrow = |profile: cost_models::hardware::HardwareProfile, orders: Vec<BackwardOrder>| SearchSpace {
+        wrappings: vec![Wrapping::PerBlock],
+        precisions: vec![DType::Fp32],
+        reshard: vec![true],
+        backward_orders: orders,
+        ..SearchSpace::full(vec![profile], GpuCount::Fixed(2), BatchPolicy::PerGpu(4))
+    };
+    let both = vec![BackwardOrder::Together, BackwardOrder::ByCropGroup];
+    let base = load_profile("cpu-local").unwrap();
+    let mut s = Searcher::new(&recipe, narrow(base.clone(), both.clone())).unwrap();
+    let trunk = s.graph(DType::Fp32, 4).blocks.iter().take_while(|b| b.is_trunk()).count();
+    let singles: Vec<std::ops::Range<usize>> = (0..trunk).map(|b| b..b + 1).collect();
+    let d = |order| Decisions {
+        world_size: 2,
+        batch_per_rank: 4,
+        precision: Precision { compute: DType::Fp32, reduce: DType::Fp32 },
+        reshard_after_forward: true,
+        sharding: Sharding::fsdp(2),
+        wrapping: Wrapping::PerBlock,
+        checkpoint: singles.clone(),
+        backward_order: order,
+    };
+    let together = s.evaluate(0, &d(BackwardOrder::Together)).unwrap().peak;
+    let by_group = s.evaluate(0, &d(BackwardOrder::ByCropGroup)).unwrap().peak;
+    assert!(by_group.0 < together.0 * 9 / 10, "one group at a time {by_group} vs together {together}");
+
+    // A machine whose rank has memory between the two.
+    let mut small = base.clone();
+    let m = &small.hardware.memory;
+    let reserve = m.runtime.0 + m.workspace.0 + m.comm_buffers.0;
+    small.hardware.memory.capacity = cost_models::Bytes(2 * ((together.0 + by_group.0) / 2 + reserve));
+    let mut s = Searcher::new(&recipe, narrow(small.clone(), both)).unwrap();
+    let outcomes = s.run(|_, _| {}).unwrap();
+    let best = choose(&outcomes, Objective::Fastest, Constraints::default()).unwrap();
+    assert_eq!(best.decisions.backward_order, BackwardOrder::ByCropGroup);
+    assert!(best.fits(), "{} > {}", best.peak, best.usable);
+    let (plan, report) = build_plan(&mut s, &best.clone()).unwrap();
+    assert_eq!(plan.backward_order, BackwardOrder::ByCropGroup);
+    assert!(report.fits());
+    // Together only: nothing fits.
+    let mut s = Searcher::new(&recipe, narrow(small, vec![BackwardOrder::Together])).unwrap();
+    let outcomes = s.run(|_, _| {}).unwrap();
+    assert!(choose(&outcomes, Objective::Fastest, Constraints::default()).is_err());
+}

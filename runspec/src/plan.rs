@@ -36,6 +36,10 @@ pub struct Plan {
     pub batch_per_rank: usize,
     pub precision: Precision,
     pub reshard_after_forward: bool,
+    /// The crop groups' order in backward; a plan without the field runs
+    /// them together.
+    #[serde(default)]
+    pub backward_order: crate::schedule::BackwardOrder,
     /// DDP, FSDP or hybrid sharding; a plan without the field is FSDP over
     /// the world.
     #[serde(default)]

@@ -18,6 +18,17 @@
 //! * wait for the reductions still in flight, free every unit, all-reduce
 //!   the loss value, the optimiser.
 //!
+//! The backward order of the crop groups is a choice ([`BackwardOrder`]).
+//! Trunk blocks run each crop group separately; the first head block pools
+//! and joins them. `Together` back-propagates every group through a block
+//! before the previous block (one reduction per unit). `ByCropGroup` runs
+//! the head's backward once, then the whole trunk for the last group, then
+//! for the one before, ... as autograd orders one graph per group: only one
+//! group's recompute and gradients are alive at a time. Each pass reduces
+//! the gradient it produced (one more reduction per trunk unit and group,
+//! as FSDP2 does for a module run several times) and, when resharding,
+//! frees a unit after its first block and gathers it again in the next pass.
+//!
 //! A unit's gradient is reduced by the sharding's collectives
 //! (`sharding::Reduction`): a reduce-scatter within the shard group, then
 //! an all-reduce of the shard across replicas, then added into the fp32
@@ -32,6 +43,31 @@ use std::ops::Range;
 
 /// Reduce-scatters (and, separately, all-reduces) one rank keeps in flight.
 pub const MAX_IN_FLIGHT: usize = 2;
+
+/// The order in which backward runs the trunk's crop groups.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackwardOrder {
+    /// Every crop group through a block, then the previous block.
+    #[default]
+    Together,
+    /// The whole trunk for one crop group, then for the next (last first).
+    ByCropGroup,
+}
+
+impl BackwardOrder {
+    pub fn name(self) -> &'static str {
+        match self {
+            BackwardOrder::Together => "together",
+            BackwardOrder::ByCropGroup => "by_crop_group",
+        }
+    }
+
+    /// From [`BackwardOrder::name`].
+    pub fn parse(s: &str) -> Option<BackwardOrder> {
+        [BackwardOrder::Together, BackwardOrder::ByCropGroup].into_iter().find(|o| o.name() == s)
+    }
+}
 
 /// What a forward block keeps for its backward.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,11 +99,22 @@ pub enum Event {
     /// The SwAV loss on the last block's output (Sinkhorn included).
     Loss,
     /// A block of a checkpointed segment run again with autograd, just
-    /// before the segment's backward.
-    Recompute { block: usize },
-    /// A block's backward: gradients of its input and its parameters.
-    Backward { block: usize },
-    /// A unit's gradient is complete: free its gathered parameters.
+    /// before the segment's backward; `group`: one crop group only (`None`:
+    /// every group).
+    Recompute {
+        block: usize,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        group: Option<usize>,
+    },
+    /// A block's backward: gradients of its input and its parameters, for
+    /// one crop group (`group`) or every group (`None`).
+    Backward {
+        block: usize,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        group: Option<usize>,
+    },
+    /// A unit's gradient (of this backward pass) is complete: free its
+    /// gathered parameters.
     GradReady { unit: usize },
     /// Start reduce-scattering a unit's gradient within the shard group.
     ReduceScatter { unit: usize },
@@ -97,6 +144,11 @@ pub struct Layout {
     /// For each unit, the first and last block it owns parameters of
     /// (`None`: it owns none).
     pub span: Vec<Option<(usize, usize)>>,
+    /// Crop groups the trunk runs separately (1: one batch).
+    pub crop_groups: usize,
+    /// Blocks `0..trunk` run each crop group separately; the next one
+    /// joins them.
+    pub trunk: usize,
 }
 
 impl Layout {
@@ -109,7 +161,14 @@ impl Layout {
             }
         }
         let span = blocks_of_units.iter().map(|b| Some((*b.iter().min()?, *b.iter().max()?))).collect();
-        Layout { units_of_block, span }
+        Layout { units_of_block, span, crop_groups: 1, trunk: num_blocks }
+    }
+
+    /// The same layout with `groups` crop groups run separately by blocks
+    /// `0..trunk`.
+    pub fn with_crop_groups(self, groups: usize, trunk: usize) -> Layout {
+        let trunk = trunk.min(self.num_blocks());
+        Layout { crop_groups: groups.max(1), trunk, ..self }
     }
 
     pub fn num_blocks(&self) -> usize {
@@ -125,9 +184,10 @@ pub struct Schedule {
 
 impl Schedule {
     /// Compiles the step for `layout`, checkpointed `segments` (block
-    /// ranges: in order, disjoint, within the model), the reshard policy
-    /// and the collectives that reduce a gradient.
-    pub fn compile(layout: &Layout, segments: &[Range<usize>], reshard_after_forward: bool, reduction: Reduction) -> Schedule {
+    /// ranges: in order, disjoint, within the model), the reshard policy,
+    /// the collectives that reduce a gradient and the crop groups' order in
+    /// backward.
+    pub fn compile(layout: &Layout, segments: &[Range<usize>], reshard_after_forward: bool, reduction: Reduction, order: BackwardOrder) -> Schedule {
         let n = layout.num_blocks();
         let mut seg_of = vec![None; n];
         for (si, s) in segments.iter().enumerate() {
@@ -159,22 +219,38 @@ impl Schedule {
         if n > 0 {
             ev.push(Event::Loss);
         }
-        for b in (0..n).rev() {
-            if let Some(s) = seg_of[b].filter(|&s| segments[s].end - 1 == b) {
-                let seg = segments[s].clone();
-                for j in seg.clone() {
-                    ev.extend(units(j).map(|unit| Event::Gather { unit }));
+        // One pass over every block (`Together`, or a single crop group),
+        // or the head once and then one pass over the trunk per crop group.
+        let groups = layout.crop_groups;
+        let passes: Vec<(Range<usize>, Option<usize>)> = if order == BackwardOrder::ByCropGroup && groups > 1 && layout.trunk > 0 {
+            let trunk = layout.trunk.min(n);
+            std::iter::once((trunk..n, None)).chain((0..groups).rev().map(|g| (0..trunk, Some(g)))).collect()
+        } else {
+            vec![(0..n, None)]
+        };
+        for (blocks, group) in passes {
+            let last_pass = group.is_none_or(|g| g == 0);
+            for b in blocks.rev() {
+                if let Some(s) = seg_of[b].filter(|&s| segments[s].end - 1 == b) {
+                    let seg = segments[s].clone();
+                    for j in seg.clone() {
+                        ev.extend(units(j).map(|unit| Event::Gather { unit }));
+                    }
+                    ev.extend(seg.map(|block| Event::Recompute { block, group }));
                 }
-                ev.extend(seg.map(|block| Event::Recompute { block }));
-            }
-            ev.extend(units(b).map(|unit| Event::Gather { unit }));
-            if b > 0 {
-                ev.extend(units(b - 1).map(|unit| Event::Prefetch { unit }));
-            }
-            ev.push(Event::Backward { block: b });
-            for unit in units(b).filter(|u| layout.span[*u].is_some_and(|(first, _)| first == b)) {
-                ev.push(Event::GradReady { unit });
-                reducer.start(&mut ev, unit);
+                ev.extend(units(b).map(|unit| Event::Gather { unit }));
+                if b > 0 {
+                    ev.extend(units(b - 1).map(|unit| Event::Prefetch { unit }));
+                }
+                ev.push(Event::Backward { block: b, group });
+                for unit in units(b).filter(|u| layout.span[*u].is_some_and(|(first, _)| first == b)) {
+                    // A pass before the last keeps the unit gathered for the
+                    // next one unless it reshards.
+                    if last_pass || reshard_after_forward {
+                        ev.push(Event::GradReady { unit });
+                    }
+                    reducer.start(&mut ev, unit);
+                }
             }
         }
         reducer.finish(&mut ev);
@@ -199,7 +275,9 @@ impl Schedule {
         let layout = Layout::new(graph.blocks.len(), &own.blocks_of_units(&block_of));
         let index = |name: &String| graph.blocks.iter().position(|b| &b.name == name);
         let segments: Vec<Range<usize>> = plan.checkpoint_segments.iter().filter_map(|s| Some(index(s.first()?)?..index(s.last()?)? + 1)).collect();
-        Ok(Schedule::compile(&layout, &segments, plan.reshard_after_forward, plan.sharding.reduction(plan.world_size)))
+        let trunk = graph.blocks.iter().take_while(|b| b.is_trunk()).count();
+        let layout = layout.with_crop_groups(plan.recipe.crop_groups().len(), trunk);
+        Ok(Schedule::compile(&layout, &segments, plan.reshard_after_forward, plan.sharding.reduction(plan.world_size), plan.backward_order))
     }
 
     /// The forward and backward pass: the events after the prologue, up to
@@ -225,8 +303,18 @@ struct Reducer {
 }
 
 impl Reducer {
-    /// `unit`'s gradient is complete.
+    /// `unit`'s gradient is complete. A reduction of the same unit still in
+    /// flight (from an earlier crop-group pass) is finished first: a unit
+    /// has one reduction buffer.
     fn start(&mut self, ev: &mut Vec<Event>, unit: usize) {
+        while self.scattering.contains(&unit) {
+            let oldest = self.scattering.pop_front().unwrap_or(unit);
+            self.scattered(ev, oldest);
+        }
+        while self.reducing.contains(&unit) {
+            let oldest = self.reducing.pop_front().unwrap_or(unit);
+            ev.extend([Event::WaitAllReduce { unit: oldest }, Event::ShardGrad { unit: oldest }]);
+        }
         if self.reduction.scatter {
             ev.push(Event::ReduceScatter { unit });
             self.scattering.push_back(unit);
@@ -281,7 +369,7 @@ mod tests {
 
     #[test]
     fn forward_gathers_prefetches_and_reshards_after_a_units_last_block() {
-        let s = Schedule::compile(&layout(), &[], true, FSDP);
+        let s = Schedule::compile(&layout(), &[], true, FSDP, BackwardOrder::Together);
         let fwd: Vec<Event> = s.events.iter().copied().take_while(|e| *e != Loss).collect();
         assert_eq!(
             fwd,
@@ -306,12 +394,12 @@ mod tests {
             ]
         );
         // Without resharding nothing is freed before the drain.
-        assert!(!Schedule::compile(&layout(), &[], false, FSDP).events.iter().any(|e| matches!(e, Reshard { .. })));
+        assert!(!Schedule::compile(&layout(), &[], false, FSDP, BackwardOrder::Together).events.iter().any(|e| matches!(e, Reshard { .. })));
     }
 
     #[test]
     fn a_checkpointed_segment_keeps_its_input_and_is_recomputed_before_its_backward() {
-        let s = Schedule::compile(&layout(), &[1..3], true, FSDP);
+        let s = Schedule::compile(&layout(), &[1..3], true, FSDP, BackwardOrder::Together);
         let fwd: Vec<Event> = s.events.iter().copied().filter(|e| matches!(e, Forward { .. })).collect();
         assert_eq!(
             fwd,
@@ -325,11 +413,11 @@ mod tests {
         );
         let at = |e: Event| s.events.iter().position(|x| *x == e).unwrap();
         // The segment (blocks 1-2) is recomputed right before block 2's backward, after block 3's.
-        assert!(at(Backward { block: 3 }) < at(Recompute { block: 1 }));
-        assert!(at(Recompute { block: 1 }) < at(Recompute { block: 2 }));
-        assert!(at(Recompute { block: 2 }) < at(Backward { block: 2 }));
+        assert!(at(Backward { block: 3, group: None }) < at(Recompute { block: 1, group: None }));
+        assert!(at(Recompute { block: 1, group: None }) < at(Recompute { block: 2, group: None }));
+        assert!(at(Recompute { block: 2, group: None }) < at(Backward { block: 2, group: None }));
         // Its units are gathered first.
-        let r = at(Recompute { block: 1 });
+        let r = at(Recompute { block: 1, group: None });
         assert_eq!(&s.events[r - 2..r], &[Gather { unit: 0 }, Gather { unit: 1 }]);
     }
 
@@ -344,11 +432,11 @@ mod tests {
 
     #[test]
     fn a_units_reduce_scatter_starts_after_the_backward_of_its_first_block() {
-        let s = Schedule::compile(&layout(), &[], true, FSDP);
+        let s = Schedule::compile(&layout(), &[], true, FSDP, BackwardOrder::Together);
         let at = |e: Event| s.events.iter().position(|x| *x == e).unwrap();
-        assert_eq!(at(GradReady { unit: 2 }), at(Backward { block: 3 }) + 1);
-        assert_eq!(at(ReduceScatter { unit: 2 }), at(Backward { block: 3 }) + 2);
-        assert_eq!(at(ReduceScatter { unit: 1 }), at(Backward { block: 2 }) + 2);
+        assert_eq!(at(GradReady { unit: 2 }), at(Backward { block: 3, group: None }) + 1);
+        assert_eq!(at(ReduceScatter { unit: 2 }), at(Backward { block: 3, group: None }) + 2);
+        assert_eq!(at(ReduceScatter { unit: 1 }), at(Backward { block: 2, group: None }) + 2);
         // The third in flight waits for the oldest.
         assert_eq!(at(WaitReduceScatter { unit: 2 }), at(ReduceScatter { unit: 0 }) + 1);
         assert_eq!(
@@ -374,7 +462,7 @@ mod tests {
     /// all-reduces the whole gradient; one rank only adds it.
     #[test]
     fn hybrid_ddp_and_one_rank_reduce_by_their_collectives() {
-        let hybrid = Schedule::compile(&layout(), &[], true, Reduction { scatter: true, all_reduce: true });
+        let hybrid = Schedule::compile(&layout(), &[], true, Reduction { scatter: true, all_reduce: true }, BackwardOrder::Together);
         assert_eq!(
             tail(&hybrid),
             vec![
@@ -397,12 +485,12 @@ mod tests {
                 Optimizer
             ]
         );
-        let ddp = Schedule::compile(&layout(), &[], true, Reduction { scatter: false, all_reduce: true });
+        let ddp = Schedule::compile(&layout(), &[], true, Reduction { scatter: false, all_reduce: true }, BackwardOrder::Together);
         let at = |e: Event| ddp.events.iter().position(|x| *x == e).unwrap();
-        assert_eq!(at(AllReduce { unit: 2 }), at(Backward { block: 3 }) + 2);
+        assert_eq!(at(AllReduce { unit: 2 }), at(Backward { block: 3, group: None }) + 2);
         assert_eq!(at(WaitAllReduce { unit: 2 }), at(AllReduce { unit: 0 }) + 1);
         assert!(!ddp.events.iter().any(|e| matches!(e, ReduceScatter { .. } | WaitReduceScatter { .. })));
-        let one = Schedule::compile(&layout(), &[], true, Reduction::default());
+        let one = Schedule::compile(&layout(), &[], true, Reduction::default(), BackwardOrder::Together);
         let at = |e: Event| one.events.iter().position(|x| *x == e).unwrap();
         assert_eq!(at(ShardGrad { unit: 1 }), at(GradReady { unit: 1 }) + 1);
         assert!(!one.events.iter().any(|e| matches!(e, ReduceScatter { .. } | AllReduce { .. })));
@@ -414,9 +502,58 @@ mod tests {
         }
     }
 
+    /// Two crop groups, blocks 0-3 the trunk, block 4 the head.
+    #[test]
+    fn by_crop_group_runs_the_head_once_then_the_trunk_per_group_last_group_first() {
+        let two = layout().with_crop_groups(2, 4);
+        let s = Schedule::compile(&two, &[1..3], true, FSDP, BackwardOrder::ByCropGroup);
+        let compute: Vec<Event> = s.events.iter().copied().filter(|e| matches!(e, Recompute { .. } | Backward { .. })).collect();
+        let pass = |g| {
+            vec![
+                Backward { block: 3, group: Some(g) },
+                Recompute { block: 1, group: Some(g) },
+                Recompute { block: 2, group: Some(g) },
+                Backward { block: 2, group: Some(g) },
+                Backward { block: 1, group: Some(g) },
+                Backward { block: 0, group: Some(g) },
+            ]
+        };
+        let want: Vec<Event> = std::iter::once(Backward { block: 4, group: None }).chain(pass(1)).chain(pass(0)).collect();
+        assert_eq!(compute, want);
+        // Each trunk unit is reduced once per group (the head's unit 2 owns
+        // block 3 too, so it is reduced twice as well); every reduction is
+        // waited for before the same unit's next one starts.
+        for unit in 0..3 {
+            assert_eq!(s.events.iter().filter(|e| **e == ReduceScatter { unit }).count(), 2, "unit {unit}");
+            assert_eq!(s.events.iter().filter(|e| **e == ShardGrad { unit }).count(), 2, "unit {unit}");
+        }
+        let mut in_flight = std::collections::HashSet::new();
+        for e in &s.events {
+            match *e {
+                ReduceScatter { unit } => assert!(in_flight.insert(unit), "unit {unit} scattered twice at once"),
+                WaitReduceScatter { unit } => assert!(in_flight.remove(&unit)),
+                _ => {}
+            }
+        }
+        // Resharding: unit 0 is freed after the first pass and gathered again.
+        let at = |e: Event| s.events.iter().position(|x| *x == e).unwrap();
+        let second = at(Backward { block: 3, group: Some(0) });
+        assert!(s.events[..second].contains(&GradReady { unit: 0 }));
+        assert!(s.events[second..].contains(&Gather { unit: 0 }));
+        // Without resharding the units stay gathered between passes.
+        let kept = Schedule::compile(&two, &[1..3], false, FSDP, BackwardOrder::ByCropGroup);
+        assert_eq!(kept.events.iter().filter(|e| **e == GradReady { unit: 0 }).count(), 1);
+        // One crop group: the same step as together.
+        let one = layout().with_crop_groups(1, 4);
+        assert_eq!(
+            Schedule::compile(&one, &[1..3], true, FSDP, BackwardOrder::ByCropGroup),
+            Schedule::compile(&one, &[1..3], true, FSDP, BackwardOrder::Together)
+        );
+    }
+
     #[test]
     fn events_read_back_from_json() {
-        let s = Schedule::compile(&layout(), &[1..3], false, FSDP);
+        let s = Schedule::compile(&layout().with_crop_groups(2, 4), &[1..3], false, FSDP, BackwardOrder::ByCropGroup);
         let back: Schedule = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
         assert_eq!(back, s);
     }

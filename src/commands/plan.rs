@@ -9,10 +9,12 @@ use planner::build::{build_plan, reference_decisions};
 use planner::memory::MemoryReport;
 use planner::plan::Plan;
 use planner::recipe::Recipe;
+use planner::recipe::Wrapping;
 use planner::search::{
     choose, wrapping_name, BatchPolicy, Constraints, Evaluated, GpuCount, Objective, PointOutcome, SearchError, SearchSpace, Searcher, ShardingSpace,
-    ALL_PRECISIONS, DEFAULT_BATCHES, DEFAULT_BUCKET_MIB, DEFAULT_MAX_GLOBAL_BATCH,
+    ALL_PRECISIONS, ALL_WRAPPINGS, DEFAULT_BATCHES, DEFAULT_BUCKET_MIB, DEFAULT_MAX_GLOBAL_BATCH,
 };
+use runspec::schedule::BackwardOrder;
 use runspec::sharding::Sharding;
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -102,6 +104,18 @@ pub struct SearchArgs {
     /// replicated across the rest). Default: search all of them.
     #[arg(long, value_parser = parse_sharding)]
     pub sharding: Option<Sharding>,
+    /// Fix the FSDP unit wrapping: per-block, group-N (N consecutive
+    /// blocks), per-stage, vissl or whole. Default: search them.
+    #[arg(long, value_parser = parse_wrapping)]
+    pub wrapping: Option<Wrapping>,
+    /// Fix reshard-after-forward: on or off. Default: search both.
+    #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
+    pub reshard_after_forward: Option<bool>,
+    /// Fix the crop groups' order in backward: together, or by-crop-group
+    /// (one group's whole trunk after the other's: less memory, one more
+    /// reduction per unit and group). Default: search both.
+    #[arg(long, value_parser = parse_backward_order)]
+    pub backward_order: Option<BackwardOrder>,
     /// DDP's gradient bucket size in MiB (PyTorch's bucket_cap_mb).
     #[arg(long, default_value_t = DEFAULT_BUCKET_MIB)]
     pub bucket_mib: usize,
@@ -118,6 +132,31 @@ pub struct SearchArgs {
 
 pub fn parse_sharding(s: &str) -> Result<Sharding, String> {
     s.parse::<Sharding>().map_err(|e| e.0)
+}
+
+pub fn parse_wrapping(s: &str) -> Result<Wrapping, String> {
+    if let Some(n) = s.strip_prefix("group-") {
+        return match n.parse::<usize>() {
+            Ok(n) if n >= 1 => Ok(Wrapping::Group(n)),
+            _ => Err(format!("`{s}`: group-N needs N >= 1 blocks per unit")),
+        };
+    }
+    ALL_WRAPPINGS
+        .into_iter()
+        .find(|w| wrapping_name(*w) == s)
+        .ok_or_else(|| format!("unknown wrapping `{s}` (expected per-block, group-N, per-stage, vissl or whole)"))
+}
+
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("`{s}`: expected on or off")),
+    }
+}
+
+fn parse_backward_order(s: &str) -> Result<BackwardOrder, String> {
+    BackwardOrder::parse(&s.replace('-', "_")).ok_or_else(|| format!("unknown backward order `{s}` (expected together or by-crop-group)"))
 }
 
 impl SearchArgs {
@@ -161,6 +200,15 @@ impl SearchArgs {
         anyhow::ensure!(self.restart_s.is_none_or(|x| x.is_finite() && x >= 0.0), "--restart-s must be a non-negative number");
         if let Some(sh) = self.sharding {
             space.shardings = ShardingSpace::Only(sh);
+        }
+        if let Some(w) = self.wrapping {
+            space.wrappings = vec![w];
+        }
+        if let Some(r) = self.reshard_after_forward {
+            space.reshard = vec![r];
+        }
+        if let Some(o) = self.backward_order {
+            space.backward_orders = vec![o];
         }
         Ok(space)
     }
@@ -484,6 +532,10 @@ fn emit(a: &PlanArgs, plan: &Plan, report: &MemoryReport, cols: &[(String, &Eval
     row("batch/GPU (global)", &|c| format!("{} ({})", c.decisions.batch_per_rank, c.throughput.global_batch));
     row("reshard after forward", &|c| if c.decisions.reshard_after_forward { "yes".into() } else { "no".into() });
     row("checkpointed segments", &|c| format!("{}", c.decisions.checkpoint.len()));
+    row("crop groups in backward", &|c| match c.decisions.backward_order {
+        BackwardOrder::Together => "together".into(),
+        BackwardOrder::ByCropGroup => "one after another".into(),
+    });
     row("peak / usable", &|c| format!("{} / {}{}", c.peak, c.usable, if c.fits() { "" } else { "  DOES NOT FIT" }));
     row("step time", &|c| secs(c.step.step_time.0));
     row("  compute (recompute)", &|c| format!("{} ({})", secs(c.step.compute_time.0), secs(c.step.recompute_time.0)));

@@ -9,7 +9,8 @@
 //! `keep` after forward, checkpointing (`ckpt0` none, `ckptsome` one segment
 //! per middle stage, `ckptall` every trunk block its own segment), compute
 //! precision, per-rank batch and the resolution of the largest crop group
-//! (the other groups scale with it).
+//! (the other groups scale with it); an optional `-bygroup` runs backward
+//! one crop group after the other.
 //!
 //! This module never runs anything: the CLI executes the plans and hands the
 //! per-step metrics back through [`runspec::metrics`].

@@ -12,6 +12,7 @@ use cost_models::config::ModelConfig;
 use cost_models::graph::{BlockKind, ModelGraph, Workload};
 use cost_models::hardware::HardwareProfile;
 use cost_models::DType;
+use runspec::schedule::BackwardOrder;
 use runspec::sharding::{Sharding, Strategy};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -106,6 +107,9 @@ pub struct Variant {
     pub batch_per_rank: usize,
     /// Resolution of the largest crop group.
     pub resolution: u64,
+    /// The crop groups' order in backward (`-bygroup`: one after the other).
+    #[serde(default)]
+    pub backward_order: BackwardOrder,
 }
 
 impl fmt::Display for Variant {
@@ -125,7 +129,11 @@ impl fmt::Display for Variant {
             self.precision,
             self.batch_per_rank,
             self.resolution
-        )
+        )?;
+        if self.backward_order == BackwardOrder::ByCropGroup {
+            write!(f, "-bygroup")?;
+        }
+        Ok(())
     }
 }
 
@@ -136,8 +144,13 @@ impl Variant {
     pub fn parse(name: &str) -> Result<Variant, ValidationError> {
         let bad = |why: &str| ValidationError::BadVariant { name: name.to_string(), why: why.to_string() };
         let parts: Vec<&str> = name.trim().split('-').collect();
-        if parts.len() != 7 {
-            return Err(bad("needs 7 dash-separated parts"));
+        let backward_order = match parts.get(7) {
+            None => BackwardOrder::Together,
+            Some(&"bygroup") => BackwardOrder::ByCropGroup,
+            Some(o) => return Err(bad(&format!("`{o}`: the optional last part must be bygroup"))),
+        };
+        if !(7..=8).contains(&parts.len()) {
+            return Err(bad("needs 7 dash-separated parts (and optionally -bygroup)"));
         }
         let num = |s: &str, prefix: char, what: &str| -> Result<u64, ValidationError> {
             s.strip_prefix(prefix).and_then(|n| n.parse::<u64>().ok()).filter(|&n| n > 0).ok_or_else(|| bad(&format!("`{s}`: {what}")))
@@ -179,7 +192,17 @@ impl Variant {
         if !(8..=1024).contains(&resolution) {
             return Err(bad("resolution must be within 8..=1024 px"));
         }
-        Ok(Variant { world_size: world, sharding, granularity, reshard_after_forward: reshard, checkpoint, precision, batch_per_rank: batch, resolution })
+        Ok(Variant {
+            world_size: world,
+            sharding,
+            granularity,
+            reshard_after_forward: reshard,
+            checkpoint,
+            precision,
+            batch_per_rank: batch,
+            resolution,
+            backward_order,
+        })
     }
 
     /// The recipe with this variant's crops: the largest group at
@@ -246,6 +269,7 @@ fn fixed_variant<'r>(recipe: &'r Recipe, hardware: &HardwareProfile, v: &Variant
         wrappings: vec![v.granularity.wrapping()],
         precisions: vec![v.precision],
         reshard: vec![v.reshard_after_forward],
+        backward_orders: vec![v.backward_order],
         shardings: ShardingSpace::Only(v.sharding),
         bucket_mib: DEFAULT_BUCKET_MIB,
         exhaustive: true,
@@ -262,6 +286,7 @@ fn fixed_variant<'r>(recipe: &'r Recipe, hardware: &HardwareProfile, v: &Variant
         sharding: v.sharding.resolved(v.world_size),
         wrapping: v.granularity.wrapping(),
         checkpoint,
+        backward_order: v.backward_order,
     };
     Ok((s, d))
 }
