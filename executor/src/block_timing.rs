@@ -7,73 +7,14 @@
 //! well on a CPU: small ops whose cost depends on their exact shapes and on
 //! which libtorch kernel they land in.
 
-use crate::calibrate::{kind_of, time_calls_on, Budget, CalibrateError, Timing};
+use crate::calibrate::{kind_of, time_calls_on, Budget, CalibrateError};
 use crate::memstats::MemDevice;
 use crate::model::{BnState, Mode, ModelArch, ModelError};
 use cost_models::config::ModelConfig;
 use cost_models::graph::{ModelGraph, Workload};
-use cost_models::hardware::BlockTime;
-use cost_models::Seconds;
-use serde::{Deserialize, Serialize};
+pub use cost_models::hardware::calibration::BlockMeasurement;
 use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
-
-/// One block measured at one workload.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct BlockMeasurement {
-    pub block: String,
-    /// `ModelGraph::block_key` of the block at this workload.
-    pub key: String,
-    pub label: String,
-    pub forward: Timing,
-    pub forward_no_grad: Timing,
-    /// Forward + backward; backward alone is the difference of medians.
-    pub forward_backward: Timing,
-    /// Peak bytes the backward allocated above what was held before it
-    /// (counting CPU allocator, or the CUDA caching allocator's
-    /// statistics; deterministic, measured once).
-    pub backward_peak_bytes: u64,
-    /// Bytes the forward with autograd left allocated besides its outputs'
-    /// first use: what the block saves for backward, outputs included
-    /// (absent in reports from before it was measured).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub forward_saved_bytes: Option<u64>,
-    /// Host-speed probe ([`crate::speed_probe`]) around this workload's
-    /// measurements (mean of before and after), seconds per probe call.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub probe_s: Option<f64>,
-}
-
-impl BlockMeasurement {
-    pub fn backward_s(&self) -> f64 {
-        // Medians of two noisy measurements: never let noise make it negative.
-        (self.forward_backward.median_s - self.forward.median_s).max(0.05 * self.forward_backward.median_s)
-    }
-
-    /// One line for people: label, forward (with noise), no-grad forward, backward.
-    pub fn summary(&self) -> String {
-        format!(
-            "{}: fwd {:.1} µs ±{:.0} % (no grad {:.1}), bwd {:.1} µs, backward peak +{:.1} KiB",
-            self.label,
-            self.forward.median_s * 1e6,
-            100.0 * self.forward.noise(),
-            self.forward_no_grad.median_s * 1e6,
-            self.backward_s() * 1e6,
-            self.backward_peak_bytes as f64 / 1024.0
-        )
-    }
-
-    pub fn to_block_time(&self) -> BlockTime {
-        BlockTime {
-            key: self.key.clone(),
-            label: self.label.clone(),
-            forward: Seconds(self.forward.median_s),
-            forward_no_grad: Seconds(self.forward_no_grad.median_s),
-            backward: Seconds(self.backward_s()),
-            backward_peak_bytes: Some(self.backward_peak_bytes),
-        }
-    }
-}
 
 fn model_err(block: &str, e: ModelError) -> CalibrateError {
     CalibrateError::Degenerate { what: format!("block `{block}`"), reason: e.to_string() }

@@ -283,7 +283,8 @@ fn block_workloads(args: &CalibrateArgs, recipe: &str) -> Result<BlockWorkloads>
 
 /// One host-speed probe reading, logged; the mean with the one before.
 fn take_probe(speed: &mut SpeedProbes, verbose: bool) -> Result<f64> {
-    let mean = speed.take().context("running the host-speed probe")?;
+    let now = executor::speed_probe::measure(executor::speed_probe::DURATION).context("running the host-speed probe")?;
+    let mean = speed.record(now.0);
     detail(verbose, &format!("host-speed probe {:.1} µs", speed.readings_s.last().copied().unwrap_or(0.0) * 1e6));
     Ok(mean)
 }

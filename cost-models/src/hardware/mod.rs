@@ -5,12 +5,14 @@
 //! Built-ins live in `configs/hardware/*.toml` and are compiled into the
 //! binary; users pass their own file by path. A [`HardwareProfile`] is a spec
 //! plus optional measured overrides, written by `seerscale calibrate` (its
-//! types are in `profile`).
+//! types are in `profile`; `calibration` holds calibrate's records and the
+//! fits that build a profile from them).
 
 use crate::config::{field_prefix, line_suffix, looks_like_path, parse_json, parse_toml, read_file, ConfigError};
 use crate::units::{Bandwidth, Bytes, DType, FlopRate, Seconds, MIB};
 use serde::{Deserialize, Serialize};
 
+pub mod calibration;
 mod profile;
 pub use profile::*;
 
