@@ -33,7 +33,7 @@
 use crate::checkpoint::{optimal_checkpoints, Placement};
 use crate::cluster::{rank_hardware, world_sizes, LinkCache, RankLinks};
 use crate::failures::{checkpoint_bytes_per_rank, failure_costs, FailureCosts, Reliability};
-use crate::memory::{Decisions, MemoryModel};
+use crate::memory::{Decisions, MemProfile, MemoryModel};
 use crate::plan::Precision;
 use crate::recipe::{Recipe, Wrapping};
 use crate::simulator::{Simulator, StepResult};
@@ -393,6 +393,8 @@ struct Combo {
     wrapping: Wrapping,
     reshard: bool,
     bound_per_image: f64,
+    /// Compute alone per image, no recompute: what any order costs at least.
+    compute_per_image: f64,
 }
 
 impl<'r> Searcher<'r> {
@@ -637,7 +639,15 @@ impl<'r> Searcher<'r> {
                                 Some(m) if use_memo => m.recompute_bound(world, batch),
                                 _ => 0.0,
                             };
-                            combos.push(Combo { sharding, dtype, batch, wrapping, reshard, bound_per_image: (compute_s + recompute_lb) / batch as f64 });
+                            combos.push(Combo {
+                                sharding,
+                                dtype,
+                                batch,
+                                wrapping,
+                                reshard,
+                                bound_per_image: (compute_s + recompute_lb) / batch as f64,
+                                compute_per_image: compute_s / batch as f64,
+                            });
                         }
                     }
                 }
@@ -690,16 +700,19 @@ impl<'r> Searcher<'r> {
                 }
             };
             // The crop groups one after the other, where together needs
-            // recompute or does not fit.
+            // recompute or does not fit, and saving recompute could beat the
+            // best plan so far.
             let orders = &self.space.backward_orders;
-            let by_group = match orders.contains(&BackwardOrder::ByCropGroup) && mm.profile().crop_groups > 1 {
-                true if !orders.contains(&BackwardOrder::Together) || placement.as_ref().is_none_or(|p| !p.segments.is_empty()) => {
-                    let mm_bg = self.memory(h, &rank_hw, &Decisions { backward_order: BackwardOrder::ByCropGroup, ..d.clone() });
-                    by_crop_group_placement(&mm, &mm_bg, budget, recompute)
-                }
-                _ => None,
+            let (together_allowed, by_group_allowed) = (orders.contains(&BackwardOrder::Together), orders.contains(&BackwardOrder::ByCropGroup));
+            let could_win = self.space.exhaustive || c.compute_per_image < best_per_image;
+            let needs_less = !together_allowed || placement.as_ref().is_none_or(|p| !p.segments.is_empty());
+            let by_group = if by_group_allowed && mm.profile().crop_groups > 1 && could_win && needs_less {
+                let mm_bg = MemoryModel::from_profile(MemProfile { backward_order: BackwardOrder::ByCropGroup, ..mm.profile().clone() });
+                by_crop_group_placement(&mm, &mm_bg, placement.as_ref(), together_allowed, budget, recompute)
+            } else {
+                None
             };
-            let together = if self.space.backward_orders.contains(&BackwardOrder::Together) { placement } else { None };
+            let together = if together_allowed { placement } else { None };
             let candidates: Vec<(BackwardOrder, Placement)> =
                 together.map(|p| (BackwardOrder::Together, p)).into_iter().chain(by_group.map(|p| (BackwardOrder::ByCropGroup, p))).collect();
             if candidates.is_empty() {
@@ -779,23 +792,70 @@ impl<'r> Searcher<'r> {
 
 /// Display name of a wrapping policy.
 /// The placement with the least recompute whose peak, the crop groups run
-/// one after the other (`by_group`), is within `budget`. The checkpoint DP
-/// is exact for the crop groups together (`together`), so its optima at
-/// budgets up to 3x are the candidates, with no checkpointing and every
-/// checkpointable block alone.
-fn by_crop_group_placement(together: &MemoryModel, by_group: &MemoryModel, budget: Bytes, recompute: &[cost_models::Seconds]) -> Option<Placement> {
-    let singles: Vec<Range<usize>> = together.profile().blocks.iter().enumerate().filter(|(_, b)| b.checkpointable).map(|(i, _)| i..i + 1).collect();
-    let relaxed = [1.1, 1.25, 1.5, 2.0, 3.0].into_iter().filter_map(|f| optimal_checkpoints(together, Bytes((budget.0 as f64 * f) as u64), recompute));
-    let mut candidates: Vec<Vec<Range<usize>>> = vec![Vec::new()];
-    candidates.extend(relaxed.map(|p| p.segments));
-    candidates.push(singles);
+/// one after the other (`by_group`), is within `budget`, found from the
+/// checkpoint DP, which is exact for the crop groups together (`together`).
+/// Where together fits (`at_budget`, its optimum), what one group at a time
+/// saves there guides the one relaxed budget tried (budget + that saving);
+/// where it saves nothing, nothing is tried (unless together is not
+/// allowed: then together's optimum is the answer). Where together fits nowhere,
+/// every block alone must fit first, then together's optima at 3x down to
+/// 1.1x the budget are tried. No checkpointing is tried before any of them;
+/// the first candidate that fits has the least recompute.
+fn by_crop_group_placement(
+    together: &MemoryModel,
+    by_group: &MemoryModel,
+    at_budget: Option<&Placement>,
+    together_allowed: bool,
+    budget: Bytes,
+    recompute: &[cost_models::Seconds],
+) -> Option<Placement> {
     let cost = |segs: &[Range<usize>]| segs.iter().flat_map(|r| recompute.get(r.clone()).unwrap_or(&[])).map(|t| t.0.max(0.0)).sum::<f64>();
-    candidates.sort_by(|a, b| cost(a).total_cmp(&cost(b)));
-    candidates.dedup();
-    candidates.into_iter().find_map(|segs| {
+    let fits = |segs: Vec<Range<usize>>| {
         let peak = by_group.peak(&segs);
         (peak <= budget).then(|| Placement { recompute: cost_models::Seconds(cost(&segs)), segments: segs, peak })
-    })
+    };
+    // What one group at a time saves at together's optimum guides the
+    // budgets tried: a placement fits about when together's peak minus
+    // that saving does.
+    let saved = match at_budget {
+        Some(p) => {
+            let peak = by_group.peak(&p.segments);
+            match p.peak.0.checked_sub(peak.0) {
+                Some(s) if s > 0 => Some(s),
+                // No saving: as good as together only where together is not allowed.
+                _ if together_allowed => return None,
+                _ => return (peak <= budget).then(|| Placement { segments: p.segments.clone(), recompute: p.recompute, peak }),
+            }
+        }
+        None => None,
+    };
+    // Where together fits nowhere, every block alone is about the least
+    // this order can hold: if that does not fit, nothing will.
+    let singles: Vec<Range<usize>> = together.profile().blocks.iter().enumerate().filter(|(_, b)| b.checkpointable).map(|(i, _)| i..i + 1).collect();
+    let least = match at_budget {
+        Some(_) => None,
+        None => Some(fits(singles.clone())?),
+    };
+    if let Some(p) = fits(Vec::new()) {
+        return Some(p);
+    }
+    let budgets: Vec<u64> = match saved {
+        Some(s) => vec![budget.0 + s],
+        None => [3.0, 2.0, 1.5, 1.25, 1.1].iter().map(|f| (budget.0 as f64 * f) as u64).collect(),
+    };
+    for b in budgets {
+        let Some(p) = optimal_checkpoints(together, Bytes(b), recompute) else { continue };
+        if at_budget.is_some_and(|b| cost(&p.segments) >= b.recompute.0) {
+            break;
+        }
+        if let Some(p) = fits(p.segments) {
+            return Some(p);
+        }
+    }
+    match at_budget {
+        Some(p) => fits(p.segments.clone()),
+        None => least,
+    }
 }
 
 pub fn wrapping_name(w: Wrapping) -> String {
