@@ -7,12 +7,12 @@
 //! well on a CPU: small ops whose cost depends on their exact shapes and on
 //! which libtorch kernel they land in.
 
+use crate::calibrate::BlockMeasurement;
 use crate::calibrate::{kind_of, time_calls_on, Budget, CalibrateError};
 use crate::memstats::MemDevice;
 use crate::model::{BnState, Mode, ModelArch, ModelError};
 use cost_models::config::ModelConfig;
 use cost_models::graph::{ModelGraph, Workload};
-pub use cost_models::hardware::calibration::BlockMeasurement;
 use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 

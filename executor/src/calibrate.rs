@@ -738,7 +738,7 @@ mod tests {
         // than the reference (median reading) and one block workload while
         // it was 4x faster; both are put on the reference speed.
         let timing = |s: f64| Timing { median_s: s, p10_s: s, p90_s: s, expected_s: s, samples: 1, calls_per_sample: 1 };
-        let block = crate::block_timing::BlockMeasurement {
+        let block = BlockMeasurement {
             block: "s1.b0".into(),
             key: "k".into(),
             label: "tiny s1.b0".into(),
@@ -768,7 +768,7 @@ mod tests {
         // reference speed first, then the profile keeps one time per block,
         // the median, so the round a slow spell hit (10 ms, probe blind to
         // it) does not count.
-        let round = |fwd: f64, probe: f64| crate::block_timing::BlockMeasurement {
+        let round = |fwd: f64, probe: f64| BlockMeasurement {
             forward: timing(fwd),
             forward_no_grad: timing(fwd),
             forward_backward: timing(3.0 * fwd),

@@ -199,6 +199,12 @@ impl ModelArch {
     }
 
     /// `stem`, `s1.b0`, ..., `head.mlp`, `head.proto`: the cost model's blocks.
+    /// Blocks that run each resolution group separately (the stem and the
+    /// residual blocks): the first `trunk_len()` of `block_names()`.
+    pub fn trunk_len(&self) -> usize {
+        1 + self.blocks.len()
+    }
+
     pub fn block_names(&self) -> Vec<String> {
         let mut v = vec!["stem".to_string()];
         v.extend(self.blocks.iter().map(|b| b.name.clone()));

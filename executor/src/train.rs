@@ -464,9 +464,7 @@ impl<'pg> Trainer<'pg> {
         let fsdp = Fsdp::new(groups, &specs, &blocks, &cfg.units, opts, &mut |p| p.init_tensor(seed).map_err(|e| e.to_string()))?;
         let ckpt = Checkpointing::new(&blocks, &cfg.checkpoint_segments).map_err(|e| TrainError::Step { step: 0, source: e })?;
         let reduction = groups.sharding().reduction(pg.world_size());
-        // Trunk blocks run each resolution group separately; `head.mlp` joins them.
-        let trunk = blocks.iter().take_while(|b| !b.starts_with("head.")).count();
-        let layout = fsdp.layout().with_crop_groups(cfg.augment.crops.len(), trunk);
+        let layout = fsdp.layout().with_crop_groups(cfg.augment.crops.len(), arch.trunk_len());
         let step_events = StepSchedule::compile(&layout, ckpt.segments(), cfg.reshard_after_forward, reduction, cfg.backward_order);
         let schedule = cfg.schedule(pg.world_size());
         schedule.validate()?;

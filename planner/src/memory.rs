@@ -538,6 +538,12 @@ impl MemoryModel {
         Layout::new(self.n, &blocks).with_crop_groups(self.p.crop_groups, self.p.trunk)
     }
 
+    /// Every checkpointable block its own segment: about the least memory
+    /// any placement holds.
+    pub fn every_block_alone(&self) -> Vec<Range<usize>> {
+        self.p.blocks.iter().enumerate().filter(|(_, b)| b.checkpointable).map(|(i, _)| i..i + 1).collect()
+    }
+
     /// Whether `peak` replays the schedule (the crop groups run one after
     /// the other) rather than evaluating the closed form.
     pub fn replays(&self) -> bool {
@@ -1195,36 +1201,27 @@ pub fn profile(
         // and a block measured alone only raises it). On CPU, autograd's
         // frees come back at once: the walk, layer by layer, except for the
         // stem, whose convolution's weight gradient unfolds the images
-        // (im2col); a measured block peak is then the figure itself.
-        let working_set = input_grad + bwd_ws;
+        // (im2col); a measured block peak is then the figure itself. The
+        // rule applies to a block's crop groups together or to one of them.
+        let modelled = |gs: &[(String, Vec<&Layer>)], working_set: u64| match hw.kind {
+            DeviceKind::Cpu if bi > 0 => backward_walk(gs, a),
+            _ => working_set,
+        };
+        let unmeasured = modelled(&groups, input_grad + bwd_ws);
         let bwd_transient = match hw.kind {
-            DeviceKind::Gpu => working_set.max(measured.unwrap_or(0)),
-            DeviceKind::Cpu => measured.unwrap_or_else(|| if bi == 0 { working_set } else { backward_walk(&groups, a) }),
+            DeviceKind::Gpu => unmeasured.max(measured.unwrap_or(0)),
+            DeviceKind::Cpu => measured.unwrap_or(unmeasured),
         };
         // Each group alone, by the same rules; a measured block peak (all
         // groups) is shared in proportion to the modelled ones.
         let group_mems: Vec<GroupMem> = if b.is_trunk() && parts.len() > 1 {
             let prev = if bi == 0 { Vec::new() } else { blocks[bi - 1].outputs() };
-            let modelled: Vec<u64> = parts
-                .iter()
-                .enumerate()
-                .map(|(g, &(_, _, _, ws))| {
-                    let input_g = prev.get(g).copied().unwrap_or(0);
-                    match hw.kind {
-                        DeviceKind::Cpu if bi > 0 => backward_walk(&groups[g..=g], a),
-                        _ => input_g + ws,
-                    }
-                })
-                .collect();
-            // What the block's figure would be without a measurement.
-            let unmeasured = match hw.kind {
-                DeviceKind::Cpu if bi > 0 => backward_walk(&groups, a),
-                _ => working_set,
-            };
+            let per_group: Vec<u64> =
+                parts.iter().enumerate().map(|(g, &(_, _, _, ws))| modelled(&groups[g..=g], prev.get(g).copied().unwrap_or(0) + ws)).collect();
             let scale = bwd_transient as f64 / unmeasured.max(1) as f64;
             parts
                 .iter()
-                .zip(&modelled)
+                .zip(&per_group)
                 .map(|(&(kept_g, out_g, fwd_g, _), &m)| {
                     let bwd = (m as f64 * scale).round() as u64;
                     GroupMem { kept: Bytes(kept_g), output: Bytes(out_g), fwd_transient: Bytes(fwd_g), bwd_transient: Bytes(bwd) }
@@ -1303,7 +1300,7 @@ pub fn profile(
         reduction: d.sharding.resolved(d.world_size).reduction(d.world_size),
         backward_order: d.backward_order,
         crop_groups: graph.workload.crops.len().max(1),
-        trunk: graph.blocks.iter().take_while(|b| b.is_trunk()).count(),
+        trunk: graph.trunk_blocks().count(),
         allocator: alloc,
         usable: hw.usable_memory(),
     }

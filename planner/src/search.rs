@@ -717,8 +717,7 @@ impl<'r> Searcher<'r> {
                 together.map(|p| (BackwardOrder::Together, p)).into_iter().chain(by_group.map(|p| (BackwardOrder::ByCropGroup, p))).collect();
             if candidates.is_empty() {
                 // Least memory this combination could need: every checkpointable block alone.
-                let singles: Vec<Range<usize>> = mm.profile().blocks.iter().enumerate().filter(|(_, b)| b.checkpointable).map(|(i, _)| i..i + 1).collect();
-                let peak = mm.peak(&singles).min(mm.peak(&[]));
+                let peak = mm.peak(&mm.every_block_alone()).min(mm.peak(&[]));
                 if out.closest.as_ref().is_none_or(|m| peak < m.peak) {
                     out.closest = Some(NearMiss { hardware: h, rank_hardware: rank_hw.clone(), decisions: d.clone(), peak, usable });
                 }
@@ -831,10 +830,9 @@ fn by_crop_group_placement(
     };
     // Where together fits nowhere, every block alone is about the least
     // this order can hold: if that does not fit, nothing will.
-    let singles: Vec<Range<usize>> = together.profile().blocks.iter().enumerate().filter(|(_, b)| b.checkpointable).map(|(i, _)| i..i + 1).collect();
     let least = match at_budget {
         Some(_) => None,
-        None => Some(fits(singles.clone())?),
+        None => Some(fits(together.every_block_alone())?),
     };
     if let Some(p) = fits(Vec::new()) {
         return Some(p);

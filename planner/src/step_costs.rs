@@ -210,7 +210,7 @@ impl GraphCosts {
             measured_blocks,
             bn_channels: graph.blocks.iter().map(|b| graph.layers_of(b).filter(|l| l.kind == LayerKind::BatchNorm).map(|l| l.out_shape[1]).collect()).collect(),
             crop_shares: crop_shares(&graph.workload.crops),
-            trunk: graph.blocks.iter().take_while(|b| b.is_trunk()).count(),
+            trunk: graph.trunk_blocks().count(),
         })
     }
 }

@@ -163,7 +163,7 @@ fn the_search_runs_crop_groups_one_after_the_other_where_only_that_fits() {
     let both = vec![BackwardOrder::Together, BackwardOrder::ByCropGroup];
     let base = load_profile("cpu-local").unwrap();
     let mut s = Searcher::new(&recipe, narrow(base.clone(), both.clone())).unwrap();
-    let trunk = s.graph(DType::Fp32, 4).blocks.iter().take_while(|b| b.is_trunk()).count();
+    let trunk = s.graph(DType::Fp32, 4).trunk_blocks().count();
     let singles: Vec<std::ops::Range<usize>> = (0..trunk).map(|b| b..b + 1).collect();
     let d = |order| Decisions {
         world_size: 2,

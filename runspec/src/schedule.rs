@@ -275,7 +275,7 @@ impl Schedule {
         let layout = Layout::new(graph.blocks.len(), &own.blocks_of_units(&block_of));
         let index = |name: &String| graph.blocks.iter().position(|b| &b.name == name);
         let segments: Vec<Range<usize>> = plan.checkpoint_segments.iter().filter_map(|s| Some(index(s.first()?)?..index(s.last()?)? + 1)).collect();
-        let trunk = graph.blocks.iter().take_while(|b| b.is_trunk()).count();
+        let trunk = graph.trunk_blocks().count();
         let layout = layout.with_crop_groups(plan.recipe.crop_groups().len(), trunk);
         Ok(Schedule::compile(&layout, &segments, plan.reshard_after_forward, plan.sharding.reduction(plan.world_size), plan.backward_order))
     }

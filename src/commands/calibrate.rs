@@ -15,9 +15,10 @@ use cost_models::config::ModelConfig;
 use cost_models::graph::Workload;
 use cost_models::hardware::load_hardware;
 use cost_models::DType;
-use executor::block_timing::{self, BlockMeasurement};
+use executor::block_timing;
 use executor::calibrate::{
-    self, BusySample, CalibrationReport, CollectiveOptions, CollectiveSample, ComputeOptions, HostInfo, HostRound, LoaderMeasurement, SpeedProbes,
+    self, BlockMeasurement, BusySample, CalibrationReport, CollectiveOptions, CollectiveSample, ComputeOptions, HostInfo, HostRound, LoaderMeasurement,
+    SpeedProbes,
 };
 use executor::dist::{Backend, GroupConfig, ProcessGroup};
 use executor::launch::{launch_local, LaunchOptions, RankEnv};
