@@ -15,7 +15,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
     println!("cargo:rerun-if-env-changed=SEERSCALE_NO_CUDA");
     println!("cargo:rerun-if-env-changed=SEERSCALE_CUDA_HEADERS");
-    for f in ["csrc/shim.h", "csrc/common.h", "csrc/shim.cpp", "csrc/sync_bn.cpp", "csrc/cuda.cpp"] {
+    for f in ["csrc/shim.h", "csrc/common.h", "csrc/shim.cpp", "csrc/sync_bn.cpp", "csrc/op_count.cpp", "csrc/cuda.cpp"] {
         println!("cargo:rerun-if-changed={f}");
     }
     let Some(libtorch) = std::env::var_os("LIBTORCH").map(PathBuf::from) else {
@@ -37,7 +37,8 @@ fn main() {
         .flag_if_supported("-Wno-deprecated-declarations")
         .warnings(false)
         .file("csrc/shim.cpp")
-        .file("csrc/sync_bn.cpp");
+        .file("csrc/sync_bn.cpp")
+        .file("csrc/op_count.cpp");
 
     // The missing toolkit pieces that `scripts/setup` fetches (.cargo/config.toml
     // points SEERSCALE_CUDA_HEADERS at `.cuda-headers`). Watched only once it

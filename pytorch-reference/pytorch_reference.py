@@ -132,7 +132,9 @@ def swav_loss(scores, n_crops, bs, sw, world):
 def larc_sgd(params, bufs, lr, momentum, wd, trust, world):
     """SGD + momentum with LARC (clip=False): per-parameter lr scale
     trust·|p| / (|g| + wd·|p|), with |.| over the whole parameter (local
-    shards' squared norms summed over ranks in one all-reduce)."""
+    shards' squared norms summed over ranks in one all-reduce). Written as
+    PyTorch's own `foreach` optimisers are: multi-tensor ops, the trust
+    ratios computed on the device, nothing read back to the host."""
     loc = lambda t: t.to_local() if hasattr(t, "to_local") else t
     ps = [loc(p) for p in params]
     gs = [loc(p.grad) for p in params]
@@ -140,13 +142,25 @@ def larc_sgd(params, bufs, lr, momentum, wd, trust, world):
     if world > 1:
         dist.all_reduce(sq)
     pn, gn = sq.sqrt()
-    for i, (p, g) in enumerate(zip(ps, gs)):
-        scale = 1.0
-        if pn[i] > 0 and gn[i] > 0:
-            scale = float(trust * pn[i] / (gn[i] + wd * pn[i]))
-        d = g.add(p, alpha=wd).mul_(scale)
-        bufs[i].mul_(momentum).add_(d)
-        p.add_(bufs[i], alpha=-lr)
+    scale = torch.where((pn > 0) & (gn > 0), trust * pn / (gn + wd * pn), torch.ones_like(pn))
+    d = torch._foreach_add(gs, ps, alpha=wd)
+    torch._foreach_mul_(d, list(scale.unbind()))
+    torch._foreach_mul_(bufs, momentum)
+    torch._foreach_add_(bufs, d)
+    torch._foreach_add_(ps, bufs, alpha=-lr)
+
+
+def count_host_work(run):
+    """ATen ops dispatched while `run()` runs and reads of a value on the
+    host among them, from torch.profiler's RecordFunction events: the hook
+    the executor counts with (executor/csrc/op_count.cpp), so both sides
+    count the same way (nested ops included)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run()
+    names = [e.name for e in prof.events() if e.name.startswith("aten::")]
+    return len(names), sum(1 for n in names if n == "aten::_local_scalar_dense")
 
 
 def synthetic_batch(crops, bs, gen):
@@ -287,13 +301,10 @@ def rank_main(rank, world, port, a, out_q):
         gen = torch.Generator().manual_seed(a.seed + rank)
         next_batch = lambda: synthetic_batch(crops, bs, gen)
 
-    # Unit-norm prototypes from the start (then every step, as SwAV).
-    times, losses = [], []
-    peaks = []
-    for step in range(a.warmup + a.steps):
-        mem.reset_peak()
-        t0 = time.perf_counter()
-        batch = next_batch()
+    def train_step(batch):
+        """One step after the batch is at hand, its loss read for the log
+        (as the executor's step ends with its metrics' read-back)."""
+        # Unit-norm prototypes from the start (then every step, as SwAV).
         with torch.no_grad():
             w = model.proto.weight
             wl = w.to_local() if hasattr(w, "to_local") else w
@@ -304,12 +315,24 @@ def rank_main(rank, world, port, a, out_q):
         larc_sgd(params, bufs, lr, opt["momentum"], opt["weight_decay"], opt.get("larc_trust", 0.001) or 0.001, world)
         for p in params:
             p.grad = None
+        return float(loss.detach())
+
+    times, losses = [], []
+    peaks = []
+    for step in range(a.warmup + a.steps):
+        mem.reset_peak()
+        t0 = time.perf_counter()
+        batch = next_batch()
+        loss = train_step(batch)
         dt = time.perf_counter() - t0
         if step >= a.warmup:
             times.append(dt)
-            losses.append(float(loss.detach()))
+            losses.append(loss)
             peaks.append(mem.peak)
     mem.__exit__(None, None, None)
+    # One more step under the profiler, untimed: the host's work per step.
+    batch = next_batch()
+    ops, reads = count_host_work(lambda: train_step(batch))
     peak_live = torch.tensor([max(peaks)], dtype=torch.float64)
     peak_kib = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss], dtype=torch.float64)
     t = torch.tensor([statistics.median(times), sum(times)], dtype=torch.float64)
@@ -338,6 +361,8 @@ def rank_main(rank, world, port, a, out_q):
             "peak_rss_bytes": int(peak_kib.item()) * 1024,
             "peak_tensor_bytes": int(peak_live.item()),
             "checkpoint": a.checkpoint,
+            "aten_ops_per_step": ops,
+            "host_syncs_per_step": reads,
             "loss_first": losses[0],
             "loss_last": losses[-1],
         })

@@ -33,11 +33,11 @@ fn calibrate_quick_writes_a_profile_plan_can_load() {
     assert!(bw > 1e8 && bw < 1e12, "memory-bound bandwidth {bw}");
     let ovh = p.measured.kernel_overhead.unwrap().0;
     assert!(ovh > 1e-8 && ovh < 1e-3, "overhead {ovh}");
-    // The optimiser per shard piece: the executor's own optimiser, timed.
+    // The optimiser per flat shard: the executor's own optimiser, timed.
     let host = p.measured.host.unwrap();
-    for (name, s) in [("norms", host.optimizer_norms_piece), ("sgd", host.optimizer_sgd_piece), ("adam", host.optimizer_adam_piece)] {
-        let s = s.unwrap_or_else(|| panic!("optimizer {name} per piece missing")).0;
-        assert!(s > 1e-8 && s < 1e-2, "optimizer {name} per piece {s} s");
+    for (name, s) in [("norms", host.optimizer_norms_shard), ("sgd", host.optimizer_sgd_shard), ("adam", host.optimizer_adam_shard)] {
+        let s = s.unwrap_or_else(|| panic!("optimizer {name} per shard missing")).0;
+        assert!(s > 1e-8 && s < 1e-2, "optimizer {name} per shard {s} s");
     }
     assert_eq!(p.measured.collectives.fits.len(), 4);
     for f in &p.measured.collectives.fits {

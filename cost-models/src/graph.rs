@@ -158,6 +158,22 @@ pub struct ModelGraph {
 }
 
 impl ModelGraph {
+    /// The graph as seerscale's executor runs it: squeeze-excitation's 1x1
+    /// convolutions see a 1x1 input there and run as the matrix multiplies
+    /// they are (`executor::model`), so they are costed as Linear layers
+    /// (same FLOPs, parameters and tensors). Graphs of other frameworks'
+    /// runs ([`ModelGraph::build`]) keep them convolutions.
+    pub fn build_executed(model: &ModelConfig, workload: &Workload) -> ModelGraph {
+        let mut g = ModelGraph::build(model, workload);
+        for l in g.graph.node_weights_mut() {
+            let se = l.name.contains(".se.reduce") || l.name.contains(".se.expand");
+            if let (true, LayerKind::Conv { kernel: 1, groups: 1, bias, .. }, [_, _, 1, 1]) = (se, l.kind.clone(), l.in_shape) {
+                l.kind = LayerKind::Linear { bias };
+            }
+        }
+        g
+    }
+
     pub fn build(model: &ModelConfig, workload: &Workload) -> ModelGraph {
         let mut b = Builder { g: DiGraph::new(), blocks: Vec::new(), dtype: workload.dtype };
         let spec = &model.regnet;
@@ -517,6 +533,26 @@ mod tests {
 
     fn load(name: &str) -> ModelConfig {
         ModelConfig::load(name).unwrap()
+    }
+
+    /// The executed graph differs only in the SE layers' kind: same FLOPs,
+    /// parameters, saved bytes and shapes.
+    #[test]
+    fn the_executed_graph_runs_squeeze_excitation_as_matmuls() {
+        let m = ModelConfig::load("regnety-400mf").unwrap();
+        let w = Workload::single(4, 64, DType::Bf16);
+        let (conv, exec) = (ModelGraph::build(&m, &w), ModelGraph::build_executed(&m, &w));
+        let mut changed = 0;
+        for (a, b) in conv.graph.node_weights().zip(exec.graph.node_weights()) {
+            assert_eq!((&a.name, a.fwd_flops, a.saved, &a.params, a.out_shape), (&b.name, b.fwd_flops, b.saved, &b.params, b.out_shape));
+            if a.kind != b.kind {
+                assert!(a.name.contains(".se."), "{}", a.name);
+                assert_eq!(b.kind, LayerKind::Linear { bias: true });
+                changed += 1;
+            }
+        }
+        // Two per block, 16 blocks.
+        assert_eq!(changed, 32);
     }
 
     #[test]

@@ -66,6 +66,14 @@ int ssc_cuda_mem_reset_peak(int device);
 // NUL-terminated into `buf` (truncated to `len`).
 int ssc_cuda_describe(int device, char* buf, int len);
 
+// ATen operators dispatched by this process (csrc/op_count.cpp), counted
+// from the first install on; threads that call exclude_thread are left out.
+int ssc_op_count_install(void);
+void ssc_op_count_exclude_thread(void);
+int64_t ssc_op_count_ops(void);
+// Of those, reads of a tensor's value on the host (`_local_scalar_dense`).
+int64_t ssc_op_count_scalar_reads(void);
+
 // Storage of a tensor: free it (every view keeps its metadata) and refill
 // it with a fresh allocation from the storage's own allocator.
 int ssc_storage_free(void* t);

@@ -48,7 +48,7 @@ pub fn measure_blocks(
     }
     let time_calls = |budget: &Budget, f: &mut dyn FnMut() -> Result<(), CalibrateError>| time_calls_on(device, budget, f);
     let arch = ModelArch::new(model).map_err(|e| model_err("model", e))?;
-    let graph = ModelGraph::build(model, workload);
+    let graph = ModelGraph::build_executed(model, workload);
     let names = arch.block_names();
     let graph_names: Vec<&str> = graph.blocks.iter().map(|b| b.name.as_str()).collect();
     if names.iter().map(String::as_str).ne(graph_names.iter().copied()) {
@@ -167,7 +167,7 @@ mod tests {
         let w = Workload { images: 2, crops: vec![CropGroup { count: 2, resolution: 16 }, CropGroup { count: 1, resolution: 8 }], dtype: DType::Fp32 };
         let quick = Budget { warmup: 1, min_samples: 2, max_samples: 2, target_sample_s: 1e-4, budget_s: 0.01 };
         let got = measure_blocks(&model, &w, &quick, 1, Device::Cpu, |_| {}).unwrap();
-        let g = ModelGraph::build(&model, &w);
+        let g = ModelGraph::build_executed(&model, &w);
         assert_eq!(got.len(), g.blocks.len());
         for (m, b) in got.iter().zip(&g.blocks) {
             assert_eq!(m.block, b.name);
@@ -179,7 +179,7 @@ mod tests {
             assert!(t.backward.0 > 0.0 && t.label.contains("b2 2x16+1x8 fp32"), "{t:?}");
         }
         // A different workload is a different key for every block.
-        let g2 = ModelGraph::build(&model, &Workload { images: 4, ..w.clone() });
+        let g2 = ModelGraph::build_executed(&model, &Workload { images: 4, ..w.clone() });
         for (a, b) in g.blocks.iter().zip(&g2.blocks) {
             assert_ne!(g.block_key(a), g2.block_key(b), "{}", a.name);
         }

@@ -210,39 +210,43 @@ pub fn tiny_case(kind: OpKind) -> OpCase {
     }
 }
 
-/// Many tiny pieces against one, so the optimiser's fixed per-step work
-/// (norm vector, index list, reading it back) cancels out.
-const OPTIMIZER_PIECES: i64 = 64;
+/// Many tiny shards against one of the same size, so the optimiser's
+/// fixed per-step work (norm vector, trust ratios) cancels out.
+const OPTIMIZER_SHARDS: i64 = 64;
 
-/// Times [`crate::optim::Optimizer`] on one shard of [`OPTIMIZER_PIECES`]
-/// 16-element pieces and on one of a single piece (same parameter count,
-/// so the norm vector is the same size), and returns the extra cost per
-/// piece of the norms pass and of each update.
-pub fn measure_optimizer(budget: &Budget, device: Device) -> Result<OptimizerPieces, CalibrateError> {
+/// Times [`crate::optim::Optimizer`] on [`OPTIMIZER_SHARDS`] 16-element
+/// shards and on one shard holding the same parameters (so the norm vector
+/// is the same size), and returns the extra cost per shard of the norms
+/// pass and of each update.
+pub fn measure_optimizer(budget: &Budget, device: Device) -> Result<OptimizerShards, CalibrateError> {
     use crate::optim::{FlatShard, OptimConfig, Optimizer, Piece};
-    let n = OPTIMIZER_PIECES;
+    let n = OPTIMIZER_SHARDS;
     let optim_err = |e: crate::optim::OptimError| CalibrateError::Degenerate { what: "optimiser timing".into(), reason: e.to_string() };
-    let shard = |pieces: i64| -> Result<FlatShard, CalibrateError> {
+    let shard = |params: std::ops::Range<i64>| -> Result<FlatShard, CalibrateError> {
+        let len = 16 * (params.end - params.start);
         Ok(FlatShard {
-            param: Tensor::f_randn([n * 16], (Kind::Float, device))?,
-            grad: Tensor::f_randn([n * 16], (Kind::Float, device))?,
-            pieces: (0..pieces).map(|i| Piece { param: i as usize, start: i * 16, len: 16 }).collect(),
+            param: Tensor::f_randn([len], (Kind::Float, device))?,
+            grad: Tensor::f_randn([len], (Kind::Float, device))?,
+            pieces: params.clone().map(|i| Piece { param: i as usize, start: (i - params.start) * 16, len: 16 }).collect(),
         })
     };
-    let (many, one) = (vec![shard(n)?], vec![shard(1)?]);
-    let per_piece = |t_many: &Timing, t_one: &Timing| ((t_many.median_s - t_one.median_s) / (n - 1) as f64).max(0.0);
-    let seer = Optimizer::new(OptimConfig::seer(), n as usize).map_err(optim_err)?;
-    let norms = |shards: &[FlatShard]| time_calls_on(device, budget, || seer.global_sq_norms(shards, &crate::reduce::local_sum).map(drop)).map_err(optim_err);
-    let norms_s = per_piece(&norms(&many)?, &norms(&one)?);
+    let many: Vec<FlatShard> = (0..n).map(|i| shard(i..i + 1)).collect::<Result<_, _>>()?;
+    let one = vec![shard(0..n)?];
+    let per_shard = |t_many: &Timing, t_one: &Timing| ((t_many.median_s - t_one.median_s) / (n - 1) as f64).max(0.0);
+    let norms = |shards: &[FlatShard]| -> Result<Timing, CalibrateError> {
+        let mut opt = Optimizer::new(OptimConfig::seer(), n as usize).map_err(optim_err)?;
+        time_calls_on(device, budget, || opt.sq_norms(shards, &crate::reduce::local_sum).map(drop)).map_err(optim_err)
+    };
+    let norms_s = per_shard(&norms(&many)?, &norms(&one)?);
     let step = |cfg: &OptimConfig| -> Result<f64, CalibrateError> {
         let time = |shards: &[FlatShard]| -> Result<Timing, CalibrateError> {
             let mut opt = Optimizer::new(cfg.clone(), n as usize).map_err(optim_err)?;
             time_calls_on(device, budget, || opt.step(shards, 1e-4, &crate::reduce::local_sum).map(drop)).map_err(optim_err)
         };
-        let total = per_piece(&time(&many)?, &time(&one)?);
+        let total = per_shard(&time(&many)?, &time(&one)?);
         Ok((total - norms_s).max(0.0))
     };
-    Ok(OptimizerPieces { norms_s, sgd_s: step(&OptimConfig::seer())?, adam_s: step(&OptimConfig::adam(1e-5))? })
+    Ok(OptimizerShards { norms_s, sgd_s: step(&OptimConfig::seer())?, adam_s: step(&OptimConfig::adam(1e-5))? })
 }
 
 fn relu_chain_backward(budget: &Budget, len: usize, device: Device) -> Result<Timing, CalibrateError> {
@@ -385,7 +389,7 @@ pub fn measure_compute(opts: &ComputeOptions, mut progress: impl FnMut(&str)) ->
         host.param_grad_s * 1e6,
         host.param_leaf_unused_s.unwrap_or(0.0) * 1e6,
         host.optimizer.map_or(String::new(), |o| format!(
-            ", optimiser per piece {:.1} µs norms + {:.1} µs SGD / {:.1} µs Adam",
+            ", optimiser per shard {:.1} µs norms + {:.1} µs SGD / {:.1} µs Adam",
             o.norms_s * 1e6,
             o.sgd_s * 1e6,
             o.adam_s * 1e6
@@ -614,10 +618,11 @@ mod tests {
     use cost_models::Seconds;
     use std::time::Duration;
 
-    /// The optimiser's cost per piece is what many pieces cost beyond one:
-    /// positive and microseconds, for the norms and both updates.
+    /// The optimiser's cost per shard is what many shards cost beyond one
+    /// of the same size: positive and microseconds, for the norms and both
+    /// updates.
     #[test]
-    fn optimizer_cost_per_piece_is_measured_on_the_executor_optimizer() {
+    fn optimizer_cost_per_shard_is_measured_on_the_executor_optimizer() {
         let budget = Budget { warmup: 1, min_samples: 5, max_samples: 5, target_sample_s: 2e-3, budget_s: 0.05 };
         let o = measure_optimizer(&budget, Device::Cpu).unwrap();
         assert!(o.norms_s > 1e-8 && o.sgd_s > 1e-8 && o.adam_s > 1e-8, "{o:?}");

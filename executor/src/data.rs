@@ -273,6 +273,7 @@ impl DataLoader {
                     // Worker w makes batches w, w + workers, ...; one channel
                     // per worker keeps the order without a reorder buffer and
                     // bounds how far each worker runs ahead.
+                    crate::op_count::exclude_this_thread();
                     let mut k = w as u64;
                     loop {
                         let res = sh.make_batch(sh.position_after(sh.cfg.start, k));

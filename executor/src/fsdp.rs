@@ -566,19 +566,6 @@ impl<'pg> Fsdp<'pg> {
         Ok(())
     }
 
-    /// Whether any shard gradient on any rank is inf/nan (collective).
-    pub fn grads_non_finite(&self) -> Result<bool, FsdpError> {
-        let mut bad = 0f32;
-        for u in &self.units {
-            if u.shard_len > 0 && !bool::try_from(u.grad.f_isfinite()?.f_all()?)? {
-                bad = 1.0;
-            }
-        }
-        let flag = Tensor::from_slice(&[bad]).f_to_device(self.opts.device)?;
-        self.groups.world_group().all_reduce_(&flag, ReduceOp::Max)?;
-        Ok(flag.f_double_value(&[0])? > 0.0)
-    }
-
     /// Multiplies every shard gradient by `k` (loss-scale unscaling).
     pub fn scale_grads(&mut self, k: f64) -> Result<(), FsdpError> {
         let _g = tch::no_grad_guard();

@@ -22,6 +22,7 @@ pub mod launch;
 pub mod memstats;
 pub mod metrics;
 pub mod model;
+pub mod op_count;
 pub mod optim;
 pub mod phase_timer;
 pub mod precision;

@@ -564,17 +564,30 @@ impl Ctx<'_> {
         let y = self.conv(&a, &format!("{n}.b"), b.stride, 1, b.groups, false)?;
         let mut y = self.bn_relu(&y, &format!("{n}.b_bn"))?;
         if b.se > 0 {
-            // SE: its ReLU is not in place (torchvision's SqueezeExcitation).
-            let s = y.f_adaptive_avg_pool2d([1, 1])?;
-            let s = self.conv(&s, &format!("{n}.se.reduce"), 1, 0, 1, true)?.f_relu()?;
-            let s = self.conv(&s, &format!("{n}.se.expand"), 1, 0, 1, true)?.f_sigmoid()?;
-            y = y.f_mul(&s)?;
+            y = self.squeeze_excite(&y, n)?;
         }
         let c = self.conv(&y, &format!("{n}.c"), 1, 0, 1, false)?;
         let c = self.bn(&c, &format!("{n}.c_bn"))?;
         let mut out = c.f_add(&shortcut)?;
         let _ = out.f_relu_()?;
         Ok(out)
+    }
+
+    /// Squeeze-excitation: the pooled channels through the reduce and
+    /// expand 1x1 convolutions, run as the matrix multiplies they are on a
+    /// 1x1 input (cuDNN's convolution kernels are slow at that shape, its
+    /// bf16 weight gradient above all), then the sigmoid gate on `y`. Its
+    /// ReLU is not in place (torchvision's SqueezeExcitation).
+    fn squeeze_excite(&self, y: &Tensor, block: &str) -> Result<Tensor, ModelError> {
+        let linear = |x: &Tensor, layer: &str| -> Result<Tensor, ModelError> {
+            let w = self.p(&format!("{block}.{layer}.weight"))?.f_flatten(1, -1)?;
+            let b = self.p(&format!("{block}.{layer}.bias"))?;
+            Ok(x.f_linear(&w, Some(&b))?)
+        };
+        let s = y.f_adaptive_avg_pool2d([1, 1])?.f_flatten(1, -1)?;
+        let s = linear(&s, "se.reduce")?.f_relu()?;
+        let s = linear(&s, "se.expand")?.f_sigmoid()?;
+        Ok(y.f_mul(&s.f_unsqueeze(-1)?.f_unsqueeze(-1)?)?)
     }
 
     /// Pools every resolution group's trunk output, concatenates the rows,
@@ -687,6 +700,54 @@ mod tests {
         let trunk: i64 = arch.param_specs().iter().filter(|p| !p.block.starts_with("head")).map(|p| p.numel()).sum();
         // torchvision regnet_y_400mf: 4,344,144 minus its 440x1000 + 1000 fc.
         assert_eq!(trunk, 3_903_144);
+    }
+
+    /// The SE gate as matrix multiplies equals torchvision's 1x1
+    /// convolutions on the pooled input: output and every gradient, fp32
+    /// and bf16.
+    #[test]
+    fn squeeze_excitation_as_matmuls_equals_the_1x1_convolutions() {
+        let arch = ModelArch::new(&cfg("regnety-tiny")).unwrap();
+        for kind in [Kind::Float, Kind::BFloat16] {
+            tch::manual_seed(5);
+            let (c, se) = (24, 6);
+            let leaf = |shape: &[i64]| (Tensor::randn(shape, (Kind::Float, Device::Cpu)) * 0.3).to_kind(kind).set_requires_grad(true);
+            let params: HashMap<String, Tensor> = [
+                ("b.se.reduce.weight", leaf(&[se, c, 1, 1])),
+                ("b.se.reduce.bias", leaf(&[se])),
+                ("b.se.expand.weight", leaf(&[c, se, 1, 1])),
+                ("b.se.expand.bias", leaf(&[c])),
+            ]
+            .into_iter()
+            .map(|(n, t)| (n.to_string(), t))
+            .collect();
+            let y = leaf(&[4, c, 5, 5]);
+            let mut bn = BnState::new(&arch, Device::Cpu);
+            let mode = Mode::train();
+            let ctx = Ctx { params: &params, bn: &mut bn, mode: &mode, block: "b" };
+            let ours = ctx.squeeze_excite(&y, "b").unwrap();
+            let s = y.adaptive_avg_pool2d([1, 1]);
+            let s = ctx.conv(&s, "b.se.reduce", 1, 0, 1, true).unwrap().relu();
+            let s = ctx.conv(&s, "b.se.expand", 1, 0, 1, true).unwrap().sigmoid();
+            let theirs = &y * s;
+            let tol = if kind == Kind::Float { 1e-6 } else { 2e-2 };
+            let close = |a: &Tensor, b: &Tensor, what: &str| {
+                let (a, b) = (a.to_kind(Kind::Float), b.to_kind(Kind::Float));
+                let d = (&a - &b).abs().max().double_value(&[]);
+                let scale = b.abs().max().double_value(&[]).max(1e-3);
+                assert!(d <= tol * scale, "{kind:?} {what}: max diff {d} of {scale}");
+            };
+            close(&ours, &theirs, "output");
+            let g = Tensor::randn_like(&ours.to_kind(Kind::Float)).to_kind(kind);
+            let mut inputs: Vec<&Tensor> = vec![&y];
+            let names = ["b.se.reduce.weight", "b.se.reduce.bias", "b.se.expand.weight", "b.se.expand.bias"];
+            inputs.extend(names.iter().map(|n| &params[*n]));
+            let ga = Tensor::run_backward(&[(&ours * &g).sum(Kind::Float)], &inputs, false, false);
+            let gb = Tensor::run_backward(&[(&theirs * &g).sum(Kind::Float)], &inputs, false, false);
+            for ((a, b), what) in ga.iter().zip(&gb).zip(["input"].iter().chain(names.iter())) {
+                close(a, b, what);
+            }
+        }
     }
 
     #[test]

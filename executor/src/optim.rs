@@ -109,14 +109,76 @@ impl OptimConfig {
     }
 }
 
-/// What one step did (for metrics / debugging).
-#[derive(Clone, Debug, Default, PartialEq)]
+/// What one step did, on the device: reading it back is the caller's
+/// choice (the trainer reads every step's scalars in one copy at its end).
+#[derive(Debug)]
 pub struct StepStats {
-    /// Global L2 norm of the gradients over all parameters.
-    pub grad_norm: f64,
+    /// Global L2 norm of the gradients over all parameters (fp32 scalar).
+    pub grad_norm: Tensor,
+    /// Whether every gradient was finite on every rank (bool scalar): the
+    /// fp16 loss scaler's overflow check, taken from the all-reduced norms.
+    pub finite: Tensor,
+}
+
+/// A shard cut into contiguous segments, each one parameter's piece or
+/// padding (`param == num_params`, a slot nothing reads): what the
+/// segmented reductions and the per-parameter broadcasts run over.
+struct Segments {
+    /// Elements per segment (int64, on the shard's device).
+    lengths: Tensor,
+    /// Parameter of each segment (int64, on the shard's device).
+    params: Tensor,
+    /// Shard length.
+    len: i64,
+    /// Whether any segment belongs to a frozen parameter.
+    has_frozen: bool,
+}
+
+impl Segments {
+    fn of(shard: &FlatShard, num_params: usize, frozen: &[bool]) -> Result<Segments, TchError> {
+        let len = shard.param.size()[0];
+        let mut pieces: Vec<&Piece> = shard.pieces.iter().filter(|p| p.len > 0).collect();
+        pieces.sort_by_key(|p| p.start);
+        let (mut lengths, mut params, mut at) = (Vec::new(), Vec::new(), 0);
+        let pad = num_params as i64;
+        for p in pieces {
+            if p.start > at {
+                lengths.push(p.start - at);
+                params.push(pad);
+            }
+            lengths.push(p.len);
+            params.push(p.param as i64);
+            at = p.start + p.len;
+        }
+        if at < len {
+            lengths.push(len - at);
+            params.push(pad);
+        }
+        let has_frozen = params.iter().any(|&p| p < pad && frozen[p as usize]);
+        let dev = shard.param.device();
+        Ok(Segments { lengths: Tensor::f_from_slice(&lengths)?.f_to_device(dev)?, params: Tensor::f_from_slice(&params)?.f_to_device(dev)?, len, has_frozen })
+    }
+
+    /// Per-segment sums of `x` (one element per segment).
+    fn sums(&self, x: &Tensor) -> Result<Tensor, TchError> {
+        Tensor::f_segment_reduce(x, "sum", Some(&self.lengths), None, None, 0, true, 0.0)
+    }
+
+    /// `per_param[p]` at every element of parameter `p` (`per_param` has
+    /// `num_params + 1` entries, the last for padding).
+    fn broadcast(&self, per_param: &Tensor) -> Result<Tensor, TchError> {
+        per_param.f_index_select(0, &self.params)?.f_repeat_interleave_self_tensor(&self.lengths, 0, self.len)
+    }
 }
 
 /// Optimiser over a fixed list of shards (the same list every step).
+///
+/// A step launches a fixed number of kernels per shard and a fixed number
+/// per step, whatever the number of parameter tensors: per-parameter sums
+/// of squares are segmented reductions, LARC's trust ratios are computed
+/// on the device from the all-reduced norm vector and broadcast back over
+/// each shard's segments, and the update is a few whole-shard ops. Nothing
+/// is read back to the host.
 pub struct Optimizer {
     cfg: OptimConfig,
     num_params: usize,
@@ -126,6 +188,14 @@ pub struct Optimizer {
     /// Parameters left untouched during the first `frozen_steps` steps.
     frozen: Vec<bool>,
     frozen_steps: i64,
+    /// Leave every parameter as it is on a step whose gradients are not all
+    /// finite (fp16 loss scaling), decided on the device.
+    skip_non_finite: bool,
+    /// The shards' pieces when `segments` was built, and the segments.
+    layout: Vec<Vec<Piece>>,
+    segments: Vec<Segments>,
+    /// `!frozen` per parameter (+ padding slot), on the shards' device.
+    active: Option<Tensor>,
 }
 
 impl Optimizer {
@@ -133,7 +203,18 @@ impl Optimizer {
     /// length of the all-reduced norm vector, equal on every rank).
     pub fn new(cfg: OptimConfig, num_params: usize) -> Result<Optimizer, OptimError> {
         cfg.validate()?;
-        Ok(Optimizer { cfg, num_params, steps: 0, state: Vec::new(), frozen: vec![false; num_params], frozen_steps: 0 })
+        Ok(Optimizer {
+            cfg,
+            num_params,
+            steps: 0,
+            state: Vec::new(),
+            frozen: vec![false; num_params],
+            frozen_steps: 0,
+            skip_non_finite: false,
+            layout: Vec::new(),
+            segments: Vec::new(),
+            active: None,
+        })
     }
 
     /// Leaves `params` (indices) alone for the first `steps` steps: no
@@ -149,11 +230,23 @@ impl Optimizer {
             self.frozen[p] = true;
         }
         self.frozen_steps = steps.max(0);
+        self.layout.clear();
+        self.active = None;
         Ok(())
     }
 
-    fn is_frozen(&self, param: usize) -> bool {
-        self.steps <= self.frozen_steps && self.frozen[param]
+    /// Steps whose gradients hold an inf or nan anywhere change nothing
+    /// (decided on the device from the norms; see [`StepStats::finite`]);
+    /// the caller reports such a step with [`Optimizer::unstep`].
+    pub fn skip_non_finite(&mut self, on: bool) {
+        self.skip_non_finite = on;
+    }
+
+    /// Takes back the count of a step the device skipped (non-finite
+    /// gradients): Adam's bias correction and the freezing window count
+    /// the steps taken.
+    pub fn unstep(&mut self) {
+        self.steps = (self.steps - 1).max(0);
     }
 
     pub fn config(&self) -> &OptimConfig {
@@ -165,7 +258,17 @@ impl Optimizer {
         self.steps
     }
 
-    fn check(&self, shards: &[FlatShard]) -> Result<(), OptimError> {
+    fn freezing(&self) -> bool {
+        self.steps <= self.frozen_steps && self.frozen.iter().any(|&f| f)
+    }
+
+    /// Checks the shards and (re)builds their segments when their pieces
+    /// changed (only the first step, for a fixed list).
+    fn prepare(&mut self, shards: &[FlatShard]) -> Result<(), OptimError> {
+        let same = self.layout.len() == shards.len() && self.layout.iter().zip(shards).all(|(l, s)| *l == s.pieces);
+        if same {
+            return Ok(());
+        }
         for (i, s) in shards.iter().enumerate() {
             let err = |reason: String| Err(OptimError::Shard { shard: i, reason });
             if s.param.dim() != 1 || s.param.size() != s.grad.size() {
@@ -175,15 +278,27 @@ impl Optimizer {
                 return err(format!("master shard must be fp32, is {:?}", s.param.kind()));
             }
             let n = s.param.size()[0];
+            let mut spans: Vec<(i64, i64)> = Vec::new();
             for p in &s.pieces {
                 if p.param >= self.num_params || p.start < 0 || p.len < 0 || p.start + p.len > n {
                     return err(format!("piece {p:?} outside shard of {n} elements / {} params", self.num_params));
                 }
+                spans.push((p.start, p.start + p.len));
+            }
+            spans.sort_unstable();
+            if let Some(w) = spans.windows(2).find(|w| w[1].0 < w[0].1) {
+                return err(format!("pieces {:?} and {:?} overlap", w[0], w[1]));
             }
         }
         if !self.state.is_empty() && self.state.len() != shards.len() {
             return Err(OptimError::State(format!("{} shards now, {} when state was made", shards.len(), self.state.len())));
         }
+        self.segments = shards.iter().map(|s| Segments::of(s, self.num_params, &self.frozen)).collect::<Result<_, _>>()?;
+        self.layout = shards.iter().map(|s| s.pieces.clone()).collect();
+        let dev = shards.first().map_or(Device::Cpu, |s| s.param.device());
+        let mut active: Vec<bool> = self.frozen.iter().map(|f| !f).collect();
+        active.push(true);
+        self.active = Some(Tensor::f_from_slice(&active)?.f_to_device(dev)?);
         Ok(())
     }
 
@@ -205,116 +320,149 @@ impl Optimizer {
         Ok(())
     }
 
-    /// Per-parameter global `(||w||², ||g||²)`, summed over shards and ranks.
-    pub fn global_sq_norms(&self, shards: &[FlatShard], all_reduce: &AllReduceSum) -> Result<Vec<(f64, f64)>, OptimError> {
+    /// Per-parameter global sums of squares `[2, num_params + 1]` (row 0
+    /// the weights, row 1 the gradients; the last column is padding),
+    /// summed over shards and over the ranks `all_reduce` spans. Stays on
+    /// the shards' device.
+    pub fn sq_norms(&mut self, shards: &[FlatShard], all_reduce: &AllReduceSum) -> Result<Tensor, OptimError> {
+        self.prepare(shards)?;
         let dev = shards.first().map_or(Device::Cpu, |s| s.param.device());
-        let mut w2 = vec![0f64; self.num_params];
-        let mut g2 = vec![0f64; self.num_params];
-        // Partial sums: one small kernel per piece, then one all-reduce.
-        let mut parts: Vec<Tensor> = Vec::new();
-        let mut ids: Vec<usize> = Vec::new();
-        for s in shards {
-            for p in &s.pieces {
-                if p.len == 0 {
-                    continue;
-                }
-                parts.push(s.param.f_narrow(0, p.start, p.len)?.f_square()?.f_sum(Kind::Float)?);
-                parts.push(s.grad.f_narrow(0, p.start, p.len)?.f_square()?.f_sum(Kind::Float)?);
-                ids.push(p.param);
+        let k = self.num_params as i64 + 1;
+        let acc = Tensor::f_zeros([2, k], (Kind::Float, dev))?;
+        for (s, seg) in shards.iter().zip(&self.segments) {
+            if seg.len == 0 {
+                continue;
+            }
+            for (row, x) in [&s.param, &s.grad].into_iter().enumerate() {
+                let sums = seg.sums(&x.f_square()?)?;
+                let _ = acc.f_get(row as i64)?.f_index_add_(0, &seg.params, &sums)?;
             }
         }
-        let mut vec = Tensor::f_zeros([2 * self.num_params as i64], (Kind::Float, dev))?;
-        if !parts.is_empty() {
-            let idx: Vec<i64> = ids.iter().flat_map(|&i| [2 * i as i64, 2 * i as i64 + 1]).collect();
-            let idx = Tensor::f_from_slice(&idx)?.f_to_device(dev)?;
-            let _ = vec.f_index_add_(0, &idx, &Tensor::f_stack(&parts, 0)?)?;
+        let mut flat = acc.f_view([-1])?;
+        all_reduce(&mut flat)?;
+        Ok(flat.f_view([2, k])?)
+    }
+
+    /// Per-parameter factor on the decayed gradient (`[num_params + 1]`,
+    /// fp32): apex LARC's local rate `trust ||w|| / (||g|| + wd ||w|| +
+    /// eps)` where both norms are non-zero; 1 where the weights are zero
+    /// (the decay term vanishes with them); 0 where the gradient is zero
+    /// (apex skips the decay there, and the gradient adds nothing).
+    fn larc_scale(norms: &Tensor, larc: &Larc, weight_decay: f64, lr: f64) -> Result<Tensor, TchError> {
+        let n = norms.f_to_kind(Kind::Double)?.f_sqrt()?;
+        let (wn, gn) = (n.f_get(0)?, n.f_get(1)?);
+        let mut ratio = wn.f_mul_scalar(larc.trust)?.f_div(&gn.f_add(&wn.f_mul_scalar(weight_decay)?)?.f_add_scalar(larc.eps)?)?;
+        if larc.clip {
+            ratio = ratio.f_div_scalar(lr)?.f_clamp_max(1.0)?;
         }
-        all_reduce(&mut vec)?;
-        let host: Vec<f32> = Vec::<f32>::try_from(vec.f_to_device(Device::Cpu)?)?;
-        for i in 0..self.num_params {
-            w2[i] = host[2 * i] as f64;
-            g2[i] = host[2 * i + 1] as f64;
-        }
-        Ok(w2.into_iter().zip(g2).collect())
+        let both = wn.f_gt(0.0)?.f_logical_and(&gn.f_gt(0.0)?)?;
+        let fallback = gn.f_gt(0.0)?.f_to_kind(Kind::Double)?;
+        ratio.f_where_self(&both, &fallback)?.f_to_kind(Kind::Float)
     }
 
     /// One update of every shard with learning rate `lr`. Collective: every
-    /// rank must call it (LARC all-reduces the per-parameter norms).
+    /// rank must call it (the per-parameter norms are all-reduced).
     pub fn step(&mut self, shards: &[FlatShard], lr: f64, all_reduce: &AllReduceSum) -> Result<StepStats, OptimError> {
-        self.check(shards)?;
-        self.init_state(shards)?;
         let _guard = tch::no_grad_guard();
+        let norms = self.sq_norms(shards, all_reduce)?;
+        self.init_state(shards)?;
         self.steps += 1;
-        let cfg = self.cfg.clone();
-        match cfg {
+        let k = self.num_params as i64;
+        let grads = norms.f_get(1)?;
+        let grad_norm = grads.f_narrow(0, 0, k)?.f_sum(Kind::Float)?.f_sqrt()?;
+        let finite = grads.f_isfinite()?.f_all()?;
+        let freezing = self.freezing();
+        let active = self.active.as_ref().ok_or_else(|| OptimError::State("segments not built".into()))?;
+        // Where the update applies: a bool per element, a bool scalar, or everywhere.
+        let mask = |seg: &Segments| -> Result<Option<Tensor>, TchError> {
+            let frozen = if freezing && seg.has_frozen { Some(seg.broadcast(active)?) } else { None };
+            Ok(match (frozen, self.skip_non_finite) {
+                (Some(m), true) => Some(m.f_logical_and(&finite)?),
+                (Some(m), false) => Some(m),
+                (None, true) => Some(finite.shallow_clone()),
+                (None, false) => None,
+            })
+        };
+        match self.cfg.clone() {
             OptimConfig::Sgd { momentum, weight_decay, larc } => {
-                let norms = self.global_sq_norms(shards, all_reduce)?;
-                let grad_norm = norms.iter().map(|n| n.1).sum::<f64>().sqrt();
-                for (si, s) in shards.iter().enumerate() {
-                    let buf = &self.state[si][0];
-                    for p in &s.pieces {
-                        if p.len == 0 || self.is_frozen(p.param) {
-                            continue;
+                let scale = larc.as_ref().map(|l| Self::larc_scale(&norms, l, weight_decay, lr)).transpose()?;
+                for (si, (s, seg)) in shards.iter().zip(&self.segments).enumerate() {
+                    if seg.len == 0 {
+                        continue;
+                    }
+                    // apex LARC: decay folded into the gradient, then the
+                    // whole update scaled per parameter.
+                    let mut d = if weight_decay != 0.0 {
+                        let mut d = s.param.f_mul_scalar(weight_decay)?;
+                        let _ = d.f_add_(&s.grad)?;
+                        d
+                    } else {
+                        s.grad.shallow_clone()
+                    };
+                    if let Some(scale) = &scale {
+                        d = d.f_mul(&seg.broadcast(scale)?)?;
+                    }
+                    // torch SGD: buf = momentum * buf + d (zero-initialised
+                    // buffer makes the first step buf = d); w -= lr * buf.
+                    let (mut buf, mut w) = (self.state[si][0].shallow_clone(), s.param.shallow_clone());
+                    match mask(seg)? {
+                        None => {
+                            let _ = buf.f_mul_scalar_(momentum)?;
+                            let _ = buf.f_add_(&d)?;
+                            let _ = w.f_sub_(&buf.f_mul_scalar(lr)?)?;
                         }
-                        let w = s.param.f_narrow(0, p.start, p.len)?;
-                        let g = s.grad.f_narrow(0, p.start, p.len)?;
-                        let (wn, gn) = (norms[p.param].0.sqrt(), norms[p.param].1.sqrt());
-                        // apex LARC: decay folded into the gradient, then the
-                        // whole update scaled; a zero norm leaves the gradient
-                        // as it is and skips decay (the inner optimiser's
-                        // decay is disabled while LARC runs).
-                        let (scale, wd) = match &larc {
-                            None => (1.0, weight_decay),
-                            Some(l) if wn != 0.0 && gn != 0.0 => {
-                                let mut a = l.trust * wn / (gn + weight_decay * wn + l.eps);
-                                if l.clip {
-                                    a = (a / lr).min(1.0);
-                                }
-                                (a, weight_decay)
-                            }
-                            Some(_) => (1.0, 0.0),
-                        };
-                        let mut d = if wd != 0.0 { g.f_add(&w.f_mul_scalar(wd)?)? } else { g.shallow_clone() };
-                        if scale != 1.0 {
-                            d = d.f_mul_scalar(scale)?;
+                        Some(m) => {
+                            let mut b = buf.f_mul_scalar(momentum)?;
+                            let _ = b.f_add_(&d)?;
+                            let nw = w.f_sub(&b.f_mul_scalar(lr)?)?;
+                            let _ = buf.f_copy_(&b.f_where_self(&m, &buf)?)?;
+                            let _ = w.f_copy_(&nw.f_where_self(&m, &w)?)?;
                         }
-                        let mut b = buf.f_narrow(0, p.start, p.len)?;
-                        // torch SGD: buf = momentum * buf + d (zero-initialised
-                        // buffer makes the first step buf = d); w -= lr * buf.
-                        let _ = b.f_mul_scalar_(momentum)?;
-                        let _ = b.f_add_(&d)?;
-                        let mut w = w;
-                        let _ = w.f_sub_(&b.f_mul_scalar(lr)?)?;
                     }
                 }
-                Ok(StepStats { grad_norm })
             }
             OptimConfig::Adam { beta1, beta2, eps, weight_decay } => {
-                let norms = self.global_sq_norms(shards, all_reduce)?;
-                let grad_norm = norms.iter().map(|n| n.1).sum::<f64>().sqrt();
                 let t = self.steps as f64;
                 let (bc1, bc2) = (1.0 - beta1.powf(t), 1.0 - beta2.powf(t));
-                for (si, s) in shards.iter().enumerate() {
-                    for p in &s.pieces {
-                        if p.len == 0 || self.is_frozen(p.param) {
-                            continue;
+                for (si, (s, seg)) in shards.iter().zip(&self.segments).enumerate() {
+                    if seg.len == 0 {
+                        continue;
+                    }
+                    // torch.optim.Adam with L2 decay folded into the gradient.
+                    let g = if weight_decay != 0.0 {
+                        let mut g = s.param.f_mul_scalar(weight_decay)?;
+                        let _ = g.f_add_(&s.grad)?;
+                        g
+                    } else {
+                        s.grad.shallow_clone()
+                    };
+                    let (mut m, mut v, mut w) = (self.state[si][0].shallow_clone(), self.state[si][1].shallow_clone(), s.param.shallow_clone());
+                    let mask = mask(seg)?;
+                    let (mut m1, mut v1) = match &mask {
+                        None => (m.shallow_clone(), v.shallow_clone()),
+                        Some(_) => (m.f_detach_copy()?, v.f_detach_copy()?),
+                    };
+                    let _ = m1.f_mul_scalar_(beta1)?;
+                    let _ = m1.f_add_(&g.f_mul_scalar(1.0 - beta1)?)?;
+                    let _ = v1.f_mul_scalar_(beta2)?;
+                    let _ = v1.f_add_(&g.f_square()?.f_mul_scalar(1.0 - beta2)?)?;
+                    let denom = v1.f_div_scalar(bc2)?.f_sqrt()?.f_add_scalar(eps)?;
+                    let delta = m1.f_div(&denom)?.f_mul_scalar(lr / bc1)?;
+                    match mask {
+                        None => {
+                            let _ = w.f_sub_(&delta)?;
                         }
-                        let piece = |t: &Tensor| t.f_narrow(0, p.start, p.len);
-                        let (mut m, mut v) = (piece(&self.state[si][0])?, piece(&self.state[si][1])?);
-                        let (mut w, g) = (piece(&s.param)?, piece(&s.grad)?);
-                        // torch.optim.Adam with L2 decay folded into the gradient.
-                        let g = if weight_decay != 0.0 { g.f_add(&w.f_mul_scalar(weight_decay)?)? } else { g };
-                        let _ = m.f_mul_scalar_(beta1)?;
-                        let _ = m.f_add_(&g.f_mul_scalar(1.0 - beta1)?)?;
-                        let _ = v.f_mul_scalar_(beta2)?;
-                        let _ = v.f_add_(&g.f_square()?.f_mul_scalar(1.0 - beta2)?)?;
-                        let denom = v.f_div_scalar(bc2)?.f_sqrt()?.f_add_scalar(eps)?;
-                        let _ = w.f_sub_(&m.f_div(&denom)?.f_mul_scalar(lr / bc1)?)?;
+                        Some(mk) => {
+                            let nw = w.f_sub(&delta)?;
+                            let _ = m.f_copy_(&m1.f_where_self(&mk, &m)?)?;
+                            let _ = v.f_copy_(&v1.f_where_self(&mk, &v)?)?;
+                            let _ = w.f_copy_(&nw.f_where_self(&mk, &w)?)?;
+                        }
                     }
                 }
-                Ok(StepStats { grad_norm })
             }
         }
+        Ok(StepStats { grad_norm, finite })
     }
 
     /// State for checkpoints: `steps` (a 1-element int64 tensor) and the
@@ -456,6 +604,180 @@ mod tests {
             }
             start += n as usize;
         }
+    }
+
+    /// The optimiser as it ran piece by piece (one narrow and a few small
+    /// ops per parameter piece, trust ratios on the host): the reference
+    /// the whole-shard optimiser must reproduce.
+    fn piecewise_step(cfg: &OptimConfig, shards: &[FlatShard], state: &[Vec<Tensor>], num_params: usize, t: i64, frozen: &[usize], lr: f64) {
+        let _g = tch::no_grad_guard();
+        let (mut w2, mut g2) = (vec![0f64; num_params], vec![0f64; num_params]);
+        for s in shards {
+            for p in &s.pieces {
+                w2[p.param] += s.param.narrow(0, p.start, p.len).square().sum(Kind::Float).double_value(&[]);
+                g2[p.param] += s.grad.narrow(0, p.start, p.len).square().sum(Kind::Float).double_value(&[]);
+            }
+        }
+        for (si, s) in shards.iter().enumerate() {
+            for p in &s.pieces {
+                if p.len == 0 || frozen.contains(&p.param) {
+                    continue;
+                }
+                let (w, g) = (s.param.narrow(0, p.start, p.len), s.grad.narrow(0, p.start, p.len));
+                match cfg {
+                    OptimConfig::Sgd { momentum, weight_decay, larc } => {
+                        let (wn, gn) = (w2[p.param].sqrt(), g2[p.param].sqrt());
+                        let (scale, wd) = match larc {
+                            None => (1.0, *weight_decay),
+                            Some(l) if wn != 0.0 && gn != 0.0 => {
+                                let mut a = l.trust * wn / (gn + weight_decay * wn + l.eps);
+                                if l.clip {
+                                    a = (a / lr).min(1.0);
+                                }
+                                (a, *weight_decay)
+                            }
+                            Some(_) => (1.0, 0.0),
+                        };
+                        let mut d = if wd != 0.0 { &g + &w * wd } else { g.shallow_clone() };
+                        if scale != 1.0 {
+                            d = d * scale;
+                        }
+                        let mut b = state[si][0].narrow(0, p.start, p.len);
+                        let _ = b.f_mul_scalar_(*momentum).unwrap();
+                        let _ = b.f_add_(&d).unwrap();
+                        let mut w = w;
+                        let _ = w.f_sub_(&(&b * lr)).unwrap();
+                    }
+                    OptimConfig::Adam { beta1, beta2, eps, weight_decay } => {
+                        let (bc1, bc2) = (1.0 - beta1.powf(t as f64), 1.0 - beta2.powf(t as f64));
+                        let (mut m, mut v) = (state[si][0].narrow(0, p.start, p.len), state[si][1].narrow(0, p.start, p.len));
+                        let g = if *weight_decay != 0.0 { &g + &w * *weight_decay } else { g };
+                        let _ = m.f_mul_scalar_(*beta1).unwrap();
+                        let _ = m.f_add_(&(&g * (1.0 - beta1))).unwrap();
+                        let _ = v.f_mul_scalar_(*beta2).unwrap();
+                        let _ = v.f_add_(&(g.square() * (1.0 - beta2))).unwrap();
+                        let denom = (&v / bc2).sqrt() + *eps;
+                        let mut w = w;
+                        let _ = w.f_sub_(&(m.f_div(&denom).unwrap() * (lr / bc1))).unwrap();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Three shards cutting 9 parameters unevenly (one spread over all
+    /// three, padding at the end of the last), a parameter with zero
+    /// weights and one with a zero gradient.
+    fn uneven_problem(step: i64) -> (Vec<i64>, Vec<Vec<Piece>>, Tensor, Tensor) {
+        let sizes: Vec<i64> = vec![7, 30, 3, 12, 1, 25, 4, 9, 5];
+        let total: i64 = sizes.iter().sum();
+        let padded = 99;
+        tch::manual_seed(100 + step);
+        let w = Tensor::randn([padded], (Kind::Float, Device::Cpu));
+        let g = Tensor::randn([padded], (Kind::Float, Device::Cpu)) * 0.05;
+        let _ = w.narrow(0, total, padded - total).zero_();
+        let _ = g.narrow(0, total, padded - total).zero_();
+        let _ = w.narrow(0, 37, 3).zero_(); // param 2: zero weights
+        let _ = g.narrow(0, 40, 12).zero_(); // param 3: zero gradient
+        let shard_len = 33;
+        let mut pieces = vec![Vec::new(); 3];
+        let mut off = 0;
+        for (i, &n) in sizes.iter().enumerate() {
+            for (r, shard) in pieces.iter_mut().enumerate() {
+                let (lo, hi) = (r as i64 * shard_len, (r as i64 + 1) * shard_len);
+                let (a, b) = (off.max(lo), (off + n).min(hi));
+                if a < b {
+                    shard.push(Piece { param: i, start: a - lo, len: b - a });
+                }
+            }
+            off += n;
+        }
+        (sizes, pieces, w, g)
+    }
+
+    #[test]
+    fn whole_shard_updates_equal_the_piecewise_optimiser() {
+        let larc = |clip| Some(Larc { clip, ..Larc::default() });
+        let configs = [
+            OptimConfig::Sgd { momentum: 0.9, weight_decay: 1e-2, larc: larc(false) },
+            OptimConfig::Sgd { momentum: 0.9, weight_decay: 0.0, larc: larc(false) },
+            OptimConfig::Sgd { momentum: 0.9, weight_decay: 1e-2, larc: larc(true) },
+            OptimConfig::Sgd { momentum: 0.5, weight_decay: 1e-3, larc: None },
+            OptimConfig::adam(1e-2),
+            OptimConfig::adam(0.0),
+        ];
+        for cfg in configs {
+            for frozen in [vec![], vec![1usize, 4]] {
+                let (sizes, pieces, w0, _) = uneven_problem(0);
+                let cut = |t: &Tensor, r: usize| t.narrow(0, 33 * r as i64, 33);
+                let (w_new, w_ref) = (w0.copy(), w0.copy());
+                let states = match cfg {
+                    OptimConfig::Sgd { .. } => 1,
+                    OptimConfig::Adam { .. } => 2,
+                };
+                let ref_state: Vec<Vec<Tensor>> = (0..3).map(|_| (0..states).map(|_| Tensor::zeros([33], (Kind::Float, Device::Cpu))).collect()).collect();
+                let mut opt = Optimizer::new(cfg.clone(), sizes.len()).unwrap();
+                opt.freeze(&frozen, 2).unwrap();
+                for step in 1..=3 {
+                    let (_, _, _, g) = uneven_problem(step);
+                    let shards = |w: &Tensor| -> Vec<FlatShard> {
+                        (0..3).map(|r| FlatShard { param: cut(w, r), grad: cut(&g, r).copy(), pieces: pieces[r].clone() }).collect()
+                    };
+                    let lr = 0.3 / step as f64;
+                    opt.step(&shards(&w_new), lr, &local_sum).unwrap();
+                    let frozen_now: &[usize] = if step <= 2 { &frozen } else { &[] };
+                    piecewise_step(&cfg, &shards(&w_ref), &ref_state, sizes.len(), step, frozen_now, lr);
+                }
+                let diff = (&w_new - &w_ref).abs().max().double_value(&[]);
+                assert!(w_new.allclose(&w_ref, 1e-6, 1e-8, false), "{cfg:?} frozen {frozen:?}: max diff {diff}");
+                assert!(!w_new.equal(&w0), "{cfg:?}: nothing moved");
+                // Padding stays zero.
+                assert_eq!(w_new.narrow(0, 96, 3).abs().sum(Kind::Float).double_value(&[]), 0.0);
+            }
+        }
+    }
+
+    #[test]
+    fn a_non_finite_gradient_changes_nothing_when_asked_to_skip() {
+        for cfg in [seer(), OptimConfig::adam(1e-4)] {
+            let (w0, grads) = problem();
+            let w = w0.copy();
+            let mut opt = Optimizer::new(cfg.clone(), 4).unwrap();
+            opt.skip_non_finite(true);
+            let shard = |g: &Tensor| FlatShard { param: w.shallow_clone(), grad: g.copy(), pieces: whole_pieces() };
+            let first = opt.step(&[shard(&grads[0])], 0.5, &local_sum).unwrap();
+            assert!(bool::try_from(&first.finite).unwrap());
+            let after_one = w.copy();
+            let bad = grads[1].copy();
+            let _ = bad.narrow(0, 6, 1).fill_(f64::INFINITY);
+            let stats = opt.step(&[shard(&bad)], 0.5, &local_sum).unwrap();
+            assert!(!bool::try_from(&stats.finite).unwrap(), "{cfg:?}");
+            assert!(w.equal(&after_one), "{cfg:?}: a skipped step moved the weights");
+            opt.unstep();
+            assert_eq!(opt.steps(), 1);
+            let saved: Vec<Tensor> = opt.state_tensors().into_iter().skip(1).map(|(_, t)| t.copy()).collect();
+            // The state is the first step's: a second finite step matches an
+            // optimiser that never saw the bad one.
+            let mut clean = Optimizer::new(cfg.clone(), 4).unwrap();
+            let w2 = w0.copy();
+            let shard2 = |g: &Tensor| FlatShard { param: w2.shallow_clone(), grad: g.copy(), pieces: whole_pieces() };
+            clean.step(&[shard2(&grads[0])], 0.5, &local_sum).unwrap();
+            for (a, (_, b)) in saved.iter().zip(clean.state_tensors().into_iter().skip(1)) {
+                assert!(a.equal(&b), "{cfg:?}: optimiser state changed on a skipped step");
+            }
+            opt.step(&[shard(&grads[2])], 0.5, &local_sum).unwrap();
+            clean.step(&[shard2(&grads[2])], 0.5, &local_sum).unwrap();
+            assert!(w.equal(&w2), "{cfg:?}");
+        }
+    }
+
+    #[test]
+    fn grad_norm_is_the_global_norm_of_every_gradient() {
+        let (w0, grads) = problem();
+        let mut opt = Optimizer::new(seer(), 4).unwrap();
+        let stats = opt.step(&[FlatShard { param: w0.copy(), grad: grads[0].copy(), pieces: whole_pieces() }], 0.1, &local_sum).unwrap();
+        let want = grads[0].square().sum(Kind::Double).sqrt().double_value(&[]);
+        assert!((stats.grad_norm.double_value(&[]) - want).abs() < 1e-5 * want, "{} vs {want}", stats.grad_norm.double_value(&[]));
     }
 
     #[test]

@@ -115,10 +115,11 @@ impl Graph {
 }
 
 /// What one pass returns.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub struct PassResult {
-    /// This rank's loss term (unscaled; the loss closure's value).
-    pub loss: f64,
+    /// This rank's loss term (unscaled; the loss closure's value), still on
+    /// the device: reading it would wait for the forward.
+    pub loss: Tensor,
 }
 
 /// Runs one forward and backward pass as `events` say (the part of a
@@ -208,7 +209,7 @@ pub fn forward_backward(
                 let tl = Instant::now();
                 let l = loss_fn(y).map_err(StepError::Loss)?;
                 crate::phase_timer::add_synced("loss", tl);
-                loss_value = Some(l.f_double_value(&[])?);
+                loss_value = Some(l.f_detach()?);
                 root = Some(l.f_mul_scalar(loss_scale)?);
             }
             Event::Recompute { block: j, group } => {

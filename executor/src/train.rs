@@ -18,7 +18,8 @@ use crate::launch::{self, LaunchError, LaunchOptions, RankEnv};
 use crate::memstats::{self, MemDevice, MemError};
 use crate::metrics::{self, MetricsError, MetricsWriter, RunSummary, StepMetrics};
 use crate::model::{BnState, Mode, ModelArch, ModelError, SyncBn};
-use crate::optim::{Larc, OptimConfig, OptimError, Optimizer};
+use crate::op_count;
+use crate::optim::{Larc, OptimConfig, OptimError, Optimizer, StepStats};
 use crate::precision::{LossScaler, Precision};
 use crate::reduce::ReduceError;
 use crate::schedule::{LrSchedule, ScheduleError};
@@ -33,7 +34,7 @@ use runspec::sharding::Sharding;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -399,6 +400,14 @@ impl SyncBn for ProcessGroup {
     }
 }
 
+/// A step queued on the device whose scalars have not been read yet.
+pub struct PendingStep {
+    /// Global loss (fp64, one element).
+    loss: Tensor,
+    stats: StepStats,
+    lr: f64,
+}
+
 /// How the step's optimiser update went.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StepOutcome {
@@ -477,6 +486,10 @@ impl<'pg> Trainer<'pg> {
                 cfg.bn_groups
             )));
         }
+        op_count::install().map_err(|e| TrainError::Config(e.to_string()))?;
+        let scaler = LossScaler::for_precision(cfg.precision);
+        let mut optimizer = Optimizer::new(cfg.optim.clone(), specs.len())?;
+        optimizer.skip_non_finite(scaler.enabled);
         let mode = Mode::train().with_bn_groups(cfg.bn_groups.max(1));
         let mode = if cfg.sync_bn { mode.with_sync_bn(groups.sync_bn()) } else { mode };
         Ok(Trainer {
@@ -484,12 +497,12 @@ impl<'pg> Trainer<'pg> {
             groups,
             arch: arch.clone(),
             bn: BnState::new(&arch, cfg.device),
-            optimizer: Optimizer::new(cfg.optim.clone(), specs.len())?,
+            optimizer,
             schedule,
             step_events,
             recorded: None,
             events_written: false,
-            scaler: LossScaler::for_precision(cfg.precision),
+            scaler,
             mode,
             step: 0,
             data_pos: DataPosition::default(),
@@ -526,8 +539,9 @@ impl<'pg> Trainer<'pg> {
     }
 
     /// Forward + backward of one batch: fills the shard gradients (zeroed
-    /// first) and returns the global loss. Collective.
-    pub fn compute_grads(&mut self, batch: &Batch) -> Result<f64, TrainError> {
+    /// first) and returns the global loss (a one-element fp64 tensor on the
+    /// device). Collective.
+    pub fn compute_grads(&mut self, batch: &Batch) -> Result<Tensor, TrainError> {
         let ar = self.all_reduce_sum();
         let t_proto = Instant::now();
         // SwAV keeps the prototypes on the unit sphere: normalise the rows
@@ -563,36 +577,51 @@ impl<'pg> Trainer<'pg> {
         .map_err(|source| TrainError::Step { step, source })?;
         crate::phase_timer::add("fwd_bwd", t_fb);
         let t0 = Instant::now();
-        let total = Tensor::from_slice(&[pass.loss]).f_to_device(self.cfg.device)?;
+        // Summed in fp64 on the device: nothing waits for the value here.
+        let total = pass.loss.f_to_kind(Kind::Double)?.f_reshape([1])?;
         self.pg.all_reduce_(&total, ReduceOp::Sum)?;
-        let v = total.f_double_value(&[0])?;
         crate::phase_timer::add_synced("loss_all_reduce", t0);
         if let Some(r) = self.recorded.as_mut() {
             r.push(Event::LossAllReduce);
         }
-        Ok(v)
+        Ok(total)
     }
 
-    /// Loss-scale bookkeeping and the optimiser update on the shards.
-    pub fn apply_grads(&mut self, loss: f64) -> Result<StepOutcome, TrainError> {
+    /// Unscales the gradients and runs the optimiser on the shards, all on
+    /// the device: on a step whose gradients overflowed (fp16) the
+    /// optimiser leaves everything as it was, decided on the device.
+    pub fn apply_grads(&mut self, loss: Tensor) -> Result<PendingStep, TrainError> {
         let lr = self.schedule.lr(self.step);
-        let non_finite = if self.scaler.enabled { self.fsdp.grads_non_finite()? } else { false };
-        // The scale these gradients carry (`update` may change it).
         let used = self.scaler.scale();
-        let do_step = self.scaler.update(non_finite);
-        let mut grad_norm = f64::NAN;
-        if do_step {
-            if used != 1.0 {
-                self.fsdp.scale_grads(1.0 / used)?;
-            }
-            let shards = self.fsdp.shards();
-            grad_norm = self.optimizer.step(&shards, lr, &self.shard_sum())?.grad_norm;
+        if used != 1.0 {
+            self.fsdp.scale_grads(1.0 / used)?;
+        }
+        let shards = self.fsdp.shards();
+        let stats = self.optimizer.step(&shards, lr, &self.shard_sum())?;
+        Ok(PendingStep { loss, stats, lr })
+    }
+
+    /// The step's scalars, read back in one copy (the step's one
+    /// synchronisation, after everything it queued): the loss-scale
+    /// decision, divergence, and what the metrics record.
+    fn finish_step(&mut self, pending: PendingStep) -> Result<StepOutcome, TrainError> {
+        let PendingStep { loss, stats, lr } = pending;
+        let packed = Tensor::f_cat(
+            &[loss.f_reshape([1])?, stats.grad_norm.f_to_kind(Kind::Double)?.f_reshape([1])?, stats.finite.f_to_kind(Kind::Double)?.f_reshape([1])?],
+            0,
+        )?;
+        let v = op_count::read_back(&packed)?;
+        let (loss, grad_norm, finite) = (v[0], v[1], v[2] != 0.0);
+        let skipped = self.scaler.enabled && !finite;
+        self.scaler.update(skipped);
+        if skipped {
+            self.optimizer.unstep();
         }
         if !self.scaler.enabled && !loss.is_finite() {
             return Err(TrainError::Diverged { step: self.step, loss });
         }
         self.step += 1;
-        Ok(StepOutcome { loss, skipped: !do_step, grad_norm, lr })
+        Ok(StepOutcome { loss, skipped, grad_norm: if skipped { f64::NAN } else { grad_norm }, lr })
     }
 
     /// One full training step on `batch`.
@@ -602,8 +631,9 @@ impl<'pg> Trainer<'pg> {
         }
         let loss = self.compute_grads(batch)?;
         let t0 = Instant::now();
-        let r = self.apply_grads(loss);
+        let pending = self.apply_grads(loss)?;
         crate::phase_timer::add_synced("optimizer", t0);
+        let r = self.finish_step(pending);
         if let Some(mut events) = self.recorded.take() {
             events.push(Event::Optimizer);
             self.write_events(events)?;
@@ -771,13 +801,11 @@ impl<'pg> Trainer<'pg> {
             let t0 = Instant::now();
             let batch = loader.next().ok_or(DataError::WorkerGone)??;
             let data_wait = t0.elapsed().as_secs_f64();
+            let counts = op_count::HostCounts::now();
+            // Ends with the step's one read-back, after every kernel it queued.
             let out = self.train_step(&batch)?;
+            let counts = op_count::HostCounts::now().since(counts);
             self.data_pos = loader.position();
-            // CUDA kernels run asynchronously: the optimizer's updates may
-            // still be queued, and they belong to this step's time.
-            if let Device::Cuda(d) = self.cfg.device {
-                tch::Cuda::synchronize(d as i64);
-            }
             let dt = t0.elapsed().as_secs_f64();
             let m = StepMetrics {
                 rank,
@@ -794,6 +822,8 @@ impl<'pg> Trainer<'pg> {
                 grad_norm: out.grad_norm,
                 sync_bn: self.cfg.sync_bn,
                 skipped_images: loader.skipped_files() as u64,
+                aten_ops: counts.ops,
+                host_syncs: counts.syncs,
             };
             if m.skipped_images > warned_skipped {
                 warned_skipped = m.skipped_images;

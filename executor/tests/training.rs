@@ -388,7 +388,7 @@ fn worker_grads() {
                 cfg.bn_groups = 1;
             }
             let mut t = Trainer::new(&pg, &cfg).unwrap();
-            let loss = t.compute_grads(&batch).unwrap();
+            let loss = t.compute_grads(&batch).unwrap().double_value(&[0]);
             let grads = t.fsdp().full_grads().unwrap();
             let bn: Vec<Tensor> = t.bn().buffers().into_iter().map(|(_, b)| b.copy()).collect();
             results.push(((ckpt, reshard, by_group), loss, grads, bn));

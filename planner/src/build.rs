@@ -14,7 +14,7 @@ use runspec::sharding::Sharding;
 pub fn build_plan(s: &mut Searcher, e: &Evaluated) -> Result<(Plan, MemoryReport), SearchError> {
     let d = &e.decisions;
     let recipe = s.recipe;
-    let graph = ModelGraph::build(&s.model, &Workload { images: d.batch_per_rank as u64, crops: recipe.crop_groups(), dtype: d.precision.compute });
+    let graph = ModelGraph::build_executed(&s.model, &Workload { images: d.batch_per_rank as u64, crops: recipe.crop_groups(), dtype: d.precision.compute });
     let units = units_for(&graph, d.wrapping);
     let report = s.memory(e.hardware, &e.rank_hardware, d).report(&d.checkpoint);
     let measured_bwd = s.measured_backward(e.hardware, d).to_vec();

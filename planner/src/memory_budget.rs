@@ -213,7 +213,7 @@ mod tests {
         let recipe = Recipe::load(recipe).unwrap();
         let model = ModelConfig::load(&recipe.model).unwrap();
         let hw = builtin_hardware(hw).unwrap();
-        let graph = ModelGraph::build(&model, &Workload { images: batch as u64, crops: recipe.crop_groups(), dtype: dt });
+        let graph = ModelGraph::build_executed(&model, &Workload { images: batch as u64, crops: recipe.crop_groups(), dtype: dt });
         let units = units_for(&graph, wrapping);
         let d = Decisions {
             world_size: world,

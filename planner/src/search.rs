@@ -405,7 +405,7 @@ impl<'r> Searcher<'r> {
         }
         let collectives = space.hardware.iter().map(|h| CollectiveModel::new(h.measured.collectives.clone())).collect();
         // Names and parameter counts do not depend on batch or dtype.
-        let names_graph = ModelGraph::build(&model, &Workload { images: 1, crops: recipe.crop_groups(), dtype: DType::Fp32 });
+        let names_graph = ModelGraph::build_executed(&model, &Workload { images: 1, crops: recipe.crop_groups(), dtype: DType::Fp32 });
         let block_names = names_graph.blocks.iter().map(|b| b.name.clone()).collect();
         let mut graphs = HashMap::new();
         graphs.insert((DType::Fp32, 1), names_graph);
@@ -461,7 +461,9 @@ impl<'r> Searcher<'r> {
     /// The layer graph of one rank's step at (dtype, batch), cached.
     pub fn graph(&mut self, dtype: DType, batch: usize) -> &ModelGraph {
         let (model, recipe) = (&self.model, self.recipe);
-        self.graphs.entry((dtype, batch)).or_insert_with(|| ModelGraph::build(model, &Workload { images: batch as u64, crops: recipe.crop_groups(), dtype }))
+        self.graphs
+            .entry((dtype, batch))
+            .or_insert_with(|| ModelGraph::build_executed(model, &Workload { images: batch as u64, crops: recipe.crop_groups(), dtype }))
     }
 
     fn units(&mut self, wrapping: Wrapping) -> &[Unit] {

@@ -10,7 +10,7 @@
 use crate::cluster::RankLinks;
 use crate::recipe::Recipe;
 use crate::simulator::{BlockCost, LossCost, OptimizerCost, StepProfile, UnitCost};
-use crate::wrapping::{max_shard_pieces, Unit};
+use crate::wrapping::{shards_per_rank, Unit};
 use cost_models::collectives::{Collective, CollectiveModel};
 use cost_models::compute::{ComputeError, ComputeModel, OpDesc, OpKind, Pass};
 use cost_models::graph::{Block, BlockKind, LayerKind, ModelGraph};
@@ -107,16 +107,21 @@ pub mod host_ops {
     /// Per assigned crop: stack + mean; then stack + mean + cast once.
     pub const LOSS_PER_ASSIGN: f64 = 2.0;
     pub const LOSS_FINAL: f64 = 4.0;
-    /// LARC norms, per parameter piece: (narrow, square, sum) for w and g.
-    pub const NORMS_PER_PIECE: f64 = 6.0;
-    /// Once: zeros, index list, to_device, stack, index_add, read back.
-    pub const NORMS_FIXED: f64 = 6.0;
-    /// SGD update per piece: narrow w, g, buf; decay mul + add; LARC scale;
-    /// buf mul_ + add_; lr mul + sub_.
-    pub const SGD_PER_PIECE: f64 = 10.0;
-    /// Adam update per piece: 4 narrows, decay mul + add, m: mul_, mul, add_;
-    /// v: mul_, square, mul, add_; denom: div, sqrt, add; update: div, mul, sub_.
-    pub const ADAM_PER_PIECE: f64 = 19.0;
+    /// Norms per flat shard: for w and g, square + segment_reduce +
+    /// select the row + index_add_.
+    pub const NORMS_PER_SHARD: f64 = 8.0;
+    /// Once per step: zeros, view, the all-reduce's view, grad norm (get,
+    /// narrow, sum, sqrt), finite flag (isfinite, all), LARC's ratios
+    /// (cast, sqrt, two gets, seven arithmetic ops, three comparisons,
+    /// logical_and, where, cast).
+    pub const NORMS_FIXED: f64 = 24.0;
+    /// SGD update per shard: decay mul + add_; LARC's factor broadcast
+    /// (index_select, repeat_interleave) and mul; buf mul_ + add_; lr mul +
+    /// sub_.
+    pub const SGD_PER_SHARD: f64 = 9.0;
+    /// Adam update per shard: decay mul + add_; m: mul_, mul, add_; v: mul_,
+    /// square, mul, add_; denom: div, sqrt, add; update: div, mul, sub_.
+    pub const ADAM_PER_SHARD: f64 = 17.0;
 }
 
 impl GraphCosts {
@@ -346,7 +351,7 @@ pub fn step_profile(
     compute: &ComputeModel,
     w: &WorldCosts,
 ) -> StepProfile {
-    let shard_pieces = max_shard_pieces(units, w.shard_group());
+    let shards = shards_per_rank(units);
     let mut units = unit_costs(units, compute_dtype, reduce_dtype, w);
     let mut loss = g.loss;
     loss.sum_all_reduce = w.time(Collective::AllReduce, Bytes(4));
@@ -381,7 +386,7 @@ pub fn step_profile(
         ),
         None => (Seconds(0.0), None, None),
     };
-    let mut optimizer = optimizer_cost(g, recipe, compute_dtype, compute, w, shard_pieces);
+    let mut optimizer = optimizer_cost(g, recipe, compute_dtype, compute, w, shards);
     optimizer.loss_all_reduce = loss_all_reduce;
     StepProfile {
         blocks,
@@ -464,61 +469,68 @@ pub const NORMS_BYTES_PER_PARAM: f64 = 2.0 * (4.0 + 4.0 + 4.0);
 /// Bytes per fp32 parameter one update of the executor's optimiser moves
 /// (executor/src/optim.rs, op by op; `x.op(y)` reads x and y and writes a
 /// new tensor, `x.op_(y)` writes x in place): SGD builds the decayed
-/// gradient `g + w·wd` (20), scales it by LARC's ratio (8), updates the
-/// momentum `b·m` in place then `+ d` (8 + 12) and the weight `w - b·lr`
-/// (20); Adam adds its moment updates, bias corrections and the division.
+/// gradient `w·wd + g` (20), broadcasts LARC's per-parameter factor over
+/// the shard and multiplies by it (4 + 12), updates the momentum `b·m` in
+/// place then `+ d` (8 + 12) and the weight `w - b·lr` (20); Adam adds its
+/// moment updates, bias corrections and the division.
 pub fn optimizer_bytes_per_param(kind: crate::recipe::OptimKind, decay: bool, larc: bool) -> f64 {
     use crate::recipe::OptimKind;
     let decayed = if decay { 20.0 } else { 0.0 };
     match kind {
-        OptimKind::Sgd => decayed + if larc { 8.0 } else { 0.0 } + 8.0 + 12.0 + 20.0,
+        OptimKind::Sgd => decayed + if larc { 16.0 } else { 0.0 } + 8.0 + 12.0 + 20.0,
         // m: mul_ 8, mul 8 + add_ 12; v: mul_ 8, square 8 + mul 8 + add_ 12;
         // denom: div 8, sqrt 8, add 8; w: div 12, mul 8, sub_ 12.
         OptimKind::Adam => decayed + 8.0 + 20.0 + 8.0 + 28.0 + 24.0 + 32.0,
     }
 }
 
-/// LARC norms, their all-reduce (with the fp16 scaler's overflow flag) and
-/// the fp32 update of the slowest rank's shard: `pieces` slices of
-/// parameters (a tensor split between ranks is a piece on each), the unit
-/// the executor's optimiser loops over. Memory-bound plus a per-piece cost:
-/// measured per piece when the profile has it (`calibrate`), otherwise the
-/// executor's op count as small ops, or one kernel per piece and pass on a
-/// catalog device (PyTorch's foreach kernels batch them: an upper end).
-pub fn optimizer_cost(g: &GraphCosts, recipe: &Recipe, compute_dtype: DType, compute: &ComputeModel, w: &WorldCosts, pieces: usize) -> OptimizerCost {
+/// The per-parameter norms, their all-reduce over the shard group (which
+/// also carries the fp16 scaler's overflow check: a non-finite gradient
+/// makes its norm non-finite on every rank) and the fp32 update of a rank's
+/// `shards` flat shards, which the executor's optimiser updates with a fixed
+/// number of whole-shard ops each. Memory-bound plus a per-shard cost:
+/// measured per shard when the profile has it (`calibrate`), otherwise the
+/// executor's op count as small ops, or its kernels per shard on a catalog
+/// device. Under fp16 the gradients are first unscaled: one more pass over
+/// every shard (read and write).
+pub fn optimizer_cost(g: &GraphCosts, recipe: &Recipe, compute_dtype: DType, compute: &ComputeModel, w: &WorldCosts, shards: usize) -> OptimizerCost {
     use crate::recipe::OptimKind;
     let shard = g.params as f64 / w.shard_group() as f64;
     let bw = compute.memory_bandwidth().0;
     let pass = |bytes: f64, kernels: usize| Seconds(bytes / bw) + compute.kernel_overhead() * kernels as f64;
     let larc = recipe.optim.larc_trust.is_some();
     let step_bytes = shard * optimizer_bytes_per_param(recipe.optim.kind, recipe.optim.weight_decay != 0.0, larc);
-    let p = pieces as f64;
+    let s = shards as f64;
+    let per_shard_kernels = |ops: f64| (shards as f64 * ops).round() as usize;
+    let update_ops = match recipe.optim.kind {
+        OptimKind::Sgd => host_ops::SGD_PER_SHARD,
+        OptimKind::Adam => host_ops::ADAM_PER_SHARD,
+    };
+    let unscale_bytes = if compute_dtype == DType::Fp16 { 8.0 * shard } else { 0.0 };
+    let unscale_ops = if compute_dtype == DType::Fp16 { 1.0 } else { 0.0 };
+    let step_bytes = step_bytes + unscale_bytes;
+    let update_ops = update_ops + unscale_ops;
     let (norms, step) = match compute.host() {
-        // The executor runs the norms for SGD and Adam alike (grad norm reported).
+        // The executor runs the norms for SGD and Adam alike (grad norm and
+        // the overflow check come from them).
         Some(h) => {
             let counted = |ops: f64| h.small_op * ops;
-            let norms_piece = h.optimizer_norms_piece.unwrap_or_else(|| counted(host_ops::NORMS_PER_PIECE));
-            let update_piece = match recipe.optim.kind {
-                OptimKind::Sgd => h.optimizer_sgd_piece.unwrap_or_else(|| counted(host_ops::SGD_PER_PIECE)),
-                OptimKind::Adam => h.optimizer_adam_piece.unwrap_or_else(|| counted(host_ops::ADAM_PER_PIECE)),
-            };
-            (Seconds(NORMS_BYTES_PER_PARAM * shard / bw) + counted(host_ops::NORMS_FIXED) + norms_piece * p, Seconds(step_bytes / bw) + update_piece * p)
+            let norms_shard = h.optimizer_norms_shard.unwrap_or_else(|| counted(host_ops::NORMS_PER_SHARD));
+            let update_shard = match recipe.optim.kind {
+                OptimKind::Sgd => h.optimizer_sgd_shard.unwrap_or_else(|| counted(host_ops::SGD_PER_SHARD)),
+                OptimKind::Adam => h.optimizer_adam_shard.unwrap_or_else(|| counted(host_ops::ADAM_PER_SHARD)),
+            } + counted(unscale_ops);
+            (Seconds(NORMS_BYTES_PER_PARAM * shard / bw) + counted(host_ops::NORMS_FIXED) + norms_shard * s, Seconds(step_bytes / bw) + update_shard * s)
         }
-        None => {
-            let norms = if larc { pass(NORMS_BYTES_PER_PARAM * shard, pieces) } else { Seconds(0.0) };
-            (norms, pass(step_bytes, pieces))
-        }
+        None => (
+            pass(NORMS_BYTES_PER_PARAM * shard, per_shard_kernels(host_ops::NORMS_PER_SHARD) + host_ops::NORMS_FIXED as usize),
+            pass(step_bytes, per_shard_kernels(update_ops)),
+        ),
     };
-    // LARC's per-tensor norms over the shards; the fp16 scaler's overflow
-    // flag over the world (every rank must skip the same steps).
-    let scaler = compute_dtype == DType::Fp16;
-    let norms_bytes = if larc { 2 * g.param_tensors as u64 * 4 } else { 0 };
-    let norms_reduce = (norms_bytes > 0 && w.shard_group() > 1).then(|| w.time_in(&w.links.shard, Collective::AllReduce, Bytes(norms_bytes)));
-    let flag_reduce = (scaler && w.world_size > 1).then(|| w.time(Collective::AllReduce, Bytes(4)));
-    let norm_all_reduce = match (norms_reduce, flag_reduce) {
-        (None, None) => None,
-        (a, b) => Some(a.unwrap_or(Seconds(0.0)) + b.unwrap_or(Seconds(0.0))),
-    };
+    // The per-tensor norms over the shard group; replicas hold the same
+    // reduced gradients, so every rank reaches the same overflow verdict.
+    let norms_bytes = 2 * (g.param_tensors as u64 + 1) * 4;
+    let norm_all_reduce = (w.shard_group() > 1).then(|| w.time_in(&w.links.shard, Collective::AllReduce, Bytes(norms_bytes)));
     OptimizerCost { norms, norm_all_reduce, step, loss_all_reduce: None }
 }
 
@@ -692,52 +704,56 @@ mod tests {
         assert_eq!(same, gc.blocks);
     }
 
-    /// The optimiser pays the profile's measured cost per piece of the
-    /// slowest rank's shards (fewer per rank as ranks are added; a tensor
-    /// cut by a shard boundary is a piece on both sides); without them, its
-    /// op count as small ops.
+    /// The optimiser pays the profile's measured cost per flat shard (one
+    /// per unit, whatever the number of parameter tensors or ranks);
+    /// without it, its op count as small ops.
     #[test]
-    fn optimizer_pays_measured_cost_per_piece_of_the_slowest_rank() {
+    fn optimizer_pays_measured_cost_per_shard() {
         use cost_models::topology::Topology;
         let recipe = Recipe::load("tiny-cpu").unwrap();
         assert_eq!(recipe.optim.kind, crate::recipe::OptimKind::Sgd);
         let m = ModelConfig::load("regnety-tiny").unwrap();
         let g = ModelGraph::build(&m, &Workload { images: 8, crops: recipe.crop_groups(), dtype: DType::Fp32 });
-        let units = crate::wrapping::units_for(&g, crate::recipe::Wrapping::PerBlock);
         let us = Seconds(1e-6);
         let measured = HostCosts {
-            optimizer_norms_piece: Some(us * 3.0),
-            optimizer_sgd_piece: Some(us * 5.0),
-            optimizer_adam_piece: Some(us * 7.0),
+            optimizer_norms_shard: Some(us * 3.0),
+            optimizer_sgd_shard: Some(us * 5.0),
+            optimizer_adam_shard: Some(us * 7.0),
             ..HostCosts::new(us, us, us, us)
         };
         let gc = GraphCosts::new(&g, &model(Some(measured)), &recipe).unwrap();
         let hw = builtin_hardware("a100-40gb").unwrap();
         let topo = Topology::build(&hw, 1).unwrap();
         let coll = CollectiveModel::default();
-        let cost = |host: HostCosts, world: usize| {
+        let cost = |host: HostCosts, world: usize, wrapping| {
+            let units = crate::wrapping::units_for(&g, wrapping);
             let links = fsdp_links(&topo, world);
             let w = WorldCosts { links: &links, collectives: &coll, world_size: world, sharding: Sharding::fsdp(world), overlap: true, cores_full: false };
             let c = model(Some(host));
-            let pieces = max_shard_pieces(&units, world);
-            let o = optimizer_cost(&gc, &recipe, DType::Fp32, &c, &w, pieces);
-            // Take the memory traffic out: what is left is the per-piece work.
+            let shards = shards_per_rank(&units);
+            let o = optimizer_cost(&gc, &recipe, DType::Fp32, &c, &w, shards);
+            // Take the memory traffic out: what is left is the per-shard work.
             let shard = gc.params as f64 / world as f64;
             let bw = c.memory_bandwidth().0;
             let step_bytes = shard * optimizer_bytes_per_param(recipe.optim.kind, recipe.optim.weight_decay != 0.0, true);
-            (pieces, (o.norms.0 - NORMS_BYTES_PER_PARAM * shard / bw) * 1e6, (o.step.0 - step_bytes / bw) * 1e6)
+            (shards, (o.norms.0 - NORMS_BYTES_PER_PARAM * shard / bw) * 1e6, (o.step.0 - step_bytes / bw) * 1e6)
         };
-        let (p1, norms1, step1) = cost(measured, 1);
-        assert_eq!(p1, gc.param_tensors);
-        assert!((norms1 - (host_ops::NORMS_FIXED + 3.0 * p1 as f64)).abs() < 1e-6, "{norms1}");
-        assert!((step1 - 5.0 * p1 as f64).abs() < 1e-6, "{step1}");
-        let (p2, _, step2) = cost(measured, 2);
-        assert!(p2 < p1 && p2 > p1 / 2, "{p2} of {p1}");
-        assert!((step2 - 5.0 * p2 as f64).abs() < 1e-6, "{step2}");
+        let per_block = crate::recipe::Wrapping::PerBlock;
+        let (s1, norms1, step1) = cost(measured, 1, per_block);
+        assert!(s1 > 1 && s1 < gc.param_tensors, "{s1} shards, {} tensors", gc.param_tensors);
+        assert!((norms1 - (host_ops::NORMS_FIXED + 3.0 * s1 as f64)).abs() < 1e-6, "{norms1}");
+        assert!((step1 - 5.0 * s1 as f64).abs() < 1e-6, "{step1}");
+        // More ranks: the same shards, each smaller.
+        let (s2, _, step2) = cost(measured, 2, per_block);
+        assert_eq!(s2, s1);
+        assert!((step2 - step1).abs() < 1e-6, "{step2} vs {step1}");
+        // Fewer units: fewer shards.
+        let (s_whole, _, step_whole) = cost(measured, 2, crate::recipe::Wrapping::Whole);
+        assert!(s_whole < s1 && step_whole < step1, "{s_whole} shards: {step_whole} µs");
         // An older profile without them: the executor's op count.
-        let (_, norms_old, step_old) = cost(HostCosts::new(us, us, us, us), 1);
-        assert!((norms_old - (host_ops::NORMS_FIXED + host_ops::NORMS_PER_PIECE * p1 as f64)).abs() < 1e-6, "{norms_old}");
-        assert!((step_old - host_ops::SGD_PER_PIECE * p1 as f64).abs() < 1e-6, "{step_old}");
+        let (_, norms_old, step_old) = cost(HostCosts::new(us, us, us, us), 1, per_block);
+        assert!((norms_old - (host_ops::NORMS_FIXED + host_ops::NORMS_PER_SHARD * s1 as f64)).abs() < 1e-6, "{norms_old}");
+        assert!((step_old - host_ops::SGD_PER_SHARD * s1 as f64).abs() < 1e-6, "{step_old}");
     }
 
     /// The loader's measured CPU time per image, times the batch, is

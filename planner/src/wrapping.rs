@@ -47,30 +47,12 @@ impl Unit {
     pub fn tensors(&self) -> usize {
         self.numels.len()
     }
-    /// Per rank, the pieces (slices of one parameter) in its shard: what the
-    /// optimiser loops over. A tensor spans the ranks from the one holding
-    /// its first element to the one holding its last.
-    fn add_shard_pieces(&self, world: usize, per_rank: &mut [usize]) {
-        let shard = self.shard_len(world).max(1);
-        let mut offset = 0u64;
-        for &n in self.numels.iter().filter(|&&n| n > 0) {
-            let (first, last) = ((offset / shard) as usize, ((offset + n - 1) / shard) as usize);
-            for r in &mut per_rank[first..=last.min(world - 1)] {
-                *r += 1;
-            }
-            offset += n;
-        }
-    }
 }
 
-/// The most pieces any rank's shards hold (the slowest rank's optimiser).
-pub fn max_shard_pieces(units: &[Unit], world: usize) -> usize {
-    let world = world.max(1);
-    let mut per_rank = vec![0usize; world];
-    for u in units {
-        u.add_shard_pieces(world, &mut per_rank);
-    }
-    per_rank.into_iter().max().unwrap_or(0)
+/// Flat shards a rank's optimiser updates: one per unit that holds any
+/// parameter (every rank holds a slice of each, padding included).
+pub fn shards_per_rank(units: &[Unit]) -> usize {
+    units.iter().filter(|u| u.params > 0).count()
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -310,18 +292,10 @@ mod tests {
     }
 
     #[test]
-    fn shard_pieces_count_each_tensor_on_every_rank_it_spans() {
-        // 3 + 5 + 1 + 3 elements: shards of 3 on 4 ranks are [a a a] [b b b]
-        // [b b c] [d d d]; of 6 on 2 ranks [a a a b b b] [b b c d d d].
+    fn every_unit_with_parameters_is_one_shard_on_every_rank() {
         let u = Unit { name: "u".into(), members: vec![], blocks: 0..1, params: 12, numels: vec![3, 5, 1, 3], fp32: false };
-        assert_eq!(max_shard_pieces(std::slice::from_ref(&u), 1), 4);
-        assert_eq!(max_shard_pieces(std::slice::from_ref(&u), 2), 3);
-        assert_eq!(max_shard_pieces(std::slice::from_ref(&u), 4), 2);
-        // Padding holds no piece. Units add up per rank: v's tensor lies on
-        // ranks 0 and 1, u's busiest rank is 2, so 2 (not 2 + 1).
-        let v = Unit { numels: vec![2], params: 2, ..u.clone() };
-        assert_eq!(max_shard_pieces(&[u.clone(), v.clone()], 4), 2);
-        assert_eq!(max_shard_pieces(&[v], 4), 1);
-        assert_eq!(max_shard_pieces(&[], 4), 0);
+        let empty = Unit { params: 0, numels: vec![], ..u.clone() };
+        assert_eq!(shards_per_rank(&[u.clone(), empty, u]), 2);
+        assert_eq!(shards_per_rank(&[]), 0);
     }
 }

@@ -43,6 +43,15 @@ pub struct StepMetrics {
     /// since the run started; 0 in files from before it was recorded.
     #[serde(default)]
     pub skipped_images: u64,
+    /// ATen operators this rank dispatched during the step (nested ones
+    /// included, as torch.profiler counts them); 0 in older files.
+    #[serde(default)]
+    pub aten_ops: u64,
+    /// Times this rank's host waited for the device during the step (value
+    /// read-backs and synchronisations; on a CPU run, where it would wait);
+    /// 0 in older files.
+    #[serde(default)]
+    pub host_syncs: u64,
 }
 
 /// JSON has no NaN: serde_json writes a diverged loss or norm as `null`;
@@ -183,6 +192,8 @@ mod tests {
             grad_norm: 1.0,
             sync_bn: false,
             skipped_images: 0,
+            aten_ops: 0,
+            host_syncs: 0,
         }
     }
 

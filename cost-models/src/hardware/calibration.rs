@@ -252,17 +252,17 @@ pub struct HostMeasurement {
     /// (16 such leaves vs none). Absent in older reports.
     #[serde(default)]
     pub param_leaf_unused_s: Option<f64>,
-    /// The optimiser per shard piece (absent in reports from before it was
+    /// The optimiser per flat shard (absent in reports from before it was
     /// measured): see `executor::calibrate::measure_optimizer`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub optimizer: Option<OptimizerPieces>,
+    pub optimizer: Option<OptimizerShards>,
 }
 
-/// Seconds per parameter piece of a shard that the executor's optimiser
-/// spends (`optim::Optimizer`), with pieces so small that their bytes do
-/// not count: what the planner multiplies by a rank's piece count.
+/// Seconds per flat shard that the executor's optimiser spends
+/// (`optim::Optimizer`), with shards so small that their bytes do not
+/// count: what the planner multiplies by a rank's shard (unit) count.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct OptimizerPieces {
+pub struct OptimizerShards {
     /// The per-parameter squared norms of weights and gradients.
     pub norms_s: f64,
     /// SEER's update (SGD momentum, weight decay, LARC) after the norms.
@@ -717,9 +717,9 @@ fn op_fixed(fixed: &[FixedCost]) -> Vec<OpFixed> {
 pub fn host_costs(h: &HostMeasurement) -> HostCosts {
     let us = |s: f64| Seconds(sig(s));
     HostCosts {
-        optimizer_norms_piece: h.optimizer.map(|o| us(o.norms_s)),
-        optimizer_sgd_piece: h.optimizer.map(|o| us(o.sgd_s)),
-        optimizer_adam_piece: h.optimizer.map(|o| us(o.adam_s)),
+        optimizer_norms_shard: h.optimizer.map(|o| us(o.norms_s)),
+        optimizer_sgd_shard: h.optimizer.map(|o| us(o.sgd_s)),
+        optimizer_adam_shard: h.optimizer.map(|o| us(o.adam_s)),
         param_leaf_unused: h.param_leaf_unused_s.map(us),
         ..HostCosts::new(us(h.small_op.median_s), us(h.param_view_forward_s), us(h.param_grad_s), us(h.backward_call_s))
     }
@@ -744,9 +744,9 @@ fn median_host_costs(rounds: &[Measured]) -> (Option<HostCosts>, Vec<OpFixed>) {
         param_grad: of(|h| h.param_grad),
         param_leaf_unused: of_some(|h| h.param_leaf_unused),
         backward_call: of(|h| h.backward_call),
-        optimizer_norms_piece: of_some(|h| h.optimizer_norms_piece),
-        optimizer_sgd_piece: of_some(|h| h.optimizer_sgd_piece),
-        optimizer_adam_piece: of_some(|h| h.optimizer_adam_piece),
+        optimizer_norms_shard: of_some(|h| h.optimizer_norms_shard),
+        optimizer_sgd_shard: of_some(|h| h.optimizer_sgd_shard),
+        optimizer_adam_shard: of_some(|h| h.optimizer_adam_shard),
     });
     let fixed = rounds
         .first()

@@ -659,21 +659,21 @@ mod tests {
         let e = HardwareProfile::parse_toml(&neg, "profile.toml").unwrap_err();
         assert!(e.to_string().contains("measured.block_times.backward_us"), "{e}");
 
-        // The optimiser's per-piece costs: optional (older profiles lack
+        // The optimiser's per-shard costs: optional (older profiles lack
         // them), round-tripped, scaled with the host, checked by name.
         assert!(!t.contains("optimizer_"), "{t}");
         assert_eq!(back.measured.host, p.measured.host);
         let mut q = p.clone();
-        q.measured.host = q.measured.host.map(|h| HostCosts { optimizer_norms_piece: Some(Seconds(10e-6)), optimizer_sgd_piece: Some(Seconds(20e-6)), ..h });
+        q.measured.host = q.measured.host.map(|h| HostCosts { optimizer_norms_shard: Some(Seconds(10e-6)), optimizer_sgd_shard: Some(Seconds(20e-6)), ..h });
         let tq = q.to_toml_string().unwrap();
-        assert!(tq.contains("optimizer_sgd_piece_us = 20.0") && !tq.contains("optimizer_adam"), "{tq}");
+        assert!(tq.contains("optimizer_sgd_shard_us = 20.0") && !tq.contains("optimizer_adam"), "{tq}");
         let hq = HardwareProfile::parse_toml(&tq, "profile.toml").unwrap().measured.host.unwrap();
-        assert_eq!((hq.optimizer_sgd_piece, hq.optimizer_adam_piece), (Some(Seconds(20e-6)), None));
-        assert_eq!(q.measured.slowed_by(2.0).host.unwrap().optimizer_norms_piece, Some(Seconds(20e-6)));
-        let bad = tq.replace("optimizer_norms_piece_us = 10.0", "optimizer_norms_piece_us = -3.0");
+        assert_eq!((hq.optimizer_sgd_shard, hq.optimizer_adam_shard), (Some(Seconds(20e-6)), None));
+        assert_eq!(q.measured.slowed_by(2.0).host.unwrap().optimizer_norms_shard, Some(Seconds(20e-6)));
+        let bad = tq.replace("optimizer_norms_shard_us = 10.0", "optimizer_norms_shard_us = -3.0");
         assert_ne!(bad, tq);
         let e = HardwareProfile::parse_toml(&bad, "profile.toml").unwrap_err();
-        assert!(e.to_string().contains("measured.host.optimizer_norms_piece_us"), "{e}");
+        assert!(e.to_string().contains("measured.host.optimizer_norms_shard_us"), "{e}");
         // The unused-leaf cost is optional too; the gradient add was called
         // `param_view_backward_us` before and still loads.
         assert!(t.contains("param_grad_us") && !t.contains("param_leaf_unused"), "{t}");

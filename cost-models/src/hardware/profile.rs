@@ -201,21 +201,21 @@ pub struct HostCosts {
     /// One autograd engine call (`run_backward`), fixed part.
     #[serde(rename = "backward_call_us", with = "human::us")]
     pub backward_call: Seconds,
-    /// The executor's optimiser per parameter piece of a shard (a slice of
-    /// one parameter), timed on many tiny pieces against one: the norms
-    /// pass, and the SGD (momentum, decay, LARC) and Adam updates. Absent
-    /// in profiles from before they were measured; the planner then counts
-    /// the pass's ops as small ops.
-    #[serde(default, rename = "optimizer_norms_piece_us", with = "human::opt_us", skip_serializing_if = "Option::is_none")]
-    pub optimizer_norms_piece: Option<Seconds>,
-    #[serde(default, rename = "optimizer_sgd_piece_us", with = "human::opt_us", skip_serializing_if = "Option::is_none")]
-    pub optimizer_sgd_piece: Option<Seconds>,
-    #[serde(default, rename = "optimizer_adam_piece_us", with = "human::opt_us", skip_serializing_if = "Option::is_none")]
-    pub optimizer_adam_piece: Option<Seconds>,
+    /// The executor's optimiser per flat shard (one FSDP unit's shard on a
+    /// rank), timed on many tiny shards against one of the same size: the
+    /// norms pass, and the SGD (momentum, decay, LARC) and Adam updates.
+    /// Absent in profiles from before they were measured; the planner then
+    /// counts the pass's ops as small ops.
+    #[serde(default, rename = "optimizer_norms_shard_us", with = "human::opt_us", skip_serializing_if = "Option::is_none")]
+    pub optimizer_norms_shard: Option<Seconds>,
+    #[serde(default, rename = "optimizer_sgd_shard_us", with = "human::opt_us", skip_serializing_if = "Option::is_none")]
+    pub optimizer_sgd_shard: Option<Seconds>,
+    #[serde(default, rename = "optimizer_adam_shard_us", with = "human::opt_us", skip_serializing_if = "Option::is_none")]
+    pub optimizer_adam_shard: Option<Seconds>,
 }
 
 impl HostCosts {
-    /// Only the always-measured costs; the optimiser's per-piece costs unknown.
+    /// Only the always-measured costs; the optimiser's per-shard costs unknown.
     pub fn new(small_op: Seconds, param_view_forward: Seconds, param_grad: Seconds, backward_call: Seconds) -> HostCosts {
         HostCosts {
             small_op,
@@ -223,9 +223,9 @@ impl HostCosts {
             param_grad,
             param_leaf_unused: None,
             backward_call,
-            optimizer_norms_piece: None,
-            optimizer_sgd_piece: None,
-            optimizer_adam_piece: None,
+            optimizer_norms_shard: None,
+            optimizer_sgd_shard: None,
+            optimizer_adam_shard: None,
         }
     }
 
@@ -237,9 +237,9 @@ impl HostCosts {
             param_grad: f(self.param_grad),
             param_leaf_unused: self.param_leaf_unused.map(&mut f),
             backward_call: f(self.backward_call),
-            optimizer_norms_piece: self.optimizer_norms_piece.map(&mut f),
-            optimizer_sgd_piece: self.optimizer_sgd_piece.map(&mut f),
-            optimizer_adam_piece: self.optimizer_adam_piece.map(&mut f),
+            optimizer_norms_shard: self.optimizer_norms_shard.map(&mut f),
+            optimizer_sgd_shard: self.optimizer_sgd_shard.map(&mut f),
+            optimizer_adam_shard: self.optimizer_adam_shard.map(&mut f),
         }
     }
 
@@ -253,9 +253,9 @@ impl HostCosts {
         ];
         let opt = [
             ("param_leaf_unused_us", self.param_leaf_unused),
-            ("optimizer_norms_piece_us", self.optimizer_norms_piece),
-            ("optimizer_sgd_piece_us", self.optimizer_sgd_piece),
-            ("optimizer_adam_piece_us", self.optimizer_adam_piece),
+            ("optimizer_norms_shard_us", self.optimizer_norms_shard),
+            ("optimizer_sgd_shard_us", self.optimizer_sgd_shard),
+            ("optimizer_adam_shard_us", self.optimizer_adam_shard),
         ];
         v.extend(opt.into_iter().filter_map(|(n, s)| s.map(|s| (n, s))));
         v

@@ -315,7 +315,7 @@ pub fn variant_phases(base: &Recipe, hardware: &HardwareProfile, v: &Variant) ->
 pub fn measured_blocks(base: &Recipe, hardware: &HardwareProfile, v: &Variant) -> Result<(usize, usize), ValidationError> {
     let recipe = v.recipe(base)?;
     let model = ModelConfig::load(&recipe.model).map_err(|e| ValidationError::Recipe { name: v.to_string(), why: e.to_string() })?;
-    let g = ModelGraph::build(&model, &Workload { images: v.batch_per_rank as u64, crops: recipe.crop_groups(), dtype: v.precision });
+    let g = ModelGraph::build_executed(&model, &Workload { images: v.batch_per_rank as u64, crops: recipe.crop_groups(), dtype: v.precision });
     let compute = ComputeModel::new(hardware);
     Ok((g.blocks.iter().filter(|b| compute.block_time(&g.block_key(b)).is_some()).count(), g.blocks.len()))
 }
