@@ -252,13 +252,38 @@ class LiveTensorBytes(TorchDispatchMode):
         return out
 
 
+class CudaPeak:
+    """The CUDA caching allocator's peak allocated bytes since the last
+    reset: what the executor reports on a GPU."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def reset_peak(self):
+        torch.cuda.reset_peak_memory_stats(self.device)
+
+    @property
+    def peak(self):
+        return torch.cuda.max_memory_allocated(self.device)
+
+    def __exit__(self, *exc):
+        pass
+
+
 def rank_main(rank, world, port, a, out_q):
-    mem = LiveTensorBytes()
-    mem.__enter__()
+    cuda = a.device == "cuda"
+    device = torch.device("cuda", rank % max(1, torch.cuda.device_count())) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True  # as the executor: each conv's algorithm timed at first call
+        mem = CudaPeak(device)
+    else:
+        mem = LiveTensorBytes()
+        mem.__enter__()
     os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed + rank)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    dist.init_process_group("nccl" if cuda else "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     model_cfg = load_toml(a.model, "models")
@@ -269,13 +294,14 @@ def rank_main(rank, world, port, a, out_q):
     n_crops = sum(c["count"] for c in crops)
     bs = a.batch_per_rank
 
-    model = build_model(model_cfg)
+    model = build_model(model_cfg).to(device)
     if a.checkpoint == "all":
         from torch.utils.checkpoint import checkpoint
 
         for blk in blocks_of(model):
             blk.forward = functools.partial(checkpoint, blk.forward, use_reentrant=False)
-    mp_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if a.precision == "bf16" else MixedPrecisionPolicy()
+    reduce_dtype = torch.bfloat16 if a.reduce == "bf16" else torch.float32
+    mp_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=reduce_dtype) if a.precision == "bf16" else MixedPrecisionPolicy()
     for blk in blocks_of(model):
         fully_shard(blk, mp_policy=mp_policy, reshard_after_forward=a.reshard_after_forward)
     # Prototypes stay fp32 whatever the compute dtype.
@@ -294,12 +320,15 @@ def rank_main(rank, world, port, a, out_q):
             views = next(dl)  # list over crops of [bs, 3, r, r]
             out, i = [], 0
             for c in crops:
-                out.append(torch.cat(views[i:i + c["count"]]))
+                out.append(torch.cat(views[i:i + c["count"]]).to(device))
                 i += c["count"]
             return out
     else:
         gen = torch.Generator().manual_seed(a.seed + rank)
-        next_batch = lambda: synthetic_batch(crops, bs, gen)
+        # On a GPU the synthetic batches are made once and stay there: the
+        # race is the training step, not the input pipeline.
+        fixed = [t.to(device) for t in synthetic_batch(crops, bs, gen)] if cuda else None
+        next_batch = (lambda: fixed) if cuda else (lambda: synthetic_batch(crops, bs, gen))
 
     def train_step(batch):
         """One step after the batch is at hand, its loss read for the log
@@ -333,9 +362,9 @@ def rank_main(rank, world, port, a, out_q):
     # One more step under the profiler, untimed: the host's work per step.
     batch = next_batch()
     ops, reads = count_host_work(lambda: train_step(batch))
-    peak_live = torch.tensor([max(peaks)], dtype=torch.float64)
-    peak_kib = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss], dtype=torch.float64)
-    t = torch.tensor([statistics.median(times), sum(times)], dtype=torch.float64)
+    peak_live = torch.tensor([max(peaks)], dtype=torch.float64, device=device)
+    peak_kib = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss], dtype=torch.float64, device=device)
+    t = torch.tensor([statistics.median(times), sum(times)], dtype=torch.float64, device=device)
     if world > 1:
         dist.all_reduce(peak_kib, op=dist.ReduceOp.MAX)
         dist.all_reduce(peak_live, op=dist.ReduceOp.MAX)
@@ -379,6 +408,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    ap.add_argument("--reduce", choices=["fp32", "bf16"], default="fp32", help="gradient reduce dtype under bf16")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cuda: NCCL, one GPU per rank, cuDNN autotuning")
     ap.add_argument("--no-reshard-after-forward", dest="reshard_after_forward", action="store_false")
     ap.add_argument("--checkpoint", choices=["none", "all"], default="none", help="activation checkpointing of every block")
     ap.add_argument("--data", choices=["synthetic", "photos"], default="photos")

@@ -21,6 +21,7 @@
 //! Parameters are never counted as activations.
 
 use crate::config::ModelConfig;
+use crate::padding::ChannelPadding;
 use crate::regnet::BlockSpec;
 use crate::units::{Bytes, DType, Flops};
 use petgraph::graph::{DiGraph, NodeIndex};
@@ -163,8 +164,32 @@ impl ModelGraph {
     /// they are (`executor::model`), so they are costed as Linear layers
     /// (same FLOPs, parameters and tensors). Graphs of other frameworks'
     /// runs ([`ModelGraph::build`]) keep them convolutions.
-    pub fn build_executed(model: &ModelConfig, workload: &Workload) -> ModelGraph {
-        let mut g = ModelGraph::build(model, workload);
+    ///
+    /// With channel padding on, every layer runs at its padded widths
+    /// (`padding`): FLOPs, activations and kernel shapes are the padded
+    /// model's, parameters (the unpadded model's) are what FSDP shards, and
+    /// each weight the padding enlarges is a padded copy of it, saved for
+    /// backward beside the gathered original.
+    pub fn build_executed(model: &ModelConfig, workload: &Workload, padding: ChannelPadding) -> ModelGraph {
+        let mut g = match padding {
+            ChannelPadding::Off => ModelGraph::build(model, workload),
+            ChannelPadding::On => {
+                let real = ModelGraph::build(model, workload);
+                let (padded_model, padded_blocks) = crate::padding::padded_model(model);
+                let mut g = ModelGraph::build_from(&padded_model, &padded_blocks, workload);
+                for (l, r) in g.graph.node_weights_mut().zip(real.graph.node_weights()) {
+                    let copies: u64 = l.params.iter().zip(&r.params).map(|((_, padded), (_, n))| if padded > n { *padded } else { 0 }).sum();
+                    l.saved += Bytes(copies * l.dtype.size());
+                    l.params = r.params.clone();
+                }
+                for (b, r) in g.blocks.iter_mut().zip(&real.blocks) {
+                    b.params = r.params;
+                    b.param_tensors = r.param_tensors.clone();
+                    b.saved = b.layers.iter().map(|&i| g.graph[i].saved).sum();
+                }
+                g
+            }
+        };
         for l in g.graph.node_weights_mut() {
             let se = l.name.contains(".se.reduce") || l.name.contains(".se.expand");
             if let (true, LayerKind::Conv { kernel: 1, groups: 1, bias, .. }, [_, _, 1, 1]) = (se, l.kind.clone(), l.in_shape) {
@@ -175,12 +200,17 @@ impl ModelGraph {
     }
 
     pub fn build(model: &ModelConfig, workload: &Workload) -> ModelGraph {
+        ModelGraph::build_from(model, &model.regnet.blocks(), workload)
+    }
+
+    /// The graph of `specs` (the residual blocks) with `model`'s stem width
+    /// and head.
+    fn build_from(model: &ModelConfig, specs: &[BlockSpec], workload: &Workload) -> ModelGraph {
         let mut b = Builder { g: DiGraph::new(), blocks: Vec::new(), dtype: workload.dtype };
         let spec = &model.regnet;
-        let specs = spec.blocks();
         // Block skeleton first so every crop group's layers land in the same blocks.
         b.block("stem", BlockKind::Stem, None);
-        for bs in &specs {
+        for bs in specs {
             b.block(&bs.name, BlockKind::Residual, Some(bs.stage));
         }
         let mlp_block = b.block("head.mlp", BlockKind::HeadMlp, None);
@@ -541,7 +571,7 @@ mod tests {
     fn the_executed_graph_runs_squeeze_excitation_as_matmuls() {
         let m = ModelConfig::load("regnety-400mf").unwrap();
         let w = Workload::single(4, 64, DType::Bf16);
-        let (conv, exec) = (ModelGraph::build(&m, &w), ModelGraph::build_executed(&m, &w));
+        let (conv, exec) = (ModelGraph::build(&m, &w), ModelGraph::build_executed(&m, &w, ChannelPadding::Off));
         let mut changed = 0;
         for (a, b) in conv.graph.node_weights().zip(exec.graph.node_weights()) {
             assert_eq!((&a.name, a.fwd_flops, a.saved, &a.params, a.out_shape), (&b.name, b.fwd_flops, b.saved, &b.params, b.out_shape));

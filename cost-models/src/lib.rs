@@ -18,6 +18,7 @@ pub mod config;
 pub mod graph;
 pub mod hardware;
 pub mod kernels;
+pub mod padding;
 pub mod regnet;
 pub mod stats;
 pub mod topology;

@@ -13,6 +13,7 @@ use crate::memstats::MemDevice;
 use crate::model::{BnState, Mode, ModelArch, ModelError};
 use cost_models::config::ModelConfig;
 use cost_models::graph::{ModelGraph, Workload};
+use cost_models::padding::ChannelPadding;
 use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 
@@ -30,9 +31,13 @@ pub fn workload_label(w: &Workload) -> String {
 /// fp32 prototypes, as the executor's mixed precision gathers them;
 /// BatchNorm in training mode). On CUDA a timing is the mean per call of
 /// calls issued back to back, then waited for, as a step issues them.
+/// With `padding` on, the blocks run at their padded widths, under the
+/// padded graph's keys.
+#[allow(clippy::too_many_arguments)]
 pub fn measure_blocks(
     model: &ModelConfig,
     workload: &Workload,
+    padding: ChannelPadding,
     budget: &Budget,
     threads: usize,
     device: Device,
@@ -47,8 +52,8 @@ pub fn measure_blocks(
         crate::memstats::install_cpu_counter().map_err(|e| CalibrateError::Degenerate { what: "counting allocator".into(), reason: e.to_string() })?;
     }
     let time_calls = |budget: &Budget, f: &mut dyn FnMut() -> Result<(), CalibrateError>| time_calls_on(device, budget, f);
-    let arch = ModelArch::new(model).map_err(|e| model_err("model", e))?;
-    let graph = ModelGraph::build_executed(model, workload);
+    let arch = ModelArch::with_padding(model, padding).map_err(|e| model_err("model", e))?;
+    let graph = ModelGraph::build_executed(model, workload, padding);
     let names = arch.block_names();
     let graph_names: Vec<&str> = graph.blocks.iter().map(|b| b.name.as_str()).collect();
     if names.iter().map(String::as_str).ne(graph_names.iter().copied()) {
@@ -166,8 +171,8 @@ mod tests {
         let model = ModelConfig::load("regnety-tiny").unwrap();
         let w = Workload { images: 2, crops: vec![CropGroup { count: 2, resolution: 16 }, CropGroup { count: 1, resolution: 8 }], dtype: DType::Fp32 };
         let quick = Budget { warmup: 1, min_samples: 2, max_samples: 2, target_sample_s: 1e-4, budget_s: 0.01 };
-        let got = measure_blocks(&model, &w, &quick, 1, Device::Cpu, |_| {}).unwrap();
-        let g = ModelGraph::build_executed(&model, &w);
+        let got = measure_blocks(&model, &w, ChannelPadding::Off, &quick, 1, Device::Cpu, |_| {}).unwrap();
+        let g = ModelGraph::build_executed(&model, &w, ChannelPadding::Off);
         assert_eq!(got.len(), g.blocks.len());
         for (m, b) in got.iter().zip(&g.blocks) {
             assert_eq!(m.block, b.name);
@@ -179,7 +184,7 @@ mod tests {
             assert!(t.backward.0 > 0.0 && t.label.contains("b2 2x16+1x8 fp32"), "{t:?}");
         }
         // A different workload is a different key for every block.
-        let g2 = ModelGraph::build_executed(&model, &Workload { images: 4, ..w.clone() });
+        let g2 = ModelGraph::build_executed(&model, &Workload { images: 4, ..w.clone() }, ChannelPadding::Off);
         for (a, b) in g.blocks.iter().zip(&g2.blocks) {
             assert_ne!(g.block_key(a), g2.block_key(b), "{}", a.name);
         }

@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod model;
 pub mod op_count;
 pub mod optim;
+pub mod padding;
 pub mod phase_timer;
 pub mod precision;
 pub mod reduce;

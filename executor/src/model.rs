@@ -11,8 +11,10 @@
 //! (`img0 crop0, img0 crop1, img1 crop0, ...`), so contiguous batch groups are
 //! contiguous image ranges, i.e. ranks.
 
+use crate::padding::{real_positions, PaddedParams, PaddingPlan};
 use crate::reduce::ReduceError;
 use cost_models::config::ModelConfig;
+use cost_models::padding::ChannelPadding;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
@@ -144,6 +146,8 @@ pub struct ResBlock {
     pub se: i64,
     /// Projection shortcut (width or stride changes).
     pub proj: bool,
+    /// Channels of the input it runs on: `w_in`, padded under channel padding.
+    pub w_in_run: i64,
 }
 
 /// The concrete architecture of a [`ModelConfig`].
@@ -154,9 +158,26 @@ pub struct ModelArch {
     /// Output width of each projection Linear (input: trunk width).
     pub mlp_dims: Vec<i64>,
     pub prototypes: i64,
+    /// Channel padding (`cost_models::padding`): how each parameter and BN
+    /// layer is padded where it is used; `None` runs the model's widths.
+    pub padding: Option<PaddingPlan>,
 }
 
 impl ModelArch {
+    /// The architecture of `cfg`, its channels padded to tensor-core
+    /// multiples when `padding` is on: the same parameters and the same
+    /// function, run at aligned widths.
+    pub fn with_padding(cfg: &ModelConfig, padding: ChannelPadding) -> Result<ModelArch, ModelError> {
+        let mut arch = ModelArch::new(cfg)?;
+        if padding.is_on() {
+            arch.padding = Some(PaddingPlan::new(cfg.regnet.stem_width, &cfg.regnet.blocks(), &cfg.head.mlp_dims));
+            for b in &mut arch.blocks {
+                b.w_in_run = cost_models::padding::aligned(b.w_in as usize) as i64;
+            }
+        }
+        Ok(arch)
+    }
+
     pub fn new(cfg: &ModelConfig) -> Result<ModelArch, ModelError> {
         cfg.regnet.validate().map_err(|e| ModelError::Config { field: format!("regnet.{}", e.field), reason: e.reason })?;
         if cfg.head.mlp_dims.is_empty() || cfg.head.mlp_dims.contains(&0) {
@@ -178,6 +199,7 @@ impl ModelArch {
                 stride: b.stride as i64,
                 se: b.se as i64,
                 proj: b.proj,
+                w_in_run: b.w_in as i64,
             })
             .collect();
         Ok(ModelArch {
@@ -185,6 +207,7 @@ impl ModelArch {
             blocks,
             mlp_dims: cfg.head.mlp_dims.iter().map(|&d| d as i64).collect(),
             prototypes: cfg.head.prototypes as i64,
+            padding: None,
         })
     }
 
@@ -300,6 +323,14 @@ impl ModelArch {
         if xs.is_empty() {
             return Err(ModelError::Input { block: block.into(), reason: "no input tensors".into() });
         }
+        let padded;
+        let params: &dyn ParamSource = match &self.padding {
+            Some(plan) => {
+                padded = PaddedParams::new(params, plan);
+                &padded
+            }
+            None => params,
+        };
         let mut ctx = Ctx { params, bn, mode, block };
         match block {
             "stem" => xs.iter().map(|x| ctx.stem(x)).collect(),
@@ -419,16 +450,27 @@ impl<'s> Mode<'s> {
 }
 
 /// Running mean/var of every BN layer: buffers, per rank, never sharded.
+/// Under channel padding they hold the padded channels too; checkpoints
+/// see the real ones only.
 pub struct BnState {
     stats: BTreeMap<String, (Tensor, Tensor)>,
+    /// Per padded layer, where its real channels sit.
+    real: BTreeMap<String, Tensor>,
 }
 
 impl BnState {
     /// Mean 0, var 1 in fp32 on `device`.
     pub fn new(arch: &ModelArch, device: Device) -> BnState {
-        let stats =
-            arch.bn_layers().into_iter().map(|(n, c)| (n, (Tensor::zeros([c], (Kind::Float, device)), Tensor::ones([c], (Kind::Float, device))))).collect();
-        BnState { stats }
+        let (mut stats, mut real) = (BTreeMap::new(), BTreeMap::new());
+        for (n, c) in arch.bn_layers() {
+            let layout = arch.padding.as_ref().and_then(|p| p.bn_layout(&n)).copied();
+            let width = layout.map_or(c, |l| l.padded_total() as i64);
+            if let Some(l) = layout {
+                real.insert(n.clone(), Tensor::from_slice(&real_positions(&l)).to_device(device));
+            }
+            stats.insert(n, (Tensor::zeros([width], (Kind::Float, device)), Tensor::ones([width], (Kind::Float, device))));
+        }
+        BnState { stats, real }
     }
 
     fn get(&self, layer: &str) -> Result<(Tensor, Tensor), ModelError> {
@@ -439,8 +481,12 @@ impl BnState {
     pub fn buffers(&self) -> Vec<(String, Tensor)> {
         let mut v = Vec::new();
         for (n, (m, var)) in &self.stats {
-            v.push((format!("{n}.running_mean"), m.shallow_clone()));
-            v.push((format!("{n}.running_var"), var.shallow_clone()));
+            let real = |t: &Tensor| match self.real.get(n) {
+                Some(pos) => t.index_select(0, pos),
+                None => t.shallow_clone(),
+            };
+            v.push((format!("{n}.running_mean"), real(m)));
+            v.push((format!("{n}.running_var"), real(var)));
         }
         v
     }
@@ -452,10 +498,19 @@ impl BnState {
             for (suffix, dst) in [("running_mean", m), ("running_var", v)] {
                 let key = format!("{n}.{suffix}");
                 let src = map.get(key.as_str()).ok_or_else(|| ModelError::MissingBuffer(key.clone()))?;
-                if src.size() != dst.size() {
-                    return Err(ModelError::Input { block: key, reason: format!("shape {:?} != {:?}", src.size(), dst.size()) });
+                let pos = self.real.get(n);
+                let want = pos.map_or(dst.size(), |p| p.size());
+                if src.size() != want {
+                    return Err(ModelError::Input { block: key, reason: format!("shape {:?} != {:?}", src.size(), want) });
                 }
-                dst.f_copy_(src)?;
+                match pos {
+                    Some(p) => {
+                        let _ = dst.f_index_copy_(0, p, &src.f_to_device(dst.device())?)?;
+                    }
+                    None => {
+                        dst.f_copy_(src)?;
+                    }
+                }
             }
         }
         Ok(())
@@ -550,7 +605,7 @@ impl Ctx<'_> {
     }
 
     fn res_block(&mut self, b: &ResBlock, x: &Tensor) -> Result<Tensor, ModelError> {
-        self.check_input(x, b.w_in)?;
+        self.check_input(x, b.w_in_run)?;
         let n = &b.name;
         // Shortcut first, as torchvision computes `proj(x) + f(x)`.
         let shortcut = if b.proj {
@@ -748,6 +803,29 @@ mod tests {
                 close(a, b, what);
             }
         }
+    }
+
+    /// Under channel padding the BN buffers hold the padded channels, and
+    /// checkpoints see (and restore) the real ones only.
+    #[test]
+    fn padded_bn_buffers_save_and_load_their_real_channels() {
+        let mut c = cfg("regnety-tiny");
+        c.regnet.group_width = 6;
+        let plain = ModelArch::new(&c).unwrap();
+        let padded = ModelArch::with_padding(&c, ChannelPadding::On).unwrap();
+        let mut bn = BnState::new(&padded, Device::Cpu);
+        let saved: Vec<(String, Tensor)> = BnState::new(&plain, Device::Cpu).buffers().into_iter().map(|(n, t)| (n, Tensor::randn_like(&t))).collect();
+        bn.load(&saved).unwrap();
+        let back = bn.buffers();
+        assert_eq!(back.len(), saved.len());
+        for ((n, a), (_, b)) in saved.iter().zip(&back) {
+            assert!(a.equal(b), "{n}");
+        }
+        // The padded layers really are wider, and their padding untouched.
+        let (m, _) = bn.get("s1.b0.b_bn").unwrap();
+        assert!(m.size()[0] > saved.iter().find(|(n, _)| n == "s1.b0.b_bn.running_mean").unwrap().1.size()[0]);
+        let real = back.iter().find(|(n, _)| n == "s1.b0.b_bn.running_mean").unwrap().1.abs().sum(Kind::Double).double_value(&[]);
+        assert!((m.abs().sum(Kind::Double).double_value(&[]) - real).abs() < 1e-9, "padded channels of the running mean are not zero");
     }
 
     #[test]

@@ -27,6 +27,7 @@ use crate::step::{self, Checkpointing, StepError};
 use crate::swav::{self, SwavError, SwavLossConfig};
 use cost_models::config::ModelConfig;
 use cost_models::hardware::DeviceKind;
+use cost_models::padding::ChannelPadding;
 use cost_models::{Bytes, DType, Seconds};
 use runspec::plan::Plan;
 use runspec::schedule::{BackwardOrder, Event, Schedule as StepSchedule};
@@ -81,6 +82,9 @@ pub struct TrainConfig {
     pub reshard_after_forward: bool,
     /// The crop groups' order in backward (`runspec::schedule`).
     pub backward_order: BackwardOrder,
+    /// Channels padded to tensor-core multiples where the blocks run
+    /// (`executor::padding`); parameters and checkpoints are unchanged.
+    pub channel_padding: ChannelPadding,
     pub precision: Precision,
     /// Reduce-scatter gradients in fp32 instead of the compute dtype.
     pub fp32_reduce: bool,
@@ -253,6 +257,7 @@ impl TrainConfig {
             checkpoint_segments: plan.checkpoint_segments.clone(),
             reshard_after_forward: plan.reshard_after_forward,
             backward_order: plan.backward_order,
+            channel_padding: plan.channel_padding,
             precision: dtype_precision(plan.precision.compute),
             fp32_reduce: plan.precision.reduce == DType::Fp32 && plan.precision.compute != DType::Fp32,
             images_per_rank: plan.batch_per_rank,
@@ -461,7 +466,7 @@ impl<'pg> Trainer<'pg> {
             crate::cuda_setup(d);
         }
         tch::manual_seed(cfg.seed as i64);
-        let arch = ModelArch::new(&cfg.model)?;
+        let arch = ModelArch::with_padding(&cfg.model, cfg.channel_padding)?;
         let specs = arch.param_specs();
         let blocks = arch.block_names();
         let opts = FsdpOptions {

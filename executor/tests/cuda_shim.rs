@@ -101,14 +101,15 @@ fn nccl_single_rank_and_cuda_memory_stats_on_gpu() {
 fn blocks_are_timed_on_the_gpu() {
     use cost_models::config::ModelConfig;
     use cost_models::graph::{CropGroup, ModelGraph, Workload};
+    use cost_models::padding::ChannelPadding;
     use cost_models::DType;
     use executor::block_timing::measure_blocks;
     use executor::calibrate::Budget;
     assert!(tch::Cuda::is_available(), "no CUDA device is visible: run it where there is one");
     let model = ModelConfig::load("regnety-tiny").unwrap();
     let w = Workload { images: 4, crops: vec![CropGroup { count: 2, resolution: 32 }, CropGroup { count: 2, resolution: 16 }], dtype: DType::Bf16 };
-    let got = measure_blocks(&model, &w, &Budget::quick(), 1, tch::Device::Cuda(0), |_| {}).unwrap();
-    let g = ModelGraph::build_executed(&model, &w);
+    let got = measure_blocks(&model, &w, ChannelPadding::Off, &Budget::quick(), 1, tch::Device::Cuda(0), |_| {}).unwrap();
+    let g = ModelGraph::build_executed(&model, &w, ChannelPadding::Off);
     assert_eq!(got.len(), g.blocks.len());
     for (m, b) in got.iter().zip(&g.blocks) {
         assert_eq!(m.key, g.block_key(b));

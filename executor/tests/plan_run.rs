@@ -31,6 +31,7 @@ fn tiny_plan(world: usize) -> Plan {
         precision: Precision { compute: DType::Fp32, reduce: DType::Fp32 },
         reshard_after_forward: true,
         backward_order: runspec::schedule::BackwardOrder::Together,
+        channel_padding: cost_models::padding::ChannelPadding::Off,
         sharding: runspec::sharding::Sharding::fsdp(world),
         wrapping: Wrapping::PerBlock,
         units: vec![],

@@ -476,6 +476,7 @@ fn published_rows() -> Result<Vec<Row>, AccuracyError> {
         precisions: vec![rp.precision],
         reshard: vec![rp.reshard_after_forward],
         backward_orders: vec![runspec::schedule::BackwardOrder::Together],
+        paddings: vec![cost_models::padding::ChannelPadding::Off],
         exhaustive: true,
         headroom: 0.0,
         reliability: crate::failures::Reliability::builtin(),

@@ -8,13 +8,18 @@ use crate::plan::{ModelFingerprint, Plan, Precision, Predicted, PLAN_SCHEMA_VERS
 use crate::search::{Evaluated, SearchError, Searcher};
 use crate::wrapping::{unit_plans, units_for};
 use cost_models::graph::{ModelGraph, Workload};
+use cost_models::padding::ChannelPadding;
 use runspec::sharding::Sharding;
 
 /// The plan for `e`, with the full memory report it predicts.
 pub fn build_plan(s: &mut Searcher, e: &Evaluated) -> Result<(Plan, MemoryReport), SearchError> {
     let d = &e.decisions;
     let recipe = s.recipe;
-    let graph = ModelGraph::build_executed(&s.model, &Workload { images: d.batch_per_rank as u64, crops: recipe.crop_groups(), dtype: d.precision.compute });
+    let graph = ModelGraph::build_executed(
+        &s.model,
+        &Workload { images: d.batch_per_rank as u64, crops: recipe.crop_groups(), dtype: d.precision.compute },
+        d.channel_padding,
+    );
     let units = units_for(&graph, d.wrapping);
     let report = s.memory(e.hardware, &e.rank_hardware, d).report(&d.checkpoint);
     let measured_bwd = s.measured_backward(e.hardware, d).to_vec();
@@ -54,6 +59,7 @@ pub fn build_plan(s: &mut Searcher, e: &Evaluated) -> Result<(Plan, MemoryReport
         precision: d.precision,
         reshard_after_forward: d.reshard_after_forward,
         backward_order: d.backward_order,
+        channel_padding: d.channel_padding,
         sharding: d.sharding.resolved(d.world_size),
         wrapping: d.wrapping,
         units: unit_plans(&units),
@@ -70,7 +76,7 @@ pub fn build_plan(s: &mut Searcher, e: &Evaluated) -> Result<(Plan, MemoryReport
 /// gradients in the compute dtype (`fp32_reduce_scatter: False`).
 pub fn reference_decisions(s: &mut Searcher, world: usize) -> Option<Decisions> {
     let rp = s.recipe.reference_plan.clone()?;
-    let checkpoint = vissl_stage_checkpoints(s.graph(rp.precision, rp.batch_per_gpu), &rp.stage_checkpoints);
+    let checkpoint = vissl_stage_checkpoints(s.graph(rp.precision, ChannelPadding::Off, rp.batch_per_gpu), &rp.stage_checkpoints);
     Some(Decisions {
         world_size: world,
         batch_per_rank: rp.batch_per_gpu,
@@ -80,5 +86,6 @@ pub fn reference_decisions(s: &mut Searcher, world: usize) -> Option<Decisions> 
         wrapping: rp.wrapping,
         checkpoint,
         backward_order: runspec::schedule::BackwardOrder::Together,
+        channel_padding: ChannelPadding::Off,
     })
 }

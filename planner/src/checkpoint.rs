@@ -329,6 +329,7 @@ mod tests {
             wrapping: Wrapping::Vissl,
             checkpoint: vec![],
             backward_order: runspec::schedule::BackwardOrder::Together,
+            channel_padding: cost_models::padding::ChannelPadding::Off,
         };
         let segs = vissl_stage_checkpoints(&g, &reference.stage_checkpoints);
         let m = MemoryModel::new(&g, &units, &r, &d, &hw);

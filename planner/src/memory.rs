@@ -37,6 +37,7 @@ use crate::recipe::{Recipe, Wrapping};
 use crate::wrapping::Unit;
 use cost_models::graph::{BlockKind, Layer, LayerKind, ModelGraph};
 use cost_models::hardware::{DeviceKind, HardwareSpec};
+use cost_models::padding::ChannelPadding;
 #[cfg(test)]
 use cost_models::units::MIB;
 use cost_models::{Bytes, DType};
@@ -59,6 +60,8 @@ pub struct Decisions {
     pub checkpoint: Vec<Range<usize>>,
     /// The crop groups' order in backward.
     pub backward_order: BackwardOrder,
+    /// Channels padded to tensor-core multiples (the graph's widths).
+    pub channel_padding: ChannelPadding,
 }
 
 impl Decisions {
@@ -1482,6 +1485,7 @@ mod tests {
             wrapping: w,
             checkpoint: vec![],
             backward_order: BackwardOrder::Together,
+            channel_padding: cost_models::padding::ChannelPadding::Off,
         }
     }
 

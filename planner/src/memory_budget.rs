@@ -45,6 +45,7 @@ pub fn decisions_for_plan(plan: &Plan, segments: Vec<Range<usize>>) -> Decisions
         wrapping: plan.wrapping,
         checkpoint: segments,
         backward_order: plan.backward_order,
+        channel_padding: plan.channel_padding,
     }
 }
 
@@ -130,6 +131,9 @@ impl DryRun {
         if p.backward_order == runspec::schedule::BackwardOrder::ByCropGroup {
             let _ = writeln!(s, "  backward: one crop group after the other (each trunk unit reduced once per group)");
         }
+        if p.channel_padding.is_on() {
+            let _ = writeln!(s, "  channels padded per group to multiples of {} (zero channels; parameters unpadded)", cost_models::padding::ALIGN);
+        }
         let label = r.timeline.get(r.peak_event).map_or("", |e| e.label.as_str());
         let _ = writeln!(s, "\npeak {} at event {} of {} ({label})", r.peak, r.peak_event, r.timeline.len());
         let head = self.headroom();
@@ -213,7 +217,11 @@ mod tests {
         let recipe = Recipe::load(recipe).unwrap();
         let model = ModelConfig::load(&recipe.model).unwrap();
         let hw = builtin_hardware(hw).unwrap();
-        let graph = ModelGraph::build_executed(&model, &Workload { images: batch as u64, crops: recipe.crop_groups(), dtype: dt });
+        let graph = ModelGraph::build_executed(
+            &model,
+            &Workload { images: batch as u64, crops: recipe.crop_groups(), dtype: dt },
+            cost_models::padding::ChannelPadding::Off,
+        );
         let units = units_for(&graph, wrapping);
         let d = Decisions {
             world_size: world,
@@ -224,6 +232,7 @@ mod tests {
             wrapping,
             checkpoint: segs.to_vec(),
             backward_order: runspec::schedule::BackwardOrder::Together,
+            channel_padding: cost_models::padding::ChannelPadding::Off,
         };
         let report = MemoryModel::new(&graph, &units, &recipe, &d, &hw).report(segs);
         let names: Vec<String> = graph.blocks.iter().map(|b| b.name.clone()).collect();
@@ -240,6 +249,7 @@ mod tests {
             precision: d.precision,
             reshard_after_forward: true,
             backward_order: runspec::schedule::BackwardOrder::Together,
+            channel_padding: cost_models::padding::ChannelPadding::Off,
             sharding: d.sharding,
             wrapping,
             units: unit_plans(&units),

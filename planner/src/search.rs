@@ -44,6 +44,7 @@ use cost_models::compute::{ComputeError, ComputeModel};
 use cost_models::config::{ConfigError, ModelConfig};
 use cost_models::graph::{ModelGraph, Workload};
 use cost_models::hardware::{HardwareProfile, HardwareSpec, MathUnit};
+use cost_models::padding::ChannelPadding;
 use cost_models::topology::TopologyError;
 use cost_models::{Bytes, DType};
 use runspec::schedule::BackwardOrder;
@@ -172,6 +173,10 @@ pub struct SearchSpace {
     /// `Together` needs checkpointing or does not fit: it reduces each
     /// trunk unit once per crop group, so it pays only where it holds less).
     pub backward_orders: Vec<BackwardOrder>,
+    /// Channel padding tried: `on` only where it changes a width and the
+    /// device has tensor cores to gain from it, unless it is the only one
+    /// asked for.
+    pub paddings: Vec<ChannelPadding>,
     /// Evaluate every combination (no bound-based skipping).
     pub exhaustive: bool,
     /// Fraction of usable memory the plan must leave free (0 = plan up to
@@ -205,6 +210,7 @@ impl SearchSpace {
             precisions: ALL_PRECISIONS.to_vec(),
             reshard: vec![true, false],
             backward_orders: vec![BackwardOrder::Together, BackwardOrder::ByCropGroup],
+            paddings: vec![ChannelPadding::Off, ChannelPadding::On],
             exhaustive: false,
             headroom: 0.0,
             reliability: Reliability::builtin(),
@@ -332,9 +338,9 @@ pub struct Constraints {
     pub deadline_days: Option<f64>,
 }
 
-type GraphKey = (DType, usize);
+type GraphKey = (DType, ChannelPadding, usize);
 /// (hardware, CPU share, dtype, batch).
-type CostKey = (usize, usize, DType, usize);
+type CostKey = (usize, usize, DType, ChannelPadding, usize);
 
 /// The search with its caches (graphs, per-device op costs, units, links).
 pub struct Searcher<'r> {
@@ -344,8 +350,8 @@ pub struct Searcher<'r> {
     graphs: HashMap<GraphKey, ModelGraph>,
     costs: HashMap<CostKey, GraphCosts>,
     computes: HashMap<(usize, usize), ComputeModel>,
-    /// Measured backward peaks per (hardware, dtype, batch), per block.
-    measured_bwd: HashMap<(usize, DType, usize), Vec<Option<u64>>>,
+    /// Measured backward peaks per (hardware, dtype, padding, batch), per block.
+    measured_bwd: HashMap<(usize, DType, ChannelPadding, usize), Vec<Option<u64>>>,
     units: HashMap<Wrapping, Vec<Unit>>,
     links: LinkCache,
     collectives: Vec<CollectiveModel>,
@@ -354,8 +360,8 @@ pub struct Searcher<'r> {
     memo: HashMap<MemoKey, Memo>,
 }
 
-/// (hardware, sharding as searched, dtype, wrapping, reshard).
-type MemoKey = (usize, Sharding, DType, Wrapping, bool);
+/// (hardware, sharding as searched, dtype, channel padding, wrapping, reshard).
+type MemoKey = (usize, Sharding, DType, ChannelPadding, Wrapping, bool);
 
 /// What earlier (larger) worlds taught about one combination; only valid
 /// where the rank's device does not change with the world (GPUs).
@@ -389,6 +395,7 @@ struct Combo {
     /// As searched (FSDP unresolved: the memo key).
     sharding: Sharding,
     dtype: DType,
+    padding: ChannelPadding,
     batch: usize,
     wrapping: Wrapping,
     reshard: bool,
@@ -405,10 +412,10 @@ impl<'r> Searcher<'r> {
         }
         let collectives = space.hardware.iter().map(|h| CollectiveModel::new(h.measured.collectives.clone())).collect();
         // Names and parameter counts do not depend on batch or dtype.
-        let names_graph = ModelGraph::build_executed(&model, &Workload { images: 1, crops: recipe.crop_groups(), dtype: DType::Fp32 });
+        let names_graph = ModelGraph::build_executed(&model, &Workload { images: 1, crops: recipe.crop_groups(), dtype: DType::Fp32 }, ChannelPadding::Off);
         let block_names = names_graph.blocks.iter().map(|b| b.name.clone()).collect();
         let mut graphs = HashMap::new();
-        graphs.insert((DType::Fp32, 1), names_graph);
+        graphs.insert((DType::Fp32, ChannelPadding::Off, 1), names_graph);
         Ok(Searcher {
             recipe,
             model,
@@ -424,6 +431,19 @@ impl<'r> Searcher<'r> {
             collectives,
             sim: Simulator::new(),
         })
+    }
+
+    /// The paddings the search tries on `hw`: both where the model has a
+    /// width that padding changes and `hw` is a GPU (a CPU gains nothing
+    /// from aligned channels, it only pays for them), else `off`; a single
+    /// padding asked for is tried as asked.
+    fn paddings_for(&self, hw: &HardwareSpec) -> Vec<ChannelPadding> {
+        if self.space.paddings.len() <= 1 {
+            return self.space.paddings.clone();
+        }
+        let on_gpu = hw.kind == cost_models::hardware::DeviceKind::Gpu;
+        let changes = cost_models::padding::changes_widths(&self.model);
+        self.space.paddings.iter().copied().filter(|&p| p == ChannelPadding::Off || (on_gpu && changes)).collect()
     }
 
     /// Block names in forward order.
@@ -458,18 +478,18 @@ impl<'r> Searcher<'r> {
         Ok(out.into_iter().flatten().collect())
     }
 
-    /// The layer graph of one rank's step at (dtype, batch), cached.
-    pub fn graph(&mut self, dtype: DType, batch: usize) -> &ModelGraph {
+    /// The layer graph of one rank's step at (dtype, padding, batch), cached.
+    pub fn graph(&mut self, dtype: DType, padding: ChannelPadding, batch: usize) -> &ModelGraph {
         let (model, recipe) = (&self.model, self.recipe);
         self.graphs
-            .entry((dtype, batch))
-            .or_insert_with(|| ModelGraph::build_executed(model, &Workload { images: batch as u64, crops: recipe.crop_groups(), dtype }))
+            .entry((dtype, padding, batch))
+            .or_insert_with(|| ModelGraph::build_executed(model, &Workload { images: batch as u64, crops: recipe.crop_groups(), dtype }, padding))
     }
 
     fn units(&mut self, wrapping: Wrapping) -> &[Unit] {
         if !self.units.contains_key(&wrapping) {
             // Units depend on names and parameter counts only: any batch will do.
-            let u = units_for(self.graph(DType::Fp32, 1), wrapping);
+            let u = units_for(self.graph(DType::Fp32, ChannelPadding::Off, 1), wrapping);
             self.units.insert(wrapping, u);
         }
         &self.units[&wrapping]
@@ -504,12 +524,20 @@ impl<'r> Searcher<'r> {
         })
     }
 
-    fn graph_costs(&mut self, h: usize, share: usize, rank_hw: &HardwareSpec, dtype: DType, batch: usize) -> Result<&GraphCosts, SearchError> {
-        let key = (h, share, dtype, batch);
+    fn graph_costs(
+        &mut self,
+        h: usize,
+        share: usize,
+        rank_hw: &HardwareSpec,
+        dtype: DType,
+        padding: ChannelPadding,
+        batch: usize,
+    ) -> Result<&GraphCosts, SearchError> {
+        let key = (h, share, dtype, padding, batch);
         if !self.costs.contains_key(&key) {
             let compute = self.compute_model(h, share, rank_hw).clone();
             let recipe = self.recipe;
-            let g = self.graph(dtype, batch);
+            let g = self.graph(dtype, padding, batch);
             let c = GraphCosts::new(g, &compute, recipe)?;
             self.costs.insert(key, c);
         }
@@ -527,11 +555,11 @@ impl<'r> Searcher<'r> {
     /// [`Searcher::step_profile`] on one rank's device.
     fn step_profile_on(&mut self, h: usize, rank_hw: &HardwareSpec, d: &Decisions) -> Result<crate::simulator::StepProfile, SearchError> {
         let share = self.share(h, d.world_size);
-        self.graph_costs(h, share, rank_hw, d.precision.compute, d.batch_per_rank)?;
+        self.graph_costs(h, share, rank_hw, d.precision.compute, d.channel_padding, d.batch_per_rank)?;
         self.units(d.wrapping);
         let compute = self.compute_model(h, share, rank_hw).clone();
         let links = self.links.groups(rank_hw, d.world_size, d.sharding, self.recipe.sync_bn_group)?.clone();
-        let gc = &self.costs[&(h, share, d.precision.compute, d.batch_per_rank)];
+        let gc = &self.costs[&(h, share, d.precision.compute, d.channel_padding, d.batch_per_rank)];
         let units = &self.units[&d.wrapping];
         let w = self.world_costs(h, &links, d.world_size, d.sharding);
         let p = &d.precision;
@@ -542,7 +570,7 @@ impl<'r> Searcher<'r> {
     pub fn simulate(&mut self, h: usize, rank_hw: &HardwareSpec, d: &Decisions) -> Result<(StepResult, f64), SearchError> {
         let profile = self.step_profile_on(h, rank_hw, d)?;
         let share = self.share(h, d.world_size);
-        let flops = self.costs[&(h, share, d.precision.compute, d.batch_per_rank)].model_flops.0;
+        let flops = self.costs[&(h, share, d.precision.compute, d.channel_padding, d.batch_per_rank)].model_flops.0;
         Ok((self.sim.run(&profile), flops))
     }
 
@@ -552,25 +580,25 @@ impl<'r> Searcher<'r> {
         let s = d.shard_group();
         let shard: u64 = self.units[&d.wrapping].iter().map(|u| u.shard_len(s)).sum();
         let states = self.recipe.optim.kind.states_per_param();
-        checkpoint_bytes_per_rank(shard, states, &self.graphs[&(DType::Fp32, 1)])
+        checkpoint_bytes_per_rank(shard, states, &self.graphs[&(DType::Fp32, ChannelPadding::Off, 1)])
     }
 
     /// Peak memory of one set of decisions (checkpoint segments given).
     pub fn memory(&mut self, h: usize, rank_hw: &HardwareSpec, d: &Decisions) -> MemoryModel {
         self.units(d.wrapping);
         self.measured_backward(h, d);
-        let g = &self.graphs[&(d.precision.compute, d.batch_per_rank)];
-        let measured = &self.measured_bwd[&(h, d.precision.compute, d.batch_per_rank)];
+        let g = &self.graphs[&(d.precision.compute, d.channel_padding, d.batch_per_rank)];
+        let measured = &self.measured_bwd[&(h, d.precision.compute, d.channel_padding, d.batch_per_rank)];
         MemoryModel::calibrated(g, &self.units[&d.wrapping], self.recipe, d, rank_hw, measured)
     }
 
     /// The profile's measured backward peaks for `d`'s graph, per block
     /// (matched once per hardware and graph: keys cost a pass over the layers).
     pub fn measured_backward(&mut self, h: usize, d: &Decisions) -> &[Option<u64>] {
-        let key = (h, d.precision.compute, d.batch_per_rank);
+        let key = (h, d.precision.compute, d.channel_padding, d.batch_per_rank);
         if !self.measured_bwd.contains_key(&key) {
-            self.graph(key.1, key.2);
-            let m = crate::memory::measured_backward(&self.space.hardware[h].measured, &self.graphs[&(key.1, key.2)]);
+            self.graph(key.1, key.2, key.3);
+            let m = crate::memory::measured_backward(&self.space.hardware[h].measured, &self.graphs[&(key.1, key.2, key.3)]);
             self.measured_bwd.insert(key, m);
         }
         &self.measured_bwd[&key]
@@ -628,22 +656,24 @@ impl<'r> Searcher<'r> {
 
         // Every combination with its lower bound, best first.
         let mut combos = Vec::new();
-        for &dtype in &precisions {
+        let paddings = self.paddings_for(&hw);
+        for (&dtype, &padding) in precisions.iter().flat_map(|d| paddings.iter().map(move |p| (d, p))) {
             for &batch in &batches {
-                let gc = self.graph_costs(h, share, &rank_hw, dtype, batch)?;
+                let gc = self.graph_costs(h, share, &rank_hw, dtype, padding, batch)?;
                 let l = &gc.loss;
                 let loss = l.assign_crops as f64 * (l.sinkhorn_init.0 + l.sinkhorn_iterations as f64 * l.sinkhorn_iteration.0) + l.swapped_loss.0;
                 let compute_s: f64 = gc.blocks.iter().map(|b| b.forward.0 + b.backward.0).sum::<f64>() + loss;
                 for &sharding in &shardings {
                     for wrapping in self.space.wrappings_for(sharding) {
                         for &reshard in &self.space.reshard {
-                            let recompute_lb = match self.memo.get(&(h, sharding, dtype, wrapping, reshard)) {
+                            let recompute_lb = match self.memo.get(&(h, sharding, dtype, padding, wrapping, reshard)) {
                                 Some(m) if use_memo => m.recompute_bound(world, batch),
                                 _ => 0.0,
                             };
                             combos.push(Combo {
                                 sharding,
                                 dtype,
+                                padding,
                                 batch,
                                 wrapping,
                                 reshard,
@@ -663,7 +693,7 @@ impl<'r> Searcher<'r> {
                 out.skipped += 1;
                 continue;
             }
-            let key = (h, c.sharding, c.dtype, c.wrapping, c.reshard);
+            let key = (h, c.sharding, c.dtype, c.padding, c.wrapping, c.reshard);
             let memo = if use_memo { self.memo.get(&key) } else { None };
             if memo.is_some_and(|m| m.known_infeasible(world, c.batch)) {
                 out.skipped += 1;
@@ -681,9 +711,10 @@ impl<'r> Searcher<'r> {
                 wrapping: c.wrapping,
                 checkpoint: Vec::new(),
                 backward_order: BackwardOrder::Together,
+                channel_padding: c.padding,
             };
             let mm = self.memory(h, &rank_hw, &d);
-            let recompute = self.costs[&(h, share, c.dtype, c.batch)].recompute.clone();
+            let recompute = self.costs[&(h, share, c.dtype, c.padding, c.batch)].recompute.clone();
             let recompute = &recompute;
             // Cheapest exact answers first: the larger world's optimum, no
             // checkpointing at all, and only then the DP.
@@ -739,7 +770,7 @@ impl<'r> Searcher<'r> {
             let links = self.links.groups(&rank_hw, world, c.sharding, self.recipe.sync_bn_group)?.clone();
             for (order, placement) in candidates {
                 let d = Decisions { checkpoint: placement.segments, backward_order: order, ..d.clone() };
-                let gc = &self.costs[&(h, share, c.dtype, c.batch)];
+                let gc = &self.costs[&(h, share, c.dtype, c.padding, c.batch)];
                 let units = &self.units[&c.wrapping];
                 let w = self.world_costs(h, &links, world, c.sharding);
                 let profile = step_profile(gc, units, &d.checkpoint, self.recipe, c.dtype, c.dtype, c.reshard, order, &compute, &w);
@@ -770,7 +801,8 @@ impl<'r> Searcher<'r> {
             let notes: Vec<String> = outcomes.iter().filter_map(|o| o.note.clone()).collect();
             return if notes.is_empty() { "nothing to search".into() } else { notes.join("; ") };
         };
-        let singles: Vec<Range<usize>> = (0..self.graph(m.decisions.precision.compute, m.decisions.batch_per_rank).blocks.len()).map(|b| b..b + 1).collect();
+        let singles: Vec<Range<usize>> =
+            (0..self.graph(m.decisions.precision.compute, m.decisions.channel_padding, m.decisions.batch_per_rank).blocks.len()).map(|b| b..b + 1).collect();
         let mm = self.memory(h, &m.rank_hardware, &m.decisions);
         let report = if mm.peak(&singles) <= mm.peak(&[]) { mm.report(&singles) } else { mm.report(&[]) };
         let top = report.dominant();

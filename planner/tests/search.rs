@@ -163,7 +163,7 @@ fn the_search_runs_crop_groups_one_after_the_other_where_only_that_fits() {
     let both = vec![BackwardOrder::Together, BackwardOrder::ByCropGroup];
     let base = load_profile("cpu-local").unwrap();
     let mut s = Searcher::new(&recipe, narrow(base.clone(), both.clone())).unwrap();
-    let trunk = s.graph(DType::Fp32, 4).trunk_blocks().count();
+    let trunk = s.graph(DType::Fp32, cost_models::padding::ChannelPadding::Off, 4).trunk_blocks().count();
     let singles: Vec<std::ops::Range<usize>> = (0..trunk).map(|b| b..b + 1).collect();
     let d = |order| Decisions {
         world_size: 2,
@@ -174,6 +174,7 @@ fn the_search_runs_crop_groups_one_after_the_other_where_only_that_fits() {
         wrapping: Wrapping::PerBlock,
         checkpoint: singles.clone(),
         backward_order: order,
+        channel_padding: cost_models::padding::ChannelPadding::Off,
     };
     let together = s.evaluate(0, &d(BackwardOrder::Together)).unwrap().peak;
     let by_group = s.evaluate(0, &d(BackwardOrder::ByCropGroup)).unwrap().peak;
@@ -196,4 +197,39 @@ fn the_search_runs_crop_groups_one_after_the_other_where_only_that_fits() {
     let mut s = Searcher::new(&recipe, narrow(small, vec![BackwardOrder::Together])).unwrap();
     let outcomes = s.run(|_, _| {}).unwrap();
     assert!(choose(&outcomes, Objective::Fastest, Constraints::default()).is_err());
+}
+
+/// Channel padding is a choice the search prices: on SEER 10B's unaligned
+/// widths it buys tensor-core time with activation memory, so on a GPU the
+/// search takes it where it fits; a CPU gains nothing and never pads; a
+/// fixed choice is honoured, and the plan file carries it.
+#[test]
+fn the_search_pads_unaligned_channels_on_a_gpu_only() {
+    use cost_models::padding::ChannelPadding;
+    let recipe = Recipe::load("seer-10b").unwrap();
+    let fixed = |p: ChannelPadding| SearchSpace { paddings: vec![p], ..space("a100-40gb", GpuCount::Fixed(496), BatchPolicy::PerGpu(16)) };
+    let best = |space: SearchSpace| {
+        let mut s = Searcher::new(&recipe, space).unwrap();
+        let outcomes = s.run(|_, _| {}).unwrap();
+        let e = choose(&outcomes, Objective::Fastest, Constraints::default()).unwrap().clone();
+        let (plan, _) = build_plan(&mut s, &e).unwrap();
+        (e, plan)
+    };
+    let (off, off_plan) = best(fixed(ChannelPadding::Off));
+    let (on, on_plan) = best(fixed(ChannelPadding::On));
+    assert_eq!((off.decisions.channel_padding, on.decisions.channel_padding), (ChannelPadding::Off, ChannelPadding::On));
+    assert_eq!((off_plan.channel_padding, on_plan.channel_padding), (ChannelPadding::Off, ChannelPadding::On));
+    assert!(on.step.compute_time.0 < off.step.compute_time.0 / 1.2, "padded compute {:?} vs {:?}", on.step.compute_time, off.step.compute_time);
+    // The same parameters, so the same shards; more activation memory at a
+    // given placement.
+    assert_eq!(on_plan.units, off_plan.units);
+    let (auto, _) = best(space("a100-40gb", GpuCount::Fixed(496), BatchPolicy::PerGpu(16)));
+    assert_eq!(auto.decisions.channel_padding, ChannelPadding::On);
+    assert_eq!(auto.step.step_time, on.step.step_time);
+    // On a CPU the search does not pad, even where widths are unaligned.
+    let tiny = Recipe::load("tiny-cpu").unwrap();
+    let mut s = Searcher::new(&tiny, space("cpu-local", GpuCount::Fixed(2), BatchPolicy::PerGpu(4))).unwrap();
+    let outcomes = s.run(|_, _| {}).unwrap();
+    let cpu = choose(&outcomes, Objective::Fastest, Constraints::default()).unwrap();
+    assert_eq!(cpu.decisions.channel_padding, ChannelPadding::Off);
 }

@@ -40,6 +40,12 @@ pub struct Plan {
     /// them together.
     #[serde(default)]
     pub backward_order: crate::schedule::BackwardOrder,
+    /// Every channel count padded per group to a tensor-core multiple with
+    /// zero channels (`cost_models::padding`): the executor pads each weight
+    /// as it uses it, parameters and checkpoints keep their sizes. A plan
+    /// without the field runs the model's own widths.
+    #[serde(default)]
+    pub channel_padding: cost_models::padding::ChannelPadding,
     /// DDP, FSDP or hybrid sharding; a plan without the field is FSDP over
     /// the world.
     #[serde(default)]
@@ -226,7 +232,8 @@ impl Plan {
 
     /// The model graph for one rank's step under this plan.
     pub fn graph(&self) -> ModelGraph {
-        ModelGraph::build(&self.model, &Workload { images: self.batch_per_rank as u64, crops: self.recipe.crop_groups(), dtype: self.precision.compute })
+        let w = Workload { images: self.batch_per_rank as u64, crops: self.recipe.crop_groups(), dtype: self.precision.compute };
+        ModelGraph::build_executed(&self.model, &w, self.channel_padding)
     }
 
     /// Consistency of the plan with its own model.

@@ -14,6 +14,7 @@ use clap::Args;
 use cost_models::config::ModelConfig;
 use cost_models::graph::Workload;
 use cost_models::hardware::load_hardware;
+use cost_models::padding::ChannelPadding;
 use cost_models::DType;
 use executor::block_timing;
 use executor::calibrate::{
@@ -314,11 +315,22 @@ fn measure_rounds(
             detail(args.verbose, &format!("small op {:.2} µs, backward call {:.1} µs", host.small_op.median_s * 1e6, host.backward_call_s * 1e6));
             hosts.push(HostRound { host, fixed, probe_s: Some(probe) });
         }
-        for (b, w) in blocks.iter().flat_map(|b| b.workloads.iter().map(move |w| (b, w))) {
+        // Padded channels too where the planner may choose them: on a GPU,
+        // for a model whose widths padding changes.
+        let paddings = |b: &BlockWorkloads| {
+            let padded = args.device != executor::Device::Cpu && cost_models::padding::changes_widths(&b.model);
+            if padded {
+                vec![ChannelPadding::Off, ChannelPadding::On]
+            } else {
+                vec![ChannelPadding::Off]
+            }
+        };
+        for (b, w, padding) in blocks.iter().flat_map(|b| b.workloads.iter().flat_map(move |w| paddings(b).into_iter().map(move |p| (b, w, p)))) {
             let label = block_timing::workload_label(w);
-            eprintln!("calibrate: blocks of {} at {label} (round {round}/{rounds})", b.model.name);
-            let mut m = block_timing::measure_blocks(&b.model, w, &budget, threads, args.device, |m| detail(args.verbose, m))
-                .with_context(|| format!("timing the blocks of {} at {label}", b.model.name))?;
+            let pad = if padding.is_on() { ", channels padded" } else { "" };
+            eprintln!("calibrate: blocks of {} at {label}{pad} (round {round}/{rounds})", b.model.name);
+            let mut m = block_timing::measure_blocks(&b.model, w, padding, &budget, threads, args.device, |m| detail(args.verbose, m))
+                .with_context(|| format!("timing the blocks of {} at {label}{pad}", b.model.name))?;
             let probe = take_probe(speed, args.verbose)?;
             // GPU kernels do not run at the host's speed: only CPU block
             // times are put on the probe's scale.

@@ -4,6 +4,7 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use cost_models::hardware::{builtin_hardware, list_builtin_hardware, load_profile, DeviceKind, HardwareProfile};
+use cost_models::padding::ChannelPadding;
 use cost_models::DType;
 use planner::build::{build_plan, reference_decisions};
 use planner::memory::MemoryReport;
@@ -116,6 +117,12 @@ pub struct SearchArgs {
     /// reduction per unit and group). Default: search both.
     #[arg(long, value_parser = parse_backward_order)]
     pub backward_order: Option<BackwardOrder>,
+    /// Fix channel padding: on pads every channel count (per group) to a
+    /// multiple of 8 with zero channels, so tensor cores run unaligned
+    /// widths such as SEER's (same model; more activation memory). Default:
+    /// search both on a GPU where it changes a width, off otherwise.
+    #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
+    pub channel_padding: Option<bool>,
     /// DDP's gradient bucket size in MiB (PyTorch's bucket_cap_mb).
     #[arg(long, default_value_t = DEFAULT_BUCKET_MIB)]
     pub bucket_mib: usize,
@@ -209,6 +216,9 @@ impl SearchArgs {
         }
         if let Some(o) = self.backward_order {
             space.backward_orders = vec![o];
+        }
+        if let Some(p) = self.channel_padding {
+            space.paddings = vec![if p { ChannelPadding::On } else { ChannelPadding::Off }];
         }
         Ok(space)
     }
@@ -536,6 +546,7 @@ fn emit(a: &PlanArgs, plan: &Plan, report: &MemoryReport, cols: &[(String, &Eval
         BackwardOrder::Together => "together".into(),
         BackwardOrder::ByCropGroup => "one after another".into(),
     });
+    row("channel padding", &|c| c.decisions.channel_padding.name().into());
     row("peak / usable", &|c| format!("{} / {}{}", c.peak, c.usable, if c.fits() { "" } else { "  DOES NOT FIT" }));
     row("step time", &|c| secs(c.step.step_time.0));
     row("  compute (recompute)", &|c| format!("{} ({})", secs(c.step.compute_time.0), secs(c.step.recompute_time.0)));

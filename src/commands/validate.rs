@@ -373,7 +373,7 @@ fn hardware(a: &ValidateArgs, recipe: &Recipe) -> Result<(HardwareProfile, Strin
 
 fn gpu_notes() -> Vec<String> {
     vec![
-        "GPU runs: one rank per GPU (NCCL), cuDNN autotuning on (`cudnn.benchmark`, each convolution's algorithm timed at its first call; the warm-up steps absorb it); step time is wall time up to a CUDA synchronize at the step's end; the measured peak is the CUDA caching allocator's peak allocated bytes, reset before every step. The plan's fragmentation margin is left out of the compared prediction: it is headroom for what the caching allocator reserves beyond its live blocks, which no allocated-bytes statistic includes. The data loader's batches stay in host memory and are not counted.".into(),
+        "GPU runs: one rank per GPU (NCCL), cuDNN autotuning on (`cudnn.benchmark`, each convolution's algorithm timed at its first call; the warm-up steps absorb it); step time is wall time up to the step's one read-back of its scalars, which waits for its kernels; the measured peak is the CUDA caching allocator's peak allocated bytes, reset before every step. The plan's fragmentation margin is left out of the compared prediction: it is headroom for what the caching allocator reserves beyond its live blocks, which no allocated-bytes statistic includes. The data loader's batches stay in host memory and are not counted.".into(),
         "Phases on GPU: the phase timer waits for the device at the end of each top-level phase (a few extra synchronisations per step), so a phase is the wall time until its kernels finished. MFU is the plan's model FLOPs (forward + backward, no recompute) per step over the step time, against the device's dense peak in the plan's compute dtype.".into(),
     ]
 }

@@ -11,6 +11,7 @@ use cost_models::compute::ComputeModel;
 use cost_models::config::ModelConfig;
 use cost_models::graph::{BlockKind, ModelGraph, Workload};
 use cost_models::hardware::HardwareProfile;
+use cost_models::padding::ChannelPadding;
 use cost_models::DType;
 use runspec::schedule::BackwardOrder;
 use runspec::sharding::{Sharding, Strategy};
@@ -110,6 +111,9 @@ pub struct Variant {
     /// The crop groups' order in backward (`-bygroup`: one after the other).
     #[serde(default)]
     pub backward_order: BackwardOrder,
+    /// Channels padded to tensor-core multiples (`-pad`).
+    #[serde(default)]
+    pub channel_padding: ChannelPadding,
 }
 
 impl fmt::Display for Variant {
@@ -133,6 +137,9 @@ impl fmt::Display for Variant {
         if self.backward_order == BackwardOrder::ByCropGroup {
             write!(f, "-bygroup")?;
         }
+        if self.channel_padding.is_on() {
+            write!(f, "-pad")?;
+        }
         Ok(())
     }
 }
@@ -143,14 +150,20 @@ pub const MAX_VARIANT_WORLD: usize = 16;
 impl Variant {
     pub fn parse(name: &str) -> Result<Variant, ValidationError> {
         let bad = |why: &str| ValidationError::BadVariant { name: name.to_string(), why: why.to_string() };
-        let parts: Vec<&str> = name.trim().split('-').collect();
+        let mut parts: Vec<&str> = name.trim().split('-').collect();
+        let channel_padding = if parts.len() > 7 && parts.last() == Some(&"pad") {
+            parts.pop();
+            ChannelPadding::On
+        } else {
+            ChannelPadding::Off
+        };
         let backward_order = match parts.get(7) {
             None => BackwardOrder::Together,
             Some(&"bygroup") => BackwardOrder::ByCropGroup,
-            Some(o) => return Err(bad(&format!("`{o}`: the optional last part must be bygroup"))),
+            Some(o) => return Err(bad(&format!("`{o}`: the optional last parts must be bygroup, then pad"))),
         };
         if !(7..=8).contains(&parts.len()) {
-            return Err(bad("needs 7 dash-separated parts (and optionally -bygroup)"));
+            return Err(bad("needs 7 dash-separated parts (and optionally -bygroup, -pad)"));
         }
         let num = |s: &str, prefix: char, what: &str| -> Result<u64, ValidationError> {
             s.strip_prefix(prefix).and_then(|n| n.parse::<u64>().ok()).filter(|&n| n > 0).ok_or_else(|| bad(&format!("`{s}`: {what}")))
@@ -202,6 +215,7 @@ impl Variant {
             batch_per_rank: batch,
             resolution,
             backward_order,
+            channel_padding,
         })
     }
 
@@ -270,6 +284,7 @@ fn fixed_variant<'r>(recipe: &'r Recipe, hardware: &HardwareProfile, v: &Variant
         precisions: vec![v.precision],
         reshard: vec![v.reshard_after_forward],
         backward_orders: vec![v.backward_order],
+        paddings: vec![v.channel_padding],
         shardings: ShardingSpace::Only(v.sharding),
         bucket_mib: DEFAULT_BUCKET_MIB,
         exhaustive: true,
@@ -277,7 +292,7 @@ fn fixed_variant<'r>(recipe: &'r Recipe, hardware: &HardwareProfile, v: &Variant
         reliability: crate::failures::Reliability::builtin(),
     };
     let mut s = Searcher::new(recipe, space).map_err(|source| ValidationError::Plan { name: v.to_string(), source })?;
-    let checkpoint = v.checkpoint.segments(s.graph(v.precision, v.batch_per_rank));
+    let checkpoint = v.checkpoint.segments(s.graph(v.precision, v.channel_padding, v.batch_per_rank));
     let d = Decisions {
         world_size: v.world_size,
         batch_per_rank: v.batch_per_rank,
@@ -287,6 +302,7 @@ fn fixed_variant<'r>(recipe: &'r Recipe, hardware: &HardwareProfile, v: &Variant
         wrapping: v.granularity.wrapping(),
         checkpoint,
         backward_order: v.backward_order,
+        channel_padding: v.channel_padding,
     };
     Ok((s, d))
 }
@@ -315,7 +331,8 @@ pub fn variant_phases(base: &Recipe, hardware: &HardwareProfile, v: &Variant) ->
 pub fn measured_blocks(base: &Recipe, hardware: &HardwareProfile, v: &Variant) -> Result<(usize, usize), ValidationError> {
     let recipe = v.recipe(base)?;
     let model = ModelConfig::load(&recipe.model).map_err(|e| ValidationError::Recipe { name: v.to_string(), why: e.to_string() })?;
-    let g = ModelGraph::build_executed(&model, &Workload { images: v.batch_per_rank as u64, crops: recipe.crop_groups(), dtype: v.precision });
+    let g =
+        ModelGraph::build_executed(&model, &Workload { images: v.batch_per_rank as u64, crops: recipe.crop_groups(), dtype: v.precision }, v.channel_padding);
     let compute = ComputeModel::new(hardware);
     Ok((g.blocks.iter().filter(|b| compute.block_time(&g.block_key(b)).is_some()).count(), g.blocks.len()))
 }
