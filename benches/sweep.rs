@@ -1,6 +1,6 @@
 //! A full `seerscale sweep` of seer-10b on A100-40GB over 8..1024 GPUs:
 //! every sharding (DDP, FSDP, hybrid), wrapping, reshard on/off,
-//! fp32/fp16/bf16, per-GPU batch 8..64
+//! fp32/fp16/bf16, channel padding on/off, per-GPU batch 8..64
 //! (global batch <= 16,384) and optimal checkpointing. Target: < 1 s.
 
 use cost_models::hardware::load_profile;

@@ -415,8 +415,8 @@ impl Optimizer {
                             let mut b = buf.f_mul_scalar(momentum)?;
                             let _ = b.f_add_(&d)?;
                             let nw = w.f_sub(&b.f_mul_scalar(lr)?)?;
-                            let _ = buf.f_copy_(&b.f_where_self(&m, &buf)?)?;
-                            let _ = w.f_copy_(&nw.f_where_self(&m, &w)?)?;
+                            buf.f_copy_(&b.f_where_self(&m, &buf)?)?;
+                            w.f_copy_(&nw.f_where_self(&m, &w)?)?;
                         }
                     }
                 }
@@ -454,9 +454,9 @@ impl Optimizer {
                         }
                         Some(mk) => {
                             let nw = w.f_sub(&delta)?;
-                            let _ = m.f_copy_(&m1.f_where_self(&mk, &m)?)?;
-                            let _ = v.f_copy_(&v1.f_where_self(&mk, &v)?)?;
-                            let _ = w.f_copy_(&nw.f_where_self(&mk, &w)?)?;
+                            m.f_copy_(&m1.f_where_self(&mk, &m)?)?;
+                            v.f_copy_(&v1.f_where_self(&mk, &v)?)?;
+                            w.f_copy_(&nw.f_where_self(&mk, &w)?)?;
                         }
                     }
                 }
@@ -640,7 +640,7 @@ mod tests {
                         };
                         let mut d = if wd != 0.0 { &g + &w * wd } else { g.shallow_clone() };
                         if scale != 1.0 {
-                            d = d * scale;
+                            d *= scale;
                         }
                         let mut b = state[si][0].narrow(0, p.start, p.len);
                         let _ = b.f_mul_scalar_(*momentum).unwrap();

@@ -97,6 +97,9 @@ fn a_plan_runs_on_two_launched_ranks() {
         let m = executor::metrics::read_metrics(&executor::metrics::metrics_path(&dir.join("run"), rank)).unwrap();
         assert_eq!(m.len(), 3);
         assert!(m.iter().all(|x| x.loss.is_finite() && x.peak_memory_bytes > 0 && x.step_time_s > 0.0 && x.comm_time_s >= 0.0));
+        // The host waits for the device once per step (its read-back), and
+        // the step's ATen ops are counted.
+        assert!(m.iter().all(|x| x.host_syncs == 1 && x.aten_ops > 100), "{:?}", m.iter().map(|x| (x.host_syncs, x.aten_ops)).collect::<Vec<_>>());
     }
 }
 

@@ -523,6 +523,13 @@ fn worker_resume() {
     let (rank, world, port, dir) = worker_env();
     let phase = std::env::var("SSC_PHASE").unwrap();
     let mut cfg = config(world, &dir.join(&phase), true, true);
+    // SSC_PADDED_RESUME: the unaligned model, resumed with channels padded.
+    if std::env::var_os("SSC_PADDED_RESUME").is_some() {
+        cfg.model = unaligned_model();
+        if phase == "resumed" {
+            cfg.channel_padding = ChannelPadding::On;
+        }
+    }
     match phase.as_str() {
         "full" => cfg.stop_after = Some(5),
         "first" => {
@@ -561,6 +568,24 @@ fn resume_reproduces_the_uninterrupted_run() {
     // Metrics of both halves are in the same per-rank file.
     let m = executor::metrics::read_metrics(&executor::metrics::metrics_path(&dir.join("split"), 0)).unwrap();
     assert_eq!(m.iter().map(|x| x.step).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+}
+
+/// A checkpoint written unpadded resumes with channels padded (the same
+/// parameters and buffers, so the same files) and continues the run.
+#[test]
+fn a_padded_run_resumes_an_unpadded_checkpoint() {
+    let dir = temp_dir("resume-padded");
+    for phase in ["full", "first", "resumed"] {
+        let env = [("OMP_NUM_THREADS", "1".into()), ("SSC_PHASE", phase.into()), ("SSC_PADDED_RESUME", "1".into())];
+        let outs = run_ranks("worker_resume", 2, &dir, &env, Duration::from_secs(240));
+        assert_all_ok(&outs);
+    }
+    let full = read_losses(&dir.join("losses_full.json"));
+    let resumed = read_losses(&dir.join("losses_resumed.json"));
+    assert_eq!((full.len(), resumed.len()), (5, 2));
+    for (a, b) in full[3..].iter().zip(&resumed) {
+        assert!(((a - b) / a).abs() < 1e-4, "resumed padded {resumed:?} vs uninterrupted unpadded {full:?}");
+    }
 }
 
 // ------------------------------------------------------------ export

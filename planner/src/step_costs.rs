@@ -93,8 +93,10 @@ pub mod host_ops {
     pub const ZERO_GRAD_PER_UNIT: f64 = 1.0;
     /// Per crop group: the batch's `to_device` + `to_kind`.
     pub const INPUT_PER_GROUP: f64 = 2.0;
-    /// Loss value: `f_double_value`, `from_slice`, `to_device`, read back.
-    pub const LOSS_VALUE: f64 = 4.0;
+    /// The loss kept on the device (detach, cast to fp64, reshape) and the
+    /// step's one read-back: three scalars cast, reshaped, concatenated,
+    /// copied to the host.
+    pub const LOSS_VALUE: f64 = 10.0;
     /// Sinkhorn: detach, cast, div, add, exp, transpose-copy, sum, div_.
     pub const SINKHORN_INIT: f64 = 8.0;
     /// Per iteration: row sum, mul, div_, column sum, mul, div_.
