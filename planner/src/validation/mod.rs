@@ -54,7 +54,15 @@ mod tests {
         let v = Variant::parse("w4-stage-keep-ckptall-bf16-b16-r48").unwrap();
         assert_eq!((v.world_size, v.granularity, v.reshard_after_forward, v.checkpoint), (4, Granularity::Stage, false, CkptLevel::All));
         assert_eq!((v.precision, v.batch_per_rank, v.resolution), (DType::Bf16, 16, 48));
+        // Optional suffixes: -bygroup, then -pad.
+        for name in ["w2-block-reshard-ckpt0-bf16-b8-r32-pad", "w2-block-reshard-ckpt0-bf16-b8-r32-bygroup-pad"] {
+            let v = Variant::parse(name).unwrap();
+            assert_eq!(v.channel_padding, cost_models::padding::ChannelPadding::On, "{name}");
+            assert_eq!(v.to_string(), name);
+        }
         for bad in [
+            "w2-block-reshard-ckpt0-bf16-b8-r32-pad-bygroup",
+            "w2-block-reshard-ckpt0-bf16-b8-r32-pad-pad",
             "",
             "w2",
             "w0-block-reshard-ckpt0-fp32-b8-r32",
