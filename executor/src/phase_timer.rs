@@ -5,8 +5,8 @@
 //! On a GPU the host runs ahead of the kernels it queues, so the step's
 //! top-level phases ([`add_synced`]) wait for the device before they read
 //! the clock: each is then the wall time until its kernels finished. That
-//! adds a few synchronisations per step; nested phases ([`add`]) stay
-//! host-side issue times.
+//! adds a few synchronisations per step (counted in the metrics'
+//! `host_syncs`); nested phases ([`add`]) stay host-side issue times.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -28,7 +28,7 @@ pub fn add_synced(phase: &'static str, t0: Instant) {
     }
     let d = CUDA_DEVICE.load(Ordering::Relaxed);
     if d >= 0 {
-        tch::Cuda::synchronize(d);
+        crate::op_count::synchronize(tch::Device::Cuda(d as usize));
     }
     add(phase, t0);
 }
