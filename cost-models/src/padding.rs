@@ -11,6 +11,7 @@
 //! (and the activations saved for backward) grow.
 
 use crate::config::ModelConfig;
+use crate::hardware::DeviceKind;
 use crate::regnet::BlockSpec;
 use serde::{Deserialize, Serialize};
 
@@ -122,6 +123,17 @@ pub fn padded_model(model: &ModelConfig) -> (ModelConfig, Vec<BlockSpec>) {
 pub fn changes_widths(model: &ModelConfig) -> bool {
     let (p, blocks) = padded_model(model);
     p != *model || blocks != model.regnet.blocks()
+}
+
+/// The paddings worth trying for `model` on a device of `kind`: both where
+/// padding changes a width and the device has tensor cores to gain from
+/// aligned channels (a GPU), else `off` alone (a CPU only pays for them).
+pub fn worth_trying(model: &ModelConfig, kind: DeviceKind) -> Vec<ChannelPadding> {
+    if kind == DeviceKind::Gpu && changes_widths(model) {
+        vec![ChannelPadding::Off, ChannelPadding::On]
+    } else {
+        vec![ChannelPadding::Off]
+    }
 }
 
 #[cfg(test)]

@@ -433,17 +433,15 @@ impl<'r> Searcher<'r> {
         })
     }
 
-    /// The paddings the search tries on `hw`: both where the model has a
-    /// width that padding changes and `hw` is a GPU (a CPU gains nothing
-    /// from aligned channels, it only pays for them), else `off`; a single
+    /// The paddings the search tries on `hw`: those of the space worth
+    /// trying there (`cost_models::padding::worth_trying`); a single
     /// padding asked for is tried as asked.
     fn paddings_for(&self, hw: &HardwareSpec) -> Vec<ChannelPadding> {
         if self.space.paddings.len() <= 1 {
             return self.space.paddings.clone();
         }
-        let on_gpu = hw.kind == cost_models::hardware::DeviceKind::Gpu;
-        let changes = cost_models::padding::changes_widths(&self.model);
-        self.space.paddings.iter().copied().filter(|&p| p == ChannelPadding::Off || (on_gpu && changes)).collect()
+        let worth = cost_models::padding::worth_trying(&self.model, hw.kind);
+        self.space.paddings.iter().copied().filter(|p| worth.contains(p)).collect()
     }
 
     /// Block names in forward order.

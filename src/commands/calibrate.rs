@@ -13,8 +13,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use cost_models::config::ModelConfig;
 use cost_models::graph::Workload;
-use cost_models::hardware::load_hardware;
-use cost_models::padding::ChannelPadding;
+use cost_models::hardware::{load_hardware, DeviceKind};
 use cost_models::DType;
 use executor::block_timing;
 use executor::calibrate::{
@@ -317,14 +316,8 @@ fn measure_rounds(
         }
         // Padded channels too where the planner may choose them: on a GPU,
         // for a model whose widths padding changes.
-        let paddings = |b: &BlockWorkloads| {
-            let padded = args.device != executor::Device::Cpu && cost_models::padding::changes_widths(&b.model);
-            if padded {
-                vec![ChannelPadding::Off, ChannelPadding::On]
-            } else {
-                vec![ChannelPadding::Off]
-            }
-        };
+        let kind = if args.device == executor::Device::Cpu { DeviceKind::Cpu } else { DeviceKind::Gpu };
+        let paddings = |b: &BlockWorkloads| cost_models::padding::worth_trying(&b.model, kind);
         for (b, w, padding) in blocks.iter().flat_map(|b| b.workloads.iter().flat_map(move |w| paddings(b).into_iter().map(move |p| (b, w, p)))) {
             let label = block_timing::workload_label(w);
             let pad = if padding.is_on() { ", channels padded" } else { "" };
