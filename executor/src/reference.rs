@@ -64,7 +64,7 @@ impl ReferenceTrainer {
         let map: HashMap<String, Tensor> = self.params.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
         let mode = Mode::train().with_bn_groups(self.bn_groups);
         let scores = self.arch.forward(&map, &mut self.bn, groups, &mode)?;
-        let loss = swav_loss(&scores, layout, &self.loss, layout.images, &local_sum)?;
+        let loss = swav_loss(&scores, layout, &self.loss, layout.images, None, &local_sum)?;
         loss.f_backward()?;
         let value = loss.f_double_value(&[])?;
         let mut shards = Vec::with_capacity(self.params.len());

@@ -11,7 +11,7 @@
 //! block is done, and a checkpointed segment be recomputed just before its
 //! own backward.
 
-use crate::fsdp::{Fsdp, FsdpError, ParamLeaf};
+use crate::fsdp::{BlockParams, Fsdp, FsdpError, ParamLeaf};
 use crate::model::{BnState, Mode, ModelArch, ModelError};
 use runspec::schedule::{Event, Keep};
 use std::collections::HashMap;
@@ -114,6 +114,15 @@ impl Graph {
     }
 }
 
+/// What the loss sees: the last block's output (the prototype scores),
+/// its input (the L2-normalised embedding, a leaf cut from the head) and
+/// its parameters by name (the gathered prototypes).
+pub struct LossInput<'a> {
+    pub scores: &'a Tensor,
+    pub embedding: &'a Tensor,
+    pub params: &'a HashMap<String, Tensor>,
+}
+
 /// What one pass returns.
 #[derive(Debug)]
 pub struct PassResult {
@@ -126,7 +135,8 @@ pub struct PassResult {
 /// compiled [`Schedule`] between its prologue and its drain, drain
 /// included) on one rank's batch. `inputs`: one image tensor per
 /// crop-resolution group (image-major rows), already in the compute dtype.
-/// `loss_fn` maps the final block's output to this rank's scalar loss term;
+/// `loss_fn` maps the final block's output (see [`LossInput`]) to this
+/// rank's scalar loss term;
 /// backward starts from `loss * loss_scale`. Shard gradients are *added to*
 /// (call `zero_grad` between steps). `ran`, when given, receives every
 /// event as it completes.
@@ -140,22 +150,24 @@ pub fn forward_backward(
     events: &[Event],
     mode: &Mode,
     inputs: &[Tensor],
-    loss_fn: &mut dyn FnMut(&Tensor) -> Result<Tensor, String>,
+    loss_fn: &mut dyn FnMut(&LossInput) -> Result<Tensor, String>,
     loss_scale: f64,
     mut ran: Option<&mut Vec<Event>>,
 ) -> Result<PassResult, StepError> {
     let n = blocks.len();
     let groups = inputs.len();
     let mut saved: Vec<Saved> = (0..n).map(|_| Saved::default()).collect();
-    let run = |fsdp: &Fsdp<'_>, bn: &mut BnState, i: usize, xs: &[Tensor], mode: &Mode| -> Result<(Vec<Tensor>, Vec<ParamLeaf>), StepError> {
+    let run = |fsdp: &Fsdp<'_>, bn: &mut BnState, i: usize, xs: &[Tensor], mode: &Mode| -> Result<(Vec<Tensor>, BlockParams), StepError> {
         let tp = Instant::now();
         let params = fsdp.block_params(i)?;
         crate::phase_timer::add("block_params", tp);
         let tb = Instant::now();
         let y = arch.forward_block(&blocks[i], &params.by_name, bn, xs, mode).map_err(|source| StepError::Model { block: blocks[i].clone(), source })?;
         crate::phase_timer::add("block_fwd", tb);
-        Ok((y, params.leaves))
+        Ok((y, params))
     };
+    // The last block's parameters by name, for the loss.
+    let mut last_params: HashMap<String, Tensor> = HashMap::new();
     let cut = |xs: &[Tensor], i: usize| -> Vec<Tensor> {
         // The images need no gradient; every later input does.
         xs.iter().map(|t| if i == 0 { t.detach() } else { t.detach().set_requires_grad(true) }).collect()
@@ -186,7 +198,10 @@ pub fn forward_backward(
                         let xin = cut(&x, i);
                         let (y, params) = run(fsdp, bn, i, &xin, mode)?;
                         let out: Vec<Tensor> = y.iter().map(|t| t.detach()).collect();
-                        saved[i].graph = Some(Graph::of_group(groups, None, xin, y, params));
+                        if i + 1 == n {
+                            last_params = params.by_name;
+                        }
+                        saved[i].graph = Some(Graph::of_group(groups, None, xin, y, params.leaves));
                         out
                     }
                     Keep::SegmentInput | Keep::Nothing => {
@@ -202,12 +217,12 @@ pub fn forward_backward(
                 crate::phase_timer::add_synced("forward", t_step);
                 t_bwd = Some(Instant::now());
                 let last = n.checked_sub(1).ok_or_else(|| StepError::Loss("model has no blocks".into()))?;
-                let Some(Graph { y, .. }) = &saved[last].graph else { return Err(internal(format!("nothing saved for block `{}`", blocks[last]))) };
-                let [Some(y)] = y.as_slice() else {
-                    return Err(StepError::Loss(format!("last block `{}` must return one tensor, got {}", blocks[last], y.len())));
+                let Some(Graph { y, xin, .. }) = &saved[last].graph else { return Err(internal(format!("nothing saved for block `{}`", blocks[last]))) };
+                let ([Some(y)], [Some(embedding)]) = (y.as_slice(), xin.as_slice()) else {
+                    return Err(StepError::Loss(format!("last block `{}` must take and return one tensor, got {} and {}", blocks[last], xin.len(), y.len())));
                 };
                 let tl = Instant::now();
-                let l = loss_fn(y).map_err(StepError::Loss)?;
+                let l = loss_fn(&LossInput { scores: y, embedding, params: &last_params }).map_err(StepError::Loss)?;
                 crate::phase_timer::add_synced("loss", tl);
                 loss_value = Some(l.f_detach()?);
                 root = Some(l.f_mul_scalar(loss_scale)?);
@@ -229,7 +244,7 @@ pub fn forward_backward(
                 let xin = cut(&xs, j);
                 let (y, params) = run(fsdp, bn, j, &xin, &recompute_mode)?;
                 recomputing = Some(y.iter().map(|t| t.detach()).collect());
-                saved[j].graph = Some(Graph::of_group(groups, group, xin, y, params));
+                saved[j].graph = Some(Graph::of_group(groups, group, xin, y, params.leaves));
             }
             Event::Backward { block: i, group } => {
                 recomputing = None;

@@ -23,8 +23,8 @@ use crate::optim::{Larc, OptimConfig, OptimError, Optimizer, StepStats};
 use crate::precision::{LossScaler, Precision};
 use crate::reduce::ReduceError;
 use crate::schedule::{LrSchedule, ScheduleError};
-use crate::step::{self, Checkpointing, StepError};
-use crate::swav::{self, SwavError, SwavLossConfig};
+use crate::step::{self, Checkpointing, LossInput, StepError};
+use crate::swav::{self, SwavError, SwavLossConfig, SwavQueue};
 use cost_models::config::ModelConfig;
 use cost_models::hardware::DeviceKind;
 use cost_models::padding::ChannelPadding;
@@ -94,6 +94,11 @@ pub struct TrainConfig {
     pub optim: OptimConfig,
     pub lr_per_256: f64,
     pub warmup_fraction: f64,
+    /// Ranks on one node: the warm-up starts from one node's images and is
+    /// dropped on a single node (`schedule`).
+    pub ranks_per_node: usize,
+    /// The prototypes stay as initialised for this many first steps.
+    pub freeze_prototypes_iters: u64,
     /// Length of the lr schedule.
     pub steps: u64,
     /// Stop once this many steps are done (schedule unchanged); for
@@ -178,7 +183,7 @@ pub struct TrainArgs {
     /// Intra-op threads per rank (default: this machine's cores divided by
     /// the ranks sharing it, so local ranks don't oversubscribe the CPU).
     pub threads: Option<usize>,
-    /// BN statistics over all ranks (SyncBN) instead of per rank as in SEER.
+    /// BN statistics over all ranks (SyncBN, as SEER) even where the recipe keeps them per rank.
     pub sync_bn: bool,
     /// Write the events of the first step to `events.rank<r>.json`.
     pub record_events: bool,
@@ -267,10 +272,14 @@ impl TrainConfig {
                 epsilon: r.swav.epsilon,
                 sinkhorn_iters: r.swav.sinkhorn_iterations,
                 crops_for_assign: r.swav.crops_for_assign.iter().map(|&c| c as i64).collect(),
+                queue_length: r.swav.queue_length as i64,
+                queue_start_iter: r.swav.queue_start_iter,
             },
             optim,
             lr_per_256: r.optim.lr_per_256,
             warmup_fraction: r.optim.warmup_fraction,
+            ranks_per_node: plan.gpus_per_node,
+            freeze_prototypes_iters: r.swav.freeze_prototypes_iters,
             steps,
             stop_after: args.stop_after,
             seed: args.seed,
@@ -288,7 +297,7 @@ impl TrainConfig {
             bn_groups: 1,
             // The plan's recipe may ask for it; --sync-bn forces it on.
             sync_bn: args.sync_bn || r.sync_bn,
-            sync_bn_group: r.sync_bn_group,
+            sync_bn_group: r.sync_bn_group_for(plan.world_size).map_err(TrainError::Config)?,
             sharding: plan.sharding,
             device,
             timeout: args.timeout,
@@ -304,9 +313,9 @@ impl TrainConfig {
         LrSchedule {
             base_lr_per_256: self.lr_per_256,
             global_batch: self.images_per_rank * world,
+            node_batch: self.images_per_rank * self.ranks_per_node.clamp(1, world.max(1)),
             total_steps: self.steps,
             warmup_fraction: self.warmup_fraction,
-            warmup_start_lr: self.lr_per_256,
             final_ratio: 0.001,
         }
     }
@@ -442,6 +451,8 @@ pub struct Trainer<'pg> {
     events_written: bool,
     scaler: LossScaler,
     mode: Mode<'pg>,
+    /// SwAV's queue of past embeddings, when the recipe keeps one.
+    queue: Option<SwavQueue>,
     /// Steps completed.
     step: u64,
     data_pos: DataPosition,
@@ -495,6 +506,11 @@ impl<'pg> Trainer<'pg> {
         let scaler = LossScaler::for_precision(cfg.precision);
         let mut optimizer = Optimizer::new(cfg.optim.clone(), specs.len())?;
         optimizer.skip_non_finite(scaler.enabled);
+        if cfg.freeze_prototypes_iters > 0 {
+            let protos: Vec<usize> = specs.iter().enumerate().filter(|(_, p)| p.name == "head.proto.weight").map(|(i, _)| i).collect();
+            optimizer.freeze(&protos, cfg.freeze_prototypes_iters as i64)?;
+        }
+        let queue = SwavQueue::new(&cfg.swav, cfg.images_per_rank as i64, pg.world_size() as i64, arch.embedding_dim(), cfg.device)?;
         let mode = Mode::train().with_bn_groups(cfg.bn_groups.max(1));
         let mode = if cfg.sync_bn { mode.with_sync_bn(groups.sync_bn()) } else { mode };
         Ok(Trainer {
@@ -509,6 +525,7 @@ impl<'pg> Trainer<'pg> {
             events_written: false,
             scaler,
             mode,
+            queue,
             step: 0,
             data_pos: DataPosition::default(),
             blocks,
@@ -564,8 +581,22 @@ impl<'pg> Trainer<'pg> {
         let layout = batch.layout.clone();
         let global_images = layout.images * self.pg.world_size() as i64;
         let swav_cfg = self.cfg.swav.clone();
-        let mut loss_fn = |scores: &Tensor| swav::swav_loss(scores, &layout, &swav_cfg, global_images, &ar).map_err(|e| e.to_string());
         let step = self.step;
+        let queue = &mut self.queue;
+        let mut loss_fn = |head: &LossInput| -> Result<Tensor, String> {
+            let queued = match queue.as_ref() {
+                Some(q) => {
+                    let protos = head.params.get("head.proto.weight").ok_or("the last block has no `head.proto.weight`")?;
+                    q.scores(protos, layout.images).map_err(|e| e.to_string())?
+                }
+                None => None,
+            };
+            let loss = swav::swav_loss(head.scores, &layout, &swav_cfg, global_images, queued.as_ref(), &ar).map_err(|e| e.to_string())?;
+            if let Some(q) = queue.as_mut().filter(|q| q.fills_at(step)) {
+                q.push(head.embedding, &layout, &swav_cfg.crops_for_assign).map_err(|e| e.to_string())?;
+            }
+            Ok(loss)
+        };
         let t_fb = Instant::now();
         let pass = step::forward_backward(
             &mut self.fsdp,
@@ -608,8 +639,9 @@ impl<'pg> Trainer<'pg> {
 
     /// The step's scalars, read back in one copy (the step's one
     /// synchronisation, after everything it queued): the loss-scale
-    /// decision, divergence, and what the metrics record.
-    fn finish_step(&mut self, pending: PendingStep) -> Result<StepOutcome, TrainError> {
+    /// decision, divergence, and what the metrics record. [`Trainer::train_step`]
+    /// is `compute_grads`, `apply_grads`, then this.
+    pub fn finish_step(&mut self, pending: PendingStep) -> Result<StepOutcome, TrainError> {
         let PendingStep { loss, stats, lr } = pending;
         let packed = Tensor::f_cat(
             &[loss.f_reshape([1])?, stats.grad_norm.f_to_kind(Kind::Double)?.f_reshape([1])?, stats.finite.f_to_kind(Kind::Double)?.f_reshape([1])?],
@@ -697,6 +729,9 @@ impl<'pg> Trainer<'pg> {
         for (n, t) in self.bn.buffers() {
             tensors.push(("bn".into(), n, t));
         }
+        for (n, t) in self.queue.iter().flat_map(SwavQueue::state) {
+            tensors.push(("queue".into(), n, t));
+        }
         let meta = RankMeta {
             format_version: checkpoint::FORMAT_VERSION,
             step: self.step,
@@ -774,6 +809,16 @@ impl<'pg> Trainer<'pg> {
         let shards = self.fsdp.shards();
         self.optimizer.load_state(&st.group("optim"), &shards)?;
         self.bn.load(&st.group("bn"))?;
+        if let Some(q) = self.queue.as_mut() {
+            // A queue is per rank: it survives a resume on the same ranks;
+            // re-cut over another world size it refills from empty.
+            let saved = st.group("queue");
+            if same && !saved.is_empty() {
+                q.load(&saved)?;
+            } else if rank == 0 {
+                println!("the SwAV queue starts empty after this resume (it refills in {} steps)", q.len() / self.cfg.images_per_rank.max(1) as i64);
+            }
+        }
         self.scaler = st.meta.loss_scaler.clone();
         self.step = st.meta.step;
         self.data_pos = st.meta.data;

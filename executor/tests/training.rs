@@ -68,10 +68,14 @@ fn config(world: usize, out: &Path, ckpt: bool, reshard: bool) -> TrainConfig {
             CropSpec { count: 2, resolution: 32, scale: (0.14, 1.0) },
             CropSpec { count: 2, resolution: 16, scale: (0.05, 0.14) },
         ]),
-        swav: SwavLossConfig { temperature: 0.1, epsilon: 0.05, sinkhorn_iters: 3, crops_for_assign: vec![0, 1] },
+        swav: SwavLossConfig { temperature: 0.1, epsilon: 0.05, sinkhorn_iters: 3, crops_for_assign: vec![0, 1], queue_length: 0, queue_start_iter: 0 },
         optim: OptimConfig::Sgd { momentum: 0.9, weight_decay: 1e-6, larc: Some(Larc { trust: 0.001, ..Larc::default() }) },
         lr_per_256: 0.6,
         warmup_fraction: 0.1,
+        // Every rank on one node, as the local launcher runs them: no
+        // warm-up (VISSL on one node), so every world size has one schedule.
+        ranks_per_node: 8,
+        freeze_prototypes_iters: 0,
         steps: 30,
         stop_after: None,
         seed: 7,

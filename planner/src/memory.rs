@@ -293,6 +293,9 @@ pub struct StaticMem {
     /// BN running mean/var (fp32, every rank holds them whole); shown
     /// under `params_shard`.
     pub bn_buffers: Bytes,
+    /// SwAV's queue of past embeddings on this rank (fp32, kept across
+    /// steps); shown under `activations`.
+    pub swav_queue: Bytes,
     /// SwAV loss during the last block's backward: log-softmax outputs,
     /// Sinkhorn codes, score gradient and Sinkhorn temporaries.
     pub head_loss: Bytes,
@@ -471,7 +474,11 @@ impl MemoryModel {
         // Gradient state over backward: does not depend on checkpointing,
         // so it is read off the schedule compiled without segments.
         let params_shard: u64 = p.units.iter().map(|u| u.shard.0).sum();
-        let static_base = params_shard * (2 + p.statics.optimizer_states) + p.statics.input_batch.0 + p.statics.host_batches.0 + p.statics.bn_buffers.0;
+        let static_base = params_shard * (2 + p.statics.optimizer_states)
+            + p.statics.input_batch.0
+            + p.statics.host_batches.0
+            + p.statics.bn_buffers.0
+            + p.statics.swav_queue.0;
         let tail_max = static_base + p.statics.optimizer_transient.0;
         let mut m = MemoryModel {
             n,
@@ -773,7 +780,7 @@ impl<'m> Replay<'m> {
         cat[Category::ParamsShard.idx()] = shard + m.p.statics.bn_buffers.0;
         cat[Category::GradsShard.idx()] = shard;
         cat[Category::Optimizer.idx()] = shard * m.p.statics.optimizer_states;
-        cat[Category::Activations.idx()] = m.p.statics.input_batch.0 + m.p.statics.host_batches.0;
+        cat[Category::Activations.idx()] = m.p.statics.input_batch.0 + m.p.statics.host_batches.0 + m.p.statics.swav_queue.0;
         Replay {
             m,
             segs,
@@ -1277,7 +1284,16 @@ pub fn profile(
     let crops: u64 = graph.workload.crops.iter().map(|c| c.count).sum();
     let assign = recipe.swav.crops_for_assign.len() as u64;
     let crop_mat = a.round(images * k * 4).0;
-    let head_loss = (assign * crops.saturating_sub(1) + assign + 2) * crop_mat + a.round(images * crops * k * 4).0;
+    // With SwAV's queue, each assignment crop's Sinkhorn runs on the batch
+    // and this rank's queue rows: the queue's scores against the prototypes
+    // (computed for every assignment crop first), their concatenation with
+    // the batch's, and the two Sinkhorn temporaries at that height.
+    let queue_rows = recipe.swav.queue_length / d.world_size.max(1) as u64;
+    let dim = graph.blocks.iter().find(|b| b.kind == BlockKind::HeadProto).and_then(|b| graph.layers_of(b).last().map(|l| l.in_shape[1])).unwrap_or(0);
+    let sinkhorn_mat = a.round((images + queue_rows) * k * 4).0;
+    let queue_scores = if queue_rows > 0 { assign * a.round(queue_rows * k * 4).0 + sinkhorn_mat } else { 0 };
+    let swav_queue = a.round(assign * queue_rows * dim * 4);
+    let head_loss = (assign * crops.saturating_sub(1) + assign) * crop_mat + 2 * sinkhorn_mat + queue_scores + a.round(images * crops * k * 4).0;
     let states = recipe.optim.kind.states_per_param();
     let largest_shard = unit_mems.iter().map(|u| u.shard.0).max().unwrap_or(0);
     let optimizer_transient = Bytes(largest_shard * (states + 1));
@@ -1296,6 +1312,7 @@ pub fn profile(
             input_batch: Bytes(input_batch),
             host_batches: Bytes(host_batches),
             bn_buffers: Bytes(bn_buffers),
+            swav_queue,
             head_loss: Bytes(head_loss),
             optimizer_transient,
         },
@@ -1381,6 +1398,7 @@ pub(crate) mod testgen {
                 input_batch: bytes(rng, 500),
                 host_batches: bytes(rng, 500),
                 bn_buffers: bytes(rng, 100),
+                swav_queue: bytes(rng, 100),
                 head_loss: bytes(rng, 3000),
                 optimizer_transient: bytes(rng, 2000),
             },
@@ -1568,6 +1586,7 @@ mod tests {
         let last = &p.blocks[n - 1];
         let expect_last_bwd = shard * 3
             + p.statics.bn_buffers.0
+            + p.statics.swav_queue.0
             + p.statics.input_batch.0
             + p.statics.host_batches.0
             + kept

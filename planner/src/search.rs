@@ -410,6 +410,9 @@ impl<'r> Searcher<'r> {
         if space.hardware.is_empty() {
             return Err(SearchError::Request("no hardware to search over".into()));
         }
+        if let GpuCount::Fixed(n) = space.gpus {
+            recipe.sync_bn_group_for(n).map_err(|e| SearchError::Request(format!("{n} GPUs: recipe `{}`: {e}", recipe.name)))?;
+        }
         let collectives = space.hardware.iter().map(|h| CollectiveModel::new(h.measured.collectives.clone())).collect();
         // Names and parameter counts do not depend on batch or dtype.
         let names_graph = ModelGraph::build_executed(&model, &Workload { images: 1, crops: recipe.crop_groups(), dtype: DType::Fp32 }, ChannelPadding::Off);
@@ -455,7 +458,10 @@ impl<'r> Searcher<'r> {
         for (h, p) in self.space.hardware.iter().enumerate() {
             match self.space.gpus {
                 GpuCount::Fixed(n) => out.push((h, n)),
-                GpuCount::Range { min, max } => out.extend(world_sizes(&p.hardware, min, max).into_iter().map(|n| (h, n))),
+                // World sizes the recipe's SyncBN groups cannot tile are skipped.
+                GpuCount::Range { min, max } => {
+                    out.extend(world_sizes(&p.hardware, min, max).into_iter().filter(|&n| self.recipe.sync_bn_group_for(n).is_ok()).map(|n| (h, n)))
+                }
             }
         }
         out
@@ -556,7 +562,7 @@ impl<'r> Searcher<'r> {
         self.graph_costs(h, share, rank_hw, d.precision.compute, d.channel_padding, d.batch_per_rank)?;
         self.units(d.wrapping);
         let compute = self.compute_model(h, share, rank_hw).clone();
-        let links = self.links.groups(rank_hw, d.world_size, d.sharding, self.recipe.sync_bn_group)?.clone();
+        let links = self.links.groups(rank_hw, d.world_size, d.sharding, self.recipe.sync_bn_group_for(d.world_size).ok().flatten())?.clone();
         let gc = &self.costs[&(h, share, d.precision.compute, d.channel_padding, d.batch_per_rank)];
         let units = &self.units[&d.wrapping];
         let w = self.world_costs(h, &links, d.world_size, d.sharding);
@@ -765,7 +771,7 @@ impl<'r> Searcher<'r> {
                 let least = candidates.iter().map(|(_, p)| p.recompute.0).fold(f64::INFINITY, f64::min);
                 memo.least_recompute.push((world, c.batch, least));
             }
-            let links = self.links.groups(&rank_hw, world, c.sharding, self.recipe.sync_bn_group)?.clone();
+            let links = self.links.groups(&rank_hw, world, c.sharding, self.recipe.sync_bn_group_for(world).ok().flatten())?.clone();
             for (order, placement) in candidates {
                 let d = Decisions { checkpoint: placement.segments, backward_order: order, ..d.clone() };
                 let gc = &self.costs[&(h, share, c.dtype, c.padding, c.batch)];

@@ -32,6 +32,8 @@ pub struct GraphCosts {
     pub loss: LossCost,
     /// Bytes of one all-reduce of the prototype row sums.
     pub row_sum_bytes: Bytes,
+    /// Width of the embedding the prototypes score (SwAV's queue holds it).
+    pub embedding_dim: u64,
     /// Parameter tensors (LARC computes one norm each).
     pub param_tensors: usize,
     pub params: u64,
@@ -97,10 +99,13 @@ pub mod host_ops {
     /// step's one read-back: three scalars cast, reshaped, concatenated,
     /// copied to the host.
     pub const LOSS_VALUE: f64 = 10.0;
-    /// Sinkhorn: detach, cast, div, add, exp, transpose-copy, sum, div_.
-    pub const SINKHORN_INIT: f64 = 8.0;
-    /// Per iteration: row sum, mul, div_, column sum, mul, div_.
-    pub const SINKHORN_ITERATION: f64 = 6.0;
+    /// Sinkhorn: detach, cast, div, add, exp, transpose-copy; the inf
+    /// guard (isinf, masked_fill, max, logical_not, where); sum, div_.
+    pub const SINKHORN_INIT: f64 = 13.0;
+    /// Per iteration: row sum; the zero-row guard (eq, any, mul, add_ to
+    /// the codes, mul, add_ to the sums); the row scaling (mul, reciprocal,
+    /// the inf guard's 5, mul_); column sum, mul, div_.
+    pub const SINKHORN_ITERATION: f64 = 18.0;
     /// Final column sum, div, transpose-copy.
     pub const SINKHORN_FINAL: f64 = 3.0;
     /// Per (assigned crop, other crop): narrow, view, select (crop rows),
@@ -208,6 +213,7 @@ impl GraphCosts {
             model_flops: flops,
             loss,
             row_sum_bytes: Bytes(k as u64 * 4),
+            embedding_dim: graph.blocks.last().and_then(|b| graph.layers_of(b).last()).map_or(0, |l| l.in_shape[1]),
             param_tensors: graph.blocks.iter().map(|b| b.param_tensors.len()).sum(),
             params: graph.blocks.iter().map(|b| b.params).sum(),
             recompute,
@@ -358,6 +364,7 @@ pub fn step_profile(
     let mut loss = g.loss;
     loss.sum_all_reduce = w.time(Collective::AllReduce, Bytes(4));
     loss.row_all_reduce = w.time(Collective::AllReduce, g.row_sum_bytes);
+    add_queue_costs(&mut loss, g, recipe.swav.queue_length / w.world_size.max(1) as u64, compute);
     let mut blocks = g.blocks.clone();
     if recipe.sync_bn {
         add_sync_bn_costs(&mut blocks, &g.bn_channels, w);
@@ -415,6 +422,23 @@ pub fn step_profile(
 /// values). They block the compute that needs their result, so they add to
 /// the block's time even where other collectives overlap; a recompute
 /// repeats the forward one.
+/// SwAV's queue (`queue_rows` on this rank, steady state: full): per
+/// assignment crop, its embeddings scored against the prototypes (an fp32
+/// matmul) and Sinkhorn over that many more columns (memory-bound, as the
+/// batch's part: 3 passes to start, 6 per iteration).
+pub fn add_queue_costs(loss: &mut LossCost, g: &GraphCosts, queue_rows: u64, compute: &ComputeModel) {
+    if queue_rows == 0 {
+        return;
+    }
+    let (q, k, d) = (queue_rows as f64, g.row_sum_bytes.0 as f64 / 4.0, g.embedding_dim as f64);
+    let scores =
+        OpDesc { kind: OpKind::Matmul, flops: Flops(2.0 * q * d * k), bytes: Bytes(((q * d + d * k + q * k) * 4.0) as u64), dtype: DType::Fp32, kernels: 1 };
+    let matmul = compute.op_time(&scores).map_or(Seconds(0.0), |t| t.time);
+    let bw = compute.memory_bandwidth();
+    loss.sinkhorn_init += matmul + Bytes((3.0 * q * k * 4.0) as u64) / bw;
+    loss.sinkhorn_iteration += Bytes((6.0 * q * k * 4.0) as u64) / bw;
+}
+
 pub fn add_sync_bn_costs(blocks: &mut [BlockCost], bn_channels: &[Vec<u64>], w: &WorldCosts) {
     let group = &w.links.sync_bn;
     if group.ranks <= 1 {

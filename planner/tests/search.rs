@@ -233,3 +233,39 @@ fn the_search_pads_unaligned_channels_on_a_gpu_only() {
     let cpu = choose(&outcomes, Objective::Fastest, Constraints::default()).unwrap();
     assert_eq!(cpu.decisions.channel_padding, ChannelPadding::Off);
 }
+
+/// SEER 10B's published SyncBN (groups of 8) costs step time; a SwAV queue
+/// costs memory (its embeddings and the taller Sinkhorn) and step time; the
+/// search skips world sizes the SyncBN groups cannot tile.
+#[test]
+fn sync_bn_groups_and_the_queue_are_priced() {
+    let seer = Recipe::load("seer-10b").unwrap();
+    assert_eq!((seer.sync_bn, seer.sync_bn_group, seer.swav.freeze_prototypes_iters), (true, Some(8), 313));
+    let reference = |r: &Recipe| {
+        let mut s = Searcher::new(r, space("a100-40gb", GpuCount::Fixed(496), BatchPolicy::PerGpu(16))).unwrap();
+        let d = reference_decisions(&mut s, 496).unwrap();
+        s.evaluate(0, &d).unwrap()
+    };
+    let with = reference(&seer);
+    let mut per_rank = seer.clone();
+    (per_rank.sync_bn, per_rank.sync_bn_group) = (false, None);
+    let without = reference(&per_rank);
+    let sync_cost = with.step.step_time.0 - without.step.step_time.0;
+    assert!(sync_cost > 0.0 && sync_cost < 0.05 * without.step.step_time.0, "SyncBN adds {sync_cost} s");
+    assert_eq!(with.peak, without.peak);
+    let mut queued = seer.clone();
+    queued.swav.queue_length = 7936 * 4;
+    let q = reference(&queued);
+    assert!(
+        q.peak > with.peak && q.step.step_time > with.step.step_time,
+        "queue: {} / {:?} vs {} / {:?}",
+        q.peak,
+        q.step.step_time,
+        with.peak,
+        with.step.step_time
+    );
+    // 12 GPUs cannot hold SyncBN groups of 8: refused when asked for, skipped in a range.
+    assert!(Searcher::new(&seer, space("a100-40gb", GpuCount::Fixed(12), BatchPolicy::PerGpu(16))).is_err());
+    let s = Searcher::new(&seer, space("a100-40gb", GpuCount::Range { min: 1, max: 64 }, BatchPolicy::PerGpu(16))).unwrap();
+    assert!(s.points().iter().all(|&(_, n)| n <= 8 || n % 8 == 0), "{:?}", s.points());
+}

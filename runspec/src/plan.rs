@@ -246,11 +246,8 @@ impl Plan {
             return Err(invalid("world_size", "world_size, gpus_per_node and batch_per_rank must be >= 1".into()));
         }
         self.sharding.check(self.world_size).map_err(|e| invalid("sharding", e.0))?;
-        if let Some(k) = self.recipe.sync_bn_group {
-            if !self.world_size.is_multiple_of(k) {
-                return Err(invalid("recipe.sync_bn_group", format!("{k} ranks per SyncBN group do not divide the world size {}", self.world_size)));
-            }
-        }
+        self.recipe.sync_bn_group_for(self.world_size).map_err(|e| invalid("recipe.sync_bn_group", e))?;
+        self.recipe.swav.check_queue(self.batch_per_rank as u64, self.world_size as u64).map_err(|e| invalid("recipe.swav.queue_length", e))?;
         let g = self.graph();
         let fp = ModelFingerprint::of(&g);
         if fp != self.model_fingerprint {

@@ -19,13 +19,13 @@ pub struct Recipe {
     pub swav: SwavSpec,
     pub optim: OptimSpec,
     pub cluster: ClusterSpec,
-    /// BatchNorm statistics over all ranks (SyncBN) instead of per rank
-    /// (SEER's choice): two small blocking all-reduces per BN call, which
-    /// the step simulator charges and `train` honours.
+    /// BatchNorm statistics over all ranks (SyncBN, as SEER: PyTorch's
+    /// SyncBatchNorm) instead of per rank: two small blocking all-reduces
+    /// per BN call, which the step simulator charges and `train` honours.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sync_bn: bool,
     /// SyncBN over groups of this many consecutive ranks instead of all of
-    /// them (SEER 2021: 64); must divide the world size.
+    /// them (SEER 10B: 8, one node; SEER 2021: 64); must divide the world size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync_bn_group: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -60,6 +60,40 @@ pub struct SwavSpec {
     pub sinkhorn_iterations: usize,
     pub epsilon: f64,
     pub crops_for_assign: Vec<usize>,
+    /// The prototypes stay as initialised (no update, decay or momentum)
+    /// for this many first iterations (SEER and SwAV: 313).
+    #[serde(default)]
+    pub freeze_prototypes_iters: u64,
+    /// Embeddings of past batches kept per assignment crop, over all ranks
+    /// (SwAV's `queue_length`; 0: no queue, as SEER). Each rank keeps
+    /// `queue_length / world` rows; a multiple of the global batch.
+    #[serde(default)]
+    pub queue_length: u64,
+    /// The iteration the queue starts filling at; it joins Sinkhorn once
+    /// full (SwAV's `epoch_queue_starts`, counted in iterations).
+    #[serde(default)]
+    pub queue_start_iter: u64,
+}
+
+impl SwavSpec {
+    /// Sinkhorn columns per assignment crop on one rank once the queue is
+    /// full: the rank's images plus its share of the queue.
+    pub fn sinkhorn_rows_per_rank(&self, batch_per_rank: u64, world: u64) -> u64 {
+        batch_per_rank + self.queue_length / world.max(1)
+    }
+
+    /// Checks the queue against a run's shape: each rank's share must be
+    /// whole batches, as SwAV trims it.
+    pub fn check_queue(&self, batch_per_rank: u64, world: u64) -> Result<(), String> {
+        let global = batch_per_rank * world;
+        if self.queue_length > 0 && (global == 0 || !self.queue_length.is_multiple_of(global)) {
+            return Err(format!(
+                "swav.queue_length {} must be a multiple of the global batch {global} ({batch_per_rank} images x {world} ranks)",
+                self.queue_length
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,6 +211,22 @@ impl Recipe {
         self.cluster.gpus * self.cluster.batch_per_gpu
     }
 
+    /// The SyncBN group a run of `world` ranks uses: `None` (all ranks)
+    /// where the recipe's group covers the world, as SEER's groups of 8 do
+    /// on one node; an error where it is smaller and does not divide it.
+    pub fn sync_bn_group_for(&self, world: usize) -> Result<Option<usize>, String> {
+        match self.sync_bn_group {
+            Some(k) if k < world => {
+                if world.is_multiple_of(k) {
+                    Ok(Some(k))
+                } else {
+                    Err(format!("{k} ranks per SyncBN group do not divide the world size {world}"))
+                }
+            }
+            _ => Ok(None),
+        }
+    }
+
     pub fn load(name_or_path: &str) -> Result<Recipe, ConfigError> {
         load_toml("recipe", name_or_path, BUILTIN_RECIPES, Recipe::validate)
     }
@@ -275,6 +325,20 @@ mod tests {
         let seer = Recipe::load("seer-10b").unwrap();
         assert_eq!(seer.cluster.gpus, 496);
         assert_eq!(seer.reference_plan.unwrap().stage_checkpoints, vec![vec![2], vec![7], vec![9, 17], vec![]]);
+    }
+
+    #[test]
+    fn sync_bn_groups_cover_or_tile_the_world_and_queues_hold_whole_batches() {
+        let seer = Recipe::load("seer-10b").unwrap();
+        assert_eq!(seer.sync_bn_group_for(496), Ok(Some(8)));
+        assert_eq!(seer.sync_bn_group_for(8), Ok(None));
+        assert_eq!(seer.sync_bn_group_for(4), Ok(None));
+        assert!(seer.sync_bn_group_for(12).unwrap_err().contains("do not divide"));
+        let mut s = seer.swav.clone();
+        assert!(s.check_queue(16, 496).is_ok());
+        s.queue_length = 3840;
+        assert!(s.check_queue(16, 8).is_ok() && s.check_queue(16, 7).unwrap_err().contains("multiple of the global batch 112"));
+        assert_eq!(s.sinkhorn_rows_per_rank(16, 8), 16 + 480);
     }
 
     #[test]
