@@ -748,8 +748,11 @@ fn the_recipes_global_batch_is_held_unless_freed() {
     let s = text(&out.stdout);
     assert!(s.contains(&format!("note: global batch {} is not the recipe's 7936 (496 GPUs x 16)", global(&free))), "{s}");
     // A cluster that cannot hold it is refused, naming the way out.
-    let e = one_line_error(&["plan", "--recipe", "seer-10b", "--gpus", "500"]);
-    assert!(e.contains("global batch 7936 is not a multiple of 500 GPUs") && e.contains("--free-batch"), "{e}");
+    let e = one_line_error(&["plan", "--recipe", "seer-10b", "--gpus", "504"]);
+    assert!(e.contains("global batch 7936 is not a multiple of 504 GPUs") && e.contains("--free-batch"), "{e}");
+    // So is one that SEER's SyncBN groups of 8 cannot tile.
+    let e = one_line_error(&["plan", "--recipe", "seer-10b", "--gpus", "500", "--free-batch"]);
+    assert!(e.contains("500 GPUs") && e.contains("8 ranks per SyncBN group do not divide the world size 500"), "{e}");
     // The sweep holds it on every row that fits, and says so.
     let sweep = ok_json(&["sweep", "--recipe", "seer-10b", "--min-gpus", "200", "--max-gpus", "1000", "--json"]);
     let fits: Vec<&Value> = sweep["rows"].as_array().unwrap().iter().filter(|r| r["fits"] == Value::Bool(true)).collect();

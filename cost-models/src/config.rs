@@ -17,6 +17,10 @@ pub struct SwavHeadSpec {
     pub mlp_dims: Vec<usize>,
     /// Number of prototypes (the last, bias-free Linear).
     pub prototypes: usize,
+    /// BatchNorm after every hidden Linear of the MLP (VISSL's swav_head
+    /// `use_bn`: on in SwAV's ImageNet configs, off in both SEER runs).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub use_bn: bool,
 }
 
 /// A model: RegNet-Y trunk + SwAV head.

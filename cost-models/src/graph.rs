@@ -254,7 +254,9 @@ impl ModelGraph {
             let lin = b.layer(mlp_block, format!("head.mlp.{k}"), LayerKind::Linear { bias: true }, [rows, d_in, 1, 1], shape, params, Some(x), true, true);
             b.set_matmul_flops(lin, rows * d * d_in, true);
             if !last {
-                x = b.layer(mlp_block, format!("head.mlp.{k}.relu"), LayerKind::Relu, shape, shape, vec![], Some(lin), true, false);
+                // VISSL's swav_head: Linear, BatchNorm1d (use_bn), ReLU.
+                let pre = if model.head.use_bn { b.bn(mlp_block, &format!("head.mlp.{k}.bn"), "", lin, true, true) } else { lin };
+                x = b.layer(mlp_block, format!("head.mlp.{k}.relu"), LayerKind::Relu, shape, shape, vec![], Some(pre), true, false);
             } else {
                 x = lin;
             }
@@ -263,7 +265,8 @@ impl ModelGraph {
         // L2 normalise: keeps norms (rows) and the clamped norms (rows) in fp32-or-dtype.
         let norm = b.layer(mlp_block, "head.normalize".into(), LayerKind::Normalize, [rows, d_in, 1, 1], [rows, d_in, 1, 1], vec![], Some(x), true, true);
         b.g[norm].saved += Bytes(2 * rows * b.dtype.size());
-        // Prototypes run in fp32: the cast input is a new saved storage unless already fp32.
+        // The embedding is cast to fp32 before its normalisation (a new saved
+        // storage unless already fp32); the prototypes run in fp32 on it.
         let k = model.head.prototypes as u64;
         let proto = b.layer(
             proto_block,
@@ -593,6 +596,21 @@ mod tests {
         // torchvision publishes 0.40 GFLOPS (multiply-adds, fc included: 0.44 M).
         let rel = (macs + 440_000.0) / 0.40e9 - 1.0;
         assert!(rel.abs() < 0.01, "MACs {macs} rel {rel}");
+    }
+
+    #[test]
+    fn the_head_bn_is_a_batch_norm_layer_after_each_hidden_linear() {
+        let m = load("regnety-400mf");
+        assert!(m.head.use_bn);
+        let g = ModelGraph::build(&m, &Workload::single(2, 64, DType::Fp32));
+        let head = g.blocks.iter().find(|b| b.kind == BlockKind::HeadMlp).unwrap();
+        let bns: Vec<&str> = g.layers_of(head).filter(|l| l.kind == LayerKind::BatchNorm).map(|l| l.name.as_str()).collect();
+        assert_eq!(bns, ["head.mlp.0.bn"]);
+        let mut plain = m.clone();
+        plain.head.use_bn = false;
+        let p = ModelGraph::build(&plain, &Workload::single(2, 64, DType::Fp32));
+        let head_params = |g: &ModelGraph| g.blocks.iter().find(|b| b.kind == BlockKind::HeadMlp).unwrap().params;
+        assert_eq!(head_params(&g) - head_params(&p), 2 * 2048);
     }
 
     #[test]

@@ -158,6 +158,8 @@ pub struct ModelArch {
     /// Output width of each projection Linear (input: trunk width).
     pub mlp_dims: Vec<i64>,
     pub prototypes: i64,
+    /// BatchNorm after each hidden Linear of the head (`use_bn`).
+    pub head_bn: bool,
     /// Channel padding (`cost_models::padding`): how each parameter and BN
     /// layer is padded where it is used; `None` runs the model's widths.
     pub padding: Option<PaddingPlan>,
@@ -170,7 +172,7 @@ impl ModelArch {
     pub fn with_padding(cfg: &ModelConfig, padding: ChannelPadding) -> Result<ModelArch, ModelError> {
         let mut arch = ModelArch::new(cfg)?;
         if padding.is_on() {
-            arch.padding = Some(PaddingPlan::new(cfg.regnet.stem_width, &cfg.regnet.blocks(), &cfg.head.mlp_dims));
+            arch.padding = Some(PaddingPlan::new(cfg.regnet.stem_width, &cfg.regnet.blocks(), &cfg.head.mlp_dims, cfg.head.use_bn));
             for b in &mut arch.blocks {
                 b.w_in_run = cost_models::padding::aligned(b.w_in as usize) as i64;
             }
@@ -207,6 +209,7 @@ impl ModelArch {
             blocks,
             mlp_dims: cfg.head.mlp_dims.iter().map(|&d| d as i64).collect(),
             prototypes: cfg.head.prototypes as i64,
+            head_bn: cfg.head.use_bn,
             padding: None,
         })
     }
@@ -287,6 +290,9 @@ impl ModelArch {
             let bound = 1.0 / (d_in as f64).sqrt();
             out.push(ParamSpec { name: format!("head.mlp.{k}.weight"), shape: vec![d, d_in], block: "head.mlp".into(), init: Init::Uniform { bound } });
             out.push(ParamSpec { name: format!("head.mlp.{k}.bias"), shape: vec![d], block: "head.mlp".into(), init: Init::Uniform { bound } });
+            if self.head_bn && k + 1 < self.mlp_dims.len() {
+                bn(&mut out, "head.mlp", &format!("head.mlp.{k}.bn"), d);
+            }
             d_in = d;
         }
         out.push(ParamSpec {
@@ -308,6 +314,10 @@ impl ModelArch {
             v.push((format!("{}.a_bn", b.name), b.w_b));
             v.push((format!("{}.b_bn", b.name), b.w_b));
             v.push((format!("{}.c_bn", b.name), b.w_out));
+        }
+        if self.head_bn {
+            let hidden = self.mlp_dims.len().saturating_sub(1);
+            v.extend(self.mlp_dims[..hidden].iter().enumerate().map(|(k, &d)| (format!("head.mlp.{k}.bn"), d)));
         }
         v
     }
@@ -334,7 +344,7 @@ impl ModelArch {
         let mut ctx = Ctx { params, bn, mode, block };
         match block {
             "stem" => xs.iter().map(|x| ctx.stem(x)).collect(),
-            "head.mlp" => Ok(vec![ctx.head_mlp(xs, self.mlp_dims.len())?]),
+            "head.mlp" => Ok(vec![ctx.head_mlp(xs, self.mlp_dims.len(), self.head_bn)?]),
             "head.proto" => {
                 if xs.len() != 1 {
                     return Err(ModelError::Input { block: block.into(), reason: "expects one embedding tensor".into() });
@@ -646,8 +656,14 @@ impl Ctx<'_> {
     }
 
     /// Pools every resolution group's trunk output, concatenates the rows,
-    /// then Linear / in-place ReLU ... Linear, then L2 normalisation.
-    fn head_mlp(&mut self, xs: &[Tensor], layers: usize) -> Result<Tensor, ModelError> {
+    /// then Linear / (BN) / in-place ReLU ... Linear, then L2 normalisation.
+    fn head_mlp(&mut self, xs: &[Tensor], layers: usize, bn: bool) -> Result<Tensor, ModelError> {
+        if bn && self.mode.train && self.mode.bn_groups > 1 && xs.len() > 1 {
+            return Err(ModelError::Input {
+                block: self.block.into(),
+                reason: "per-rank BN emulation (bn_groups) cannot split the head's rows of several crop groups by rank".into(),
+            });
+        }
         let mut pooled = Vec::with_capacity(xs.len());
         for x in xs {
             pooled.push(match x.dim() {
@@ -668,6 +684,9 @@ impl Ctx<'_> {
             }
             h = h.f_linear(&w, Some(&b))?;
             if k + 1 < layers {
+                if bn {
+                    h = self.bn(&h, &format!("head.mlp.{k}.bn"))?;
+                }
                 let _ = h.f_relu_()?;
             }
         }
@@ -756,6 +775,10 @@ mod tests {
             assert_eq!(ours, theirs, "{name}");
         }
         let arch = ModelArch::new(&cfg("regnety-400mf")).unwrap();
+        // SwAV's ImageNet head: BN after the hidden Linear, with running stats.
+        assert!(arch.param_specs().iter().any(|p| p.name == "head.mlp.0.bn.weight" && p.shape == [2048]));
+        assert!(arch.bn_layers().contains(&("head.mlp.0.bn".to_string(), 2048)));
+        assert!(!arch.param_specs().iter().any(|p| p.name == "head.mlp.1.bn.weight"));
         let trunk: i64 = arch.param_specs().iter().filter(|p| !p.block.starts_with("head")).map(|p| p.numel()).sum();
         // torchvision regnet_y_400mf: 4,344,144 minus its 440x1000 + 1000 fc.
         assert_eq!(trunk, 3_903_144);

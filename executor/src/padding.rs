@@ -23,7 +23,7 @@ pub struct PaddingPlan {
 
 impl PaddingPlan {
     /// The layouts of RegNet-Y `blocks` with its stem and SwAV head.
-    pub fn new(stem_width: usize, blocks: &[BlockSpec], mlp_dims: &[usize]) -> PaddingPlan {
+    pub fn new(stem_width: usize, blocks: &[BlockSpec], mlp_dims: &[usize], head_bn: bool) -> PaddingPlan {
         let mut p = PaddingPlan::default();
         let one = |c: usize| ChannelLayout::new(c, 1, true);
         let stem = one(stem_width);
@@ -52,6 +52,9 @@ impl PaddingPlan {
         let mut d_in = one(blocks.last().map_or(stem_width, |b| b.w_out));
         for (k, &d) in mlp_dims.iter().enumerate() {
             p.conv(&format!("head.mlp.{k}"), one(d), Some(d_in), true);
+            if head_bn && k + 1 < mlp_dims.len() {
+                p.batch_norm(&format!("head.mlp.{k}.bn"), one(d));
+            }
             d_in = one(d);
         }
         // The prototypes' count is not a channel width: only their input pads.

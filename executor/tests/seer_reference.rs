@@ -1,7 +1,7 @@
 //! SEER's step, step by step, against a PyTorch reference written from
 //! VISSL's code (`tests/python/seer_reference.py`).
 //!
-//! The executor trains regnety-tiny for three steps on 1, 2 and 4 CPU ranks
+//! The executor trains regnety-tiny (with BN in its head) for three steps on 1, 2 and 4 CPU ranks
 //! (FSDP, and hybrid sharding on 4) with everything SEER's recipe turns on:
 //! SyncBN (over all ranks, and in groups of 2 ranks on 4), LARC-SGD with
 //! weight decay, a multi-node warm-up then cosine, prototypes frozen for the
@@ -52,11 +52,14 @@ fn photos() -> PathBuf {
     std::env::var_os("SEERSCALE_PHOTOS").map(PathBuf::from).map(|p| if p.is_absolute() { p } else { root().join(p) }).unwrap_or(root().join(".photos"))
 }
 
-/// The run every world size makes: regnety-tiny on a global batch of 16,
+/// The run every world size makes: regnety-tiny with BN in its head on a
+/// global batch of 16,
 /// one rank per node (so the lr warms up from one rank's images), SyncBN in
 /// groups of `sync_group` ranks (`None`: all), a queue of 32 embeddings.
 fn config(world: usize, sharding: Sharding, sync_group: Option<usize>, out: &Path) -> TrainConfig {
-    let model = ModelConfig::load("regnety-tiny").unwrap();
+    let mut model = ModelConfig::load("regnety-tiny").unwrap();
+    // BN in the projection head, as SwAV's ImageNet configs (SEER has none).
+    model.head.use_bn = true;
     let blocks = ModelArch::new(&model).unwrap().block_names();
     let mut units: Vec<UnitSpec> = blocks.iter().filter(|b| b.starts_with('s')).map(|b| UnitSpec { name: b.clone(), members: vec![b.clone()] }).collect();
     units.push(UnitSpec { name: "head.mlp".into(), members: vec!["head.mlp".into()] });

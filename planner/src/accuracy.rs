@@ -182,7 +182,7 @@ fn builtin_of(pycls_name: &str) -> (String, String) {
 /// The model with pycls's classifier as its head (1000 classes, one linear).
 fn classifier(name: &str) -> Result<ModelConfig, AccuracyError> {
     let mut m = ModelConfig::load(name)?;
-    m.head = SwavHeadSpec { mlp_dims: vec![], prototypes: 1000 };
+    m.head = SwavHeadSpec { mlp_dims: vec![], prototypes: 1000, use_bn: false };
     Ok(m)
 }
 

@@ -151,14 +151,23 @@ def trunk(x, p, blocks, bn_groups):
     return F.adaptive_avg_pool2d(x, 1).flatten(1)
 
 
-def head(h, p):
-    layers = sorted({int(k.split(".")[2]) for k in p if k.startswith("head.mlp.")})
+def head(hs, p, bn_groups):
+    """VISSL's swav_head on every rank's rows (`hs`, one per rank): Linear,
+    BatchNorm1d (use_bn: SyncBN over the ranks' groups), ReLU, ..., Linear;
+    F.normalize; the prototypes."""
+    layers = sorted({int(k.split(".")[2]) for k in p if re.fullmatch(r"head\.mlp\.\d+\.weight", k)})
+    per_group = len(hs) // bn_groups
     for i in layers:
-        h = F.linear(h, p[f"head.mlp.{i}.weight"], p[f"head.mlp.{i}.bias"])
+        hs = [F.linear(h, p[f"head.mlp.{i}.weight"], p[f"head.mlp.{i}.bias"]) for h in hs]
         if i != layers[-1]:
-            h = F.relu(h)
-    emb = F.normalize(h.float(), dim=1, p=2)
-    return emb, F.linear(emb, p["head.proto.weight"])
+            if f"head.mlp.{i}.bn.weight" in p:
+                w, b = p[f"head.mlp.{i}.bn.weight"], p[f"head.mlp.{i}.bn.bias"]
+                hs = [y for g in range(bn_groups) for y in
+                      F.batch_norm(torch.cat(hs[g * per_group:(g + 1) * per_group]), None, None, w, b, training=True, eps=BN_EPS)
+                      .split([h.shape[0] for h in hs[g * per_group:(g + 1) * per_group]])]
+            hs = [F.relu(h) for h in hs]
+    embs = [F.normalize(h, dim=1, p=2) for h in hs]
+    return embs, [F.linear(e, p["head.proto.weight"]) for e in embs]
 
 
 # ---------------------------------------------------------------- SwAV
@@ -177,7 +186,7 @@ def distributed_sinkhornknopp(qs, num_iter):
     qs = [q / sum_q for q in qs]
     k = qs[0].shape[0]
     n_total = sum(q.shape[1] for q in qs)
-    r = torch.ones(k) / k
+    r = torch.ones(k, dtype=qs[0].dtype) / k
     for _ in range(num_iter):
         u = sum(q.sum(dim=1) for q in qs)
         if (u == 0).any():
@@ -189,11 +198,11 @@ def distributed_sinkhornknopp(qs, num_iter):
             u[mask] = 0
             u[mask] = torch.max(u)
         qs = [q * u.unsqueeze(1) for q in qs]
-        qs = [q * ((torch.ones(q.shape[1]) / n_total) / q.sum(dim=0)).unsqueeze(0) for q in qs]
-    return [(q / q.sum(dim=0, keepdim=True)).t().float() for q in qs]
+        qs = [q * ((torch.ones(q.shape[1], dtype=q.dtype) / n_total) / q.sum(dim=0)).unsqueeze(0) for q in qs]
+    return [(q / q.sum(dim=0, keepdim=True)).t() for q in qs]
 
 
-def swav_loss(scores, queues, protos, run, step, bs):
+def swav_loss(scores, queues, protos, run, bs):
     """SwAVCriterion on every rank's `[num_crops * bs, K]` scores (crop-major
     rows); returns the mean over ranks of each rank's loss."""
     n_crops = sum(run["crops"])
@@ -227,7 +236,7 @@ class Queue:
     def scores(self, i, protos, bs):
         if self.pushes * bs < self.emb.shape[1]:
             return None
-        return self.emb[i] @ protos.t()
+        return self.emb[i].to(protos.dtype) @ protos.t()
 
     def push(self, emb, crops_for_assign, bs):
         for i, c in enumerate(crops_for_assign):
@@ -285,12 +294,31 @@ def check_init(params):
     return worst
 
 
+def forward_backward(params, batches, run, queues, dtype):
+    """One step's loss, gradients and embeddings from `params` in `dtype`
+    (the queues are read, not pushed)."""
+    world, bs = run["world"], run["images_per_rank"]
+    bn_groups = world // run["sync_group"]
+    leaves = {n: t.detach().to(dtype).requires_grad_(True) for n, t in params.items()}
+    # Per resolution group: every rank's crops, crop-major (VISSL's
+    # collator), ranks in order.
+    feats = []
+    for g, count in enumerate(run["crops"]):
+        per_rank = []
+        for b in batches:
+            x = b[f"group{g}"].to(dtype)
+            per_rank.append(x.view(bs, count, *x.shape[1:]).transpose(0, 1).reshape(bs * count, *x.shape[1:]))
+        feats.append(trunk(torch.cat(per_rank), leaves, run["blocks"], bn_groups).chunk(world, 0))
+    embs, scores = head([torch.cat([f[r] for f in feats]) for r in range(world)], leaves, bn_groups)
+    loss = swav_loss(scores, queues, leaves["head.proto.weight"].detach(), run, bs)
+    loss.backward()
+    return float(loss.detach()), {n: t.grad for n, t in leaves.items()}, embs
+
+
 def check_step(d):
     d = pathlib.Path(d)
     run = json.loads((d / "run.json").read_text())
     world, bs = run["world"], run["images_per_rank"]
-    bn_groups = world // run["sync_group"]
-    crops = run["crops"]
     params = {n: t.clone() for n, t in load(d / "init.safetensors").items()}
     names = sorted(params)
     init_off = check_init(params)
@@ -301,41 +329,37 @@ def check_step(d):
     for step, rec in enumerate(run["steps"]):
         with torch.no_grad():
             params["head.proto.weight"].copy_(F.normalize(params["head.proto.weight"], dim=1, p=2))
-        leaves = {n: t.detach().clone().requires_grad_(True) for n, t in params.items()}
         batches = [load(d / f"batch_s{step}_r{r}.safetensors") for r in range(world)]
-        # Per resolution group: every rank's crops, crop-major (VISSL's
-        # collator), ranks in order.
-        feats = []
-        for g, count in enumerate(crops):
-            per_rank = []
-            for b in batches:
-                x = b[f"group{g}"]
-                per_rank.append(x.view(bs, count, *x.shape[1:]).transpose(0, 1).reshape(bs * count, *x.shape[1:]))
-            feats.append(trunk(torch.cat(per_rank), leaves, run["blocks"], bn_groups).chunk(world, 0))
-        embs, scores = zip(*[head(torch.cat([f[r] for f in feats]), leaves) for r in range(world)])
-        protos = leaves["head.proto.weight"].detach()
         use_queue = queues if queues is not None and step >= run["queue_start_iter"] else None
-        loss = swav_loss(list(scores), use_queue, protos, run, step, bs)
-        loss.backward()
-        loss = loss.detach()
+        loss, grads, embs = forward_backward(params, batches, run, use_queue, torch.float32)
+        # The same step in fp64: what the gradients are, and how far apart
+        # two fp32 implementations of it can be (this one's distance).
+        loss64, grads64, _ = forward_backward(params, batches, run, use_queue, torch.float64)
         if use_queue:
             for q, e in zip(use_queue, embs):
                 q.push(e, run["crops_for_assign"], bs)
-        grads = {n: t.grad for n, t in leaves.items()}
-        got = load(d / f"grads_s{step}.safetensors")
-        loss_rel = abs(rec["loss"] - float(loss)) / abs(float(loss))
+        got = {n: t.double() for n, t in load(d / f"grads_s{step}.safetensors").items()}
+        loss_rel = abs(rec["loss"] - loss64) / abs(loss64)
         lr_rel = abs(rec["lr"] - lrs[step]) / lrs[step]
-        grad_rel = rel(flat(got, names), flat(grads, names))
-        worst = max(names, key=lambda n: rel(got[n], grads[n]))
+        grad_rel = rel(flat(got, names), flat(grads64, names))
+        floor = rel(flat({n: g.double() for n, g in grads.items()}, names), flat(grads64, names))
+        # Per tensor, leaving out gradients that are zero but for rounding
+        # (a Linear's bias before a BN).
+        live = [n for n in names if float(torch.norm(grads64[n])) > 1e-9]
+        worst = max(live, key=lambda n: rel(got[n], grads64[n]))
         queued = use_queue is not None and use_queue[0].pushes * bs > use_queue[0].emb.shape[1]
         frozen = {"head.proto.weight"} if step < run["freeze_prototypes_iters"] else set()
-        print(f"step {step}: loss {float(loss):.7f} (executor {rec['loss']:.7f}, rel {loss_rel:.1e}); "
+        print(f"step {step}: loss {loss64:.7f} (executor {rec['loss']:.7f}, rel {loss_rel:.1e}); "
               f"lr {lrs[step]:.9g} (rel {lr_rel:.1e}); gradients rel {grad_rel:.1e} "
-              f"(worst {worst} {rel(got[worst], grads[worst]):.1e}); "
+              f"(reference in fp32: {floor:.1e}; worst tensor {worst} {rel(got[worst], grads64[worst]):.1e}); "
               f"queue {'in Sinkhorn' if queued else 'filling' if use_queue else 'off'}; prototypes {'frozen' if frozen else 'trained'}")
-        assert loss_rel < 1e-5, f"step {step}: loss {rec['loss']} vs reference {float(loss)}"
+        assert loss_rel < 1e-5, f"step {step}: loss {rec['loss']} vs reference {loss64}"
         assert lr_rel < 1e-9, f"step {step}: lr {rec['lr']} vs VISSL {lrs[step]}"
-        assert grad_rel < 1e-5, f"step {step}: gradients differ by {grad_rel:.2e} relative"
+        # 1e-5, or as close as the reference's own fp32 run comes where
+        # fp32 rounding alone (the stem's weight gradient, summed over every
+        # pixel behind a BN) puts two correct implementations further apart.
+        tol = max(1e-5, 2 * floor)
+        assert grad_rel < tol, f"step {step}: gradients differ by {grad_rel:.2e} relative (fp32 reference: {floor:.2e})"
         larc_sgd(params, grads, bufs, lrs[step], run, frozen)
     final = load(d / "params.safetensors")
     p_rel = rel(flat(final, names), flat(params, names))
