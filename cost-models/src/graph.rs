@@ -560,6 +560,15 @@ impl Builder {
     }
 }
 
+/// Whether parameter `name` is a BatchNorm's affine weight or bias (its
+/// layer is `*.bn` or `*_bn`: `stem.bn`, `s1.b0.a_bn`, `head.mlp.0.bn`).
+/// FSDP gathers these in fp32 whatever the compute dtype, as VISSL keeps
+/// every BN layer its own fp32 unit.
+pub fn is_batch_norm_param(name: &str) -> bool {
+    let layer = name.strip_suffix(".weight").or_else(|| name.strip_suffix(".bias"));
+    layer.is_some_and(|l| l.ends_with(".bn") || l.ends_with("_bn"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,6 +17,7 @@ use crate::groups::RankGroups;
 use crate::model::ParamSpec;
 use crate::optim::{FlatShard, Piece};
 use crate::storage::{self, StorageError};
+use cost_models::graph::is_batch_norm_param;
 use cost_models::Bytes;
 use std::collections::HashMap;
 use tch::{Device, Kind, TchError, Tensor};
@@ -108,6 +109,26 @@ enum Gather<'pg> {
     Ready,
 }
 
+/// A unit's BN affine parameters gathered in fp32 beside its
+/// compute-dtype flat (VISSL keeps every BN layer its own fp32 unit): each
+/// rank sends the fp32 master values of the BN elements in its shard,
+/// padded to the largest such count, and the gathered buffer is cut back
+/// into them in flat order.
+struct Exact<'pg> {
+    /// This rank's shard positions of its BN elements, padded to `per_rank`.
+    send: Tensor,
+    /// Positions in the gathered `[ranks x per_rank]` buffer of every BN
+    /// element, in flat order.
+    recv: Tensor,
+    per_rank: i64,
+    /// Per parameter of the unit (by position in `Unit::params`): its
+    /// offset in `values`, for BN parameters.
+    at: Vec<Option<i64>>,
+    /// The gathered fp32 values, while the unit is gathered.
+    values: Option<Tensor>,
+    pending: Option<(Work<'pg>, Tensor)>,
+}
+
 struct Unit<'pg> {
     name: String,
     params: Vec<FlatParam>,
@@ -130,6 +151,46 @@ struct Unit<'pg> {
     reducing: Option<Reducing<'pg>>,
     /// Block indices using this unit, ascending.
     blocks: Vec<usize>,
+    /// BN affine parameters in fp32, where the unit's dtype is not.
+    exact: Option<Exact<'pg>>,
+}
+
+/// The fp32 side-gather of `params`' BN elements, for a flat sharded in
+/// `shards` slices of `shard_len` (`rank`'s is here).
+fn exact_gather<'pg>(params: &[FlatParam], shard_len: i64, shards: i64, rank: i64, device: Device) -> Result<Option<Exact<'pg>>, TchError> {
+    let spans: Vec<(i64, i64)> = params.iter().filter(|p| is_batch_norm_param(&p.name)).map(|p| (p.offset, p.offset + p.numel)).collect();
+    if spans.is_empty() {
+        return Ok(None);
+    }
+    // Per rank, its BN elements' flat positions, in flat order.
+    let per: Vec<Vec<i64>> = (0..shards)
+        .map(|r| {
+            let (lo, hi) = (r * shard_len, (r + 1) * shard_len);
+            spans.iter().flat_map(|&(a, b)| a.max(lo)..b.min(hi)).collect()
+        })
+        .collect();
+    let per_rank = per.iter().map(Vec::len).max().unwrap_or(0) as i64;
+    let mut send: Vec<i64> = per[rank as usize].iter().map(|p| p - rank * shard_len).collect();
+    send.resize(per_rank as usize, 0);
+    let recv: Vec<i64> = per.iter().enumerate().flat_map(|(r, v)| (0..v.len() as i64).map(move |i| r as i64 * per_rank + i)).collect();
+    let mut next = 0i64;
+    let at = params
+        .iter()
+        .map(|p| {
+            is_batch_norm_param(&p.name).then(|| {
+                next += p.numel;
+                next - p.numel
+            })
+        })
+        .collect();
+    Ok(Some(Exact {
+        send: Tensor::f_from_slice(&send)?.f_to_device(device)?,
+        recv: Tensor::f_from_slice(&recv)?.f_to_device(device)?,
+        per_rank,
+        at,
+        values: None,
+        pending: None,
+    }))
 }
 
 /// A unit's gradient between its backward and its shard: the buffer it is
@@ -243,6 +304,7 @@ impl<'pg> Fsdp<'pg> {
             if padded > 0 {
                 storage::free(&flat)?;
             }
+            let exact = if dtype == Kind::Float { None } else { exact_gather(&params, shard_len, world, rank, opts.device)? };
             out_units.push(Unit {
                 name: uname.clone(),
                 params,
@@ -257,6 +319,7 @@ impl<'pg> Fsdp<'pg> {
                 grad_acc: None,
                 reducing: None,
                 blocks: ublocks,
+                exact,
             });
         }
         Ok(Fsdp { groups, shard_rank: rank, opts, units: out_units, block_units })
@@ -290,6 +353,16 @@ impl<'pg> Fsdp<'pg> {
         let bytes = Bytes(unit.padded as u64 * unit.dtype.elt_size_in_bytes() as u64);
         storage::refill(&unit.flat, bytes)?;
         let shard = if unit.dtype == Kind::Float { unit.master.shallow_clone() } else { unit.master.f_to_kind(unit.dtype)? };
+        if let Some(ex) = unit.exact.as_mut() {
+            let mine = unit.master.f_index_select(0, &ex.send)?;
+            match self.groups.shard() {
+                Some(g) => {
+                    let out = Tensor::f_empty([g.world_size() as i64 * ex.per_rank], (Kind::Float, self.opts.device))?;
+                    ex.pending = Some((g.all_gather_into(&out, &mine)?, out));
+                }
+                None => ex.values = Some(mine.f_index_select(0, &ex.recv)?),
+            }
+        }
         unit.state = match self.groups.shard() {
             Some(g) => Gather::Pending(g.all_gather_into(&unit.flat, &shard)?),
             None => {
@@ -311,6 +384,12 @@ impl<'pg> Fsdp<'pg> {
                 w.wait()?;
             }
         }
+        if let Some(ex) = unit.exact.as_mut() {
+            if let Some((w, out)) = ex.pending.take() {
+                w.wait()?;
+                ex.values = Some(out.f_index_select(0, &ex.recv)?);
+            }
+        }
         Ok(())
     }
 
@@ -321,6 +400,12 @@ impl<'pg> Fsdp<'pg> {
             Gather::Free => return Ok(()),
             Gather::Pending(w) => w.wait()?,
             Gather::Ready => {}
+        }
+        if let Some(ex) = unit.exact.as_mut() {
+            if let Some((w, _)) = ex.pending.take() {
+                w.wait()?;
+            }
+            ex.values = None;
         }
         if unit.padded > 0 {
             storage::free(&unit.flat)?;
@@ -348,8 +433,13 @@ impl<'pg> Fsdp<'pg> {
         let mut leaves = Vec::new();
         for &u in &self.block_units[block] {
             let flat = self.flat(u)?.f_detach()?;
-            for p in &self.units[u].params {
-                let leaf = param_leaf(&flat, p)?;
+            let exact = self.units[u].exact.as_ref().and_then(|ex| ex.values.as_ref().map(|v| (v, &ex.at)));
+            for (i, p) in self.units[u].params.iter().enumerate() {
+                let leaf = match exact.and_then(|(v, at)| at[i].map(|o| (v, o))) {
+                    // BN's affine parameters: the fp32 values, a leaf of their own.
+                    Some((v, o)) => v.f_narrow(0, o, p.numel)?.f_view(p.shape.as_slice())?.f_detach()?.set_requires_grad(true),
+                    None => param_leaf(&flat, p)?,
+                };
                 by_name.insert(p.name.clone(), leaf.shallow_clone());
                 leaves.push(ParamLeaf { unit: u, offset: p.offset, tensor: leaf });
             }

@@ -891,3 +891,50 @@ fn bf16_and_fp16_track_fp32() {
     assert_all_ok(&outs);
     println!("{}", String::from_utf8_lossy(&outs[0].stdout));
 }
+
+// ------------------------------------------- BN affine parameters in fp32
+
+#[test]
+#[ignore = "worker: run by bn_affine_parameters_are_used_in_fp32_under_bf16"]
+fn worker_bn_fp32() {
+    use executor::fsdp::{Fsdp, FsdpOptions, MixedPrecision};
+    let (_, world, _, dir) = worker_env();
+    let cfg = config(world, &dir, false, true);
+    let pg = groups(&cfg);
+    let arch = ModelArch::new(&cfg.model).unwrap();
+    let opts =
+        FsdpOptions { reshard_after_forward: true, precision: MixedPrecision { param: tch::Kind::BFloat16, reduce: tch::Kind::BFloat16 }, device: Device::Cpu };
+    // BN weights 1 + 1/3: not a bf16 value (bf16 rounds it to 1.3359375).
+    let third = 1.0f64 + 1.0 / 3.0;
+    let mut init = |p: &executor::model::ParamSpec| -> Result<Tensor, String> {
+        let mut t = p.init_tensor(3).map_err(|e| e.to_string())?;
+        Ok(if cost_models::graph::is_batch_norm_param(&p.name) && p.name.ends_with(".weight") { t.fill_(third) } else { t })
+    };
+    let mut fsdp = Fsdp::new(&pg, &arch.param_specs(), &arch.block_names(), &cfg.units, opts, &mut init).unwrap();
+    // Every block's BN weight, whichever rank's shard holds it, arrives in
+    // fp32 and unrounded; its convolutions arrive in bf16.
+    for (b, block) in arch.block_names().iter().enumerate().take(arch.trunk_len()) {
+        for &u in fsdp.units_of_block(b).to_vec().iter() {
+            fsdp.gather(u).unwrap();
+        }
+        let p = fsdp.block_params(b).unwrap();
+        let bn = if b == 0 { "stem.bn.weight".to_string() } else { format!("{block}.a_bn.weight") };
+        let w = &p.by_name[&bn];
+        assert_eq!(w.kind(), tch::Kind::Float, "{bn}");
+        assert!(w.allclose(&Tensor::full(w.size(), third, (tch::Kind::Float, Device::Cpu)), 0.0, 1e-7, false), "{bn}: {w:?}");
+        let conv = if b == 0 { "stem.conv.weight".to_string() } else { format!("{block}.a.weight") };
+        assert_eq!(p.by_name[&conv].kind(), tch::Kind::BFloat16, "{conv}");
+        for &u in fsdp.units_of_block(b).to_vec().iter() {
+            fsdp.free(u).unwrap();
+        }
+    }
+}
+
+#[test]
+fn bn_affine_parameters_are_used_in_fp32_under_bf16() {
+    let dir = temp_dir("bn-fp32");
+    for world in [1, 2] {
+        let outs = run_ranks("worker_bn_fp32", world, &dir, &[("OMP_NUM_THREADS", "1".into())], Duration::from_secs(120));
+        assert_all_ok(&outs);
+    }
+}

@@ -329,9 +329,13 @@ pub fn unit_costs(units: &[Unit], compute: DType, reduce: DType, w: &WorldCosts)
         .iter()
         .map(|u| {
             let grad = unit_bytes(u, reduce, s);
+            // BN's affine parameters, gathered again in fp32 (a second,
+            // small collective) where the compute dtype is not.
+            let bn = u.bn_gather_elements(compute, s);
+            let bn_gather = if bn > 0 && s > 1 { w.time_in(&links.shard, Collective::AllGather, Bytes(bn * 4)) } else { Seconds(0.0) };
             UnitCost {
                 blocks: u.blocks.clone(),
-                all_gather: w.time_in(&links.shard, Collective::AllGather, unit_bytes(u, compute, s)),
+                all_gather: w.time_in(&links.shard, Collective::AllGather, unit_bytes(u, compute, s)) + bn_gather,
                 reduce_scatter: w.time_in(&links.shard, Collective::ReduceScatter, grad),
                 // Across replicas: the scattered shard (all of it under DDP).
                 all_reduce: w.time_in(&links.replica, Collective::AllReduce, Bytes(grad.0 / s as u64)),

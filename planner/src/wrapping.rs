@@ -31,6 +31,9 @@ pub struct Unit {
     /// Holds the SwAV prototypes, so it is gathered in fp32 whatever the
     /// compute dtype (as the executor does).
     pub fp32: bool,
+    /// BN affine elements it owns: gathered a second time, in fp32, where
+    /// the unit's dtype is not (`cost_models::graph::is_batch_norm_param`).
+    pub bn_params: u64,
 }
 
 impl Unit {
@@ -42,6 +45,16 @@ impl Unit {
     /// Elements of one rank's shard.
     pub fn shard_len(&self, world: usize) -> u64 {
         self.padded(world) / world.max(1) as u64
+    }
+    /// Elements of the fp32 side-gather of its BN parameters over a shard
+    /// group of `world` ranks under `compute` (0 where there is none):
+    /// every rank sends as many as the fullest shard holds, at most the
+    /// BN elements or a shard.
+    pub fn bn_gather_elements(&self, compute: cost_models::DType, world: usize) -> u64 {
+        if self.fp32 || self.bn_params == 0 || compute == cost_models::DType::Fp32 {
+            return 0;
+        }
+        world.max(1) as u64 * self.bn_params.min(self.shard_len(world))
     }
     /// Parameter tensors the unit owns.
     pub fn tensors(&self) -> usize {
@@ -192,6 +205,7 @@ fn resolve(graph: &ModelGraph, specs: Vec<(String, Vec<String>)>) -> Result<Vec<
             params: mine.iter().map(|p| p.2).sum(),
             numels: mine.iter().map(|p| p.2).collect(),
             fp32: mine.iter().any(|p| p.1.starts_with("head.proto.")),
+            bn_params: mine.iter().filter(|p| cost_models::graph::is_batch_norm_param(p.1)).map(|p| p.2).sum(),
         });
     }
     Ok(out)
@@ -285,7 +299,7 @@ mod tests {
 
     #[test]
     fn padding_rounds_to_world_size() {
-        let u = Unit { name: "u".into(), members: vec![], blocks: 0..1, params: 10, numels: vec![10], fp32: false };
+        let u = Unit { name: "u".into(), members: vec![], blocks: 0..1, params: 10, numels: vec![10], fp32: false, bn_params: 0 };
         assert_eq!(u.padded(4), 12);
         assert_eq!(u.shard_len(4), 3);
         assert_eq!(u.padded(1), 10);
@@ -293,7 +307,7 @@ mod tests {
 
     #[test]
     fn every_unit_with_parameters_is_one_shard_on_every_rank() {
-        let u = Unit { name: "u".into(), members: vec![], blocks: 0..1, params: 12, numels: vec![3, 5, 1, 3], fp32: false };
+        let u = Unit { name: "u".into(), members: vec![], blocks: 0..1, params: 12, numels: vec![3, 5, 1, 3], fp32: false, bn_params: 0 };
         let empty = Unit { params: 0, numels: vec![], ..u.clone() };
         assert_eq!(shards_per_rank(&[u.clone(), empty, u]), 2);
         assert_eq!(shards_per_rank(&[]), 0);
