@@ -111,16 +111,18 @@ enum Gather<'pg> {
 
 /// A unit's BN affine parameters gathered in fp32 beside its
 /// compute-dtype flat (VISSL keeps every BN layer its own fp32 unit): each
-/// rank sends the fp32 master values of the BN elements in its shard,
-/// padded to the largest such count, and the gathered buffer is cut back
-/// into them in flat order.
+/// rank writes the fp32 master values of the BN elements in its shard into
+/// a zero vector of all of them, and a sum over the shard group fills it
+/// (every element has one owner, so the sum is exact). An all-reduce, not
+/// an all-gather: BN elements sit in few ranks' shards, and equal-sized
+/// all-gather slices would be as large as the fullest one on every rank.
 struct Exact<'pg> {
-    /// This rank's shard positions of its BN elements, padded to `per_rank`.
-    send: Tensor,
-    /// Positions in the gathered `[ranks x per_rank]` buffer of every BN
-    /// element, in flat order.
-    recv: Tensor,
-    per_rank: i64,
+    /// This rank's shard positions of its BN elements...
+    src: Tensor,
+    /// ...and their positions among the unit's BN elements (flat order).
+    dst: Tensor,
+    /// BN elements of the unit.
+    len: i64,
     /// Per parameter of the unit (by position in `Unit::params`): its
     /// offset in `values`, for BN parameters.
     at: Vec<Option<i64>>,
@@ -156,37 +158,29 @@ struct Unit<'pg> {
 }
 
 /// The fp32 side-gather of `params`' BN elements, for a flat sharded in
-/// `shards` slices of `shard_len` (`rank`'s is here).
-fn exact_gather<'pg>(params: &[FlatParam], shard_len: i64, shards: i64, rank: i64, device: Device) -> Result<Option<Exact<'pg>>, TchError> {
-    let spans: Vec<(i64, i64)> = params.iter().filter(|p| is_batch_norm_param(&p.name)).map(|p| (p.offset, p.offset + p.numel)).collect();
-    if spans.is_empty() {
+/// slices of `shard_len` (`rank`'s is here).
+fn exact_gather<'pg>(params: &[FlatParam], shard_len: i64, rank: i64, device: Device) -> Result<Option<Exact<'pg>>, TchError> {
+    let (lo, hi) = (rank * shard_len, (rank + 1) * shard_len);
+    let (mut src, mut dst, mut at, mut len) = (Vec::new(), Vec::new(), Vec::with_capacity(params.len()), 0i64);
+    for p in params {
+        if !is_batch_norm_param(&p.name) {
+            at.push(None);
+            continue;
+        }
+        for i in p.offset.max(lo)..(p.offset + p.numel).min(hi) {
+            src.push(i - lo);
+            dst.push(len + i - p.offset);
+        }
+        at.push(Some(len));
+        len += p.numel;
+    }
+    if len == 0 {
         return Ok(None);
     }
-    // Per rank, its BN elements' flat positions, in flat order.
-    let per: Vec<Vec<i64>> = (0..shards)
-        .map(|r| {
-            let (lo, hi) = (r * shard_len, (r + 1) * shard_len);
-            spans.iter().flat_map(|&(a, b)| a.max(lo)..b.min(hi)).collect()
-        })
-        .collect();
-    let per_rank = per.iter().map(Vec::len).max().unwrap_or(0) as i64;
-    let mut send: Vec<i64> = per[rank as usize].iter().map(|p| p - rank * shard_len).collect();
-    send.resize(per_rank as usize, 0);
-    let recv: Vec<i64> = per.iter().enumerate().flat_map(|(r, v)| (0..v.len() as i64).map(move |i| r as i64 * per_rank + i)).collect();
-    let mut next = 0i64;
-    let at = params
-        .iter()
-        .map(|p| {
-            is_batch_norm_param(&p.name).then(|| {
-                next += p.numel;
-                next - p.numel
-            })
-        })
-        .collect();
     Ok(Some(Exact {
-        send: Tensor::f_from_slice(&send)?.f_to_device(device)?,
-        recv: Tensor::f_from_slice(&recv)?.f_to_device(device)?,
-        per_rank,
+        src: Tensor::f_from_slice(&src)?.f_to_device(device)?,
+        dst: Tensor::f_from_slice(&dst)?.f_to_device(device)?,
+        len,
         at,
         values: None,
         pending: None,
@@ -304,7 +298,7 @@ impl<'pg> Fsdp<'pg> {
             if padded > 0 {
                 storage::free(&flat)?;
             }
-            let exact = if dtype == Kind::Float { None } else { exact_gather(&params, shard_len, world, rank, opts.device)? };
+            let exact = if dtype == Kind::Float { None } else { exact_gather(&params, shard_len, rank, opts.device)? };
             out_units.push(Unit {
                 name: uname.clone(),
                 params,
@@ -354,13 +348,11 @@ impl<'pg> Fsdp<'pg> {
         storage::refill(&unit.flat, bytes)?;
         let shard = if unit.dtype == Kind::Float { unit.master.shallow_clone() } else { unit.master.f_to_kind(unit.dtype)? };
         if let Some(ex) = unit.exact.as_mut() {
-            let mine = unit.master.f_index_select(0, &ex.send)?;
+            let mut values = Tensor::f_zeros([ex.len], (Kind::Float, self.opts.device))?;
+            let _ = values.f_index_copy_(0, &ex.dst, &unit.master.f_index_select(0, &ex.src)?)?;
             match self.groups.shard() {
-                Some(g) => {
-                    let out = Tensor::f_empty([g.world_size() as i64 * ex.per_rank], (Kind::Float, self.opts.device))?;
-                    ex.pending = Some((g.all_gather_into(&out, &mine)?, out));
-                }
-                None => ex.values = Some(mine.f_index_select(0, &ex.recv)?),
+                Some(g) => ex.pending = Some((g.all_reduce(&values, ReduceOp::Sum)?, values)),
+                None => ex.values = Some(values),
             }
         }
         unit.state = match self.groups.shard() {
@@ -385,9 +377,9 @@ impl<'pg> Fsdp<'pg> {
             }
         }
         if let Some(ex) = unit.exact.as_mut() {
-            if let Some((w, out)) = ex.pending.take() {
+            if let Some((w, values)) = ex.pending.take() {
                 w.wait()?;
-                ex.values = Some(out.f_index_select(0, &ex.recv)?);
+                ex.values = Some(values);
             }
         }
         Ok(())

@@ -1262,13 +1262,8 @@ pub fn profile(
             UnitMem {
                 name: u.name.clone(),
                 blocks: u.blocks.clone(),
-                // Plus the fp32 side-gather of its BN parameters: the
-                // gathered buffer and the values cut from it.
-                unsharded: a.round(padded * pdt)
-                    + match u.bn_gather_elements(d.precision.compute, shard_group) {
-                        0 => Bytes::ZERO,
-                        n => a.round(n * 4) + a.round(u.bn_params * 4),
-                    },
+                // Plus the fp32 side-gather of its BN parameters.
+                unsharded: a.round(padded * pdt) + a.round(u.bn_gather_elements(d.precision.compute) * 4),
                 shard: a.round(shard * 4),
                 grad_acc: a.round(padded * reduce),
                 rs_out: match (shard_group > 1, hw.kind) {

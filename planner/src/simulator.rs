@@ -59,6 +59,8 @@ pub struct UnitCost {
     pub tensors: usize,
     /// Bytes of its gathered parameters (compute dtype).
     pub param_bytes: cost_models::Bytes,
+    /// Gathers its BN parameters a second time, in fp32.
+    pub bn_gather: bool,
     /// Bytes of its unsharded gradient buffer (reduce dtype), zero-filled
     /// at its first backward block.
     pub grad_bytes: cost_models::Bytes,

@@ -84,6 +84,10 @@ pub mod host_ops {
     /// Per FSDP unit gather: storage refill, shard cast, collective launch,
     /// and later the free.
     pub const GATHER: f64 = 4.0;
+    /// Per gather of a unit whose BN parameters are gathered again in fp32:
+    /// the zero vector, the index_select of this rank's values and their
+    /// index_copy_.
+    pub const BN_GATHER: f64 = 3.0;
     /// Per unit after its backward: output alloc, reduce-scatter launch,
     /// cast + add into the shard gradient.
     pub const FINISH: f64 = 4.0;
@@ -330,9 +334,10 @@ pub fn unit_costs(units: &[Unit], compute: DType, reduce: DType, w: &WorldCosts)
         .map(|u| {
             let grad = unit_bytes(u, reduce, s);
             // BN's affine parameters, gathered again in fp32 (a second,
-            // small collective) where the compute dtype is not.
-            let bn = u.bn_gather_elements(compute, s);
-            let bn_gather = if bn > 0 && s > 1 { w.time_in(&links.shard, Collective::AllGather, Bytes(bn * 4)) } else { Seconds(0.0) };
+            // small collective: an all-reduce of them all) where the
+            // compute dtype is not.
+            let bn = u.bn_gather_elements(compute);
+            let bn_gather = if bn > 0 && s > 1 { w.time_in(&links.shard, Collective::AllReduce, Bytes(bn * 4)) } else { Seconds(0.0) };
             UnitCost {
                 blocks: u.blocks.clone(),
                 all_gather: w.time_in(&links.shard, Collective::AllGather, unit_bytes(u, compute, s)) + bn_gather,
@@ -341,6 +346,7 @@ pub fn unit_costs(units: &[Unit], compute: DType, reduce: DType, w: &WorldCosts)
                 all_reduce: w.time_in(&links.replica, Collective::AllReduce, Bytes(grad.0 / s as u64)),
                 tensors: u.tensors(),
                 param_bytes: unit_bytes(u, compute, s),
+                bn_gather: bn > 0,
                 grad_bytes: grad,
                 ..UnitCost::default()
             }
@@ -485,7 +491,7 @@ pub fn add_block_param_costs(blocks: &mut [BlockCost], own: &[OwnParams], units:
 pub fn add_unit_event_costs(units: &mut [UnitCost], h: &HostCosts, compute: &ComputeModel) {
     let bw = compute.memory_bandwidth();
     for u in units {
-        u.gather_host = h.small_op * host_ops::GATHER;
+        u.gather_host = h.small_op * (host_ops::GATHER + if u.bn_gather { host_ops::BN_GATHER } else { 0.0 });
         u.grad_init = h.small_op + u.grad_bytes / bw;
         u.finish_host = h.small_op * host_ops::FINISH;
     }

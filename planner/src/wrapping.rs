@@ -46,15 +46,14 @@ impl Unit {
     pub fn shard_len(&self, world: usize) -> u64 {
         self.padded(world) / world.max(1) as u64
     }
-    /// Elements of the fp32 side-gather of its BN parameters over a shard
-    /// group of `world` ranks under `compute` (0 where there is none):
-    /// every rank sends as many as the fullest shard holds, at most the
-    /// BN elements or a shard.
-    pub fn bn_gather_elements(&self, compute: cost_models::DType, world: usize) -> u64 {
-        if self.fp32 || self.bn_params == 0 || compute == cost_models::DType::Fp32 {
+    /// Elements of the fp32 side-gather of its BN parameters under
+    /// `compute` (0 where there is none): one fp32 vector of them all,
+    /// summed over the shard group.
+    pub fn bn_gather_elements(&self, compute: cost_models::DType) -> u64 {
+        if self.fp32 || compute == cost_models::DType::Fp32 {
             return 0;
         }
-        world.max(1) as u64 * self.bn_params.min(self.shard_len(world))
+        self.bn_params
     }
     /// Parameter tensors the unit owns.
     pub fn tensors(&self) -> usize {
