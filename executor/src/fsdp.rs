@@ -109,13 +109,15 @@ enum Gather<'pg> {
     Ready,
 }
 
-/// A unit's BN affine parameters gathered in fp32 beside its
-/// compute-dtype flat (VISSL keeps every BN layer its own fp32 unit): each
+/// A unit's BN affine parameters kept in fp32 beside its compute-dtype
+/// flat (VISSL keeps every BN layer its own fp32 unit). Gathered: each
 /// rank writes the fp32 master values of the BN elements in its shard into
 /// a zero vector of all of them, and a sum over the shard group fills it
 /// (every element has one owner, so the sum is exact). An all-reduce, not
 /// an all-gather: BN elements sit in few ranks' shards, and equal-sized
 /// all-gather slices would be as large as the fullest one on every rank.
+/// Reduced: their gradients are summed in fp32 over every rank, and each
+/// rank adds its shard's elements into its fp32 shard gradient.
 struct Exact<'pg> {
     /// This rank's shard positions of its BN elements...
     src: Tensor,
@@ -129,6 +131,11 @@ struct Exact<'pg> {
     /// The gathered fp32 values, while the unit is gathered.
     values: Option<Tensor>,
     pending: Option<(Work<'pg>, Tensor)>,
+    /// A BN parameter's flat offset -> its offset in `values`.
+    by_offset: HashMap<i64, i64>,
+    /// Their fp32 gradient over the unit's backward, then being summed.
+    grad: Option<Tensor>,
+    reducing: Option<Work<'pg>>,
 }
 
 struct Unit<'pg> {
@@ -162,11 +169,13 @@ struct Unit<'pg> {
 fn exact_gather<'pg>(params: &[FlatParam], shard_len: i64, rank: i64, device: Device) -> Result<Option<Exact<'pg>>, TchError> {
     let (lo, hi) = (rank * shard_len, (rank + 1) * shard_len);
     let (mut src, mut dst, mut at, mut len) = (Vec::new(), Vec::new(), Vec::with_capacity(params.len()), 0i64);
+    let mut by_offset = HashMap::new();
     for p in params {
         if !is_batch_norm_param(&p.name) {
             at.push(None);
             continue;
         }
+        by_offset.insert(p.offset, len);
         for i in p.offset.max(lo)..(p.offset + p.numel).min(hi) {
             src.push(i - lo);
             dst.push(len + i - p.offset);
@@ -184,6 +193,9 @@ fn exact_gather<'pg>(params: &[FlatParam], shard_len: i64, rank: i64, device: De
         at,
         values: None,
         pending: None,
+        by_offset,
+        grad: None,
+        reducing: None,
     }))
 }
 
@@ -448,6 +460,17 @@ impl<'pg> Fsdp<'pg> {
         if offset < 0 || offset + g.numel() as i64 > unit.padded {
             return Err(FsdpError::GradShape { unit: unit.name.clone(), got: offset + g.numel() as i64, want: unit.padded });
         }
+        if let Some(ex) = unit.exact.as_mut() {
+            if let Some(&at) = ex.by_offset.get(&offset) {
+                if ex.grad.is_none() {
+                    ex.grad = Some(Tensor::f_zeros([ex.len], (Kind::Float, device))?);
+                }
+                if let Some(acc) = &ex.grad {
+                    add_grad_at(acc, at, g)?;
+                }
+                return Ok(());
+            }
+        }
         if unit.grad_acc.is_none() {
             unit.grad_acc = Some(Tensor::f_zeros([unit.padded], (reduce, device))?);
         }
@@ -463,7 +486,16 @@ impl<'pg> Fsdp<'pg> {
 
     /// `u`'s gradient is complete: free its gathered parameters.
     pub fn grad_ready(&mut self, u: usize) -> Result<(), FsdpError> {
-        self.free(u)
+        self.free(u)?;
+        // BN's fp32 gradients: summed over every rank (shard group and
+        // replicas at once) while the rest of the unit's is reduced.
+        let world = self.groups.world_group();
+        if let Some(ex) = self.units[u].exact.as_mut() {
+            if let (Some(g), true) = (&ex.grad, world.world_size() > 1) {
+                ex.reducing = Some(world.all_reduce(g, ReduceOp::Sum)?);
+            }
+        }
+        Ok(())
     }
 
     /// Starts reduce-scattering `u`'s gradient (sum) within the shard
@@ -520,6 +552,15 @@ impl<'pg> Fsdp<'pg> {
     /// the buffer (every collective on it has been waited for).
     pub fn shard_grad(&mut self, u: usize) -> Result<(), FsdpError> {
         let unit = &mut self.units[u];
+        if let Some(ex) = unit.exact.as_mut() {
+            if let Some(w) = ex.reducing.take() {
+                w.wait()?;
+            }
+            if let Some(g) = ex.grad.take() {
+                let _g = tch::no_grad_guard();
+                let _ = unit.grad.f_index_add_(0, &ex.src, &g.f_index_select(0, &ex.dst)?)?;
+            }
+        }
         let buf = match unit.reducing.take() {
             Some(Reducing { work: Some(_), .. }) => {
                 return Err(FsdpError::OutOfOrder { unit: unit.name.clone(), event: "shard gradient before its reduction was waited for" })

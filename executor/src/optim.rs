@@ -183,6 +183,9 @@ pub struct Optimizer {
     cfg: OptimConfig,
     num_params: usize,
     steps: i64,
+    /// Calls to `step`, overflow-skipped ones included (VISSL's iteration
+    /// count, which the freezing window follows).
+    iterations: i64,
     /// Per shard: SGD momentum buffer, or Adam's (exp_avg, exp_avg_sq).
     state: Vec<Vec<Tensor>>,
     /// Parameters left untouched during the first `frozen_steps` steps.
@@ -207,6 +210,7 @@ impl Optimizer {
             cfg,
             num_params,
             steps: 0,
+            iterations: 0,
             state: Vec::new(),
             frozen: vec![false; num_params],
             frozen_steps: 0,
@@ -217,7 +221,8 @@ impl Optimizer {
         })
     }
 
-    /// Leaves `params` (indices) alone for the first `steps` steps: no
+    /// Leaves `params` (indices) alone for the first `steps` iterations
+    /// (calls to [`Optimizer::step`], fp16-skipped ones included): no
     /// update, no decay, no momentum, as VISSL's TEMP_FROZEN_PARAMS_ITER_MAP
     /// (SwAV freezes the prototypes for its first 313 iterations) does by
     /// dropping their gradients.
@@ -243,8 +248,8 @@ impl Optimizer {
     }
 
     /// Takes back the count of a step the device skipped (non-finite
-    /// gradients): Adam's bias correction and the freezing window count
-    /// the steps taken.
+    /// gradients): Adam's bias correction counts the steps taken (the
+    /// freezing window counts iterations).
     pub fn unstep(&mut self) {
         self.steps = (self.steps - 1).max(0);
     }
@@ -259,7 +264,7 @@ impl Optimizer {
     }
 
     fn freezing(&self) -> bool {
-        self.steps <= self.frozen_steps && self.frozen.iter().any(|&f| f)
+        self.iterations <= self.frozen_steps && self.frozen.iter().any(|&f| f)
     }
 
     /// Checks the shards and (re)builds their segments when their pieces
@@ -367,6 +372,7 @@ impl Optimizer {
         let norms = self.sq_norms(shards, all_reduce)?;
         self.init_state(shards)?;
         self.steps += 1;
+        self.iterations += 1;
         let k = self.num_params as i64;
         let grads = norms.f_get(1)?;
         let grad_norm = grads.f_narrow(0, 0, k)?.f_sum(Kind::Float)?.f_sqrt()?;
@@ -473,7 +479,7 @@ impl Optimizer {
             OptimConfig::Sgd { .. } => &["momentum"],
             OptimConfig::Adam { .. } => &["exp_avg", "exp_avg_sq"],
         };
-        let mut out = vec![("steps".to_string(), Tensor::from_slice(&[self.steps]))];
+        let mut out = vec![("steps".to_string(), Tensor::from_slice(&[self.steps])), ("iterations".to_string(), Tensor::from_slice(&[self.iterations]))];
         for (i, bufs) in self.state.iter().enumerate() {
             for (n, t) in names.iter().zip(bufs) {
                 out.push((format!("shard{i}.{n}"), t.shallow_clone()));
@@ -488,8 +494,13 @@ impl Optimizer {
         let get = |k: &str| saved.iter().find(|(n, _)| n == k).map(|(_, t)| t);
         let steps = get("steps").ok_or_else(|| OptimError::State("missing `steps`".into()))?;
         self.steps = steps.f_int64_value(&[0])?;
+        // Checkpoints from before iterations were counted: every step taken.
+        self.iterations = match get("iterations") {
+            Some(t) => t.f_int64_value(&[0])?,
+            None => self.steps,
+        };
         self.state.clear();
-        if self.steps == 0 && saved.len() == 1 {
+        if self.steps == 0 && saved.iter().all(|(n, _)| n == "steps" || n == "iterations") {
             return Ok(());
         }
         self.init_state(shards)?;

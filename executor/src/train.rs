@@ -272,7 +272,7 @@ impl TrainConfig {
                 epsilon: r.swav.epsilon,
                 sinkhorn_iters: r.swav.sinkhorn_iterations,
                 crops_for_assign: r.swav.crops_for_assign.iter().map(|&c| c as i64).collect(),
-                queue_length: r.swav.queue_length as i64,
+                queue_length: r.swav.queue_length_for((plan.batch_per_rank * plan.world_size) as u64) as i64,
                 queue_start_iter: r.swav.queue_start_iter,
             },
             optim,

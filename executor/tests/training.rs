@@ -928,6 +928,31 @@ fn worker_bn_fp32() {
             fsdp.free(u).unwrap();
         }
     }
+    // Their gradients are summed in fp32 too: every rank adds 1/3 to one BN
+    // weight's gradient; the shard gradient holds world x 1/3 unrounded
+    // (bf16 would hold 0.66796875 for two ranks).
+    let b = 1;
+    let units = fsdp.units_of_block(b).to_vec();
+    for &u in &units {
+        fsdp.gather(u).unwrap();
+    }
+    let p = fsdp.block_params(b).unwrap();
+    let name = format!("{}.a_bn.weight", arch.block_names()[b]);
+    let leaf = p.leaves.iter().find(|l| l.tensor.data_ptr() == p.by_name[&name].data_ptr()).unwrap();
+    let (u, offset, n) = (leaf.unit, leaf.offset, leaf.tensor.numel() as i64);
+    fsdp.accumulate_param_grad(u, offset, &Tensor::full([n], 1.0 / 3.0, (tch::Kind::Float, Device::Cpu))).unwrap();
+    for &u in &units {
+        fsdp.grad_ready(u).unwrap();
+        if world > 1 {
+            fsdp.reduce_scatter(u).unwrap();
+            fsdp.wait_reduce_scatter(u).unwrap();
+        }
+        fsdp.shard_grad(u).unwrap();
+    }
+    let grads = fsdp.full_grads().unwrap();
+    let g = &grads.iter().find(|(n, _)| *n == name).unwrap().1;
+    let want = Tensor::full([n], 1.0 / 3.0, (tch::Kind::Float, Device::Cpu)) * world as f64;
+    assert!(g.equal(&want), "{name}: {g:?}");
 }
 
 #[test]

@@ -1265,7 +1265,8 @@ pub fn profile(
                 // Plus the fp32 side-gather of its BN parameters.
                 unsharded: a.round(padded * pdt) + a.round(u.bn_gather_elements(d.precision.compute) * 4),
                 shard: a.round(shard * 4),
-                grad_acc: a.round(padded * reduce),
+                // Plus BN's fp32 gradients, accumulated apart.
+                grad_acc: a.round(padded * reduce) + a.round(u.bn_gather_elements(d.precision.compute) * 4),
                 rs_out: match (shard_group > 1, hw.kind) {
                     (false, _) => Bytes::ZERO,
                     (true, DeviceKind::Gpu) => a.round(shard * reduce),
@@ -1289,7 +1290,7 @@ pub fn profile(
     // and this rank's queue rows: the queue's scores against the prototypes
     // (computed for every assignment crop first), their concatenation with
     // the batch's, and the two Sinkhorn temporaries at that height.
-    let queue_rows = recipe.swav.queue_length / d.world_size.max(1) as u64;
+    let queue_rows = recipe.swav.queue_length_for((d.batch_per_rank * d.world_size) as u64) / d.world_size.max(1) as u64;
     let dim = graph.blocks.iter().find(|b| b.kind == BlockKind::HeadProto).and_then(|b| graph.layers_of(b).last().map(|l| l.in_shape[1])).unwrap_or(0);
     let sinkhorn_mat = a.round((images + queue_rows) * k * 4).0;
     let queue_scores = if queue_rows > 0 { assign * a.round(queue_rows * k * 4).0 + sinkhorn_mat } else { 0 };
@@ -1488,8 +1489,11 @@ mod tests {
         }
     }
 
+    /// tiny-cpu without its queue: these tests are about activations and
+    /// checkpointing, whose trade-offs a loss-side transient would shift.
     fn tiny(batch: u64, precision: DType) -> (ModelGraph, Recipe) {
-        let r = Recipe::load("tiny-cpu").unwrap();
+        let mut r = Recipe::load("tiny-cpu").unwrap();
+        r.swav.queue_length = 0;
         let m = ModelConfig::load(&r.model).unwrap();
         (ModelGraph::build(&m, &Workload { images: batch, crops: r.crop_groups(), dtype: precision }), r)
     }
@@ -1536,7 +1540,8 @@ mod tests {
                 .iter()
                 .map(|k| rep.timeline[drain].by_category.iter().find(|(n, _)| n == k).unwrap().1 .0)
                 .sum();
-            assert_eq!(acts, by_group.profile().statics.input_batch.0 + by_group.profile().statics.host_batches.0, "{segs:?}");
+            let statics = &by_group.profile().statics;
+            assert_eq!(acts, statics.input_batch.0 + statics.host_batches.0 + statics.swav_queue.0, "{segs:?}");
         }
         assert!(by_group.peak(&singles) < together.peak(&singles), "{} vs {}", by_group.peak(&singles), together.peak(&singles));
         assert!(by_group.report(&singles).timeline.iter().any(|e| e.label == "recompute s1.b0 (crop group 1)"));
@@ -1616,6 +1621,28 @@ mod tests {
         for (b, gb) in p.blocks.iter().zip(&g.blocks) {
             assert_eq!(b.output, gb.output, "{}", b.name);
         }
+    }
+
+    #[test]
+    fn the_queue_is_state_and_a_taller_sinkhorn() {
+        let (g, plain) = tiny(8, DType::Fp32);
+        let queued = Recipe::load("tiny-cpu").unwrap();
+        assert_eq!(queued.swav.queue_length, 256);
+        let hw = builtin_hardware("cpu-local").unwrap();
+        let units = units_for(&g, Wrapping::PerBlock);
+        let d = decisions(2, true, DType::Fp32, Wrapping::PerBlock);
+        let (a, b) = (MemoryModel::new(&g, &units, &plain, &d, &hw), MemoryModel::new(&g, &units, &queued, &d, &hw));
+        let (sa, sb) = (&a.profile().statics, &b.profile().statics);
+        // 128 rows per rank (256 over 2 ranks) of 32-wide embeddings for 2
+        // assignment crops, in fp32.
+        assert_eq!(sa.swav_queue.0, 0);
+        assert_eq!(sb.swav_queue, a.allocator().round(2 * 128 * 32 * 4));
+        // Its scores (2 crops x 128 x 32 prototypes), their concatenation
+        // with the batch's (136 rows), and two Sinkhorn temporaries 128
+        // rows taller.
+        let qk = 128 * 32 * 4;
+        assert_eq!(sb.head_loss.0 - sa.head_loss.0, 2 * qk + 136 * 32 * 4 + 2 * qk);
+        assert!(b.peak(&[]) > a.peak(&[]));
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub struct GraphCosts {
     pub row_sum_bytes: Bytes,
     /// Width of the embedding the prototypes score (SwAV's queue holds it).
     pub embedding_dim: u64,
+    /// Images per rank of the graph's workload.
+    pub images: u64,
     /// Parameter tensors (LARC computes one norm each).
     pub param_tensors: usize,
     pub params: u64,
@@ -218,6 +220,7 @@ impl GraphCosts {
             loss,
             row_sum_bytes: Bytes(k as u64 * 4),
             embedding_dim: graph.blocks.last().and_then(|b| graph.layers_of(b).last()).map_or(0, |l| l.in_shape[1]),
+            images: graph.workload.images,
             param_tensors: graph.blocks.iter().map(|b| b.param_tensors.len()).sum(),
             params: graph.blocks.iter().map(|b| b.params).sum(),
             recompute,
@@ -338,12 +341,16 @@ pub fn unit_costs(units: &[Unit], compute: DType, reduce: DType, w: &WorldCosts)
             // compute dtype is not.
             let bn = u.bn_gather_elements(compute);
             let bn_gather = if bn > 0 && s > 1 { w.time_in(&links.shard, Collective::AllReduce, Bytes(bn * 4)) } else { Seconds(0.0) };
+            // Their fp32 gradients, summed over every rank, with whichever
+            // collective reduces the rest of the unit's.
+            let bn_reduce = if bn > 0 && w.world_size > 1 { w.time(Collective::AllReduce, Bytes(bn * 4)) } else { Seconds(0.0) };
+            let (bn_scatter, bn_replicas) = if s > 1 { (bn_reduce, Seconds(0.0)) } else { (Seconds(0.0), bn_reduce) };
             UnitCost {
                 blocks: u.blocks.clone(),
                 all_gather: w.time_in(&links.shard, Collective::AllGather, unit_bytes(u, compute, s)) + bn_gather,
-                reduce_scatter: w.time_in(&links.shard, Collective::ReduceScatter, grad),
+                reduce_scatter: w.time_in(&links.shard, Collective::ReduceScatter, grad) + bn_scatter,
                 // Across replicas: the scattered shard (all of it under DDP).
-                all_reduce: w.time_in(&links.replica, Collective::AllReduce, Bytes(grad.0 / s as u64)),
+                all_reduce: w.time_in(&links.replica, Collective::AllReduce, Bytes(grad.0 / s as u64)) + bn_replicas,
                 tensors: u.tensors(),
                 param_bytes: unit_bytes(u, compute, s),
                 bn_gather: bn > 0,
@@ -374,7 +381,8 @@ pub fn step_profile(
     let mut loss = g.loss;
     loss.sum_all_reduce = w.time(Collective::AllReduce, Bytes(4));
     loss.row_all_reduce = w.time(Collective::AllReduce, g.row_sum_bytes);
-    add_queue_costs(&mut loss, g, recipe.swav.queue_length / w.world_size.max(1) as u64, compute);
+    let global = g.images * w.world_size as u64;
+    add_queue_costs(&mut loss, g, recipe.swav.queue_length_for(global) / w.world_size.max(1) as u64, compute);
     let mut blocks = g.blocks.clone();
     if recipe.sync_bn {
         add_sync_bn_costs(&mut blocks, &g.bn_channels, w);

@@ -247,7 +247,6 @@ impl Plan {
         }
         self.sharding.check(self.world_size).map_err(|e| invalid("sharding", e.0))?;
         self.recipe.sync_bn_group_for(self.world_size).map_err(|e| invalid("recipe.sync_bn_group", e))?;
-        self.recipe.swav.check_queue(self.batch_per_rank as u64, self.world_size as u64).map_err(|e| invalid("recipe.swav.queue_length", e))?;
         let g = self.graph();
         let fp = ModelFingerprint::of(&g);
         if fp != self.model_fingerprint {

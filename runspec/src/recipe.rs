@@ -65,8 +65,8 @@ pub struct SwavSpec {
     #[serde(default)]
     pub freeze_prototypes_iters: u64,
     /// Embeddings of past batches kept per assignment crop, over all ranks
-    /// (SwAV's `queue_length`; 0: no queue, as SEER). Each rank keeps
-    /// `queue_length / world` rows; a multiple of the global batch.
+    /// (SwAV's `queue_length`; 0: no queue, as SEER), trimmed to a multiple
+    /// of the global batch as VISSL trims it; each rank keeps its share.
     #[serde(default)]
     pub queue_length: u64,
     /// The iteration the queue starts filling at; it joins Sinkhorn once
@@ -76,23 +76,15 @@ pub struct SwavSpec {
 }
 
 impl SwavSpec {
-    /// Sinkhorn columns per assignment crop on one rank once the queue is
-    /// full: the rank's images plus its share of the queue.
-    pub fn sinkhorn_rows_per_rank(&self, batch_per_rank: u64, world: u64) -> u64 {
-        batch_per_rank + self.queue_length / world.max(1)
-    }
-
-    /// Checks the queue against a run's shape: each rank's share must be
-    /// whole batches, as SwAV trims it.
-    pub fn check_queue(&self, batch_per_rank: u64, world: u64) -> Result<(), String> {
-        let global = batch_per_rank * world;
-        if self.queue_length > 0 && (global == 0 || !self.queue_length.is_multiple_of(global)) {
-            return Err(format!(
-                "swav.queue_length {} must be a multiple of the global batch {global} ({batch_per_rank} images x {world} ranks)",
-                self.queue_length
-            ));
+    /// The queue a run of `global` images per step keeps over all ranks:
+    /// `queue_length` less its remainder by the global batch
+    /// (`hydra_config.py`: `queue_length -= queue_length % batch_size`), so
+    /// each rank's share is whole batches; 0 where that leaves none.
+    pub fn queue_length_for(&self, global: u64) -> u64 {
+        if global == 0 {
+            return 0;
         }
-        Ok(())
+        self.queue_length - self.queue_length % global
     }
 }
 
@@ -335,10 +327,9 @@ mod tests {
         assert_eq!(seer.sync_bn_group_for(4), Ok(None));
         assert!(seer.sync_bn_group_for(12).unwrap_err().contains("do not divide"));
         let mut s = seer.swav.clone();
-        assert!(s.check_queue(16, 496).is_ok());
+        assert_eq!(s.queue_length_for(7936), 0);
         s.queue_length = 3840;
-        assert!(s.check_queue(16, 8).is_ok() && s.check_queue(16, 7).unwrap_err().contains("multiple of the global batch 112"));
-        assert_eq!(s.sinkhorn_rows_per_rank(16, 8), 16 + 480);
+        assert_eq!((s.queue_length_for(128), s.queue_length_for(112), s.queue_length_for(5000)), (3840, 3808, 0));
     }
 
     #[test]
