@@ -145,6 +145,19 @@ pub struct StepProfile {
     /// (the prototype row norms) that forward waits for.
     pub prologue: Seconds,
     pub prologue_all_reduce: Option<Seconds>,
+    /// Per block, SyncBN's blocking all-reduces in its forward and its
+    /// backward (already inside the block's times; empty without SyncBN).
+    pub sync_bn: Vec<(Seconds, Seconds)>,
+}
+
+impl StepProfile {
+    /// SyncBN's share of the step's compute: every block's forward and
+    /// backward all-reduces, and the forward's again where recomputed.
+    pub fn sync_bn_time(&self) -> Seconds {
+        let once: f64 = self.sync_bn.iter().map(|(f, b)| f.0 + b.0).sum();
+        let again: f64 = self.checkpoint.iter().flat_map(|s| s.clone()).filter_map(|i| self.sync_bn.get(i)).map(|(f, _)| f.0).sum();
+        Seconds(once + again)
+    }
 }
 
 /// Compute time of one step by phase, as the executor's phase timer
@@ -193,6 +206,8 @@ pub struct StepResult {
     pub comm_time: Seconds,
     /// Time the compute stream waited for communication.
     pub exposed_comm: Seconds,
+    /// SyncBN's blocking all-reduces, inside the compute time.
+    pub sync_bn: Seconds,
 }
 
 impl StepResult {
@@ -269,7 +284,7 @@ impl Simulator {
 
     pub fn run(&mut self, p: &StepProfile) -> StepResult {
         self.build(p);
-        self.execute()
+        StepResult { sync_bn: p.sync_bn_time(), ..self.execute() }
     }
 
     fn comm_op(&mut self, dur: Seconds) -> u32 {
@@ -493,6 +508,7 @@ impl Simulator {
             recompute_time: Seconds(recompute),
             comm_time: Seconds(comm),
             exposed_comm: Seconds((step - busy).max(0.0)),
+            sync_bn: Seconds(0.0),
         }
     }
 }

@@ -384,9 +384,7 @@ pub fn step_profile(
     let global = g.images * w.world_size as u64;
     add_queue_costs(&mut loss, g, recipe.swav.queue_length_for(global) / w.world_size.max(1) as u64, compute);
     let mut blocks = g.blocks.clone();
-    if recipe.sync_bn {
-        add_sync_bn_costs(&mut blocks, &g.bn_channels, w);
-    }
+    let sync_bn = if recipe.sync_bn { add_sync_bn_costs(&mut blocks, &g.bn_channels, w) } else { Vec::new() };
     let host = compute.host().copied();
     if let Some(h) = host {
         add_block_param_costs(&mut blocks, &g.block_own, &units, reduce_dtype, &h, compute);
@@ -431,6 +429,7 @@ pub fn step_profile(
         skew: if w.overlap { 0.0 } else { w.collectives.busy_skew(w.world_size) },
         prologue: prologue + loader,
         prologue_all_reduce,
+        sync_bn,
     }
 }
 
@@ -457,18 +456,22 @@ pub fn add_queue_costs(loss: &mut LossCost, g: &GraphCosts, queue_rows: u64, com
     loss.sinkhorn_iteration += Bytes((6.0 * q * k * 4.0) as u64) / bw;
 }
 
-pub fn add_sync_bn_costs(blocks: &mut [BlockCost], bn_channels: &[Vec<u64>], w: &WorldCosts) {
+/// Returns what it added per block (forward, backward).
+pub fn add_sync_bn_costs(blocks: &mut [BlockCost], bn_channels: &[Vec<u64>], w: &WorldCosts) -> Vec<(Seconds, Seconds)> {
     let group = &w.links.sync_bn;
     if group.ranks <= 1 {
-        return;
+        return Vec::new();
     }
+    let mut added = Vec::with_capacity(blocks.len());
     for (cost, channels) in blocks.iter_mut().zip(bn_channels) {
         let fwd: Seconds = channels.iter().map(|&c| w.time_in(group, Collective::AllReduce, Bytes((2 * c + 1) * 8))).sum();
         let bwd: Seconds = channels.iter().map(|&c| w.time_in(group, Collective::AllReduce, Bytes(2 * c * 4))).sum();
         cost.forward += fwd;
         cost.forward_no_grad += fwd;
         cost.backward += bwd;
+        added.push((fwd, bwd));
     }
+    added
 }
 
 /// The executor's per-block parameter machinery (`Fsdp::block_params`,

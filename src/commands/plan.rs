@@ -551,6 +551,9 @@ fn emit(a: &PlanArgs, plan: &Plan, report: &MemoryReport, cols: &[(String, &Eval
     row("step time", &|c| secs(c.step.step_time.0));
     row("  compute (recompute)", &|c| format!("{} ({})", secs(c.step.compute_time.0), secs(c.step.recompute_time.0)));
     row("  comm (exposed)", &|c| format!("{} ({})", secs(c.step.comm_time.0), secs(c.step.exposed_comm.0)));
+    if cols.iter().any(|(_, c)| c.step.sync_bn.0 > 0.0) {
+        row("  SyncBN (in compute)", &|c| secs(c.step.sync_bn.0));
+    }
     row("MFU (of dense peak)", &|c| {
         let dtype = c.decisions.precision.compute;
         let peak = c.rank_hardware.peak(dtype, cost_models::hardware::MathUnit::Conv).map_or(0.0, |p| p.0);
