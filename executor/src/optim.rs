@@ -766,14 +766,18 @@ mod tests {
             assert!(w.equal(&after_one), "{cfg:?}: a skipped step moved the weights");
             opt.unstep();
             assert_eq!(opt.steps(), 1);
-            let saved: Vec<Tensor> = opt.state_tensors().into_iter().skip(1).map(|(_, t)| t.copy()).collect();
+            // The skipped step still counts as an iteration (the freezing window's clock).
+            let count = |o: &Optimizer, n: &str| o.state_tensors().into_iter().find(|(k, _)| k == n).unwrap().1.int64_value(&[0]);
+            assert_eq!(count(&opt, "iterations"), 2);
+            let buffers = |o: &Optimizer| o.state_tensors().into_iter().filter(|(n, _)| n.starts_with("shard")).collect::<Vec<_>>();
+            let saved: Vec<Tensor> = buffers(&opt).into_iter().map(|(_, t)| t.copy()).collect();
             // The state is the first step's: a second finite step matches an
             // optimiser that never saw the bad one.
             let mut clean = Optimizer::new(cfg.clone(), 4).unwrap();
             let w2 = w0.copy();
             let shard2 = |g: &Tensor| FlatShard { param: w2.shallow_clone(), grad: g.copy(), pieces: whole_pieces() };
             clean.step(&[shard2(&grads[0])], 0.5, &local_sum).unwrap();
-            for (a, (_, b)) in saved.iter().zip(clean.state_tensors().into_iter().skip(1)) {
+            for (a, (_, b)) in saved.iter().zip(buffers(&clean)) {
                 assert!(a.equal(&b), "{cfg:?}: optimiser state changed on a skipped step");
             }
             opt.step(&[shard(&grads[2])], 0.5, &local_sum).unwrap();
@@ -833,6 +837,22 @@ mod tests {
             assert!(!w.narrow(0, 5, 7).equal(&w0.narrow(0, 5, 7)), "{cfg:?}");
             assert!(opt.freeze(&[4], 1).is_err());
         }
+        // An fp16 overflow step that was skipped still counts as an iteration:
+        // frozen for 2, the third call trains param 1 (VISSL counts iterations).
+        let (w0, grads) = problem();
+        let w = w0.copy();
+        let mut opt = Optimizer::new(seer(), 4).unwrap();
+        opt.skip_non_finite(true);
+        opt.freeze(&[1], 2).unwrap();
+        let shard = |g: &Tensor| FlatShard { param: w.shallow_clone(), grad: g.copy(), pieces: whole_pieces() };
+        opt.step(&[shard(&grads[0])], 0.5, &local_sum).unwrap();
+        let bad = grads[1].copy();
+        let _ = bad.narrow(0, 0, 1).fill_(f64::INFINITY);
+        opt.step(&[shard(&bad)], 0.5, &local_sum).unwrap();
+        opt.unstep();
+        assert!(w.narrow(0, 5, 7).equal(&w0.narrow(0, 5, 7)));
+        opt.step(&[shard(&grads[2])], 0.5, &local_sum).unwrap();
+        assert!(!w.narrow(0, 5, 7).equal(&w0.narrow(0, 5, 7)), "still frozen after 2 iterations, one of them skipped");
     }
 
     #[test]
