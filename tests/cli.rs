@@ -709,8 +709,15 @@ fn a_corrupt_shard_fails_in_one_line_headed_by_the_rank_that_read_it() {
         }
         seerscale(&a)
     };
+    // --resume with nothing to resume is refused (a mistyped --out must not
+    // restart a long run), naming where it looked.
+    let out = train("2", true);
+    let e = text(&out.stderr);
+    assert!(!out.status.success() && e.contains("--resume: no checkpoint under") && e.contains("drop --resume"), "{e}");
+    assert!(!run.join("checkpoints").join("latest").exists());
     let out = train("2", false);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("checkpoint: step 2 written to"), "{}", text(&out.stderr));
     // A shard cut short whose record carries no size/CRC (as an older
     // checkpoint's): only libtorch's reader can find it broken.
     let step = run.join("checkpoints/step_00000002");

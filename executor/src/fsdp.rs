@@ -248,6 +248,30 @@ impl ParamLeaf {
     }
 }
 
+/// Every unit's parameters in its flat vector, in unit order: what
+/// [`Fsdp::new`] lays out, and what a checkpoint's shards hold (resuming
+/// under other units re-cuts them by these offsets).
+pub fn flat_layout(specs: &[ParamSpec], units: &[UnitSpec]) -> Result<Vec<(String, Vec<FlatParam>)>, FsdpError> {
+    let (names, owner) = assign_units(specs, units)?;
+    Ok(names
+        .into_iter()
+        .enumerate()
+        .map(|(ui, name)| {
+            let mut offset = 0i64;
+            let params = specs
+                .iter()
+                .enumerate()
+                .filter(|(pi, _)| owner[*pi] == ui)
+                .map(|(pi, p)| {
+                    offset += p.numel();
+                    FlatParam { index: pi, name: p.name.clone(), shape: p.shape.clone(), offset: offset - p.numel(), numel: p.numel() }
+                })
+                .collect();
+            (name, params)
+        })
+        .collect())
+}
+
 impl<'pg> Fsdp<'pg> {
     /// Shards the model over `groups`' shard group. `blocks` are the
     /// model's block names in forward order; `init` gives a parameter's
@@ -261,25 +285,23 @@ impl<'pg> Fsdp<'pg> {
         opts: FsdpOptions,
         init: &mut dyn FnMut(&ParamSpec) -> Result<Tensor, String>,
     ) -> Result<Fsdp<'pg>, FsdpError> {
-        let (names, owner) = assign_units(specs, units)?;
+        let layout = flat_layout(specs, units)?;
         let (rank, world) = groups.shard_rank_and_size();
         let (rank, world) = (rank as i64, world as i64);
         let block_index: HashMap<&str, usize> = blocks.iter().enumerate().map(|(i, b)| (b.as_str(), i)).collect();
-        let mut out_units = Vec::with_capacity(names.len());
+        let mut out_units = Vec::with_capacity(layout.len());
         let mut block_units: Vec<Vec<usize>> = vec![Vec::new(); blocks.len()];
-        for (ui, uname) in names.iter().enumerate() {
-            let mut params = Vec::new();
-            let mut offset = 0i64;
+        for (ui, (uname, params)) in layout.into_iter().enumerate() {
             let mut ublocks: Vec<usize> = Vec::new();
-            for (pi, p) in specs.iter().enumerate().filter(|(pi, _)| owner[*pi] == ui) {
-                params.push(FlatParam { index: pi, name: p.name.clone(), shape: p.shape.clone(), offset, numel: p.numel() });
-                offset += p.numel();
+            for fp in &params {
+                let p = &specs[fp.index];
                 let b =
                     *block_index.get(p.block.as_str()).ok_or_else(|| FsdpError::Init(format!("parameter `{}` names unknown block `{}`", p.name, p.block)))?;
                 if !ublocks.contains(&b) {
                     ublocks.push(b);
                 }
             }
+            let offset: i64 = params.iter().map(|p| p.numel).sum();
             ublocks.sort_unstable();
             for &b in &ublocks {
                 block_units[b].push(ui);
@@ -312,7 +334,7 @@ impl<'pg> Fsdp<'pg> {
             }
             let exact = if dtype == Kind::Float { None } else { exact_gather(&params, shard_len, rank, opts.device)? };
             out_units.push(Unit {
-                name: uname.clone(),
+                name: uname,
                 params,
                 numel,
                 padded,

@@ -111,6 +111,9 @@ pub struct TrainConfig {
     pub out_dir: PathBuf,
     pub checkpoint_every: Option<u64>,
     pub resume: bool,
+    /// With `resume`: no checkpoint to resume is an error (a mistyped
+    /// `--out` must not restart a long run from step 0).
+    pub resume_required: bool,
     /// BN statistics per this many contiguous groups of the batch: a
     /// world-size-1 run with N reproduces N ranks' per-rank BN exactly.
     pub bn_groups: usize,
@@ -172,6 +175,8 @@ pub struct TrainArgs {
     pub data: Option<PathBuf>,
     pub out: PathBuf,
     pub resume: bool,
+    /// `--resume`: a checkpoint must be there (`--resume-if-any`: if one is).
+    pub resume_required: bool,
     pub checkpoint_every: Option<CheckpointEvery>,
     pub stop_after: Option<u64>,
     pub seed: u64,
@@ -198,6 +203,7 @@ impl TrainArgs {
             data: None,
             out: PathBuf::from("runs/train"),
             resume: false,
+            resume_required: false,
             checkpoint_every: None,
             stop_after: None,
             seed: 0,
@@ -294,6 +300,7 @@ impl TrainConfig {
                 })?),
             },
             resume: args.resume,
+            resume_required: args.resume_required,
             bn_groups: 1,
             // The plan's recipe may ask for it; --sync-bn forces it on.
             sync_bn: args.sync_bn || r.sync_bn,
@@ -751,6 +758,9 @@ impl<'pg> Trainer<'pg> {
         self.pg.barrier()?;
         if self.pg.rank() == 0 {
             checkpoint::publish(&dir, self.step)?;
+            if self.cfg.progress {
+                eprintln!("checkpoint: step {} written to {}", self.step, checkpoint::step_dir(&dir, self.step).display());
+            }
         }
         self.pg.barrier()?;
         Ok(())
@@ -767,7 +777,8 @@ impl<'pg> Trainer<'pg> {
         let mut chosen = None;
         for sd in checkpoint::published(&self.checkpoint_dir())? {
             let old = checkpoint::read_meta(&sd, 0);
-            let same = old.as_ref().is_ok_and(|m| m.world_size == world && m.sharding.resolved(m.world_size) == sharding);
+            let units = self.unit_names();
+            let same = old.as_ref().is_ok_and(|m| m.world_size == world && m.sharding.resolved(m.world_size) == sharding && m.units == units);
             let reads: Vec<usize> = match &old {
                 Ok(m) if !same => elastic::old_ranks_read(m, &layout),
                 _ => vec![rank],
@@ -791,8 +802,8 @@ impl<'pg> Trainer<'pg> {
             if old.model.as_ref().is_some_and(|m| *m != self.cfg.model) {
                 return Err(TrainError::Config(format!("checkpoint {} is of another model; it cannot resume this run", sd.display())));
             }
-            let numels: Vec<(String, i64)> = self.fsdp.unit_sizes().into_iter().map(|(n, numel, _)| (n, numel)).collect();
-            let mut st = elastic::load_resharded(&sd, &old, &numels, &layout).map_err(|e| TrainError::Config(e.to_string()))?;
+            let mut st =
+                elastic::load_resharded(&sd, &old, &self.arch.param_specs(), &self.cfg.units, &layout).map_err(|e| TrainError::Config(e.to_string()))?;
             let (old_batch, new_batch) = (old.images_per_step.unwrap_or(0), (self.cfg.images_per_rank * world) as u64);
             let (step, data_step) = elastic::convert_steps(st.meta.step, st.meta.data.step, old_batch, new_batch);
             st.meta.step = step;
@@ -830,10 +841,17 @@ impl<'pg> Trainer<'pg> {
         let rank = self.pg.rank();
         let world = self.pg.world_size();
         if self.cfg.resume {
-            if let Some(s) = self.restore_latest()? {
-                if rank == 0 {
-                    println!("resumed from step {s} ({})", self.checkpoint_dir().display());
+            match self.restore_latest()? {
+                Some(s) if rank == 0 => println!("resumed from step {s} ({})", self.checkpoint_dir().display()),
+                Some(_) => {}
+                None if self.cfg.resume_required => {
+                    return Err(TrainError::Config(format!(
+                        "--resume: no checkpoint under {} (is --out right? drop --resume to start from step 0)",
+                        self.checkpoint_dir().display()
+                    )))
                 }
+                None if rank == 0 => println!("no checkpoint under {} yet: starting from step 0", self.checkpoint_dir().display()),
+                None => {}
             }
         }
         let end = self.cfg.stop_after.map_or(self.cfg.steps, |s| s.min(self.cfg.steps));

@@ -92,6 +92,7 @@ fn config(world: usize, sharding: Sharding, sync_group: Option<usize>, out: &Pat
         out_dir: out.to_path_buf(),
         checkpoint_every: None,
         resume: false,
+        resume_required: false,
         bn_groups: 1,
         sync_bn: true,
         sync_bn_group: sync_group,

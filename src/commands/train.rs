@@ -32,9 +32,14 @@ pub struct TrainCliArgs {
     /// Metrics (metrics.rank<r>.jsonl) and checkpoints go here.
     #[arg(long, default_value = "runs/train")]
     pub out: PathBuf,
-    /// Continue from the latest checkpoint in --out.
+    /// Continue from the latest checkpoint in --out (refused when there is
+    /// none: drop it to start fresh).
     #[arg(long)]
     pub resume: bool,
+    /// Continue from the latest checkpoint in --out if there is one (what
+    /// a restart after a failure passes its ranks).
+    #[arg(long, hide = true, conflicts_with = "resume")]
+    pub resume_if_any: bool,
     /// Save a sharded checkpoint every N steps, or `auto`: the plan's
     /// interval for its predicted failure rate (Young/Daly).
     #[arg(long)]
@@ -86,7 +91,8 @@ impl TrainCliArgs {
         a.steps = self.steps;
         a.data = self.data.clone();
         a.out = self.out.clone();
-        a.resume = self.resume;
+        a.resume = self.resume || self.resume_if_any;
+        a.resume_required = self.resume;
         a.checkpoint_every = self.checkpoint_every;
         a.stop_after = self.stop_after;
         a.seed = self.seed;
@@ -111,13 +117,21 @@ pub fn run(a: &TrainCliArgs) -> Result<()> {
     if a.checkpoint_every.is_none() {
         eprintln!("warning: --max-restarts without --checkpoint-every: a restart starts from step 0");
     }
-    let (mut plan, mut n, mut resume) = (a.plan.clone(), n, a.resume);
+    let (mut plan, mut n) = (a.plan.clone(), n);
+    let mut resume = if a.resume {
+        "--resume"
+    } else if a.resume_if_any {
+        "--resume-if-any"
+    } else {
+        ""
+    };
     for attempt in 0..=a.max_restarts {
         match train::launch_ranks(&rank_args(&plan, n, resume), n, args.timeout) {
             Ok(()) => return Ok(()),
             Err(TrainError::Launch(LaunchError::RankFailed { rank, status, .. })) if attempt < a.max_restarts => {
                 eprintln!("rank {rank} failed ({status}); restart {} of {} from the latest checkpoint in {}", attempt + 1, a.max_restarts, a.out.display());
-                resume = true;
+                // Before its first checkpoint a job restarts from step 0.
+                resume = "--resume-if-any";
                 if a.elastic && n > 1 {
                     n -= 1;
                     plan = replan(&plan, n, &a.out)?;
@@ -131,8 +145,9 @@ pub fn run(a: &TrainCliArgs) -> Result<()> {
 }
 
 /// This program's arguments for the ranks of a (re)started job: the plan
-/// and rank count of this attempt, `--resume` after a failure.
-fn rank_args(plan: &Path, n: usize, resume: bool) -> Vec<OsString> {
+/// and rank count of this attempt, and its resume flag (`--resume`,
+/// `--resume-if-any` after a failure, or none).
+fn rank_args(plan: &Path, n: usize, resume: &str) -> Vec<OsString> {
     let mut out: Vec<OsString> = Vec::new();
     let mut args = std::env::args_os().skip(1);
     while let Some(arg) = args.next() {
@@ -142,14 +157,15 @@ fn rank_args(plan: &Path, n: usize, resume: bool) -> Vec<OsString> {
             args.next();
             continue;
         }
-        if ["--plan=", "--nproc-per-node=", "--max-restarts="].iter().any(|p| s.starts_with(p)) || s == "--resume" || s == "--elastic" {
+        if ["--plan=", "--nproc-per-node=", "--max-restarts="].iter().any(|p| s.starts_with(p)) || s == "--resume" || s == "--resume-if-any" || s == "--elastic"
+        {
             continue;
         }
         out.push(arg);
     }
     out.extend([OsString::from("--plan"), plan.as_os_str().to_owned(), "--nproc-per-node".into(), n.to_string().into()]);
-    if resume {
-        out.push("--resume".into());
+    if !resume.is_empty() {
+        out.push(resume.into());
     }
     out
 }
