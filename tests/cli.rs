@@ -767,3 +767,52 @@ fn the_recipes_global_batch_is_held_unless_freed() {
     let out = seerscale(&["sweep", "--recipe", "seer-10b", "--min-gpus", "200", "--max-gpus", "1000"]);
     assert!(text(&out.stdout).contains("every row trains with a global batch of 7936"), "{}", text(&out.stdout));
 }
+
+/// `--data` takes a `.txt` file list (tiny-cpu on 2 ranks reads the listed
+/// photos); with no `--data` outside the clone, the error names the default
+/// folder and the ways to point at another.
+#[test]
+fn train_reads_a_file_list_and_names_the_default_data_folder() {
+    let dir = TempDir::new("train-file-list");
+    let plan = dir.path("plan.json");
+    let out = seerscale(&["plan", "--recipe", "tiny-cpu", "--gpus", "2", "--out", plan.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let photos = Path::new(env!("CARGO_MANIFEST_DIR")).join(".photos").canonicalize().unwrap();
+    let mut names: Vec<PathBuf> =
+        std::fs::read_dir(&photos).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "png" || e == "jpg")).collect();
+    names.sort();
+    let list = dir.path("photos.txt");
+    std::fs::write(&list, names.iter().take(16).map(|p| p.display().to_string()).collect::<Vec<_>>().join("\n")).unwrap();
+    let run = dir.path("run");
+    let out = seerscale(&[
+        "train",
+        "--plan",
+        plan.to_str().unwrap(),
+        "--nproc-per-node",
+        "2",
+        "--steps",
+        "2",
+        "--data",
+        list.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--threads",
+        "1",
+        "--workers",
+        "1",
+        "--timeout-s",
+        "30",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(run.join("metrics.rank1.jsonl").exists());
+    let plan1 = dir.path("plan1.json");
+    assert!(seerscale(&["plan", "--recipe", "tiny-cpu", "--gpus", "1", "--out", plan1.to_str().unwrap()]).status.success());
+    let out = Command::new(env!("CARGO_BIN_EXE_seerscale"))
+        .args(["train", "--plan", plan1.to_str().unwrap(), "--steps", "1", "--out", run.to_str().unwrap()])
+        .current_dir(dir.path(""))
+        .env_remove("SEERSCALE_PHOTOS")
+        .output()
+        .unwrap();
+    let e = text(&out.stderr);
+    assert!(!out.status.success() && e.contains("default image folder .photos") && e.contains("--data") && e.contains("SEERSCALE_PHOTOS"), "{e}");
+}

@@ -26,12 +26,14 @@ use tch::Tensor;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    #[error("cannot read image folder {path}: {source}")]
+    #[error("cannot read image folder or file list {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("no JPEG or PNG image found under {0}")]
     Empty(PathBuf),
-    #[error("no readable image under {folder}: all {tried} files failed to decode")]
-    NoReadable { folder: PathBuf, tried: usize },
+    #[error("{0}: the file list names no image")]
+    EmptyList(PathBuf),
+    #[error("no readable image in {folder}: all {files} files failed to decode")]
+    NoReadable { folder: PathBuf, files: usize },
     #[error("invalid loader setting `{field}`: {reason}")]
     Config { field: &'static str, reason: String },
     #[error(transparent)]
@@ -50,7 +52,7 @@ pub struct DataPosition {
 }
 
 /// The image files of a folder, recursively, sorted (so every rank lists
-/// them in the same order).
+/// them in the same order); or of a file list (VISSL's `disk_filelist`).
 #[derive(Clone, Debug)]
 pub struct ImageFolder {
     root: PathBuf,
@@ -64,8 +66,14 @@ impl ImageFolder {
         std::env::var_os("SEERSCALE_PHOTOS").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".photos"))
     }
 
+    /// A folder, searched recursively for JPEG and PNG files, or a `.txt`
+    /// file list: one path per line, relative to the list's folder or
+    /// absolute, in the order given (blank lines skipped).
     pub fn open(root: impl AsRef<Path>) -> Result<ImageFolder, DataError> {
         let root = root.as_ref().to_path_buf();
+        if root.extension().is_some_and(|e| e.eq_ignore_ascii_case("txt")) && root.is_file() {
+            return ImageFolder::from_list(root);
+        }
         let mut files = Vec::new();
         let mut dirs = vec![root.clone()];
         while let Some(dir) = dirs.pop() {
@@ -88,6 +96,16 @@ impl ImageFolder {
         }
         files.sort();
         Ok(ImageFolder { root, files })
+    }
+
+    fn from_list(list: PathBuf) -> Result<ImageFolder, DataError> {
+        let text = std::fs::read_to_string(&list).map_err(|source| DataError::Io { path: list.clone(), source })?;
+        let base = list.parent().map(Path::to_path_buf).unwrap_or_default();
+        let files: Vec<PathBuf> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(|l| base.join(l)).collect();
+        if files.is_empty() {
+            return Err(DataError::EmptyList(list));
+        }
+        Ok(ImageFolder { root: list, files })
     }
 
     pub fn root(&self) -> &Path {
@@ -388,7 +406,7 @@ impl Shared {
                 }
             }
         }
-        Err(DataError::NoReadable { folder: self.folder.root().to_path_buf(), tried: n })
+        Err(DataError::NoReadable { folder: self.folder.root().to_path_buf(), files: self.folder.len() })
     }
 
     fn make_batch(&self, position: DataPosition) -> Result<Batch, DataError> {
@@ -547,12 +565,34 @@ mod tests {
         let mut loader = DataLoader::new(folder.clone(), loader_cfg(0, 1, 1)).unwrap();
         let err = loader.next().unwrap().err().unwrap().to_string();
         assert!(err.contains("no readable image") && err.contains(dir.to_str().unwrap()), "{err}");
+        // Files, not attempts.
+        assert!(err.contains("all 2 files failed"), "{err}");
         assert!(loader.next().is_none());
         // Fewer images than a global batch: still an error about readability, not a panic.
         let mut small = DataLoader::new(folder, loader_cfg(0, 2, 2)).unwrap();
         assert!(small.next().unwrap().is_err());
         let missing = ImageFolder::open(dir.join("nope")).unwrap_err().to_string();
         assert!(missing.contains("nope"), "{missing}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// A `.txt` file list: paths relative to its folder or absolute, in the
+    /// order given, blank lines skipped; the loader reads it as a folder.
+    #[test]
+    fn a_file_list_names_the_images_to_read() {
+        let dir = temp_folder("list", 3, &[]);
+        let abs = dir.join("img2.png");
+        std::fs::write(dir.join("list.txt"), format!("img1.png\n\n  sub/a0.jpg\n{}\n", abs.display())).unwrap();
+        let list = ImageFolder::open(dir.join("list.txt")).unwrap();
+        assert_eq!(list.files(), &[dir.join("img1.png"), dir.join("sub/a0.jpg"), abs]);
+        assert_eq!(list.root(), dir.join("list.txt"));
+        let mut loader = DataLoader::new(list, loader_cfg(0, 1, 3)).unwrap();
+        let b = loader.next().unwrap().unwrap();
+        assert_eq!(b.images.len(), 3);
+        assert_eq!(loader.skipped_files(), 0);
+        std::fs::write(dir.join("empty.txt"), "\n\n").unwrap();
+        let e = ImageFolder::open(dir.join("empty.txt")).unwrap_err().to_string();
+        assert!(e.contains("empty.txt") && e.contains("names no image"), "{e}");
         std::fs::remove_dir_all(&dir).ok();
     }
 

@@ -247,6 +247,19 @@ impl TrainConfig {
         };
         let global = (plan.batch_per_rank * plan.world_size) as f64;
         let steps = args.steps.unwrap_or_else(|| (r.data.total_images / global).ceil().max(1.0) as u64);
+        let data_dir = match &args.data {
+            Some(d) => d.clone(),
+            None => {
+                let d = ImageFolder::default_root();
+                if !d.exists() {
+                    return Err(TrainError::Config(format!(
+                        "no --data given, and the default image folder {} is not here (it is scikit-image's photos, linked into the clone by scripts/setup): pass --data DIR|LIST.txt or set SEERSCALE_PHOTOS",
+                        d.display()
+                    )));
+                }
+                d
+            }
+        };
         let device = match plan.hardware.kind {
             DeviceKind::Gpu if !args.force_cpu => {
                 if !tch::Cuda::is_available() {
@@ -289,7 +302,7 @@ impl TrainConfig {
             steps,
             stop_after: args.stop_after,
             seed: args.seed,
-            data_dir: args.data.clone().unwrap_or_else(ImageFolder::default_root),
+            data_dir,
             workers: args.workers,
             out_dir: args.out.clone(),
             checkpoint_every: match args.checkpoint_every {

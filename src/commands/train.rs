@@ -26,7 +26,9 @@ pub struct TrainCliArgs {
     /// Steps to run (default: the recipe's total images / global batch).
     #[arg(long)]
     pub steps: Option<u64>,
-    /// Image folder, searched recursively for JPEG/PNG (default: the photos bundled with scikit-image).
+    /// Image folder, searched recursively for JPEG/PNG, or a .txt file list
+    /// (one path per line, relative to the list's folder or absolute)
+    /// (default: SEERSCALE_PHOTOS, else the clone's .photos: scikit-image's).
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Metrics (metrics.rank<r>.jsonl) and checkpoints go here.
