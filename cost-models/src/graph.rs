@@ -309,6 +309,12 @@ impl ModelGraph {
     pub fn block(&self, name: &str) -> Option<&Block> {
         self.blocks.iter().find(|b| b.name == name)
     }
+    /// The prototypes' Linear: its input is the embedding, its output the
+    /// K prototype scores.
+    pub fn prototype_layer(&self) -> Option<&Layer> {
+        self.blocks.iter().find(|b| b.kind == BlockKind::HeadProto).and_then(|b| self.layers_of(b).last())
+    }
+
     pub fn layers_of<'a>(&'a self, block: &'a Block) -> impl Iterator<Item = &'a Layer> + 'a {
         block.layers.iter().map(move |i| &self.graph[*i])
     }

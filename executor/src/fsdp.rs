@@ -125,13 +125,10 @@ struct Exact<'pg> {
     dst: Tensor,
     /// BN elements of the unit.
     len: i64,
-    /// Per parameter of the unit (by position in `Unit::params`): its
-    /// offset in `values`, for BN parameters.
-    at: Vec<Option<i64>>,
     /// The gathered fp32 values, while the unit is gathered.
     values: Option<Tensor>,
     pending: Option<(Work<'pg>, Tensor)>,
-    /// A BN parameter's flat offset -> its offset in `values`.
+    /// A BN parameter's flat offset -> its offset in `values` (and in `grad`).
     by_offset: HashMap<i64, i64>,
     /// Their fp32 gradient over the unit's backward, then being summed.
     grad: Option<Tensor>,
@@ -168,19 +165,14 @@ struct Unit<'pg> {
 /// slices of `shard_len` (`rank`'s is here).
 fn exact_gather<'pg>(params: &[FlatParam], shard_len: i64, rank: i64, device: Device) -> Result<Option<Exact<'pg>>, TchError> {
     let (lo, hi) = (rank * shard_len, (rank + 1) * shard_len);
-    let (mut src, mut dst, mut at, mut len) = (Vec::new(), Vec::new(), Vec::with_capacity(params.len()), 0i64);
+    let (mut src, mut dst, mut len) = (Vec::new(), Vec::new(), 0i64);
     let mut by_offset = HashMap::new();
-    for p in params {
-        if !is_batch_norm_param(&p.name) {
-            at.push(None);
-            continue;
-        }
+    for p in params.iter().filter(|p| is_batch_norm_param(&p.name)) {
         by_offset.insert(p.offset, len);
         for i in p.offset.max(lo)..(p.offset + p.numel).min(hi) {
             src.push(i - lo);
             dst.push(len + i - p.offset);
         }
-        at.push(Some(len));
         len += p.numel;
     }
     if len == 0 {
@@ -190,7 +182,6 @@ fn exact_gather<'pg>(params: &[FlatParam], shard_len: i64, rank: i64, device: De
         src: Tensor::f_from_slice(&src)?.f_to_device(device)?,
         dst: Tensor::f_from_slice(&dst)?.f_to_device(device)?,
         len,
-        at,
         values: None,
         pending: None,
         by_offset,
@@ -459,9 +450,9 @@ impl<'pg> Fsdp<'pg> {
         let mut leaves = Vec::new();
         for &u in &self.block_units[block] {
             let flat = self.flat(u)?.f_detach()?;
-            let exact = self.units[u].exact.as_ref().and_then(|ex| ex.values.as_ref().map(|v| (v, &ex.at)));
-            for (i, p) in self.units[u].params.iter().enumerate() {
-                let leaf = match exact.and_then(|(v, at)| at[i].map(|o| (v, o))) {
+            let exact = self.units[u].exact.as_ref().and_then(|ex| ex.values.as_ref().map(|v| (v, &ex.by_offset)));
+            for p in &self.units[u].params {
+                let leaf = match exact.and_then(|(v, at)| at.get(&p.offset).map(|&o| (v, o))) {
                     // BN's affine parameters: the fp32 values, a leaf of their own.
                     Some((v, o)) => v.f_narrow(0, o, p.numel)?.f_view(p.shape.as_slice())?.f_detach()?.set_requires_grad(true),
                     None => param_leaf(&flat, p)?,

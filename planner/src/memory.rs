@@ -1281,7 +1281,7 @@ pub fn profile(
         .collect();
     // SwAV loss on this rank: per assignment crop its codes, per other crop a
     // log-softmax kept for backward; the score gradient; two Sinkhorn temporaries.
-    let k = graph.blocks.iter().find(|b| b.kind == BlockKind::HeadProto).and_then(|b| graph.layers_of(b).last().map(|l| l.out_shape[1])).unwrap_or(0);
+    let k = graph.prototype_layer().map_or(0, |l| l.out_shape[1]);
     let images = graph.workload.images;
     let crops: u64 = graph.workload.crops.iter().map(|c| c.count).sum();
     let assign = recipe.swav.crops_for_assign.len() as u64;
@@ -1291,7 +1291,7 @@ pub fn profile(
     // (computed for every assignment crop first), their concatenation with
     // the batch's, and the two Sinkhorn temporaries at that height.
     let queue_rows = recipe.swav.queue_length_for((d.batch_per_rank * d.world_size) as u64) / d.world_size.max(1) as u64;
-    let dim = graph.blocks.iter().find(|b| b.kind == BlockKind::HeadProto).and_then(|b| graph.layers_of(b).last().map(|l| l.in_shape[1])).unwrap_or(0);
+    let dim = graph.prototype_layer().map_or(0, |l| l.in_shape[1]);
     let sinkhorn_mat = a.round((images + queue_rows) * k * 4).0;
     let queue_scores = if queue_rows > 0 { assign * a.round(queue_rows * k * 4).0 + sinkhorn_mat } else { 0 };
     let swav_queue = a.round(assign * queue_rows * dim * 4);

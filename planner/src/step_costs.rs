@@ -158,7 +158,7 @@ impl GraphCosts {
             blocks.push(cost);
         }
         let images = graph.workload.images as f64;
-        let k = graph.blocks.last().and_then(|b| graph.layers_of(b).last()).map_or(1, |l| l.out_shape[1]) as f64;
+        let k = graph.prototype_layer().map_or(1, |l| l.out_shape[1]) as f64;
         let crops = recipe.data.crops.iter().map(|c| c.count).sum::<u64>() as f64;
         let assign = recipe.swav.crops_for_assign.len();
         // Sinkhorn and the loss run in fp32 on the (images x K) score
@@ -219,7 +219,7 @@ impl GraphCosts {
             model_flops: flops,
             loss,
             row_sum_bytes: Bytes(k as u64 * 4),
-            embedding_dim: graph.blocks.last().and_then(|b| graph.layers_of(b).last()).map_or(0, |l| l.in_shape[1]),
+            embedding_dim: graph.prototype_layer().map_or(0, |l| l.in_shape[1]),
             images: graph.workload.images,
             param_tensors: graph.blocks.iter().map(|b| b.param_tensors.len()).sum(),
             params: graph.blocks.iter().map(|b| b.params).sum(),
