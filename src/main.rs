@@ -20,6 +20,10 @@ struct Cli {
 enum Command {
     /// The GPU time model against measured GPU time (public timings, an H200); fit its parameters.
     Accuracy(commands::accuracy::AccuracyArgs),
+    /// The planner's collective times on a cluster, as nccl-tests prints its measurements.
+    Comm(commands::comm::CommArgs),
+    /// Datasets at scale: `data pack` writes tar shards, `data bench` measures the loader.
+    Data(commands::data::DataArgs),
     /// Rebuild a plan's memory model: breakdown, top contributors, headroom, SVG timeline.
     DryRun(commands::dry_run::DryRunArgs),
     /// Pooled trunk features of every image in a folder (safetensors).
@@ -52,6 +56,8 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Accuracy(a) => commands::accuracy::run(&a),
+        Command::Comm(a) => commands::comm::run(&a),
+        Command::Data(a) => commands::data::run(&a),
         Command::DryRun(a) => commands::dry_run::run(&a),
         Command::Embed(a) => commands::embed::run(&a),
         Command::Eval(a) => commands::eval::run(&a),

@@ -215,12 +215,14 @@ impl CollectiveModel {
         self.cost(Collective::Broadcast, group, bytes)
     }
 
-    /// The link cost of `scope` for `op`: a measured fit if there is one.
+    /// The link cost of `scope` for `op` where the group uses that scope
+    /// (`topo` is the topology's): a measured fit if there is one.
     fn link(&self, op: Collective, scope: Scope, topo: Option<LinkCost>) -> Option<LinkCost> {
-        match self.profile.get(op, scope) {
-            Some(f) => Some(LinkCost { bus_bandwidth: f.bus_bandwidth, latency: f.alpha }),
+        let topo = topo?;
+        Some(match self.profile.get(op, scope) {
+            Some(f) => LinkCost { bus_bandwidth: f.bus_bandwidth, latency: f.alpha },
             None => topo,
-        }
+        })
     }
 
     /// Flat ring over all ranks of the group.

@@ -3,7 +3,8 @@
 //! Owns: units (`Bytes`, `Flops`, `Seconds`), the RegNet-Y + SwAV model spec
 //! and its layer graph (parameters, FLOPs, saved activations per layer and
 //! block), model configs, the hardware catalog, the cluster topology and the
-//! compute and collective cost models.
+//! compute and collective cost models, and nccl-tests logs read into the
+//! collective model's terms.
 //!
 //! Must not know about: plans, FSDP wrapping decisions, libtorch, or how the
 //! executor runs anything. It answers "how big / how much work / how long
@@ -18,6 +19,7 @@ pub mod config;
 pub mod graph;
 pub mod hardware;
 pub mod kernels;
+pub mod nccl_tests;
 pub mod padding;
 pub mod regnet;
 pub mod stats;

@@ -4,13 +4,16 @@
 //! p = 0.8, random order), grayscale p = 0.2, Gaussian blur p = 0.5
 //! (sigma 0.1-2.0 px), then ImageNet mean/std normalisation into CHW f32.
 //!
-//! Pure functions of the image and an RNG: the data loader seeds one RNG
-//! per sample, so the crops never depend on thread timing.
+//!
+//! Every random choice of an image's crops is drawn first ([`CropPlan`]),
+//! from an RNG the loader seeds per sample, so the crops never depend on
+//! thread timing, and the decoder knows how far every crop shrinks before
+//! it decodes. Pixels stay u8 until the last step's normalisation table.
 
 // `!(x > 0.0)` checks are deliberate: they reject NaN as well.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
-use image::{imageops, RgbImage};
+use image::RgbImage;
 use rand::seq::SliceRandom;
 use rand::Rng;
 
@@ -85,46 +88,107 @@ impl AugmentConfig {
     }
 }
 
-/// Every crop of one image: `out[g]` is group g's `count` crops, each
-/// normalised CHW f32 of `3 * R * R` values.
-pub fn multi_crop<R: Rng>(img: &RgbImage, cfg: &AugmentConfig, rng: &mut R) -> Vec<Vec<Vec<f32>>> {
-    cfg.crops.iter().map(|c| (0..c.count).map(|_| one_crop(img, c, cfg, rng)).collect()).collect()
+/// Every crop of one image: `crops[g][k]` is crop k of group g, normalised
+/// CHW f32 of `3 * R * R` values.
+pub type Crops = Vec<Vec<Vec<f32>>>;
+
+/// The random choices for one crop, drawn before any pixel is touched
+/// (so the decoder can be told how far every crop will shrink).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CropDraw {
+    /// (x, y, w, h) in the original image's pixels.
+    pub area: (u32, u32, u32, u32),
+    pub flip: bool,
+    pub jitter: Option<Jitter>,
+    pub gray: bool,
+    pub blur_sigma: Option<f64>,
 }
 
-fn one_crop<R: Rng>(img: &RgbImage, spec: &CropSpec, cfg: &AugmentConfig, rng: &mut R) -> Vec<f32> {
-    let (x, y, w, h) = resized_crop_box(img.width(), img.height(), spec.scale, rng);
-    let r = spec.resolution;
-    let patch = imageops::crop_imm(img, x, y, w, h).to_image();
-    // Triangle = bilinear with support widened when shrinking (antialiased,
-    // as PIL's resize that torchvision uses).
-    let resized = imageops::resize(&patch, r, r, imageops::FilterType::Triangle);
-    let mut px: Vec<[f32; 3]> = resized.pixels().map(|p| [p[0] as f32 / 255.0, p[1] as f32 / 255.0, p[2] as f32 / 255.0]).collect();
-    let n = r as usize;
-    if rng.gen_bool(cfg.flip_p) {
-        for row in px.chunks_mut(n) {
-            row.reverse();
+/// ColorJitter's factors and torchvision's random order of its four ops
+/// (0 brightness, 1 contrast, 2 saturation, 3 hue).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Jitter {
+    pub order: [u8; 4],
+    pub brightness: f32,
+    pub contrast: f32,
+    pub saturation: f32,
+    /// Hue rotation in turns.
+    pub hue: f32,
+}
+
+/// Every crop of one image, drawn: `crops[g]` are group g's.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CropPlan {
+    pub width: u32,
+    pub height: u32,
+    pub crops: Vec<Vec<CropDraw>>,
+}
+
+impl CropPlan {
+    /// Draws every crop of a `width` x `height` image, group by group.
+    pub fn draw<R: Rng>(width: u32, height: u32, cfg: &AugmentConfig, rng: &mut R) -> CropPlan {
+        let crops = cfg.crops.iter().map(|spec| (0..spec.count).map(|_| draw_crop(width, height, spec, cfg, rng)).collect()).collect();
+        CropPlan { width, height, crops }
+    }
+
+    /// The largest decode shrink (1, 2, 4 or 8) that every crop still
+    /// downscales from: DCT scaling then loses nothing the resize keeps.
+    pub fn decode_scale(&self, cfg: &AugmentConfig) -> u32 {
+        let mut scale = 8;
+        for (spec, crops) in cfg.crops.iter().zip(&self.crops) {
+            for c in crops {
+                let side = c.area.2.min(c.area.3);
+                while scale > 1 && side / scale < spec.resolution {
+                    scale /= 2;
+                }
+            }
         }
+        scale
     }
-    if rng.gen_bool(cfg.jitter_p) {
-        color_jitter(&mut px, cfg.color_strength, rng);
+
+    /// Renders every crop from `img`, the image decoded shrunk by `scale`:
+    /// `out[g][k]` is normalised CHW f32, `3 * R * R` values.
+    pub fn render(&self, img: &RgbImage, scale: u32, cfg: &AugmentConfig) -> Crops {
+        // The decoded size may round up (ceil(W / scale)); map boxes exactly.
+        let (sx, sy) = (img.width() as f64 / self.width as f64, img.height() as f64 / self.height as f64);
+        debug_assert!(scale >= 1 && (sx * scale as f64 - 1.0).abs() < 0.2);
+        RESIZER.with(|resizer| {
+            let mut resizer = resizer.borrow_mut();
+            cfg.crops
+                .iter()
+                .zip(&self.crops)
+                .map(|(spec, crops)| crops.iter().map(|c| render_crop(&mut resizer, img, (sx, sy), c, spec.resolution)).collect())
+                .collect()
+        })
     }
-    if rng.gen_bool(cfg.gray_p) {
-        for p in px.iter_mut() {
-            let l = luma(p);
-            *p = [l, l, l];
-        }
-    }
-    if rng.gen_bool(cfg.blur_p) {
-        let sigma = rng.gen_range(cfg.blur_sigma.0..=cfg.blur_sigma.1);
-        gaussian_blur(&mut px, n, n, sigma);
-    }
-    let mut out = vec![0f32; 3 * n * n];
-    for (i, p) in px.iter().enumerate() {
-        for c in 0..3 {
-            out[c * n * n + i] = (p[c] - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
-        }
-    }
-    out
+}
+
+thread_local! {
+    static RESIZER: std::cell::RefCell<fast_image_resize::Resizer> = std::cell::RefCell::new(fast_image_resize::Resizer::new());
+}
+
+/// Every crop of one image: `out[g]` is group g's `count` crops, each
+/// normalised CHW f32 of `3 * R * R` values.
+pub fn multi_crop<R: Rng>(img: &RgbImage, cfg: &AugmentConfig, rng: &mut R) -> Crops {
+    CropPlan::draw(img.width(), img.height(), cfg, rng).render(img, 1, cfg)
+}
+
+fn draw_crop<R: Rng>(width: u32, height: u32, spec: &CropSpec, cfg: &AugmentConfig, rng: &mut R) -> CropDraw {
+    let area = resized_crop_box(width, height, spec.scale, rng);
+    let flip = rng.gen_bool(cfg.flip_p);
+    let jitter = rng.gen_bool(cfg.jitter_p).then(|| {
+        let s = cfg.color_strength;
+        let mut order = [0u8, 1, 2, 3];
+        order.shuffle(rng);
+        let mut factor = |x: f64| rng.gen_range((1.0 - x).max(0.0)..=1.0 + x) as f32;
+        let (brightness, contrast, saturation) = (factor(0.8 * s), factor(0.8 * s), factor(0.8 * s));
+        let h = 0.2 * s;
+        let hue = if h > 0.0 { rng.gen_range(-h..=h) as f32 } else { 0.0 };
+        Jitter { order, brightness, contrast, saturation, hue }
+    });
+    let gray = rng.gen_bool(cfg.gray_p);
+    let blur_sigma = rng.gen_bool(cfg.blur_p).then(|| rng.gen_range(cfg.blur_sigma.0..=cfg.blur_sigma.1));
+    CropDraw { area, flip, jitter, gray, blur_sigma }
 }
 
 /// torchvision RandomResizedCrop.get_params (aspect ratio 3/4 - 4/3, 10
@@ -157,49 +221,118 @@ pub fn resized_crop_box<R: Rng>(width: u32, height: u32, scale: (f64, f64), rng:
     ((width - w) / 2, (height - h) / 2, w, h)
 }
 
-fn luma(p: &[f32; 3]) -> f32 {
-    0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2]
-}
-
-fn blend(p: &mut [f32; 3], other: [f32; 3], factor: f32) {
-    for c in 0..3 {
-        p[c] = (factor * p[c] + (1.0 - factor) * other[c]).clamp(0.0, 1.0);
+/// One crop: antialiased bilinear resize (PIL's, with the support widened
+/// when shrinking) straight out of the decoded image, then the colour ops
+/// on u8 RGB, then normalisation through a per-channel table.
+fn render_crop(resizer: &mut fast_image_resize::Resizer, img: &RgbImage, (sx, sy): (f64, f64), c: &CropDraw, r: u32) -> Vec<f32> {
+    use fast_image_resize::{images::Image, images::ImageRef, FilterType, PixelType, ResizeAlg, ResizeOptions};
+    let (x, y, w, h) = c.area;
+    let src = ImageRef::new(img.width(), img.height(), img.as_raw(), PixelType::U8x3).expect("an RgbImage's buffer is 3 bytes per pixel");
+    let mut dst = Image::new(r, r, PixelType::U8x3);
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)).crop(
+        x as f64 * sx,
+        y as f64 * sy,
+        (w as f64 * sx).min(img.width() as f64 - x as f64 * sx),
+        (h as f64 * sy).min(img.height() as f64 - y as f64 * sy),
+    );
+    resizer.resize(&src, &mut dst, &options).expect("same pixel type, non-empty crop inside the image");
+    let mut px = dst.into_vec();
+    let n = r as usize;
+    if c.flip {
+        for row in px.chunks_exact_mut(3 * n) {
+            for i in 0..n / 2 {
+                let (a, b) = (3 * i, 3 * (n - 1 - i));
+                for k in 0..3 {
+                    row.swap(a + k, b + k);
+                }
+            }
+        }
     }
+    if let Some(j) = &c.jitter {
+        color_jitter(&mut px, j);
+    }
+    if c.gray {
+        for p in px.chunks_exact_mut(3) {
+            let l = luma(p);
+            p.fill(l);
+        }
+    }
+    if let Some(sigma) = c.blur_sigma {
+        gaussian_blur(&mut px, n, n, sigma);
+    }
+    let lut = normalise_table();
+    let mut out = vec![0f32; 3 * n * n];
+    let (r_out, rest) = out.split_at_mut(n * n);
+    let (g_out, b_out) = rest.split_at_mut(n * n);
+    for (i, p) in px.chunks_exact(3).enumerate() {
+        r_out[i] = lut[0][p[0] as usize];
+        g_out[i] = lut[1][p[1] as usize];
+        b_out[i] = lut[2][p[2] as usize];
+    }
+    out
 }
 
-/// ColorJitter(0.8s, 0.8s, 0.8s, 0.2s) with torchvision's random op order.
-fn color_jitter<R: Rng>(px: &mut [[f32; 3]], s: f64, rng: &mut R) {
-    let factor = |rng: &mut R, x: f64| rng.gen_range((1.0 - x).max(0.0)..=1.0 + x) as f32;
-    let mut order = [0usize, 1, 2, 3];
-    order.shuffle(rng);
-    for op in order {
+/// `(v / 255 - mean) / std` for every u8 value, per channel.
+fn normalise_table() -> &'static [[f32; 256]; 3] {
+    static TABLE: std::sync::OnceLock<[[f32; 256]; 3]> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| std::array::from_fn(|c| std::array::from_fn(|v| (v as f32 / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c])))
+}
+
+/// PIL's "L": (299 R + 587 G + 114 B) / 1000, in 16-bit fixed point.
+fn luma(p: &[u8]) -> u8 {
+    ((p[0] as u32 * 19595 + p[1] as u32 * 38470 + p[2] as u32 * 7471 + 0x8000) >> 16) as u8
+}
+
+/// Rounds half up after clamping (no libm call: the values are >= 0).
+fn clamp_u8(v: f32) -> u8 {
+    (v.clamp(0.0, 255.0) + 0.5) as u8
+}
+
+/// `v -> other + f * (v - other)` for every u8 value (PIL's blend).
+fn blend_table(other: f32, f: f32) -> [u8; 256] {
+    std::array::from_fn(|v| clamp_u8(other + f * (v as f32 - other)))
+}
+
+/// ColorJitter's four ops in the drawn order, each as PIL's ImageEnhance
+/// does it: brightness and contrast through a 256-entry table, saturation
+/// as a blend with each pixel's luma in fixed point, hue through HSV.
+fn color_jitter(px: &mut [u8], j: &Jitter) {
+    for op in j.order {
         match op {
             0 => {
-                let f = factor(rng, 0.8 * s);
-                px.iter_mut().for_each(|p| blend(p, [0.0; 3], f));
+                let t = blend_table(0.0, j.brightness);
+                px.iter_mut().for_each(|v| *v = t[*v as usize]);
             }
             1 => {
-                let f = factor(rng, 0.8 * s);
-                let mean = px.iter().map(luma).sum::<f32>() / px.len().max(1) as f32;
-                px.iter_mut().for_each(|p| blend(p, [mean; 3], f));
+                let sum: u64 = px.chunks_exact(3).map(|p| luma(p) as u64).sum();
+                let mean = (sum as f64 / (px.len() / 3).max(1) as f64).round() as f32;
+                let t = blend_table(mean, j.contrast);
+                px.iter_mut().for_each(|v| *v = t[*v as usize]);
             }
             2 => {
-                let f = factor(rng, 0.8 * s);
-                px.iter_mut().for_each(|p| {
-                    let l = luma(p);
-                    blend(p, [l; 3], f)
-                });
+                let f = (j.saturation * 4096.0).round() as i32;
+                for p in px.chunks_exact_mut(3) {
+                    let l = luma(p) as i32;
+                    for v in p.iter_mut() {
+                        *v = (l + ((f * (*v as i32 - l) + 2048) >> 12)).clamp(0, 255) as u8;
+                    }
+                }
             }
             _ => {
-                let h = 0.2 * s;
-                let shift = if h > 0.0 { rng.gen_range(-h..=h) as f32 } else { 0.0 };
-                px.iter_mut().for_each(|p| *p = hue_shift(*p, shift));
+                if j.hue != 0.0 {
+                    for p in px.chunks_exact_mut(3) {
+                        let q = hue_shift([p[0] as f32, p[1] as f32, p[2] as f32], j.hue);
+                        for k in 0..3 {
+                            p[k] = clamp_u8(q[k]);
+                        }
+                    }
+                }
             }
         }
     }
 }
 
-/// Rotates the hue by `shift` turns through HSV.
+/// Rotates the hue of an RGB pixel (any scale) by `shift` turns through HSV.
 fn hue_shift(p: [f32; 3], shift: f32) -> [f32; 3] {
     let [r, g, b] = p;
     let max = r.max(g).max(b);
@@ -231,38 +364,50 @@ fn hue_shift(p: [f32; 3], shift: f32) -> [f32; 3] {
     }
 }
 
-/// Separable Gaussian blur (radius ceil(3 sigma), edges clamped).
-fn gaussian_blur(px: &mut [[f32; 3]], w: usize, h: usize, sigma: f64) {
-    let rad = (3.0 * sigma).ceil().max(1.0) as isize;
-    let mut k: Vec<f32> = (-rad..=rad).map(|i| (-(i * i) as f64 / (2.0 * sigma * sigma)).exp() as f32).collect();
-    let sum: f32 = k.iter().sum();
-    k.iter_mut().for_each(|v| *v /= sum);
-    let mut tmp = vec![[0f32; 3]; px.len()];
-    let clamp = |v: isize, n: usize| v.clamp(0, n as isize - 1) as usize;
+/// Separable Gaussian blur of interleaved u8 RGB (radius ceil(3 sigma),
+/// edges clamped), weights in 14-bit fixed point; both passes run along
+/// contiguous memory so they vectorise.
+fn gaussian_blur(px: &mut [u8], w: usize, h: usize, sigma: f64) {
+    const ONE: u32 = 1 << 14;
+    let rad = (3.0 * sigma).ceil().max(1.0) as usize;
+    let g: Vec<f64> = (0..=2 * rad).map(|i| (-((i as f64 - rad as f64).powi(2)) / (2.0 * sigma * sigma)).exp()).collect();
+    let total: f64 = g.iter().sum();
+    let mut k: Vec<u32> = g.iter().map(|v| (v / total * ONE as f64).round() as u32).collect();
+    // Weights that sum to exactly one keep flat regions flat.
+    let sum: u32 = k.iter().sum();
+    k[rad] = (k[rad] + ONE).saturating_sub(sum);
+    let row = 3 * w;
+    let mut padded = vec![0u32; 3 * (w + 2 * rad)];
+    let mut acc = vec![0u32; row];
+    let mut tmp = vec![0u8; px.len()];
     for y in 0..h {
-        for x in 0..w {
-            let mut acc = [0f32; 3];
-            for (ki, kv) in k.iter().enumerate() {
-                let sx = clamp(x as isize + ki as isize - rad, w);
-                let p = px[y * w + sx];
-                for c in 0..3 {
-                    acc[c] += kv * p[c];
-                }
+        let src = &px[y * row..(y + 1) * row];
+        for x in 0..w + 2 * rad {
+            let sx = x.saturating_sub(rad).min(w - 1);
+            for c in 0..3 {
+                padded[3 * x + c] = src[3 * sx + c] as u32;
             }
-            tmp[y * w + x] = acc;
+        }
+        acc.fill(ONE / 2);
+        for (i, &ki) in k.iter().enumerate() {
+            for (a, &v) in acc.iter_mut().zip(&padded[3 * i..3 * i + row]) {
+                *a += ki * v;
+            }
+        }
+        for (t, a) in tmp[y * row..(y + 1) * row].iter_mut().zip(&acc) {
+            *t = (a >> 14).min(255) as u8;
         }
     }
     for y in 0..h {
-        for x in 0..w {
-            let mut acc = [0f32; 3];
-            for (ki, kv) in k.iter().enumerate() {
-                let sy = clamp(y as isize + ki as isize - rad, h);
-                let p = tmp[sy * w + x];
-                for c in 0..3 {
-                    acc[c] += kv * p[c];
-                }
+        acc.fill(ONE / 2);
+        for (i, &ki) in k.iter().enumerate() {
+            let sy = (y + i).saturating_sub(rad).min(h - 1);
+            for (a, &v) in acc.iter_mut().zip(&tmp[sy * row..(sy + 1) * row]) {
+                *a += ki * v as u32;
             }
-            px[y * w + x] = acc;
+        }
+        for (p, a) in px[y * row..(y + 1) * row].iter_mut().zip(&acc) {
+            *p = (a >> 14).min(255) as u8;
         }
     }
 }
@@ -270,6 +415,7 @@ fn gaussian_blur(px: &mut [[f32; 3]], w: usize, h: usize, sigma: f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use image::imageops;
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
 
@@ -323,13 +469,50 @@ mod tests {
             assert!((p[c] - q[c]).abs() < 1e-5, "{p:?} {q:?}");
         }
         assert_eq!(hue_shift([0.5; 3], 0.3), [0.5; 3]);
-        let mut px: Vec<[f32; 3]> = (0..64).map(|i| [(i % 8) as f32 / 8.0, 0.5, (i / 8) as f32 / 8.0]).collect();
-        let before: f32 = px.iter().map(|p| p[1]).sum();
+        let mut px: Vec<u8> = (0..64).flat_map(|i| [(i % 8) as u8 * 32, 128, (i / 8) as u8 * 32]).collect();
+        let before: u32 = px.chunks(3).map(|p| p[1] as u32).sum();
         gaussian_blur(&mut px, 8, 8, 1.5);
-        let after: f32 = px.iter().map(|p| p[1]).sum();
-        assert!((before - after).abs() < 1e-3);
+        assert_eq!(px.chunks(3).map(|p| p[1] as u32).sum::<u32>(), before, "a flat channel stays flat");
         // Blur smooths: the horizontal ramp's extreme values move inwards.
-        assert!(px[0][0] > 0.0 && px[7][0] < 7.0 / 8.0);
+        assert!(px[0] > 0 && px[3 * 7] < 7 * 32);
+        let ramp: u32 = px.chunks(3).map(|p| p[0] as u32).sum();
+        assert!((ramp as i64 - 64 * 112).abs() < 64 * 4, "{ramp}");
+    }
+
+    #[test]
+    fn colour_ops_match_their_float_definitions() {
+        let mut px = vec![200u8, 100, 50, 10, 20, 30];
+        let j = Jitter { order: [0, 1, 2, 3], brightness: 1.0, contrast: 1.0, saturation: 1.0, hue: 0.0 };
+        color_jitter(&mut px, &j);
+        assert_eq!(px, [200, 100, 50, 10, 20, 30], "unit factors are the identity");
+        let j = Jitter { order: [0, 3, 1, 2], brightness: 0.5, contrast: 1.0, saturation: 0.0, hue: 0.0 };
+        color_jitter(&mut px, &j);
+        // Brightness halves, saturation 0 is the luma.
+        assert_eq!(px, [62, 62, 62, 9, 9, 9]);
+    }
+
+    /// A crop rendered from an image decoded at a quarter of its size is the
+    /// full-size render within a few grey levels: every crop of the plan
+    /// shrinks at least 4x, so the shrunk decode loses nothing it keeps.
+    #[test]
+    fn renders_from_a_shrunk_decode_match_the_full_size() {
+        let cfg = AugmentConfig::with_crops(vec![CropSpec { count: 2, resolution: 24, scale: (0.5, 1.0) }]);
+        let img = RgbImage::from_fn(256, 192, |x, y| image::Rgb([(x) as u8, (y) as u8, ((x * y) / 256) as u8]));
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let mut plan = CropPlan::draw(256, 192, &cfg, &mut rng);
+        for c in plan.crops.iter_mut().flatten() {
+            (c.jitter, c.blur_sigma, c.gray) = (None, None, false);
+        }
+        assert_eq!(plan.decode_scale(&cfg), 4);
+        let full = plan.render(&img, 1, &cfg);
+        let small = imageops::resize(&img, 64, 48, imageops::FilterType::Triangle);
+        let shrunk = plan.render(&small, 4, &cfg);
+        for (a, b) in full.iter().flatten().zip(shrunk.iter().flatten()) {
+            let mean = a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len() as f32;
+            assert!(mean < 0.05, "mean |difference| {mean} (normalised units)");
+        }
+        let tiny = AugmentConfig::with_crops(vec![CropSpec { count: 2, resolution: 160, scale: (0.05, 0.14) }]);
+        assert_eq!(CropPlan::draw(256, 192, &tiny, &mut rng).decode_scale(&tiny), 1);
     }
 
     #[test]

@@ -597,7 +597,18 @@ pub fn measure_loader(
     use crate::data::{time_batches, DataPosition, ImageFolder, LoaderConfig};
     let err = |e: crate::data::DataError| CalibrateError::Degenerate { what: format!("data loader over {}", folder.display()), reason: e.to_string() };
     let images_folder = ImageFolder::open(folder).map_err(err)?;
-    let cfg = LoaderConfig { seed: 0, rank: 0, world: 1, images_per_rank: images, augment, workers: 1, prefetch: 1, start: DataPosition::default() };
+    let cfg = LoaderConfig {
+        seed: 0,
+        rank: 0,
+        world: 1,
+        images_per_rank: images,
+        augment,
+        workers: 1,
+        prefetch: 1,
+        start: DataPosition::default(),
+        shuffle_buffer: 1,
+        stream_start: crate::stream::StreamStart::Fresh,
+    };
     let samples = time_batches(images_folder, cfg, batches.max(1)).map_err(err)?;
     Ok(LoaderMeasurement { crops, images_per_batch: images, data: folder.display().to_string(), batch: Timing::from_samples(samples, 1), probe_s: None })
 }

@@ -40,6 +40,10 @@ pub struct RankMeta {
     pub world_size: usize,
     /// Position of the next batch of the data loader.
     pub data: DataPosition,
+    /// Tar shards: this rank's stream after its last batch (shards left,
+    /// the shuffle buffer), so a resume neither rereads nor skips a sample.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_stream: Option<crate::stream::StreamState>,
     pub loss_scaler: LossScaler,
     pub seed: u64,
     /// Unit names in order (guards against resuming with another plan).
@@ -230,6 +234,7 @@ mod tests {
             rank: 0,
             world_size: 1,
             data: DataPosition { epoch: 1, step: 2 },
+            data_stream: None,
             loss_scaler: LossScaler::disabled(),
             seed: 3,
             units: vec!["s1.b0".into(), "root".into()],

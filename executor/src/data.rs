@@ -1,22 +1,27 @@
-//! The image-folder data pipeline: recursive JPEG/PNG listing, a
-//! deterministic per-epoch shuffle, each rank's slice of every global batch,
-//! decoding + multi-crop augmentation on worker threads with bounded
-//! prefetch, unreadable files skipped and counted.
+//! The data pipeline: an image folder, a file list or WebDataset tar
+//! shards in; each rank's part of every global batch out, decoded and
+//! multi-cropped on worker threads with bounded prefetch; unreadable
+//! images skipped, counted and named.
 //!
-//! Global step s of epoch e covers positions `s*G .. (s+1)*G` of the epoch's
-//! shuffled order (G = images_per_rank * world); rank r takes the r-th
-//! contiguous slice of it. Every sample's RNG is seeded from (seed, epoch,
-//! position in the epoch), so the crops depend neither on thread timing nor
-//! on the world size: N ranks' batches concatenated in rank order are
-//! exactly the world-size-1 batch of the same global size.
+//! Folders and file lists: global step s of epoch e covers positions
+//! `s*G .. (s+1)*G` of the epoch's shuffled order (G = images_per_rank *
+//! world); rank r takes the r-th contiguous slice of it, so N ranks'
+//! batches concatenated in rank order are the world-size-1 batch.
+//! Shards: each rank streams its own shards through a shuffle buffer
+//! ([`crate::stream`]); the loader saves that stream's state for resume.
+//! Either way every sample's RNG is seeded from (seed, epoch, global
+//! position in the epoch), so the crops never depend on thread timing.
 
-use crate::augment::{multi_crop, AugmentConfig, AugmentError};
+use crate::augment::{AugmentConfig, AugmentError, CropPlan, Crops};
+use crate::decode::{decode_bytes, decode_scaled, dimensions};
 use crate::model::CropLayout;
+use crate::shards::{is_shard_spec, Sample, ShardError, ShardSet};
+use crate::stream::{fresh_epoch, redistribute, resume_mine, Stream, StreamConfig, StreamError, StreamStart, StreamState};
 use image::RgbImage;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver};
@@ -40,8 +45,86 @@ pub enum DataError {
     Augment(#[from] AugmentError),
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+    #[error("{spec}: all {samples} samples of a batch failed to decode")]
+    BatchUnreadable { spec: String, samples: usize },
+    #[error("tar shards {0}")]
+    Shard(#[from] ShardError),
+    #[error(transparent)]
+    Stream(#[from] StreamError),
     #[error("data worker stopped unexpectedly")]
     WorkerGone,
+}
+
+/// What `--data` names: an image folder or file list, or tar shards.
+#[derive(Clone, Debug)]
+pub enum Dataset {
+    Folder(ImageFolder),
+    Shards(Arc<ShardSet>),
+}
+
+impl Dataset {
+    /// Shards if `spec` ends in `.tar` (a path, glob or braces) or is a
+    /// folder with a shard `index.json`; else a folder or `.txt` list.
+    pub fn open(spec: impl AsRef<Path>) -> Result<Dataset, DataError> {
+        let spec = spec.as_ref();
+        let text = spec.to_string_lossy();
+        if is_shard_spec(&text) {
+            return Ok(Dataset::Shards(Arc::new(ShardSet::open(&text)?)));
+        }
+        Ok(Dataset::Folder(ImageFolder::open(spec)?))
+    }
+
+    /// Samples in one pass (files of a folder, samples of the shards).
+    pub fn samples(&self) -> u64 {
+        match self {
+            Dataset::Folder(f) => f.len() as u64,
+            Dataset::Shards(s) => s.samples(),
+        }
+    }
+
+    /// "12 images in .photos" / "1000 shards (50000 samples) at x/{0..9}.tar".
+    pub fn describe(&self) -> String {
+        match self {
+            Dataset::Folder(f) => format!("{} images in {}", f.len(), f.root().display()),
+            Dataset::Shards(s) => format!("{} shards ({} samples) at {}", s.len(), s.samples(), s.spec()),
+        }
+    }
+
+    /// The encoded bytes of up to `n` samples, in order (for benchmarks).
+    pub fn first_samples(&self, n: usize) -> Result<Vec<Vec<u8>>, DataError> {
+        let mut out = Vec::with_capacity(n);
+        match self {
+            Dataset::Folder(f) => {
+                for p in f.files().iter().take(n) {
+                    out.push(std::fs::read(p).map_err(|source| DataError::Io { path: p.clone(), source })?);
+                }
+            }
+            Dataset::Shards(set) => {
+                for (i, p) in set.paths().iter().enumerate() {
+                    let mut r = crate::shards::ShardReader::open(p, i as u32, 0)?;
+                    while out.len() < n {
+                        match r.next_sample(true)? {
+                            Some(s) => out.push(s.image),
+                            None => break,
+                        }
+                    }
+                    if out.len() >= n {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Decodes `bytes` and renders every crop: the crops are drawn first, so a
+/// JPEG whose crops all shrink 2x or more is decoded at that reduced size.
+pub fn augment_bytes(bytes: &[u8], cfg: &AugmentConfig, rng: &mut ChaCha8Rng) -> Result<Crops, String> {
+    let (w, h) = dimensions(bytes)?;
+    let plan = CropPlan::draw(w, h, cfg, rng);
+    let decoded = decode_scaled(bytes, plan.decode_scale(cfg))?;
+    Ok(plan.render(&decoded.image, decoded.scale, cfg))
 }
 
 /// Where the loader stands: the next batch is step `step` of epoch `epoch`.
@@ -126,17 +209,6 @@ fn is_image_name(p: &Path) -> bool {
     matches!(p.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref(), Some("jpg" | "jpeg" | "png"))
 }
 
-/// Decodes any JPEG/PNG (gray, RGBA, 16-bit) to 8-bit RGB.
-pub fn decode(path: &Path) -> Result<RgbImage, String> {
-    let reader = image::ImageReader::open(path).map_err(|e| e.to_string())?;
-    let reader = reader.with_guessed_format().map_err(|e| e.to_string())?;
-    let img = reader.decode().map_err(|e| e.to_string())?;
-    if img.width() == 0 || img.height() == 0 {
-        return Err("empty image".into());
-    }
-    Ok(img.to_rgb8())
-}
-
 /// The shuffled order of `n` files in `epoch`.
 pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
@@ -144,7 +216,8 @@ pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
     order
 }
 
-fn mix(parts: &[u64]) -> u64 {
+/// Seeds from several parts (SplitMix64 over them).
+pub fn mix(parts: &[u64]) -> u64 {
     // SplitMix64 over the parts: cheap, stable, well spread.
     let mut h = 0x9e37_79b9_7f4a_7c15u64;
     for &p in parts {
@@ -171,7 +244,16 @@ pub struct LoaderConfig {
     pub prefetch: usize,
     /// Where to start (resume).
     pub start: DataPosition,
+    /// Shards: samples in each rank's shuffle buffer.
+    pub shuffle_buffer: usize,
+    /// Shards: where the stream starts (a new epoch `start.epoch`, this
+    /// rank's saved state, or every old rank's to deal again).
+    pub stream_start: StreamStart,
 }
+
+/// Samples a rank's shuffle buffer holds by default: WebDataset's usual
+/// size; at SEER's ~100 KB JPEGs about 100 MB of host memory.
+pub const DEFAULT_SHUFFLE_BUFFER: usize = 1000;
 
 /// One rank's batch.
 pub struct Batch {
@@ -179,8 +261,11 @@ pub struct Batch {
     /// One tensor per crop group, `[images * count, 3, R, R]`, image-major.
     pub groups: Vec<Tensor>,
     pub layout: CropLayout,
-    /// Indices (into [`ImageFolder::files`]) of the images used.
+    /// The samples used: indices into [`ImageFolder::files`], or for shards
+    /// the sample's place in the shard list (samples of earlier shards + index).
     pub images: Vec<usize>,
+    /// Shards: the stream's state after this batch (what a checkpoint saves).
+    pub stream: Option<StreamState>,
     /// Files found unreadable by this loader so far.
     pub skipped_files: usize,
 }
@@ -212,11 +297,14 @@ impl DecodeCache {
     fn get(&self, idx: usize) -> Option<Arc<RgbImage>> {
         self.images.lock().ok()?.get(&idx).cloned()
     }
+    fn has_room(&self, bytes: usize) -> bool {
+        self.used.load(Ordering::Relaxed) + bytes <= self.budget
+    }
     /// Keeps `img` if it fits the budget; returns it shared either way.
     fn insert(&self, idx: usize, img: RgbImage) -> Arc<RgbImage> {
         let img = Arc::new(img);
         let bytes = img.as_raw().len();
-        if self.used.load(Ordering::Relaxed) + bytes <= self.budget {
+        if self.has_room(bytes) {
             if let Ok(mut m) = self.images.lock() {
                 if m.insert(idx, Arc::clone(&img)).is_none() {
                     self.used.fetch_add(bytes, Ordering::Relaxed);
@@ -233,14 +321,20 @@ fn decode_cache_budget() -> usize {
 }
 
 /// Prefetching multi-crop loader; iterate it for batches (endless: the
-/// training loop decides when to stop). Dropping it stops the workers.
+/// training loop decides when to stop). Dropping it stops its threads.
 pub struct DataLoader {
-    shared: Arc<Shared>,
     rx: Vec<Receiver<Result<Batch, DataError>>>,
     handles: Vec<JoinHandle<()>>,
     produced: u64,
     next: DataPosition,
     failed: bool,
+    source: Source,
+}
+
+/// What the loader reads, with what it needs to say where it stands.
+enum Source {
+    Folder(Arc<Shared>),
+    Shards { shared: Arc<ShardShared>, state: StreamState },
 }
 
 /// Folders of at most this many images are decoded into the cache before
@@ -259,7 +353,7 @@ pub fn time_batches(folder: ImageFolder, cfg: LoaderConfig, batches: usize) -> R
     if n <= TIMING_PRELOAD_MAX {
         let all: Vec<usize> = (0..n).collect();
         for i in 0..n {
-            shared.load(&all, i)?;
+            shared.load(&all, i, 0)?;
         }
     }
     let warmup = 1;
@@ -274,8 +368,25 @@ pub fn time_batches(folder: ImageFolder, cfg: LoaderConfig, batches: usize) -> R
     Ok(out)
 }
 
+fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, DataError> {
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            crate::op_count::exclude_this_thread();
+            f()
+        })
+        .map_err(|e| DataError::Io { path: PathBuf::from("<thread>"), source: e })
+}
+
 impl DataLoader {
-    pub fn new(folder: ImageFolder, cfg: LoaderConfig) -> Result<DataLoader, DataError> {
+    pub fn new(data: Dataset, cfg: LoaderConfig) -> Result<DataLoader, DataError> {
+        match data {
+            Dataset::Folder(f) => DataLoader::folder(f, cfg),
+            Dataset::Shards(s) => DataLoader::shards(s, cfg),
+        }
+    }
+
+    fn folder(folder: ImageFolder, cfg: LoaderConfig) -> Result<DataLoader, DataError> {
         let workers = cfg.workers.max(1);
         let prefetch = cfg.prefetch.max(1);
         let next = cfg.start;
@@ -285,32 +396,91 @@ impl DataLoader {
         for w in 0..workers {
             let (tx, r) = sync_channel(prefetch);
             let sh = Arc::clone(&shared);
-            let h = std::thread::Builder::new()
-                .name(format!("seerscale-data-{w}"))
-                .spawn(move || {
-                    // Worker w makes batches w, w + workers, ...; one channel
-                    // per worker keeps the order without a reorder buffer and
-                    // bounds how far each worker runs ahead.
-                    crate::op_count::exclude_this_thread();
-                    let mut k = w as u64;
-                    loop {
-                        let res = sh.make_batch(sh.position_after(sh.cfg.start, k));
-                        let stop = res.is_err();
-                        if tx.send(res).is_err() || stop {
-                            return;
-                        }
-                        k += workers as u64;
+            // Worker w makes batches w, w + workers, ...; one channel per
+            // worker keeps the order without a reorder buffer and bounds
+            // how far each worker runs ahead.
+            handles.push(spawn(format!("seerscale-data-{w}"), move || {
+                let mut k = w as u64;
+                loop {
+                    let res = sh.make_batch(sh.position_after(sh.cfg.start, k));
+                    let stop = res.is_err();
+                    if tx.send(res).is_err() || stop {
+                        return;
                     }
-                })
-                .map_err(|e| DataError::Io { path: PathBuf::from("<thread>"), source: e })?;
+                    k += workers as u64;
+                }
+            })?);
             rx.push(r);
-            handles.push(h);
         }
-        Ok(DataLoader { shared, rx, handles, produced: 0, next, failed: false })
+        Ok(DataLoader { rx, handles, produced: 0, next, failed: false, source: Source::Folder(shared) })
     }
 
+    /// One reader thread streams the rank's shards (sequential I/O, the
+    /// shuffle buffer) and deals whole batches of encoded samples to the
+    /// workers round-robin; the workers decode and crop them.
+    fn shards(set: Arc<ShardSet>, cfg: LoaderConfig) -> Result<DataLoader, DataError> {
+        check_config(&cfg)?;
+        let scfg = StreamConfig { seed: cfg.seed, rank: cfg.rank, world: cfg.world, images_per_rank: cfg.images_per_rank, buffer: cfg.shuffle_buffer.max(1) };
+        let state = match &cfg.stream_start {
+            StreamStart::Fresh => fresh_epoch(&set, &scfg, cfg.start.epoch)?,
+            StreamStart::Mine(s) => resume_mine(s, &set)?,
+            StreamStart::Pooled(all) => redistribute(all, &set, &scfg, cfg.start.step)?,
+        };
+        let mut stream = Stream::new(Arc::clone(&set), scfg, state.clone())?;
+        let workers = cfg.workers.max(1);
+        let prefetch = cfg.prefetch.max(1);
+        let mut offsets = Vec::with_capacity(set.len());
+        let mut total = 0u64;
+        for &c in set.counts() {
+            offsets.push(total);
+            total += c;
+        }
+        let next = position_of(&state);
+        let shared = Arc::new(ShardShared { set, cfg, offsets, bad: Mutex::new(BTreeSet::new()) });
+        let mut rx = Vec::with_capacity(workers);
+        let mut jobs = Vec::with_capacity(workers);
+        let mut handles = Vec::with_capacity(workers + 1);
+        for w in 0..workers {
+            let (job_tx, job_rx) = sync_channel::<Result<Job, DataError>>(prefetch);
+            let (tx, r) = sync_channel(prefetch);
+            let sh = Arc::clone(&shared);
+            handles.push(spawn(format!("seerscale-data-{w}"), move || {
+                while let Ok(job) = job_rx.recv() {
+                    let res = job.and_then(|j| sh.make_batch(j));
+                    let stop = res.is_err();
+                    if tx.send(res).is_err() || stop {
+                        return;
+                    }
+                }
+            })?);
+            rx.push(r);
+            jobs.push(job_tx);
+        }
+        let rank = shared.cfg.rank;
+        handles.push(spawn("seerscale-shards".into(), move || {
+            let mut warned = 0;
+            for k in 0.. {
+                let job =
+                    stream.next_batch().map_err(DataError::from).map(|(epoch, step, samples)| Job { epoch, step, samples, after: stream.state().clone() });
+                for w in &stream.warnings[warned..] {
+                    eprintln!("warning: rank {rank}: {w}");
+                }
+                warned = stream.warnings.len();
+                let stop = job.is_err();
+                if jobs[k % jobs.len()].send(job).is_err() || stop {
+                    return;
+                }
+            }
+        })?);
+        Ok(DataLoader { rx, handles, produced: 0, next, failed: false, source: Source::Shards { shared, state } })
+    }
+
+    /// Steps in the current epoch.
     pub fn steps_per_epoch(&self) -> u64 {
-        self.shared.steps_per_epoch
+        match &self.source {
+            Source::Folder(sh) => sh.steps_per_epoch,
+            Source::Shards { state, .. } => state.epoch_steps,
+        }
     }
 
     /// The position of the next batch `next()` returns (save it to resume).
@@ -318,17 +488,52 @@ impl DataLoader {
         self.next
     }
 
-    /// Files found unreadable so far.
-    pub fn skipped_files(&self) -> usize {
-        self.shared.bad.lock().map(|s| s.len()).unwrap_or(0)
+    /// Shards: the stream's state after the last batch returned (save it
+    /// with the position to resume mid-epoch); None for a folder.
+    pub fn stream_state(&self) -> Option<&StreamState> {
+        match &self.source {
+            Source::Folder(_) => None,
+            Source::Shards { state, .. } => Some(state),
+        }
     }
 
-    /// Their paths, sorted (for a warning naming them).
-    pub fn skipped_paths(&self) -> Vec<PathBuf> {
-        let bad = self.shared.bad.lock().map(|s| s.iter().copied().collect::<Vec<_>>()).unwrap_or_default();
-        let mut v: Vec<PathBuf> = bad.into_iter().map(|i| self.shared.folder.files()[i].clone()).collect();
-        v.sort();
-        v
+    /// Images found unreadable so far.
+    pub fn skipped_files(&self) -> usize {
+        self.skipped_paths().len()
+    }
+
+    /// What they were, sorted: file paths, or `shard.tar:key` in shards.
+    pub fn skipped_paths(&self) -> Vec<String> {
+        match &self.source {
+            Source::Folder(sh) => {
+                let bad = sh.bad.lock().map(|s| s.iter().copied().collect::<Vec<_>>()).unwrap_or_default();
+                let mut v: Vec<String> = bad.into_iter().map(|i| sh.folder.files()[i].display().to_string()).collect();
+                v.sort();
+                v
+            }
+            Source::Shards { shared, .. } => shared.bad.lock().map(|b| b.iter().cloned().collect()).unwrap_or_default(),
+        }
+    }
+}
+
+/// The settings every loader checks: crops, rank in world, batch.
+fn check_config(cfg: &LoaderConfig) -> Result<(), DataError> {
+    cfg.augment.validate()?;
+    if cfg.world == 0 || cfg.rank >= cfg.world {
+        return Err(DataError::Config { field: "rank", reason: format!("rank {} of world {}", cfg.rank, cfg.world) });
+    }
+    if cfg.images_per_rank == 0 {
+        return Err(DataError::Config { field: "images_per_rank", reason: "must be >= 1".into() });
+    }
+    Ok(())
+}
+
+/// The position of the batch a stream in `state` makes next.
+fn position_of(state: &StreamState) -> DataPosition {
+    if state.step >= state.epoch_steps {
+        DataPosition { epoch: state.epoch + 1, step: 0 }
+    } else {
+        DataPosition { epoch: state.epoch, step: state.step }
     }
 }
 
@@ -340,11 +545,17 @@ impl Iterator for DataLoader {
             return None;
         }
         let w = (self.produced % self.rx.len() as u64) as usize;
-        let res = self.rx[w].recv().unwrap_or(Err(DataError::WorkerGone));
+        let mut res = self.rx[w].recv().unwrap_or(Err(DataError::WorkerGone));
         self.produced += 1;
-        match &res {
-            Ok(b) => self.next = self.shared.position_after(b.position, 1),
-            Err(_) => self.failed = true,
+        match (&mut res, &mut self.source) {
+            (Ok(b), Source::Folder(sh)) => self.next = sh.position_after(b.position, 1),
+            (Ok(b), Source::Shards { state, .. }) => {
+                if let Some(after) = &b.stream {
+                    *state = after.clone();
+                    self.next = position_of(state);
+                }
+            }
+            (Err(_), _) => self.failed = true,
         }
         Some(res)
     }
@@ -352,7 +563,8 @@ impl Iterator for DataLoader {
 
 impl Drop for DataLoader {
     fn drop(&mut self) {
-        // Closing the channels makes every worker's next send fail.
+        // Closing the channels makes every worker's next send fail; the
+        // shard reader's next send then fails too.
         self.rx.clear();
         for h in self.handles.drain(..) {
             let _ = h.join();
@@ -360,15 +572,103 @@ impl Drop for DataLoader {
     }
 }
 
+/// A batch of encoded samples, dealt by the shard reader to a worker.
+struct Job {
+    epoch: u64,
+    step: u64,
+    samples: Vec<Sample>,
+    after: StreamState,
+}
+
+struct ShardShared {
+    set: Arc<ShardSet>,
+    cfg: LoaderConfig,
+    /// Samples before each shard (a sample's id is its shard's offset + index).
+    offsets: Vec<u64>,
+    bad: Mutex<BTreeSet<String>>,
+}
+
+impl ShardShared {
+    /// Decodes and crops a job's samples; an undecodable one is replaced by
+    /// the next one of the batch that decodes, and named.
+    fn make_batch(&self, job: Job) -> Result<Batch, DataError> {
+        let cfg = &self.cfg;
+        let n = job.samples.len();
+        let first = job.step as usize * cfg.images_per_rank * cfg.world + cfg.rank * cfg.images_per_rank;
+        let mut data = BatchData::new(cfg);
+        let mut images = Vec::with_capacity(n);
+        for i in 0..n {
+            let seed = mix(&[cfg.seed, job.epoch, (first + i) as u64]);
+            let mut done = false;
+            for t in 0..n {
+                let s = &job.samples[(i + t) % n];
+                match augment_bytes(&s.image, &cfg.augment, &mut ChaCha8Rng::seed_from_u64(seed)) {
+                    Ok(crops) => {
+                        data.push(crops);
+                        images.push((self.offsets[s.shard as usize] + s.index) as usize);
+                        done = true;
+                        break;
+                    }
+                    Err(_) => {
+                        if let Ok(mut b) = self.bad.lock() {
+                            b.insert(format!("{}:{}", self.set.name(s.shard), s.key));
+                        }
+                    }
+                }
+            }
+            if !done {
+                return Err(DataError::BatchUnreadable { spec: self.set.spec().to_string(), samples: n });
+            }
+        }
+        let skipped = self.bad.lock().map(|b| b.len()).unwrap_or(0);
+        data.finish(DataPosition { epoch: job.epoch, step: job.step }, images, skipped, Some(job.after))
+    }
+}
+
+/// A batch's crops, group by group, image-major.
+struct BatchData<'a> {
+    cfg: &'a LoaderConfig,
+    groups: Vec<Vec<f32>>,
+}
+
+impl<'a> BatchData<'a> {
+    fn new(cfg: &'a LoaderConfig) -> BatchData<'a> {
+        let groups = cfg.augment.crops.iter().map(|g| Vec::with_capacity(cfg.images_per_rank * g.count * 3 * (g.resolution as usize).pow(2))).collect();
+        BatchData { cfg, groups }
+    }
+
+    /// One image's crops (this image's are contiguous in each group).
+    fn push(&mut self, crops: Crops) {
+        for (g, crops) in crops.into_iter().enumerate() {
+            for c in crops {
+                self.groups[g].extend_from_slice(&c);
+            }
+        }
+    }
+
+    fn finish(self, position: DataPosition, images: Vec<usize>, skipped_files: usize, stream: Option<StreamState>) -> Result<Batch, DataError> {
+        let cfg = self.cfg;
+        let specs = &cfg.augment.crops;
+        let mut tensors = Vec::with_capacity(specs.len());
+        for (g, spec) in specs.iter().enumerate() {
+            let r = spec.resolution as i64;
+            let rows = (cfg.images_per_rank * spec.count) as i64;
+            tensors.push(Tensor::f_from_slice(&self.groups[g])?.f_view([rows, 3, r, r])?);
+        }
+        Ok(Batch {
+            position,
+            groups: tensors,
+            layout: CropLayout { images: cfg.images_per_rank as i64, groups: specs.iter().map(|g| g.count as i64).collect() },
+            images,
+            skipped_files,
+            stream,
+        })
+    }
+}
+
 impl Shared {
     fn new(folder: ImageFolder, cfg: LoaderConfig) -> Result<Shared, DataError> {
-        cfg.augment.validate()?;
-        if cfg.world == 0 || cfg.rank >= cfg.world {
-            return Err(DataError::Config { field: "rank", reason: format!("rank {} of world {}", cfg.rank, cfg.world) });
-        }
-        if cfg.images_per_rank == 0 {
-            return Err(DataError::Config { field: "images_per_rank", reason: "must be >= 1".into() });
-        }
+        check_config(&cfg)?;
         let global_batch = cfg.images_per_rank * cfg.world;
         // A folder smaller than one global batch is passed over several times
         // per epoch, each pass in its own shuffled order.
@@ -385,20 +685,35 @@ impl Shared {
         DataPosition { epoch: p.epoch + s / self.steps_per_epoch, step: s % self.steps_per_epoch }
     }
 
-    /// Decodes the image at epoch position `pos`; an unreadable file is
-    /// replaced by the next one in the epoch order (deterministically).
-    fn load(&self, order: &[usize], pos: usize) -> Result<(usize, Arc<RgbImage>), DataError> {
+    /// The crops of file `idx`, its RNG seeded by `seed`: from the decode
+    /// cache, else decoded (at full size while the cache has room for it,
+    /// else shrunk as far as the crops allow).
+    fn crops_of(&self, idx: usize, seed: u64) -> Result<Crops, String> {
+        let cfg = &self.cfg.augment;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        if let Some(img) = self.cache.get(idx) {
+            return Ok(CropPlan::draw(img.width(), img.height(), cfg, &mut rng).render(&img, 1, cfg));
+        }
+        let bytes = std::fs::read(&self.folder.files()[idx]).map_err(|e| e.to_string())?;
+        let (w, h) = dimensions(&bytes)?;
+        if self.cache.has_room(w as usize * h as usize * 3) {
+            let img = self.cache.insert(idx, decode_bytes(&bytes)?);
+            return Ok(CropPlan::draw(w, h, cfg, &mut rng).render(&img, 1, cfg));
+        }
+        augment_bytes(&bytes, cfg, &mut rng)
+    }
+
+    /// The crops of the image at epoch position `pos`; an unreadable file
+    /// is replaced by the next one in the epoch order (deterministically).
+    fn load(&self, order: &[usize], pos: usize, seed: u64) -> Result<(usize, Crops), DataError> {
         let n = order.len();
         for t in 0..n {
             let idx = order[(pos + t) % n];
             if self.bad.lock().map(|b| b.contains(&idx)).unwrap_or(false) {
                 continue;
             }
-            if let Some(img) = self.cache.get(idx) {
-                return Ok((idx, img));
-            }
-            match decode(&self.folder.files()[idx]) {
-                Ok(img) => return Ok((idx, self.cache.insert(idx, img))),
+            match self.crops_of(idx, seed) {
+                Ok(crops) => return Ok((idx, crops)),
                 Err(_) => {
                     if let Ok(mut b) = self.bad.lock() {
                         b.insert(idx);
@@ -417,34 +732,16 @@ impl Shared {
         }
         let global_batch = cfg.images_per_rank * cfg.world;
         let first = position.step as usize * global_batch + cfg.rank * cfg.images_per_rank;
-        let groups = &cfg.augment.crops;
-        let mut data: Vec<Vec<f32>> = groups.iter().map(|g| Vec::with_capacity(cfg.images_per_rank * g.count * 3 * (g.resolution as usize).pow(2))).collect();
+        let mut data = BatchData::new(cfg);
         let mut images = Vec::with_capacity(cfg.images_per_rank);
         for i in 0..cfg.images_per_rank {
             let pos = first + i;
-            let (idx, img) = self.load(&order, pos)?;
-            let mut rng = ChaCha8Rng::seed_from_u64(mix(&[cfg.seed, position.epoch, pos as u64]));
-            // Image-major: this image's crops are contiguous in each group.
-            for (g, crops) in multi_crop(&img, &cfg.augment, &mut rng).into_iter().enumerate() {
-                for c in crops {
-                    data[g].extend_from_slice(&c);
-                }
-            }
+            let (idx, crops) = self.load(&order, pos, mix(&[cfg.seed, position.epoch, pos as u64]))?;
+            data.push(crops);
             images.push(idx);
         }
-        let mut tensors = Vec::with_capacity(groups.len());
-        for (g, spec) in groups.iter().enumerate() {
-            let r = spec.resolution as i64;
-            let rows = (cfg.images_per_rank * spec.count) as i64;
-            tensors.push(Tensor::f_from_slice(&data[g])?.f_view([rows, 3, r, r])?);
-        }
-        Ok(Batch {
-            position,
-            groups: tensors,
-            layout: CropLayout { images: cfg.images_per_rank as i64, groups: groups.iter().map(|g| g.count as i64).collect() },
-            images,
-            skipped_files: self.bad.lock().map(|b| b.len()).unwrap_or(0),
-        })
+        let skipped = self.bad.lock().map(|b| b.len()).unwrap_or(0);
+        data.finish(position, images, skipped, None)
     }
 }
 
@@ -458,7 +755,18 @@ mod tests {
     }
 
     fn loader_cfg(rank: usize, world: usize, images: usize) -> LoaderConfig {
-        LoaderConfig { seed: 9, rank, world, images_per_rank: images, augment: crops(), workers: 2, prefetch: 2, start: DataPosition::default() }
+        LoaderConfig {
+            seed: 9,
+            rank,
+            world,
+            images_per_rank: images,
+            augment: crops(),
+            workers: 2,
+            prefetch: 2,
+            start: DataPosition::default(),
+            shuffle_buffer: 8,
+            stream_start: StreamStart::Fresh,
+        }
     }
 
     /// A temp folder with `n` small PNG/JPEG images (one in a subfolder)
@@ -484,7 +792,7 @@ mod tests {
         let folder = ImageFolder::open(ImageFolder::default_root()).unwrap();
         assert!(folder.len() >= 10, "{} images", folder.len());
         assert!(folder.files().iter().any(|f| f.extension().unwrap() == "jpg"));
-        let mut loader = DataLoader::new(folder, loader_cfg(0, 1, 4)).unwrap();
+        let mut loader = DataLoader::new(Dataset::Folder(folder), loader_cfg(0, 1, 4)).unwrap();
         let b = loader.next().unwrap().unwrap();
         assert_eq!(b.groups[0].size(), [8, 3, 32, 32]);
         assert_eq!(b.groups[1].size(), [8, 3, 16, 16]);
@@ -508,7 +816,7 @@ mod tests {
         let dir = temp_folder("corrupt", 5, &[("broken.jpg", b"\xff\xd8\xff garbage"), ("empty.png", b"")]);
         let folder = ImageFolder::open(&dir).unwrap();
         assert_eq!(folder.len(), 7); // 5 good + 2 bad, the .txt ignored
-        let mut loader = DataLoader::new(folder, loader_cfg(0, 1, 2)).unwrap();
+        let mut loader = DataLoader::new(Dataset::Folder(folder), loader_cfg(0, 1, 2)).unwrap();
         assert_eq!(loader.steps_per_epoch(), 3);
         // Two full epochs: every batch complete, both bad files found.
         let mut seen = HashSet::new();
@@ -518,7 +826,7 @@ mod tests {
             seen.extend(b.images);
         }
         assert_eq!(loader.skipped_files(), 2);
-        assert_eq!(loader.skipped_paths(), vec![dir.join("broken.jpg"), dir.join("empty.png")]);
+        assert_eq!(loader.skipped_paths(), vec![dir.join("broken.jpg").display().to_string(), dir.join("empty.png").display().to_string()]);
         assert_eq!(seen.len(), 5);
         std::fs::remove_dir_all(&dir).ok();
     }
@@ -527,7 +835,7 @@ mod tests {
     fn folders_smaller_than_a_global_batch_are_passed_over_several_times() {
         let dir = temp_folder("small", 3, &[]);
         let folder = ImageFolder::open(&dir).unwrap();
-        let mut loader = DataLoader::new(folder, loader_cfg(1, 2, 4)).unwrap();
+        let mut loader = DataLoader::new(Dataset::Folder(folder), loader_cfg(1, 2, 4)).unwrap();
         assert_eq!(loader.steps_per_epoch(), 1);
         let b = loader.next().unwrap().unwrap();
         assert_eq!(b.images.len(), 4);
@@ -562,14 +870,14 @@ mod tests {
         std::fs::write(dir.join("bad.png"), b"nope").unwrap();
         std::fs::write(dir.join("bad2.jpeg"), b"nope").unwrap();
         let folder = ImageFolder::open(&dir).unwrap();
-        let mut loader = DataLoader::new(folder.clone(), loader_cfg(0, 1, 1)).unwrap();
+        let mut loader = DataLoader::new(Dataset::Folder(folder.clone()), loader_cfg(0, 1, 1)).unwrap();
         let err = loader.next().unwrap().err().unwrap().to_string();
         assert!(err.contains("no readable image") && err.contains(dir.to_str().unwrap()), "{err}");
         // Files, not attempts.
         assert!(err.contains("all 2 files failed"), "{err}");
         assert!(loader.next().is_none());
         // Fewer images than a global batch: still an error about readability, not a panic.
-        let mut small = DataLoader::new(folder, loader_cfg(0, 2, 2)).unwrap();
+        let mut small = DataLoader::new(Dataset::Folder(folder), loader_cfg(0, 2, 2)).unwrap();
         assert!(small.next().unwrap().is_err());
         let missing = ImageFolder::open(dir.join("nope")).unwrap_err().to_string();
         assert!(missing.contains("nope"), "{missing}");
@@ -586,7 +894,7 @@ mod tests {
         let list = ImageFolder::open(dir.join("list.txt")).unwrap();
         assert_eq!(list.files(), &[dir.join("img1.png"), dir.join("sub/a0.jpg"), abs]);
         assert_eq!(list.root(), dir.join("list.txt"));
-        let mut loader = DataLoader::new(list, loader_cfg(0, 1, 3)).unwrap();
+        let mut loader = DataLoader::new(Dataset::Folder(list), loader_cfg(0, 1, 3)).unwrap();
         let b = loader.next().unwrap().unwrap();
         assert_eq!(b.images.len(), 3);
         assert_eq!(loader.skipped_files(), 0);
@@ -603,7 +911,7 @@ mod tests {
             let mut cfg = loader_cfg(0, 1, 2);
             cfg.workers = workers;
             cfg.seed = seed;
-            let loader = DataLoader::new(ImageFolder::open(&dir).unwrap(), cfg).unwrap();
+            let loader = DataLoader::new(Dataset::Folder(ImageFolder::open(&dir).unwrap()), cfg).unwrap();
             loader.take(5).map(|b| b.unwrap()).collect::<Vec<_>>()
         };
         let a = run(1, 9);
@@ -625,7 +933,7 @@ mod tests {
         let dir = temp_folder("ranks", 12, &[]);
         let folder = ImageFolder::open(&dir).unwrap();
         let take = |rank: usize, world: usize, per: usize| {
-            let l = DataLoader::new(folder.clone(), loader_cfg(rank, world, per)).unwrap();
+            let l = DataLoader::new(Dataset::Folder(folder.clone()), loader_cfg(rank, world, per)).unwrap();
             l.take(3).map(|b| b.unwrap()).collect::<Vec<_>>()
         };
         let whole = take(0, 1, 4);
@@ -655,14 +963,71 @@ mod tests {
     fn resume_from_a_position_continues_the_same_stream() {
         let dir = temp_folder("resume", 6, &[]);
         let folder = ImageFolder::open(&dir).unwrap();
-        let full: Vec<Batch> = DataLoader::new(folder.clone(), loader_cfg(0, 1, 2)).unwrap().take(5).map(|b| b.unwrap()).collect();
+        let full: Vec<Batch> = DataLoader::new(Dataset::Folder(folder.clone()), loader_cfg(0, 1, 2)).unwrap().take(5).map(|b| b.unwrap()).collect();
         let mut cfg = loader_cfg(0, 1, 2);
         cfg.start = full[3].position;
-        let resumed: Vec<Batch> = DataLoader::new(folder, cfg).unwrap().take(2).map(|b| b.unwrap()).collect();
+        let resumed: Vec<Batch> = DataLoader::new(Dataset::Folder(folder), cfg).unwrap().take(2).map(|b| b.unwrap()).collect();
         for (a, b) in full[3..].iter().zip(&resumed) {
             assert_eq!(a.position, b.position);
             assert!(a.groups[0].equal(&b.groups[0]));
         }
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// Tar shards of small PNGs (`per` samples each, one corrupt sample in
+    /// shard 1), opened by brace notation.
+    fn shard_dataset(tag: &str, shards: usize, per: usize) -> (PathBuf, Dataset) {
+        let dir = std::env::temp_dir().join(format!("seerscale-data-shards-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for s in 0..shards {
+            let members: Vec<(String, Vec<u8>)> = (0..per)
+                .map(|i| {
+                    let mut png = Vec::new();
+                    let img = RgbImage::from_fn(40, 30, |x, y| image::Rgb([(x * 6) as u8, (y * 8) as u8, (s * 50 + i * 9) as u8]));
+                    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+                    if s == 1 && i == 2 {
+                        png = b"\x89PNG broken".to_vec();
+                    }
+                    (format!("{s}{i:03}.png"), png)
+                })
+                .collect();
+            crate::shards::tests::write_tar(&dir.join(format!("s-{s}.tar")), &members.iter().map(|(n, b)| (n.as_str(), b.clone())).collect::<Vec<_>>());
+        }
+        let data = Dataset::open(format!("{}/s-{{0..{}}}.tar", dir.display(), shards - 1)).unwrap();
+        (dir, data)
+    }
+
+    /// Shards through the loader (one rank: it reads every shard): whole
+    /// batches, the corrupt sample named and replaced, the stream state carried on each batch, the same
+    /// batches with 1 or 3 workers, and every sample of an epoch once.
+    #[test]
+    fn shards_load_deterministically_and_skip_a_corrupt_sample() {
+        let (dir, data) = shard_dataset("load", 4, 6);
+        assert!(matches!(data, Dataset::Shards(_)));
+        assert_eq!(data.samples(), 24);
+        let run = |workers: usize| {
+            let mut cfg = loader_cfg(0, 1, 3);
+            cfg.workers = workers;
+            let mut l = DataLoader::new(data.clone(), cfg).unwrap();
+            let batches: Vec<Batch> = l.by_ref().take(8).map(|b| b.unwrap()).collect();
+            (batches, l.skipped_paths(), l.stream_state().cloned())
+        };
+        let (a, bad_a, state) = run(1);
+        let (b, _, _) = run(3);
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!((x.position, &x.images), (y.position, &y.images));
+            assert!(x.groups[0].equal(&y.groups[0]));
+        }
+        // 24 samples, 3 per batch: 8 steps an epoch, every sample read once.
+        assert_eq!(a.iter().map(|x| x.position.step).collect::<Vec<_>>(), (0..8).collect::<Vec<_>>());
+        let state = state.unwrap();
+        assert_eq!((state.epoch, state.step, state.epoch_steps), (0, 8, 8));
+        assert_eq!(bad_a, ["s-1.tar:1002"]);
+        let ids: HashSet<usize> = a.iter().flat_map(|x| x.images.clone()).collect();
+        assert_eq!(ids.len(), 23, "the corrupt sample replaced by another of its batch");
+        assert!(!ids.contains(&(6 + 2)), "shard 1's sample 2 is never used");
+        assert!(a.iter().all(|x| x.groups[0].size()[0] == 6));
         std::fs::remove_dir_all(&dir).ok();
     }
 }

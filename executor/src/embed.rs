@@ -5,7 +5,7 @@
 //! statistics) and averaged over space.
 
 use crate::augment::{IMAGENET_MEAN, IMAGENET_STD};
-use crate::data::decode;
+use crate::decode::decode_file as decode;
 use crate::model::{BnState, Mode, ModelArch, ModelError};
 use crate::weights::Weights;
 use image::imageops::FilterType;

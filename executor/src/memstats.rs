@@ -1,6 +1,7 @@
 //! Measured memory: on CPU a counting wrapper around c10's CPU allocator
 //! (installed once per process, before the tensors we want to count are
-//! made); on GPU the CUDA caching allocator's own statistics.
+//! made); on GPU the CUDA caching allocator's own statistics. Also the
+//! process's resident host memory, where /proc says it.
 
 use crate::dist::last_error;
 use cost_models::Bytes;
@@ -103,4 +104,19 @@ pub fn describe_cuda(device: usize) -> Result<String, MemError> {
     }
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
     Ok(String::from_utf8_lossy(&buf[..end]).into_owned())
+}
+/// This process's peak resident memory (VmHWM), where /proc has it.
+pub fn peak_rss_bytes() -> Option<u64> {
+    proc_status_kb("VmHWM:").map(|kb| kb * 1024)
+}
+
+/// This process's resident memory now (VmRSS), where /proc has it.
+pub fn rss_bytes() -> Option<u64> {
+    proc_status_kb("VmRSS:").map(|kb| kb * 1024)
+}
+
+fn proc_status_kb(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }

@@ -9,7 +9,7 @@
 
 use crate::augment::{AugmentConfig, CropSpec};
 use crate::checkpoint::{self, CheckpointError, RankMeta, RankState};
-use crate::data::{Batch, DataError, DataLoader, DataPosition, ImageFolder, LoaderConfig};
+use crate::data::{Batch, DataError, DataLoader, DataPosition, Dataset, ImageFolder, LoaderConfig};
 use crate::dist::{Backend, DistError, GroupConfig, ProcessGroup, ReduceOp};
 use crate::elastic;
 use crate::fsdp::{Fsdp, FsdpError, FsdpOptions, UnitSpec};
@@ -24,6 +24,7 @@ use crate::precision::{LossScaler, Precision};
 use crate::reduce::ReduceError;
 use crate::schedule::{LrSchedule, ScheduleError};
 use crate::step::{self, Checkpointing, LossInput, StepError};
+use crate::stream::{StreamStart, StreamState};
 use crate::swav::{self, SwavError, SwavLossConfig, SwavQueue};
 use cost_models::config::ModelConfig;
 use cost_models::hardware::DeviceKind;
@@ -105,8 +106,11 @@ pub struct TrainConfig {
     /// interrupt/resume and short smoke runs.
     pub stop_after: Option<u64>,
     pub seed: u64,
+    /// An image folder, a `.txt` file list or tar shards (`data::Dataset::open`).
     pub data_dir: PathBuf,
     pub workers: usize,
+    /// Tar shards: samples in each rank's shuffle buffer.
+    pub shuffle_buffer: usize,
     /// Metrics (`metrics.rank<r>.jsonl`) and checkpoints (`checkpoints/`).
     pub out_dir: PathBuf,
     pub checkpoint_every: Option<u64>,
@@ -181,6 +185,8 @@ pub struct TrainArgs {
     pub stop_after: Option<u64>,
     pub seed: u64,
     pub workers: usize,
+    /// Tar shards: samples in each rank's shuffle buffer.
+    pub shuffle_buffer: usize,
     pub timeout: Duration,
     /// Run a GPU plan on CPU ranks (Gloo) anyway; GPU plans otherwise use
     /// CUDA device LOCAL_RANK with NCCL.
@@ -208,6 +214,7 @@ impl TrainArgs {
             stop_after: None,
             seed: 0,
             workers: 2,
+            shuffle_buffer: crate::data::DEFAULT_SHUFFLE_BUFFER,
             timeout: Duration::from_secs(120),
             force_cpu: false,
             threads: None,
@@ -304,6 +311,7 @@ impl TrainConfig {
             seed: args.seed,
             data_dir,
             workers: args.workers,
+            shuffle_buffer: args.shuffle_buffer,
             out_dir: args.out.clone(),
             checkpoint_every: match args.checkpoint_every {
                 None => None,
@@ -476,6 +484,9 @@ pub struct Trainer<'pg> {
     /// Steps completed.
     step: u64,
     data_pos: DataPosition,
+    /// Tar shards: this rank's stream state after the last batch (what a
+    /// checkpoint saves), or on resume every old rank's to deal again.
+    data_stream: StreamStart,
 }
 
 impl<'pg> Trainer<'pg> {
@@ -548,6 +559,7 @@ impl<'pg> Trainer<'pg> {
             queue,
             step: 0,
             data_pos: DataPosition::default(),
+            data_stream: StreamStart::Fresh,
             blocks,
             fsdp,
             cfg: cfg.clone(),
@@ -711,9 +723,9 @@ impl<'pg> Trainer<'pg> {
     }
 
     fn loader(&self) -> Result<DataLoader, TrainError> {
-        let folder = ImageFolder::open(&self.cfg.data_dir)?;
+        let data = Dataset::open(&self.cfg.data_dir)?;
         Ok(DataLoader::new(
-            folder,
+            data,
             LoaderConfig {
                 seed: self.cfg.seed,
                 rank: self.pg.rank(),
@@ -723,6 +735,8 @@ impl<'pg> Trainer<'pg> {
                 workers: self.cfg.workers.max(1),
                 prefetch: 2,
                 start: self.data_pos,
+                shuffle_buffer: self.cfg.shuffle_buffer,
+                stream_start: self.data_stream.clone(),
             },
         )?)
     }
@@ -758,6 +772,10 @@ impl<'pg> Trainer<'pg> {
             rank: self.pg.rank(),
             world_size: self.pg.world_size(),
             data: self.data_pos,
+            data_stream: match &self.data_stream {
+                StreamStart::Mine(s) => Some(s.clone()),
+                _ => None,
+            },
             loss_scaler: self.scaler.clone(),
             seed: self.cfg.seed,
             units: self.unit_names(),
@@ -846,6 +864,27 @@ impl<'pg> Trainer<'pg> {
         self.scaler = st.meta.loss_scaler.clone();
         self.step = st.meta.step;
         self.data_pos = st.meta.data;
+        // Tar shards: every old rank's stream state, for the loader to deal
+        // again (its own state alone on an unchanged world size).
+        self.data_stream = if same {
+            st.meta.data_stream.clone().map_or(StreamStart::Fresh, StreamStart::Mine)
+        } else {
+            let old = checkpoint::read_meta(&sd, 0)?;
+            let states: Vec<StreamState> = (0..old.world_size).filter_map(|r| checkpoint::read_meta(&sd, r).ok().and_then(|m| m.data_stream)).collect();
+            if !states.is_empty() && states.len() != old.world_size {
+                return Err(TrainError::Config(format!(
+                    "checkpoint {}: only {} of its {} ranks saved a data-stream state",
+                    sd.display(),
+                    states.len(),
+                    old.world_size
+                )));
+            }
+            if states.is_empty() {
+                StreamStart::Fresh
+            } else {
+                StreamStart::Pooled(states)
+            }
+        };
         Ok(Some(self.step))
     }
 
@@ -887,6 +926,9 @@ impl<'pg> Trainer<'pg> {
             let out = self.train_step(&batch)?;
             let counts = op_count::HostCounts::now().since(counts);
             self.data_pos = loader.position();
+            if let Some(s) = loader.stream_state() {
+                self.data_stream = StreamStart::Mine(s.clone());
+            }
             let dt = t0.elapsed().as_secs_f64();
             let m = StepMetrics {
                 rank,
@@ -905,10 +947,11 @@ impl<'pg> Trainer<'pg> {
                 skipped_images: loader.skipped_files() as u64,
                 aten_ops: counts.ops,
                 host_syncs: counts.syncs,
+                host_rss_bytes: memstats::rss_bytes().unwrap_or(0),
             };
             if m.skipped_images > warned_skipped {
                 warned_skipped = m.skipped_images;
-                let paths: Vec<String> = loader.skipped_paths().iter().take(3).map(|p| p.display().to_string()).collect();
+                let paths: Vec<String> = loader.skipped_paths().into_iter().take(3).collect();
                 eprintln!("warning: {} unreadable image file(s) skipped so far on this rank, e.g. {}", m.skipped_images, paths.join(", "));
             }
             writer.record(&m)?;
@@ -981,9 +1024,8 @@ fn fault_injection(rank: usize, step: u64) {
 /// Loads a batch for tests and tools: rank `rank`'s part of global step
 /// `position` of `dir`.
 pub fn load_batch(dir: &Path, cfg: &TrainConfig, rank: usize, world: usize, position: DataPosition) -> Result<Batch, TrainError> {
-    let folder = ImageFolder::open(dir)?;
     let mut l = DataLoader::new(
-        folder,
+        Dataset::open(dir)?,
         LoaderConfig {
             seed: cfg.seed,
             rank,
@@ -993,6 +1035,8 @@ pub fn load_batch(dir: &Path, cfg: &TrainConfig, rank: usize, world: usize, posi
             workers: 1,
             prefetch: 1,
             start: position,
+            shuffle_buffer: cfg.shuffle_buffer,
+            stream_start: StreamStart::Fresh,
         },
     )?;
     Ok(l.next().ok_or(DataError::WorkerGone)??)

@@ -19,6 +19,7 @@ pub mod build;
 pub mod checkpoint;
 pub mod cluster;
 pub mod failures;
+pub mod loader;
 pub mod memory;
 pub mod memory_budget;
 pub mod pareto;

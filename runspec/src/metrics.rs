@@ -52,6 +52,11 @@ pub struct StepMetrics {
     /// 0 in older files.
     #[serde(default)]
     pub host_syncs: u64,
+    /// This rank's process resident memory after the step (host RAM: the
+    /// loader's buffers, decoded images, libtorch); 0 where the OS does
+    /// not say or in older files.
+    #[serde(default)]
+    pub host_rss_bytes: u64,
 }
 
 /// JSON has no NaN: serde_json writes a diverged loss or norm as `null`;
@@ -194,6 +199,7 @@ mod tests {
             skipped_images: 0,
             aten_ops: 0,
             host_syncs: 0,
+            host_rss_bytes: 0,
         }
     }
 

@@ -27,11 +27,14 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// `--out` unless given (with `--nccl-tests`: `runs/calibration/<base>-nccl.toml`).
+const DEFAULT_OUT: &str = "runs/calibration/cpu-local.toml";
+
 #[derive(Args)]
 pub struct CalibrateArgs {
     /// Where to write the profile (TOML); the full measurements go next to
     /// it with a `.json` extension.
-    #[arg(long, default_value = "runs/calibration/cpu-local.toml")]
+    #[arg(long, default_value = DEFAULT_OUT)]
     pub out: PathBuf,
     /// A few seconds instead of about a minute: fewer shapes, sizes, repeats.
     #[arg(long)]
@@ -97,6 +100,12 @@ pub struct CalibrateArgs {
     /// version's profile building, on `--base`.
     #[arg(long, value_name = "REPORT.json", conflicts_with_all = ["recipe", "collectives_worker"])]
     pub replay: Option<PathBuf>,
+    /// Measure nothing: fit these nccl-tests logs (all_reduce_perf,
+    /// all_gather_perf, reduce_scatter_perf output) into the collectives of
+    /// a profile on `--base` (a GPU catalog entry); one log per collective
+    /// and scope (one node, or several), the most ranks kept where several.
+    #[arg(long, value_name = "LOG", num_args = 1.., conflicts_with_all = ["recipe", "replay", "collectives_worker"])]
+    pub nccl_tests: Vec<PathBuf>,
     /// Internal: run as one collective-measuring rank and (rank 0) write the
     /// samples to this JSON file.
     #[arg(long, hide = true)]
@@ -119,6 +128,9 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
     let start = Instant::now();
     if let Some(path) = &args.replay {
         return replay(args, path, start);
+    }
+    if !args.nccl_tests.is_empty() {
+        return nccl_tests(args, start);
     }
     let gpu = args.device != executor::Device::Cpu;
     let base_name = args.base.clone().unwrap_or_else(|| "cpu-local".into());
@@ -215,6 +227,59 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
     if !args.verbose {
         println!("(--verbose prints every measurement)");
     }
+    Ok(())
+}
+
+/// `calibrate --nccl-tests`: a profile on `--base` whose collectives are
+/// fitted from a cluster's own nccl-tests logs, with each fit's error.
+fn nccl_tests(args: &CalibrateArgs, start: Instant) -> Result<()> {
+    use cost_models::collectives::CollectiveProfile;
+    use cost_models::hardware::{HardwareProfile, Measured};
+    use cost_models::nccl_tests::{fit, parse, test_name, NcclFitReport};
+    let base_name = args.base.clone().context("--nccl-tests: name the GPU the logs were measured on with --base (e.g. --base a100-40gb)")?;
+    let base = load_hardware(&base_name).with_context(|| format!("loading base hardware `{base_name}`"))?;
+    if base.kind != cost_models::hardware::DeviceKind::Gpu {
+        bail!("--nccl-tests: --base `{base_name}` is a CPU entry; name the GPU's catalog entry");
+    }
+    let out = if args.out == Path::new(DEFAULT_OUT) { PathBuf::from(format!("runs/calibration/{base_name}-nccl.toml")) } else { args.out.clone() };
+    let mut kept: Vec<(NcclFitReport, String)> = Vec::new();
+    for path in &args.nccl_tests {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {name}"))?;
+        let log = parse(&text, &name)?;
+        let f = fit(&log, &name)?;
+        let (median, max) = f.error();
+        println!(
+            "{name}: {} over {} ranks on {} node(s), {}: alpha {:.2} us, bus bandwidth {:.1} GB/s; fit error median {:.1} %, max {:.1} % over {} sizes",
+            test_name(log.collective),
+            log.ranks,
+            log.nodes,
+            if f.fit.scope == cost_models::collectives::Scope::IntraNode { "inside a node" } else { "across nodes" },
+            f.fit.alpha.0 * 1e6,
+            f.fit.bus_bandwidth.0 / 1e9,
+            100.0 * median,
+            100.0 * max,
+            f.residuals.len()
+        );
+        match kept.iter_mut().find(|(k, _)| k.fit.collective == f.fit.collective && k.fit.scope == f.fit.scope) {
+            Some(k) if k.0.ranks >= f.ranks => println!("  (kept {}: more ranks)", k.1),
+            Some(k) => *k = (f, name),
+            None => kept.push((f, name)),
+        }
+    }
+    let sources: Vec<&str> = kept.iter().map(|k| k.1.as_str()).collect();
+    let measured = Measured {
+        source: Some(format!("nccl-tests logs fitted by `seerscale calibrate --nccl-tests`: {}", sources.join(", "))),
+        collectives: CollectiveProfile { fits: kept.into_iter().map(|k| k.0.fit).collect(), busy: Vec::new() },
+        ..Measured::default()
+    };
+    let toml = HardwareProfile { hardware: base, measured }.to_toml_string()?;
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    write_atomic(&out, toml.as_bytes())?;
+    cost_models::hardware::load_profile(&out.to_string_lossy()).with_context(|| format!("re-reading {}", out.display()))?;
+    println!("wrote {} in {:.1} s: plan, sweep and comm take it as --gpu {}", out.display(), start.elapsed().as_secs_f64(), out.display());
     Ok(())
 }
 

@@ -2,6 +2,8 @@
 
 pub mod accuracy;
 pub mod calibrate;
+pub mod comm;
+pub mod data;
 pub mod dry_run;
 pub mod embed;
 pub mod eval;

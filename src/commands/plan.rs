@@ -561,6 +561,17 @@ fn emit(a: &PlanArgs, plan: &Plan, report: &MemoryReport, cols: &[(String, &Eval
         format!("{:.1} % of {peak} {dtype}", 100.0 * c.throughput.mfu)
     });
     row("images/s", &|c| format!("{:.0}", c.throughput.images_per_s));
+    let crops = s.recipe.crop_groups();
+    row("loader cores/GPU (has)", &|c| {
+        let n = planner::loader::LoaderNeed::of(c.rank_hardware.host.as_ref(), &crops, c.decisions.batch_per_rank, c.step.step_time);
+        match (n.cpu_cores_per_gpu, n.keeps_up()) {
+            (Some(has), Some(true)) => format!("{:.2} ({has})", n.cores_per_gpu),
+            (Some(has), _) => {
+                format!("{:.2} ({has}): LIMITS the step to {}", n.cores_per_gpu, secs(n.loader_bound_step(c.decisions.batch_per_rank).map_or(0.0, |s| s.0)))
+            }
+            (None, _) => format!("{:.2} (unknown)", n.cores_per_gpu),
+        }
+    });
     row("checkpoint/rank (write)", &|c| {
         let f = &c.throughput.failures;
         format!("{} ({})", cost_models::Bytes(f.checkpoint_bytes_per_rank), secs(f.checkpoint_write_s))

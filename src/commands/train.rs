@@ -26,11 +26,16 @@ pub struct TrainCliArgs {
     /// Steps to run (default: the recipe's total images / global batch).
     #[arg(long)]
     pub steps: Option<u64>,
-    /// Image folder, searched recursively for JPEG/PNG, or a .txt file list
-    /// (one path per line, relative to the list's folder or absolute)
-    /// (default: SEERSCALE_PHOTOS, else the clone's .photos: scikit-image's).
+    /// Image folder, searched recursively for JPEG/PNG; a .txt file list
+    /// (one path per line, relative to the list's folder or absolute); or
+    /// WebDataset tar shards: a path, glob or braces (`shards/part-{000..099}.tar`),
+    /// or a folder written by `data pack` (default: SEERSCALE_PHOTOS, else
+    /// the clone's .photos: scikit-image's).
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// Tar shards: samples each rank holds in its shuffle buffer.
+    #[arg(long, default_value_t = executor::data::DEFAULT_SHUFFLE_BUFFER)]
+    pub shuffle_buffer: usize,
     /// Metrics (metrics.rank<r>.jsonl) and checkpoints go here.
     #[arg(long, default_value = "runs/train")]
     pub out: PathBuf,
@@ -99,6 +104,7 @@ impl TrainCliArgs {
         a.stop_after = self.stop_after;
         a.seed = self.seed;
         a.workers = self.workers.max(1);
+        a.shuffle_buffer = self.shuffle_buffer.max(1);
         a.threads = self.threads;
         a.timeout = Duration::from_secs(self.timeout_s);
         a.force_cpu = self.cpu;

@@ -13,7 +13,9 @@ use crate::units::{Bandwidth, Bytes, DType, FlopRate, Seconds, MIB};
 use serde::{Deserialize, Serialize};
 
 pub mod calibration;
+mod host;
 mod profile;
+pub use host::*;
 pub use profile::*;
 
 /// Built-in catalog: (id, TOML text). Order = display order.
@@ -84,6 +86,9 @@ pub struct HardwareSpec {
     /// The GPU kernel-time model's parameters ([`crate::kernels`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernels: Option<crate::kernels::KernelSpec>,
+    /// The node's CPUs (what feeds the data loader); absent where unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<HostSpec>,
     /// Free text: where the numbers come from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
@@ -318,6 +323,11 @@ impl HardwareSpec {
         v.fraction(ic.nic_efficiency, "interconnect.nic_efficiency");
         v.nonneg(ic.fabric_latency.0 * 1e6, "interconnect.fabric_latency_us");
         v.check(ic.fabric_oversubscription.is_finite() && ic.fabric_oversubscription >= 1.0, "interconnect.fabric_oversubscription", "must be >= 1");
+        if let Some(h) = &self.host {
+            v.pos(h.cpu_cores_per_gpu, "host.cpu_cores_per_gpu");
+            v.pos(h.loader_decode_ms, "host.loader_decode_ms");
+            v.pos(h.loader_crop_ns_per_pixel, "host.loader_crop_ns_per_pixel");
+        }
         match (&self.efficiency, &self.kernels) {
             (None, None) => v.check(false, "efficiency", "give `[kernels]` (the GPU kernel model) or `[efficiency]` (flat fractions of peak)"),
             (_, Some(_)) if self.kind == DeviceKind::Cpu => v.check(false, "kernels", "the kernel model is for GPUs; a CPU takes `[efficiency]`"),
