@@ -36,6 +36,8 @@ pub enum Algorithm {
     Local,
     Ring,
     Hierarchical,
+    /// All-reduce in the NVSwitch (NVLink SHARP, Hopper), inside one node.
+    Nvls,
 }
 
 /// Which links a fit applies to.
@@ -167,10 +169,24 @@ impl CollectiveModel {
     /// Cheapest algorithm for `op` of `bytes` over the group.
     pub fn cost(&self, op: Collective, group: &GroupLinks, bytes: Bytes) -> CollectiveCost {
         let ring = self.ring(op, group, bytes);
-        match self.hierarchical(op, group, bytes) {
+        let best = match self.hierarchical(op, group, bytes) {
             Some(h) if h.time < ring.time => h,
             _ => ring,
+        };
+        match self.nvls(op, group, bytes) {
+            Some(n) if n.time < best.time => n,
+            _ => best,
         }
+    }
+
+    /// NCCL's NVLS all-reduce inside one node where the NVSwitch reduces
+    /// (Hopper): the ring's steps at NVLink SHARP's bus bandwidth. A
+    /// measured intra-node all-reduce (which already is what NCCL chose) wins.
+    pub fn nvls(&self, op: Collective, group: &GroupLinks, bytes: Bytes) -> Option<CollectiveCost> {
+        if op != Collective::AllReduce || group.ranks < 2 || self.profile.get(op, Scope::IntraNode).is_some() {
+            return None;
+        }
+        Some(ring_phase(op, group.ranks, bytes.0 as f64, group.nvls?, Algorithm::Nvls))
     }
 
     /// The measured extra cost of `op` among busy ranks (zero if not

@@ -73,6 +73,9 @@ pub struct GroupLinks {
     /// through their NICs together (rings use one channel per rail); `None`
     /// on a single node.
     pub inter: Option<LinkCost>,
+    /// All-reduce in the NVSwitch (NVLink SHARP) for a group inside one
+    /// node, where the hardware has it: its bus bandwidth, the ring's step.
+    pub nvls: Option<LinkCost>,
 }
 
 impl GroupLinks {
@@ -93,6 +96,8 @@ pub struct Topology {
     gpu_nics: Vec<Vec<usize>>,
     gpus_per_node: usize,
     nodes: usize,
+    /// NVLink SHARP's all-reduce bus bandwidth inside a node, if any.
+    nvls: Option<Bandwidth>,
 }
 
 impl Topology {
@@ -140,7 +145,7 @@ impl Topology {
                 gpu_nics.push(mine);
             }
         }
-        Ok(Topology { graph, gpus, nic_uplinks, gpu_nics, gpus_per_node: g, nodes })
+        Ok(Topology { graph, gpus, nic_uplinks, gpu_nics, gpus_per_node: g, nodes, nvls: ic.nvls_all_reduce })
     }
 
     pub fn world_size(&self) -> usize {
@@ -175,12 +180,16 @@ impl Topology {
         // Latency-weighted shortest path; the tiny per-hop term breaks ties
         // by hop count so a zero-latency GPU→NIC hop never looks free.
         let cost = |e: petgraph::graph::EdgeReference<'_, Link>| e.weight().latency.0 + 1e-12;
-        // Search only the two end nodes (plus the fabric between them): a
-        // same-node pair stays inside its node, which is what "intra-node"
-        // means, and no search wanders over a 1000-NIC fabric.
+        // Search only the two end nodes (plus their NICs and the fabric
+        // between them, for a cross-node pair): a same-node pair stays on
+        // its NVLink, which is what "intra-node" means, and no search
+        // wanders over a 1000-NIC fabric.
         let (na, nb) = (self.node_of(a), self.node_of(b));
+        // Inside a node the path is NVLink: two GPUs that share a NIC do not
+        // talk through it.
         let ends = NodeFiltered::from_fn(&self.graph, |n| match self.graph[n] {
-            Device::Gpu { node: x, .. } | Device::NvSwitch { node: x } | Device::Nic { node: x, .. } => x == na || x == nb,
+            Device::Gpu { node: x, .. } | Device::NvSwitch { node: x } => x == na || x == nb,
+            Device::Nic { node: x, .. } => na != nb && (x == na || x == nb),
             Device::Fabric => na != nb,
         });
         let found = astar(&ends, src, |n| n == dst, cost, |_| 0.0);
@@ -261,7 +270,11 @@ impl Topology {
             [a, b] => Some(LinkCost { bus_bandwidth: Bandwidth(inter_bw), latency: self.path(a, b)?.latency }),
             _ => None,
         };
-        Ok(GroupLinks { ranks: ranks.len(), nodes, min_per_node, max_per_node, intra, inter })
+        let nvls = match (self.nvls, intra) {
+            (Some(bw), Some(step)) if nodes == 1 => Some(LinkCost { bus_bandwidth: bw, latency: step.latency }),
+            _ => None,
+        };
+        Ok(GroupLinks { ranks: ranks.len(), nodes, min_per_node, max_per_node, intra, inter, nvls })
     }
 }
 
@@ -354,5 +367,31 @@ mod tests {
         assert!(Topology::build(&cpu, 1).is_ok());
         let e = Topology::build(&cpu, 2).unwrap_err().to_string();
         assert!(e.contains("cpu-local") && e.contains("NICs"), "{e}");
+    }
+
+    /// DGX-1: 4 NICs for 8 GPUs, two GPUs per NIC. Inside a node the ring
+    /// goes over NVLink, never through the NIC two GPUs share; across nodes
+    /// a node pushes what its 4 NICs carry together.
+    #[test]
+    fn gpus_that_share_a_nic_still_talk_over_nvlink() {
+        let hw = builtin_hardware("v100-32gb").unwrap();
+        assert_eq!((hw.interconnect.nics_per_node, hw.interconnect.gpus_per_node), (4, 8));
+        let t = Topology::build(&hw, 2).unwrap();
+        let pair = t.path(0, 1).unwrap();
+        assert!(close(pair.bus_bandwidth.0, hw.nvlink_bus_bandwidth().0), "{pair:?}");
+        let g = t.group(&t.world()).unwrap();
+        assert!(close(g.intra.unwrap().bus_bandwidth.0, hw.nvlink_bus_bandwidth().0));
+        assert!(close(g.inter.unwrap().bus_bandwidth.0, 4.0 * hw.nic_effective_bandwidth().0));
+        assert!(g.nvls.is_none(), "Volta's NVSwitch does not reduce");
+    }
+
+    /// Hopper's NVLink SHARP: a one-node group gets it, a two-node one not.
+    #[test]
+    fn nvls_applies_inside_one_hopper_node() {
+        let hw = builtin_hardware("h100-80gb").unwrap();
+        let t = Topology::build(&hw, 2).unwrap();
+        let one = t.group(&(0..8).collect::<Vec<_>>()).unwrap();
+        assert!(close(one.nvls.unwrap().bus_bandwidth.0, 480e9));
+        assert!(t.group(&t.world()).unwrap().nvls.is_none());
     }
 }

@@ -126,5 +126,6 @@ fn algorithm_name(a: Algorithm) -> &'static str {
         Algorithm::Local => "local",
         Algorithm::Ring => "ring",
         Algorithm::Hierarchical => "hierarchical",
+        Algorithm::Nvls => "nvls",
     }
 }

@@ -171,6 +171,11 @@ pub struct InterconnectSpec {
     /// Fabric oversubscription (1 = non-blocking fat tree).
     #[serde(default = "one")]
     pub fabric_oversubscription: f64,
+    /// NVLink SHARP (Hopper's NVSwitch reduces in the switch): all-reduce
+    /// bus bandwidth inside a node as nccl-tests reports it for NCCL's NVLS
+    /// algorithm; absent where the switch cannot reduce.
+    #[serde(rename = "nvls_all_reduce_gb_s", default, skip_serializing_if = "Option::is_none", with = "human::opt_gb_s")]
+    pub nvls_all_reduce: Option<Bandwidth>,
 }
 
 fn one() -> f64 {
@@ -323,6 +328,9 @@ impl HardwareSpec {
         v.fraction(ic.nic_efficiency, "interconnect.nic_efficiency");
         v.nonneg(ic.fabric_latency.0 * 1e6, "interconnect.fabric_latency_us");
         v.check(ic.fabric_oversubscription.is_finite() && ic.fabric_oversubscription >= 1.0, "interconnect.fabric_oversubscription", "must be >= 1");
+        if let Some(b) = ic.nvls_all_reduce {
+            v.pos(b.0 / 1e9, "interconnect.nvls_all_reduce_gb_s");
+        }
         if let Some(h) = &self.host {
             v.pos(h.cpu_cores_per_gpu, "host.cpu_cores_per_gpu");
             v.pos(h.loader_decode_ms, "host.loader_decode_ms");
