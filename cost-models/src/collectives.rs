@@ -40,6 +40,17 @@ pub enum Algorithm {
     Nvls,
 }
 
+impl Algorithm {
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::Local => "local",
+            Algorithm::Ring => "ring",
+            Algorithm::Hierarchical => "hierarchical",
+            Algorithm::Nvls => "nvls",
+        }
+    }
+}
+
 /// Which links a fit applies to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -43,6 +43,7 @@ const H200_BLOCKS: &str = include_str!("../../configs/gpu-timings/h200-141gb-exe
 const H200_CONVS: &str = include_str!("../../configs/gpu-timings/h200-141gb-convs.json");
 /// The H200 calibrated by `seerscale calibrate --device cuda` (scripts/device-check):
 /// the executor's measured per-op host costs on that machine.
+const COMM_PUBLIC: &str = include_str!("../../configs/comm-timings/public-nccl-tests.toml");
 const H200_PROFILE: &str = include_str!("../../docs/calibration-gpu-10b-s3.toml");
 
 /// pycls's per-GPU training batch: TRAIN.BATCH_SIZE / 8 GPUs of its
@@ -68,6 +69,8 @@ pub enum Part {
     Total,
     /// Forward + backward + optimiser (a whole training step).
     Step,
+    /// One collective at one message size.
+    Collective,
     /// One convolution's forward.
     ConvForward,
     ConvDgrad,
@@ -81,6 +84,7 @@ impl Part {
             Part::Backward => "backward",
             Part::Total => "forward+backward",
             Part::Step => "step",
+            Part::Collective => "collective",
             Part::ConvForward => "conv forward",
             Part::ConvDgrad => "conv dgrad",
             Part::ConvWgrad => "conv wgrad",
@@ -104,6 +108,8 @@ pub enum Source {
     H200Convs,
     /// A published training run's iteration time against its plan.
     PublishedRun,
+    /// Public nccl-tests bus bandwidths against the collective model.
+    NcclTests,
 }
 
 impl Source {
@@ -115,6 +121,7 @@ impl Source {
             Source::H200Executor => "seerscale executor blocks on an H200 (bf16; host costs from its calibration)",
             Source::H200Convs => "single convolutions on an H200 (PyTorch)",
             Source::PublishedRun => "published run vs its plan",
+            Source::NcclTests => "public nccl-tests figures vs the collective model",
         }
     }
 }
@@ -460,6 +467,61 @@ fn rows_of(k: &KernelModel, c: &Case) -> Vec<Row> {
         .collect()
 }
 
+/// Public nccl-tests figures (`configs/comm-timings/`): one bus bandwidth
+/// at one size each, against the collective model on that cluster.
+#[derive(Deserialize)]
+struct CommRows {
+    row: Vec<CommRow>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommRow {
+    gpu: String,
+    gpus: usize,
+    op: cost_models::collectives::Collective,
+    bytes: u64,
+    busbw_gb_s: f64,
+    fitted: bool,
+    /// The measured cluster's NICs per node, where the catalog's differ.
+    #[serde(default)]
+    nics_per_node: Option<usize>,
+    #[allow(dead_code)]
+    source: String,
+}
+
+/// Each public nccl-tests figure as a time (`bytes x share / busbw`) and
+/// the collective model's time for the same collective on that cluster.
+fn comm_rows() -> Result<Vec<Row>, AccuracyError> {
+    use cost_models::collectives::CollectiveModel;
+    use cost_models::nccl_tests::{bus_factor, test_name};
+    use cost_models::topology::Topology;
+    let file = "configs/comm-timings/public-nccl-tests.toml";
+    let rows: CommRows = toml::from_str(COMM_PUBLIC).map_err(|e| AccuracyError::Data { file, why: e.to_string() })?;
+    let mut out = Vec::with_capacity(rows.row.len());
+    for r in rows.row {
+        let mut hw = builtin_hardware(&r.gpu)?;
+        if let Some(n) = r.nics_per_node {
+            hw.interconnect.nics_per_node = n;
+        }
+        let topo = Topology::build(&hw, r.gpus.div_ceil(hw.interconnect.gpus_per_node)).map_err(|e| AccuracyError::Data { file, why: e.to_string() })?;
+        let group = topo.group(&(0..r.gpus).collect::<Vec<_>>()).map_err(|e| AccuracyError::Data { file, why: e.to_string() })?;
+        let predicted = CollectiveModel::default().cost(r.op, &group, Bytes(r.bytes));
+        let measured_s = r.bytes as f64 * bus_factor(r.op, r.gpus) / (r.busbw_gb_s * 1e9);
+        let nics = r.nics_per_node.map(|n| format!(", {n} NICs per node")).unwrap_or_default();
+        out.push(Row {
+            source: Source::NcclTests,
+            gpu: r.gpu,
+            workload: format!("{} on {} GPUs{nics}, {} MiB ({})", test_name(r.op), r.gpus, r.bytes >> 20, predicted.algorithm.name()),
+            part: Part::Collective,
+            measured_s,
+            predicted_s: predicted.time.0,
+            fitted: r.fitted,
+        });
+    }
+    Ok(out)
+}
+
 /// Images per GPU of the SEER 2021 run whose iteration time was reported
 /// (the paper's 8,704 on 512 GPUs; the recipe holds the released
 /// checkpoint's 16).
@@ -555,6 +617,7 @@ pub fn report() -> Result<AccuracyReport, AccuracyError> {
     let h200 = kernel_model(&hardware_for("h200-141gb", &mut hw_cache)?)?;
     rows.extend(conv_rows(&h200)?);
     rows.extend(published_rows()?);
+    rows.extend(comm_rows()?);
     Ok(AccuracyReport { rows, kernels })
 }
 
@@ -585,7 +648,8 @@ pub const TARGET_MAX: f64 = 0.25;
 impl AccuracyReport {
     /// Public rows not fitted on, by (source, part).
     pub fn checks(&self) -> Vec<((Source, Part), Summary)> {
-        let mut keys: Vec<(Source, Part)> = self.rows.iter().filter(|r| matches!(r.source, Source::Pycls | Source::Timm)).map(|r| (r.source, r.part)).collect();
+        let mut keys: Vec<(Source, Part)> =
+            self.rows.iter().filter(|r| matches!(r.source, Source::Pycls | Source::Timm | Source::NcclTests)).map(|r| (r.source, r.part)).collect();
         keys.sort();
         keys.dedup();
         keys.into_iter().filter_map(|k| summary(self.rows.iter().filter(|r| (r.source, r.part) == k && !r.fitted)).map(|s| (k, s))).collect()
@@ -607,7 +671,8 @@ impl AccuracyReport {
                 ));
             }
         }
-        for r in self.rows.iter().filter(|r| matches!(r.source, Source::Pycls | Source::Timm) && r.error().abs() > TARGET_MAX) {
+        let checked = |r: &&Row| matches!(r.source, Source::Pycls | Source::Timm) || (r.source == Source::NcclTests && !r.fitted);
+        for r in self.rows.iter().filter(checked).filter(|r| r.error().abs() > TARGET_MAX) {
             out.push(format!("{} {} {}: {:+.1} % (tolerance ±{:.0} %)", r.source.describe(), r.workload, r.part.name(), r.error() * 100.0, TARGET_MAX * 100.0));
         }
         out
@@ -802,7 +867,7 @@ impl AccuracyReport {
 
     pub fn markdown(&self, svg_name: Option<&str>) -> String {
         let mut s = String::from("# GPU time model: predicted vs measured\n\nRegenerate with:\n\n```sh\nseerscale accuracy\n```\n\n");
-        s.push_str("Every row is one measured time and what the kernel model (`cost-models/src/kernels.rs`) predicts for the same work from the layer graph and the GPU's catalog entry. Error = predicted / measured − 1 (positive: predicted slower). ");
+        s.push_str("Every row is one measured time and what the kernel model (`cost-models/src/kernels.rs`) predicts for the same work from the layer graph and the GPU's catalog entry; the nccl-tests rows are a public bus bandwidth at one size, as a time, against the collective model (`cost-models/src/collectives.rs`, [comm.md](comm.md)). Error = predicted / measured − 1 (positive: predicted slower). ");
         s.push_str(&format!(
             "Targets on the public rows **not** fitted on: median |error| ≤ {:.0} % and max ≤ {:.0} %, for each part. `seerscale accuracy --fit` refits the parameters on the fit rows (pycls's and timm's RegNetX/Y sizes 200MF, 600MF, 1.6GF, 4.0GF, 8.0GF, 16GF); the other sizes, and everything measured on the H200, are never fitted on.\n\n",
             TARGET_MEDIAN * 100.0,
@@ -863,7 +928,7 @@ impl AccuracyReport {
                 ));
             }
         }
-        s.push_str("\nSources: `configs/gpu-timings/README.md` (what each file is, where it comes from, how the H200 rows were measured).\n");
+        s.push_str("\nSources: `configs/gpu-timings/README.md` (what each file is, where it comes from, how the H200 rows were measured); `configs/comm-timings/public-nccl-tests.toml` (each nccl-tests figure with its source).\n");
         s
     }
 
@@ -930,7 +995,7 @@ mod tests {
             assert!(r.rows.iter().any(|x| x.source == src && x.fitted) && r.rows.iter().any(|x| x.source == src && !x.fitted), "{src:?}");
         }
         // Nothing measured on the H200 is ever marked fitted.
-        assert!(r.rows.iter().filter(|x| !matches!(x.source, Source::Pycls | Source::Timm)).all(|x| !x.fitted));
+        assert!(r.rows.iter().filter(|x| !matches!(x.source, Source::Pycls | Source::Timm | Source::NcclTests)).all(|x| !x.fitted));
     }
 
     /// The catalog's `[kernels]` are what `seerscale accuracy --fit` finds
@@ -981,5 +1046,18 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Every public nccl-tests figure is a row, the model's algorithm named,
+    /// and the one the catalog took its NVLS bandwidth from is marked fitted.
+    #[test]
+    fn public_nccl_tests_figures_are_rows_of_the_report() {
+        let rows = comm_rows().unwrap();
+        assert_eq!(rows.len(), 5);
+        assert!(rows.iter().all(|r| r.source == Source::NcclTests && r.part == Part::Collective && r.measured_s > 0.0 && r.predicted_s > 0.0));
+        let fitted: Vec<&Row> = rows.iter().filter(|r| r.fitted).collect();
+        assert_eq!(fitted.len(), 1);
+        assert!(fitted[0].workload.contains("(nvls)"), "{}", fitted[0].workload);
+        assert!(rows.iter().any(|r| r.workload.contains("4 NICs per node") && r.workload.contains("(hierarchical)")));
     }
 }

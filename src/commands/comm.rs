@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use cost_models::collectives::{Algorithm, Collective, CollectiveModel};
+use cost_models::collectives::{Collective, CollectiveModel};
 use cost_models::hardware::load_profile;
 use cost_models::nccl_tests::{bus_factor, format_rows, test_name, NcclRow};
 use cost_models::topology::Topology;
@@ -95,7 +95,7 @@ pub fn run(a: &CommArgs) -> Result<()> {
                 time_us: r.time.0 * 1e6,
                 algbw_gb_s: r.algbw_gb_s,
                 busbw_gb_s: r.busbw_gb_s,
-                algorithm: algorithm_name(*alg),
+                algorithm: alg.name(),
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "gpu": hw.id, "gpus": a.gpus, "nodes": nodes, "source": source, "rows": out }))?);
@@ -103,7 +103,7 @@ pub fn run(a: &CommArgs) -> Result<()> {
     }
     for op in a.op.ops() {
         let mine: Vec<NcclRow> = rows.iter().filter(|r| r.0 == op).map(|r| r.2).collect();
-        let algs: Vec<&str> = rows.iter().filter(|r| r.0 == op).map(|r| algorithm_name(r.1)).collect();
+        let algs: Vec<&str> = rows.iter().filter(|r| r.0 == op).map(|r| r.1.name()).collect();
         println!("# {} predicted: {} GPUs of {} ({layout}), from {source}", test_name(op), a.gpus, hw.name);
         for (i, line) in format_rows(&mine).into_iter().enumerate() {
             let alg = if i < 2 {
@@ -119,13 +119,4 @@ pub fn run(a: &CommArgs) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn algorithm_name(a: Algorithm) -> &'static str {
-    match a {
-        Algorithm::Local => "local",
-        Algorithm::Ring => "ring",
-        Algorithm::Hierarchical => "hierarchical",
-        Algorithm::Nvls => "nvls",
-    }
 }
