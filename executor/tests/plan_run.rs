@@ -51,6 +51,10 @@ fn tiny_plan(world: usize) -> Plan {
             days_to_train: 0.0,
             cost_usd: 0.0,
             failures: None,
+            step_time_range_s: None,
+            days_range: None,
+            cost_range_usd: None,
+            range_source: None,
         },
     };
     let g = plan.graph();

@@ -31,6 +31,7 @@ pub fn build_plan(s: &mut Searcher, e: &Evaluated) -> Result<(Plan, MemoryReport
     recipe.cluster.gpus = d.world_size;
     recipe.cluster.batch_per_gpu = d.batch_per_rank;
     let t = &e.throughput;
+    let range = crate::bands::step_range(&s.space.hardware[e.hardware], e.step.step_time, e.step.exposed_comm);
     let predicted = Predicted {
         peak_memory_bytes: report.peak.0,
         peak_breakdown: report.breakdown.iter().map(|(k, v)| (k.clone(), v.0)).collect(),
@@ -45,6 +46,10 @@ pub fn build_plan(s: &mut Searcher, e: &Evaluated) -> Result<(Plan, MemoryReport
         days_to_train: t.failure_free_days,
         cost_usd: t.failure_free_cost_usd,
         failures: Some(t.failures),
+        step_time_range_s: range.as_ref().map(|r| [r.low.0, r.high.0]),
+        days_range: range.as_ref().map(|r| r.scale(e.step.step_time, t.days)),
+        cost_range_usd: range.as_ref().map(|r| r.scale(e.step.step_time, t.cost_usd)),
+        range_source: range.map(|r| r.source),
     };
     let plan = Plan {
         schema_version: PLAN_SCHEMA_VERSION,

@@ -15,6 +15,7 @@
 pub use runspec::{plan, recipe};
 
 pub mod accuracy;
+pub mod bands;
 pub mod build;
 pub mod checkpoint;
 pub mod cluster;

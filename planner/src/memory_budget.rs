@@ -269,6 +269,10 @@ mod tests {
                 days_to_train: 0.0,
                 cost_usd: 0.0,
                 failures: None,
+                step_time_range_s: None,
+                days_range: None,
+                cost_range_usd: None,
+                range_source: None,
             },
         }
     }

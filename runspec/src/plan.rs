@@ -141,6 +141,19 @@ pub struct Predicted {
     /// plans written before they were predicted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failures: Option<PredictedFailures>,
+    /// Where the measured step time is expected, from the accuracy study
+    /// that applies to this hardware (`planner::bands`), and the days and
+    /// dollars (failures included) scaled alike; absent on CPUs and in
+    /// older plans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_time_range_s: Option<[f64; 2]>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub days_range: Option<[f64; 2]>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_range_usd: Option<[f64; 2]>,
+    /// Which accuracy rows the ranges come from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range_source: Option<String>,
 }
 
 /// What interruptions cost a plan.

@@ -431,6 +431,16 @@ fn secs(s: f64) -> String {
     }
 }
 
+/// `lo-hi` in `fmt`'s units, the unit said once where both share it:
+/// `2.00-2.49 s`, `950.0 ms-1.100 s`.
+fn range_text(lo: f64, hi: f64, fmt: fn(f64) -> String) -> String {
+    let (a, b) = (fmt(lo), fmt(hi));
+    match (a.split_once(' '), b.split_once(' ')) {
+        (Some((na, ua)), Some((_, ub))) if ua == ub => format!("{na}-{b}"),
+        _ => format!("{a}-{b}"),
+    }
+}
+
 /// A span given in days, in days, hours, minutes or seconds.
 fn span(days: f64) -> String {
     let s = days * 86_400.0;
@@ -548,7 +558,13 @@ fn emit(a: &PlanArgs, plan: &Plan, report: &MemoryReport, cols: &[(String, &Eval
     });
     row("channel padding", &|c| c.decisions.channel_padding.name().into());
     row("peak / usable", &|c| format!("{} / {}{}", c.peak, c.usable, if c.fits() { "" } else { "  DOES NOT FIT" }));
-    row("step time", &|c| secs(c.step.step_time.0));
+    let ranges: Vec<Option<planner::bands::StepRange>> =
+        cols.iter().map(|(_, c)| planner::bands::step_range(&s.space.hardware[c.hardware], c.step.step_time, c.step.exposed_comm)).collect();
+    let range_of = |c: &Evaluated| cols.iter().position(|(_, x)| std::ptr::eq(*x, c)).and_then(|i| ranges[i].clone());
+    row("step time", &|c| match range_of(c) {
+        Some(r) => format!("{} ({})", secs(c.step.step_time.0), range_text(r.low.0, r.high.0, secs)),
+        None => secs(c.step.step_time.0),
+    });
     row("  compute (recompute)", &|c| format!("{} ({})", secs(c.step.compute_time.0), secs(c.step.recompute_time.0)));
     row("  comm (exposed)", &|c| format!("{} ({})", secs(c.step.comm_time.0), secs(c.step.exposed_comm.0)));
     if cols.iter().any(|(_, c)| c.step.sync_bn.0 > 0.0) {
@@ -590,6 +606,19 @@ fn emit(a: &PlanArgs, plan: &Plan, report: &MemoryReport, cols: &[(String, &Eval
     println!("  {:<24}{:.3e} images; failure-free in brackets", "time and cost to train", plan.recipe.data.total_images);
     row("  time", &|c| format!("{} ({})", span(c.throughput.days), span(c.throughput.failure_free_days)));
     row("  cost", &|c| format!("{} ({})", usd(c.throughput.cost_usd), usd(c.throughput.failure_free_cost_usd)));
+    if ranges.iter().any(Option::is_some) {
+        row("  range (step's band)", &|c| match range_of(c) {
+            Some(r) => {
+                let [d0, d1] = r.scale(c.step.step_time, c.throughput.days);
+                let [c0, c1] = r.scale(c.step.step_time, c.throughput.cost_usd);
+                format!("{}, {}-{}", range_text(d0, d1, span), usd(c0), usd(c1))
+            }
+            None => "-".into(),
+        });
+    }
+    if let Some(r) = ranges.iter().flatten().next() {
+        println!("ranges: measured/predicted as docs/accuracy-gpu.md finds it: {}", r.source);
+    }
     let mut noted = std::collections::BTreeSet::new();
     for (_, c) in cols {
         if let Some(note) = global_batch_note(c.throughput.global_batch, s.recipe).filter(|n| noted.insert(n.clone())) {
