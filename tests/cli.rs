@@ -182,6 +182,14 @@ fn unknown_model_lists_the_builtins() {
     assert!(e.contains("regnety-400mf") && e.contains("regnety-10b"), "{e}");
 }
 
+/// A bad `--gpu` is refused before the model's table is printed.
+#[test]
+fn unknown_gpu_is_refused_before_any_output() {
+    let e = one_line_error(&["model", "regnety-10b", "--gpu", "a100"]);
+    assert!(e.contains("--gpu a100") && e.contains("a100-40gb"), "{e}");
+    assert!(seerscale(&["model", "regnety-10b", "--gpu", "a100"]).stdout.is_empty());
+}
+
 #[test]
 fn bad_dtype_is_a_usage_error_naming_the_value() {
     let out = seerscale(&["model", "regnety-400mf", "--dtype", "fp8"]);
@@ -328,8 +336,11 @@ fn small_plans_print_units_that_fit_their_numbers() {
         assert!(!s.contains(bad), "`{bad}` in:\n{s}");
     }
     assert!(s.contains(" ms") && s.contains("GFLOP/s fp32"), "{s}");
+    // A CPU has no band; the plan says how to read its step time instead.
+    assert!(s.contains("step time: no band on a CPU; the catalog's peak op rates") && s.contains("a floor"), "{s}");
     let dir = TempDir::new("small-units");
     let mut p = ok_json(&["plan", "--recipe", "tiny-cpu", "--json"]);
+    assert!(p["predicted"]["step_time_range_s"].is_null() && p["predicted"]["range_source"].as_str().is_some_and(|r| r.contains("floor")), "{p}");
     p["checkpoint_segments"] = serde_json::json!([["s1.b0"]]);
     let f = dir.write("one-block.json", &serde_json::to_string(&p).unwrap());
     let out = seerscale(&["dry-run", &f]);
@@ -448,6 +459,12 @@ fn sweep_seer_10b_json_has_rows_and_a_frontier() {
             assert!(r["checkpoint_interval_steps"].as_u64().is_some_and(|n| n >= 1), "{r}");
             assert!(r["days"].as_f64().unwrap() > 0.0 && r["cost_usd"].as_f64().unwrap() > 0.0, "{r}");
             assert!(r["peak_gib"].as_f64().unwrap() <= r["usable_gib"].as_f64().unwrap(), "{r}");
+            // The band brackets the prediction and says where it comes from.
+            let days = r["days"].as_f64().unwrap();
+            let band = r["days_range"].as_array().expect("days_range");
+            assert!(band[0].as_f64().unwrap() < days && days < band[1].as_f64().unwrap(), "{r}");
+            assert!(r["cost_range_usd"].as_array().is_some_and(|c| c.len() == 2), "{r}");
+            assert!(r["range_source"].as_str().is_some_and(|s| s.contains("kernel model")), "{r}");
         } else {
             assert!(r["why"].is_string(), "{r}");
         }
@@ -476,12 +493,18 @@ fn sweep_table_is_compact_unless_all_rows_are_asked_for() {
     assert!(s.contains("more cluster sizes: --all lists every row"), "{s}");
     assert!(s.contains("frontier of days against cost") && s.contains("per day saved"), "{s}");
     assert!(s.contains("global batch varies from"), "freed batches are called out:\n{s}");
+    assert!(
+        s.contains("days band")
+            && s.contains("days band, measured/predicted as docs/accuracy-gpu.md finds it (`plan` says what each is made of): a100-40gb 0."),
+        "{s}"
+    );
     let dir = TempDir::new("sweep-svg");
     let svg = dir.path("t.svg");
     let out = seerscale(&["sweep", "--recipe", "seer-10b", "--svg", svg.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let svg = std::fs::read_to_string(&svg).unwrap();
     assert!(svg.contains("cost to train") && svg.contains("days to train") && svg.contains(">496</text>"), "{svg}");
+    assert!(svg.contains("band (measured") && svg.contains(" days, $"), "every plan's band is drawn: {svg}");
 }
 
 #[test]
@@ -613,6 +636,8 @@ fn a_restarted_job_finishes_the_uninterrupted_run() {
         let args = common(&plain);
         let out = train_with(&[], &args.iter().map(String::as_str).collect::<Vec<_>>());
         assert!(out.status.success(), "{}", text(&out.stderr));
+        // The closing table says what a CPU plan's step time is.
+        assert!(text(&out.stdout).contains("step time: no band on a CPU") && text(&out.stdout).contains("a floor"), "{}", text(&out.stdout));
         let mut args = common(&restarted);
         args.extend(["--max-restarts".to_string(), "1".to_string()]);
         if elastic {
@@ -815,4 +840,58 @@ fn train_reads_a_file_list_and_names_the_default_data_folder() {
         .unwrap();
     let e = text(&out.stderr);
     assert!(!out.status.success() && e.contains("default image folder .photos") && e.contains("--data") && e.contains("SEERSCALE_PHOTOS"), "{e}");
+}
+
+/// `accuracy` writes its report where `--out` says and names that command
+/// in it, so a report under docs/ says how to regenerate itself.
+#[test]
+fn accuracy_writes_its_report_where_asked_and_names_the_command() {
+    let dir = TempDir::new("accuracy");
+    let out = dir.path("acc");
+    let o = seerscale(&["accuracy", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let md = std::fs::read_to_string(out.with_extension("md")).unwrap();
+    assert!(md.contains(&format!("seerscale accuracy --out {}", out.display())), "{md}");
+    assert!(md.contains("## Error bands and their coverage") && out.with_extension("svg").exists() && out.with_extension("json").exists());
+}
+
+/// A plan the ranks would refuse is reported once, by the launcher, before
+/// any rank starts, with advice that fits the plan's size.
+#[test]
+fn a_plan_for_other_ranks_is_refused_once_before_launch() {
+    let dir = TempDir::new("wrong-world");
+    let plan = dir.path("p2.json");
+    let out = seerscale(&["plan", "--recipe", "tiny-cpu", "--gpus", "2", "--out", plan.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let run = dir.path("run");
+    let e = one_line_error(&["train", "--plan", plan.to_str().unwrap(), "--nproc-per-node", "3", "--steps", "1", "--out", run.to_str().unwrap()]);
+    assert!(
+        e.contains(
+            "the plan is for 2 ranks but this job has 3 ranks: use --nproc-per-node 2, or plan for this job (`seerscale plan --recipe tiny-cpu --gpus 3`)"
+        ),
+        "{e}"
+    );
+    let big = dir.path("seer.json");
+    let out = seerscale(&["plan", "--recipe", "seer-10b", "--out", big.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let e = one_line_error(&["train", "--plan", big.to_str().unwrap(), "--steps", "1", "--out", run.to_str().unwrap()]);
+    assert!(e.contains("the plan is for 496 ranks but this job has 1 rank: start 496 ranks under torchrun or SLURM"), "{e}");
+}
+
+/// A replay re-predicts a stored report without touching it: by default
+/// it writes `runs/<report>-replay.*` and names that `--out` in the
+/// command it records.
+#[test]
+fn a_replay_writes_under_runs_and_leaves_its_input_alone() {
+    let dir = TempDir::new("replay");
+    let input = dir.path("stored.json");
+    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/validate-tiny-cpu.json"), &input).unwrap();
+    let before = std::fs::read(&input).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_seerscale")).current_dir(&dir.0).args(["validate", "--replay", "stored.json"]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(std::fs::read(&input).unwrap(), before, "the stored report is unchanged");
+    assert!(!dir.path("stored.md").exists() && !dir.path("stored.svg").exists());
+    let md = std::fs::read_to_string(dir.path("runs/stored-replay.md")).unwrap();
+    assert!(md.contains("seerscale validate --replay stored.json --out runs/stored-replay"), "{md}");
+    assert!(dir.path("runs/stored-replay.json").exists() && dir.path("runs/stored-replay.svg").exists());
 }

@@ -59,7 +59,7 @@ pub struct KernelSpec {
     pub memory_efficiency: f64,
     /// Tensor-core efficiency of GEMMs whose channels per group are not a
     /// multiple of 8 (16-bit) or 4 (TF32), relative to aligned ones; 0 =
-    /// such convolutions cannot use tensor cores at all (Volta's cuDNN).
+    /// such convolutions cannot use tensor cores at all (cuDNN before 7.2, or NHWC tensors on Volta).
     pub unaligned_tensor_efficiency: f64,
     /// Grouped convolutions with fewer channels per group than this run on
     /// CUDA cores (cuDNN's grouped kernels for narrow groups).
@@ -351,6 +351,48 @@ impl KernelModel {
     }
 
     /// A layer's time in one pass and what bounds it.
+    /// Whether `l` is a convolution or linear layer whose channels per
+    /// group miss the tensor cores' granule for its dtype (8 for 16-bit, 4
+    /// for TF32) on a GPU with tensor cores for it, groups too narrow for
+    /// them aside: the GEMMs whose speed rests on the assumed
+    /// `unaligned_tensor_efficiency` rather than on fitted rows.
+    pub fn is_unaligned(&self, l: &Layer) -> bool {
+        let (kind, groups, ch) = match l.kind {
+            LayerKind::Conv { groups, .. } => {
+                let g = groups.max(1);
+                (GemmKind::Conv, g, (l.in_shape[1] / g, l.out_shape[1] / g))
+            }
+            LayerKind::Linear { .. } => (GemmKind::Matmul, 1, (l.in_shape[1], l.out_shape[1])),
+            _ => return false,
+        };
+        let narrow = groups > 1 && ch.0.min(ch.1) < self.spec.tensor_min_group_channels;
+        match self.tensor_peak(l.dtype, kind) {
+            Some((_, granule)) => {
+                let aligned = ch.0.is_multiple_of(granule) && ch.1.is_multiple_of(granule);
+                !narrow && !aligned
+            }
+            None => false,
+        }
+    }
+
+    /// Share of `layers`' forward and backward time in unaligned GEMMs
+    /// ([`Self::is_unaligned`]); 0 for no time.
+    pub fn unaligned_share<'a>(&self, layers: impl IntoIterator<Item = &'a Layer>) -> f64 {
+        let (mut all, mut unaligned) = (0.0, 0.0);
+        for l in layers {
+            let t = self.forward(l).0 + self.backward(l).0;
+            all += t;
+            if self.is_unaligned(l) {
+                unaligned += t;
+            }
+        }
+        if all > 0.0 {
+            unaligned / all
+        } else {
+            0.0
+        }
+    }
+
     pub fn classify(&self, l: &Layer, backward: bool) -> (Seconds, TimeClass) {
         let device = self.layer(l, backward);
         let host = if backward { self.spec.host_backward_op } else { self.spec.host_op };

@@ -89,9 +89,14 @@ impl MetricsWriter {
         Ok(())
     }
 
+    /// Leaves the bar's last state on screen and ends its line, so that
+    /// what is printed next starts on a line of its own.
     pub fn finish(&mut self) {
         if let Some(b) = self.bar.take() {
             b.finish();
+            if !b.is_hidden() {
+                eprintln!();
+            }
         }
     }
 }
@@ -135,23 +140,99 @@ pub fn summarize_run(all: &[StepMetrics], global_images: f64) -> Option<RunSumma
     })
 }
 
-/// The end-of-run table: measured vs predicted.
-pub fn comparison_table(s: &RunSummary, predicted_peak: Option<Bytes>, predicted_step: Option<Seconds>) -> String {
+/// What the plan predicted, for the end-of-run table.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PlanPrediction {
+    /// The allocator's peak the plan predicts per rank.
+    pub peak: Option<Bytes>,
+    pub step_time: Option<Seconds>,
+    /// Where the measured step time is expected: the plan's band.
+    pub step_range: Option<(Seconds, Seconds)>,
+    /// Where the band comes from, or why there is none (a CPU plan).
+    pub basis: Option<String>,
+}
+
+impl PlanPrediction {
+    pub fn of(plan: &runspec::plan::Plan) -> PlanPrediction {
+        let p = &plan.predicted;
+        PlanPrediction {
+            peak: Some(Bytes(p.allocated_peak_bytes())),
+            step_time: Some(Seconds(p.step_time_s)),
+            step_range: p.step_time_range_s.map(|[lo, hi]| (Seconds(lo), Seconds(hi))),
+            basis: p.range_source.clone(),
+        }
+    }
+}
+
+/// The end-of-run table: measured vs predicted, the step time's band and
+/// whether the measurement fell in it, and what the prediction rests on.
+pub fn comparison_table(s: &RunSummary, predicted: &PlanPrediction) -> String {
     let m = &s.measured;
     let rel = |m: f64, p: f64| if p > 0.0 { format!("{:+.1}%", (m - p) / p * 100.0) } else { "-".into() };
     let mut t = String::new();
     t.push_str(&format!("{:<18} {:>14} {:>14} {:>9}\n", "", "measured", "predicted", "error"));
-    let (pp, pe) = match predicted_peak {
+    let (pp, pe) = match predicted.peak {
         Some(p) => (p.to_string(), rel(m.peak_memory_bytes as f64, p.0 as f64)),
         None => ("-".into(), "-".into()),
     };
     t.push_str(&format!("{:<18} {:>14} {:>14} {:>9}\n", "peak memory/rank", Bytes(m.peak_memory_bytes).to_string(), pp, pe));
-    let (tp, te) = match predicted_step {
+    let (tp, te) = match predicted.step_time {
         Some(p) => (p.to_string(), rel(m.step_time_s, p.0)),
         None => ("-".into(), "-".into()),
     };
     t.push_str(&format!("{:<18} {:>14} {:>14} {:>9}\n", "step time", Seconds(m.step_time_s).to_string(), tp, te));
+    if let Some((lo, hi)) = predicted.step_range {
+        let inside = if (lo.0..=hi.0).contains(&m.step_time_s) { "inside" } else { "OUTSIDE" };
+        t.push_str(&format!("{:<18} {:>14} {:>14} {:>9}\n", "  band", "", format!("{lo}-{hi}"), inside));
+    }
     t.push_str(&format!("{:<18} {:>14.1}\n", "images/s", s.images_per_s));
     t.push_str(&format!("{:<18} {:>14.4} -> {:.4}\n", "loss", s.first_loss, s.last_loss));
+    if let Some(basis) = &predicted.basis {
+        let what = if predicted.step_range.is_some() { "band: measured/predicted as docs/accuracy-gpu.md finds it for" } else { "step time:" };
+        t.push_str(&format!("{what} {basis}\n"));
+    }
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(step_s: f64) -> RunSummary {
+        RunSummary {
+            measured: Measured {
+                ranks: 2,
+                steps: 10,
+                peak_memory_bytes: 1 << 20,
+                peak_memory_min_rank_bytes: 1 << 20,
+                step_time_s: step_s,
+                comm_time_s: 0.0,
+                run_step_times_s: Vec::new(),
+            },
+            images_per_s: 100.0,
+            first_loss: 5.0,
+            last_loss: 4.0,
+        }
+    }
+
+    /// A GPU plan's band is a row that says whether the measured step fell
+    /// in it; a CPU plan, which has none, says how to read its step time.
+    #[test]
+    fn the_table_shows_the_band_or_says_why_there_is_none() {
+        let gpu = PlanPrediction {
+            peak: Some(Bytes(1 << 20)),
+            step_time: Some(Seconds(1.0)),
+            step_range: Some((Seconds(0.9), Seconds(1.2))),
+            basis: Some("compute 0.90-1.12x (kernel model on a family it was fitted on)".into()),
+        };
+        let inside = comparison_table(&summary(1.1), &gpu);
+        assert!(inside.lines().any(|l| l.trim_start().starts_with("band") && l.trim_end().ends_with("inside")), "{inside}");
+        assert!(inside.contains("band: measured/predicted as docs/accuracy-gpu.md finds it for compute 0.90-1.12x"), "{inside}");
+        let outside = comparison_table(&summary(1.5), &gpu);
+        assert!(outside.lines().any(|l| l.trim_start().starts_with("band") && l.trim_end().ends_with("OUTSIDE")), "{outside}");
+        let cpu = PlanPrediction { step_range: None, basis: Some("no band on a CPU; ... a floor".into()), ..gpu };
+        let t = comparison_table(&summary(1.5), &cpu);
+        assert!(!t.lines().any(|l| l.trim_start().starts_with("band")) && t.contains("step time: no band on a CPU"), "{t}");
+        assert!(!comparison_table(&summary(1.0), &PlanPrediction::default()).contains("band"));
+    }
 }

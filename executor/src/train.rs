@@ -29,7 +29,7 @@ use crate::swav::{self, SwavError, SwavLossConfig, SwavQueue};
 use cost_models::config::ModelConfig;
 use cost_models::hardware::DeviceKind;
 use cost_models::padding::ChannelPadding;
-use cost_models::{Bytes, DType, Seconds};
+use cost_models::DType;
 use runspec::plan::Plan;
 use runspec::schedule::{BackwardOrder, Event, Schedule as StepSchedule};
 use runspec::sharding::Sharding;
@@ -131,8 +131,8 @@ pub struct TrainConfig {
     pub device: Device,
     /// Bound on rendezvous and every collective.
     pub timeout: Duration,
-    pub predicted_peak: Option<Bytes>,
-    pub predicted_step_time: Option<Seconds>,
+    /// What the plan predicted, set against the run's measurements at its end.
+    pub predicted: metrics::PlanPrediction,
     pub progress: bool,
     /// Write the events the first step ran to `events.rank<r>.json` in
     /// `out_dir` (to check them against the plan's compiled schedule).
@@ -153,6 +153,16 @@ pub enum CheckpointEvery {
     Steps(u64),
     /// The plan's predicted interval (Young/Daly, `predicted.failures`).
     Auto,
+}
+
+impl std::fmt::Display for CheckpointEvery {
+    /// As `--checkpoint-every` takes it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CheckpointEvery::Steps(n) => write!(f, "{n}"),
+            CheckpointEvery::Auto => f.write_str("auto"),
+        }
+    }
 }
 
 impl std::str::FromStr for CheckpointEvery {
@@ -237,9 +247,18 @@ impl TrainConfig {
     /// The run a plan describes, for a rank of `env`.
     pub fn from_plan(plan: &Plan, args: &TrainArgs, env: &RankEnv) -> Result<TrainConfig, TrainError> {
         if plan.world_size != env.world_size {
+            let ranks = |n: usize| if n == 1 { "1 rank".to_string() } else { format!("{n} ranks") };
+            let how = if plan.world_size <= plan.gpus_per_node {
+                format!("use --nproc-per-node {}", plan.world_size)
+            } else {
+                format!("start {} under torchrun or SLURM", ranks(plan.world_size))
+            };
             return Err(TrainError::Config(format!(
-                "the plan is for world size {} but this job has {} ranks (use --nproc-per-node {} or re-plan)",
-                plan.world_size, env.world_size, plan.world_size
+                "the plan is for {} but this job has {}: {how}, or plan for this job (`seerscale plan --recipe {} --gpus {}`)",
+                ranks(plan.world_size),
+                ranks(env.world_size),
+                plan.recipe.name,
+                env.world_size
             )));
         }
         let r = &plan.recipe;
@@ -329,8 +348,7 @@ impl TrainConfig {
             sharding: plan.sharding,
             device,
             timeout: args.timeout,
-            predicted_peak: Some(Bytes(plan.predicted.allocated_peak_bytes())),
-            predicted_step_time: Some(Seconds(plan.predicted.step_time_s)),
+            predicted: metrics::PlanPrediction::of(plan),
             progress: true,
             record_events: args.record_events,
         })
@@ -375,6 +393,7 @@ pub fn run(args: &TrainArgs) -> Result<Option<TrainReport>, TrainError> {
         // shell also has SLURM_PROCID, so --nproc-per-node wins over it).
         (Some(env), n) if launched || n.unwrap_or(1) <= 1 => run_rank(args, &env).map(Some),
         (_, Some(n)) if n > 1 => {
+            check_before_launch(args, n)?;
             let forwarded: Vec<OsString> = std::env::args_os().skip(1).collect();
             launch_ranks(&forwarded, n, args.timeout)?;
             Ok(None)
@@ -384,6 +403,15 @@ pub fn run(args: &TrainArgs) -> Result<Option<TrainReport>, TrainError> {
             run_rank(args, &RankEnv::single(port)).map(Some)
         }
     }
+}
+
+/// What each of `n` local ranks would refuse (the plan file, its world
+/// size, the data folder, the device), checked once by the launcher so
+/// that it is reported once rather than by every rank.
+pub fn check_before_launch(args: &TrainArgs, n: usize) -> Result<(), TrainError> {
+    let plan = Plan::load(&args.plan)?;
+    let env = RankEnv { rank: 0, world_size: n, local_rank: 0, master_addr: "127.0.0.1".into(), master_port: 0 };
+    TrainConfig::from_plan(&plan, args, &env).map(drop)
 }
 
 /// Starts `n` local ranks of this program with `forwarded` arguments and
@@ -967,7 +995,7 @@ impl<'pg> Trainer<'pg> {
         let summary = metrics::summarize_run(&records, global_images);
         let comparison = match (&summary, rank) {
             (Some(s), 0) => {
-                let table = metrics::comparison_table(s, self.cfg.predicted_peak, self.cfg.predicted_step_time);
+                let table = metrics::comparison_table(s, &self.cfg.predicted);
                 let bn = if self.cfg.sync_bn { "SyncBN" } else { "BN per rank" };
                 println!(
                     "measured vs predicted ({world} ranks, {} steps, steady state after step {}, slowest rank per step, {bn}):\n{table}",

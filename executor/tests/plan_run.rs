@@ -113,7 +113,7 @@ fn a_plan_for_another_world_size_is_refused() {
     tiny_plan(2).save(&dir.join("plan.json")).unwrap();
     // No RANK in this process and no --nproc-per-node: a world of 1.
     let err = train::run(&args(&dir.join("plan.json"), &dir.join("run"))).unwrap_err().to_string();
-    assert!(err.contains("world size 2") && err.contains("--nproc-per-node 2"), "{err}");
+    assert!(err.contains("the plan is for 2 ranks but this job has 1 rank: use --nproc-per-node 2"), "{err}");
     std::fs::write(dir.join("bad.json"), "{\"schema_version\": 1, \"model\": 3}").unwrap();
     let err = train::run(&args(&dir.join("bad.json"), &dir.join("run"))).unwrap_err().to_string();
     assert!(err.contains("bad.json"), "{err}");

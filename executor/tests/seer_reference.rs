@@ -100,8 +100,7 @@ fn config(world: usize, sharding: Sharding, sync_group: Option<usize>, out: &Pat
         sharding,
         device: Device::Cpu,
         timeout: Duration::from_secs(60),
-        predicted_peak: None,
-        predicted_step_time: None,
+        predicted: Default::default(),
         progress: false,
         record_events: false,
     }

@@ -93,8 +93,7 @@ fn config(world: usize, out: &Path, ckpt: bool, reshard: bool) -> TrainConfig {
         sharding: sharding_from_env(world),
         device: Device::Cpu,
         timeout: Duration::from_secs(60),
-        predicted_peak: None,
-        predicted_step_time: None,
+        predicted: Default::default(),
         progress: false,
         record_events: false,
     }

@@ -31,7 +31,9 @@ pub fn build_plan(s: &mut Searcher, e: &Evaluated) -> Result<(Plan, MemoryReport
     recipe.cluster.gpus = d.world_size;
     recipe.cluster.batch_per_gpu = d.batch_per_rank;
     let t = &e.throughput;
-    let range = crate::bands::step_range(&s.space.hardware[e.hardware], e.step.step_time, e.step.exposed_comm);
+    let profile = &s.space.hardware[e.hardware];
+    let range = crate::bands::range_of(profile, e);
+    let caveat = crate::bands::cpu_caveat(profile);
     let predicted = Predicted {
         peak_memory_bytes: report.peak.0,
         peak_breakdown: report.breakdown.iter().map(|(k, v)| (k.clone(), v.0)).collect(),
@@ -49,7 +51,7 @@ pub fn build_plan(s: &mut Searcher, e: &Evaluated) -> Result<(Plan, MemoryReport
         step_time_range_s: range.as_ref().map(|r| [r.low.0, r.high.0]),
         days_range: range.as_ref().map(|r| r.scale(e.step.step_time, t.days)),
         cost_range_usd: range.as_ref().map(|r| r.scale(e.step.step_time, t.cost_usd)),
-        range_source: range.map(|r| r.source),
+        range_source: range.map(|r| r.source).or(caveat),
     };
     let plan = Plan {
         schema_version: PLAN_SCHEMA_VERSION,

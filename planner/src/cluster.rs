@@ -79,7 +79,7 @@ pub fn rank_hardware(hw: &HardwareSpec, world: usize) -> Option<HardwareSpec> {
             h.memory.bandwidth = Bandwidth(hw.memory.bandwidth.0 / k);
             h.price_usd_per_gpu_hour = hw.price_usd_per_gpu_hour / k;
             h.interconnect.gpus_per_node = world;
-            h.name = format!("{} (1/{world} per rank)", hw.name);
+            h.name = format!("{}, shared by {world} ranks", hw.name);
             if h.memory_reserve() >= h.memory.capacity {
                 return None;
             }

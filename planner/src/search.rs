@@ -279,6 +279,9 @@ pub struct Evaluated {
     pub usable: Bytes,
     pub step: StepResult,
     pub throughput: Throughput,
+    /// Share of the model's kernel time in unaligned GEMMs
+    /// (`KernelModel::is_unaligned`): what widens its band.
+    pub unaligned_share: f64,
 }
 
 impl Evaluated {
@@ -352,6 +355,8 @@ pub struct Searcher<'r> {
     computes: HashMap<(usize, usize), ComputeModel>,
     /// Measured backward peaks per (hardware, dtype, padding, batch), per block.
     measured_bwd: HashMap<(usize, DType, ChannelPadding, usize), Vec<Option<u64>>>,
+    /// Unaligned GEMMs' share of kernel time per (hardware, dtype, padding, batch).
+    unaligned: HashMap<(usize, DType, ChannelPadding, usize), f64>,
     units: HashMap<Wrapping, Vec<Unit>>,
     links: LinkCache,
     collectives: Vec<CollectiveModel>,
@@ -429,6 +434,7 @@ impl<'r> Searcher<'r> {
             costs: HashMap::new(),
             computes: HashMap::new(),
             measured_bwd: HashMap::new(),
+            unaligned: HashMap::new(),
             units: HashMap::new(),
             links: LinkCache::default(),
             collectives,
@@ -608,6 +614,24 @@ impl<'r> Searcher<'r> {
         &self.measured_bwd[&key]
     }
 
+    /// The share of the graph's forward and backward kernel time in
+    /// unaligned GEMMs on hardware `h` (0 without a GPU kernel model).
+    pub fn unaligned_share(&mut self, h: usize, dtype: DType, padding: ChannelPadding, batch: usize) -> f64 {
+        let key = (h, dtype, padding, batch);
+        if let Some(&share) = self.unaligned.get(&key) {
+            return share;
+        }
+        let share = match cost_models::kernels::KernelModel::new(&self.space.hardware[h].hardware) {
+            Some(k) => {
+                let g = self.graph(dtype, padding, batch);
+                k.unaligned_share(g.blocks.iter().flat_map(|b| g.layers_of(b)))
+            }
+            None => 0.0,
+        };
+        self.unaligned.insert(key, share);
+        share
+    }
+
     /// Costs fixed decisions (e.g. a published plan) without searching.
     pub fn evaluate(&mut self, h: usize, d: &Decisions) -> Result<Evaluated, SearchError> {
         let rank_hw = rank_hardware(&self.space.hardware[h].hardware, d.world_size)
@@ -621,7 +645,8 @@ impl<'r> Searcher<'r> {
         let ckpt = self.checkpoint_per_rank(d);
         let throughput = Throughput::new(self.recipe, &rank_hw, d, &step, flops, ckpt, &self.space.reliability);
         let usable = rank_hw.usable_memory();
-        Ok(Evaluated { hardware: h, rank_hardware: rank_hw, decisions: d.clone(), peak, usable, step, throughput })
+        let unaligned_share = self.unaligned_share(h, d.precision.compute, d.channel_padding, d.batch_per_rank);
+        Ok(Evaluated { hardware: h, rank_hardware: rank_hw, decisions: d.clone(), peak, usable, step, throughput, unaligned_share })
     }
 
     /// The fastest plan that fits at one (hardware, world size).
@@ -772,6 +797,7 @@ impl<'r> Searcher<'r> {
                 memo.least_recompute.push((world, c.batch, least));
             }
             let links = self.links.groups(&rank_hw, world, c.sharding, self.recipe.sync_bn_group_for(world).ok().flatten())?.clone();
+            let unaligned_share = self.unaligned_share(h, c.dtype, c.padding, c.batch);
             for (order, placement) in candidates {
                 let d = Decisions { checkpoint: placement.segments, backward_order: order, ..d.clone() };
                 let gc = &self.costs[&(h, share, c.dtype, c.padding, c.batch)];
@@ -785,7 +811,16 @@ impl<'r> Searcher<'r> {
                     let flops = gc.model_flops.0;
                     let ckpt = self.checkpoint_per_rank(&d);
                     let throughput = Throughput::new(self.recipe, &rank_hw, &d, &step, flops, ckpt, &self.space.reliability);
-                    out.best = Some(Evaluated { hardware: h, rank_hardware: rank_hw.clone(), decisions: d, peak: placement.peak, usable, step, throughput });
+                    out.best = Some(Evaluated {
+                        hardware: h,
+                        rank_hardware: rank_hw.clone(),
+                        decisions: d,
+                        peak: placement.peak,
+                        usable,
+                        step,
+                        throughput,
+                        unaligned_share,
+                    });
                 }
             }
         }

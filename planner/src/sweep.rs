@@ -44,6 +44,16 @@ pub struct SweepRow {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cost_usd: Option<f64>,
     /// Useful share of wall time under failures, 0..1.
+    /// Where the measured step time, days and cost are expected: the
+    /// step's band (`planner::bands`), and which accuracy rows it comes from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step_range_s: Option<[f64; 2]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub days_range: Option<[f64; 2]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost_range_usd: Option<[f64; 2]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub range_source: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub goodput: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -65,6 +75,9 @@ pub struct Sweep {
     pub rows: Vec<SweepRow>,
     /// Indices into `rows` of the Pareto frontier.
     pub frontier: Vec<usize>,
+    /// The frontier were every plan at its band's high end (the slowest
+    /// its days and cost are expected to read).
+    pub frontier_at_band_high: Vec<usize>,
 }
 
 impl Sweep {
@@ -74,7 +87,22 @@ impl Sweep {
 }
 
 fn point(r: &SweepRow) -> ParetoPoint {
-    ParetoPoint { gpu: r.gpu.clone(), gpus: r.gpus, days: r.days.unwrap_or(f64::INFINITY), cost_usd: r.cost_usd.unwrap_or(f64::INFINITY) }
+    ParetoPoint {
+        gpu: r.gpu.clone(),
+        gpus: r.gpus,
+        days: r.days.unwrap_or(f64::INFINITY),
+        cost_usd: r.cost_usd.unwrap_or(f64::INFINITY),
+        days_range: r.days_range,
+        cost_range_usd: r.cost_range_usd,
+    }
+}
+
+/// The point at its band's high end (as predicted where it has no band).
+fn point_at_band_high(r: &SweepRow) -> ParetoPoint {
+    let mut p = point(r);
+    p.days = r.days_range.map_or(p.days, |d| d[1]);
+    p.cost_usd = r.cost_range_usd.map_or(p.cost_usd, |c| c[1]);
+    p
 }
 
 /// Runs the search at every point; `progress(done, total)` after each.
@@ -109,6 +137,10 @@ pub fn rows_of(s: &Searcher, recipe: &Recipe, outcomes: &[PointOutcome]) -> Swee
                 mfu: None,
                 days: None,
                 cost_usd: None,
+                step_range_s: None,
+                days_range: None,
+                cost_range_usd: None,
+                range_source: None,
                 goodput: None,
                 checkpoint_interval_steps: None,
                 failure_free_days: None,
@@ -133,6 +165,12 @@ pub fn rows_of(s: &Searcher, recipe: &Recipe, outcomes: &[PointOutcome]) -> Swee
                 row.mfu = Some(e.throughput.mfu);
                 row.days = Some(e.throughput.days);
                 row.cost_usd = Some(e.throughput.cost_usd);
+                if let Some(r) = crate::bands::range_of(&s.space.hardware[o.hardware], e) {
+                    row.step_range_s = Some([r.low.0, r.high.0]);
+                    row.days_range = Some(r.scale(e.step.step_time, e.throughput.days));
+                    row.cost_range_usd = Some(r.scale(e.step.step_time, e.throughput.cost_usd));
+                    row.range_source = Some(r.source);
+                }
                 row.goodput = Some(e.throughput.failures.goodput);
                 row.checkpoint_interval_steps = Some(e.throughput.failures.checkpoint_interval_steps);
                 row.failure_free_days = Some(e.throughput.failure_free_days);
@@ -147,10 +185,12 @@ pub fn rows_of(s: &Searcher, recipe: &Recipe, outcomes: &[PointOutcome]) -> Swee
         .collect();
     let pts: Vec<ParetoPoint> = rows.iter().map(point).collect();
     let front: Vec<usize> = frontier(&pts).into_iter().filter(|&i| rows[i].fits).collect();
+    let high: Vec<ParetoPoint> = rows.iter().map(point_at_band_high).collect();
+    let frontier_at_band_high: Vec<usize> = frontier(&high).into_iter().filter(|&i| rows[i].fits).collect();
     for &i in &front {
         rows[i].pareto = true;
     }
-    Sweep { recipe: recipe.name.clone(), rows, frontier: front }
+    Sweep { recipe: recipe.name.clone(), rows, frontier: front, frontier_at_band_high }
 }
 
 /// `s3.b0..s3.b8` (or one name for a one-block segment).

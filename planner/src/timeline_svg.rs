@@ -115,16 +115,22 @@ pub fn timeline_svg(report: &MemoryReport, title: &str) -> String {
     // The x axis in the step's terms: a tick where each stage starts in
     // forward and in backward, and a bracket per phase.
     let labels: Vec<&str> = ev.iter().map(|e| e.label.as_str()).collect();
+    // A label that would run into the one before it drops to a second
+    // row; where both rows are taken, the tick stands alone.
+    let mut row_end = [f64::NEG_INFINITY; 2];
     for (i, stage) in stage_starts(&labels) {
         let xi = x(i as f64);
-        let _ = writeln!(
-            s,
-            r##"<line x1="{xi:.1}" y1="{:.1}" x2="{xi:.1}" y2="{:.1}" stroke="#333"/><text x="{xi:.1}" y="{:.1}" text-anchor="middle" font-size="10">{}</text>"##,
-            TOP + ph,
-            TOP + ph + 5.0,
-            TOP + ph + 16.0,
-            xml_escape(&stage)
-        );
+        let _ = writeln!(s, r##"<line x1="{xi:.1}" y1="{:.1}" x2="{xi:.1}" y2="{:.1}" stroke="#333"/>"##, TOP + ph, TOP + ph + 5.0);
+        let half = 3.0 * stage.len() as f64;
+        if let Some(row) = (0..2).find(|&r| xi - half > row_end[r] + 3.0) {
+            row_end[row] = xi + half;
+            let _ = writeln!(
+                s,
+                r#"<text x="{xi:.1}" y="{:.1}" text-anchor="middle" font-size="10">{}</text>"#,
+                TOP + ph + 16.0 + 10.0 * row as f64,
+                xml_escape(&stage)
+            );
+        }
     }
     for (name, first, last) in phases(&labels) {
         let (x0, x1, yb) = (x(first as f64), x(last as f64), TOP + ph + 30.0);

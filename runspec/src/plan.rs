@@ -151,7 +151,8 @@ pub struct Predicted {
     pub days_range: Option<[f64; 2]>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost_range_usd: Option<[f64; 2]>,
-    /// Which accuracy rows the ranges come from.
+    /// Which accuracy rows the ranges come from; on a CPU, which has no
+    /// range, how to read the step time instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub range_source: Option<String>,
 }
@@ -230,12 +231,14 @@ impl Plan {
         Ok(plan)
     }
 
-    /// Writes atomically (temp file, then rename) so a crash never leaves half a plan.
+    /// Writes atomically (temp file, then rename) so a crash never leaves
+    /// half a plan; creates the folder it goes in.
     pub fn save(&self, path: &Path) -> Result<(), PlanError> {
         let origin = path.display().to_string();
         let text = serde_json::to_string_pretty(self).expect("plan serialises");
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let write = || -> std::io::Result<()> {
+            std::fs::create_dir_all(dir)?;
             let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
             std::io::Write::write_all(&mut tmp, (text + "\n").as_bytes())?;
             tmp.persist(path).map(drop).map_err(|e| e.error)

@@ -9,8 +9,9 @@ use std::path::PathBuf;
 
 #[derive(Args, Debug, Clone)]
 pub struct AccuracyArgs {
-    /// Report path without extension: writes `<out>.md`, `<out>.json` and `<out>.svg`.
-    #[arg(long, default_value = "docs/accuracy-gpu")]
+    /// Report path without extension: writes `<out>.md`, `<out>.json` and
+    /// `<out>.svg` (the project's report: `--out docs/accuracy-gpu`).
+    #[arg(long, default_value = "runs/accuracy-gpu")]
     pub out: PathBuf,
     /// Print the report as JSON instead of its summary.
     #[arg(long)]
@@ -64,7 +65,7 @@ fn write(report: &AccuracyReport, a: &AccuracyArgs) -> Result<()> {
     let svg = a.out.with_extension("svg");
     let name = svg.file_name().map(|s| s.to_string_lossy().into_owned());
     for (path, text) in [
-        (a.out.with_extension("md"), report.markdown(name.as_deref())),
+        (a.out.with_extension("md"), report.markdown(name.as_deref(), &format!("seerscale accuracy --out {}", a.out.display()))),
         (a.out.with_extension("json"), serde_json::to_string_pretty(report)? + "\n"),
         (svg.clone(), report.svg()),
     ] {

@@ -29,10 +29,14 @@ pub struct CommArgs {
     pub json: bool,
 }
 
+/// The collective; nccl-tests' spelling (`all_reduce`) is accepted too.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum OpArg {
+    #[value(alias = "all_reduce")]
     AllReduce,
+    #[value(alias = "all_gather")]
     AllGather,
+    #[value(alias = "reduce_scatter")]
     ReduceScatter,
     All,
 }

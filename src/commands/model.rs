@@ -50,6 +50,8 @@ pub fn run(a: &ModelArgs) -> Result<()> {
     anyhow::ensure!(a.batch >= 1, "--batch must be at least 1");
     anyhow::ensure!(a.resolution >= 8, "--resolution must be at least 8 px");
     let model = ModelConfig::load(&a.model)?;
+    // A bad --gpu is refused before anything is printed.
+    let kernels = a.gpu.as_deref().map(|gpu| kernel_model(gpu, a)).transpose()?;
     let g = ModelGraph::build(&model, &Workload::single(a.batch, a.resolution, a.dtype));
     let per_image = ModelGraph::build(&model, &Workload::single(1, a.resolution, a.dtype));
     let stages = model.regnet.stages();
@@ -142,19 +144,24 @@ pub fn run(a: &ModelArgs) -> Result<()> {
         g.trunk_saved()
     );
     println!("head:  {} params (MLP {:?}, {} prototypes)", group_digits(g.head_params()), model.head.mlp_dims, model.head.prototypes);
-    if let Some(gpu) = &a.gpu {
-        print_times(&g, gpu, a)?;
+    if let Some((name, k)) = &kernels {
+        print_times(&g, name, k);
     }
     Ok(())
 }
 
-/// Forward and backward time per stage on `gpu`, and the share of each
-/// [`TimeClass`] in the whole model's time.
-fn print_times(g: &ModelGraph, gpu: &str, a: &ModelArgs) -> Result<()> {
-    use cost_models::kernels::{KernelModel, TimeClass};
+/// The name and GPU time model of `gpu`, which must run `--dtype`.
+fn kernel_model(gpu: &str, a: &ModelArgs) -> Result<(String, cost_models::kernels::KernelModel)> {
     let hw = cost_models::hardware::load_hardware(gpu).with_context(|| format!("--gpu {gpu}"))?;
     anyhow::ensure!(hw.supports(a.dtype), "{} cannot run {}", hw.name, a.dtype);
-    let k = KernelModel::new(&hw).with_context(|| format!("{} has no [kernels] table (the GPU kernel model)", hw.name))?;
+    let k = cost_models::kernels::KernelModel::new(&hw).with_context(|| format!("{} has no [kernels] table (the GPU kernel model)", hw.name))?;
+    Ok((hw.name, k))
+}
+
+/// Forward and backward time per stage on `gpu`, and the share of each
+/// [`TimeClass`] in the whole model's time.
+fn print_times(g: &ModelGraph, gpu_name: &str, k: &cost_models::kernels::KernelModel) {
+    use cost_models::kernels::TimeClass;
     let stage_of = |b: &cost_models::graph::Block| match b.stage {
         Some(s) => format!("s{s}"),
         None if b.is_trunk() => "stem".into(),
@@ -181,12 +188,7 @@ fn print_times(g: &ModelGraph, gpu: &str, a: &ModelArgs) -> Result<()> {
         }
     }
     let total: f64 = by_class.iter().sum();
-    println!(
-        "
-on {} (kernel model, {}; `seerscale accuracy` says how it does):",
-        hw.name,
-        k.spec().architecture
-    );
+    println!("\non {gpu_name} (kernel model, {}; `seerscale accuracy` says how it does):", k.spec().architecture);
     println!("{:<6} {:>12} {:>12}", "stage", "forward ms", "backward ms");
     for (name, f, bw) in &stages {
         println!("{:<6} {:>12.2} {:>12.2}", name, f * 1e3, bw * 1e3);
@@ -195,7 +197,6 @@ on {} (kernel model, {}; `seerscale accuracy` says how it does):",
     let shares: Vec<String> =
         TimeClass::ALL.iter().zip(by_class).filter(|(_, t)| *t > 0.0).map(|(c, t)| format!("{} {:.0} %", c.name(), 100.0 * t / total.max(1e-30))).collect();
     println!("time by kind: {}", shares.join(", "));
-    Ok(())
 }
 
 /// 80565140 -> "80,565,140".

@@ -558,8 +558,7 @@ fn emit(a: &PlanArgs, plan: &Plan, report: &MemoryReport, cols: &[(String, &Eval
     });
     row("channel padding", &|c| c.decisions.channel_padding.name().into());
     row("peak / usable", &|c| format!("{} / {}{}", c.peak, c.usable, if c.fits() { "" } else { "  DOES NOT FIT" }));
-    let ranges: Vec<Option<planner::bands::StepRange>> =
-        cols.iter().map(|(_, c)| planner::bands::step_range(&s.space.hardware[c.hardware], c.step.step_time, c.step.exposed_comm)).collect();
+    let ranges: Vec<Option<planner::bands::StepRange>> = cols.iter().map(|(_, c)| planner::bands::range_of(&s.space.hardware[c.hardware], c)).collect();
     let range_of = |c: &Evaluated| cols.iter().position(|(_, x)| std::ptr::eq(*x, c)).and_then(|i| ranges[i].clone());
     row("step time", &|c| match range_of(c) {
         Some(r) => format!("{} ({})", secs(c.step.step_time.0), range_text(r.low.0, r.high.0, secs)),
@@ -616,8 +615,16 @@ fn emit(a: &PlanArgs, plan: &Plan, report: &MemoryReport, cols: &[(String, &Eval
             None => "-".into(),
         });
     }
-    if let Some(r) = ranges.iter().flatten().next() {
-        println!("ranges: measured/predicted as docs/accuracy-gpu.md finds it: {}", r.source);
+    let sources: Vec<(&str, &str)> = cols.iter().zip(&ranges).filter_map(|((name, _), r)| r.as_ref().map(|r| (name.as_str(), r.source.as_str()))).collect();
+    if let Some((_, first)) = sources.first().filter(|(_, first)| sources.iter().all(|(_, s)| s == first)) {
+        println!("ranges: measured/predicted as docs/accuracy-gpu.md finds it: {first}");
+    } else if !sources.is_empty() {
+        println!("ranges: measured/predicted as docs/accuracy-gpu.md finds it:");
+        for (name, source) in &sources {
+            println!("  {name}: {source}");
+        }
+    } else if let Some(caveat) = cols.iter().find_map(|(_, c)| planner::bands::cpu_caveat(&s.space.hardware[c.hardware])) {
+        println!("step time: {caveat}");
     }
     let mut noted = std::collections::BTreeSet::new();
     for (_, c) in cols {

@@ -76,7 +76,7 @@ fn print_table(s: &Sweep, recipe: &Recipe, all: bool) {
         recipe.name, recipe.data.total_images
     );
     println!(
-        "  {:<11} {:>5} {:>4}  {:<9} {:<10} {:<5} {:>5} {:>7} {:>5}  {:>9} {:>8} {:>8} {:>6} {:>8} {:>9} {:>11}",
+        "  {:<11} {:>5} {:>4}  {:<9} {:<10} {:<5} {:>5} {:>7} {:>5}  {:>9} {:>8} {:>8} {:>6} {:>8} {:>9} {:>11} {:>11}",
         "gpu",
         "GPUs",
         "fits",
@@ -92,6 +92,7 @@ fn print_table(s: &Sweep, recipe: &Recipe, all: bool) {
         "MFU %",
         "goodput",
         "days",
+        "days band",
         "cost $"
     );
     let rows = shown(s, all);
@@ -100,7 +101,7 @@ fn print_table(s: &Sweep, recipe: &Recipe, all: bool) {
         let mark = if r.pareto { "*" } else { " " };
         if r.fits {
             println!(
-                "{mark} {:<11} {:>5} {:>4}  {:<9} {:<10} {:<5} {:>5} {:>7} {:>5}  {:>9.2} {:>8.3} {:>8.3} {:>6.1} {:>7.1}% {:>9.2} {:>11.0}",
+                "{mark} {:<11} {:>5} {:>4}  {:<9} {:<10} {:<5} {:>5} {:>7} {:>5}  {:>9.2} {:>8.3} {:>8.3} {:>6.1} {:>7.1}% {:>9.2} {:>11} {:>11.0}",
                 r.gpu,
                 r.gpus,
                 "yes",
@@ -116,6 +117,7 @@ fn print_table(s: &Sweep, recipe: &Recipe, all: bool) {
                 100.0 * r.mfu.unwrap_or(0.0),
                 100.0 * r.goodput.unwrap_or(0.0),
                 r.days.unwrap_or(0.0),
+                r.days_range.map_or("-".into(), |[lo, hi]| format!("{lo:.2}-{hi:.2}")),
                 r.cost_usd.unwrap_or(0.0),
             );
         } else {
@@ -173,6 +175,7 @@ fn findings(s: &Sweep) -> Vec<String> {
         dlo,
         dhi
     ));
+    out.extend(band_findings(s));
     let mut batches: Vec<usize> = fit.iter().filter_map(|r| r.global_batch).collect();
     batches.sort_unstable();
     batches.dedup();
@@ -180,6 +183,49 @@ fn findings(s: &Sweep) -> Vec<String> {
         out.push(format!("every row trains with a global batch of {one}"));
     } else if let (Some(a), Some(b)) = (batches.first(), batches.last()) {
         out.push(format!("global batch varies from {a} to {b} across rows (--free-batch): SwAV's optimisation differs between them"));
+    }
+    out
+}
+
+/// What the bands say: each GPU type's range of measured / predicted (and
+/// why it is wide where it is), and which plans lead once every plan is
+/// taken at its band's high end.
+fn band_findings(s: &Sweep) -> Vec<String> {
+    let mut per_gpu: Vec<(String, f64, f64, &str)> = Vec::new();
+    for r in s.rows.iter().filter(|r| r.fits) {
+        let (Some(days), Some([lo, hi]), Some(src)) = (r.days, r.days_range, r.range_source.as_deref()) else { continue };
+        let (lo, hi) = (lo / days, hi / days);
+        match per_gpu.iter_mut().find(|g| g.0 == r.gpu) {
+            Some(g) => {
+                g.1 = g.1.min(lo);
+                g.2 = g.2.max(hi);
+            }
+            None => per_gpu.push((r.gpu.clone(), lo, hi, src)),
+        }
+    }
+    if per_gpu.is_empty() {
+        return Vec::new();
+    }
+    let why = |src: &str| match (src.contains("Hopper"), src.contains("unaligned")) {
+        (true, true) => " (Hopper, never fitted; unaligned GEMMs)",
+        (true, false) => " (Hopper, never fitted)",
+        (false, true) => " (unaligned GEMMs)",
+        (false, false) => "",
+    };
+    let bands: Vec<String> = per_gpu.iter().map(|(g, lo, hi, src)| format!("{g} {lo:.2}-{hi:.2}x{}", why(src))).collect();
+    let mut out = vec![format!("days band, measured/predicted as docs/accuracy-gpu.md finds it (`plan` says what each is made of): {}", bands.join(", "))];
+    if s.frontier_at_band_high != s.frontier {
+        let names: Vec<String> = s
+            .frontier_at_band_high
+            .iter()
+            .map(|&i| {
+                let r = &s.rows[i];
+                let [d, c] = [r.days_range.map_or(r.days.unwrap_or(0.0), |d| d[1]), r.cost_range_usd.map_or(r.cost_usd.unwrap_or(0.0), |c| c[1])];
+                format!("{} x {} ({d:.2} days, ${:.0}k)", r.gpus, r.gpu, c / 1e3)
+            })
+            .collect();
+        let shown = if names.len() <= 8 { names.join("; ") } else { format!("{} plans, from {} to {}", names.len(), names[0], names[names.len() - 1]) };
+        out.push(format!("with every plan at its band's high end the frontier becomes: {shown}"));
     }
     out
 }

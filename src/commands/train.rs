@@ -14,7 +14,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-#[derive(Args)]
+#[derive(Args, Clone, Debug, PartialEq)]
 pub struct TrainCliArgs {
     /// Plan file written by `seerscale plan --out`.
     #[arg(long)]
@@ -122,28 +122,25 @@ pub fn run(a: &TrainCliArgs) -> Result<()> {
         train::run(&args)?;
         return Ok(());
     }
+    train::check_before_launch(&args, n)?;
     if a.checkpoint_every.is_none() {
         eprintln!("warning: --max-restarts without --checkpoint-every: a restart starts from step 0");
     }
-    let (mut plan, mut n) = (a.plan.clone(), n);
-    let mut resume = if a.resume {
-        "--resume"
-    } else if a.resume_if_any {
-        "--resume-if-any"
-    } else {
-        ""
-    };
+    // Each attempt's ranks: this run's arguments with the attempt's plan,
+    // rank count and resume flag; restarting is the launcher's alone.
+    let mut ranks = TrainCliArgs { max_restarts: 0, elastic: false, ..a.clone() };
     for attempt in 0..=a.max_restarts {
-        match train::launch_ranks(&rank_args(&plan, n, resume), n, args.timeout) {
+        match train::launch_ranks(&ranks.argv(), ranks.nproc_per_node.unwrap_or(1), args.timeout) {
             Ok(()) => return Ok(()),
             Err(TrainError::Launch(LaunchError::RankFailed { rank, status, .. })) if attempt < a.max_restarts => {
                 eprintln!("rank {rank} failed ({status}); restart {} of {} from the latest checkpoint in {}", attempt + 1, a.max_restarts, a.out.display());
                 // Before its first checkpoint a job restarts from step 0.
-                resume = "--resume-if-any";
+                (ranks.resume, ranks.resume_if_any) = (false, true);
+                let n = ranks.nproc_per_node.unwrap_or(1);
                 if a.elastic && n > 1 {
-                    n -= 1;
-                    plan = replan(&plan, n, &a.out)?;
-                    eprintln!("elastic: continuing on {n} ranks with {}", plan.display());
+                    ranks.plan = replan(&ranks.plan, n - 1, &a.out)?;
+                    ranks.nproc_per_node = Some(n - 1);
+                    eprintln!("elastic: continuing on {} ranks with {}", n - 1, ranks.plan.display());
                 }
             }
             Err(e) => return Err(e.into()),
@@ -152,30 +149,43 @@ pub fn run(a: &TrainCliArgs) -> Result<()> {
     Ok(())
 }
 
-/// This program's arguments for the ranks of a (re)started job: the plan
-/// and rank count of this attempt, and its resume flag (`--resume`,
-/// `--resume-if-any` after a failure, or none).
-fn rank_args(plan: &Path, n: usize, resume: &str) -> Vec<OsString> {
-    let mut out: Vec<OsString> = Vec::new();
-    let mut args = std::env::args_os().skip(1);
-    while let Some(arg) = args.next() {
-        let s = arg.to_string_lossy();
-        let takes_value = ["--plan", "--nproc-per-node", "--max-restarts"].contains(&s.as_ref());
-        if takes_value {
-            args.next();
-            continue;
+impl TrainCliArgs {
+    /// The command line (after the program's name) that parses back into
+    /// these arguments: what a launcher passes the ranks it starts.
+    pub fn argv(&self) -> Vec<OsString> {
+        let mut v: Vec<OsString> = vec!["train".into(), "--plan".into(), self.plan.clone().into()];
+        let mut value = |flag: &str, x: Option<OsString>| {
+            if let Some(x) = x {
+                v.push(flag.into());
+                v.push(x);
+            }
+        };
+        value("--nproc-per-node", self.nproc_per_node.map(|n| n.to_string().into()));
+        value("--steps", self.steps.map(|n| n.to_string().into()));
+        value("--data", self.data.clone().map(Into::into));
+        value("--shuffle-buffer", Some(self.shuffle_buffer.to_string().into()));
+        value("--out", Some(self.out.clone().into()));
+        value("--checkpoint-every", self.checkpoint_every.map(|c| c.to_string().into()));
+        value("--stop-after", self.stop_after.map(|n| n.to_string().into()));
+        value("--seed", Some(self.seed.to_string().into()));
+        value("--workers", Some(self.workers.to_string().into()));
+        value("--threads", self.threads.map(|n| n.to_string().into()));
+        value("--timeout-s", Some(self.timeout_s.to_string().into()));
+        value("--max-restarts", Some(self.max_restarts.to_string().into()));
+        for (flag, on) in [
+            ("--resume", self.resume),
+            ("--resume-if-any", self.resume_if_any),
+            ("--cpu", self.cpu),
+            ("--sync-bn", self.sync_bn),
+            ("--record-events", self.record_events),
+            ("--elastic", self.elastic),
+        ] {
+            if on {
+                v.push(flag.into());
+            }
         }
-        if ["--plan=", "--nproc-per-node=", "--max-restarts="].iter().any(|p| s.starts_with(p)) || s == "--resume" || s == "--resume-if-any" || s == "--elastic"
-        {
-            continue;
-        }
-        out.push(arg);
+        v
     }
-    out.extend([OsString::from("--plan"), plan.as_os_str().to_owned(), "--nproc-per-node".into(), n.to_string().into()]);
-    if !resume.is_empty() {
-        out.push(resume.into());
-    }
-    out
 }
 
 /// The plan for `n` ranks with the same decisions as `plan` where they
@@ -208,4 +218,43 @@ fn replan(plan: &Path, n: usize, out: &Path) -> Result<PathBuf> {
     let path = out.join(format!("plan.{n}-ranks.json"));
     new.save(&path)?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        command: Sub,
+    }
+
+    #[derive(clap::Subcommand)]
+    enum Sub {
+        Train(TrainCliArgs),
+    }
+
+    fn parse(argv: &[OsString]) -> TrainCliArgs {
+        let Sub::Train(a) = Cli::try_parse_from(std::iter::once(OsString::from("seerscale")).chain(argv.iter().cloned())).unwrap().command;
+        a
+    }
+
+    /// What a launcher passes its ranks parses back into the same run,
+    /// every option set or left at its default.
+    #[test]
+    fn argv_parses_back_into_the_same_arguments() {
+        let words = |s: &str| s.split_whitespace().map(OsString::from).collect::<Vec<_>>();
+        let bare = parse(&words("train --plan p.json"));
+        assert_eq!(parse(&bare.argv()), bare);
+        let full = parse(&words(
+            "train --plan runs/p.json --nproc-per-node 3 --steps 40 --data shards/x-{0..9}.tar --shuffle-buffer 50 --out runs/r \
+             --checkpoint-every auto --stop-after 7 --seed 5 --workers 4 --threads 2 --timeout-s 30 --resume --cpu --sync-bn --record-events \
+             --max-restarts 2 --elastic",
+        ));
+        assert_eq!(parse(&full.argv()), full);
+        let steps = TrainCliArgs { checkpoint_every: Some(executor::train::CheckpointEvery::Steps(9)), resume: false, resume_if_any: true, ..full };
+        assert_eq!(parse(&steps.argv()), steps);
+    }
 }

@@ -50,7 +50,8 @@ pub struct ValidateArgs {
     #[arg(long)]
     pub recalibrate: bool,
     /// Report path without extension: writes `<out>.md`, `<out>.svg` and
-    /// `<out>.json` (default: docs/validate-<recipe>).
+    /// `<out>.json` (default: runs/validate-<recipe>; a replay's:
+    /// runs/<report>-replay, never the report it reads).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Plans and run metrics go here (default: runs/validate/<recipe>).
@@ -78,8 +79,8 @@ pub struct ValidateArgs {
     pub run_timeout_s: u64,
     /// Re-predict a report from the measurements stored in its JSON (no
     /// runs): the same variants planned again with this planner and
-    /// `--gpu` (default: the report's recipe hardware), written to `--out`
-    /// (default: the same report). How a GPU report follows the planner
+    /// `--gpu` (default: the report's recipe hardware), written to `--out`.
+    /// How a GPU report follows the planner
     /// when no GPU is at hand.
     #[arg(long, value_name = "REPORT.json", conflicts_with_all = ["variants", "recalibrate", "data"])]
     pub replay: Option<PathBuf>,
@@ -186,7 +187,7 @@ pub fn run(a: &ValidateArgs) -> Result<()> {
         None => default_variants(),
     };
     let (hw, hardware_source) = hardware(a, &recipe)?;
-    let out = a.out.clone().unwrap_or_else(|| PathBuf::from(format!("docs/validate-{}", slug(&recipe.name))));
+    let out = a.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/validate-{}", slug(&recipe.name))));
     let work = a.work_dir.clone().unwrap_or_else(|| PathBuf::from(format!("runs/validate/{}", slug(&recipe.name))));
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let data = match &a.data {
@@ -431,14 +432,13 @@ fn replay(a: &ValidateArgs, path: &Path) -> Result<()> {
         row.measured_phases = r.measured_phases;
         rows.push(row);
     }
-    let out = a.out.clone().unwrap_or_else(|| path.with_extension(""));
+    let stem = path.file_stem().map_or_else(|| "validate".into(), |s| s.to_string_lossy().into_owned());
+    let out = a.out.clone().unwrap_or_else(|| Path::new("runs").join(format!("{stem}-replay")));
     let mut command = format!("seerscale validate --replay {}", path.display());
     if let Some(g) = &a.gpu {
         command.push_str(&format!(" --gpu {g}"));
     }
-    if a.out.is_some() {
-        command.push_str(&format!(" --out {}", out.display()));
-    }
+    command.push_str(&format!(" --out {}", out.display()));
     let mut notes = if hw.hardware.kind == DeviceKind::Gpu { gpu_notes() } else { Vec::new() };
     notes.push("Peak memory is predicted by `planner::memory` from the plan alone (no measured input); step and communication times come from the step simulator with the hardware above.".into());
     notes.push(format!(
