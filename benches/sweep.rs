@@ -5,9 +5,9 @@
 
 use cost_models::hardware::load_profile;
 use criterion::{criterion_group, criterion_main, Criterion};
-use planner::recipe::Recipe;
 use planner::search::{BatchPolicy, GpuCount, SearchSpace, DEFAULT_BATCHES, DEFAULT_MAX_GLOBAL_BATCH};
 use planner::sweep::sweep;
+use runspec::recipe::Recipe;
 
 fn bench_sweep(c: &mut Criterion) {
     let recipe = Recipe::load("seer-10b").expect("built-in recipe");

@@ -6,8 +6,8 @@
 //! (`runspec::schedule::Schedule::from_plan`), the one the planner costs.
 
 use cost_models::hardware::load_profile;
-use planner::recipe::Recipe;
 use planner::validation::{default_variants, plan_variant, Variant};
+use runspec::recipe::Recipe;
 use runspec::schedule::Schedule;
 use std::process::Command;
 

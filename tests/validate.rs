@@ -132,7 +132,7 @@ fn recalibrate_predicts_each_round_from_its_own_profile() {
     let profile = work.join("calibration-round-1.toml");
     let hw = cost_models::hardware::load_profile(profile.to_str().unwrap()).unwrap();
     assert!(!hw.measured.block_times.is_empty(), "the round's calibration timed the variant's blocks");
-    let recipe = planner::recipe::Recipe::load("tiny-cpu").unwrap();
+    let recipe = runspec::recipe::Recipe::load("tiny-cpu").unwrap();
     let (plan, _) = planner::validation::plan_variant(&recipe, &hw, &planner::validation::Variant::parse(VARIANT).unwrap()).unwrap();
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.with_extension("json")).unwrap()).unwrap();
     let row = &report["rows"][0];

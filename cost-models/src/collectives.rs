@@ -16,8 +16,8 @@
 //! pays (k-1)·α_intra + (m-1)·α_inter instead of (N-1)·α_inter, but the two
 //! phases do not overlap, so a flat ring wins again for very large buffers.
 
+use crate::quantity::{Bandwidth, Bytes, Seconds};
 use crate::topology::{GroupLinks, LinkCost};
-use crate::units::{Bandwidth, Bytes, Seconds};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -320,8 +320,8 @@ fn ring_phase(op: Collective, n: usize, s: f64, link: LinkCost, algorithm: Algor
 mod tests {
     use super::*;
     use crate::hardware::builtin_hardware;
+    use crate::quantity::MIB;
     use crate::topology::Topology;
-    use crate::units::MIB;
 
     fn rel(a: f64, b: f64) -> f64 {
         (a - b).abs() / b.abs().max(1e-30)

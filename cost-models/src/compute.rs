@@ -19,7 +19,7 @@
 use crate::graph::{Layer, LayerKind};
 use crate::hardware::{BlockTime, HardwareProfile, HardwareSpec, HostCosts, MathUnit, Measured};
 use crate::kernels::KernelModel;
-use crate::units::{Bandwidth, Bytes, DType, FlopRate, Flops, Seconds};
+use crate::quantity::{Bandwidth, Bytes, DType, FlopRate, Flops, Seconds};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 

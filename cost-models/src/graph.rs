@@ -22,8 +22,8 @@
 
 use crate::config::ModelConfig;
 use crate::padding::ChannelPadding;
+use crate::quantity::{Bytes, DType, Flops};
 use crate::regnet::BlockSpec;
-use crate::units::{Bytes, DType, Flops};
 use petgraph::graph::{DiGraph, NodeIndex};
 use serde::Serialize;
 

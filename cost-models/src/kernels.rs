@@ -30,7 +30,7 @@
 
 use crate::graph::{Layer, LayerKind};
 use crate::hardware::HardwareSpec;
-use crate::units::{Bytes, DType, FlopRate, Seconds};
+use crate::quantity::{Bytes, DType, FlopRate, Seconds};
 use serde::{Deserialize, Serialize};
 
 /// Per-architecture parameters of the kernel model (a GPU's `[kernels]`).

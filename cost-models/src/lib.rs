@@ -1,6 +1,6 @@
 //! Cost models of the work a SEER-style training step does, in pure Rust.
 //!
-//! Owns: units (`Bytes`, `Flops`, `Seconds`), the RegNet-Y + SwAV model spec
+//! Owns: quantities with their units (`Bytes`, `Flops`, `Seconds`), the RegNet-Y + SwAV model spec
 //! and its layer graph (parameters, FLOPs, saved activations per layer and
 //! block), model configs, the hardware catalog, the cluster topology and the
 //! compute and collective cost models, and nccl-tests logs read into the
@@ -21,9 +21,9 @@ pub mod hardware;
 pub mod kernels;
 pub mod nccl_tests;
 pub mod padding;
+pub mod quantity;
 pub mod regnet;
 pub mod stats;
 pub mod topology;
-pub mod units;
 
-pub use units::{Bandwidth, Bytes, DType, FlopRate, Flops, Seconds};
+pub use quantity::{Bandwidth, Bytes, DType, FlopRate, Flops, Seconds};

@@ -12,7 +12,7 @@
 //! through (size, time) gives both.
 
 use crate::collectives::{Collective, CollectiveFit, Scope};
-use crate::units::{Bandwidth, Seconds};
+use crate::quantity::{Bandwidth, Seconds};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NcclTestsError {

@@ -11,7 +11,7 @@
 //! the spec's oversubscription.
 
 use crate::hardware::HardwareSpec;
-use crate::units::{Bandwidth, Seconds};
+use crate::quantity::{Bandwidth, Seconds};
 use petgraph::algo::astar;
 use petgraph::graph::{EdgeIndex, NodeIndex, UnGraph};
 use petgraph::visit::NodeFiltered;

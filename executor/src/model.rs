@@ -750,7 +750,7 @@ impl CropLayout {
 mod tests {
     use super::*;
     use cost_models::graph::{ModelGraph, Workload};
-    use cost_models::units::DType;
+    use cost_models::quantity::DType;
 
     fn cfg(name: &str) -> ModelConfig {
         ModelConfig::load(name).unwrap()

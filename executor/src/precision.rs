@@ -5,19 +5,19 @@ use tch::Kind;
 
 /// Compute precision as a plan names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Precision {
+pub enum ComputePrecision {
     Fp32,
     Bf16,
     /// fp16 compute: needs dynamic loss scaling.
     Fp16,
 }
 
-impl Precision {
+impl ComputePrecision {
     pub fn compute_kind(self) -> Kind {
         match self {
-            Precision::Fp32 => Kind::Float,
-            Precision::Bf16 => Kind::BFloat16,
-            Precision::Fp16 => Kind::Half,
+            ComputePrecision::Fp32 => Kind::Float,
+            ComputePrecision::Bf16 => Kind::BFloat16,
+            ComputePrecision::Fp16 => Kind::Half,
         }
     }
 
@@ -29,7 +29,7 @@ impl Precision {
     }
 
     pub fn needs_loss_scaling(self) -> bool {
-        self == Precision::Fp16
+        self == ComputePrecision::Fp16
     }
 }
 
@@ -57,7 +57,7 @@ impl LossScaler {
         LossScaler { enabled: false, scale: 1.0, ..LossScaler::dynamic() }
     }
 
-    pub fn for_precision(p: Precision) -> LossScaler {
+    pub fn for_precision(p: ComputePrecision) -> LossScaler {
         if p.needs_loss_scaling() {
             LossScaler::dynamic()
         } else {
@@ -106,7 +106,7 @@ mod tests {
         assert_eq!(s.scale, 32768.0);
         assert!(s.update(false));
         assert_eq!(s.scale, 65536.0);
-        let mut off = LossScaler::for_precision(Precision::Bf16);
+        let mut off = LossScaler::for_precision(ComputePrecision::Bf16);
         assert_eq!(off.scale(), 1.0);
         assert!(off.update(false) && !off.update(true));
         assert_eq!(off.scale(), 1.0);

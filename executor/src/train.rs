@@ -15,14 +15,14 @@ use crate::elastic;
 use crate::fsdp::{Fsdp, FsdpError, FsdpOptions, UnitSpec};
 use crate::groups::RankGroups;
 use crate::launch::{self, LaunchError, LaunchOptions, RankEnv};
+use crate::lr_schedule::{LrSchedule, LrScheduleError};
 use crate::memstats::{self, MemDevice, MemError};
 use crate::metrics::{self, MetricsError, MetricsWriter, RunSummary, StepMetrics};
 use crate::model::{BnState, Mode, ModelArch, ModelError, SyncBn};
 use crate::op_count;
 use crate::optim::{Larc, OptimConfig, OptimError, Optimizer, StepStats};
-use crate::precision::{LossScaler, Precision};
+use crate::precision::{ComputePrecision, LossScaler};
 use crate::reduce::ReduceError;
-use crate::schedule::{LrSchedule, ScheduleError};
 use crate::step::{self, Checkpointing, LossInput, StepError};
 use crate::stream::{StreamStart, StreamState};
 use crate::swav::{self, SwavError, SwavLossConfig, SwavQueue};
@@ -57,7 +57,7 @@ pub enum TrainError {
     #[error(transparent)]
     Swav(#[from] SwavError),
     #[error(transparent)]
-    Schedule(#[from] ScheduleError),
+    LrSchedule(#[from] LrScheduleError),
     #[error(transparent)]
     Data(#[from] DataError),
     #[error(transparent)]
@@ -86,7 +86,7 @@ pub struct TrainConfig {
     /// Channels padded to tensor-core multiples where the blocks run
     /// (`executor::padding`); parameters and checkpoints are unchanged.
     pub channel_padding: ChannelPadding,
-    pub precision: Precision,
+    pub precision: ComputePrecision,
     /// Reduce-scatter gradients in fp32 instead of the compute dtype.
     pub fp32_reduce: bool,
     pub images_per_rank: usize,
@@ -139,11 +139,11 @@ pub struct TrainConfig {
     pub record_events: bool,
 }
 
-fn dtype_precision(d: DType) -> Precision {
+fn dtype_precision(d: DType) -> ComputePrecision {
     match d {
-        DType::Fp32 => Precision::Fp32,
-        DType::Bf16 => Precision::Bf16,
-        DType::Fp16 => Precision::Fp16,
+        DType::Fp32 => ComputePrecision::Fp32,
+        DType::Bf16 => ComputePrecision::Bf16,
+        DType::Fp16 => ComputePrecision::Fp16,
     }
 }
 
@@ -355,7 +355,7 @@ impl TrainConfig {
     }
 
     /// The lr schedule of this run for `world` ranks.
-    pub fn schedule(&self, world: usize) -> LrSchedule {
+    pub fn lr_schedule(&self, world: usize) -> LrSchedule {
         LrSchedule {
             base_lr_per_256: self.lr_per_256,
             global_batch: self.images_per_rank * world,
@@ -541,7 +541,7 @@ impl<'pg> Trainer<'pg> {
         let blocks = arch.block_names();
         let opts = FsdpOptions {
             reshard_after_forward: cfg.reshard_after_forward,
-            precision: cfg.precision.policy(cfg.fp32_reduce || cfg.precision == Precision::Fp32),
+            precision: cfg.precision.policy(cfg.fp32_reduce || cfg.precision == ComputePrecision::Fp32),
             device: cfg.device,
         };
         let seed = cfg.seed;
@@ -550,7 +550,7 @@ impl<'pg> Trainer<'pg> {
         let reduction = groups.sharding().reduction(pg.world_size());
         let layout = fsdp.layout().with_crop_groups(cfg.augment.crops.len(), arch.trunk_len());
         let step_events = StepSchedule::compile(&layout, ckpt.segments(), cfg.reshard_after_forward, reduction, cfg.backward_order);
-        let schedule = cfg.schedule(pg.world_size());
+        let schedule = cfg.lr_schedule(pg.world_size());
         schedule.validate()?;
         if !cfg.images_per_rank.is_multiple_of(cfg.bn_groups.max(1)) {
             return Err(TrainError::Config(format!("bn_groups {} does not divide {} images per rank", cfg.bn_groups, cfg.images_per_rank)));

@@ -9,9 +9,9 @@ use cost_models::hardware::load_hardware;
 use cost_models::DType;
 use executor::launch::{self, LaunchOptions};
 use executor::train::{self, TrainArgs};
-use planner::plan::{ModelFingerprint, Plan, Precision, Predicted, PLAN_SCHEMA_VERSION};
-use planner::recipe::{Recipe, Wrapping};
 use planner::wrapping::{unit_plans, units_for};
+use runspec::plan::{ModelFingerprint, Plan, Precision, Predicted, PLAN_SCHEMA_VERSION};
+use runspec::recipe::{Recipe, Wrapping};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

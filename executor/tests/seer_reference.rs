@@ -21,10 +21,10 @@ use executor::augment::{AugmentConfig, CropSpec};
 use executor::data::DataPosition;
 use executor::fsdp::UnitSpec;
 use executor::groups::RankGroups;
+use executor::lr_schedule::LrSchedule;
 use executor::model::ModelArch;
 use executor::optim::{Larc, OptimConfig};
-use executor::precision::Precision;
-use executor::schedule::LrSchedule;
+use executor::precision::ComputePrecision;
 use executor::swav::SwavLossConfig;
 use executor::train::{self, TrainConfig, Trainer};
 use runspec::schedule::BackwardOrder;
@@ -71,7 +71,7 @@ fn config(world: usize, sharding: Sharding, sync_group: Option<usize>, out: &Pat
         reshard_after_forward: true,
         backward_order: BackwardOrder::Together,
         channel_padding: ChannelPadding::Off,
-        precision: Precision::Fp32,
+        precision: ComputePrecision::Fp32,
         fp32_reduce: true,
         images_per_rank: GLOBAL_BATCH / world,
         augment: AugmentConfig::with_crops(vec![
@@ -155,7 +155,7 @@ fn worker_seer_step() {
             "queue_start_iter": cfg.swav.queue_start_iter,
             "freeze_prototypes_iters": cfg.freeze_prototypes_iters,
             "momentum": 0.9, "weight_decay": 1e-4, "larc_trust": 0.001, "larc_eps": Larc::default().eps,
-            "schedule": schedule_case(&cfg.schedule(world), 1, world),
+            "schedule": schedule_case(&cfg.lr_schedule(world), 1, world),
             "steps": steps,
         });
         std::fs::write(dir.join("run.json"), serde_json::to_string_pretty(&run).unwrap()).unwrap();

@@ -13,7 +13,7 @@ use executor::groups::RankGroups;
 use executor::launch::{self, LaunchError, LaunchOptions, RankEnv};
 use executor::model::ModelArch;
 use executor::optim::{Larc, OptimConfig};
-use executor::precision::Precision;
+use executor::precision::ComputePrecision;
 use executor::reference::ReferenceTrainer;
 use executor::swav::SwavLossConfig;
 use executor::train::{self, TrainConfig, Trainer};
@@ -61,7 +61,7 @@ fn config(world: usize, out: &Path, ckpt: bool, reshard: bool) -> TrainConfig {
         reshard_after_forward: reshard,
         backward_order: BackwardOrder::Together,
         channel_padding: ChannelPadding::Off,
-        precision: Precision::Fp32,
+        precision: ComputePrecision::Fp32,
         fp32_reduce: true,
         images_per_rank,
         augment: AugmentConfig::with_crops(vec![
@@ -186,7 +186,7 @@ fn worker_equivalence() {
     if world == 1 {
         // The same 3 steps with plain autograd over the unsharded model.
         let mut r = ReferenceTrainer::new(&cfg.model, cfg.seed, cfg.optim.clone(), cfg.swav.clone(), cfg.bn_groups, Device::Cpu).unwrap();
-        let sched = cfg.schedule(1);
+        let sched = cfg.lr_schedule(1);
         let mut losses = Vec::new();
         let per_epoch = (executor::data::ImageFolder::open(&cfg.data_dir).unwrap().len() / GLOBAL_BATCH) as u64;
         for step in 0..3u64 {
@@ -224,7 +224,7 @@ fn worker_padding() {
     let mut cfg = config(world, &dir.join("run"), true, true);
     cfg.model = unaligned_model();
     cfg.channel_padding = padding;
-    cfg.precision = if bf16 { Precision::Bf16 } else { Precision::Fp32 };
+    cfg.precision = if bf16 { ComputePrecision::Bf16 } else { ComputePrecision::Fp32 };
     cfg.stop_after = Some(3);
     let groups = groups(&cfg);
     let mut t = Trainer::new(&groups, &cfg).unwrap();
@@ -843,7 +843,7 @@ fn worker_precision() {
     let (rank, world, _, dir) = worker_env();
     let pg = groups(&config(world, &dir, true, true));
     let mut firsts = Vec::new();
-    for (name, p, fp32_reduce) in [("fp32", Precision::Fp32, true), ("bf16", Precision::Bf16, false), ("fp16", Precision::Fp16, false)] {
+    for (name, p, fp32_reduce) in [("fp32", ComputePrecision::Fp32, true), ("bf16", ComputePrecision::Bf16, false), ("fp16", ComputePrecision::Fp16, false)] {
         let mut cfg = config(world, &dir.join(name), true, true);
         // 24 px small crops: at 16 px the last stage's stride-2 grouped conv
         // sees a 1x1 input, where libtorch's CPU bf16/fp16 weight-gradient
@@ -853,12 +853,12 @@ fn worker_precision() {
         cfg.fp32_reduce = fp32_reduce;
         // fp16 starts at torch's 2^16 loss scale and, like GradScaler,
         // skips steps that overflow until the scale fits.
-        cfg.stop_after = Some(if p == Precision::Fp16 { 10 } else { 4 });
+        cfg.stop_after = Some(if p == ComputePrecision::Fp16 { 10 } else { 4 });
         let mut t = Trainer::new(&pg, &cfg).unwrap();
         let r = t.fit().unwrap();
         let l: Vec<f64> = r.metrics.iter().map(|m| m.loss).collect();
         assert!(l.iter().all(|x| x.is_finite()), "{name}: {l:?}");
-        if p == Precision::Fp16 {
+        if p == ComputePrecision::Fp16 {
             // Dynamic loss scaling: started at 2^16, stepped at least once.
             assert!(r.metrics.iter().any(|m| !m.skipped), "{name}: every step skipped");
             for w in r.metrics.windows(2) {

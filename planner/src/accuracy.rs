@@ -24,7 +24,6 @@
 
 use crate::build::build_plan;
 use crate::build::reference_decisions;
-use crate::recipe::Recipe;
 use crate::search::{BatchPolicy, GpuCount, SearchSpace, Searcher, ShardingSpace, DEFAULT_BUCKET_MIB};
 use crate::step_costs::estimated_block;
 use cost_models::compute::ComputeModel;
@@ -33,6 +32,7 @@ use cost_models::graph::{crops_label, CropGroup, Layer, LayerKind, ModelGraph, W
 use cost_models::hardware::{builtin_hardware, HardwareProfile, HardwareSpec};
 use cost_models::kernels::{KernelModel, KernelSpec};
 use cost_models::{Bytes, DType, Flops};
+use runspec::recipe::Recipe;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 

@@ -2,13 +2,13 @@
 //! units with their members, checkpointed segments as block names, and the
 //! predictions (memory report of the chosen placement, simulated step).
 
-use crate::checkpoint::vissl_stage_checkpoints;
 use crate::memory::{Decisions, MemoryReport};
-use crate::plan::{ModelFingerprint, Plan, Precision, Predicted, PLAN_SCHEMA_VERSION};
+use crate::recompute::vissl_stage_segments;
 use crate::search::{Evaluated, SearchError, Searcher};
 use crate::wrapping::{unit_plans, units_for};
 use cost_models::graph::{ModelGraph, Workload};
 use cost_models::padding::ChannelPadding;
+use runspec::plan::{ModelFingerprint, Plan, Precision, Predicted, PLAN_SCHEMA_VERSION};
 use runspec::sharding::Sharding;
 
 /// The plan for `e`, with the full memory report it predicts.
@@ -21,10 +21,10 @@ pub fn build_plan(s: &mut Searcher, e: &Evaluated) -> Result<(Plan, MemoryReport
         d.channel_padding,
     );
     let units = units_for(&graph, d.wrapping);
-    let report = s.memory(e.hardware, &e.rank_hardware, d).report(&d.checkpoint);
+    let report = s.memory(e.hardware, &e.rank_hardware, d).report(&d.recompute_segments);
     let measured_bwd = s.measured_backward(e.hardware, d).to_vec();
     let names: Vec<String> = graph.blocks.iter().map(|b| b.name.clone()).collect();
-    let segments: Vec<Vec<String>> = d.checkpoint.iter().map(|r| names[r.start.min(names.len())..r.end.min(names.len())].to_vec()).collect();
+    let segments: Vec<Vec<String>> = d.recompute_segments.iter().map(|r| names[r.start.min(names.len())..r.end.min(names.len())].to_vec()).collect();
     // The plan's recipe describes the cluster the plan is for.
     let mut recipe = recipe.clone();
     recipe.cluster.gpu = s.space.hardware[e.hardware].hardware.id.clone();
@@ -83,7 +83,7 @@ pub fn build_plan(s: &mut Searcher, e: &Evaluated) -> Result<(Plan, MemoryReport
 /// gradients in the compute dtype (`fp32_reduce_scatter: False`).
 pub fn reference_decisions(s: &mut Searcher, world: usize) -> Option<Decisions> {
     let rp = s.recipe.reference_plan.clone()?;
-    let checkpoint = vissl_stage_checkpoints(s.graph(rp.precision, ChannelPadding::Off, rp.batch_per_gpu), &rp.stage_checkpoints);
+    let checkpoint = vissl_stage_segments(s.graph(rp.precision, ChannelPadding::Off, rp.batch_per_gpu), &rp.stage_checkpoints);
     Some(Decisions {
         world_size: world,
         batch_per_rank: rp.batch_per_gpu,
@@ -91,7 +91,7 @@ pub fn reference_decisions(s: &mut Searcher, world: usize) -> Option<Decisions> 
         reshard_after_forward: rp.reshard_after_forward,
         sharding: rp.sharding.parse::<Sharding>().ok()?.resolved(world),
         wrapping: rp.wrapping,
-        checkpoint,
+        recompute_segments: checkpoint,
         backward_order: runspec::schedule::BackwardOrder::Together,
         channel_padding: ChannelPadding::Off,
     })

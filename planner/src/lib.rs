@@ -11,19 +11,16 @@
 // Input checks read `!(x > 0.0)` on purpose: NaN fails them too.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
-/// The plan file and the recipe are [`runspec`]'s: the executor reads them too.
-pub use runspec::{plan, recipe};
-
 pub mod accuracy;
 pub mod bands;
 pub mod build;
-pub mod checkpoint;
 pub mod cluster;
+pub mod dry_run;
 pub mod failures;
 pub mod loader;
 pub mod memory;
-pub mod memory_budget;
 pub mod pareto;
+pub mod recompute;
 pub mod search;
 pub mod simulator;
 pub mod step_costs;

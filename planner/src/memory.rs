@@ -32,15 +32,15 @@
 //! `peak` replays the schedule; the replay costs each group's share of a
 //! block ([`GroupMem`]).
 
-use crate::plan::Precision;
-use crate::recipe::{Recipe, Wrapping};
 use crate::wrapping::Unit;
 use cost_models::graph::{BlockKind, Layer, LayerKind, ModelGraph};
 use cost_models::hardware::{DeviceKind, HardwareSpec};
 use cost_models::padding::ChannelPadding;
 #[cfg(test)]
-use cost_models::units::MIB;
+use cost_models::quantity::MIB;
 use cost_models::{Bytes, DType};
+use runspec::plan::Precision;
+use runspec::recipe::{Recipe, Wrapping};
 use runspec::schedule::{BackwardOrder, Event, Keep, Layout, Schedule};
 use runspec::sharding::{Reduction, Sharding};
 use std::collections::BTreeMap;
@@ -57,7 +57,7 @@ pub struct Decisions {
     pub sharding: Sharding,
     pub wrapping: Wrapping,
     /// Checkpointed segments: block index ranges.
-    pub checkpoint: Vec<Range<usize>>,
+    pub recompute_segments: Vec<Range<usize>>,
     /// The crop groups' order in backward.
     pub backward_order: BackwardOrder,
     /// Channels padded to tensor-core multiples (the graph's widths).
@@ -1443,11 +1443,11 @@ mod tests {
     #![allow(clippy::single_range_in_vec_init)]
     use super::testgen::*;
     use super::*;
-    use crate::recipe::Recipe;
     use crate::wrapping::units_for;
     use cost_models::config::ModelConfig;
     use cost_models::graph::Workload;
     use cost_models::hardware::builtin_hardware;
+    use runspec::recipe::Recipe;
 
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
@@ -1506,7 +1506,7 @@ mod tests {
             reshard_after_forward: reshard,
             sharding: Sharding::fsdp(world),
             wrapping: w,
-            checkpoint: vec![],
+            recompute_segments: vec![],
             backward_order: BackwardOrder::Together,
             channel_padding: cost_models::padding::ChannelPadding::Off,
         }
@@ -1694,7 +1694,7 @@ mod tests {
         let units = units_for(&g, Wrapping::PerStage);
         let d = decisions(2, true, DType::Fp32, Wrapping::PerStage);
         let sgd = MemoryModel::new(&g, &units, &r, &d, &hw).report(&[]);
-        r.optim.kind = crate::recipe::OptimKind::Adam;
+        r.optim.kind = runspec::recipe::OptimKind::Adam;
         let adam = MemoryModel::new(&g, &units, &r, &d, &hw).report(&[]);
         assert_eq!(adam.breakdown["optimizer"].0, 2 * sgd.breakdown["optimizer"].0);
         assert_eq!(sgd.breakdown["optimizer"], sgd.breakdown["grads_shard"]);

@@ -30,12 +30,10 @@
 //! `max_global` (default 16,384, about twice SEER's 7,936: SwAV with LARC is
 //! published up to that range).
 
-use crate::checkpoint::{optimal_checkpoints, Placement};
 use crate::cluster::{rank_hardware, world_sizes, LinkCache, RankLinks};
 use crate::failures::{checkpoint_bytes_per_rank, failure_costs, FailureCosts, Reliability};
 use crate::memory::{Decisions, MemProfile, MemoryModel};
-use crate::plan::Precision;
-use crate::recipe::{Recipe, Wrapping};
+use crate::recompute::{optimal_recompute, Placement};
 use crate::simulator::{Simulator, StepResult};
 use crate::step_costs::{step_profile, GraphCosts, WorldCosts};
 use crate::wrapping::{units_for, Unit};
@@ -47,6 +45,8 @@ use cost_models::hardware::{HardwareProfile, HardwareSpec, MathUnit};
 use cost_models::padding::ChannelPadding;
 use cost_models::topology::TopologyError;
 use cost_models::{Bytes, DType};
+use runspec::plan::Precision;
+use runspec::recipe::{Recipe, Wrapping};
 use runspec::schedule::BackwardOrder;
 use runspec::sharding::{Sharding, Strategy};
 use std::collections::HashMap;
@@ -573,7 +573,7 @@ impl<'r> Searcher<'r> {
         let units = &self.units[&d.wrapping];
         let w = self.world_costs(h, &links, d.world_size, d.sharding);
         let p = &d.precision;
-        Ok(step_profile(gc, units, &d.checkpoint, self.recipe, p.compute, p.reduce, d.reshard_after_forward, d.backward_order, &compute, &w))
+        Ok(step_profile(gc, units, &d.recompute_segments, self.recipe, p.compute, p.reduce, d.reshard_after_forward, d.backward_order, &compute, &w))
     }
 
     /// Simulates one set of decisions (checkpoint segments given).
@@ -640,7 +640,7 @@ impl<'r> Searcher<'r> {
             return Err(SearchError::Request(format!("{} does not support {}", rank_hw.name, d.precision.compute)));
         }
         let mm = self.memory(h, &rank_hw, d);
-        let peak = mm.peak(&d.checkpoint);
+        let peak = mm.peak(&d.recompute_segments);
         let (step, flops) = self.simulate(h, &rank_hw, d)?;
         let ckpt = self.checkpoint_per_rank(d);
         let throughput = Throughput::new(self.recipe, &rank_hw, d, &step, flops, ckpt, &self.space.reliability);
@@ -738,7 +738,7 @@ impl<'r> Searcher<'r> {
                 reshard_after_forward: c.reshard,
                 sharding: c.sharding.resolved(world),
                 wrapping: c.wrapping,
-                checkpoint: Vec::new(),
+                recompute_segments: Vec::new(),
                 backward_order: BackwardOrder::Together,
                 channel_padding: c.padding,
             };
@@ -757,7 +757,7 @@ impl<'r> Searcher<'r> {
                     if peak0 <= budget {
                         Some(Placement { segments: Vec::new(), recompute: cost_models::Seconds(0.0), peak: peak0 })
                     } else {
-                        optimal_checkpoints(&mm, budget, recompute)
+                        optimal_recompute(&mm, budget, recompute)
                     }
                 }
             };
@@ -799,11 +799,11 @@ impl<'r> Searcher<'r> {
             let links = self.links.groups(&rank_hw, world, c.sharding, self.recipe.sync_bn_group_for(world).ok().flatten())?.clone();
             let unaligned_share = self.unaligned_share(h, c.dtype, c.padding, c.batch);
             for (order, placement) in candidates {
-                let d = Decisions { checkpoint: placement.segments, backward_order: order, ..d.clone() };
+                let d = Decisions { recompute_segments: placement.segments, backward_order: order, ..d.clone() };
                 let gc = &self.costs[&(h, share, c.dtype, c.padding, c.batch)];
                 let units = &self.units[&c.wrapping];
                 let w = self.world_costs(h, &links, world, c.sharding);
-                let profile = step_profile(gc, units, &d.checkpoint, self.recipe, c.dtype, c.dtype, c.reshard, order, &compute, &w);
+                let profile = step_profile(gc, units, &d.recompute_segments, self.recipe, c.dtype, c.dtype, c.reshard, order, &compute, &w);
                 let step = self.sim.run(&profile);
                 let per_image = step.step_time.0 / c.batch as f64;
                 if per_image < best_per_image {
@@ -915,7 +915,7 @@ fn by_crop_group_placement(
         None => [3.0, 2.0, 1.5, 1.25, 1.1].iter().map(|f| (budget.0 as f64 * f) as u64).collect(),
     };
     for b in budgets {
-        let Some(p) = optimal_checkpoints(together, Bytes(b), recompute) else { continue };
+        let Some(p) = optimal_recompute(together, Bytes(b), recompute) else { continue };
         if at_budget.is_some_and(|b| cost(&p.segments) >= b.recompute.0) {
             break;
         }

@@ -117,7 +117,7 @@ pub struct StepProfile {
     /// In forward order (nested units after their parent).
     pub units: Vec<UnitCost>,
     /// Checkpointed segments over block indices, in order and disjoint.
-    pub checkpoint: Vec<Range<usize>>,
+    pub recompute_segments: Vec<Range<usize>>,
     pub loss: LossCost,
     pub optimizer: OptimizerCost,
     pub reshard_after_forward: bool,
@@ -155,7 +155,7 @@ impl StepProfile {
     /// backward all-reduces, and the forward's again where recomputed.
     pub fn sync_bn_time(&self) -> Seconds {
         let once: f64 = self.sync_bn.iter().map(|(f, b)| f.0 + b.0).sum();
-        let again: f64 = self.checkpoint.iter().flat_map(|s| s.clone()).filter_map(|i| self.sync_bn.get(i)).map(|(f, _)| f.0).sum();
+        let again: f64 = self.recompute_segments.iter().flat_map(|s| s.clone()).filter_map(|i| self.sync_bn.get(i)).map(|(f, _)| f.0).sum();
         Seconds(once + again)
     }
 }
@@ -317,7 +317,7 @@ impl Simulator {
         let nb = p.blocks.len();
         let blocks_of_units: Vec<Vec<usize>> = p.units.iter().map(|u| (u.blocks.start.min(nb)..u.blocks.end.min(nb)).collect()).collect();
         let layout = Layout::new(nb, &blocks_of_units).with_crop_groups(p.crop_shares.len(), p.trunk);
-        let schedule = Schedule::compile(&layout, &p.checkpoint, p.reshard_after_forward, p.reduction, p.backward_order);
+        let schedule = Schedule::compile(&layout, &p.recompute_segments, p.reshard_after_forward, p.reduction, p.backward_order);
         let share = |group: Option<usize>| group.and_then(|g| p.crop_shares.get(g)).copied().unwrap_or(1.0);
 
         // The gather that currently holds each unit's parameters (None: sharded).
@@ -530,7 +530,7 @@ mod tests {
         StepProfile {
             blocks: blocks_v,
             units,
-            checkpoint: vec![],
+            recompute_segments: vec![],
             loss: LossCost {
                 assign_crops: 2,
                 sinkhorn_init: Seconds(0.01),
@@ -554,7 +554,7 @@ mod tests {
 
     fn compute_sum(p: &StepProfile) -> f64 {
         let b: f64 = p.blocks.iter().map(|c| c.forward.0 + c.backward.0).sum();
-        let rc: f64 = p.checkpoint.iter().map(|s| p.blocks[s.clone()].iter().map(|c| c.forward.0).sum::<f64>()).sum();
+        let rc: f64 = p.recompute_segments.iter().map(|s| p.blocks[s.clone()].iter().map(|c| c.forward.0).sum::<f64>()).sum();
         let l = &p.loss;
         let loss = l.assign_crops as f64 * (l.sinkhorn_init.0 + l.sinkhorn_iterations as f64 * l.sinkhorn_iteration.0) + l.swapped_loss.0;
         b + rc + loss + p.optimizer.norms.0 + p.optimizer.step.0
@@ -563,7 +563,7 @@ mod tests {
     #[test]
     fn zero_cost_comm_gives_the_sum_of_compute() {
         let mut p = profile(12, 3, 0.1, 0.0);
-        p.checkpoint = vec![2..5, 7..10];
+        p.recompute_segments = vec![2..5, 7..10];
         let r = simulate(&p);
         let want = compute_sum(&p);
         assert!((r.step_time.0 - want).abs() < 1e-12, "{} vs {want}", r.step_time.0);
@@ -583,7 +583,7 @@ mod tests {
         // One checkpointed segment (a list of ranges), not blocks 1 and 2.
         #[allow(clippy::single_range_in_vec_init)]
         let segments = vec![1..3];
-        p.checkpoint = segments;
+        p.recompute_segments = segments;
         let r = simulate(&p);
         // compute_sum counts every forward at 0.1: blocks 1 and 2 save 0.06 each.
         let want = compute_sum(&p) - 2.0 * 0.06;

@@ -8,7 +8,6 @@
 //! on the shard size (world size).
 
 use crate::cluster::RankLinks;
-use crate::recipe::Recipe;
 use crate::simulator::{BlockCost, LossCost, OptimizerCost, StepProfile, UnitCost};
 use crate::wrapping::{shards_per_rank, Unit};
 use cost_models::collectives::{Collective, CollectiveModel};
@@ -17,6 +16,7 @@ use cost_models::graph::{Block, BlockKind, LayerKind, ModelGraph};
 use cost_models::hardware::HostCosts;
 use cost_models::topology::GroupLinks;
 use cost_models::{Bytes, DType, Flops, Seconds};
+use runspec::recipe::Recipe;
 use runspec::schedule::BackwardOrder;
 use runspec::sharding::Sharding;
 use std::ops::Range;
@@ -416,7 +416,7 @@ pub fn step_profile(
     StepProfile {
         blocks,
         units,
-        checkpoint: checkpoint.to_vec(),
+        recompute_segments: checkpoint.to_vec(),
         loss,
         optimizer,
         reshard_after_forward,
@@ -520,8 +520,8 @@ pub const NORMS_BYTES_PER_PARAM: f64 = 2.0 * (4.0 + 4.0 + 4.0);
 /// the shard and multiplies by it (4 + 12), updates the momentum `b·m` in
 /// place then `+ d` (8 + 12) and the weight `w - b·lr` (20); Adam adds its
 /// moment updates, bias corrections and the division.
-pub fn optimizer_bytes_per_param(kind: crate::recipe::OptimKind, decay: bool, larc: bool) -> f64 {
-    use crate::recipe::OptimKind;
+pub fn optimizer_bytes_per_param(kind: runspec::recipe::OptimKind, decay: bool, larc: bool) -> f64 {
+    use runspec::recipe::OptimKind;
     let decayed = if decay { 20.0 } else { 0.0 };
     match kind {
         OptimKind::Sgd => decayed + if larc { 16.0 } else { 0.0 } + 8.0 + 12.0 + 20.0,
@@ -541,7 +541,7 @@ pub fn optimizer_bytes_per_param(kind: crate::recipe::OptimKind, decay: bool, la
 /// device. Under fp16 the gradients are first unscaled: one more pass over
 /// every shard (read and write).
 pub fn optimizer_cost(g: &GraphCosts, recipe: &Recipe, compute_dtype: DType, compute: &ComputeModel, w: &WorldCosts, shards: usize) -> OptimizerCost {
-    use crate::recipe::OptimKind;
+    use runspec::recipe::OptimKind;
     let shard = g.params as f64 / w.shard_group() as f64;
     let bw = compute.memory_bandwidth().0;
     let pass = |bytes: f64, kernels: usize| Seconds(bytes / bw) + compute.kernel_overhead() * kernels as f64;
@@ -758,7 +758,7 @@ mod tests {
     fn optimizer_pays_measured_cost_per_shard() {
         use cost_models::topology::Topology;
         let recipe = Recipe::load("tiny-cpu").unwrap();
-        assert_eq!(recipe.optim.kind, crate::recipe::OptimKind::Sgd);
+        assert_eq!(recipe.optim.kind, runspec::recipe::OptimKind::Sgd);
         let m = ModelConfig::load("regnety-tiny").unwrap();
         let g = ModelGraph::build(&m, &Workload { images: 8, crops: recipe.crop_groups(), dtype: DType::Fp32 });
         let us = Seconds(1e-6);
@@ -785,7 +785,7 @@ mod tests {
             let step_bytes = shard * optimizer_bytes_per_param(recipe.optim.kind, recipe.optim.weight_decay != 0.0, true);
             (shards, (o.norms.0 - NORMS_BYTES_PER_PARAM * shard / bw) * 1e6, (o.step.0 - step_bytes / bw) * 1e6)
         };
-        let per_block = crate::recipe::Wrapping::PerBlock;
+        let per_block = runspec::recipe::Wrapping::PerBlock;
         let (s1, norms1, step1) = cost(measured, 1, per_block);
         assert!(s1 > 1 && s1 < gc.param_tensors, "{s1} shards, {} tensors", gc.param_tensors);
         assert!((norms1 - (host_ops::NORMS_FIXED + 3.0 * s1 as f64)).abs() < 1e-6, "{norms1}");
@@ -795,7 +795,7 @@ mod tests {
         assert_eq!(s2, s1);
         assert!((step2 - step1).abs() < 1e-6, "{step2} vs {step1}");
         // Fewer units: fewer shards.
-        let (s_whole, _, step_whole) = cost(measured, 2, crate::recipe::Wrapping::Whole);
+        let (s_whole, _, step_whole) = cost(measured, 2, runspec::recipe::Wrapping::Whole);
         assert!(s_whole < s1 && step_whole < step1, "{s_whole} shards: {step_whole} µs");
         // An older profile without them: the executor's op count.
         let (_, norms_old, step_old) = cost(HostCosts::new(us, us, us, us), 1, per_block);
@@ -822,7 +822,7 @@ mod tests {
         let r48 = recipe.with_largest_crop(48).unwrap();
         let g48 = ModelGraph::build(&m, &Workload { crops: r48.crop_groups(), ..g.workload.clone() });
         assert_eq!(GraphCosts::new(&g48, &c, &recipe).unwrap().loader, Seconds(0.0));
-        let units = crate::wrapping::units_for(&g, crate::recipe::Wrapping::PerBlock);
+        let units = crate::wrapping::units_for(&g, runspec::recipe::Wrapping::PerBlock);
         let topo = Topology::build(&builtin_hardware("a100-40gb").unwrap(), 1).unwrap();
         let links = fsdp_links(&topo, 2);
         let coll = CollectiveModel::default();

@@ -2,8 +2,8 @@
 //! size), as table rows, plus the Pareto frontier over them.
 
 use crate::pareto::{frontier, ParetoPoint};
-use crate::recipe::Recipe;
 use crate::search::{wrapping_name, PointOutcome, SearchError, SearchSpace, Searcher};
+use runspec::recipe::Recipe;
 use serde::Serialize;
 
 /// One row: the best plan at one cluster size, or why none fits.
@@ -157,7 +157,7 @@ pub fn rows_of(s: &Searcher, recipe: &Recipe, outcomes: &[PointOutcome]) -> Swee
                 row.batch_per_gpu = Some(d.batch_per_rank);
                 row.global_batch = Some(e.throughput.global_batch);
                 row.reshard_after_forward = Some(d.reshard_after_forward);
-                row.checkpoint = Some(d.checkpoint.iter().map(|r| segment_label(&block_names, r)).collect());
+                row.checkpoint = Some(d.recompute_segments.iter().map(|r| segment_label(&block_names, r)).collect());
                 row.peak_gib = Some(e.peak.as_gib());
                 row.usable_gib = e.usable.as_gib();
                 row.step_s = Some(e.step.step_time.0);

@@ -4,7 +4,7 @@
 
 use crate::memory::{Category, MemoryReport};
 use crate::svg::xml_escape;
-use cost_models::units::GIB;
+use cost_models::quantity::GIB;
 use std::fmt::Write as _;
 
 const W: f64 = 1100.0;

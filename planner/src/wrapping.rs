@@ -8,9 +8,9 @@
 //! members; the ownership rule then decides sizes and block spans, so a
 //! policy's units and a plan file's units are measured the same way.
 
-use crate::plan::UnitPlan;
-use crate::recipe::Wrapping;
 use cost_models::graph::{BlockKind, LayerKind, ModelGraph};
+use runspec::plan::UnitPlan;
+use runspec::recipe::Wrapping;
 
 /// VISSL/FairScale auto-wrap threshold: a conv this large is its own unit.
 pub const VISSL_CONV_UNIT_PARAMS: u64 = 100_000_000;
@@ -213,10 +213,10 @@ fn resolve(graph: &ModelGraph, specs: Vec<(String, Vec<String>)>) -> Result<Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::member_prefixes;
     use cost_models::config::ModelConfig;
     use cost_models::graph::{CropGroup, Workload};
     use cost_models::DType;
+    use runspec::plan::member_prefixes;
 
     fn graph(model: &str) -> ModelGraph {
         let m = ModelConfig::load(model).unwrap();

@@ -3,9 +3,9 @@
 
 use cost_models::hardware::load_profile;
 use planner::build::{build_plan, reference_decisions};
-use planner::plan::Plan;
-use planner::recipe::Recipe;
 use planner::search::{choose, BatchPolicy, Constraints, GpuCount, Objective, SearchError, SearchSpace, Searcher, DEFAULT_BATCHES};
+use runspec::plan::Plan;
+use runspec::recipe::Recipe;
 
 fn space(gpu: &str, gpus: GpuCount, batch: BatchPolicy) -> SearchSpace {
     SearchSpace::full(vec![load_profile(gpu).unwrap()], gpus, batch)
@@ -17,7 +17,7 @@ fn seer_10b_reference_fits_and_planner_is_at_least_as_fast() {
     let mut s = Searcher::new(&recipe, space("a100-40gb", GpuCount::Fixed(496), BatchPolicy::PerGpu(16))).unwrap();
     let d = reference_decisions(&mut s, 496).expect("seer-10b has a reference plan");
     // VISSL stage_checkpoints [[2], [7], [9, 17], []]: four segments, s4 not checkpointed.
-    assert_eq!(d.checkpoint.len(), 4);
+    assert_eq!(d.recompute_segments.len(), 4);
     let reference = s.evaluate(0, &d).unwrap();
     assert!(reference.fits(), "reference peak {} > usable {}", reference.peak, reference.usable);
     assert!(reference.step.recompute_time.0 > 0.0);
@@ -148,8 +148,8 @@ fn one_rank_has_no_communication() {
 fn the_search_runs_crop_groups_one_after_the_other_where_only_that_fits() {
     use cost_models::DType;
     use planner::memory::Decisions;
-    use planner::plan::Precision;
-    use planner::recipe::Wrapping;
+    use runspec::plan::Precision;
+    use runspec::recipe::Wrapping;
     use runspec::schedule::BackwardOrder;
     use runspec::sharding::Sharding;
     let recipe = Recipe::load("cpu-400mf").unwrap();
@@ -172,7 +172,7 @@ fn the_search_runs_crop_groups_one_after_the_other_where_only_that_fits() {
         reshard_after_forward: true,
         sharding: Sharding::fsdp(2),
         wrapping: Wrapping::PerBlock,
-        checkpoint: singles.clone(),
+        recompute_segments: singles.clone(),
         backward_order: order,
         channel_padding: cost_models::padding::ChannelPadding::Off,
     };

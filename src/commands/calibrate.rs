@@ -22,7 +22,7 @@ use executor::calibrate::{
 };
 use executor::dist::{Backend, GroupConfig, ProcessGroup};
 use executor::launch::{launch_local, LaunchOptions, RankEnv};
-use planner::recipe::Recipe;
+use runspec::recipe::Recipe;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

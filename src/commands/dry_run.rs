@@ -3,9 +3,9 @@
 
 use anyhow::{bail, Context};
 use clap::Args;
-use planner::memory_budget::dry_run;
-use planner::plan::Plan;
+use planner::dry_run::dry_run;
 use planner::timeline_svg::timeline_svg;
+use runspec::plan::Plan;
 use std::io::Write;
 use std::path::PathBuf;
 

@@ -8,13 +8,13 @@ use cost_models::padding::ChannelPadding;
 use cost_models::DType;
 use planner::build::{build_plan, reference_decisions};
 use planner::memory::MemoryReport;
-use planner::plan::Plan;
-use planner::recipe::Recipe;
-use planner::recipe::Wrapping;
 use planner::search::{
     choose, wrapping_name, BatchPolicy, Constraints, Evaluated, GpuCount, Objective, PointOutcome, SearchError, SearchSpace, Searcher, ShardingSpace,
     ALL_PRECISIONS, ALL_WRAPPINGS, DEFAULT_BATCHES, DEFAULT_BUCKET_MIB, DEFAULT_MAX_GLOBAL_BATCH,
 };
+use runspec::plan::Plan;
+use runspec::recipe::Recipe;
+use runspec::recipe::Wrapping;
 use runspec::schedule::BackwardOrder;
 use runspec::sharding::Sharding;
 use std::io::IsTerminal;
@@ -485,10 +485,10 @@ fn why_faster(w: &Evaluated, o: &Evaluated) -> String {
     format!(
         "{ws} is {gain:.0} % faster per image than {os}: mostly {what}, {a:.1} vs {b:.1} ms per image per GPU ({ws}: {} img/GPU, {} checkpointed segments, peak {}; {os}: {} img/GPU, {} segments, peak {})",
         w.decisions.batch_per_rank,
-        w.decisions.checkpoint.len(),
+        w.decisions.recompute_segments.len(),
         w.peak,
         o.decisions.batch_per_rank,
-        o.decisions.checkpoint.len(),
+        o.decisions.recompute_segments.len(),
         o.peak
     )
 }
@@ -551,7 +551,7 @@ fn emit(a: &PlanArgs, plan: &Plan, report: &MemoryReport, cols: &[(String, &Eval
     row("precision (reduce)", &|c| format!("{} ({})", c.decisions.precision.compute, c.decisions.precision.reduce));
     row("batch/GPU (global)", &|c| format!("{} ({})", c.decisions.batch_per_rank, c.throughput.global_batch));
     row("reshard after forward", &|c| if c.decisions.reshard_after_forward { "yes".into() } else { "no".into() });
-    row("checkpointed segments", &|c| format!("{}", c.decisions.checkpoint.len()));
+    row("checkpointed segments", &|c| format!("{}", c.decisions.recompute_segments.len()));
     row("crop groups in backward", &|c| match c.decisions.backward_order {
         BackwardOrder::Together => "together".into(),
         BackwardOrder::ByCropGroup => "one after another".into(),
@@ -641,10 +641,10 @@ fn emit(a: &PlanArgs, plan: &Plan, report: &MemoryReport, cols: &[(String, &Eval
     }
     println!();
     println!("units ({}): {}", plan.units.len(), plan.units.iter().map(|u| u.name.as_str()).collect::<Vec<_>>().join(", "));
-    if e.decisions.checkpoint.is_empty() {
+    if e.decisions.recompute_segments.is_empty() {
         println!("checkpointing: none");
     } else {
-        let segs: Vec<String> = e.decisions.checkpoint.iter().map(|r| planner::sweep::segment_label(names, r)).collect();
+        let segs: Vec<String> = e.decisions.recompute_segments.iter().map(|r| planner::sweep::segment_label(names, r)).collect();
         println!("checkpointing: {}", segs.join(", "));
     }
     println!("peak {} at `{}`; breakdown:", report.peak, report.timeline.get(report.peak_event).map_or("?", |ev| ev.label.as_str()));

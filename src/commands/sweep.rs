@@ -7,9 +7,9 @@ use crate::commands::plan::{run_search, SearchArgs};
 use anyhow::{Context, Result};
 use clap::Args;
 use planner::pareto::svg;
-use planner::recipe::Recipe;
 use planner::search::Searcher;
 use planner::sweep::{rows_of, Sweep};
+use runspec::recipe::Recipe;
 use std::path::PathBuf;
 
 #[derive(Args, Debug, Clone)]

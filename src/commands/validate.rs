@@ -8,13 +8,13 @@ use clap::Args;
 use cost_models::hardware::{load_profile, DeviceKind, HardwareProfile};
 use cost_models::Seconds;
 use executor::speed_probe;
-use planner::recipe::Recipe;
 use planner::simulator::PhaseTimes;
 use planner::validation::{
     combine_runs, default_variants, measured_blocks, median_phases, parse_phase_times, parse_variants, plan_variant, variant_phases, Measured, Row,
     ValidationReport, Variant,
 };
 use runspec::metrics::{metrics_path, read_metrics, summarize, StepMetrics};
+use runspec::recipe::Recipe;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! The host CPUs beside the accelerators: what decodes and multi-crops the
 //! images that feed them.
 
-use crate::units::Seconds;
+use crate::quantity::Seconds;
 use serde::{Deserialize, Serialize};
 
 /// One node's CPUs, per accelerator, and one core's data-loader speed.

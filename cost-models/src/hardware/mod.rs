@@ -9,7 +9,7 @@
 //! fits that build a profile from them).
 
 use crate::config::{field_prefix, line_suffix, looks_like_path, parse_json, parse_toml, read_file, ConfigError};
-use crate::units::{Bandwidth, Bytes, DType, FlopRate, Seconds, MIB};
+use crate::quantity::{Bandwidth, Bytes, DType, FlopRate, Seconds, MIB};
 use serde::{Deserialize, Serialize};
 
 pub mod calibration;
@@ -472,23 +472,23 @@ pub(crate) mod human {
         }
     }
 
-    scaled!(tflops, opt_tflops, crate::units::FlopRate, 1e12);
-    scaled!(gb_s, opt_gb_s, crate::units::Bandwidth, 1e9);
-    scaled!(gbit_s, opt_gbit_s, crate::units::Bandwidth, 1e9 / 8.0);
-    scaled!(us, opt_us, crate::units::Seconds, 1e-6);
+    scaled!(tflops, opt_tflops, crate::quantity::FlopRate, 1e12);
+    scaled!(gb_s, opt_gb_s, crate::quantity::Bandwidth, 1e9);
+    scaled!(gbit_s, opt_gbit_s, crate::quantity::Bandwidth, 1e9 / 8.0);
+    scaled!(us, opt_us, crate::quantity::Seconds, 1e-6);
 
     /// MiB <-> Bytes; negative or fractional-byte sizes are refused.
     pub mod mib {
         use serde::{Deserialize, Deserializer, Serializer};
-        pub fn serialize<S: Serializer>(v: &crate::units::Bytes, s: S) -> Result<S::Ok, S::Error> {
+        pub fn serialize<S: Serializer>(v: &crate::quantity::Bytes, s: S) -> Result<S::Ok, S::Error> {
             s.serialize_f64(v.0 as f64 / super::super::MIB as f64)
         }
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<crate::units::Bytes, D::Error> {
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<crate::quantity::Bytes, D::Error> {
             let x = f64::deserialize(d)?;
             if !x.is_finite() || x < 0.0 {
                 return Err(serde::de::Error::custom(format!("must be a non-negative size in MiB, got {x}")));
             }
-            Ok(crate::units::Bytes((x * super::super::MIB as f64).round() as u64))
+            Ok(crate::quantity::Bytes((x * super::super::MIB as f64).round() as u64))
         }
     }
 }

@@ -41,10 +41,10 @@ pub enum ValidationError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::recipe::Recipe;
-    use crate::recipe::Wrapping;
     use cost_models::hardware::{builtin_hardware, HardwareProfile};
     use cost_models::DType;
+    use runspec::recipe::Recipe;
+    use runspec::recipe::Wrapping;
 
     #[test]
     fn names_round_trip_and_bad_names_are_errors() {

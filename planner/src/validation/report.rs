@@ -1,11 +1,11 @@
 //! Predicted against measured: one row per variant, the report and its
 //! markdown.
 
-use crate::plan::Plan;
 use crate::simulator::PhaseTimes;
 use cost_models::stats::median;
 use cost_models::Bytes;
 use runspec::metrics::Measured;
+use runspec::plan::Plan;
 use serde::{Deserialize, Serialize};
 
 use super::Variant;
@@ -20,7 +20,7 @@ pub fn rel_error(measured: f64, predicted: f64) -> Option<f64> {
 pub struct Row {
     pub variant: String,
     /// The plan's peak as an allocated-bytes counter reads it (without the
-    /// GPU fragmentation margin: [`crate::plan::Predicted::allocated_peak_bytes`]).
+    /// GPU fragmentation margin: [`runspec::plan::Predicted::allocated_peak_bytes`]).
     pub predicted_peak_bytes: u64,
     /// Predicted peak by category (bytes).
     pub predicted_breakdown: Vec<(String, u64)>,
@@ -115,7 +115,7 @@ pub struct ValidationReport {
     /// The recipe the variants were derived from, in full (so a report can
     /// be re-predicted without the file it was read from).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub recipe_config: Option<crate::recipe::Recipe>,
+    pub recipe_config: Option<runspec::recipe::Recipe>,
     /// The GPU and library versions the runs used (GPU runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,

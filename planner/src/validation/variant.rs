@@ -3,8 +3,6 @@
 
 use crate::build::build_plan;
 use crate::memory::{Decisions, MemoryReport};
-use crate::plan::{Plan, Precision};
-use crate::recipe::{Recipe, Wrapping};
 use crate::search::{BatchPolicy, GpuCount, SearchSpace, Searcher, ShardingSpace, DEFAULT_BUCKET_MIB};
 use crate::simulator::PhaseTimes;
 use cost_models::compute::ComputeModel;
@@ -13,6 +11,8 @@ use cost_models::graph::{BlockKind, ModelGraph, Workload};
 use cost_models::hardware::HardwareProfile;
 use cost_models::padding::ChannelPadding;
 use cost_models::DType;
+use runspec::plan::{Plan, Precision};
+use runspec::recipe::{Recipe, Wrapping};
 use runspec::schedule::BackwardOrder;
 use runspec::sharding::{Sharding, Strategy};
 use serde::{Deserialize, Serialize};
@@ -300,7 +300,7 @@ fn fixed_variant<'r>(recipe: &'r Recipe, hardware: &HardwareProfile, v: &Variant
         reshard_after_forward: v.reshard_after_forward,
         sharding: v.sharding.resolved(v.world_size),
         wrapping: v.granularity.wrapping(),
-        checkpoint,
+        recompute_segments: checkpoint,
         backward_order: v.backward_order,
         channel_padding: v.channel_padding,
     };

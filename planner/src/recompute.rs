@@ -78,7 +78,7 @@ struct Piece {
 /// The placement with the least recompute time whose peak is within
 /// `budget`, or `None` if none fits (or `recompute_time` does not have one
 /// entry per block). Negative or non-finite times count as zero.
-pub fn optimal_checkpoints(mm: &MemoryModel, budget: Bytes, recompute_time: &[Seconds]) -> Option<Placement> {
+pub fn optimal_recompute(mm: &MemoryModel, budget: Bytes, recompute_time: &[Seconds]) -> Option<Placement> {
     let n = mm.num_blocks();
     if recompute_time.len() != n {
         return None;
@@ -166,7 +166,7 @@ pub fn optimal_checkpoints(mm: &MemoryModel, budget: Bytes, recompute_time: &[Se
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum StageCheckpointError {
+pub enum StageSegmentError {
     #[error("stage_checkpoints[{stage}]: the model has only {stages} stages")]
     NoStage { stage: usize, stages: usize },
     #[error("stage_checkpoints[{stage}]: delimiters must be increasing and within 1..={depth}, got {got:?}")]
@@ -178,7 +178,7 @@ pub enum StageCheckpointError {
 /// remaining blocks form one more checkpointed group; `[]` = not
 /// checkpointed (vissl/models/trunks/regnet_fsdp.py). `[[2],[7],[9,17],[]]`
 /// on SEER 10B gives s1.b0-1, s2.b0-6, s3.b0-8, s3.b9-16.
-pub fn try_vissl_stage_checkpoints(graph: &ModelGraph, stage_checkpoints: &[Vec<usize>]) -> Result<Vec<Range<usize>>, StageCheckpointError> {
+pub fn try_vissl_stage_segments(graph: &ModelGraph, stage_checkpoints: &[Vec<usize>]) -> Result<Vec<Range<usize>>, StageSegmentError> {
     let stages = graph.blocks.iter().filter_map(|b| b.stage).max().unwrap_or(0);
     let mut out = Vec::new();
     for (si, delims) in stage_checkpoints.iter().enumerate() {
@@ -187,14 +187,14 @@ pub fn try_vissl_stage_checkpoints(graph: &ModelGraph, stage_checkpoints: &[Vec<
         }
         let stage = si + 1;
         if stage > stages {
-            return Err(StageCheckpointError::NoStage { stage: si, stages });
+            return Err(StageSegmentError::NoStage { stage: si, stages });
         }
         let idx: Vec<usize> = graph.blocks.iter().enumerate().filter(|(_, b)| b.stage == Some(stage)).map(|(i, _)| i).collect();
-        let Some(&first) = idx.first() else { return Err(StageCheckpointError::NoStage { stage: si, stages }) };
+        let Some(&first) = idx.first() else { return Err(StageSegmentError::NoStage { stage: si, stages }) };
         let depth = idx.len();
         let sorted = delims.windows(2).all(|w| w[0] < w[1]);
         if !sorted || delims[0] == 0 || delims[delims.len() - 1] > depth {
-            return Err(StageCheckpointError::BadDelimiters { stage: si, depth, got: delims.clone() });
+            return Err(StageSegmentError::BadDelimiters { stage: si, depth, got: delims.clone() });
         }
         let mut prev = 0;
         for &d in delims.iter().chain(std::iter::once(&depth)) {
@@ -207,10 +207,10 @@ pub fn try_vissl_stage_checkpoints(graph: &ModelGraph, stage_checkpoints: &[Vec<
     Ok(out)
 }
 
-/// [`try_vissl_stage_checkpoints`], ignoring stages and delimiters that do
+/// [`try_vissl_stage_segments`], ignoring stages and delimiters that do
 /// not fit the model (a placement is always returned).
-pub fn vissl_stage_checkpoints(graph: &ModelGraph, stage_checkpoints: &[Vec<usize>]) -> Vec<Range<usize>> {
-    try_vissl_stage_checkpoints(graph, stage_checkpoints).unwrap_or_else(|_| {
+pub fn vissl_stage_segments(graph: &ModelGraph, stage_checkpoints: &[Vec<usize>]) -> Vec<Range<usize>> {
+    try_vissl_stage_segments(graph, stage_checkpoints).unwrap_or_else(|_| {
         let cleaned: Vec<Vec<usize>> = stage_checkpoints
             .iter()
             .enumerate()
@@ -222,7 +222,7 @@ pub fn vissl_stage_checkpoints(graph: &ModelGraph, stage_checkpoints: &[Vec<usiz
                 v
             })
             .collect();
-        try_vissl_stage_checkpoints(graph, &cleaned).unwrap_or_default()
+        try_vissl_stage_segments(graph, &cleaned).unwrap_or_default()
     })
 }
 
@@ -233,13 +233,13 @@ mod tests {
     use super::*;
     use crate::memory::testgen::{all_placements, below, random_profile, seeded};
     use crate::memory::{Decisions, MemoryModel};
-    use crate::plan::Precision;
-    use crate::recipe::{Recipe, Wrapping};
     use crate::wrapping::units_for;
     use cost_models::config::ModelConfig;
     use cost_models::graph::Workload;
     use cost_models::hardware::builtin_hardware;
     use cost_models::DType;
+    use runspec::plan::Precision;
+    use runspec::recipe::{Recipe, Wrapping};
 
     /// Exhaustive optimum: least recompute over all placements within budget.
     fn brute(m: &MemoryModel, all: &[Vec<Range<usize>>], budget: Bytes, rt: &[f64]) -> Option<f64> {
@@ -265,7 +265,7 @@ mod tests {
             for budget in [lo.saturating_sub(1), lo, hi, lo + r1, lo + r2] {
                 let budget = Bytes(budget);
                 let want = brute(&m, &all, budget, &rt);
-                let got = optimal_checkpoints(&m, budget, &times);
+                let got = optimal_recompute(&m, budget, &times);
                 proptest::prop_assert_eq!(want.is_some(), budget.0 >= lo, "brute force: something fits from the least peak on");
                 match (want, &got) {
                     (None, None) => {}
@@ -285,8 +285,8 @@ mod tests {
     #[test]
     fn dp_rejects_wrong_time_vector_instead_of_panicking() {
         let m = MemoryModel::from_profile(random_profile(&mut seeded(5), 4));
-        assert!(optimal_checkpoints(&m, Bytes(u64::MAX), &[Seconds(1.0)]).is_none());
-        let p = optimal_checkpoints(&m, Bytes(u64::MAX), &[Seconds(f64::NAN); 4]).unwrap();
+        assert!(optimal_recompute(&m, Bytes(u64::MAX), &[Seconds(1.0)]).is_none());
+        let p = optimal_recompute(&m, Bytes(u64::MAX), &[Seconds(f64::NAN); 4]).unwrap();
         assert_eq!(p.recompute, Seconds(0.0));
     }
 
@@ -300,19 +300,19 @@ mod tests {
     fn vissl_stage_checkpoints_of_seer_10b() {
         let (g, r) = seer(1);
         let sc = r.reference_plan.unwrap().stage_checkpoints;
-        let segs = try_vissl_stage_checkpoints(&g, &sc).unwrap();
+        let segs = try_vissl_stage_segments(&g, &sc).unwrap();
         let names: Vec<(String, String)> = segs.iter().map(|s| (g.blocks[s.start].name.clone(), g.blocks[s.end - 1].name.clone())).collect();
         let want = [("s1.b0", "s1.b1"), ("s2.b0", "s2.b6"), ("s3.b0", "s3.b8"), ("s3.b9", "s3.b16")];
         assert_eq!(names, want.map(|(a, b)| (a.to_string(), b.to_string())));
         // stem = 0, s1 = 1..3, s2 = 3..10, s3 = 10..27, s4 = 27.
         assert_eq!(segs, vec![1..3, 3..10, 10..19, 19..27]);
         // A trailing remainder is one more checkpointed group.
-        assert_eq!(try_vissl_stage_checkpoints(&g, &[vec![], vec![], vec![5]]).unwrap(), vec![10..15, 15..27]);
-        assert!(matches!(try_vissl_stage_checkpoints(&g, &[vec![3]]), Err(StageCheckpointError::BadDelimiters { .. })));
-        assert!(matches!(try_vissl_stage_checkpoints(&g, &[vec![], vec![], vec![9, 4]]), Err(StageCheckpointError::BadDelimiters { .. })));
-        assert!(matches!(try_vissl_stage_checkpoints(&g, &[vec![], vec![], vec![], vec![], vec![1]]), Err(StageCheckpointError::NoStage { .. })));
+        assert_eq!(try_vissl_stage_segments(&g, &[vec![], vec![], vec![5]]).unwrap(), vec![10..15, 15..27]);
+        assert!(matches!(try_vissl_stage_segments(&g, &[vec![3]]), Err(StageSegmentError::BadDelimiters { .. })));
+        assert!(matches!(try_vissl_stage_segments(&g, &[vec![], vec![], vec![9, 4]]), Err(StageSegmentError::BadDelimiters { .. })));
+        assert!(matches!(try_vissl_stage_segments(&g, &[vec![], vec![], vec![], vec![], vec![1]]), Err(StageSegmentError::NoStage { .. })));
         // The lenient form drops what does not fit.
-        assert_eq!(vissl_stage_checkpoints(&g, &[vec![3, 2]]), vec![1..3]);
+        assert_eq!(vissl_stage_segments(&g, &[vec![3, 2]]), vec![1..3]);
     }
 
     fn seer_model(reshard: bool) -> (ModelGraph, MemoryModel, Vec<Range<usize>>) {
@@ -327,11 +327,11 @@ mod tests {
             reshard_after_forward: reshard,
             sharding: runspec::sharding::Sharding::fsdp(496),
             wrapping: Wrapping::Vissl,
-            checkpoint: vec![],
+            recompute_segments: vec![],
             backward_order: runspec::schedule::BackwardOrder::Together,
             channel_padding: cost_models::padding::ChannelPadding::Off,
         };
-        let segs = vissl_stage_checkpoints(&g, &reference.stage_checkpoints);
+        let segs = vissl_stage_segments(&g, &reference.stage_checkpoints);
         let m = MemoryModel::new(&g, &units, &r, &d, &hw);
         (g, m, segs)
     }
@@ -355,7 +355,7 @@ mod tests {
         let reps = 20;
         let mut p = None;
         for _ in 0..reps {
-            p = optimal_checkpoints(&m, m.usable(), &rt);
+            p = optimal_recompute(&m, m.usable(), &rt);
         }
         let per = t.elapsed() / reps;
         let p = p.expect("a placement fits");

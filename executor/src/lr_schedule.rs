@@ -20,7 +20,7 @@ const WHERE_EPSILON: f64 = 1e-6;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("invalid lr schedule `{field}`: {reason}")]
-pub struct ScheduleError {
+pub struct LrScheduleError {
     pub field: &'static str,
     pub reason: String,
 }
@@ -46,8 +46,8 @@ impl LrSchedule {
         LrSchedule { base_lr_per_256: 0.3, global_batch, node_batch: 16 * 8, total_steps, warmup_fraction: 0.043648, final_ratio: 0.001 }
     }
 
-    pub fn validate(&self) -> Result<(), ScheduleError> {
-        let bad = |field, reason: String| Err(ScheduleError { field, reason });
+    pub fn validate(&self) -> Result<(), LrScheduleError> {
+        let bad = |field, reason: String| Err(LrScheduleError { field, reason });
         if !(self.base_lr_per_256 > 0.0) {
             return bad("base_lr_per_256", format!("must be > 0, got {}", self.base_lr_per_256));
         }

@@ -4,10 +4,10 @@
 //! device limit, and — when it does not fit — one sentence saying why.
 
 use crate::memory::{Category, Decisions, MemoryModel, MemoryReport};
-use crate::plan::{Plan, PlanError};
 use crate::wrapping::{units_from_plan, WrappingError};
-use cost_models::units::GIB;
+use cost_models::quantity::GIB;
 use cost_models::Bytes;
+use runspec::plan::{Plan, PlanError};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -43,7 +43,7 @@ pub fn decisions_for_plan(plan: &Plan, segments: Vec<Range<usize>>) -> Decisions
         reshard_after_forward: plan.reshard_after_forward,
         sharding: plan.sharding,
         wrapping: plan.wrapping,
-        checkpoint: segments,
+        recompute_segments: segments,
         backward_order: plan.backward_order,
         channel_padding: plan.channel_padding,
     }
@@ -203,13 +203,13 @@ mod tests {
     // A one-segment placement is a placement, not a mistaken range-to-vec.
     #![allow(clippy::single_range_in_vec_init)]
     use super::*;
-    use crate::plan::{ModelFingerprint, Precision, Predicted, PLAN_SCHEMA_VERSION};
-    use crate::recipe::{Recipe, Wrapping};
     use crate::wrapping::{unit_plans, units_for};
     use cost_models::config::ModelConfig;
     use cost_models::graph::{ModelGraph, Workload};
     use cost_models::hardware::builtin_hardware;
     use cost_models::DType;
+    use runspec::plan::{ModelFingerprint, Precision, Predicted, PLAN_SCHEMA_VERSION};
+    use runspec::recipe::{Recipe, Wrapping};
 
     /// A plan as `plan` would write it, its prediction from the memory model
     /// built the way the search builds it (units from the policy).
@@ -230,7 +230,7 @@ mod tests {
             reshard_after_forward: true,
             sharding: runspec::sharding::Sharding::fsdp(world),
             wrapping,
-            checkpoint: segs.to_vec(),
+            recompute_segments: segs.to_vec(),
             backward_order: runspec::schedule::BackwardOrder::Together,
             channel_padding: cost_models::padding::ChannelPadding::Off,
         };
