@@ -47,8 +47,22 @@ impl Bytes {
 impl Flops {}
 
 impl Seconds {
-    pub fn ms(self) -> f64 {
-        self.0 * 1e3
+    /// In the unit that reads best, as reports print a time: `12.3 s`,
+    /// `3.242 s`, `10.3 ms`, `85 µs`, `0 s`. (`Display` keeps a fixed
+    /// seconds-or-milliseconds form for tables that line up.)
+    pub fn readable(self) -> String {
+        let s = self.0;
+        if s == 0.0 {
+            "0 s".into()
+        } else if s >= 10.0 {
+            format!("{s:.1} s")
+        } else if s >= 1.0 {
+            format!("{s:.3} s")
+        } else if s >= 1e-3 {
+            format!("{:.1} ms", s * 1e3)
+        } else {
+            format!("{:.0} µs", s * 1e6)
+        }
     }
     pub fn max(self, o: Seconds) -> Seconds {
         if o.0 > self.0 {
@@ -205,6 +219,12 @@ impl fmt::Display for DType {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[test]
+    fn seconds_read_in_the_unit_that_fits() {
+        let r = |s: f64| Seconds(s).readable();
+        assert_eq!([r(0.0), r(12.34), r(3.2421), r(0.01034), r(85.2e-6)], ["0 s", "12.3 s", "3.242 s", "10.3 ms", "85 µs"]);
+    }
+
     #[test]
     fn unit_arithmetic_and_display() {
         assert_eq!(Bytes(3) + Bytes(4), Bytes(7));

@@ -416,19 +416,9 @@ fn by_sharding(a: &PlanArgs, recipe: &Recipe, gpus: GpuCount, constraints: Const
     Ok(())
 }
 
-/// Seconds in the unit that reads best: `3.242 s`, `10.3 ms`, `85 µs`.
+/// Seconds as reports print them ([`Seconds::readable`]).
 fn secs(s: f64) -> String {
-    if s == 0.0 {
-        "0 s".into()
-    } else if s >= 10.0 {
-        format!("{s:.1} s")
-    } else if s >= 1.0 {
-        format!("{s:.3} s")
-    } else if s >= 1e-3 {
-        format!("{:.1} ms", s * 1e3)
-    } else {
-        format!("{:.0} µs", s * 1e6)
-    }
+    cost_models::Seconds(s).readable()
 }
 
 /// `lo-hi` in `fmt`'s units, the unit said once where both share it:
