@@ -42,30 +42,17 @@ pub struct Checkpointing {
 
 impl Checkpointing {
     /// Validates plan segments (lists of block names) against the model's
-    /// blocks: names known, contiguous, in forward order, not overlapping.
+    /// blocks (`runspec::plan::segment_ranges`: names known, consecutive,
+    /// in forward order, disjoint).
     pub fn new(blocks: &[String], segments: &[Vec<String>]) -> Result<Checkpointing, StepError> {
-        let index: HashMap<&str, usize> = blocks.iter().enumerate().map(|(i, b)| (b.as_str(), i)).collect();
+        let names: Vec<&str> = blocks.iter().map(String::as_str).collect();
+        let ranges = runspec::plan::segment_ranges(segments, &names)
+            .map_err(|e| StepError::Segment { index: e.index(), blocks: segments[e.index()].clone(), reason: e.reason() })?;
         let mut segment_of = vec![None; blocks.len()];
-        let mut ranges = Vec::new();
-        for (si, seg) in segments.iter().enumerate() {
-            let bad = |reason: String| StepError::Segment { index: si, blocks: seg.clone(), reason };
-            if seg.is_empty() {
-                continue;
+        for (si, r) in ranges.iter().enumerate() {
+            for slot in &mut segment_of[r.clone()] {
+                *slot = Some(si);
             }
-            let mut idx = Vec::with_capacity(seg.len());
-            for b in seg {
-                idx.push(*index.get(b.as_str()).ok_or_else(|| bad(format!("unknown block `{b}`")))?);
-            }
-            if idx.windows(2).any(|w| w[1] != w[0] + 1) {
-                return Err(bad("blocks must be consecutive, in forward order".into()));
-            }
-            for &i in &idx {
-                if let Some(other) = segment_of[i] {
-                    return Err(bad(format!("block `{}` is also in segment {other}", blocks[i])));
-                }
-                segment_of[i] = Some(ranges.len());
-            }
-            ranges.push(idx[0]..idx[idx.len() - 1] + 1);
         }
         Ok(Checkpointing { segments: ranges, segment_of })
     }
@@ -360,6 +347,6 @@ mod tests {
         let e = Checkpointing::new(&blocks, &[seg(&["s1.b9"])]).unwrap_err();
         assert!(e.to_string().contains("unknown block `s1.b9`"), "{e}");
         let e = Checkpointing::new(&blocks, &[seg(&["s1.b0"]), seg(&["s1.b0", "s1.b1"])]).unwrap_err();
-        assert!(e.to_string().contains("also in segment"), "{e}");
+        assert!(e.to_string().contains("forward order and disjoint"), "{e}");
     }
 }

@@ -62,15 +62,8 @@ pub fn memory_for_plan(plan: &Plan, origin: &str) -> Result<PlanMemory, DryRunEr
     let graph = plan.graph();
     let units = units_from_plan(&graph, &plan.units).map_err(|error| DryRunError::Units { origin: origin.to_string(), error })?;
     let names: Vec<String> = graph.blocks.iter().map(|b| b.name.clone()).collect();
-    // Plan::check guarantees known, consecutive, ordered names.
-    let segments: Vec<Range<usize>> = plan
-        .checkpoint_segments
-        .iter()
-        .filter_map(|s| {
-            let a = names.iter().position(|n| Some(n) == s.first())?;
-            Some(a..a + s.len())
-        })
-        .collect();
+    // Plan::check (on load) holds the segments to the model.
+    let segments = plan.segment_ranges(&names.iter().map(String::as_str).collect::<Vec<_>>()).unwrap_or_default();
     let d = decisions_for_plan(plan, segments.clone());
     let measured: Vec<Option<u64>> = names.iter().map(|n| plan.measured_backward_bytes.get(n).copied()).collect();
     let model = MemoryModel::calibrated(&graph, &units, &plan.recipe, &d, &plan.hardware, &measured);

@@ -9,6 +9,7 @@ use cost_models::hardware::HardwareSpec;
 use cost_models::DType;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::Path;
 
 /// The peak-breakdown category of the allocator's fragmentation margin
@@ -289,20 +290,91 @@ impl Plan {
             }
         }
         let order: Vec<&str> = fp.blocks.iter().map(|s| s.as_str()).collect();
-        let mut last_end: Option<usize> = None;
-        for (i, seg) in self.checkpoint_segments.iter().enumerate() {
-            let idx: Option<Vec<usize>> = seg.iter().map(|b| order.iter().position(|o| o == b)).collect();
-            let Some(idx) = idx else {
-                return Err(mismatch(format!("checkpoint segment {i} names a block the model does not have: {seg:?}")));
-            };
-            if idx.is_empty() || idx.windows(2).any(|w| w[1] != w[0] + 1) {
-                return Err(invalid(&format!("checkpoint_segments[{i}]"), "must be a non-empty run of consecutive blocks".into()));
-            }
-            if last_end.is_some_and(|e| idx[0] <= e) {
-                return Err(invalid(&format!("checkpoint_segments[{i}]"), "segments must be in forward order and disjoint".into()));
-            }
-            last_end = idx.last().copied();
+        match segment_ranges(&self.checkpoint_segments, &order) {
+            Ok(_) => Ok(()),
+            Err(e @ SegmentError::UnknownBlock { .. }) => Err(mismatch(e.to_string())),
+            Err(e) => Err(invalid(&format!("checkpoint_segments[{}]", e.index()), e.reason())),
         }
-        Ok(())
+    }
+
+    /// The checkpointed segments as block index ranges of this plan's
+    /// model ([`segment_ranges`]).
+    pub fn segment_ranges(&self, blocks: &[&str]) -> Result<Vec<Range<usize>>, SegmentError> {
+        segment_ranges(&self.checkpoint_segments, blocks)
+    }
+}
+
+/// Why a plan's checkpointed segment does not describe blocks of its model.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SegmentError {
+    #[error("checkpoint segment {index} names a block the model does not have: `{block}`")]
+    UnknownBlock { index: usize, block: String },
+    #[error("checkpoint segment {index} {blocks:?}: must be a non-empty run of consecutive blocks")]
+    NotConsecutive { index: usize, blocks: Vec<String> },
+    #[error("checkpoint segment {index} {blocks:?}: segments must be in forward order and disjoint")]
+    Overlapping { index: usize, blocks: Vec<String> },
+}
+
+impl SegmentError {
+    /// Which segment.
+    pub fn index(&self) -> usize {
+        match self {
+            SegmentError::UnknownBlock { index, .. } | SegmentError::NotConsecutive { index, .. } | SegmentError::Overlapping { index, .. } => *index,
+        }
+    }
+
+    /// What is wrong with it, without saying which.
+    pub fn reason(&self) -> String {
+        match self {
+            SegmentError::UnknownBlock { block, .. } => format!("unknown block `{block}`"),
+            SegmentError::NotConsecutive { .. } => "must be a non-empty run of consecutive blocks".into(),
+            SegmentError::Overlapping { .. } => "segments must be in forward order and disjoint".into(),
+        }
+    }
+}
+
+/// Checkpointed segments (lists of block names) as index ranges over
+/// `blocks`, the model's blocks in forward order: every name known, each
+/// segment a non-empty run of consecutive blocks, the segments in forward
+/// order and disjoint. The one resolver of segment names that the plan's
+/// check, the step schedule, the dry run and the executor share.
+pub fn segment_ranges(segments: &[Vec<String>], blocks: &[&str]) -> Result<Vec<Range<usize>>, SegmentError> {
+    let mut out: Vec<Range<usize>> = Vec::with_capacity(segments.len());
+    for (index, seg) in segments.iter().enumerate() {
+        let mut idx = Vec::with_capacity(seg.len());
+        for b in seg {
+            let i = blocks.iter().position(|o| o == b).ok_or_else(|| SegmentError::UnknownBlock { index, block: b.clone() })?;
+            idx.push(i);
+        }
+        if idx.is_empty() || idx.windows(2).any(|w| w[1] != w[0] + 1) {
+            return Err(SegmentError::NotConsecutive { index, blocks: seg.clone() });
+        }
+        if out.last().is_some_and(|r| idx[0] < r.end) {
+            return Err(SegmentError::Overlapping { index, blocks: seg.clone() });
+        }
+        out.push(idx[0]..idx[idx.len() - 1] + 1);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_resolve_to_ranges_or_say_what_is_wrong() {
+        let blocks = ["stem", "s1.b0", "s1.b1", "s2.b0", "head.mlp"];
+        let seg = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(segment_ranges(&[seg(&["s1.b0", "s1.b1"]), seg(&["s2.b0"])], &blocks), Ok(vec![1..3, 3..4]));
+        assert_eq!(segment_ranges(&[], &blocks), Ok(vec![]));
+        let e = segment_ranges(&[seg(&["s1.b0", "s2.b0"])], &blocks).unwrap_err();
+        assert!(matches!(e, SegmentError::NotConsecutive { index: 0, .. }) && e.to_string().contains("consecutive"), "{e}");
+        let e = segment_ranges(&[seg(&["s2.b0"]), seg(&["s1.b9"])], &blocks).unwrap_err();
+        assert_eq!(e, SegmentError::UnknownBlock { index: 1, block: "s1.b9".into() });
+        let e = segment_ranges(&[seg(&["s1.b0"]), seg(&["s1.b0", "s1.b1"])], &blocks).unwrap_err();
+        assert!(matches!(e, SegmentError::Overlapping { index: 1, .. }), "{e}");
+        let e = segment_ranges(&[seg(&["s2.b0"]), seg(&["s1.b0"])], &blocks).unwrap_err();
+        assert!(matches!(e, SegmentError::Overlapping { index: 1, .. }), "out of order: {e}");
+        assert!(matches!(segment_ranges(&[vec![]], &blocks), Err(SegmentError::NotConsecutive { index: 0, .. })));
     }
 }

@@ -273,8 +273,9 @@ impl Schedule {
         let units: Vec<(String, Vec<String>)> = plan.units.iter().map(|u| (u.name.clone(), u.members.clone())).collect();
         let own = crate::units::assign(&names, &units)?;
         let layout = Layout::new(graph.blocks.len(), &own.blocks_of_units(&block_of));
-        let index = |name: &String| graph.blocks.iter().position(|b| &b.name == name);
-        let segments: Vec<Range<usize>> = plan.checkpoint_segments.iter().filter_map(|s| Some(index(s.first()?)?..index(s.last()?)? + 1)).collect();
+        let names: Vec<&str> = graph.blocks.iter().map(|b| b.name.as_str()).collect();
+        // Plan::check (on load) holds the segments to the model.
+        let segments: Vec<Range<usize>> = plan.segment_ranges(&names).unwrap_or_default();
         let trunk = graph.trunk_blocks().count();
         let layout = layout.with_crop_groups(plan.recipe.crop_groups().len(), trunk);
         Ok(Schedule::compile(&layout, &segments, plan.reshard_after_forward, plan.sharding.reduction(plan.world_size), plan.backward_order))
