@@ -108,7 +108,10 @@ pub struct TrainConfig {
     pub seed: u64,
     /// An image folder, a `.txt` file list or tar shards (`data::Dataset::open`).
     pub data_dir: PathBuf,
+    /// Loader worker threads, and the batches each holds ready ahead of the
+    /// step (the recipe's `data.loader_workers` and `loader_prefetch`).
     pub workers: usize,
+    pub prefetch: usize,
     /// Tar shards: samples in each rank's shuffle buffer.
     pub shuffle_buffer: usize,
     /// Metrics (`metrics.rank<r>.jsonl`) and checkpoints (`checkpoints/`).
@@ -194,7 +197,8 @@ pub struct TrainArgs {
     pub checkpoint_every: Option<CheckpointEvery>,
     pub stop_after: Option<u64>,
     pub seed: u64,
-    pub workers: usize,
+    /// Loader worker threads per rank (default: the plan's recipe's).
+    pub workers: Option<usize>,
     /// Tar shards: samples in each rank's shuffle buffer.
     pub shuffle_buffer: usize,
     pub timeout: Duration,
@@ -223,7 +227,7 @@ impl TrainArgs {
             checkpoint_every: None,
             stop_after: None,
             seed: 0,
-            workers: 2,
+            workers: None,
             shuffle_buffer: crate::data::DEFAULT_SHUFFLE_BUFFER,
             timeout: Duration::from_secs(120),
             force_cpu: false,
@@ -329,7 +333,8 @@ impl TrainConfig {
             stop_after: args.stop_after,
             seed: args.seed,
             data_dir,
-            workers: args.workers,
+            workers: args.workers.unwrap_or(r.data.loader_workers),
+            prefetch: r.data.loader_prefetch,
             shuffle_buffer: args.shuffle_buffer,
             out_dir: args.out.clone(),
             checkpoint_every: match args.checkpoint_every {
@@ -761,7 +766,7 @@ impl<'pg> Trainer<'pg> {
                 images_per_rank: self.cfg.images_per_rank,
                 augment: self.cfg.augment.clone(),
                 workers: self.cfg.workers.max(1),
-                prefetch: 2,
+                prefetch: self.cfg.prefetch.max(1),
                 start: self.data_pos,
                 shuffle_buffer: self.cfg.shuffle_buffer,
                 stream_start: self.data_stream.clone(),

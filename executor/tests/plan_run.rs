@@ -69,7 +69,7 @@ fn args(plan: &Path, out: &Path) -> TrainArgs {
     a.steps = Some(3);
     a.out = out.to_path_buf();
     a.data = Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.photos"));
-    a.workers = 1;
+    a.workers = Some(1);
     a.timeout = Duration::from_secs(60);
     a
 }

@@ -89,6 +89,7 @@ fn config(world: usize, sharding: Sharding, sync_group: Option<usize>, out: &Pat
         seed: 11,
         data_dir: photos(),
         workers: 1,
+        prefetch: 2,
         shuffle_buffer: 16,
         out_dir: out.to_path_buf(),
         checkpoint_every: None,

@@ -81,6 +81,7 @@ fn config(world: usize, out: &Path, ckpt: bool, reshard: bool) -> TrainConfig {
         seed: 7,
         data_dir: photos(),
         workers: 1,
+        prefetch: 2,
         shuffle_buffer: 16,
         out_dir: out.to_path_buf(),
         checkpoint_every: None,

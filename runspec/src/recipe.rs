@@ -51,6 +51,13 @@ pub struct DataSpec {
     pub color_strength: f64,
     #[serde(default = "half")]
     pub blur_p: f64,
+    /// Data-loading worker threads per rank, and the batches each holds
+    /// ready ahead of the step: what the executor runs (`train --workers`
+    /// overrides the first) and what a CPU rank's memory counts.
+    #[serde(default = "two")]
+    pub loader_workers: usize,
+    #[serde(default = "two")]
+    pub loader_prefetch: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -175,6 +182,10 @@ pub struct ReferencePlan {
     pub stage_checkpoints: Vec<Vec<usize>>,
 }
 
+fn two() -> usize {
+    2
+}
+
 fn one() -> f64 {
     1.0
 }
@@ -238,6 +249,9 @@ impl Recipe {
         }
         if !(self.data.total_images > 0.0) {
             return bad("data.total_images", "must be > 0");
+        }
+        if self.data.loader_workers == 0 || self.data.loader_prefetch == 0 {
+            return bad("data.loader_workers", "loader_workers and loader_prefetch must be >= 1");
         }
         let n_crops: u64 = self.data.crops.iter().map(|c| c.count).sum();
         if self.swav.crops_for_assign.is_empty() || self.swav.crops_for_assign.iter().any(|&c| c as u64 >= n_crops) {

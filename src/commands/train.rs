@@ -56,9 +56,10 @@ pub struct TrainCliArgs {
     pub stop_after: Option<u64>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Data-loading worker threads per rank.
-    #[arg(long, default_value_t = 2)]
-    pub workers: usize,
+    /// Data-loading worker threads per rank (default: the plan's recipe,
+    /// `data.loader_workers`, which the memory prediction counts).
+    #[arg(long)]
+    pub workers: Option<usize>,
     /// Intra-op threads per rank (default: cores / ranks on this machine).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -103,7 +104,8 @@ impl TrainCliArgs {
         a.checkpoint_every = self.checkpoint_every;
         a.stop_after = self.stop_after;
         a.seed = self.seed;
-        a.workers = self.workers.max(1);
+        anyhow::ensure!(self.workers != Some(0), "--workers must be at least 1");
+        a.workers = self.workers;
         a.shuffle_buffer = self.shuffle_buffer.max(1);
         a.threads = self.threads;
         a.timeout = Duration::from_secs(self.timeout_s);
@@ -168,7 +170,7 @@ impl TrainCliArgs {
         value("--checkpoint-every", self.checkpoint_every.map(|c| c.to_string().into()));
         value("--stop-after", self.stop_after.map(|n| n.to_string().into()));
         value("--seed", Some(self.seed.to_string().into()));
-        value("--workers", Some(self.workers.to_string().into()));
+        value("--workers", self.workers.map(|n| n.to_string().into()));
         value("--threads", self.threads.map(|n| n.to_string().into()));
         value("--timeout-s", Some(self.timeout_s.to_string().into()));
         value("--max-restarts", Some(self.max_restarts.to_string().into()));

@@ -91,9 +91,6 @@ pub struct ValidateArgs {
     pub collect: bool,
 }
 
-/// Data-loading workers per rank: the executor's default, which the memory
-/// model assumes ([`planner::memory::LOADER_WORKERS`]).
-const WORKERS: u64 = planner::memory::LOADER_WORKERS;
 fn slug(s: &str) -> String {
     s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
 }
@@ -117,8 +114,6 @@ fn execute(plan: &Path, v: &Variant, steps: u64, threads: Option<usize>, data: &
         .arg(v.world_size.to_string())
         .arg("--steps")
         .arg(steps.to_string())
-        .arg("--workers")
-        .arg(WORKERS.to_string())
         .arg("--data")
         .arg(data)
         .arg("--out")
@@ -309,15 +304,16 @@ pub fn run(a: &ValidateArgs) -> Result<()> {
     if a.out.is_some() {
         command.push_str(&format!(" --out {}", out.display()));
     }
+    let workers = recipe.data.loader_workers;
     let device_notes: Vec<String> = if hw.hardware.kind == DeviceKind::Gpu {
         gpu_notes()
     } else {
         vec![
             match threads {
-                Some(t) => format!("Ranks are local processes; each runs {t} intra-op thread(s) (`train --threads {t}`, the threads per rank the profile was measured with; when ranks x threads exceeds the cores the planner scales the measured rates by cores / (ranks x threads)) and {WORKERS} data-loading workers (the executor's default)."),
-                None => format!("Ranks are local processes; each gets `cores / ranks` intra-op threads (at least 1) and {WORKERS} data-loading workers (the executor's default)."),
+                Some(t) => format!("Ranks are local processes; each runs {t} intra-op thread(s) (`train --threads {t}`, the threads per rank the profile was measured with; when ranks x threads exceeds the cores the planner scales the measured rates by cores / (ranks x threads)) and {workers} data-loading workers (the recipe's `data.loader_workers`)."),
+                None => format!("Ranks are local processes; each gets `cores / ranks` intra-op threads (at least 1) and {workers} data-loading workers (the recipe's `data.loader_workers`)."),
             },
-            format!("On CPU the data loader's prefetched image batches go through the same counting allocator as the step, so the model counts the loader's full queue ({WORKERS} workers x ({} prefetched + 1 blocked) fp32 batches) besides the batch in use. The queue is full only when the loader keeps up with the step; the runs therefore read {}. With the bundled 512 px photos on 2 shared cores the loader does not keep up, the queue holds 0-6 batches at the peak, and the measured peak moves by whole batches (about 9 % each for b8-r32) from step to step.", planner::memory::LOADER_PREFETCH, match &a.data { Some(d) => format!("`{}`", d.display()), None => format!("{SYNTHETIC_IMAGES} synthetic {SYNTHETIC_SIDE} px PNGs (decoding is then negligible)") }),
+            format!("On CPU the data loader's prefetched image batches go through the same counting allocator as the step, so the model counts the loader's full queue ({workers} workers x ({} prefetched + 1 blocked) fp32 batches) besides the batch in use. The queue is full only when the loader keeps up with the step; the runs therefore read {}. With the bundled 512 px photos on 2 shared cores the loader does not keep up, the queue holds 0-6 batches at the peak, and the measured peak moves by whole batches (about 9 % each for b8-r32) from step to step.", recipe.data.loader_prefetch, match &a.data { Some(d) => format!("`{}`", d.display()), None => format!("{SYNTHETIC_IMAGES} synthetic {SYNTHETIC_SIDE} px PNGs (decoding is then negligible)") }),
         ]
     };
     let device = (hw.hardware.kind == DeviceKind::Gpu && !a.collect).then(describe_gpu).flatten();

@@ -95,13 +95,6 @@ pub struct UnitMem {
     pub param_grad: Bytes,
 }
 
-/// Data-loading workers per rank the executor uses by default
-/// (`seerscale train --workers`).
-pub const LOADER_WORKERS: u64 = 2;
-/// Batches each worker's channel holds ahead of the consumer (the
-/// executor's `LoaderConfig::prefetch` in `train.rs`).
-pub const LOADER_PREFETCH: u64 = 2;
-
 /// Placement-independent memory that is not per block or per unit.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StaticMem {
@@ -419,7 +412,10 @@ pub fn profile(
     let host_batches = match hw.kind {
         DeviceKind::Cpu => {
             let cast_copy = if dt == DType::Fp32 { 0 } else { host_batch };
-            cast_copy + LOADER_WORKERS * (LOADER_PREFETCH + 1) * host_batch
+            // Each loader worker holds its prefetched batches and one it is
+            // blocked on (the recipe's loader settings, as the executor runs them).
+            let (workers, prefetch) = (recipe.data.loader_workers as u64, recipe.data.loader_prefetch as u64);
+            cast_copy + workers * (prefetch + 1) * host_batch
         }
         DeviceKind::Gpu => 0,
     };

@@ -175,7 +175,7 @@ fn no_checkpointing_peak_is_static_plus_everything_kept_plus_last_backward() {
     assert_eq!(kept, saved - images + g.blocks[n - 1].output.0);
     // On CPU the loader's full prefetch queue is counted too (fp32
     // compute: the batch in use is the loader's own tensor).
-    assert_eq!(p.statics.host_batches.0, LOADER_WORKERS * (LOADER_PREFETCH + 1) * images);
+    assert_eq!(p.statics.host_batches.0, (r.data.loader_workers * (r.data.loader_prefetch + 1)) as u64 * images);
     let gpu = MemoryModel::new(&g, &units, &r, &d, &builtin_hardware("a100-80gb").unwrap());
     assert_eq!(gpu.profile().statics.host_batches, Bytes::ZERO);
     for (b, gb) in p.blocks.iter().zip(&g.blocks) {
