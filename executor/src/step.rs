@@ -46,8 +46,11 @@ impl Checkpointing {
     /// in forward order, disjoint).
     pub fn new(blocks: &[String], segments: &[Vec<String>]) -> Result<Checkpointing, StepError> {
         let names: Vec<&str> = blocks.iter().map(String::as_str).collect();
-        let ranges = runspec::plan::segment_ranges(segments, &names)
-            .map_err(|e| StepError::Segment { index: e.index(), blocks: segments[e.index()].clone(), reason: e.reason() })?;
+        let ranges = runspec::plan::segment_ranges(segments, &names).map_err(|e| StepError::Segment {
+            index: e.index(),
+            blocks: segments[e.index()].clone(),
+            reason: e.reason(),
+        })?;
         let mut segment_of = vec![None; blocks.len()];
         for (si, r) in ranges.iter().enumerate() {
             for slot in &mut segment_of[r.clone()] {
