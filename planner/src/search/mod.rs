@@ -29,78 +29,41 @@
 //! per-GPU batches from a list while keeping the global batch at most
 //! `max_global` (default 16,384, about twice SEER's 7,936: SwAV with LARC is
 //! published up to that range).
+//!
+//! `space` is what may be searched, `costs` what one set of decisions
+//! costs (graphs, op costs, memory, the simulated step; cached), `memo`
+//! what larger worlds already showed, `outcome` what a point found and
+//! how an objective chooses among points.
 
-use crate::cluster::{rank_hardware, world_sizes, LinkCache, RankLinks};
-use crate::failures::{checkpoint_bytes_per_rank, failure_costs, FailureCosts, Reliability};
+use crate::cluster::{rank_hardware, world_sizes, LinkCache};
 use crate::memory::{Decisions, MemProfile, MemoryModel};
 use crate::recompute::{optimal_recompute, Placement};
-use crate::simulator::{Simulator, StepResult};
-use crate::step_costs::{step_profile, GraphCosts, WorldCosts};
-use crate::wrapping::{units_for, Unit};
+use crate::simulator::Simulator;
+use crate::step_costs::{step_profile, GraphCosts};
+use crate::wrapping::Unit;
 use cost_models::collectives::CollectiveModel;
 use cost_models::compute::{ComputeError, ComputeModel};
 use cost_models::config::{ConfigError, ModelConfig};
 use cost_models::graph::{ModelGraph, Workload};
-use cost_models::hardware::{HardwareProfile, HardwareSpec, MathUnit};
+use cost_models::hardware::HardwareSpec;
 use cost_models::padding::ChannelPadding;
 use cost_models::topology::TopologyError;
 use cost_models::{Bytes, DType};
 use runspec::plan::Precision;
 use runspec::recipe::{Recipe, Wrapping};
 use runspec::schedule::BackwardOrder;
-use runspec::sharding::{Sharding, Strategy};
+use runspec::sharding::Sharding;
 use std::collections::HashMap;
 use std::ops::Range;
 
-/// Per-GPU batches tried when the user fixes neither.
-pub const DEFAULT_BATCHES: [usize; 6] = [8, 16, 24, 32, 48, 64];
-/// Largest global batch the search accepts by default.
-pub const DEFAULT_MAX_GLOBAL_BATCH: usize = 16_384;
-/// Every wrapping policy the search tries under FSDP and hybrid sharding.
-pub const ALL_WRAPPINGS: [Wrapping; 6] = [Wrapping::PerBlock, Wrapping::Group(2), Wrapping::Group(4), Wrapping::PerStage, Wrapping::Vissl, Wrapping::Whole];
-/// DDP's gradient bucket size (PyTorch's `bucket_cap_mb` default).
-pub const DEFAULT_BUCKET_MIB: usize = 25;
+mod costs;
+mod memo;
+mod outcome;
+mod space;
 
-/// Which shardings the search tries.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ShardingSpace {
-    /// DDP, FSDP, and hybrid with shard groups of 1, 2 and 4 nodes' GPUs
-    /// (where they lie strictly inside the world and divide it).
-    Every,
-    /// One strategy (FSDP's group follows the world size).
-    Only(Sharding),
-}
-
-impl ShardingSpace {
-    /// The shardings at `world` ranks with `gpus_per_node` per node; FSDP
-    /// stays unresolved (shard group 0: the world) so memo keys match
-    /// across world sizes.
-    pub fn at(self, world: usize, gpus_per_node: usize) -> Vec<Sharding> {
-        let fits = |s: &Sharding| s.resolved(world).check(world).is_ok();
-        match self {
-            ShardingSpace::Only(s) => {
-                let s = if s.strategy == Strategy::Fsdp { Sharding::default() } else { s };
-                if fits(&s) {
-                    vec![s]
-                } else {
-                    vec![]
-                }
-            }
-            ShardingSpace::Every => {
-                let mut v = vec![Sharding::default(), Sharding::ddp()];
-                for k in [1, 2, 4] {
-                    let h = Sharding::hybrid(gpus_per_node * k);
-                    if fits(&h) && !v.contains(&h) {
-                        v.push(h);
-                    }
-                }
-                v.retain(fits);
-                v
-            }
-        }
-    }
-}
-pub const ALL_PRECISIONS: [DType; 3] = [DType::Fp32, DType::Fp16, DType::Bf16];
+use memo::*;
+pub use outcome::*;
+pub use space::*;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SearchError {
@@ -118,232 +81,9 @@ pub enum SearchError {
     Request(String),
 }
 
-/// How many GPUs to consider.
-#[derive(Clone, Debug, PartialEq)]
-pub enum GpuCount {
-    Fixed(usize),
-    /// Whole nodes (and slices of one node) in `[min, max]`.
-    Range {
-        min: usize,
-        max: usize,
-    },
-}
-
-/// How the per-GPU batch is chosen (see the module docs).
-#[derive(Clone, Debug, PartialEq)]
-pub enum BatchPolicy {
-    PerGpu(usize),
-    Global(usize),
-    Search { candidates: Vec<usize>, max_global: usize },
-}
-
-impl BatchPolicy {
-    /// Per-GPU batches allowed at `world` GPUs.
-    pub fn per_gpu(&self, world: usize) -> Vec<usize> {
-        match self {
-            BatchPolicy::PerGpu(b) => vec![*b],
-            BatchPolicy::Global(g) => {
-                if world > 0 && g % world == 0 && g / world > 0 {
-                    vec![g / world]
-                } else {
-                    vec![]
-                }
-            }
-            BatchPolicy::Search { candidates, max_global } => candidates.iter().copied().filter(|&b| b > 0 && b * world <= *max_global).collect(),
-        }
-    }
-}
-
-/// Everything the search may choose from.
-#[derive(Clone, Debug)]
-pub struct SearchSpace {
-    pub hardware: Vec<HardwareProfile>,
-    pub gpus: GpuCount,
-    pub batch: BatchPolicy,
-    pub shardings: ShardingSpace,
-    /// Wrappings tried under FSDP and hybrid sharding.
-    pub wrappings: Vec<Wrapping>,
-    /// DDP's units are its gradient buckets of this many MiB (unless
-    /// `ddp_wrappings` names others).
-    pub bucket_mib: usize,
-    /// Tried where the hardware supports them.
-    pub precisions: Vec<DType>,
-    pub reshard: Vec<bool>,
-    /// The crop groups' backward orders tried (`ByCropGroup` only where
-    /// `Together` needs checkpointing or does not fit: it reduces each
-    /// trunk unit once per crop group, so it pays only where it holds less).
-    pub backward_orders: Vec<BackwardOrder>,
-    /// Channel padding tried: `on` only where it changes a width and the
-    /// device has tensor cores to gain from it, unless it is the only one
-    /// asked for.
-    pub paddings: Vec<ChannelPadding>,
-    /// Evaluate every combination (no bound-based skipping).
-    pub exhaustive: bool,
-    /// Fraction of usable memory the plan must leave free (0 = plan up to
-    /// the limit; the memory model already adds a fragmentation margin).
-    pub headroom: f64,
-    /// Failure rate, checkpoint bandwidth and restart time: days and cost
-    /// include expected failures.
-    pub reliability: Reliability,
-}
-
-impl SearchSpace {
-    /// The wrappings tried with `sharding`: DDP buckets its gradients
-    /// unless the wrappings were narrowed to a single one.
-    pub fn wrappings_for(&self, sharding: Sharding) -> Vec<Wrapping> {
-        match (sharding.strategy, self.wrappings.as_slice()) {
-            (Strategy::Ddp, [one]) => vec![*one],
-            (Strategy::Ddp, _) => vec![Wrapping::Buckets(self.bucket_mib)],
-            _ => self.wrappings.clone(),
-        }
-    }
-
-    /// Every option, on the given hardware.
-    pub fn full(hardware: Vec<HardwareProfile>, gpus: GpuCount, batch: BatchPolicy) -> SearchSpace {
-        SearchSpace {
-            hardware,
-            gpus,
-            batch,
-            shardings: ShardingSpace::Every,
-            wrappings: ALL_WRAPPINGS.to_vec(),
-            bucket_mib: DEFAULT_BUCKET_MIB,
-            precisions: ALL_PRECISIONS.to_vec(),
-            reshard: vec![true, false],
-            backward_orders: vec![BackwardOrder::Together, BackwardOrder::ByCropGroup],
-            paddings: vec![ChannelPadding::Off, ChannelPadding::On],
-            exhaustive: false,
-            headroom: 0.0,
-            reliability: Reliability::builtin(),
-        }
-    }
-}
-
-/// Throughput and what the whole run costs.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Throughput {
-    pub images_per_s: f64,
-    pub global_batch: usize,
-    /// Model FLOPs (no recompute) / (step time x peak of the compute dtype).
-    pub mfu: f64,
-    /// Days and dollars including expected failures (what objectives use).
-    pub days: f64,
-    pub cost_usd: f64,
-    /// The same without failures or checkpoints.
-    pub failure_free_days: f64,
-    pub failure_free_cost_usd: f64,
-    pub failures: FailureCosts,
-}
-
-impl Throughput {
-    /// `checkpoint_per_rank`: the bytes each rank writes per checkpoint.
-    pub fn new(
-        recipe: &Recipe,
-        hw: &HardwareSpec,
-        d: &Decisions,
-        step: &StepResult,
-        model_flops: f64,
-        checkpoint_per_rank: Bytes,
-        reliability: &Reliability,
-    ) -> Throughput {
-        let global = d.world_size * d.batch_per_rank;
-        let ips = if step.step_time.0 > 0.0 { global as f64 / step.step_time.0 } else { f64::INFINITY };
-        let secs = recipe.data.total_images / ips;
-        let peak = hw.peak(d.precision.compute, MathUnit::Conv).map_or(0.0, |p| p.0);
-        let mfu = if peak > 0.0 && step.step_time.0 > 0.0 { model_flops / (step.step_time.0 * peak) } else { 0.0 };
-        let usd_per_day = 24.0 * d.world_size as f64 * hw.price_per_gpu_hour();
-        let days = secs / 86_400.0;
-        let failures = failure_costs(reliability, d.world_size, hw.gpus_per_node(), checkpoint_per_rank, step.step_time.0, days, usd_per_day);
-        Throughput {
-            images_per_s: ips,
-            global_batch: global,
-            mfu,
-            days: failures.days_to_train,
-            cost_usd: failures.cost_usd,
-            failure_free_days: days,
-            failure_free_cost_usd: days * usd_per_day,
-            failures,
-        }
-    }
-}
-
-/// One costed plan.
-#[derive(Clone, Debug)]
-pub struct Evaluated {
-    /// Index into [`SearchSpace::hardware`].
-    pub hardware: usize,
-    /// One rank's device (a share of the machine for CPU ranks).
-    pub rank_hardware: HardwareSpec,
-    /// `checkpoint` holds the chosen segments.
-    pub decisions: Decisions,
-    pub peak: Bytes,
-    pub usable: Bytes,
-    pub step: StepResult,
-    pub throughput: Throughput,
-    /// Share of the model's kernel time in unaligned GEMMs
-    /// (`KernelModel::is_unaligned`): what widens its band.
-    pub unaligned_share: f64,
-}
-
-impl Evaluated {
-    pub fn fits(&self) -> bool {
-        self.peak <= self.usable
-    }
-}
-
-/// A combination that did not fit, with the least memory it could need.
-#[derive(Clone, Debug)]
-pub struct NearMiss {
-    pub hardware: usize,
-    pub rank_hardware: HardwareSpec,
-    pub decisions: Decisions,
-    pub peak: Bytes,
-    pub usable: Bytes,
-}
-
-/// The search's answer for one (GPU type, world size).
-#[derive(Clone, Debug)]
-pub struct PointOutcome {
-    pub hardware: usize,
-    pub world_size: usize,
-    pub best: Option<Evaluated>,
-    /// Smallest peak among combinations that did not fit.
-    pub closest: Option<NearMiss>,
-    pub evaluated: usize,
-    pub skipped: usize,
-    /// Why nothing was tried at all (no batch allowed, machine too small).
-    pub note: Option<String>,
-}
-
-/// Objective for picking one point.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Objective {
-    Fastest,
-    Cheapest,
-    FewestGpus,
-    FastestUnderBudget,
-}
-
-impl Objective {
-    pub fn parse(s: &str) -> Option<Objective> {
-        match s {
-            "fastest" => Some(Objective::Fastest),
-            "cheapest" => Some(Objective::Cheapest),
-            "fewest-gpus" => Some(Objective::FewestGpus),
-            "fastest-under-budget" => Some(Objective::FastestUnderBudget),
-            _ => None,
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Constraints {
-    pub budget_usd: Option<f64>,
-    pub deadline_days: Option<f64>,
-}
-
-type GraphKey = (DType, ChannelPadding, usize);
+pub(super) type GraphKey = (DType, ChannelPadding, usize);
 /// (hardware, CPU share, dtype, batch).
-type CostKey = (usize, usize, DType, ChannelPadding, usize);
+pub(super) type CostKey = (usize, usize, DType, ChannelPadding, usize);
 
 /// The search with its caches (graphs, per-device op costs, units, links).
 pub struct Searcher<'r> {
@@ -363,37 +103,6 @@ pub struct Searcher<'r> {
     sim: Simulator,
     block_names: Vec<String>,
     memo: HashMap<MemoKey, Memo>,
-}
-
-/// (hardware, sharding as searched, dtype, channel padding, wrapping, reshard).
-type MemoKey = (usize, Sharding, DType, ChannelPadding, Wrapping, bool);
-
-/// What earlier (larger) worlds taught about one combination; only valid
-/// where the rank's device does not change with the world (GPUs).
-#[derive(Default)]
-struct Memo {
-    /// (world, batch) that did not fit.
-    infeasible: Vec<(usize, usize)>,
-    /// (world, batch, optimal segments, their recompute time), the crop
-    /// groups together.
-    placements: Vec<(usize, usize, Vec<Range<usize>>, f64)>,
-    /// (world, batch, least recompute time of any backward order).
-    least_recompute: Vec<(usize, usize, f64)>,
-}
-
-impl Memo {
-    fn known_infeasible(&self, world: usize, batch: usize) -> bool {
-        self.infeasible.iter().any(|&(w, b)| w >= world && b <= batch)
-    }
-    /// The placement from the smallest world >= `world` at this batch.
-    fn placement(&self, world: usize, batch: usize) -> Option<&(usize, usize, Vec<Range<usize>>, f64)> {
-        self.placements.iter().filter(|p| p.0 >= world && p.1 == batch).min_by_key(|p| p.0)
-    }
-    /// A lower bound on the recompute at (`world`, `batch`): what the
-    /// smallest world >= `world` needed at this batch (fewer ranks hold more).
-    fn recompute_bound(&self, world: usize, batch: usize) -> f64 {
-        self.least_recompute.iter().filter(|p| p.0 >= world && p.1 == batch).min_by_key(|p| p.0).map_or(0.0, |p| p.2)
-    }
 }
 
 struct Combo {
@@ -486,150 +195,6 @@ impl<'r> Searcher<'r> {
             progress(k + 1, points.len());
         }
         Ok(out.into_iter().flatten().collect())
-    }
-
-    /// The layer graph of one rank's step at (dtype, padding, batch), cached.
-    pub fn graph(&mut self, dtype: DType, padding: ChannelPadding, batch: usize) -> &ModelGraph {
-        let (model, recipe) = (&self.model, self.recipe);
-        self.graphs
-            .entry((dtype, padding, batch))
-            .or_insert_with(|| ModelGraph::build_executed(model, &Workload { images: batch as u64, crops: recipe.crop_groups(), dtype }, padding))
-    }
-
-    fn units(&mut self, wrapping: Wrapping) -> &[Unit] {
-        if !self.units.contains_key(&wrapping) {
-            // Units depend on names and parameter counts only: any batch will do.
-            let u = units_for(self.graph(DType::Fp32, ChannelPadding::Off, 1), wrapping);
-            self.units.insert(wrapping, u);
-        }
-        &self.units[&wrapping]
-    }
-
-    /// Collective costs of `world` ranks on hardware `h` under `sharding`.
-    fn world_costs<'a>(&'a self, h: usize, links: &'a RankLinks, world: usize, sharding: Sharding) -> WorldCosts<'a> {
-        let p = &self.space.hardware[h];
-        WorldCosts {
-            links,
-            collectives: &self.collectives[h],
-            world_size: world,
-            sharding: sharding.resolved(world),
-            overlap: crate::cluster::comm_overlaps_compute(&p.hardware, &p.measured, world),
-            cores_full: crate::cluster::cores_full(&p.hardware, &p.measured, world),
-        }
-    }
-
-    /// CPU ranks split the machine, so their op costs depend on the share.
-    fn share(&self, h: usize, world: usize) -> usize {
-        match self.space.hardware[h].hardware.kind {
-            cost_models::hardware::DeviceKind::Cpu => world,
-            cost_models::hardware::DeviceKind::Gpu => 1,
-        }
-    }
-
-    fn compute_model(&mut self, h: usize, share: usize, rank_hw: &HardwareSpec) -> &ComputeModel {
-        let profile = &self.space.hardware[h];
-        self.computes.entry((h, share)).or_insert_with(|| {
-            let measured = crate::cluster::rank_measured(&profile.hardware, &profile.measured, share);
-            ComputeModel::new(&HardwareProfile { hardware: rank_hw.clone(), measured })
-        })
-    }
-
-    fn graph_costs(
-        &mut self,
-        h: usize,
-        share: usize,
-        rank_hw: &HardwareSpec,
-        dtype: DType,
-        padding: ChannelPadding,
-        batch: usize,
-    ) -> Result<&GraphCosts, SearchError> {
-        let key = (h, share, dtype, padding, batch);
-        if !self.costs.contains_key(&key) {
-            let compute = self.compute_model(h, share, rank_hw).clone();
-            let recipe = self.recipe;
-            let g = self.graph(dtype, padding, batch);
-            let c = GraphCosts::new(g, &compute, recipe)?;
-            self.costs.insert(key, c);
-        }
-        Ok(&self.costs[&key])
-    }
-
-    /// The simulator's input for one set of decisions: every op's time in
-    /// execution order (for phase-by-phase comparisons).
-    pub fn step_profile(&mut self, h: usize, d: &Decisions) -> Result<crate::simulator::StepProfile, SearchError> {
-        let rank_hw = rank_hardware(&self.space.hardware[h].hardware, d.world_size)
-            .ok_or_else(|| SearchError::Request(format!("{} cannot host {} ranks", self.space.hardware[h].hardware.name, d.world_size)))?;
-        self.step_profile_on(h, &rank_hw, d)
-    }
-
-    /// [`Searcher::step_profile`] on one rank's device.
-    fn step_profile_on(&mut self, h: usize, rank_hw: &HardwareSpec, d: &Decisions) -> Result<crate::simulator::StepProfile, SearchError> {
-        let share = self.share(h, d.world_size);
-        self.graph_costs(h, share, rank_hw, d.precision.compute, d.channel_padding, d.batch_per_rank)?;
-        self.units(d.wrapping);
-        let compute = self.compute_model(h, share, rank_hw).clone();
-        let links = self.links.groups(rank_hw, d.world_size, d.sharding, self.recipe.sync_bn_group_for(d.world_size).ok().flatten())?.clone();
-        let gc = &self.costs[&(h, share, d.precision.compute, d.channel_padding, d.batch_per_rank)];
-        let units = &self.units[&d.wrapping];
-        let w = self.world_costs(h, &links, d.world_size, d.sharding);
-        let p = &d.precision;
-        Ok(step_profile(gc, units, &d.recompute_segments, self.recipe, p.compute, p.reduce, d.reshard_after_forward, d.backward_order, &compute, &w))
-    }
-
-    /// Simulates one set of decisions (checkpoint segments given).
-    pub fn simulate(&mut self, h: usize, rank_hw: &HardwareSpec, d: &Decisions) -> Result<(StepResult, f64), SearchError> {
-        let profile = self.step_profile_on(h, rank_hw, d)?;
-        let share = self.share(h, d.world_size);
-        let flops = self.costs[&(h, share, d.precision.compute, d.channel_padding, d.batch_per_rank)].model_flops.0;
-        Ok((self.sim.run(&profile), flops))
-    }
-
-    /// Bytes one rank writes per checkpoint under `d`.
-    pub fn checkpoint_per_rank(&mut self, d: &Decisions) -> Bytes {
-        self.units(d.wrapping);
-        let s = d.shard_group();
-        let shard: u64 = self.units[&d.wrapping].iter().map(|u| u.shard_len(s)).sum();
-        let states = self.recipe.optim.kind.states_per_param();
-        checkpoint_bytes_per_rank(shard, states, &self.graphs[&(DType::Fp32, ChannelPadding::Off, 1)])
-    }
-
-    /// Peak memory of one set of decisions (checkpoint segments given).
-    pub fn memory(&mut self, h: usize, rank_hw: &HardwareSpec, d: &Decisions) -> MemoryModel {
-        self.units(d.wrapping);
-        self.measured_backward(h, d);
-        let g = &self.graphs[&(d.precision.compute, d.channel_padding, d.batch_per_rank)];
-        let measured = &self.measured_bwd[&(h, d.precision.compute, d.channel_padding, d.batch_per_rank)];
-        MemoryModel::calibrated(g, &self.units[&d.wrapping], self.recipe, d, rank_hw, measured)
-    }
-
-    /// The profile's measured backward peaks for `d`'s graph, per block
-    /// (matched once per hardware and graph: keys cost a pass over the layers).
-    pub fn measured_backward(&mut self, h: usize, d: &Decisions) -> &[Option<u64>] {
-        let key = (h, d.precision.compute, d.channel_padding, d.batch_per_rank);
-        if !self.measured_bwd.contains_key(&key) {
-            self.graph(key.1, key.2, key.3);
-            let m = crate::memory::measured_backward(&self.space.hardware[h].measured, &self.graphs[&(key.1, key.2, key.3)]);
-            self.measured_bwd.insert(key, m);
-        }
-        &self.measured_bwd[&key]
-    }
-
-    /// The share of the graph's forward and backward kernel time in
-    /// unaligned GEMMs on hardware `h` (0 without a GPU kernel model).
-    pub fn unaligned_share(&mut self, h: usize, dtype: DType, padding: ChannelPadding, batch: usize) -> f64 {
-        let key = (h, dtype, padding, batch);
-        if let Some(&share) = self.unaligned.get(&key) {
-            return share;
-        }
-        let share = match cost_models::kernels::KernelModel::new(&self.space.hardware[h].hardware) {
-            Some(k) => {
-                let g = self.graph(dtype, padding, batch);
-                k.unaligned_share(g.blocks.iter().flat_map(|b| g.layers_of(b)))
-            }
-            None => 0.0,
-        };
-        self.unaligned.insert(key, share);
-        share
     }
 
     /// Costs fixed decisions (e.g. a published plan) without searching.
@@ -927,64 +492,4 @@ fn by_crop_group_placement(
         Some(p) => fits(p.segments.clone()),
         None => least,
     }
-}
-
-pub fn wrapping_name(w: Wrapping) -> String {
-    match w {
-        Wrapping::PerBlock => "per-block".into(),
-        Wrapping::PerStage => "per-stage".into(),
-        Wrapping::Group(g) => format!("group-{g}"),
-        Wrapping::Vissl => "vissl".into(),
-        Wrapping::Whole => "whole".into(),
-        Wrapping::Buckets(mib) => format!("buckets-{mib}mib"),
-    }
-}
-
-/// Picks one plan among the per-point bests. `Fastest`/`Cheapest` respect
-/// the budget and deadline when given; `FewestGpus` takes the smallest
-/// cluster that fits (fastest among equals); `FastestUnderBudget` needs a
-/// budget.
-pub fn choose(outcomes: &[PointOutcome], objective: Objective, c: Constraints) -> Result<&Evaluated, SearchError> {
-    if objective == Objective::FastestUnderBudget && c.budget_usd.is_none() {
-        return Err(SearchError::Request("--objective fastest-under-budget needs --budget-usd".into()));
-    }
-    let feasible: Vec<&Evaluated> = outcomes.iter().filter_map(|o| o.best.as_ref()).collect();
-    if feasible.is_empty() {
-        return Err(SearchError::Infeasible("no plan fits".into()));
-    }
-    let ok: Vec<&Evaluated> = feasible
-        .iter()
-        .copied()
-        .filter(|e| c.budget_usd.is_none_or(|b| e.throughput.cost_usd <= b) && c.deadline_days.is_none_or(|d| e.throughput.days <= d))
-        .collect();
-    if ok.is_empty() {
-        let cheapest = feasible.iter().min_by(|a, b| a.throughput.cost_usd.total_cmp(&b.throughput.cost_usd)).copied();
-        let fastest = feasible.iter().min_by(|a, b| a.throughput.days.total_cmp(&b.throughput.days)).copied();
-        let mut why = Vec::new();
-        if let (Some(b), Some(e)) = (c.budget_usd, cheapest) {
-            why.push(format!(
-                "budget ${b:.0}: the cheapest plan that fits costs ${:.0} ({} GPUs, {:.1} days)",
-                e.throughput.cost_usd, e.decisions.world_size, e.throughput.days
-            ));
-        }
-        if let (Some(d), Some(e)) = (c.deadline_days, fastest) {
-            why.push(format!(
-                "deadline {d} days: the fastest plan that fits takes {:.1} days ({} GPUs, ${:.0})",
-                e.throughput.days, e.decisions.world_size, e.throughput.cost_usd
-            ));
-        }
-        return Err(SearchError::Constraint(why.join("; ")));
-    }
-    let by = |f: fn(&Evaluated) -> (f64, f64)| {
-        ok.iter().copied().min_by(|a, b| {
-            let (x, y) = (f(a), f(b));
-            x.0.total_cmp(&y.0).then(x.1.total_cmp(&y.1))
-        })
-    };
-    let pick = match objective {
-        Objective::Fastest | Objective::FastestUnderBudget => by(|e| (e.throughput.days, e.throughput.cost_usd)),
-        Objective::Cheapest => by(|e| (e.throughput.cost_usd, e.throughput.days)),
-        Objective::FewestGpus => by(|e| (e.decisions.world_size as f64, e.throughput.days)),
-    };
-    pick.ok_or_else(|| SearchError::Infeasible("no plan fits".into()))
 }
