@@ -158,20 +158,23 @@ impl ImageFolder {
             return ImageFolder::from_list(root);
         }
         let mut files = Vec::new();
-        let mut dirs = vec![root.clone()];
-        while let Some(dir) = dirs.pop() {
-            let rd = std::fs::read_dir(&dir).map_err(|source| DataError::Io { path: dir.clone(), source })?;
-            for entry in rd {
-                let entry = entry.map_err(|source| DataError::Io { path: dir.clone(), source })?;
-                let path = entry.path();
-                // Follows links (the default folder is one); unreadable
-                // entries are not fatal, their decode will be.
-                let meta = std::fs::metadata(&path);
-                if meta.as_ref().map(|m| m.is_dir()).unwrap_or(false) {
-                    dirs.push(path);
-                } else if is_image_name(&path) {
-                    files.push(path);
+        // Follows links (the default folder is one); a link back into a
+        // folder already being walked is skipped, not followed forever;
+        // unreadable files are not fatal here, their decode will be.
+        for entry in walkdir::WalkDir::new(&root).follow_links(true) {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) if e.loop_ancestor().is_some() => continue,
+                Err(e) => {
+                    let path = e.path().map_or_else(|| root.clone(), Path::to_path_buf);
+                    match e.into_io_error() {
+                        Some(source) if path == root => return Err(DataError::Io { path, source }),
+                        _ => continue,
+                    }
                 }
+            };
+            if !entry.file_type().is_dir() && is_image_name(entry.path()) {
+                files.push(entry.into_path());
             }
         }
         if files.is_empty() {
@@ -882,6 +885,21 @@ mod tests {
         let missing = ImageFolder::open(dir.join("nope")).unwrap_err().to_string();
         assert!(missing.contains("nope"), "{missing}");
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// Links are followed (the default folder is one), and a link back to
+    /// a folder above is a loop the walk steps over instead of following.
+    #[cfg(unix)]
+    #[test]
+    fn the_folder_walk_follows_links_and_stops_at_loops() {
+        let dir = temp_folder("loop", 2, &[]);
+        let elsewhere = temp_folder("linked", 1, &[]);
+        std::os::unix::fs::symlink(&elsewhere, dir.join("more")).unwrap();
+        std::os::unix::fs::symlink(&dir, dir.join("back-up")).unwrap();
+        let f = ImageFolder::open(&dir).unwrap();
+        assert_eq!(f.len(), 3, "two here, one through the link, none again through the loop: {:?}", f.files());
+        std::fs::remove_dir_all(&dir).ok();
+        std::fs::remove_dir_all(&elsewhere).ok();
     }
 
     /// A `.txt` file list: paths relative to its folder or absolute, in the

@@ -78,13 +78,19 @@ pub(super) fn public_cases() -> Result<Vec<Case>, AccuracyError> {
             optimizer: None,
         });
     }
-    for (i, line) in TIMM.lines().enumerate().skip(1).filter(|(_, l)| !l.trim().is_empty()) {
-        let f: Vec<&str> = line.split(',').collect();
-        let bad = || data_err("timm-train-amp-nchw-pt112-cu113-rtx3090-regnet.csv", format!("line {}: {line}", i + 1));
-        let (name, step_ms, batch, res) = match f.as_slice() {
-            [n, _, t, b, r, ..] => (*n, t.parse::<f64>().map_err(|_| bad())?, b.parse::<u64>().map_err(|_| bad())?, r.parse::<u64>().map_err(|_| bad())?),
-            _ => return Err(bad()),
-        };
+    const TIMM_FILE: &str = "timm-train-amp-nchw-pt112-cu113-rtx3090-regnet.csv";
+    /// One row of timm's benchmark CSV, by column name.
+    #[derive(serde::Deserialize)]
+    struct TimmRow {
+        model: String,
+        train_step_time: f64,
+        train_batch_size: u64,
+        train_img_size: u64,
+    }
+    for (i, row) in csv::Reader::from_reader(TIMM.as_bytes()).deserialize::<TimmRow>().enumerate() {
+        let row = row.map_err(|e| data_err(TIMM_FILE, format!("row {}: {e}", i + 1)))?;
+        let (name, step_ms, batch, res) = (row.model.as_str(), row.train_step_time, row.train_batch_size, row.train_img_size);
+        let bad = || data_err(TIMM_FILE, format!("row {}: model `{name}`", i + 1));
         // timm's `regnety_016` is pycls's RegNetY-1.6GF.
         let (family, code) = name.split_once('_').ok_or_else(bad)?;
         let size = match code {
