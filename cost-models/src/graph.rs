@@ -328,12 +328,7 @@ impl ModelGraph {
         for l in self.layers_of(block) {
             text.push_str(&format!("{:?}|{:?}|{:?}|{:?};", l.kind, l.in_shape, l.out_shape, l.dtype));
         }
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in text.bytes() {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        format!("{h:016x}")
+        format!("{:016x}", crate::hash::fnv1a(text.as_bytes()))
     }
 }
 

@@ -18,6 +18,7 @@ pub mod compute;
 pub mod config;
 pub mod graph;
 pub mod hardware;
+pub mod hash;
 pub mod kernels;
 pub mod nccl_tests;
 pub mod padding;

@@ -219,20 +219,8 @@ pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
     order
 }
 
-/// Seeds from several parts (SplitMix64 over them).
-pub fn mix(parts: &[u64]) -> u64 {
-    // SplitMix64 over the parts: cheap, stable, well spread.
-    let mut h = 0x9e37_79b9_7f4a_7c15u64;
-    for &p in parts {
-        h ^= p;
-        h = h.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = h;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        h = z ^ (z >> 31);
-    }
-    h
-}
+/// Seeds from several parts (`cost_models::hash::mix`).
+pub use cost_models::hash::mix;
 
 #[derive(Clone, Debug)]
 pub struct LoaderConfig {

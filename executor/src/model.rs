@@ -117,18 +117,10 @@ fn normal(rng: &mut ChaCha8Rng, n: usize, std: f64) -> Vec<f32> {
     (0..n).map(|_| (rng.sample::<f64, _>(StandardNormal) * std) as f32).collect()
 }
 
-/// FNV-1a of the name mixed with the seed (SplitMix64 finaliser): stable
-/// across platforms and Rust versions, unlike `DefaultHasher`.
+/// A parameter's initialisation seed: stable across platforms and Rust
+/// versions (`cost_models::hash::name_seed`).
 fn param_seed(seed: u64, name: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in name.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    let mut z = h ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+    cost_models::hash::name_seed(seed, name)
 }
 
 /// One residual block: `cost_models::regnet::BlockSpec` (the one derivation

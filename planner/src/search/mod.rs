@@ -105,6 +105,25 @@ pub struct Searcher<'r> {
     memo: HashMap<MemoKey, Memo>,
 }
 
+/// What every combination at one (hardware, world size) shares.
+struct Point {
+    h: usize,
+    world: usize,
+    /// One rank's device (a share of the machine for CPU ranks).
+    rank_hw: HardwareSpec,
+    batches: Vec<usize>,
+    precisions: Vec<DType>,
+    paddings: Vec<ChannelPadding>,
+    shardings: Vec<Sharding>,
+    /// The CPU share key of the costs cache.
+    share: usize,
+    usable: Bytes,
+    /// Usable memory less the headroom asked for.
+    budget: Bytes,
+    compute: ComputeModel,
+    use_memo: bool,
+}
+
 struct Combo {
     /// As searched (FSDP unresolved: the memo key).
     sharding: Sharding,
@@ -217,51 +236,119 @@ impl<'r> Searcher<'r> {
     /// The fastest plan that fits at one (hardware, world size).
     pub fn search_point(&mut self, h: usize, world: usize) -> Result<PointOutcome, SearchError> {
         let mut out = PointOutcome { hardware: h, world_size: world, best: None, closest: None, evaluated: 0, skipped: 0, note: None };
-        let hw = self.space.hardware[h].hardware.clone();
-        let Some(rank_hw) = rank_hardware(&hw, world) else {
-            out.note = Some(format!("{} cannot host {world} ranks", hw.name));
-            return Ok(out);
+        let p = match self.point(h, world) {
+            Ok(p) => p,
+            Err(note) => {
+                out.note = Some(note);
+                return Ok(out);
+            }
         };
+        let combos = self.combinations(&p)?;
+        let mut best_per_image = f64::INFINITY;
+        for c in &combos {
+            if !self.space.exhaustive && c.bound_per_image >= best_per_image {
+                out.skipped += 1;
+                continue;
+            }
+            let key = (h, c.sharding, c.dtype, c.padding, c.wrapping, c.reshard);
+            let memo = if p.use_memo { self.memo.get(&key) } else { None };
+            if memo.is_some_and(|m| m.known_infeasible(world, c.batch)) {
+                out.skipped += 1;
+                continue;
+            }
+            let previous = memo.and_then(|m| m.placement(world, c.batch)).map(|p| p.2.clone());
+            out.evaluated += 1;
+            let d = Decisions {
+                world_size: world,
+                batch_per_rank: c.batch,
+                precision: Precision { compute: c.dtype, reduce: c.dtype },
+                reshard_after_forward: c.reshard,
+                sharding: c.sharding.resolved(world),
+                wrapping: c.wrapping,
+                recompute_segments: Vec::new(),
+                backward_order: BackwardOrder::Together,
+                channel_padding: c.padding,
+            };
+            let mm = self.memory(h, &p.rank_hw, &d);
+            let candidates = self.placements(&p, c, &mm, previous, best_per_image);
+            if candidates.is_empty() {
+                // Least memory this combination could need: every checkpointable block alone.
+                let peak = mm.peak(&mm.every_block_alone()).min(mm.peak(&[]));
+                if out.closest.as_ref().is_none_or(|m| peak < m.peak) {
+                    out.closest = Some(NearMiss { hardware: h, rank_hardware: p.rank_hw.clone(), decisions: d.clone(), peak, usable: p.usable });
+                }
+                if p.use_memo {
+                    self.memo.entry(key).or_default().infeasible.push((world, c.batch));
+                }
+                continue;
+            };
+            if p.use_memo {
+                let memo = self.memo.entry(key).or_default();
+                if let Some((BackwardOrder::Together, pl)) = candidates.first() {
+                    memo.placements.push((world, c.batch, pl.segments.clone(), pl.recompute.0));
+                }
+                let least = candidates.iter().map(|(_, pl)| pl.recompute.0).fold(f64::INFINITY, f64::min);
+                memo.least_recompute.push((world, c.batch, least));
+            }
+            for e in self.simulate_candidates(&p, c, &d, candidates)? {
+                let per_image = e.step.step_time.0 / c.batch as f64;
+                if per_image < best_per_image {
+                    best_per_image = per_image;
+                    out.best = Some(e);
+                }
+            }
+        }
+        if out.best.is_none() && out.closest.is_none() {
+            out.note = Some("nothing fits (every option already failed on a larger cluster or with a smaller batch)".into());
+        }
+        Ok(out)
+    }
+
+    /// What every combination at (`h`, `world`) shares, or why none can run
+    /// there (the note a sweep row shows).
+    fn point(&mut self, h: usize, world: usize) -> Result<Point, String> {
+        let hw = self.space.hardware[h].hardware.clone();
+        let rank_hw = rank_hardware(&hw, world).ok_or_else(|| format!("{} cannot host {world} ranks", hw.name))?;
         let batches = self.space.batch.per_gpu(world);
         if batches.is_empty() {
-            out.note = Some(match &self.space.batch {
+            return Err(match &self.space.batch {
                 BatchPolicy::Global(g) => format!("global batch {g} is not a multiple of {world} GPUs (--free-batch searches others)"),
                 _ => format!("no per-GPU batch keeps the global batch within the limit at {world} GPUs"),
             });
-            return Ok(out);
         }
         let precisions: Vec<DType> = self.space.precisions.iter().copied().filter(|&p| rank_hw.supports(p)).collect();
         if precisions.is_empty() {
-            out.note = Some(format!("{} supports none of the precisions asked for", hw.name));
-            return Ok(out);
+            return Err(format!("{} supports none of the precisions asked for", hw.name));
+        }
+        let shardings = self.space.shardings.at(world, rank_hw.gpus_per_node().min(world).max(1));
+        if shardings.is_empty() {
+            return Err(format!("no sharding asked for fits {world} ranks"));
         }
         let share = self.share(h, world);
         let usable = rank_hw.usable_memory();
         let budget = Bytes((usable.0 as f64 * (1.0 - self.space.headroom.clamp(0.0, 0.9))) as u64);
         let compute = self.compute_model(h, share, &rank_hw).clone();
-        let shardings = self.space.shardings.at(world, rank_hw.gpus_per_node().min(world).max(1));
-        if shardings.is_empty() {
-            out.note = Some(format!("no sharding asked for fits {world} ranks"));
-            return Ok(out);
-        }
-
+        let paddings = self.paddings_for(&hw);
         // The memo is exact only if the rank's device is the same at every world.
         let use_memo = hw.kind == cost_models::hardware::DeviceKind::Gpu;
+        Ok(Point { h, world, rank_hw, batches, precisions, paddings, shardings, share, usable, budget, compute, use_memo })
+    }
 
-        // Every combination with its lower bound, best first.
+    /// Every combination at a point with its lower bound on the time per
+    /// image, best first.
+    fn combinations(&mut self, p: &Point) -> Result<Vec<Combo>, SearchError> {
         let mut combos = Vec::new();
-        let paddings = self.paddings_for(&hw);
-        for (&dtype, &padding) in precisions.iter().flat_map(|d| paddings.iter().map(move |p| (d, p))) {
-            for &batch in &batches {
-                let gc = self.graph_costs(h, share, &rank_hw, dtype, padding, batch)?;
+        for (&dtype, &padding) in p.precisions.iter().flat_map(|d| p.paddings.iter().map(move |pad| (d, pad))) {
+            for &batch in &p.batches {
+                let gc = self.graph_costs(p.h, p.share, &p.rank_hw, dtype, padding, batch)?;
                 let l = &gc.loss;
                 let loss = l.assign_crops as f64 * (l.sinkhorn_init.0 + l.sinkhorn_iterations as f64 * l.sinkhorn_iteration.0) + l.swapped_loss.0;
                 let compute_s: f64 = gc.blocks.iter().map(|b| b.forward.0 + b.backward.0).sum::<f64>() + loss;
-                for &sharding in &shardings {
+                for &sharding in &p.shardings {
                     for wrapping in self.space.wrappings_for(sharding) {
                         for &reshard in &self.space.reshard {
-                            let recompute_lb = match self.memo.get(&(h, sharding, dtype, padding, wrapping, reshard)) {
-                                Some(m) if use_memo => m.recompute_bound(world, batch),
+                            let recompute_lb = match self.memo.get(&(p.h, sharding, dtype, padding, wrapping, reshard)) {
+                                Some(m) if p.use_memo => m.recompute_bound(p.world, batch),
                                 _ => 0.0,
                             };
                             combos.push(Combo {
@@ -280,117 +367,70 @@ impl<'r> Searcher<'r> {
             }
         }
         combos.sort_by(|a, b| a.bound_per_image.total_cmp(&b.bound_per_image));
+        Ok(combos)
+    }
 
-        let mut best_per_image = f64::INFINITY;
-        for c in &combos {
-            if !self.space.exhaustive && c.bound_per_image >= best_per_image {
-                out.skipped += 1;
-                continue;
+    /// The recompute placements worth simulating for a combination, per
+    /// backward order: cheapest exact answers first (the larger world's
+    /// optimum, no recompute at all, only then the DP); the crop groups one
+    /// after the other where together needs recompute or does not fit and
+    /// saving recompute could beat `best_per_image`. Empty: nothing fits.
+    fn placements(&self, p: &Point, c: &Combo, mm: &MemoryModel, previous: Option<Vec<Range<usize>>>, best_per_image: f64) -> Vec<(BackwardOrder, Placement)> {
+        let recompute = &self.costs[&(p.h, p.share, c.dtype, c.padding, c.batch)].recompute;
+        let placement = match previous.map(|segs| (mm.peak(&segs), segs)) {
+            Some((peak, segs)) if peak <= p.budget => {
+                let rc = segs.iter().flat_map(|r| recompute[r.clone()].iter()).map(|t| t.0).sum::<f64>();
+                Some(Placement { segments: segs, recompute: cost_models::Seconds(rc), peak })
             }
-            let key = (h, c.sharding, c.dtype, c.padding, c.wrapping, c.reshard);
-            let memo = if use_memo { self.memo.get(&key) } else { None };
-            if memo.is_some_and(|m| m.known_infeasible(world, c.batch)) {
-                out.skipped += 1;
-                continue;
-            }
-            let previous = memo.and_then(|m| m.placement(world, c.batch)).map(|p| p.2.clone());
-            out.evaluated += 1;
-            let precision = Precision { compute: c.dtype, reduce: c.dtype };
-            let d = Decisions {
-                world_size: world,
-                batch_per_rank: c.batch,
-                precision,
-                reshard_after_forward: c.reshard,
-                sharding: c.sharding.resolved(world),
-                wrapping: c.wrapping,
-                recompute_segments: Vec::new(),
-                backward_order: BackwardOrder::Together,
-                channel_padding: c.padding,
-            };
-            let mm = self.memory(h, &rank_hw, &d);
-            let recompute = self.costs[&(h, share, c.dtype, c.padding, c.batch)].recompute.clone();
-            let recompute = &recompute;
-            // Cheapest exact answers first: the larger world's optimum, no
-            // checkpointing at all, and only then the DP.
-            let placement = match previous.map(|segs| (mm.peak(&segs), segs)) {
-                Some((peak, segs)) if peak <= budget => {
-                    let rc = segs.iter().flat_map(|r| recompute[r.clone()].iter()).map(|t| t.0).sum::<f64>();
-                    Some(Placement { segments: segs, recompute: cost_models::Seconds(rc), peak })
-                }
-                _ => {
-                    let peak0 = mm.peak(&[]);
-                    if peak0 <= budget {
-                        Some(Placement { segments: Vec::new(), recompute: cost_models::Seconds(0.0), peak: peak0 })
-                    } else {
-                        optimal_recompute(&mm, budget, recompute)
-                    }
-                }
-            };
-            // The crop groups one after the other, where together needs
-            // recompute or does not fit, and saving recompute could beat the
-            // best plan so far.
-            let orders = &self.space.backward_orders;
-            let (together_allowed, by_group_allowed) = (orders.contains(&BackwardOrder::Together), orders.contains(&BackwardOrder::ByCropGroup));
-            let could_win = self.space.exhaustive || c.compute_per_image < best_per_image;
-            let needs_less = !together_allowed || placement.as_ref().is_none_or(|p| !p.segments.is_empty());
-            let by_group = if by_group_allowed && mm.profile().crop_groups > 1 && could_win && needs_less {
-                let mm_bg = MemoryModel::from_profile(MemProfile { backward_order: BackwardOrder::ByCropGroup, ..mm.profile().clone() });
-                by_crop_group_placement(&mm, &mm_bg, placement.as_ref(), together_allowed, budget, recompute)
-            } else {
-                None
-            };
-            let together = if together_allowed { placement } else { None };
-            let candidates: Vec<(BackwardOrder, Placement)> =
-                together.map(|p| (BackwardOrder::Together, p)).into_iter().chain(by_group.map(|p| (BackwardOrder::ByCropGroup, p))).collect();
-            if candidates.is_empty() {
-                // Least memory this combination could need: every checkpointable block alone.
-                let peak = mm.peak(&mm.every_block_alone()).min(mm.peak(&[]));
-                if out.closest.as_ref().is_none_or(|m| peak < m.peak) {
-                    out.closest = Some(NearMiss { hardware: h, rank_hardware: rank_hw.clone(), decisions: d.clone(), peak, usable });
-                }
-                if use_memo {
-                    self.memo.entry(key).or_default().infeasible.push((world, c.batch));
-                }
-                continue;
-            };
-            if use_memo {
-                let memo = self.memo.entry(key).or_default();
-                if let Some((BackwardOrder::Together, p)) = candidates.first() {
-                    memo.placements.push((world, c.batch, p.segments.clone(), p.recompute.0));
-                }
-                let least = candidates.iter().map(|(_, p)| p.recompute.0).fold(f64::INFINITY, f64::min);
-                memo.least_recompute.push((world, c.batch, least));
-            }
-            let links = self.links.groups(&rank_hw, world, c.sharding, self.recipe.sync_bn_group_for(world).ok().flatten())?.clone();
-            let unaligned_share = self.unaligned_share(h, c.dtype, c.padding, c.batch);
-            for (order, placement) in candidates {
-                let d = Decisions { recompute_segments: placement.segments, backward_order: order, ..d.clone() };
-                let gc = &self.costs[&(h, share, c.dtype, c.padding, c.batch)];
-                let units = &self.units[&c.wrapping];
-                let w = self.world_costs(h, &links, world, c.sharding);
-                let profile = step_profile(gc, units, &d.recompute_segments, self.recipe, c.dtype, c.dtype, c.reshard, order, &compute, &w);
-                let step = self.sim.run(&profile);
-                let per_image = step.step_time.0 / c.batch as f64;
-                if per_image < best_per_image {
-                    best_per_image = per_image;
-                    let flops = gc.model_flops.0;
-                    let ckpt = self.checkpoint_per_rank(&d);
-                    let throughput = Throughput::new(self.recipe, &rank_hw, &d, &step, flops, ckpt, &self.space.reliability);
-                    out.best = Some(Evaluated {
-                        hardware: h,
-                        rank_hardware: rank_hw.clone(),
-                        decisions: d,
-                        peak: placement.peak,
-                        usable,
-                        step,
-                        throughput,
-                        unaligned_share,
-                    });
+            _ => {
+                let peak0 = mm.peak(&[]);
+                if peak0 <= p.budget {
+                    Some(Placement { segments: Vec::new(), recompute: cost_models::Seconds(0.0), peak: peak0 })
+                } else {
+                    optimal_recompute(mm, p.budget, recompute)
                 }
             }
-        }
-        if out.best.is_none() && out.closest.is_none() {
-            out.note = Some("nothing fits (every option already failed on a larger cluster or with a smaller batch)".into());
+        };
+        let orders = &self.space.backward_orders;
+        let (together_allowed, by_group_allowed) = (orders.contains(&BackwardOrder::Together), orders.contains(&BackwardOrder::ByCropGroup));
+        let could_win = self.space.exhaustive || c.compute_per_image < best_per_image;
+        let needs_less = !together_allowed || placement.as_ref().is_none_or(|pl| !pl.segments.is_empty());
+        let by_group = if by_group_allowed && mm.profile().crop_groups > 1 && could_win && needs_less {
+            let mm_bg = MemoryModel::from_profile(MemProfile { backward_order: BackwardOrder::ByCropGroup, ..mm.profile().clone() });
+            by_crop_group_placement(mm, &mm_bg, placement.as_ref(), together_allowed, p.budget, recompute)
+        } else {
+            None
+        };
+        let together = if together_allowed { placement } else { None };
+        together.map(|pl| (BackwardOrder::Together, pl)).into_iter().chain(by_group.map(|pl| (BackwardOrder::ByCropGroup, pl))).collect()
+    }
+
+    /// Each candidate placement of a combination simulated as a step, with
+    /// what it costs to train.
+    fn simulate_candidates(&mut self, p: &Point, c: &Combo, d: &Decisions, candidates: Vec<(BackwardOrder, Placement)>) -> Result<Vec<Evaluated>, SearchError> {
+        let links = self.links.groups(&p.rank_hw, p.world, c.sharding, self.recipe.sync_bn_group_for(p.world).ok().flatten())?.clone();
+        let unaligned_share = self.unaligned_share(p.h, c.dtype, c.padding, c.batch);
+        let mut out = Vec::with_capacity(candidates.len());
+        for (order, placement) in candidates {
+            let d = Decisions { recompute_segments: placement.segments, backward_order: order, ..d.clone() };
+            let gc = &self.costs[&(p.h, p.share, c.dtype, c.padding, c.batch)];
+            let units = &self.units[&c.wrapping];
+            let w = self.world_costs(p.h, &links, p.world, c.sharding);
+            let profile = step_profile(gc, units, &d.recompute_segments, self.recipe, c.dtype, c.dtype, c.reshard, order, &p.compute, &w);
+            let step = self.sim.run(&profile);
+            let flops = gc.model_flops.0;
+            let ckpt = self.checkpoint_per_rank(&d);
+            let throughput = Throughput::new(self.recipe, &p.rank_hw, &d, &step, flops, ckpt, &self.space.reliability);
+            out.push(Evaluated {
+                hardware: p.h,
+                rank_hardware: p.rank_hw.clone(),
+                decisions: d,
+                peak: placement.peak,
+                usable: p.usable,
+                step,
+                throughput,
+                unaligned_share,
+            });
         }
         Ok(out)
     }
