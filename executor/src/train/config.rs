@@ -126,63 +126,140 @@ impl std::str::FromStr for CheckpointEvery {
     }
 }
 
-/// Options of `seerscale train` that are not in the plan.
-#[derive(Clone, Debug)]
+/// Options of `seerscale train` that are not in the plan: the one record of
+/// them, parsed by the CLI (clap), built by tests, and turned back into a
+/// command line for the ranks a launcher starts ([`TrainArgs::argv`]).
+#[derive(clap::Args, Clone, Debug, PartialEq)]
 pub struct TrainArgs {
+    /// Plan file written by `seerscale plan --out`.
+    #[arg(long)]
     pub plan: PathBuf,
-    /// Start this many local ranks (None or 1: run in this process unless
-    /// the environment already names a rank).
+    /// Start this many ranks on this machine (like torchrun). Without it the
+    /// rank comes from torchrun's or SLURM's environment, or runs alone.
+    #[arg(long)]
     pub nproc_per_node: Option<usize>,
-    /// Override the schedule length (default: the recipe's total images /
-    /// global batch).
+    /// Steps to run (default: the recipe's total images / global batch).
+    #[arg(long)]
     pub steps: Option<u64>,
-    /// Image folder (default: `SEERSCALE_PHOTOS` or `.photos`).
+    /// Image folder, searched recursively for JPEG/PNG; a .txt file list
+    /// (one path per line, relative to the list's folder or absolute); or
+    /// WebDataset tar shards: a path, glob or braces (`shards/part-{000..099}.tar`),
+    /// or a folder written by `data pack` (default: SEERSCALE_PHOTOS, else
+    /// the clone's .photos: scikit-image's).
+    #[arg(long)]
     pub data: Option<PathBuf>,
-    pub out: PathBuf,
-    pub resume: bool,
-    /// `--resume`: a checkpoint must be there (`--resume-if-any`: if one is).
-    pub resume_required: bool,
-    pub checkpoint_every: Option<CheckpointEvery>,
-    pub stop_after: Option<u64>,
-    pub seed: u64,
-    /// Loader worker threads per rank (default: the plan's recipe's).
-    pub workers: Option<usize>,
-    /// Tar shards: samples in each rank's shuffle buffer.
+    /// Tar shards: samples each rank holds in its shuffle buffer.
+    #[arg(long, default_value_t = crate::data::DEFAULT_SHUFFLE_BUFFER)]
     pub shuffle_buffer: usize,
+    /// Metrics (metrics.rank<r>.jsonl) and checkpoints go here.
+    #[arg(long, default_value = "runs/train")]
+    pub out: PathBuf,
+    /// Continue from the latest checkpoint in --out (refused when there is
+    /// none: drop it to start fresh).
+    #[arg(long)]
+    pub resume: bool,
+    /// Continue from the latest checkpoint in --out if there is one (what
+    /// a restart after a failure passes its ranks).
+    #[arg(long, hide = true, conflicts_with = "resume")]
+    pub resume_if_any: bool,
+    /// Save a sharded checkpoint every N steps, or `auto`: the plan's
+    /// interval for its predicted failure rate (Young/Daly).
+    #[arg(long)]
+    pub checkpoint_every: Option<CheckpointEvery>,
+    /// Stop after this step (the schedule still assumes --steps).
+    #[arg(long)]
+    pub stop_after: Option<u64>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Data-loading worker threads per rank (default: the plan's recipe,
+    /// `data.loader_workers`, which the memory prediction counts).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Intra-op threads per rank (default: cores / ranks on this machine).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Seconds a collective may wait before the job is declared dead.
+    #[arg(long = "timeout-s", value_name = "SECONDS", default_value = "120", value_parser = parse_seconds)]
     pub timeout: Duration,
     /// Run a GPU plan on CPU ranks (Gloo) anyway; GPU plans otherwise use
     /// CUDA device LOCAL_RANK with NCCL.
+    #[arg(long = "cpu")]
     pub force_cpu: bool,
-    /// Intra-op threads per rank (default: this machine's cores divided by
-    /// the ranks sharing it, so local ranks don't oversubscribe the CPU).
-    pub threads: Option<usize>,
-    /// BN statistics over all ranks (SyncBN, as SEER) even where the recipe keeps them per rank.
+    /// Synchronized BN: batch statistics over all ranks (all-reduced in
+    /// forward and backward) instead of per rank as in SEER.
+    #[arg(long)]
     pub sync_bn: bool,
-    /// Write the events of the first step to `events.rank<r>.json`.
+    /// Write the events each rank's first step ran (gathers, forwards,
+    /// recomputes, backwards, reduce-scatters, ...) to
+    /// `<out>/events.rank<r>.json`, to set against the plan's compiled
+    /// step schedule.
+    #[arg(long)]
     pub record_events: bool,
 }
 
+/// `--timeout-s`: whole seconds, at least 1.
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    match s.parse::<u64>() {
+        Ok(n) if n >= 1 => Ok(Duration::from_secs(n)),
+        _ => Err(format!("`{s}`: a whole number of seconds, at least 1")),
+    }
+}
+
 impl TrainArgs {
+    /// The defaults for `plan`, as the command line gives them.
     pub fn new(plan: impl Into<PathBuf>) -> TrainArgs {
-        TrainArgs {
-            plan: plan.into(),
-            nproc_per_node: None,
-            steps: None,
-            data: None,
-            out: PathBuf::from("runs/train"),
-            resume: false,
-            resume_required: false,
-            checkpoint_every: None,
-            stop_after: None,
-            seed: 0,
-            workers: None,
-            shuffle_buffer: crate::data::DEFAULT_SHUFFLE_BUFFER,
-            timeout: Duration::from_secs(120),
-            force_cpu: false,
-            threads: None,
-            sync_bn: false,
-            record_events: false,
+        use clap::{Args, FromArgMatches};
+        let plan: PathBuf = plan.into();
+        let m = TrainArgs::augment_args(clap::Command::new("train"))
+            .try_get_matches_from([std::ffi::OsString::from("train"), "--plan".into(), plan.into_os_string()])
+            .expect("--plan alone parses");
+        TrainArgs::from_arg_matches(&m).expect("--plan alone parses")
+    }
+
+    /// Values the command line can hold but a run cannot use.
+    pub fn check(&self) -> Result<(), TrainError> {
+        for (flag, zero) in [("--nproc-per-node", self.nproc_per_node == Some(0)), ("--steps", self.steps == Some(0)), ("--workers", self.workers == Some(0))] {
+            if zero {
+                return Err(TrainError::Config(format!("{flag} must be at least 1")));
+            }
         }
+        Ok(())
+    }
+
+    /// The command line (after the program's name) that parses back into
+    /// these arguments: what a launcher passes the ranks it starts.
+    pub fn argv(&self) -> Vec<std::ffi::OsString> {
+        use std::ffi::OsString;
+        let mut v: Vec<OsString> = vec!["train".into(), "--plan".into(), self.plan.clone().into()];
+        let mut value = |flag: &str, x: Option<OsString>| {
+            if let Some(x) = x {
+                v.push(flag.into());
+                v.push(x);
+            }
+        };
+        value("--nproc-per-node", self.nproc_per_node.map(|n| n.to_string().into()));
+        value("--steps", self.steps.map(|n| n.to_string().into()));
+        value("--data", self.data.clone().map(Into::into));
+        value("--shuffle-buffer", Some(self.shuffle_buffer.to_string().into()));
+        value("--out", Some(self.out.clone().into()));
+        value("--checkpoint-every", self.checkpoint_every.map(|c| c.to_string().into()));
+        value("--stop-after", self.stop_after.map(|n| n.to_string().into()));
+        value("--seed", Some(self.seed.to_string().into()));
+        value("--workers", self.workers.map(|n| n.to_string().into()));
+        value("--threads", self.threads.map(|n| n.to_string().into()));
+        value("--timeout-s", Some(self.timeout.as_secs().to_string().into()));
+        for (flag, on) in [
+            ("--resume", self.resume),
+            ("--resume-if-any", self.resume_if_any),
+            ("--cpu", self.force_cpu),
+            ("--sync-bn", self.sync_bn),
+            ("--record-events", self.record_events),
+        ] {
+            if on {
+                v.push(flag.into());
+            }
+        }
+        v
     }
 }
 
@@ -292,8 +369,8 @@ impl TrainConfig {
                     TrainError::Config("--checkpoint-every auto: the plan has no predicted checkpoint interval (re-plan with this seerscale)".into())
                 })?),
             },
-            resume: args.resume,
-            resume_required: args.resume_required,
+            resume: args.resume || args.resume_if_any,
+            resume_required: args.resume,
             bn_groups: 1,
             // The plan's recipe may ask for it; --sync-bn forces it on.
             sync_bn: args.sync_bn || r.sync_bn,
@@ -317,5 +394,46 @@ impl TrainConfig {
             warmup_fraction: self.warmup_fraction,
             final_ratio: 0.001,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use std::ffi::OsString;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        command: Sub,
+    }
+
+    #[derive(clap::Subcommand)]
+    enum Sub {
+        Train(TrainArgs),
+    }
+
+    fn parse(argv: &[OsString]) -> TrainArgs {
+        let Sub::Train(a) = Cli::try_parse_from(std::iter::once(OsString::from("seerscale")).chain(argv.iter().cloned())).unwrap().command;
+        a
+    }
+
+    /// What a launcher passes its ranks parses back into the same run,
+    /// every option set or left at its default; `new` is those defaults.
+    #[test]
+    fn argv_parses_back_into_the_same_arguments() {
+        let words = |s: &str| s.split_whitespace().map(OsString::from).collect::<Vec<_>>();
+        let bare = parse(&words("train --plan p.json"));
+        assert_eq!(bare, TrainArgs::new("p.json"));
+        assert_eq!(parse(&bare.argv()), bare);
+        let full = parse(&words(
+            "train --plan runs/p.json --nproc-per-node 3 --steps 40 --data shards/x-{0..9}.tar --shuffle-buffer 50 --out runs/r \
+             --checkpoint-every auto --stop-after 7 --seed 5 --workers 4 --threads 2 --timeout-s 30 --resume --cpu --sync-bn --record-events",
+        ));
+        assert_eq!(parse(&full.argv()), full);
+        let steps = TrainArgs { checkpoint_every: Some(CheckpointEvery::Steps(9)), resume: false, resume_if_any: true, ..full };
+        assert_eq!(parse(&steps.argv()), steps);
+        assert!(TrainArgs { steps: Some(0), ..steps }.check().unwrap_err().to_string().contains("--steps must be at least 1"));
     }
 }
