@@ -895,3 +895,12 @@ fn a_replay_writes_under_runs_and_leaves_its_input_alone() {
     assert!(md.contains("seerscale validate --replay stored.json --out runs/stored-replay"), "{md}");
     assert!(dir.path("runs/stored-replay.json").exists() && dir.path("runs/stored-replay.svg").exists());
 }
+
+/// Values a run cannot use are refused by name before anything starts.
+#[test]
+fn train_refuses_zero_counts_by_name() {
+    for flag in ["--steps", "--nproc-per-node", "--workers"] {
+        let e = one_line_error(&["train", "--plan", "missing.json", flag, "0"]);
+        assert!(e.contains(&format!("{flag} must be at least 1")), "{e}");
+    }
+}

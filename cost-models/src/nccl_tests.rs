@@ -171,27 +171,10 @@ pub fn fit(log: &NcclLog, file: &str) -> Result<NcclFitReport, NcclTestsError> {
     }
     let steps = ring_steps(log.collective, log.ranks);
     let share = bus_factor(log.collective, log.ranks);
-    // Weighted least squares of t = c0 + c1 x with weights 1/t^2.
-    let (mut sw, mut sx, mut sy, mut sxx, mut sxy) = (0.0, 0.0, 0.0, 0.0, 0.0);
-    for r in &log.rows {
-        let (x, y) = (r.bytes as f64, r.time.0);
-        let w = 1.0 / (y * y);
-        sw += w;
-        sx += w * x;
-        sy += w * y;
-        sxx += w * x * x;
-        sxy += w * x * y;
-    }
-    let det = sw * sxx - sx * sx;
-    let (mut c0, mut c1) = if det.abs() > 0.0 { ((sy * sxx - sx * sxy) / det, (sw * sxy - sx * sy) / det) } else { (0.0, sxy / sxx) };
-    if c0 < 0.0 {
-        // Through the origin: no negative latency.
-        c0 = 0.0;
-        c1 = sxy / sxx;
-    }
-    if !(c1.is_finite() && c1 > 0.0) {
-        return Err(bad("time does not grow with size: no bandwidth to fit".into()));
-    }
+    // The line calibrate fits to its own collectives: relative error, no
+    // negative latency.
+    let points: Vec<(f64, f64)> = log.rows.iter().map(|r| (r.bytes as f64, r.time.0)).collect();
+    let (c0, c1) = crate::hardware::calibration::fit_line(&points).ok_or_else(|| bad("time does not grow with size: no bandwidth to fit".into()))?;
     let alpha = Seconds(if steps > 0.0 { c0 / steps } else { 0.0 });
     let busbw = Bandwidth(share / c1);
     let scope = if log.nodes > 1 { Scope::InterNode } else { Scope::IntraNode };

@@ -217,24 +217,11 @@ pub fn report() -> Result<AccuracyReport, AccuracyError> {
         let hw = hardware_for(&c.gpu, &mut hw_cache)?;
         let k = kernel_model(&hw)?;
         kernels.insert(k.spec().architecture.clone(), k.spec().clone());
-        let band = case_band(&hw, &k, c);
-        let first = rows.len();
-        match (c.source, predict_executor_block(&calibrated, c)) {
-            (Source::H200Executor, Some(pred)) => rows.extend(pred.into_iter().zip(&c.measured).map(|((part, p), (_, m))| Row {
-                source: c.source,
-                gpu: c.gpu.clone(),
-                workload: c.workload.clone(),
-                part,
-                measured_s: *m,
-                predicted_s: p,
-                fitted: false,
-                band: None,
-            })),
-            _ => rows.extend(rows_of(&k, c)),
-        }
-        for r in &mut rows[first..] {
-            r.band = band;
-        }
+        let predicted = match (c.source, predict_executor_block(&calibrated, c)) {
+            (Source::H200Executor, Some(pred)) => pred,
+            _ => predict(&k, c),
+        };
+        rows.extend(case_rows(c, predicted, case_band(&hw, &k, c)));
     }
     let h200 = kernel_model(&hardware_for("h200-141gb", &mut hw_cache)?)?;
     rows.extend(conv_rows(&h200)?);

@@ -324,8 +324,10 @@ pub(super) fn predict_executor_block(compute: &ComputeModel, c: &Case) -> Option
     )
 }
 
-pub(super) fn rows_of(k: &KernelModel, c: &Case) -> Vec<Row> {
-    predict(k, c)
+/// A case's rows: each measured part against its prediction, with the
+/// case's band.
+pub(super) fn case_rows(c: &Case, predicted: Vec<(Part, f64)>, band: Option<[f64; 2]>) -> Vec<Row> {
+    predicted
         .into_iter()
         .zip(&c.measured)
         .map(|((part, p), (_, m))| Row {
@@ -336,7 +338,7 @@ pub(super) fn rows_of(k: &KernelModel, c: &Case) -> Vec<Row> {
             measured_s: *m,
             predicted_s: p,
             fitted: c.fitted,
-            band: None,
+            band,
         })
         .collect()
 }
