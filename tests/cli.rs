@@ -7,60 +7,9 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn seerscale(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_seerscale")).args(args).output().expect("cannot start seerscale")
-}
+mod common;
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// Runs a command that must succeed and print JSON on stdout.
-fn ok_json(args: &[&str]) -> Value {
-    let out = seerscale(args);
-    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-    assert!(out.status.success(), "seerscale {args:?} failed:\n{stderr}");
-    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("seerscale {args:?}: stdout is not JSON ({e}):\n{stdout}"))
-}
-
-/// Runs a command that must fail with exit code 1 and exactly one line on
-/// stderr, `error: ...`; returns that line without the prefix.
-fn one_line_error(args: &[&str]) -> String {
-    let out = seerscale(args);
-    let stderr = text(&out.stderr);
-    assert!(!stderr.contains("panicked"), "seerscale {args:?} panicked:\n{stderr}");
-    assert_eq!(out.status.code(), Some(1), "seerscale {args:?} should fail with exit code 1; stderr:\n{stderr}");
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "seerscale {args:?}: expected a one-line error, got:\n{stderr}");
-    lines[0].strip_prefix("error: ").unwrap_or_else(|| panic!("no `error: ` prefix: {stderr}")).to_string()
-}
-
-/// A fresh directory for one test, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("seerscale-cli-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-    fn path(&self, file: &str) -> PathBuf {
-        self.0.join(file)
-    }
-    /// Writes `contents` to `file` and returns its path as a string.
-    fn write(&self, file: &str, contents: &str) -> String {
-        let p = self.path(file);
-        std::fs::write(&p, contents).unwrap();
-        p.to_str().unwrap().to_string()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use common::*;
 
 fn repo_file(rel: &str) -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)).unwrap()

@@ -6,21 +6,10 @@ use cost_models::collectives::Collective;
 use cost_models::nccl_tests::synthetic_log;
 use serde_json::Value;
 use std::path::PathBuf;
-use std::process::{Command, Output};
 
-fn seerscale(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_seerscale")).args(args).output().unwrap()
-}
+mod common;
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn ok(args: &[&str]) -> Output {
-    let out = seerscale(args);
-    assert!(out.status.success(), "seerscale {}:\n{}\n{}", args.join(" "), text(&out.stdout), text(&out.stderr));
-    out
-}
+use common::*;
 
 fn temp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("seerscale-comm-{name}-{}", std::process::id()));

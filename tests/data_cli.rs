@@ -10,42 +10,9 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn seerscale(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_seerscale")).args(args).env("OMP_NUM_THREADS", "1").output().unwrap()
-}
+mod common;
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn ok(args: &[&str]) -> Output {
-    let out = seerscale(args);
-    assert!(out.status.success(), "seerscale {}:\n{}\n{}", args.join(" "), text(&out.stdout), text(&out.stderr));
-    out
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let d = std::env::temp_dir().join(format!("seerscale-data-cli-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        TempDir(d)
-    }
-    fn path(&self, rel: &str) -> PathBuf {
-        self.0.join(rel)
-    }
-    fn s(&self, rel: &str) -> String {
-        self.path(rel).display().to_string()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use common::*;
 
 /// Writes `shards` tar shards `part-<k>.tar` into `dir` with Python's
 /// `tarfile`: `per` samples each (`<key>.jpg` or `.png` with the bytes of a
