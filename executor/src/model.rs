@@ -393,7 +393,7 @@ impl<F: Fn(&str) -> Option<Tensor>> ParamSource for FnParams<F> {
 }
 
 /// Batch statistics over every rank (SyncBN). The process group implements
-/// it (`train.rs`), so the model needs no c10d types and tests can supply
+/// it (`train::entry`), so the model needs no c10d types and tests can supply
 /// their own.
 pub trait SyncBn {
     /// Training-mode batch norm of `x` (`[N, C, ...]`, any float dtype) with

@@ -2,7 +2,7 @@
 //! expected in, from the accuracy study that applies to the plan's hardware
 //! (docs/accuracy-gpu.md), for its compute and for its exposed
 //! communication. A band is a range of measured / predicted; the test
-//! `bands_cover_the_rows_they_come_from` (accuracy.rs) holds every band to
+//! `accuracy::tests::bands_cover_the_rows_they_come_from` holds every band to
 //! the rows it stands for, so a model change that leaves them fails.
 
 use cost_models::hardware::{DeviceKind, HardwareProfile};
