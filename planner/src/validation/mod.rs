@@ -164,7 +164,11 @@ mod tests {
         assert!(!md.contains("host-speed probe"), "no probe, no correction: {md}");
         let svg = rep.svg();
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
-        assert_eq!(svg.matches("<rect").count(), 3 + 2 * (3 + 2));
+        // Both panels, every variant named, the measured bars' errors.
+        let texts: Vec<&str> = svg.split("</text>").filter_map(|t| t.rsplit_once('>').map(|(_, x)| x.trim())).collect();
+        assert!(texts.contains(&"peak memory (KiB)") && texts.contains(&"step time (ms)"), "{texts:?}");
+        assert_eq!(texts.iter().filter(|t| **t == rep.rows[0].variant).count(), 3, "{texts:?}");
+        assert!(texts.contains(&"+2%") && texts.contains(&"+10%"), "{texts:?}");
 
         // A run the probe found 1.5x slower: the headline stays the
         // calibration-speed prediction, the probe-scaled one is stated too.

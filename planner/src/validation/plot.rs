@@ -1,97 +1,72 @@
 //! The report's SVG: predicted against measured peak memory and step time
 //! per variant.
 
-use crate::svg::xml_escape;
-
 use super::report::{fmt_num, rel_error, Row};
 use super::ValidationReport;
 
+/// One panel: its title and each row's (predicted, measured).
+type Panel<'a> = (&'a str, fn(&Row) -> (f64, Option<f64>));
+
+const PANELS: [Panel; 2] = [
+    ("peak memory (KiB)", |r| (r.predicted_peak_bytes as f64 / 1024.0, r.measured.as_ref().map(|m| m.peak_memory_bytes as f64 / 1024.0))),
+    ("step time (ms)", |r| (r.predicted_step_time_s * 1e3, r.measured.as_ref().map(|m| m.step_time_s * 1e3))),
+];
+
 impl ValidationReport {
     /// Grouped bars per variant: predicted vs measured peak memory (top
-    /// panel) and step time (bottom panel), each scaled to its own maximum.
+    /// panel) and step time (bottom panel), each scaled to its own maximum,
+    /// the measured bar labelled with its error; variant names below.
     pub fn svg(&self) -> String {
+        let mut out = String::new();
+        // Drawing into a String cannot fail for I/O.
+        let _ = self.draw(&mut out);
+        out
+    }
+
+    fn draw<'a>(&self, out: &'a mut String) -> Result<(), Box<dyn std::error::Error + 'a>> {
+        use plotters::prelude::*;
         let n = self.rows.len().max(1);
-        // Rotated variant names run right and down past their bar group.
-        let (left, right, top) = (70.0, 130.0, 40.0);
-        let group_w = 56.0;
-        let width = left + right + group_w * n as f64;
-        let panel_h = 160.0;
-        let label_h = 200.0;
-        let height = top + 2.0 * panel_h + 40.0 + label_h;
-        let mut s = format!(
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width:.0}\" height=\"{height:.0}\" viewBox=\"0 0 {width:.0} {height:.0}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{left}\" y=\"18\" font-size=\"14\">{} — predicted vs measured (per rank)</text>\n",
-            xml_escape(&self.recipe)
-        );
-        s.push_str(&format!(
-            "<rect x=\"{:.0}\" y=\"24\" width=\"10\" height=\"10\" fill=\"#4e79a7\"/><text x=\"{:.0}\" y=\"33\">predicted</text><rect x=\"{:.0}\" y=\"24\" width=\"10\" height=\"10\" fill=\"#f28e2b\"/><text x=\"{:.0}\" y=\"33\">measured</text>\n",
-            width - 190.0,
-            width - 176.0,
-            width - 100.0,
-            width - 86.0
-        ));
-        type Panel<'a> = (&'a str, Box<dyn Fn(&Row) -> (f64, Option<f64>)>, f64);
-        let panels: [Panel; 2] = [
-            (
-                "peak memory (KiB)",
-                Box::new(|r: &Row| (r.predicted_peak_bytes as f64 / 1024.0, r.measured.as_ref().map(|m| m.peak_memory_bytes as f64 / 1024.0))),
-                top,
-            ),
-            ("step time (ms)", Box::new(|r: &Row| (r.predicted_step_time_s * 1e3, r.measured.as_ref().map(|m| m.step_time_s * 1e3))), top + panel_h + 20.0),
-        ];
-        for (title, f, y0) in &panels {
+        let (predicted, measured) = (RGBColor(0x4e, 0x79, 0xa7), RGBColor(0xf2, 0x8e, 0x2b));
+        let width = (200 + 56 * n) as u32;
+        let root = SVGBackend::with_string(out, (width, 620)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let root = root.titled(&format!("{} — predicted vs measured (per rank)", self.recipe), ("sans-serif", 14))?;
+        let (panels, names) = root.split_vertically(380);
+        let names_area = names.margin(0, 0, 70, 130);
+        for (i, r) in self.rows.iter().enumerate() {
+            let x = (56 * i + 27) as i32;
+            names_area.draw(&Text::new(r.variant.clone(), (x, 6), ("sans-serif", 10).into_font().transform(FontTransform::Rotate90)))?;
+        }
+        for ((title, f), area) in PANELS.iter().zip(panels.split_evenly((2, 1))) {
             let vals: Vec<(f64, Option<f64>)> = self.rows.iter().map(f).collect();
             let max = vals.iter().flat_map(|(p, m)| [Some(*p), *m]).flatten().filter(|v| v.is_finite()).fold(0.0, f64::max).max(1e-9);
-            let base = y0 + panel_h - 14.0;
-            let scale = (panel_h - 30.0) / max;
-            s.push_str(&format!("<text x=\"4\" y=\"{:.0}\" font-size=\"12\">{}</text>\n", y0 + 12.0, xml_escape(title)));
-            s.push_str(&format!("<line x1=\"{left}\" y1=\"{base:.1}\" x2=\"{:.1}\" y2=\"{base:.1}\" stroke=\"black\"/>\n", width - right));
-            for k in 0..=4 {
-                let v = max * k as f64 / 4.0;
-                let y = base - v * scale;
-                s.push_str(&format!(
-                    "<line x1=\"{left}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/><text x=\"{:.0}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\n",
-                    width - right,
-                    left - 4.0,
-                    y + 4.0,
-                    fmt_num(v)
-                ));
-            }
-            for (i, (p, m)) in vals.iter().enumerate() {
-                let x = left + group_w * i as f64 + 8.0;
-                let hp = (p * scale).max(0.0);
-                s.push_str(&format!(
-                    "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"18\" height=\"{hp:.1}\" fill=\"#4e79a7\"><title>predicted {}</title></rect>\n",
-                    base - hp,
-                    fmt_num(*p)
-                ));
-                if let Some(m) = m {
-                    let hm = (m * scale).max(0.0);
-                    s.push_str(&format!(
-                        "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"18\" height=\"{hm:.1}\" fill=\"#f28e2b\"><title>measured {}</title></rect>\n",
-                        x + 20.0,
-                        base - hm,
-                        fmt_num(*m)
-                    ));
-                    if let Some(e) = rel_error(*m, *p) {
-                        s.push_str(&format!(
-                            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"9\">{:+.0}%</text>\n",
-                            x + 19.0,
-                            base - hp.max(hm) - 3.0,
-                            e * 100.0
-                        ));
-                    }
-                }
-            }
+            let mut chart = ChartBuilder::on(&area)
+                .caption(*title, ("sans-serif", 12))
+                .margin_right(130)
+                .y_label_area_size(70)
+                .x_label_area_size(4)
+                .build_cartesian_2d(0.0..n as f64, 0.0..max * 1.15)?;
+            chart.configure_mesh().disable_x_mesh().disable_x_axis().y_labels(5).y_label_formatter(&|v| fmt_num(*v)).draw()?;
+            chart
+                .draw_series(vals.iter().enumerate().map(|(i, (p, _))| Rectangle::new([(i as f64 + 0.14, 0.0), (i as f64 + 0.46, *p)], predicted.filled())))?
+                .label("predicted")
+                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], predicted.filled()));
+            chart
+                .draw_series(
+                    vals.iter()
+                        .enumerate()
+                        .filter_map(|(i, (_, m))| m.map(|m| Rectangle::new([(i as f64 + 0.5, 0.0), (i as f64 + 0.82, m)], measured.filled()))),
+                )?
+                .label("measured")
+                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], measured.filled()));
+            chart.draw_series(vals.iter().enumerate().filter_map(|(i, (p, m))| {
+                let m = (*m)?;
+                let e = rel_error(m, *p)?;
+                Some(Text::new(format!("{:+.0}%", e * 100.0), (i as f64 + 0.2, p.max(m) + max * 0.1), ("sans-serif", 9)))
+            }))?;
+            chart.configure_series_labels().position(SeriesLabelPosition::UpperRight).border_style(BLACK.mix(0.3)).background_style(WHITE.mix(0.85)).draw()?;
         }
-        let ly = top + 2.0 * panel_h + 30.0;
-        for (i, r) in self.rows.iter().enumerate() {
-            let x = left + group_w * i as f64 + 27.0;
-            s.push_str(&format!(
-                "<text x=\"{x:.1}\" y=\"{ly:.1}\" transform=\"rotate(60 {x:.1} {ly:.1})\" font-size=\"10\">{}</text>\n",
-                xml_escape(&r.variant)
-            ));
-        }
-        s.push_str("</svg>\n");
-        s
+        root.present()?;
+        Ok(())
     }
 }
