@@ -24,7 +24,6 @@ pub mod recompute;
 pub mod search;
 pub mod simulator;
 pub mod step_costs;
-pub mod svg;
 pub mod sweep;
 pub mod timeline_svg;
 pub mod validation;
