@@ -1,6 +1,6 @@
 //! Predicted vs measured: plan variants with fixed decisions (no search),
 //! the comparison of their predictions with what the executor measured, and
-//! the report (markdown + hand-written SVG bar plot).
+//! the report (markdown + a plotters SVG bar plot).
 //!
 //! A variant is named by its decisions, e.g. `w2-block-reshard-ckpt0-fp32-b8-r32`:
 //! world size and sharding (`w4` FSDP over the world, `w4h2` hybrid with
