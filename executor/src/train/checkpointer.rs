@@ -1,18 +1,87 @@
-//! A trainer's checkpoints: what a rank writes, and how the latest
-//! complete one is found and restored (on any plan).
+//! A run's checkpoints: the [`Checkpointer`] writes a rank's state and
+//! publishes the step, and finds the newest step every rank can read; the
+//! trainer says what its state is and takes it back (on any plan).
 
 use super::*;
 use crate::checkpoint::{self, RankMeta, RankState};
+use crate::dist::ProcessGroup;
 use crate::dist::ReduceOp;
 use crate::elastic;
 use crate::stream::{StreamStart, StreamState};
 use crate::swav::SwavQueue;
-use std::path::PathBuf;
-use tch::Tensor;
+use std::path::{Path, PathBuf};
+use tch::{Device, Tensor};
+
+/// Where a run's checkpoints go (`<out>/checkpoints`), written and found
+/// by every rank together.
+pub struct Checkpointer {
+    dir: PathBuf,
+    /// Rank 0 names each checkpoint it publishes.
+    announce: bool,
+}
+
+impl Checkpointer {
+    pub fn new(out_dir: &Path, announce: bool) -> Checkpointer {
+        Checkpointer { dir: out_dir.join("checkpoints"), announce }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes this rank's state; once every rank has, rank 0 publishes the
+    /// step (collective: all ranks call it).
+    pub fn write(&self, pg: &ProcessGroup, state: &RankState) -> Result<(), TrainError> {
+        checkpoint::save_rank(&self.dir, state)?;
+        pg.barrier()?;
+        if pg.rank() == 0 {
+            checkpoint::publish(&self.dir, state.meta.step)?;
+            if self.announce {
+                eprintln!("checkpoint: step {} written to {}", state.meta.step, checkpoint::step_dir(&self.dir, state.meta.step).display());
+            }
+        }
+        pg.barrier()?;
+        Ok(())
+    }
+
+    /// The newest published step whose files every rank finds complete
+    /// (collective: all ranks agree on it), and whether it was written by
+    /// this very layout (same world, sharding and units) or must be re-cut.
+    /// A step a rank cannot read is named in a warning and the one before
+    /// it tried.
+    pub fn newest_readable(
+        &self,
+        pg: &ProcessGroup,
+        device: Device,
+        layout: &elastic::NewLayout,
+        sharding: runspec::sharding::Sharding,
+        units: &[String],
+    ) -> Result<Option<(PathBuf, bool)>, TrainError> {
+        let (rank, world) = (layout.rank, layout.world);
+        for sd in checkpoint::published(&self.dir)? {
+            let old = checkpoint::read_meta(&sd, 0);
+            let same = old.as_ref().is_ok_and(|m| m.world_size == world && m.sharding.resolved(m.world_size) == sharding && m.units == units);
+            let reads: Vec<usize> = match &old {
+                Ok(m) if !same => elastic::old_ranks_read(m, layout),
+                _ => vec![rank],
+            };
+            let mine = old.map(|_| ()).and_then(|_| reads.iter().try_for_each(|&r| checkpoint::verify_rank(&sd, r)));
+            if let Err(e) = &mine {
+                eprintln!("warning: rank {rank}: {e}; trying the checkpoint before it");
+            }
+            let flag = Tensor::from_slice(&[if mine.is_ok() { 0f32 } else { 1.0 }]).f_to_device(device)?;
+            pg.all_reduce_(&flag, ReduceOp::Max)?;
+            if flag.f_double_value(&[0])? == 0.0 {
+                return Ok(Some((sd, same)));
+            }
+        }
+        Ok(None)
+    }
+}
 
 impl<'pg> Trainer<'pg> {
-    pub(super) fn checkpoint_dir(&self) -> PathBuf {
-        self.cfg.out_dir.join("checkpoints")
+    pub(super) fn checkpoint_dir(&self) -> &Path {
+        self.checkpointer.dir()
     }
 
     pub(super) fn unit_names(&self) -> Vec<String> {
@@ -22,7 +91,6 @@ impl<'pg> Trainer<'pg> {
     /// Saves this rank's shard (collective: ends with a barrier and rank 0
     /// publishing the step).
     pub fn save_checkpoint(&self) -> Result<(), TrainError> {
-        let dir = self.checkpoint_dir();
         let mut tensors: Vec<(String, String, Tensor)> = Vec::new();
         for (n, t) in self.fsdp.master_shards() {
             tensors.push(("master".into(), n, t));
@@ -55,16 +123,7 @@ impl<'pg> Trainer<'pg> {
             tensors_file: None,
             images_per_step: Some((self.cfg.images_per_rank * self.pg.world_size()) as u64),
         };
-        checkpoint::save_rank(&dir, &RankState { meta, tensors })?;
-        self.pg.barrier()?;
-        if self.pg.rank() == 0 {
-            checkpoint::publish(&dir, self.step)?;
-            if self.cfg.progress {
-                eprintln!("checkpoint: step {} written to {}", self.step, checkpoint::step_dir(&dir, self.step).display());
-            }
-        }
-        self.pg.barrier()?;
-        Ok(())
+        self.checkpointer.write(self.pg, &RankState { meta, tensors })
     }
 
     /// Restores the latest published checkpoint, if any; returns its step.
@@ -73,28 +132,7 @@ impl<'pg> Trainer<'pg> {
         let sharding = self.groups.sharding();
         let (shard_rank, shard_size) = self.groups.shard_rank_and_size();
         let layout = elastic::NewLayout { rank, world, shard_rank, shard_size };
-        // The newest step every rank finds complete (all-reduced, so all
-        // ranks take the same one).
-        let mut chosen = None;
-        for sd in checkpoint::published(&self.checkpoint_dir())? {
-            let old = checkpoint::read_meta(&sd, 0);
-            let units = self.unit_names();
-            let same = old.as_ref().is_ok_and(|m| m.world_size == world && m.sharding.resolved(m.world_size) == sharding && m.units == units);
-            let reads: Vec<usize> = match &old {
-                Ok(m) if !same => elastic::old_ranks_read(m, &layout),
-                _ => vec![rank],
-            };
-            let mine = old.map(|_| ()).and_then(|_| reads.iter().try_for_each(|&r| checkpoint::verify_rank(&sd, r)));
-            if let Err(e) = &mine {
-                eprintln!("warning: rank {rank}: {e}; trying the checkpoint before it");
-            }
-            let flag = Tensor::from_slice(&[if mine.is_ok() { 0f32 } else { 1.0 }]).f_to_device(self.cfg.device)?;
-            self.pg.all_reduce_(&flag, ReduceOp::Max)?;
-            if flag.f_double_value(&[0])? == 0.0 {
-                chosen = Some((sd, same));
-                break;
-            }
-        }
+        let chosen = self.checkpointer.newest_readable(self.pg, self.cfg.device, &layout, sharding, &self.unit_names())?;
         let Some((sd, same)) = chosen else { return Ok(None) };
         let st = if same {
             checkpoint::load_rank(&sd, rank, world, sharding, &self.unit_names())?

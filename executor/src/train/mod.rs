@@ -26,6 +26,7 @@ mod entry;
 mod fault;
 mod trainer;
 
+pub use checkpointer::Checkpointer;
 pub use config::*;
 pub use entry::*;
 pub use trainer::*;

@@ -67,6 +67,8 @@ pub struct Trainer<'pg> {
     /// Tar shards: this rank's stream state after the last batch (what a
     /// checkpoint saves), or on resume every old rank's to deal again.
     pub(super) data_stream: StreamStart,
+    /// Writes and finds the run's checkpoints.
+    pub(super) checkpointer: super::checkpointer::Checkpointer,
 }
 
 impl<'pg> Trainer<'pg> {
@@ -142,6 +144,7 @@ impl<'pg> Trainer<'pg> {
             data_stream: StreamStart::Fresh,
             blocks,
             fsdp,
+            checkpointer: super::checkpointer::Checkpointer::new(&cfg.out_dir, cfg.progress),
             cfg: cfg.clone(),
         })
     }
