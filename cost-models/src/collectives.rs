@@ -112,7 +112,7 @@ pub struct BusyCollective {
 /// Expected maximum of `n` independent standard normal draws (how far the
 /// slowest of `n` ranks lags the mean), exact to 3 digits up to 8 ranks,
 /// the leading asymptotic term beyond.
-pub fn expected_max_normal(n: usize) -> f64 {
+pub(crate) fn expected_max_normal(n: usize) -> f64 {
     const TABLE: [f64; 9] = [0.0, 0.0, 0.564, 0.846, 1.029, 1.163, 1.267, 1.352, 1.424];
     match n {
         0..=8 => TABLE[n],

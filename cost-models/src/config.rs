@@ -129,7 +129,7 @@ pub fn parse_json<T: DeserializeOwned>(text: &str, origin: &str) -> Result<T, Co
 }
 
 /// 1-based line and column of a byte offset.
-pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
@@ -138,7 +138,7 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
 
 /// 1-based line of `a.b.c = ...` in a hand-written TOML file: the key `c`
 /// inside the `[a.b]` section (or a dotted key). `None` if not found.
-pub fn locate_key(text: &str, dotted: &str) -> Option<usize> {
+pub(crate) fn locate_key(text: &str, dotted: &str) -> Option<usize> {
     let (table, key) = match dotted.rsplit_once('.') {
         Some((t, k)) => (t, k),
         None => ("", dotted),
@@ -162,7 +162,7 @@ pub fn locate_key(text: &str, dotted: &str) -> Option<usize> {
 
 /// Whether a name given for a config is a file path rather than a built-in:
 /// it has a path separator, a `.toml` / `.json` ending, or is an existing file.
-pub fn looks_like_path(name_or_path: &str) -> bool {
+pub(crate) fn looks_like_path(name_or_path: &str) -> bool {
     name_or_path.contains('/')
         || name_or_path.contains(std::path::MAIN_SEPARATOR)
         || name_or_path.ends_with(".toml")
@@ -179,7 +179,7 @@ pub fn read_file(path: impl AsRef<Path>) -> Result<String, ConfigError> {
 /// Reads `name_or_path` as a file if it looks like a path or exists,
 /// otherwise as the name of a built-in from `builtins` (name, text).
 /// Returns (origin, text): the path, or `builtin:NAME`.
-pub fn resolve_text(kind: &'static str, name_or_path: &str, builtins: &[(&'static str, &'static str)]) -> Result<(String, String), ConfigError> {
+pub(crate) fn resolve_text(kind: &'static str, name_or_path: &str, builtins: &[(&'static str, &'static str)]) -> Result<(String, String), ConfigError> {
     if looks_like_path(name_or_path) {
         return Ok((name_or_path.to_string(), read_file(name_or_path)?));
     }

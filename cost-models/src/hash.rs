@@ -6,7 +6,7 @@
 const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// FNV-1a (64-bit) of `bytes`.
-pub fn fnv1a(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in bytes {
         h ^= b as u64;
@@ -16,7 +16,7 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 /// SplitMix64's finaliser: spreads every input bit over the output.
-pub fn splitmix64(z: u64) -> u64 {
+pub(crate) fn splitmix64(z: u64) -> u64 {
     let z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     let z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)

@@ -507,7 +507,7 @@ fn input_grad(l: &Layer) -> bool {
 /// both scales the gradient and reduces it against the input; a residual
 /// add reads two tensors, and in backward the block input's two gradients
 /// are summed; global pooling reads its input once and its backward writes it.
-pub fn memory_passes(kind: &LayerKind, backward: bool) -> (f64, u32) {
+pub(crate) fn memory_passes(kind: &LayerKind, backward: bool) -> (f64, u32) {
     match (kind, backward) {
         (LayerKind::BatchNorm, false) => (3.0, 2),
         (LayerKind::BatchNorm, true) => (5.0, 2),

@@ -53,7 +53,7 @@ pub fn bus_factor(op: Collective, n: usize) -> f64 {
 }
 
 /// Ring steps that pay alpha for `op` over `n` ranks.
-pub fn ring_steps(op: Collective, n: usize) -> f64 {
+pub(crate) fn ring_steps(op: Collective, n: usize) -> f64 {
     let s = n.saturating_sub(1) as f64;
     if op == Collective::AllReduce {
         2.0 * s

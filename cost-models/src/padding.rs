@@ -111,7 +111,7 @@ impl BlockLayouts {
 /// The widths the padded model runs at: the stem and head widths padded
 /// (the prototypes' count is not a channel width and stays), and its
 /// residual blocks, padded per group.
-pub fn padded_model(model: &ModelConfig) -> (ModelConfig, Vec<BlockSpec>) {
+pub(crate) fn padded_model(model: &ModelConfig) -> (ModelConfig, Vec<BlockSpec>) {
     let mut m = model.clone();
     m.regnet.stem_width = aligned(m.regnet.stem_width);
     m.head.mlp_dims = m.head.mlp_dims.iter().map(|&d| aligned(d)).collect();
@@ -120,7 +120,7 @@ pub fn padded_model(model: &ModelConfig) -> (ModelConfig, Vec<BlockSpec>) {
 }
 
 /// Whether padding changes any width of `model` (else it is a no-op).
-pub fn changes_widths(model: &ModelConfig) -> bool {
+pub(crate) fn changes_widths(model: &ModelConfig) -> bool {
     let (p, blocks) = padded_model(model);
     p != *model || blocks != model.regnet.blocks()
 }

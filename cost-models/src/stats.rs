@@ -4,7 +4,7 @@
 //! over, where the tail is part of what it pays.
 
 /// Linear-interpolated quantile `q` in [0, 1] of sorted data; 0 when empty.
-pub fn quantile(sorted: &[f64], q: f64) -> f64 {
+pub(crate) fn quantile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -23,7 +23,7 @@ pub fn median(mut samples: Vec<f64>) -> f64 {
 /// Mean of sorted data without its slowest `fraction` (rounded down to
 /// whole samples, so nothing is dropped under `1 / fraction` samples); 0
 /// when empty.
-pub fn mean_without_slowest(sorted: &[f64], fraction: f64) -> f64 {
+pub(crate) fn mean_without_slowest(sorted: &[f64], fraction: f64) -> f64 {
     let drop = (sorted.len() as f64 * fraction.clamp(0.0, 1.0)).floor() as usize;
     let kept = &sorted[..sorted.len() - drop.min(sorted.len())];
     if kept.is_empty() {

@@ -168,8 +168,10 @@ thread_local! {
 }
 
 /// Every crop of one image: `out[g]` is group g's `count` crops, each
-/// normalised CHW f32 of `3 * R * R` values.
-pub fn multi_crop<R: Rng>(img: &RgbImage, cfg: &AugmentConfig, rng: &mut R) -> Crops {
+/// normalised CHW f32 of `3 * R * R` values (what the loader's workers
+/// compute, in one call: the tests' reference).
+#[cfg(test)]
+pub(crate) fn multi_crop<R: Rng>(img: &RgbImage, cfg: &AugmentConfig, rng: &mut R) -> Crops {
     CropPlan::draw(img.width(), img.height(), cfg, rng).render(img, 1, cfg)
 }
 
@@ -193,7 +195,7 @@ fn draw_crop<R: Rng>(width: u32, height: u32, spec: &CropSpec, cfg: &AugmentConf
 
 /// torchvision RandomResizedCrop.get_params (aspect ratio 3/4 - 4/3, 10
 /// tries, then a centre crop clamped to the ratio range): (x, y, w, h).
-pub fn resized_crop_box<R: Rng>(width: u32, height: u32, scale: (f64, f64), rng: &mut R) -> (u32, u32, u32, u32) {
+pub(crate) fn resized_crop_box<R: Rng>(width: u32, height: u32, scale: (f64, f64), rng: &mut R) -> (u32, u32, u32, u32) {
     let (wf, hf) = (width as f64, height as f64);
     let area = wf * hf;
     let (lr0, lr1) = ((3.0f64 / 4.0).ln(), (4.0f64 / 3.0).ln());

@@ -59,12 +59,6 @@ impl Budget {
     }
 }
 
-/// Times `f` (one call = one op) with the budget. CPU ops are synchronous,
-/// so wall time around the call is the op's time.
-pub fn time_calls<E>(budget: &Budget, f: impl FnMut() -> Result<(), E>) -> Result<Timing, E> {
-    time_calls_on(Device::Cpu, budget, f)
-}
-
 /// Waits for `device`'s queued kernels (nothing to wait for on CPU).
 pub fn sync(device: Device) {
     if let Device::Cuda(d) = device {
@@ -72,11 +66,12 @@ pub fn sync(device: Device) {
     }
 }
 
-/// [`time_calls`] for work on `device`. On CUDA each sample loops the call
+/// Times `f` (one call = one op) with the budget, on `device`. CPU ops are
+/// synchronous, so wall time around the call is the op's time. On CUDA each sample loops the call
 /// without synchronising and waits for the device once at its end, as a
 /// training step issues its ops: a sample then lasts max(host issue time,
 /// device time) per call, whichever of the two bounds the loop.
-pub fn time_calls_on<E>(device: Device, budget: &Budget, mut f: impl FnMut() -> Result<(), E>) -> Result<Timing, E> {
+pub(crate) fn time_calls_on<E>(device: Device, budget: &Budget, mut f: impl FnMut() -> Result<(), E>) -> Result<Timing, E> {
     let mut one = f64::INFINITY;
     sync(device);
     for _ in 0..budget.warmup.max(1) {
@@ -103,7 +98,7 @@ pub fn time_calls_on<E>(device: Device, budget: &Budget, mut f: impl FnMut() -> 
 
 /// The shapes measured: RegNet-Y blocks of `regnety-tiny` / `regnety-400mf`
 /// at the small crops a CPU trains on, and the SwAV head's linears.
-pub fn default_cases(quick: bool) -> Vec<OpCase> {
+pub(crate) fn default_cases(quick: bool) -> Vec<OpCase> {
     use OpCase::*;
     let mut v = vec![
         Conv { n: 16, cin: 104, cout: 104, hw: 14, k: 1, stride: 1, groups: 1 },
@@ -136,7 +131,7 @@ pub fn default_cases(quick: bool) -> Vec<OpCase> {
     v
 }
 
-pub fn kind_of(dtype: DType) -> Kind {
+pub(crate) fn kind_of(dtype: DType) -> Kind {
     match dtype {
         DType::Fp32 => Kind::Float,
         DType::Fp16 => Kind::Half,
@@ -175,7 +170,7 @@ fn build(case: &OpCase, kind: Kind, device: Device) -> (Vec<Tensor>, Forward) {
 /// Times the forward (with autograd recording, as in training) and the
 /// backward of one op. Backward re-runs one retained graph; at_run_backward
 /// seeds it with `ones_like(y)`, whose fill is timed and subtracted.
-pub fn measure_op(case: &OpCase, dtype: DType, budget: &Budget, device: Device) -> Result<OpMeasurement, CalibrateError> {
+pub(crate) fn measure_op(case: &OpCase, dtype: DType, budget: &Budget, device: Device) -> Result<OpMeasurement, CalibrateError> {
     let kind = kind_of(dtype);
     let (inputs, fwd) = build(case, kind, device);
     let forward = time_calls_on(device, budget, || fwd(&inputs).map(drop))?;
@@ -191,14 +186,14 @@ pub fn measure_op(case: &OpCase, dtype: DType, budget: &Budget, device: Device) 
 
 /// Fixed cost of one op as the training loop pays it: dispatch, allocation
 /// of the output and autograd recording, on a one-element tensor.
-pub fn measure_op_overhead(budget: &Budget, device: Device) -> Result<Timing, CalibrateError> {
+pub(crate) fn measure_op_overhead(budget: &Budget, device: Device) -> Result<Timing, CalibrateError> {
     let x = leaf(&[1], Kind::Float, device);
     Ok(time_calls_on(device, budget, || x.f_relu().map(drop))?)
 }
 
 /// A shape per op kind small enough that the op's work is negligible next
 /// to its fixed cost (RegNet-Y-like: 8 channels, group width 8).
-pub fn tiny_case(kind: OpKind) -> OpCase {
+pub(crate) fn tiny_case(kind: OpKind) -> OpCase {
     use OpCase::*;
     match kind {
         OpKind::Conv => Conv { n: 2, cin: 8, cout: 8, hw: 4, k: 1, stride: 1, groups: 1 },
@@ -218,7 +213,7 @@ const OPTIMIZER_SHARDS: i64 = 64;
 /// shards and on one shard holding the same parameters (so the norm vector
 /// is the same size), and returns the extra cost per shard of the norms
 /// pass and of each update.
-pub fn measure_optimizer(budget: &Budget, device: Device) -> Result<OptimizerShards, CalibrateError> {
+pub(crate) fn measure_optimizer(budget: &Budget, device: Device) -> Result<OptimizerShards, CalibrateError> {
     use crate::optim::{FlatShard, OptimConfig, Optimizer, Piece};
     let n = OPTIMIZER_SHARDS;
     let optim_err = |e: crate::optim::OptimError| CalibrateError::Degenerate { what: "optimiser timing".into(), reason: e.to_string() };
@@ -270,7 +265,7 @@ fn backward_with_unused_leaves(budget: &Budget, unused: usize, device: Device) -
 
 /// Host-side costs on `device` (on CUDA: what the host spends issuing the
 /// op, the device's part of tiny ops being shorter).
-pub fn measure_host(budget: &Budget, device: Device) -> Result<HostMeasurement, CalibrateError> {
+pub(crate) fn measure_host(budget: &Budget, device: Device) -> Result<HostMeasurement, CalibrateError> {
     use crate::fsdp::{add_grad_at, param_leaf, FlatParam};
     let small = Tensor::f_ones([64], (Kind::Float, device))?;
     let small_op = tch::no_grad(|| time_calls_on(device, budget, || small.f_mul_scalar(2.0).map(drop)))?;
@@ -296,7 +291,7 @@ pub fn measure_host(budget: &Budget, device: Device) -> Result<HostMeasurement, 
 }
 
 /// Per-kind fixed costs at [`tiny_case`] shapes.
-pub fn measure_fixed(budget: &Budget, backward_call_s: f64, device: Device) -> Result<Vec<FixedCost>, CalibrateError> {
+pub(crate) fn measure_fixed(budget: &Budget, backward_call_s: f64, device: Device) -> Result<Vec<FixedCost>, CalibrateError> {
     OpKind::ALL
         .iter()
         .map(|&kind| {
@@ -307,7 +302,7 @@ pub fn measure_fixed(budget: &Budget, backward_call_s: f64, device: Device) -> R
         .collect()
 }
 
-pub fn measure_copy_bandwidth(bytes: u64, budget: &Budget, device: Device) -> Result<CopyBandwidth, CalibrateError> {
+pub(crate) fn measure_copy_bandwidth(bytes: u64, budget: &Budget, device: Device) -> Result<CopyBandwidth, CalibrateError> {
     let n = (bytes / 4) as i64;
     let src = Tensor::f_ones([n], (Kind::Float, device))?;
     let mut dst = Tensor::f_zeros([n], (Kind::Float, device))?;

@@ -110,7 +110,7 @@ fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<(), CheckpointE
 
 /// Saves this rank's state for `meta.step` (call on every rank, then a
 /// barrier, then [`publish`] on rank 0).
-pub fn save_rank(dir: &Path, state: &RankState) -> Result<(), CheckpointError> {
+pub(crate) fn save_rank(dir: &Path, state: &RankState) -> Result<(), CheckpointError> {
     let sd = step_dir(dir, state.meta.step);
     std::fs::create_dir_all(&sd).map_err(io(&sd))?;
     let r = state.meta.rank;
@@ -125,7 +125,7 @@ pub fn save_rank(dir: &Path, state: &RankState) -> Result<(), CheckpointError> {
 }
 
 /// Points `<dir>/latest` at `step` (rank 0, after every rank saved).
-pub fn publish(dir: &Path, step: u64) -> Result<(), CheckpointError> {
+pub(crate) fn publish(dir: &Path, step: u64) -> Result<(), CheckpointError> {
     let latest = dir.join("latest");
     let name = step_dir(dir, step).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     write_atomic(&latest, |tmp| std::fs::write(tmp, name).map_err(io(tmp)))
@@ -164,7 +164,7 @@ pub fn published(dir: &Path) -> Result<Vec<PathBuf>, CheckpointError> {
 /// Whether rank `rank`'s files in a step directory are complete: its
 /// record parses and its tensor file has the size and CRC-32 recorded.
 /// The error names the file.
-pub fn verify_rank(step_dir: &Path, rank: usize) -> Result<(), CheckpointError> {
+pub(crate) fn verify_rank(step_dir: &Path, rank: usize) -> Result<(), CheckpointError> {
     let meta = read_meta(step_dir, rank)?;
     let pt = step_dir.join(format!("rank{rank}.pt"));
     let Some(want) = meta.tensors_file else {
@@ -181,7 +181,7 @@ pub fn verify_rank(step_dir: &Path, rank: usize) -> Result<(), CheckpointError> 
 }
 
 /// The record rank `rank` wrote in a step directory.
-pub fn read_meta(step_dir: &Path, rank: usize) -> Result<RankMeta, CheckpointError> {
+pub(crate) fn read_meta(step_dir: &Path, rank: usize) -> Result<RankMeta, CheckpointError> {
     let js = step_dir.join(format!("rank{rank}.json"));
     let text = std::fs::read_to_string(&js).map_err(io(&js))?;
     serde_json::from_str(&text).map_err(|e| CheckpointError::Format { path: js.clone(), msg: e.to_string() })
@@ -189,7 +189,7 @@ pub fn read_meta(step_dir: &Path, rank: usize) -> Result<RankMeta, CheckpointErr
 
 /// Loads this rank's state from a step directory, checking it belongs to
 /// a run with the same world size, sharding and units.
-pub fn load_rank(step_dir: &Path, rank: usize, world_size: usize, sharding: Sharding, units: &[String]) -> Result<RankState, CheckpointError> {
+pub(crate) fn load_rank(step_dir: &Path, rank: usize, world_size: usize, sharding: Sharding, units: &[String]) -> Result<RankState, CheckpointError> {
     let js = step_dir.join(format!("rank{rank}.json"));
     let meta = read_meta(step_dir, rank)?;
     if meta.format_version != FORMAT_VERSION {

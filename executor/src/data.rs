@@ -120,7 +120,7 @@ impl Dataset {
 
 /// Decodes `bytes` and renders every crop: the crops are drawn first, so a
 /// JPEG whose crops all shrink 2x or more is decoded at that reduced size.
-pub fn augment_bytes(bytes: &[u8], cfg: &AugmentConfig, rng: &mut ChaCha8Rng) -> Result<Crops, String> {
+pub(crate) fn augment_bytes(bytes: &[u8], cfg: &AugmentConfig, rng: &mut ChaCha8Rng) -> Result<Crops, String> {
     let (w, h) = dimensions(bytes)?;
     let plan = CropPlan::draw(w, h, cfg, rng);
     let decoded = decode_scaled(bytes, plan.decode_scale(cfg))?;
@@ -213,7 +213,7 @@ fn is_image_name(p: &Path) -> bool {
 }
 
 /// The shuffled order of `n` files in `epoch`.
-pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
+pub(crate) fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
     order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix(&[seed, 0x005e_ed0f_e90c, epoch])));
     order
@@ -338,7 +338,7 @@ const TIMING_PRELOAD_MAX: usize = 512;
 /// images is decoded first (as far as the decode cache holds it), so the
 /// timed batches read it as a run's later epochs do; a larger one is timed
 /// as it comes after one batch, decoding most images.
-pub fn time_batches(folder: ImageFolder, cfg: LoaderConfig, batches: usize) -> Result<Vec<f64>, DataError> {
+pub(crate) fn time_batches(folder: ImageFolder, cfg: LoaderConfig, batches: usize) -> Result<Vec<f64>, DataError> {
     let shared = Shared::new(folder, cfg)?;
     let n = shared.folder.len();
     if n <= TIMING_PRELOAD_MAX {

@@ -15,7 +15,7 @@ pub struct Decoded {
 }
 
 /// Width and height from the headers, without decoding the pixels.
-pub fn dimensions(bytes: &[u8]) -> Result<(u32, u32), String> {
+pub(crate) fn dimensions(bytes: &[u8]) -> Result<(u32, u32), String> {
     let reader = image::ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| e.to_string())?;
     let (w, h) = reader.into_dimensions().map_err(|e| e.to_string())?;
     if w == 0 || h == 0 {
@@ -25,7 +25,7 @@ pub fn dimensions(bytes: &[u8]) -> Result<(u32, u32), String> {
 }
 
 /// Decodes at full size.
-pub fn decode_bytes(bytes: &[u8]) -> Result<RgbImage, String> {
+pub(crate) fn decode_bytes(bytes: &[u8]) -> Result<RgbImage, String> {
     let reader = image::ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| e.to_string())?;
     let img = reader.decode().map_err(|e| e.to_string())?;
     if img.width() == 0 || img.height() == 0 {
@@ -35,7 +35,7 @@ pub fn decode_bytes(bytes: &[u8]) -> Result<RgbImage, String> {
 }
 
 /// Decodes a file at full size.
-pub fn decode_file(path: &Path) -> Result<RgbImage, String> {
+pub(crate) fn decode_file(path: &Path) -> Result<RgbImage, String> {
     decode_bytes(&std::fs::read(path).map_err(|e| e.to_string())?)
 }
 
@@ -46,7 +46,7 @@ fn is_jpeg(bytes: &[u8]) -> bool {
 /// Decodes shrunk by `scale` (a power of two up to 8) where the format
 /// allows it (baseline and progressive 8-bit JPEG, RGB or gray); anything
 /// else is decoded at full size, which `Decoded::scale` then says.
-pub fn decode_scaled(bytes: &[u8], scale: u32) -> Result<Decoded, String> {
+pub(crate) fn decode_scaled(bytes: &[u8], scale: u32) -> Result<Decoded, String> {
     if scale > 1 && is_jpeg(bytes) {
         if let Some(d) = jpeg_scaled(bytes, scale.min(8)) {
             return Ok(d);

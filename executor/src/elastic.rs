@@ -36,7 +36,7 @@ pub struct NewLayout {
 
 /// The old ranks whose files this rank reads: one old shard group's
 /// shards, and the rank whose BN statistics it takes.
-pub fn old_ranks_read(old: &RankMeta, new: &NewLayout) -> Vec<usize> {
+pub(crate) fn old_ranks_read(old: &RankMeta, new: &NewLayout) -> Vec<usize> {
     let s = old.sharding.resolved(old.world_size).shard_group.max(1);
     let mut v: Vec<usize> = (0..s).collect();
     let bn = new.rank % old.world_size.max(1);
@@ -53,7 +53,7 @@ pub fn old_ranks_read(old: &RankMeta, new: &NewLayout) -> Vec<usize> {
 /// laid out again in this run's units and cut at this rank's place. The
 /// unit sets may differ (another wrapping), as may the world size and the
 /// sharding.
-pub fn load_resharded(step_dir: &Path, old: &RankMeta, specs: &[ParamSpec], units: &[UnitSpec], new: &NewLayout) -> Result<RankState, ElasticError> {
+pub(crate) fn load_resharded(step_dir: &Path, old: &RankMeta, specs: &[ParamSpec], units: &[UnitSpec], new: &NewLayout) -> Result<RankState, ElasticError> {
     let mismatch = |msg: String| ElasticError::Mismatch { path: step_dir.display().to_string(), msg };
     let new_layout = flat_layout(specs, units).map_err(|e| mismatch(e.to_string()))?;
     // The checkpoint's own unit list; written before it recorded one: this
@@ -148,7 +148,7 @@ pub fn load_resharded(step_dir: &Path, old: &RankMeta, specs: &[ParamSpec], unit
 
 /// `(step, data position step)` converted from a global batch of `old` to
 /// one of `new` images: the same images seen (rounded down).
-pub fn convert_steps(step: u64, data_step: u64, old: u64, new: u64) -> (u64, u64) {
+pub(crate) fn convert_steps(step: u64, data_step: u64, old: u64, new: u64) -> (u64, u64) {
     if old == new || new == 0 {
         return (step, data_step);
     }

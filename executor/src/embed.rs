@@ -42,12 +42,12 @@ pub struct Features {
 }
 
 /// Shorter side of an image before its centre crop to `resolution`.
-pub fn resize_side(resolution: u32) -> u32 {
+pub(crate) fn resize_side(resolution: u32) -> u32 {
     ((resolution as f64) * 256.0 / 224.0).round() as u32
 }
 
 /// One image as the trunk's CHW fp32 input (see the module docs).
-pub fn preprocess(img: &RgbImage, resolution: u32) -> Result<Vec<f32>, EmbedError> {
+pub(crate) fn preprocess(img: &RgbImage, resolution: u32) -> Result<Vec<f32>, EmbedError> {
     let (w, h) = img.dimensions();
     if w == 0 || h == 0 {
         return Err(EmbedError::Input("empty image".into()));

@@ -90,14 +90,14 @@ pub struct FlatParam {
 /// parameter, detached), so a refill after resharding is what autograd's
 /// saved tensors see. What every block's forward does per parameter of
 /// each unit covering it (calibrate times it).
-pub fn param_leaf(flat: &Tensor, p: &FlatParam) -> Result<Tensor, TchError> {
+pub(crate) fn param_leaf(flat: &Tensor, p: &FlatParam) -> Result<Tensor, TchError> {
     Ok(flat.f_narrow(0, p.offset, p.numel)?.f_view(p.shape.as_slice())?.set_requires_grad(true))
 }
 
 /// Adds one parameter's gradient `g` into `acc` (a unit's unsharded
 /// gradient, in the reduce dtype) at `offset`: what every block's backward
 /// does per parameter gradient it returns (calibrate times it).
-pub fn add_grad_at(acc: &Tensor, offset: i64, g: &Tensor) -> Result<(), TchError> {
+pub(crate) fn add_grad_at(acc: &Tensor, offset: i64, g: &Tensor) -> Result<(), TchError> {
     let mut slot = acc.f_narrow(0, offset, g.numel() as i64)?;
     let _ = slot.f_add_(&g.f_reshape([-1])?.f_to_kind(acc.kind())?)?;
     Ok(())
@@ -212,7 +212,7 @@ pub struct Fsdp<'pg> {
 /// Maps each parameter to its unit (`runspec::units`, the plan's rule):
 /// `(unit names in order, unit of param i)`; the implicit `root` unit comes
 /// last and only if it holds parameters.
-pub fn assign_units(specs: &[ParamSpec], units: &[UnitSpec]) -> Result<(Vec<String>, Vec<usize>), FsdpError> {
+pub(crate) fn assign_units(specs: &[ParamSpec], units: &[UnitSpec]) -> Result<(Vec<String>, Vec<usize>), FsdpError> {
     let names: Vec<&str> = specs.iter().map(|p| p.name.as_str()).collect();
     let plan: Vec<(String, Vec<String>)> = units.iter().map(|u| (u.name.clone(), u.members.clone())).collect();
     let o = runspec::units::assign(&names, &plan)?;
@@ -242,7 +242,7 @@ impl ParamLeaf {
 /// Every unit's parameters in its flat vector, in unit order: what
 /// [`Fsdp::new`] lays out, and what a checkpoint's shards hold (resuming
 /// under other units re-cuts them by these offsets).
-pub fn flat_layout(specs: &[ParamSpec], units: &[UnitSpec]) -> Result<Vec<(String, Vec<FlatParam>)>, FsdpError> {
+pub(crate) fn flat_layout(specs: &[ParamSpec], units: &[UnitSpec]) -> Result<Vec<(String, Vec<FlatParam>)>, FsdpError> {
     let (names, owner) = assign_units(specs, units)?;
     Ok(names
         .into_iter()

@@ -54,7 +54,7 @@ pub fn cuda_device_count() -> usize {
 /// each convolution's fastest algorithm by timing the candidates at the
 /// shape's first call (as pycls, timm and VISSL's trainers ask), and the
 /// step's synced phase timers wait for this device.
-pub fn cuda_setup(device: usize) {
+pub(crate) fn cuda_setup(device: usize) {
     tch::Cuda::cudnn_set_benchmark(true);
     phase_timer::set_cuda_device(Some(device));
 }

@@ -111,7 +111,7 @@ pub fn peak_rss_bytes() -> Option<u64> {
 }
 
 /// This process's resident memory now (VmRSS), where /proc has it.
-pub fn rss_bytes() -> Option<u64> {
+pub(crate) fn rss_bytes() -> Option<u64> {
     proc_status_kb("VmRSS:").map(|kb| kb * 1024)
 }
 

@@ -126,7 +126,7 @@ pub struct RunSummary {
 /// Summarises a run from every rank's records (`all`) and its global
 /// images per step: the same steady state ([`DEFAULT_WARMUP`] steps
 /// dropped, the slowest rank per step) as `seerscale validate` reports.
-pub fn summarize_run(all: &[StepMetrics], global_images: f64) -> Option<RunSummary> {
+pub(crate) fn summarize_run(all: &[StepMetrics], global_images: f64) -> Option<RunSummary> {
     let measured = summarize(all, DEFAULT_WARMUP)?;
     let by_step = |first: bool| {
         let step = if first { all.iter().map(|m| m.step).min() } else { all.iter().map(|m| m.step).max() }?;
@@ -166,7 +166,7 @@ impl PlanPrediction {
 
 /// The end-of-run table: measured vs predicted, the step time's band and
 /// whether the measurement fell in it, and what the prediction rests on.
-pub fn comparison_table(s: &RunSummary, predicted: &PlanPrediction) -> String {
+pub(crate) fn comparison_table(s: &RunSummary, predicted: &PlanPrediction) -> String {
     let m = &s.measured;
     let rel = |m: f64, p: f64| if p > 0.0 { format!("{:+.1}%", (m - p) / p * 100.0) } else { "-".into() };
     let mut t = String::new();

@@ -75,7 +75,7 @@ pub fn read_back(t: &Tensor) -> Result<Vec<f64>, TchError> {
 }
 
 /// Waits for every kernel queued on `device` (nothing on a CPU); counted.
-pub fn synchronize(device: Device) {
+pub(crate) fn synchronize(device: Device) {
     if let Device::Cuda(d) = device {
         WAITS.fetch_add(1, Ordering::Relaxed);
         tch::Cuda::synchronize(d as i64);

@@ -103,7 +103,7 @@ impl PaddingPlan {
 
 /// `t` with dimension `dim` laid out as `l`: each group's real channels,
 /// then `value` up to the padded width.
-pub fn pad_dim(t: &Tensor, dim: usize, l: &ChannelLayout, value: f64) -> Result<Tensor, TchError> {
+pub(crate) fn pad_dim(t: &Tensor, dim: usize, l: &ChannelLayout, value: f64) -> Result<Tensor, TchError> {
     if !l.is_padded() {
         return Ok(t.shallow_clone());
     }
@@ -122,7 +122,7 @@ pub fn pad_dim(t: &Tensor, dim: usize, l: &ChannelLayout, value: f64) -> Result<
 
 /// Positions of the real channels in a padded dimension (int64), to read
 /// them out of, or write them into, a padded buffer.
-pub fn real_positions(l: &ChannelLayout) -> Vec<i64> {
+pub(crate) fn real_positions(l: &ChannelLayout) -> Vec<i64> {
     (0..l.groups).flat_map(|g| (0..l.real).map(move |c| (g * l.padded + c) as i64)).collect()
 }
 

@@ -16,13 +16,13 @@ use std::time::Instant;
 static CUDA_DEVICE: AtomicI64 = AtomicI64::new(-1);
 
 /// Makes [`add_synced`] wait for this CUDA device (`None`: CPU).
-pub fn set_cuda_device(device: Option<usize>) {
+pub(crate) fn set_cuda_device(device: Option<usize>) {
     CUDA_DEVICE.store(device.map_or(-1, |d| d as i64), Ordering::Relaxed);
 }
 
 /// [`add`] after waiting for the GPU's queued kernels (when enabled and a
 /// CUDA device is set).
-pub fn add_synced(phase: &'static str, t0: Instant) {
+pub(crate) fn add_synced(phase: &'static str, t0: Instant) {
     if !enabled() {
         return;
     }
@@ -37,7 +37,7 @@ thread_local! {
     static PHASES: RefCell<Vec<(&'static str, f64)>> = const { RefCell::new(Vec::new()) };
 }
 
-pub fn enabled() -> bool {
+pub(crate) fn enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var_os("SEERSCALE_PHASE_TIMES").is_some())
 }
@@ -58,7 +58,7 @@ pub fn add(phase: &'static str, t0: Instant) {
 }
 
 /// Prints and clears the step's phases.
-pub fn flush(rank: usize, step: u64) {
+pub(crate) fn flush(rank: usize, step: u64) {
     if !enabled() {
         return;
     }

@@ -72,7 +72,7 @@ pub struct ShardSet {
 /// Whether `spec` names tar shards rather than an image folder or list:
 /// it ends in `.tar` (after any brace or glob), or is a folder holding a
 /// shard `index.json`.
-pub fn is_shard_spec(spec: &str) -> bool {
+pub(crate) fn is_shard_spec(spec: &str) -> bool {
     let p = Path::new(spec);
     spec.ends_with(".tar") || spec.ends_with(".tar}") || (p.is_dir() && p.join(INDEX_FILE).is_file())
 }
@@ -150,7 +150,7 @@ impl ShardSet {
 
 /// Expands every `{a..b}` (numeric, zero padding kept) and `{x,y,z}` in
 /// `spec`, left to right, as the shell and WebDataset do.
-pub fn expand_braces(spec: &str) -> Result<Vec<String>, String> {
+pub(crate) fn expand_braces(spec: &str) -> Result<Vec<String>, String> {
     let Some(open) = spec.find('{') else { return Ok(vec![spec.to_string()]) };
     let close = spec[open..].find('}').map(|i| open + i).ok_or_else(|| format!("unclosed '{{' at byte {open}"))?;
     let (head, body, tail) = (&spec[..open], &spec[open + 1..close], &spec[close + 1..]);
@@ -176,13 +176,13 @@ pub fn expand_braces(spec: &str) -> Result<Vec<String>, String> {
 
 /// WebDataset's split of a member name: the key is the path up to the
 /// first dot of the file name, the extension the rest, lower-cased.
-pub fn split_key(name: &str) -> Option<(&str, String)> {
+pub(crate) fn split_key(name: &str) -> Option<(&str, String)> {
     let file_start = name.rfind('/').map_or(0, |i| i + 1);
     let dot = name[file_start..].find('.')? + file_start;
     Some((&name[..dot], name[dot + 1..].to_ascii_lowercase()))
 }
 
-pub fn is_image_ext(ext: &str) -> bool {
+pub(crate) fn is_image_ext(ext: &str) -> bool {
     matches!(ext, "jpg" | "jpeg" | "png" | "webp")
 }
 
@@ -198,7 +198,7 @@ pub struct Sample {
 }
 
 /// Counts the samples of a shard from its headers, seeking over the data.
-pub fn count_samples(path: &Path) -> Result<u64, ShardError> {
+pub(crate) fn count_samples(path: &Path) -> Result<u64, ShardError> {
     let mut reader = ShardReader::open(path, 0, 0)?;
     let mut n = 0;
     while reader.next_sample(false)?.is_some() {

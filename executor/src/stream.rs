@@ -59,14 +59,14 @@ pub enum StreamError {
 }
 
 /// The shards in epoch `epoch`'s order.
-pub fn shard_order(shards: usize, seed: u64, epoch: u64) -> Vec<u32> {
+pub(crate) fn shard_order(shards: usize, seed: u64, epoch: u64) -> Vec<u32> {
     let mut order: Vec<u32> = (0..shards as u32).collect();
     order.shuffle(&mut ChaCha8Rng::seed_from_u64(crate::data::mix(&[seed, 0x005b_a4d5, epoch])));
     order
 }
 
 /// Rank `cfg.rank`'s state at the start of epoch `epoch`.
-pub fn fresh_epoch(set: &ShardSet, cfg: &StreamConfig, epoch: u64) -> Result<StreamState, StreamError> {
+pub(crate) fn fresh_epoch(set: &ShardSet, cfg: &StreamConfig, epoch: u64) -> Result<StreamState, StreamError> {
     if set.len() < cfg.world {
         return Err(StreamError::FewerShardsThanRanks { shards: set.len(), world: cfg.world });
     }
@@ -86,7 +86,7 @@ pub fn fresh_epoch(set: &ShardSet, cfg: &StreamConfig, epoch: u64) -> Result<Str
 /// pooled buffers and unread shards dealt round-robin to the new ranks,
 /// the epoch then ending when the smallest new share runs out. `step` is
 /// the resumed step within the epoch (converted if the global batch changed).
-pub fn redistribute(old: &[StreamState], set: &ShardSet, cfg: &StreamConfig, step: u64) -> Result<StreamState, StreamError> {
+pub(crate) fn redistribute(old: &[StreamState], set: &ShardSet, cfg: &StreamConfig, step: u64) -> Result<StreamState, StreamError> {
     let first = check_saved(old, set)?;
     if old.len() == cfg.world {
         return Ok(StreamState { step, ..old[cfg.rank].clone() });
@@ -122,7 +122,7 @@ pub enum StreamStart {
 }
 
 /// A rank's own saved state, checked against the shards it reads.
-pub fn resume_mine(state: &StreamState, set: &ShardSet) -> Result<StreamState, StreamError> {
+pub(crate) fn resume_mine(state: &StreamState, set: &ShardSet) -> Result<StreamState, StreamError> {
     check_saved(std::slice::from_ref(state), set).cloned()
 }
 

@@ -178,7 +178,7 @@ fn replace_infs(t: &Tensor) -> Result<Tensor, TchError> {
 /// 1e-12 x `global_rows`, so no second all-reduce is needed); infinite
 /// row scalings become the largest finite one. Every guard is decided on the
 /// device: no read-back.
-pub fn sinkhorn(scores: &Tensor, epsilon: f64, iters: usize, global_rows: i64, all_reduce: &AllReduceSum) -> Result<Tensor, SwavError> {
+pub(crate) fn sinkhorn(scores: &Tensor, epsilon: f64, iters: usize, global_rows: i64, all_reduce: &AllReduceSum) -> Result<Tensor, SwavError> {
     if !(epsilon > 0.0) {
         return Err(SwavError::Config { field: "epsilon", reason: format!("must be > 0, got {epsilon}") });
     }
@@ -228,7 +228,7 @@ pub fn sinkhorn(scores: &Tensor, epsilon: f64, iters: usize, global_rows: i64, a
 ///
 /// `queue`: the queue's scores, which join each assignment crop's Sinkhorn
 /// (their codes are computed and dropped, as SwAV's).
-pub fn swav_loss(
+pub(crate) fn swav_loss(
     scores: &Tensor,
     layout: &CropLayout,
     cfg: &SwavLossConfig,
@@ -286,7 +286,7 @@ pub fn swav_loss(
 
 /// L2-normalises the rows of the full prototype weight `[K, d]` in place
 /// (no grad), as SwAV does before every step.
-pub fn normalize_prototypes_(weight: &Tensor) -> Result<(), SwavError> {
+pub(crate) fn normalize_prototypes_(weight: &Tensor) -> Result<(), SwavError> {
     let s = weight.size();
     if s.len() != 2 {
         return Err(SwavError::Config { field: "head.proto.weight", reason: format!("expected [K, d], got {s:?}") });

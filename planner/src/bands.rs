@@ -45,7 +45,7 @@ pub const UNALIGNED: Band = Band { low: 0.56, high: 1.92, source: "unaligned cha
 
 /// The compute band for `profile`; None on a CPU, whose speed moves with
 /// the shared host (docs/validate-tiny-cpu*.md) too much for one.
-pub fn compute_band(profile: &HardwareProfile) -> Option<Band> {
+pub(crate) fn compute_band(profile: &HardwareProfile) -> Option<Band> {
     let hw = &profile.hardware;
     if hw.kind == DeviceKind::Cpu {
         return None;
@@ -75,7 +75,7 @@ pub fn cpu_caveat(profile: &HardwareProfile) -> Option<String> {
     })
 }
 
-pub fn comm_band(profile: &HardwareProfile) -> Band {
+pub(crate) fn comm_band(profile: &HardwareProfile) -> Band {
     if profile.measured.collectives.fits.is_empty() {
         CATALOG_COMM
     } else {
@@ -120,7 +120,7 @@ pub fn step_range(profile: &HardwareProfile, step: Seconds, exposed_comm: Second
 
 /// How far compute of which `share` is unaligned GEMMs widens its band:
 /// (low, high) factors, 1 when nothing is unaligned.
-pub fn unaligned_factor(share: f64) -> (f64, f64) {
+pub(crate) fn unaligned_factor(share: f64) -> (f64, f64) {
     let u = share.clamp(0.0, 1.0);
     ((1.0 - u) + u * UNALIGNED.low, (1.0 - u) + u * UNALIGNED.high)
 }

@@ -18,7 +18,7 @@ const MAX_CPU_RANKS: usize = 64;
 /// node (a partial node is rentable; partial nodes beyond one are not).
 /// Hardware without NICs cannot span nodes. CPUs: any number of rank
 /// processes sharing the machine.
-pub fn world_sizes(hw: &HardwareSpec, min: usize, max: usize) -> Vec<usize> {
+pub(crate) fn world_sizes(hw: &HardwareSpec, min: usize, max: usize) -> Vec<usize> {
     let min = min.max(1);
     let g = hw.gpus_per_node().max(1);
     let mut out = Vec::new();
@@ -95,7 +95,7 @@ pub fn rank_hardware(hw: &HardwareSpec, world: usize) -> Option<HardwareSpec> {
 /// rank's rates (and fixed costs) scale by `cores / (world x threads)`.
 /// Without those two fields (older profiles, the catalog) the measurements
 /// are used as they are. GPUs: unchanged.
-pub fn rank_measured(hw: &HardwareSpec, measured: &Measured, world: usize) -> Measured {
+pub(crate) fn rank_measured(hw: &HardwareSpec, measured: &Measured, world: usize) -> Measured {
     let (DeviceKind::Cpu, Some(t), Some(cores)) = (hw.kind, measured.threads_per_rank, measured.host_cores) else {
         return measured.clone();
     };
@@ -113,7 +113,7 @@ pub fn rank_measured(hw: &HardwareSpec, measured: &Measured, world: usize) -> Me
 /// behind, and the data loader's threads take their CPU time from the step.
 /// GPUs (their own stream; the loader runs on the host's cores) and unknown
 /// threads or cores (older profiles, the catalog): no.
-pub fn cores_full(hw: &HardwareSpec, measured: &Measured, world: usize) -> bool {
+pub(crate) fn cores_full(hw: &HardwareSpec, measured: &Measured, world: usize) -> bool {
     match (hw.kind, measured.threads_per_rank, measured.host_cores) {
         (DeviceKind::Cpu, Some(t), Some(cores)) => world.max(1) * t.max(1) >= cores,
         _ => false,
@@ -122,12 +122,12 @@ pub fn cores_full(hw: &HardwareSpec, measured: &Measured, world: usize) -> bool 
 
 /// Whether a `world`-rank job's collectives run beside its compute: unless
 /// the ranks fill the cores ([`cores_full`]); a single rank has none.
-pub fn comm_overlaps_compute(hw: &HardwareSpec, measured: &Measured, world: usize) -> bool {
+pub(crate) fn comm_overlaps_compute(hw: &HardwareSpec, measured: &Measured, world: usize) -> bool {
     world <= 1 || !cores_full(hw, measured, world)
 }
 
 /// Nodes a job of `world` ranks spans on `rank_hw` (from [`rank_hardware`]).
-pub fn nodes_for(rank_hw: &HardwareSpec, world: usize) -> usize {
+pub(crate) fn nodes_for(rank_hw: &HardwareSpec, world: usize) -> usize {
     world.div_ceil(rank_hw.gpus_per_node().max(1))
 }
 

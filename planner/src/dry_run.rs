@@ -35,7 +35,7 @@ pub struct DryRun {
 }
 
 /// The decisions a plan encodes.
-pub fn decisions_for_plan(plan: &Plan, segments: Vec<Range<usize>>) -> Decisions {
+pub(crate) fn decisions_for_plan(plan: &Plan, segments: Vec<Range<usize>>) -> Decisions {
     Decisions {
         world_size: plan.world_size,
         batch_per_rank: plan.batch_per_rank,
@@ -58,7 +58,7 @@ pub struct PlanMemory {
 
 /// The memory model of a (checked) plan, built from the plan's own units
 /// and segments, exactly as `build.rs` predicted them.
-pub fn memory_for_plan(plan: &Plan, origin: &str) -> Result<PlanMemory, DryRunError> {
+pub(crate) fn memory_for_plan(plan: &Plan, origin: &str) -> Result<PlanMemory, DryRunError> {
     let graph = plan.graph();
     let units = units_from_plan(&graph, &plan.units).map_err(|error| DryRunError::Units { origin: origin.to_string(), error })?;
     let names: Vec<String> = graph.blocks.iter().map(|b| b.name.clone()).collect();

@@ -72,7 +72,7 @@ fn segment_wall(segment_s: f64, restart_s: f64, mtbf_s: f64) -> f64 {
 
 /// Expected wall seconds of `work_s` seconds of work checkpointed every
 /// `interval_s` (see the module docs).
-pub fn expected_wall(work_s: f64, interval_s: f64, write_s: f64, restart_s: f64, mtbf_s: f64) -> f64 {
+pub(crate) fn expected_wall(work_s: f64, interval_s: f64, write_s: f64, restart_s: f64, mtbf_s: f64) -> f64 {
     if work_s <= 0.0 {
         return 0.0;
     }
@@ -88,7 +88,15 @@ pub fn expected_wall(work_s: f64, interval_s: f64, write_s: f64, restart_s: f64,
 /// The failure costs of a plan: `world` ranks, `ranks_per_node` on each
 /// node, `per_rank` checkpoint bytes, `step_s` per step, `work_days`
 /// failure-free, `usd_per_day` for the whole cluster.
-pub fn failure_costs(r: &Reliability, world: usize, ranks_per_node: usize, per_rank: Bytes, step_s: f64, work_days: f64, usd_per_day: f64) -> FailureCosts {
+pub(crate) fn failure_costs(
+    r: &Reliability,
+    world: usize,
+    ranks_per_node: usize,
+    per_rank: Bytes,
+    step_s: f64,
+    work_days: f64,
+    usd_per_day: f64,
+) -> FailureCosts {
     let world_f = world.max(1) as f64;
     let write_s = per_rank.0 as f64 * ranks_per_node.clamp(1, world.max(1)) as f64 / (r.checkpoint_gb_s_per_node * 1e9);
     let mtbf_job_s = r.mtbf_gpu_hours * 3600.0 / world_f;

@@ -78,7 +78,7 @@ struct Piece {
 /// The placement with the least recompute time whose peak is within
 /// `budget`, or `None` if none fits (or `recompute_time` does not have one
 /// entry per block). Negative or non-finite times count as zero.
-pub fn optimal_recompute(mm: &MemoryModel, budget: Bytes, recompute_time: &[Seconds]) -> Option<Placement> {
+pub(crate) fn optimal_recompute(mm: &MemoryModel, budget: Bytes, recompute_time: &[Seconds]) -> Option<Placement> {
     let n = mm.num_blocks();
     if recompute_time.len() != n {
         return None;
@@ -178,7 +178,7 @@ pub enum StageSegmentError {
 /// remaining blocks form one more checkpointed group; `[]` = not
 /// checkpointed (vissl/models/trunks/regnet_fsdp.py). `[[2],[7],[9,17],[]]`
 /// on SEER 10B gives s1.b0-1, s2.b0-6, s3.b0-8, s3.b9-16.
-pub fn try_vissl_stage_segments(graph: &ModelGraph, stage_checkpoints: &[Vec<usize>]) -> Result<Vec<Range<usize>>, StageSegmentError> {
+pub(crate) fn try_vissl_stage_segments(graph: &ModelGraph, stage_checkpoints: &[Vec<usize>]) -> Result<Vec<Range<usize>>, StageSegmentError> {
     let stages = graph.blocks.iter().filter_map(|b| b.stage).max().unwrap_or(0);
     let mut out = Vec::new();
     for (si, delims) in stage_checkpoints.iter().enumerate() {
@@ -209,7 +209,7 @@ pub fn try_vissl_stage_segments(graph: &ModelGraph, stage_checkpoints: &[Vec<usi
 
 /// [`try_vissl_stage_segments`], ignoring stages and delimiters that do
 /// not fit the model (a placement is always returned).
-pub fn vissl_stage_segments(graph: &ModelGraph, stage_checkpoints: &[Vec<usize>]) -> Vec<Range<usize>> {
+pub(crate) fn vissl_stage_segments(graph: &ModelGraph, stage_checkpoints: &[Vec<usize>]) -> Vec<Range<usize>> {
     try_vissl_stage_segments(graph, stage_checkpoints).unwrap_or_else(|_| {
         let cleaned: Vec<Vec<usize>> = stage_checkpoints
             .iter()

@@ -273,7 +273,8 @@ pub struct Simulator {
 }
 
 /// One-off simulation (allocates; use [`Simulator`] in loops).
-pub fn simulate(p: &StepProfile) -> StepResult {
+#[cfg(test)]
+pub(crate) fn simulate(p: &StepProfile) -> StepResult {
     Simulator::default().run(p)
 }
 

@@ -237,7 +237,7 @@ impl GraphCosts {
 
 /// Each crop group's share of the trunk's pixels (every trunk layer's work
 /// scales with them).
-pub fn crop_shares(crops: &[cost_models::graph::CropGroup]) -> Vec<f64> {
+pub(crate) fn crop_shares(crops: &[cost_models::graph::CropGroup]) -> Vec<f64> {
     let px: Vec<f64> = crops.iter().map(|c| (c.count * c.resolution * c.resolution) as f64).collect();
     let total: f64 = px.iter().sum();
     px.iter().map(|p| if total > 0.0 { p / total } else { 0.0 }).collect()
@@ -245,7 +245,7 @@ pub fn crop_shares(crops: &[cost_models::graph::CropGroup]) -> Vec<f64> {
 
 /// A block's time from its layers (the compute model) plus, when host costs
 /// are measured, the executor's per-block bookkeeping around them.
-pub fn estimated_block(graph: &ModelGraph, b: &Block, compute: &ComputeModel) -> Result<BlockCost, ComputeError> {
+pub(crate) fn estimated_block(graph: &ModelGraph, b: &Block, compute: &ComputeModel) -> Result<BlockCost, ComputeError> {
     let groups = graph.workload.crops.len().max(1) as f64;
     let (mut f, mut bw) = (Seconds(0.0), Seconds(0.0));
     let mut bn_layers = 0.0;
@@ -330,7 +330,7 @@ fn unit_bytes(u: &Unit, dtype: DType, shard_group: usize) -> Bytes {
 }
 
 /// Collective times of every unit (forward order).
-pub fn unit_costs(units: &[Unit], compute: DType, reduce: DType, w: &WorldCosts) -> Vec<UnitCost> {
+pub(crate) fn unit_costs(units: &[Unit], compute: DType, reduce: DType, w: &WorldCosts) -> Vec<UnitCost> {
     let (s, links) = (w.shard_group(), w.links);
     units
         .iter()
@@ -364,7 +364,7 @@ pub fn unit_costs(units: &[Unit], compute: DType, reduce: DType, w: &WorldCosts)
 /// The full step for one set of decisions: `units` gathered in
 /// `compute_dtype`, their gradients reduced in `reduce_dtype`.
 #[allow(clippy::too_many_arguments)]
-pub fn step_profile(
+pub(crate) fn step_profile(
     g: &GraphCosts,
     units: &[Unit],
     checkpoint: &[Range<usize>],
@@ -443,7 +443,7 @@ pub fn step_profile(
 /// assignment crop, its embeddings scored against the prototypes (an fp32
 /// matmul) and Sinkhorn over that many more columns (memory-bound, as the
 /// batch's part: 3 passes to start, 6 per iteration).
-pub fn add_queue_costs(loss: &mut LossCost, g: &GraphCosts, queue_rows: u64, compute: &ComputeModel) {
+pub(crate) fn add_queue_costs(loss: &mut LossCost, g: &GraphCosts, queue_rows: u64, compute: &ComputeModel) {
     if queue_rows == 0 {
         return;
     }
@@ -457,7 +457,7 @@ pub fn add_queue_costs(loss: &mut LossCost, g: &GraphCosts, queue_rows: u64, com
 }
 
 /// Returns what it added per block (forward, backward).
-pub fn add_sync_bn_costs(blocks: &mut [BlockCost], bn_channels: &[Vec<u64>], w: &WorldCosts) -> Vec<(Seconds, Seconds)> {
+pub(crate) fn add_sync_bn_costs(blocks: &mut [BlockCost], bn_channels: &[Vec<u64>], w: &WorldCosts) -> Vec<(Seconds, Seconds)> {
     let group = &w.links.sync_bn;
     if group.ranks <= 1 {
         return Vec::new();
@@ -483,7 +483,7 @@ pub fn add_sync_bn_costs(blocks: &mut [BlockCost], bn_channels: &[Vec<u64>], w: 
 /// (read the gradient, read + write the slot). The per-unit work (gather,
 /// gradient buffer, reduce-scatter) is charged by the simulator at the
 /// schedule's events ([`UnitCost`]'s host fields).
-pub fn add_block_param_costs(blocks: &mut [BlockCost], own: &[OwnParams], units: &[UnitCost], reduce: DType, h: &HostCosts, compute: &ComputeModel) {
+pub(crate) fn add_block_param_costs(blocks: &mut [BlockCost], own: &[OwnParams], units: &[UnitCost], reduce: DType, h: &HostCosts, compute: &ComputeModel) {
     let bw = compute.memory_bandwidth();
     let unused_leaf = h.param_leaf_unused.unwrap_or(Seconds(0.0));
     for (b, cost) in blocks.iter_mut().enumerate() {
@@ -499,7 +499,7 @@ pub fn add_block_param_costs(blocks: &mut [BlockCost], own: &[OwnParams], units:
 /// shard cast, collective launch, and later the free), the zero-fill of its
 /// gradient buffer at its first backward block, and the reduce-scatter
 /// bookkeeping after its gradient is complete.
-pub fn add_unit_event_costs(units: &mut [UnitCost], h: &HostCosts, compute: &ComputeModel) {
+pub(crate) fn add_unit_event_costs(units: &mut [UnitCost], h: &HostCosts, compute: &ComputeModel) {
     let bw = compute.memory_bandwidth();
     for u in units {
         u.gather_host = h.small_op * (host_ops::GATHER + if u.bn_gather { host_ops::BN_GATHER } else { 0.0 });
@@ -520,7 +520,7 @@ pub const NORMS_BYTES_PER_PARAM: f64 = 2.0 * (4.0 + 4.0 + 4.0);
 /// the shard and multiplies by it (4 + 12), updates the momentum `b·m` in
 /// place then `+ d` (8 + 12) and the weight `w - b·lr` (20); Adam adds its
 /// moment updates, bias corrections and the division.
-pub fn optimizer_bytes_per_param(kind: runspec::recipe::OptimKind, decay: bool, larc: bool) -> f64 {
+pub(crate) fn optimizer_bytes_per_param(kind: runspec::recipe::OptimKind, decay: bool, larc: bool) -> f64 {
     use runspec::recipe::OptimKind;
     let decayed = if decay { 20.0 } else { 0.0 };
     match kind {
@@ -540,7 +540,7 @@ pub fn optimizer_bytes_per_param(kind: runspec::recipe::OptimKind, decay: bool, 
 /// executor's op count as small ops, or its kernels per shard on a catalog
 /// device. Under fp16 the gradients are first unscaled: one more pass over
 /// every shard (read and write).
-pub fn optimizer_cost(g: &GraphCosts, recipe: &Recipe, compute_dtype: DType, compute: &ComputeModel, w: &WorldCosts, shards: usize) -> OptimizerCost {
+pub(crate) fn optimizer_cost(g: &GraphCosts, recipe: &Recipe, compute_dtype: DType, compute: &ComputeModel, w: &WorldCosts, shards: usize) -> OptimizerCost {
     use runspec::recipe::OptimKind;
     let shard = g.params as f64 / w.shard_group() as f64;
     let bw = compute.memory_bandwidth().0;

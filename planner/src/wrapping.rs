@@ -63,7 +63,7 @@ impl Unit {
 
 /// Flat shards a rank's optimiser updates: one per unit that holds any
 /// parameter (every rank holds a slice of each, padding included).
-pub fn shards_per_rank(units: &[Unit]) -> usize {
+pub(crate) fn shards_per_rank(units: &[Unit]) -> usize {
     units.iter().filter(|u| u.params > 0).count()
 }
 
@@ -88,7 +88,7 @@ pub fn units_for(graph: &ModelGraph, wrapping: Wrapping) -> Vec<Unit> {
 }
 
 /// Like [`units_for`], refusing `Group(0)`.
-pub fn try_units_for(graph: &ModelGraph, wrapping: Wrapping) -> Result<Vec<Unit>, WrappingError> {
+pub(crate) fn try_units_for(graph: &ModelGraph, wrapping: Wrapping) -> Result<Vec<Unit>, WrappingError> {
     let trunk: Vec<&str> = graph.trunk_blocks().map(|b| b.name.as_str()).collect();
     let head: Vec<(String, Vec<String>)> = graph.head_blocks().map(|b| (b.name.clone(), vec![b.name.clone()])).collect();
     let one = |n: &str| (n.to_string(), vec![n.to_string()]);
@@ -171,7 +171,7 @@ pub fn try_units_for(graph: &ModelGraph, wrapping: Wrapping) -> Result<Vec<Unit>
 }
 
 /// Resolves a plan's units against the model (the executor's rule).
-pub fn units_from_plan(graph: &ModelGraph, units: &[UnitPlan]) -> Result<Vec<Unit>, WrappingError> {
+pub(crate) fn units_from_plan(graph: &ModelGraph, units: &[UnitPlan]) -> Result<Vec<Unit>, WrappingError> {
     resolve(graph, units.iter().map(|u| (u.name.clone(), u.members.clone())).collect())
 }
 

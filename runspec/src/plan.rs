@@ -108,7 +108,7 @@ pub fn member_prefixes(member: &str, param: &str) -> bool {
 /// The plan file's ownership rule, shared by planner and executor: `param`
 /// belongs to the unit with the longest member that prefixes it; `None`
 /// means the implicit `root` unit. Returns (unit index, member index).
-pub fn owning_unit<'a>(units: impl IntoIterator<Item = &'a [String]>, param: &str) -> Option<(usize, usize)> {
+pub(crate) fn owning_unit<'a>(units: impl IntoIterator<Item = &'a [String]>, param: &str) -> Option<(usize, usize)> {
     let mut best: Option<(usize, usize, usize)> = None;
     for (ui, members) in units.into_iter().enumerate() {
         for (mi, m) in members.iter().enumerate() {

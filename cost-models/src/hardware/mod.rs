@@ -416,7 +416,7 @@ pub fn load_profile(name_or_path: &str) -> Result<HardwareProfile, HardwareError
 }
 
 /// Parses and validates one hardware spec; `file` labels errors.
-pub fn parse_hardware(text: &str, file: &str) -> Result<HardwareSpec, HardwareError> {
+pub(crate) fn parse_hardware(text: &str, file: &str) -> Result<HardwareSpec, HardwareError> {
     let spec: HardwareSpec = parse_toml(text, file)?;
     spec.validate().map_err(|(field, reason)| invalid(text, file, field, reason))?;
     Ok(spec)

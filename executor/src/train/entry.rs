@@ -56,7 +56,7 @@ pub fn launch_ranks(forwarded: &[OsString], n: usize, timeout: Duration) -> Resu
 }
 
 /// One rank of a plan's run.
-pub fn run_rank(args: &TrainArgs, env: &RankEnv) -> Result<TrainReport, TrainError> {
+pub(crate) fn run_rank(args: &TrainArgs, env: &RankEnv) -> Result<TrainReport, TrainError> {
     let plan = Plan::load(&args.plan)?;
     let cfg = TrainConfig::from_plan(&plan, args, env)?;
     tch::set_num_threads(threads_per_rank(args.threads, plan.gpus_per_node.min(plan.world_size)) as i32);

@@ -561,7 +561,7 @@ impl MemoryModel {
 
 /// Sorted, clamped to the model, empty ranges dropped, overlaps merged, so
 /// any input describes some valid placement (plans are validated on load).
-pub fn normalize_segments(n: usize, segs: &[Range<usize>]) -> Vec<Range<usize>> {
+pub(crate) fn normalize_segments(n: usize, segs: &[Range<usize>]) -> Vec<Range<usize>> {
     let mut v: Vec<Range<usize>> = segs.iter().map(|r| r.start.min(n)..r.end.min(n)).filter(|r| r.start < r.end).collect();
     v.sort_by_key(|r| r.start);
     let mut out: Vec<Range<usize>> = Vec::with_capacity(v.len());

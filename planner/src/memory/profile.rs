@@ -232,7 +232,7 @@ fn saved_rounded(l: &Layer, a: &Allocator) -> u64 {
 
 /// Measured backward peaks of `graph`'s blocks from a profile's block
 /// times (matched by `ModelGraph::block_key`); empty without any.
-pub fn measured_backward(measured: &cost_models::hardware::Measured, graph: &ModelGraph) -> Vec<Option<u64>> {
+pub(crate) fn measured_backward(measured: &cost_models::hardware::Measured, graph: &ModelGraph) -> Vec<Option<u64>> {
     if measured.block_times.is_empty() {
         return Vec::new();
     }

@@ -23,7 +23,7 @@ fn bytes(rng: &mut Rng, max: u64) -> Bytes {
 
 /// `n` blocks with random sizes, random (possibly overlapping) units,
 /// random reshard and fragmentation.
-pub fn random_profile(rng: &mut Rng, n: usize) -> MemProfile {
+pub(crate) fn random_profile(rng: &mut Rng, n: usize) -> MemProfile {
     let blocks = (0..n)
         .map(|i| {
             let output = bytes(rng, 1000);
@@ -85,7 +85,7 @@ pub fn random_profile(rng: &mut Rng, n: usize) -> MemProfile {
 }
 
 /// Every placement: each block plain, or segments over checkpointable runs.
-pub fn all_placements(p: &MemProfile) -> Vec<Vec<Range<usize>>> {
+pub(crate) fn all_placements(p: &MemProfile) -> Vec<Vec<Range<usize>>> {
     fn rec(p: &MemProfile, k: usize, cur: &mut Vec<Range<usize>>, out: &mut Vec<Vec<Range<usize>>>) {
         let n = p.blocks.len();
         if k == n {

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::Variant;
 
 /// `(measured - predicted) / predicted`; None without a prediction.
-pub fn rel_error(measured: f64, predicted: f64) -> Option<f64> {
+pub(crate) fn rel_error(measured: f64, predicted: f64) -> Option<f64> {
     (predicted > 0.0 && measured.is_finite()).then(|| (measured - predicted) / predicted)
 }
 

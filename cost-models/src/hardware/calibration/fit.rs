@@ -8,8 +8,9 @@ use crate::stats::median;
 use crate::{Bandwidth, DType, Seconds};
 use serde::{Deserialize, Serialize};
 
-/// [`fit_rates`] with the measured per-kind fixed costs subtracted instead
-/// of a uniform per-kernel overhead.
+/// Achieved rate per (kind, dtype), `Σ flops / Σ (time − fixed costs)`:
+/// the rate that makes the roofline plus the measured per-kind fixed costs
+/// reproduce the summed measured time.
 pub fn fit_rates_fixed(ops: &[OpMeasurement], fixed: &[FixedCost]) -> Result<Vec<RateFit>, CalibrationError> {
     let mut out: Vec<RateFit> = Vec::new();
     for m in ops.iter().filter(|m| m.flops_fwd > 0.0) {
@@ -50,34 +51,6 @@ pub struct RateFit {
     pub shapes: usize,
 }
 
-/// `rate = Σ flops / Σ (time − kernels · overhead)`, i.e. the rate that makes
-/// the roofline + overhead model reproduce the summed measured time.
-pub fn fit_rates(ops: &[OpMeasurement], overhead_s: f64) -> Result<Vec<RateFit>, CalibrationError> {
-    let mut out: Vec<RateFit> = Vec::new();
-    for m in ops.iter().filter(|m| m.flops_fwd > 0.0) {
-        if out.iter().any(|r| r.kind == m.kind && r.dtype == m.dtype) {
-            continue;
-        }
-        let group: Vec<&OpMeasurement> = ops.iter().filter(|o| o.kind == m.kind && o.dtype == m.dtype).collect();
-        let (mut flops, mut time, mut ovh) = (0.0, 0.0, 0.0);
-        for o in &group {
-            let (kf, kb) = o.case.kernels();
-            flops += o.flops_fwd + o.flops_bwd;
-            time += o.forward.median_s + o.backward.median_s;
-            ovh += overhead_s * (kf + kb) as f64;
-        }
-        let compute = time - ovh;
-        if compute <= 0.1 * time {
-            return Err(CalibrationError::Degenerate {
-                what: format!("{:?} {}", m.kind, m.dtype),
-                reason: format!("per-op overhead ({:.1} µs) explains {:.0} % of the measured time; use larger shapes", overhead_s * 1e6, 100.0 * ovh / time),
-            });
-        }
-        out.push(RateFit { kind: m.kind, dtype: m.dtype, tflops: flops / compute / 1e12, overhead_share: ovh / time, shapes: group.len() });
-    }
-    Ok(out)
-}
-
 /// Effective bandwidth of the memory-bound ops (BN, elementwise, pooling)
 /// in the graph's byte count, overhead subtracted; what `ComputeModel`
 /// divides their bytes by. `None` when none was measured.
@@ -96,7 +69,7 @@ pub fn fit_memory_bound(ops: &[OpMeasurement], overhead_s: f64) -> Option<f64> {
 /// parts at least 0); with several rounds, the median of their extras and
 /// of their skews (a two-point line on a noisy host swings between all
 /// extra and all skew from one pass to the next).
-pub fn busy_extras(idle: &[CollectiveSample], busy: &[BusySample]) -> Vec<BusyCollective> {
+pub(crate) fn busy_extras(idle: &[CollectiveSample], busy: &[BusySample]) -> Vec<BusyCollective> {
     let mut out = Vec::new();
     let mut rounds: Vec<usize> = busy.iter().map(|b| b.round).collect();
     rounds.sort_unstable();
@@ -175,7 +148,7 @@ pub(super) fn ring_terms(op: Collective, n: usize) -> (f64, f64) {
 /// (weights 1/t²) so the small sizes that set alpha count as much as the
 /// large ones that set beta. A negative intercept (noise) is refitted
 /// through the origin.
-pub fn fit_line(points: &[(f64, f64)]) -> Option<(f64, f64)> {
+pub(crate) fn fit_line(points: &[(f64, f64)]) -> Option<(f64, f64)> {
     if points.len() < 2 {
         return None;
     }
