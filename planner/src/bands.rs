@@ -105,24 +105,27 @@ impl StepRange {
 /// in [`UNALIGNED`] unless the blocks were measured.
 pub fn step_range(profile: &HardwareProfile, step: Seconds, exposed_comm: Seconds, unaligned_share: f64) -> Option<StepRange> {
     let c = compute_band(profile)?;
+    let [lo, hi] = compute_range(profile, unaligned_share)?;
     let m = comm_band(profile);
     let comm = exposed_comm.0.clamp(0.0, step.0);
     let rest = step.0 - comm;
     let u = if c == CALIBRATED { 0.0 } else { unaligned_share.clamp(0.0, 1.0) };
-    let (lo, hi) = unaligned_factor(u);
     let mut source = format!("compute {:.2}-{:.2}x ({})", c.low, c.high, c.source);
     if u >= 0.005 {
         source.push_str(&format!(", its {:.0} % in {}: {:.2}-{:.2}x of that", 100.0 * u, UNALIGNED.source, UNALIGNED.low, UNALIGNED.high));
     }
     source.push_str(&format!("; communication {:.2}-{:.2}x ({})", m.low, m.high, m.source));
-    Some(StepRange { low: Seconds(rest * c.low * lo + comm * m.low), high: Seconds(rest * c.high * hi + comm * m.high), source })
+    Some(StepRange { low: Seconds(rest * lo + comm * m.low), high: Seconds(rest * hi + comm * m.high), source })
 }
 
-/// How far compute of which `share` is unaligned GEMMs widens its band:
-/// (low, high) factors, 1 when nothing is unaligned.
-pub(crate) fn unaligned_factor(share: f64) -> (f64, f64) {
-    let u = share.clamp(0.0, 1.0);
-    ((1.0 - u) + u * UNALIGNED.low, (1.0 - u) + u * UNALIGNED.high)
+/// Measured / predicted expected for compute on `profile` of which
+/// `unaligned_share` is unaligned GEMMs: the compute band, that share of it
+/// widened by [`UNALIGNED`] (not where the blocks were measured); None on
+/// a CPU.
+pub(crate) fn compute_range(profile: &HardwareProfile, unaligned_share: f64) -> Option<[f64; 2]> {
+    let c = compute_band(profile)?;
+    let u = if c == CALIBRATED { 0.0 } else { unaligned_share.clamp(0.0, 1.0) };
+    Some([c.low * ((1.0 - u) + u * UNALIGNED.low), c.high * ((1.0 - u) + u * UNALIGNED.high)])
 }
 
 /// [`step_range`] of an evaluated plan on its hardware.

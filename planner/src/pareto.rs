@@ -254,10 +254,7 @@ mod tests {
         assert!(frontier(&[]).is_empty());
     }
 
-    /// The texts an SVG shows, whitespace around them trimmed.
-    fn texts(svg: &str) -> Vec<String> {
-        svg.split("</text>").filter_map(|t| t.rsplit_once('>').map(|(_, text)| text.trim().to_string())).collect()
-    }
+    use crate::timeline_svg::tests::svg_texts as texts;
 
     #[test]
     fn svg_is_well_formed_labels_gpus_and_marks_the_frontier() {

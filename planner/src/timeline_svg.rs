@@ -221,6 +221,11 @@ pub(crate) mod tests {
     use crate::memory::testgen::{random_profile, seeded};
     use crate::memory::MemoryModel;
 
+    /// The texts an SVG shows, in order, whitespace around each trimmed.
+    pub fn svg_texts(doc: &str) -> Vec<String> {
+        doc.split("</text>").filter_map(|t| t.rsplit_once('>').map(|(_, text)| text.trim().to_string())).collect()
+    }
+
     /// Minimal XML well-formedness: balanced tags, quoted attributes,
     /// entities only from the predefined set, nothing after the root.
     pub fn check_well_formed(doc: &str) -> Result<(), String> {
@@ -327,7 +332,8 @@ pub(crate) mod tests {
         let r = m.report(&[2..4]);
         let svg = timeline_svg(&r, "tiny <test> & \"quotes\"");
         check_well_formed(&svg).unwrap();
-        let texts: Vec<&str> = svg.split("</text>").filter_map(|t| t.rsplit_once('>').map(|(_, x)| x.trim())).collect();
+        let texts = svg_texts(&svg);
+        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
         assert!(texts.iter().any(|t| t.starts_with("usable")), "{texts:?}");
         let (unit, div) = display_unit(if r.usable.0 <= r.peak.0 * 4 { r.peak.0.max(r.usable.0) } else { r.peak.0 });
         let peak = format!("peak {:.2} {unit}", r.peak.0 as f64 / div);

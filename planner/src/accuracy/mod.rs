@@ -199,10 +199,8 @@ fn kernel_model(hw: &HardwareSpec) -> Result<KernelModel, AccuracyError> {
 /// The band a prediction of `c` carries (`crate::bands`): its GPU family's,
 /// widened by the share of its kernel time in unaligned GEMMs.
 fn case_band(hw: &HardwareSpec, k: &KernelModel, c: &Case) -> Option<[f64; 2]> {
-    let family = crate::bands::compute_band(&HardwareProfile::from_spec(hw.clone()))?;
     let counted = c.graph.blocks.iter().filter(|blk| c.block.as_ref().is_none_or(|n| *n == blk.name));
-    let (lo, hi) = crate::bands::unaligned_factor(k.unaligned_share(counted.flat_map(|blk| c.graph.layers_of(blk))));
-    Some([family.low * lo, family.high * hi])
+    crate::bands::compute_range(&HardwareProfile::from_spec(hw.clone()), k.unaligned_share(counted.flat_map(|blk| c.graph.layers_of(blk))))
 }
 
 /// Every row, predicted with the catalog's parameters.

@@ -165,7 +165,8 @@ mod tests {
         let svg = rep.svg();
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         // Both panels, every variant named, the measured bars' errors.
-        let texts: Vec<&str> = svg.split("</text>").filter_map(|t| t.rsplit_once('>').map(|(_, x)| x.trim())).collect();
+        let texts = crate::timeline_svg::tests::svg_texts(&svg);
+        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
         assert!(texts.contains(&"peak memory (KiB)") && texts.contains(&"step time (ms)"), "{texts:?}");
         assert_eq!(texts.iter().filter(|t| **t == rep.rows[0].variant).count(), 3, "{texts:?}");
         assert!(texts.contains(&"+2%") && texts.contains(&"+10%"), "{texts:?}");
